@@ -1,1 +1,20 @@
-//! Relay engine.
+//! Laminar's data plane.
+//!
+//! One worker per CPU, each pinned and running its own monoio event loop (io_uring,
+//! or epoll where io_uring is unavailable). Objects and parts of large objects are
+//! spread across workers through lock-free queues; bytes move through each worker's
+//! pre-allocated RAM pool, checksummed as they stream.
+
+#![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
+pub mod backend;
+pub mod checksum;
+pub mod error;
+pub mod http;
+pub mod pool;
+pub mod relay;
+pub mod remote;
+pub mod runtime;
+
+pub use error::{Error, Result};

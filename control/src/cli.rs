@@ -1,0 +1,343 @@
+//! Command-line parsing and output.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use laminar_engine::checksum::ChecksumAlgo;
+use laminar_engine::relay::{self, Filter, Location, Progress, RelayOptions, Report};
+use laminar_engine::remote::Config;
+use laminar_engine::runtime::DriverChoice;
+use laminar_engine::Error;
+use laminar_tuning::{parse_size, HumanBytes};
+
+/// Exit code when every object was relayed and verified.
+const EXIT_OK: u8 = 0;
+/// Exit code when at least one object failed.
+const EXIT_FAILED: u8 = 1;
+/// Exit code for usage and configuration errors.
+const EXIT_USAGE: u8 = 2;
+
+#[derive(Parser)]
+#[command(name = "laminar", version, about = "Relay objects between stores through bounded RAM, verified end to end")]
+struct Cli {
+    /// Config file with [remotes.NAME] tables (default: $LAMINAR_CONFIG, ./laminar.toml, ~/.config/laminar/laminar.toml)
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Copy every object under SRC to DST, skipping what is already there
+    Relay(RelayArgs),
+    /// List objects under a URL
+    Ls {
+        /// NAME:bucket/prefix, s3://bucket/prefix or file:///abs/path
+        url: String,
+        /// Event loop: auto, io_uring or epoll
+        #[arg(long, default_value = "auto")]
+        driver: String,
+    },
+    /// Generate a sample dataset, relay it through the engine, verify and clean up
+    Demo(DemoArgs),
+}
+
+/// Engine flags shared by `relay` and `demo`.
+#[derive(Args, Clone)]
+pub struct EngineArgs {
+    /// Worker threads (default: one per CPU this process may use)
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Total RAM buffer, e.g. 512MiB (default: a quarter of available memory, at most 4 GiB)
+    #[arg(long, value_name = "SIZE")]
+    pub ram_buffer: Option<String>,
+    /// Event loop: auto, io_uring or epoll
+    #[arg(long, default_value = "auto")]
+    pub driver: String,
+    /// Checksum computed in flight: crc32c, crc64nvme, sha256 or md5
+    #[arg(long, default_value = "crc32c")]
+    pub checksum: String,
+    /// Objects and parts in flight across all workers
+    #[arg(long, default_value_t = 64)]
+    pub transfers: usize,
+    /// Preferred multipart part size (grows so that any object fits in 10,000 parts)
+    #[arg(long, value_name = "SIZE", default_value = "16MiB")]
+    pub part_size: String,
+    /// Objects at least this large go as parallel parts
+    #[arg(long, value_name = "SIZE", default_value = "32MiB")]
+    pub multipart_cutoff: String,
+    /// Retries per object or part for transient errors
+    #[arg(long, default_value_t = 4)]
+    pub retries: u32,
+    /// Skip the MD5 computed to check plain-MD5 ETags (saves CPU; CRC checks remain)
+    #[arg(long)]
+    pub no_md5: bool,
+}
+
+#[derive(Args)]
+struct RelayArgs {
+    /// Source: NAME:bucket/prefix, s3://bucket/prefix or file:///abs/path
+    src: String,
+    /// Destination, in the same forms
+    dst: String,
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// Only keys (relative to SRC) matching this glob; repeatable
+    #[arg(long)]
+    include: Vec<String>,
+    /// Skip keys (relative to SRC) matching this glob; repeatable
+    #[arg(long)]
+    exclude: Vec<String>,
+    /// Print what would be copied and copy nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// Print one JSON object with the results on stdout
+    #[arg(long)]
+    json: bool,
+    /// Never use server-side copy, even within one store
+    #[arg(long)]
+    no_server_side_copy: bool,
+}
+
+#[derive(Args)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// Small files to generate
+    #[arg(long, default_value_t = 2000)]
+    pub small_files: usize,
+    /// Large files to generate
+    #[arg(long, default_value_t = 3)]
+    pub large_files: usize,
+    /// Size of each large file
+    #[arg(long, value_name = "SIZE", default_value = "96MiB")]
+    pub large_size: String,
+    /// Print one JSON object with the results on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A failure that ends the command, with its exit code.
+pub struct Fail {
+    pub code: u8,
+    pub message: String,
+}
+
+impl From<Error> for Fail {
+    fn from(e: Error) -> Fail {
+        let code = match &e {
+            Error::Usage(_) => EXIT_USAGE,
+            e if e.is_fatal() => EXIT_USAGE,
+            _ => EXIT_FAILED,
+        };
+        Fail { code, message: e.to_string() }
+    }
+}
+
+fn usage(message: String) -> Fail {
+    Fail { code: EXIT_USAGE, message }
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { EXIT_OK });
+        }
+    };
+    let result = match cli.command {
+        Command::Relay(args) => run_relay(cli.config.as_deref(), args),
+        Command::Ls { url, driver } => run_ls(cli.config.as_deref(), &url, &driver),
+        Command::Demo(args) => crate::demo::run(args),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(fail) => {
+            eprintln!("laminar: error: {}", fail.message);
+            ExitCode::from(fail.code)
+        }
+    }
+}
+
+fn size_flag(flag: &str, value: &str) -> Result<u64, Fail> {
+    parse_size(value).map_err(|e| usage(format!("{flag}: {e}")))
+}
+
+/// Turns engine flags into options.
+pub fn options(engine: &EngineArgs) -> Result<RelayOptions, Fail> {
+    let mut opts = RelayOptions::default();
+    if let Some(w) = engine.workers {
+        if w == 0 || w > 1024 {
+            return Err(usage(format!("--workers {w}: give a number from 1 to 1024")));
+        }
+        opts.workers = Some(w);
+    }
+    if let Some(r) = &engine.ram_buffer {
+        opts.ram_buffer_bytes = size_flag("--ram-buffer", r)?;
+    }
+    opts.driver = DriverChoice::parse(&engine.driver)
+        .ok_or_else(|| usage(format!("--driver {:?}: use auto, io_uring or epoll", engine.driver)))?;
+    opts.checksum = ChecksumAlgo::parse(&engine.checksum).ok_or_else(|| {
+        usage(format!("--checksum {:?}: use crc32c, crc64nvme, sha256 or md5", engine.checksum))
+    })?;
+    if engine.transfers == 0 {
+        return Err(usage("--transfers 0: give at least 1".to_string()));
+    }
+    opts.transfers = engine.transfers;
+    opts.part_size_bytes = size_flag("--part-size", &engine.part_size)?;
+    if opts.part_size_bytes == 0 {
+        return Err(usage("--part-size 0: give a size such as 16MiB".to_string()));
+    }
+    opts.multipart_cutoff_bytes = size_flag("--multipart-cutoff", &engine.multipart_cutoff)?;
+    opts.retries = engine.retries;
+    opts.verify_md5 = !engine.no_md5;
+    Ok(opts)
+}
+
+fn run_relay(config: Option<&std::path::Path>, args: RelayArgs) -> Result<u8, Fail> {
+    let config = Config::load(config)?;
+    let src = config.location(&args.src)?;
+    let dst = config.location(&args.dst)?;
+    let mut opts = options(&args.engine)?;
+    opts.filter = Filter::new(&args.include, &args.exclude)?;
+    opts.dry_run = args.dry_run;
+    opts.server_side_copy = !args.no_server_side_copy;
+    let json = args.json;
+    let dry_run = args.dry_run;
+    let report = relay_with_progress(src, dst, opts, !json, &mut |p| {
+        if !json {
+            println!("would copy {} -> {} ({})", p.src_key, p.dst_key, HumanBytes(p.size));
+        }
+    })?;
+    print_report(&report, json, dry_run);
+    Ok(if report.objects_failed > 0 { EXIT_FAILED } else { EXIT_OK })
+}
+
+/// Runs a relay with a progress bar on a terminal.
+pub fn relay_with_progress(
+    src: Location,
+    dst: Location,
+    opts: RelayOptions,
+    show_progress: bool,
+    on_plan: &mut dyn FnMut(&relay::Planned),
+) -> Result<Report, Fail> {
+    let progress = Arc::new(Progress::default());
+    let done = Arc::new(AtomicBool::new(false));
+    let bar = (show_progress && std::io::stderr().is_terminal() && !opts.dry_run).then(|| {
+        let progress = progress.clone();
+        let done = done.clone();
+        std::thread::spawn(move || draw_progress(&progress, &done))
+    });
+    let result = relay::relay(src, dst, opts, progress, on_plan);
+    done.store(true, Ordering::Release);
+    if let Some(bar) = bar {
+        let _ = bar.join();
+    }
+    Ok(result?)
+}
+
+fn draw_progress(progress: &Progress, done: &AtomicBool) {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} {msg} ETA {eta}",
+        )
+        .expect("valid template"),
+    );
+    while !done.load(Ordering::Acquire) {
+        bar.set_length(progress.bytes_total.load(Ordering::Relaxed));
+        bar.set_position(progress.bytes_done.load(Ordering::Relaxed));
+        bar.set_message(format!(
+            "{}/{} objects",
+            progress.objects_done.load(Ordering::Relaxed),
+            progress.objects_total.load(Ordering::Relaxed)
+        ));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bar.finish_and_clear();
+}
+
+#[derive(serde::Serialize)]
+struct JsonReport<'a> {
+    objects_total: u64,
+    objects_copied: u64,
+    objects_skipped: u64,
+    objects_failed: u64,
+    bytes_copied: u64,
+    bytes_skipped: u64,
+    seconds: f64,
+    throughput_bytes_per_second: f64,
+    driver: Option<String>,
+    workers: usize,
+    ram_buffer_bytes: u64,
+    dry_run: bool,
+    objects_planned: u64,
+    failures: &'a [relay::Failure],
+}
+
+/// Prints the summary (or JSON) for a finished relay.
+pub fn print_report(report: &Report, json: bool, dry_run: bool) {
+    let rate = if report.seconds > 0.0 { report.bytes_copied as f64 / report.seconds } else { 0.0 };
+    if json {
+        let out = JsonReport {
+            objects_total: report.objects_total,
+            objects_copied: report.objects_copied,
+            objects_skipped: report.objects_skipped,
+            objects_failed: report.objects_failed,
+            bytes_copied: report.bytes_copied,
+            bytes_skipped: report.bytes_skipped,
+            seconds: report.seconds,
+            throughput_bytes_per_second: rate,
+            driver: report.driver.map(|d| d.to_string()),
+            workers: report.workers,
+            ram_buffer_bytes: report.ram_buffer_bytes,
+            dry_run,
+            objects_planned: report.objects_planned,
+            failures: &report.failures,
+        };
+        println!("{}", serde_json::to_string(&out).expect("report serialises"));
+        return;
+    }
+    if dry_run {
+        println!(
+            "dry run: {} of {} objects would be copied, {} already there",
+            report.objects_planned, report.objects_total, report.objects_skipped
+        );
+        return;
+    }
+    for f in &report.failures {
+        eprintln!("laminar: failed: {}: {}", f.key, f.reason);
+    }
+    println!(
+        "{} objects: {} copied ({}), {} skipped, {} failed in {:.2}s, {}/s ({} workers, {}, {} RAM buffer)",
+        report.objects_total,
+        report.objects_copied,
+        HumanBytes(report.bytes_copied),
+        report.objects_skipped,
+        report.objects_failed,
+        report.seconds,
+        HumanBytes(rate as u64),
+        report.workers,
+        report.driver.map(|d| d.to_string()).unwrap_or_default(),
+        HumanBytes(report.ram_buffer_bytes),
+    );
+}
+
+fn run_ls(config: Option<&std::path::Path>, url: &str, driver: &str) -> Result<u8, Fail> {
+    let config = Config::load(config)?;
+    let location = config.location(url)?;
+    let driver = DriverChoice::parse(driver).ok_or_else(|| usage(format!("--driver {driver:?}: use auto, io_uring or epoll")))?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    relay::list(&location, driver, &mut |entry| {
+        use std::io::Write;
+        let _ = writeln!(out, "{:>14} {}", entry.size, entry.key);
+    })?;
+    Ok(EXIT_OK)
+}

@@ -1,0 +1,643 @@
+//! A local directory tree (`file:///abs/path`).
+//!
+//! Keys are paths relative to the root with `/` separators. Listings walk the tree
+//! depth-first with each directory's entries sorted so that the walk yields keys in
+//! byte order (a directory sorts as `name/`), the order S3 lists in, so the two
+//! merge-join. Objects are written under a temporary name beside their final path,
+//! checked by reading them back against the checksum computed in flight, and renamed
+//! into place only then. A key that would escape the root is refused.
+//!
+//! Metadata that a file can't hold natively (Content-Type and friends, user
+//! metadata) and Laminar's provenance record live in `user.laminar.*` xattrs; the
+//! mtime is the file's own.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use super::{
+    Backend, CopySource, Entry, HashFamily, ListPage, LocalFuture, ObjectInfo, ObjectMeta, PartLimits, PartRecord,
+    PutArgs, Sink, Source, Store, WorkerCtx,
+};
+use crate::checksum::{Checksum, Hasher, Hashers};
+use crate::error::{Error, Result};
+use crate::pool::{Body, BufferPool};
+
+const XATTR_META: &str = "user.laminar.meta";
+const XATTR_PROVENANCE: &str = "user.laminar.provenance";
+const TEMP_MARK: &str = ".laminar-";
+const PAGE_ENTRIES: usize = 1000;
+/// Bytes read per syscall when reading a file back for verification.
+const VERIFY_READ_BYTES: usize = 1 << 20;
+
+/// A configured local tree.
+pub struct FileBackend {
+    root: Arc<PathBuf>,
+}
+
+impl FileBackend {
+    /// A tree rooted at `root` (absolute).
+    pub fn new(root: PathBuf) -> FileBackend {
+        assert!(root.is_absolute(), "file backend root must be absolute");
+        FileBackend { root: Arc::new(root) }
+    }
+}
+
+impl Backend for FileBackend {
+    fn open_source(&self, _ctx: &WorkerCtx) -> Rc<dyn Source> {
+        Rc::new(FileStore::new(self.root.clone()))
+    }
+
+    fn open_sink(&self, _ctx: &WorkerCtx) -> Rc<dyn Sink> {
+        Rc::new(FileStore::new(self.root.clone()))
+    }
+}
+
+/// One worker's handle on the tree.
+pub struct FileStore {
+    root: Arc<PathBuf>,
+    walks: RefCell<HashMap<u64, Walk>>,
+    next_walk: std::cell::Cell<u64>,
+}
+
+/// A depth-first walk in key order, paused between pages.
+struct Walk {
+    prefix: String,
+    /// Directories being walked: (key prefix of the dir, its sorted entries, next index).
+    stack: Vec<(String, Vec<(Vec<u8>, bool)>, usize)>,
+}
+
+impl FileStore {
+    fn new(root: Arc<PathBuf>) -> FileStore {
+        FileStore { root, walks: RefCell::new(HashMap::new()), next_walk: std::cell::Cell::new(0) }
+    }
+
+    /// Maps a key to a path under the root, refusing anything that could escape it.
+    pub fn resolve(&self, op: &'static str, key: &str) -> Result<PathBuf> {
+        resolve(&self.root, op, key)
+    }
+
+    fn read_dir_sorted(&self, dir: &Path) -> Result<Vec<(Vec<u8>, bool)>> {
+        let read = match std::fs::read_dir(dir) {
+            Ok(r) => r,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io("list", dir.display().to_string(), e)),
+        };
+        let mut entries = Vec::new();
+        for entry in read {
+            let entry = entry.map_err(|e| Error::io("list", dir.display().to_string(), e))?;
+            let name = entry.file_name().as_bytes().to_vec();
+            if std::str::from_utf8(&name).is_err() {
+                eprintln!("laminar: skipping {:?}: its name is not UTF-8, so it has no key", entry.path());
+                continue;
+            }
+            let file_type = entry.file_type().map_err(|e| Error::io("list", entry.path().display().to_string(), e))?;
+            // Follow symlinks to files; never into directories (no loops).
+            let is_dir = file_type.is_dir();
+            if !is_dir && !entry.path().is_file() {
+                continue;
+            }
+            if !is_dir && is_temp_name(&name) {
+                continue;
+            }
+            entries.push((name, is_dir));
+        }
+        // Byte order of the keys these produce: a directory's keys all start with "name/".
+        let sort_key = |(name, is_dir): &(Vec<u8>, bool)| {
+            let mut k = name.clone();
+            if *is_dir {
+                k.push(b'/');
+            }
+            k
+        };
+        entries.sort_by_cached_key(sort_key);
+        Ok(entries)
+    }
+
+    fn entry_for(&self, key: &str, path: &Path) -> Result<Option<Entry>> {
+        let md = match std::fs::metadata(path) {
+            Ok(md) => md,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("list", key, e)),
+        };
+        Ok(Some(Entry {
+            key: key.to_string(),
+            size: md.len(),
+            etag: None,
+            provenance: get_xattr(path, XATTR_PROVENANCE),
+            version: Some(version_token(&md)),
+        }))
+    }
+
+    fn list_sync(&self, prefix: &str, token: Option<String>) -> Result<ListPage> {
+        let mut walk = match token {
+            Some(t) => {
+                let id: u64 = t.parse().map_err(|_| Error::protocol("list", prefix, "bad listing token"))?;
+                self.walks.borrow_mut().remove(&id).ok_or_else(|| Error::protocol("list", prefix, "stale listing token"))?
+            }
+            None => {
+                // Start at the deepest directory the prefix names in full.
+                let dir_key = match prefix.rfind('/') {
+                    Some(i) => &prefix[..=i],
+                    None => "",
+                };
+                let dir = if dir_key.is_empty() { (*self.root).clone() } else { self.resolve("list", dir_key)? };
+                let entries = self.read_dir_sorted(&dir)?;
+                Walk { prefix: prefix.to_string(), stack: vec![(dir_key.to_string(), entries, 0)] }
+            }
+        };
+        let mut page = Vec::with_capacity(PAGE_ENTRIES);
+        while page.len() < PAGE_ENTRIES {
+            let Some((dir_key, entries, index)) = walk.stack.last_mut() else { break };
+            if *index >= entries.len() {
+                walk.stack.pop();
+                continue;
+            }
+            let (name, is_dir) = entries[*index].clone();
+            *index += 1;
+            let name = String::from_utf8(name).expect("names were checked to be UTF-8");
+            let key = format!("{dir_key}{name}");
+            if is_dir {
+                let sub = format!("{key}/");
+                if !(sub.starts_with(&walk.prefix) || walk.prefix.starts_with(&sub)) {
+                    continue;
+                }
+                let path = self.resolve("list", &sub)?;
+                let children = self.read_dir_sorted(&path)?;
+                if children.is_empty() {
+                    // An empty directory is listed as a directory marker.
+                    if sub.starts_with(&walk.prefix) {
+                        page.push(Entry { key: sub, size: 0, etag: None, provenance: None, version: None });
+                    }
+                } else {
+                    walk.stack.push((sub, children, 0));
+                }
+            } else if key.starts_with(&walk.prefix) {
+                let path = self.resolve("list", &key)?;
+                page.extend(self.entry_for(&key, &path)?);
+            }
+        }
+        let next = if walk.stack.is_empty() {
+            None
+        } else {
+            let id = self.next_walk.get();
+            self.next_walk.set(id + 1);
+            self.walks.borrow_mut().insert(id, walk);
+            Some(id.to_string())
+        };
+        Ok(ListPage { entries: page, next })
+    }
+
+    fn stat_sync(&self, key: &str) -> Result<Option<ObjectInfo>> {
+        let path = self.resolve("stat", key)?;
+        let md = match std::fs::metadata(&path) {
+            Ok(md) if md.is_file() || key.ends_with('/') => md,
+            Ok(_) => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("stat", key, e)),
+        };
+        Ok(Some(info_for(&path, &md)))
+    }
+
+    fn temp_path(&self, key: &str) -> Result<PathBuf> {
+        let path = self.resolve("put", key)?;
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        // Keep the temp name short enough for NAME_MAX even when the key's name is long.
+        let short: String = name.chars().take(64).collect();
+        let temp = format!(".{short}{TEMP_MARK}{:016x}.tmp", fastrand::u64(..));
+        Ok(path.with_file_name(temp))
+    }
+
+    fn ensure_parent(&self, op: &'static str, key: &str, path: &Path) -> Result<()> {
+        let parent = path.parent().expect("resolved paths have a parent");
+        std::fs::create_dir_all(parent).map_err(|e| {
+            Error::io(op, key, std::io::Error::new(e.kind(), format!("cannot create directory {}: {e}", parent.display())))
+        })
+    }
+
+    /// Reads a file back and checks it against the checksum computed in flight.
+    async fn verify(&self, key: &str, path: &Path, expected: &Checksum) -> Result<()> {
+        let file = monoio::fs::File::open(path).await.map_err(|e| Error::io("verify", key, e))?;
+        let mut hasher = Hasher::new(expected.algo);
+        let mut buf = Vec::with_capacity(VERIFY_READ_BYTES);
+        let mut offset = 0u64;
+        loop {
+            let (res, b) = file.read_at(buf, offset).await;
+            buf = b;
+            let n = res.map_err(|e| Error::io("verify", key, e))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            offset += n as u64;
+            buf.clear();
+        }
+        let _ = file.close().await;
+        let actual = hasher.finish();
+        if &actual != expected {
+            return Err(Error::Integrity {
+                op: "verify",
+                target: key.to_string(),
+                detail: format!("wrote {actual} to disk, expected {expected}"),
+            });
+        }
+        Ok(())
+    }
+
+    async fn write_chunks(&self, key: &str, path: &Path, offset: u64, body: Body, create: bool) -> Result<()> {
+        let mut options = monoio::fs::OpenOptions::new();
+        options.write(true);
+        if create {
+            options.create_new(true);
+        }
+        let file = options.open(path).await.map_err(|e| Error::io("write", key, e))?;
+        let mut at = offset;
+        for chunk in body.chunks {
+            if chunk.is_empty() {
+                continue;
+            }
+            let len = chunk.len() as u64;
+            let (res, _) = file.write_all_at(chunk, at).await;
+            res.map_err(|e| Error::io("write", key, e))?;
+            at += len;
+        }
+        file.close().await.map_err(|e| Error::io("write", key, e))
+    }
+
+    fn finish_file(&self, key: &str, temp: &Path, args: &PutArgs) -> Result<()> {
+        let path = self.resolve("put", key)?;
+        if let Some(t) = args.meta.mtime_system() {
+            let f = std::fs::OpenOptions::new().write(true).open(temp).map_err(|e| Error::io("put", key, e))?;
+            f.set_modified(t).map_err(|e| Error::io("put", key, e))?;
+        }
+        let meta_json = serde_json::to_string(&ObjectMeta { mtime: None, ..args.meta.clone() }).expect("meta serialises");
+        if meta_json != serde_json::to_string(&ObjectMeta::default()).expect("meta serialises") {
+            set_xattr(temp, XATTR_META, &meta_json);
+        }
+        if let Some(p) = &args.provenance {
+            set_xattr(temp, XATTR_PROVENANCE, p);
+        }
+        if path.is_dir() {
+            return Err(Error::io(
+                "put",
+                key,
+                std::io::Error::new(std::io::ErrorKind::AlreadyExists, format!("{} is a directory", path.display())),
+            ));
+        }
+        std::fs::rename(temp, &path).map_err(|e| Error::io("put", key, e))
+    }
+}
+
+/// Maps a key to a path under `root`, refusing anything that could escape it.
+pub fn resolve(root: &Path, op: &'static str, key: &str) -> Result<PathBuf> {
+    let invalid = |reason: &str| Error::InvalidKey { op, key: key.to_string(), reason: reason.to_string() };
+    if key.starts_with('/') {
+        return Err(invalid("absolute keys are refused by the file backend: they would escape its root"));
+    }
+    if key.contains('\0') {
+        return Err(invalid("keys with NUL bytes can't be file names"));
+    }
+    let body = key.strip_suffix('/').unwrap_or(key);
+    let mut path = root.to_path_buf();
+    if body.is_empty() {
+        return Ok(path);
+    }
+    for segment in body.split('/') {
+        match segment {
+            "" => return Err(invalid("empty path segment (\"//\") can't be a file name")),
+            "." | ".." => return Err(invalid("\".\" and \"..\" segments are refused: they could escape the root")),
+            s if s.len() > 255 => return Err(invalid("a path segment is longer than 255 bytes, the file-name limit")),
+            s => path.push(s),
+        }
+    }
+    Ok(path)
+}
+
+fn is_temp_name(name: &[u8]) -> bool {
+    name.starts_with(b".") && name.ends_with(b".tmp") && name.windows(TEMP_MARK.len()).any(|w| w == TEMP_MARK.as_bytes())
+}
+
+fn version_token(md: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!("file:{}:{}.{:09}", md.len(), md.mtime(), md.mtime_nsec())
+}
+
+fn info_for(path: &Path, md: &std::fs::Metadata) -> ObjectInfo {
+    let mut meta: ObjectMeta =
+        get_xattr(path, XATTR_META).and_then(|j| serde_json::from_str(&j).ok()).unwrap_or_default();
+    if let Ok(t) = md.modified() {
+        meta.set_mtime(t);
+    }
+    ObjectInfo {
+        size: if md.is_file() { md.len() } else { 0 },
+        etag: None,
+        meta,
+        checksums: Vec::new(),
+        provenance: get_xattr(path, XATTR_PROVENANCE),
+    }
+}
+
+fn get_xattr(path: &Path, name: &str) -> Option<String> {
+    let cpath = CString::new(path.as_os_str().as_bytes()).ok()?;
+    let cname = CString::new(name).ok()?;
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: both strings are NUL-terminated and `buf` has the length we pass.
+    let n = unsafe { libc::getxattr(cpath.as_ptr(), cname.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return None;
+    }
+    buf.truncate(n as usize);
+    String::from_utf8(buf).ok()
+}
+
+fn set_xattr(path: &Path, name: &str, value: &str) {
+    let (Ok(cpath), Ok(cname)) = (CString::new(path.as_os_str().as_bytes()), CString::new(name)) else { return };
+    // SAFETY: both strings are NUL-terminated and the value pointer/length describe `value`.
+    let rc = unsafe { libc::setxattr(cpath.as_ptr(), cname.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    // Filesystems without user xattrs (tmpfs on old kernels, some FUSE) lose only the
+    // extra metadata; the bytes and mtime are still right.
+    let _ = rc;
+}
+
+impl Store for FileStore {
+    fn list<'a>(&'a self, prefix: &'a str, token: Option<String>) -> LocalFuture<'a, Result<ListPage>> {
+        Box::pin(async move { self.list_sync(prefix, token) })
+    }
+
+    fn stat<'a>(&'a self, key: &'a str) -> LocalFuture<'a, Result<Option<ObjectInfo>>> {
+        Box::pin(async move { self.stat_sync(key) })
+    }
+
+    fn describe(&self) -> String {
+        format!("file://{}", self.root.display())
+    }
+
+    fn check<'a>(&'a self, writable: bool) -> LocalFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let root = self.root.display().to_string();
+            if !writable {
+                return match std::fs::metadata(&*self.root) {
+                    Ok(md) if md.is_dir() => Ok(()),
+                    Ok(_) => Err(Error::Usage(format!("source {root} is not a directory"))),
+                    Err(e) => Err(Error::Usage(format!("source directory {root} can't be read: {e}"))),
+                };
+            }
+            std::fs::create_dir_all(&*self.root)
+                .map_err(|e| Error::Usage(format!("destination {root} can't be created: {e}; pick a writable path")))?;
+            let probe = self.root.join(format!(".probe{TEMP_MARK}{:016x}.tmp", fastrand::u64(..)));
+            std::fs::write(&probe, b"")
+                .map_err(|e| Error::Usage(format!("destination {root} is not writable: {e}; fix its permissions or pick another path")))?;
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        })
+    }
+}
+
+impl Source for FileStore {
+    fn read<'a>(
+        &'a self,
+        key: &'a str,
+        range: Option<(u64, u64)>,
+        body: Body,
+        hashers: &'a mut Hashers,
+    ) -> LocalFuture<'a, Result<(Body, ObjectInfo)>> {
+        Box::pin(async move {
+            let path = self.resolve("get", key)?;
+            let md = std::fs::metadata(&path).map_err(|e| Error::io("get", key, e))?;
+            let info = info_for(&path, &md);
+            let (start, end) = range.unwrap_or((0, md.len()));
+            if end > md.len() {
+                return Err(Error::protocol("get", key, format!("file shrank to {} bytes while being read", md.len())));
+            }
+            let file = monoio::fs::File::open(&path).await.map_err(|e| Error::io("get", key, e))?;
+            let mut at = start;
+            let mut filled = Vec::with_capacity(body.chunks.len());
+            for mut chunk in body.chunks {
+                while at < end && chunk.remaining() > 0 {
+                    let before = chunk.len();
+                    let want = chunk.remaining().min((end - at) as usize);
+                    let (res, slice) = file.read_at(monoio::buf::IoBufMut::slice_mut(chunk, before..before + want), at).await;
+                    chunk = slice.into_inner();
+                    let n = res.map_err(|e| Error::io("get", key, e))?;
+                    if n == 0 {
+                        return Err(Error::protocol("get", key, "file shrank while being read"));
+                    }
+                    hashers.update(&chunk.as_slice()[before..before + n]);
+                    at += n as u64;
+                }
+                filled.push(chunk);
+            }
+            let _ = file.close().await;
+            if at != end {
+                return Err(Error::protocol("get", key, "the buffers reserved for the read were too small"));
+            }
+            Ok((Body::new(filled), info))
+        })
+    }
+
+    fn hash_families(&self) -> &'static [HashFamily] {
+        &[]
+    }
+
+    fn copy_source(&self, _key: &str) -> Option<CopySource> {
+        None
+    }
+}
+
+impl Sink for FileStore {
+    fn limits(&self) -> PartLimits {
+        PartLimits {
+            min_part_bytes: 1,
+            max_part_bytes: u64::MAX,
+            max_parts: u32::MAX,
+            part_alignment_bytes: 1,
+            parallel_parts: true,
+            max_single_put_bytes: u64::MAX,
+        }
+    }
+
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        body: Body,
+        checksum: &'a Checksum,
+        _md5_hex: Option<&'a str>,
+        args: &'a PutArgs,
+    ) -> LocalFuture<'a, Result<String>> {
+        Box::pin(async move {
+            let temp = self.temp_path(key)?;
+            self.ensure_parent("put", key, &temp)?;
+            let result = async {
+                self.write_chunks(key, &temp, 0, body, true).await?;
+                self.verify(key, &temp, checksum).await?;
+                self.finish_file(key, &temp, args)
+            }
+            .await;
+            if result.is_err() {
+                let _ = std::fs::remove_file(&temp);
+            }
+            result.map(|()| String::new())
+        })
+    }
+
+    fn create_multipart<'a>(&'a self, key: &'a str, size: u64, _args: &'a PutArgs) -> LocalFuture<'a, Result<String>> {
+        Box::pin(async move {
+            let temp = self.temp_path(key)?;
+            self.ensure_parent("create-multipart", key, &temp)?;
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&temp)
+                .map_err(|e| Error::io("create-multipart", key, e))?;
+            f.set_len(size).map_err(|e| Error::io("create-multipart", key, e))?;
+            Ok(temp.file_name().expect("temp has a name").to_string_lossy().into_owned())
+        })
+    }
+
+    fn upload_part<'a>(
+        &'a self,
+        key: &'a str,
+        upload_id: &'a str,
+        _number: u32,
+        offset: u64,
+        body: Body,
+        _checksum: &'a Checksum,
+        _md5_hex: Option<&'a str>,
+    ) -> LocalFuture<'a, Result<String>> {
+        Box::pin(async move {
+            let temp = self.resolve("upload-part", key)?.with_file_name(upload_id);
+            self.write_chunks(key, &temp, offset, body, false).await?;
+            Ok(String::new())
+        })
+    }
+
+    fn complete_multipart<'a>(
+        &'a self,
+        key: &'a str,
+        upload_id: &'a str,
+        parts: &'a [PartRecord],
+        full: Option<&'a Checksum>,
+        args: &'a PutArgs,
+    ) -> LocalFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let temp = self.resolve("complete-multipart", key)?.with_file_name(upload_id);
+            let expected_len: u64 = parts.iter().map(|p| p.len).sum();
+            let md = std::fs::metadata(&temp).map_err(|e| Error::io("complete-multipart", key, e))?;
+            if md.len() != expected_len {
+                return Err(Error::protocol(
+                    "complete-multipart",
+                    key,
+                    format!("temporary file holds {} bytes, parts add up to {expected_len}", md.len()),
+                ));
+            }
+            if let Some(full) = full {
+                self.verify(key, &temp, full).await?;
+            }
+            self.finish_file(key, &temp, args)
+        })
+    }
+
+    fn abort_multipart<'a>(&'a self, key: &'a str, upload_id: &'a str) -> LocalFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let temp = self.resolve("abort-multipart", key)?.with_file_name(upload_id);
+            match std::fs::remove_file(&temp) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(Error::io("abort-multipart", key, e)),
+            }
+        })
+    }
+
+    fn put_dir_marker<'a>(&'a self, key: &'a str, args: &'a PutArgs) -> LocalFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let path = self.resolve("mkdir", key)?;
+            std::fs::create_dir_all(&path).map_err(|e| Error::io("mkdir", key, e))?;
+            if let Some(p) = &args.provenance {
+                set_xattr(&path, XATTR_PROVENANCE, p);
+            }
+            Ok(())
+        })
+    }
+
+    fn can_copy_from(&self, _source: &CopySource) -> bool {
+        false
+    }
+
+    fn copy_object<'a>(&'a self, _source: &'a CopySource, key: &'a str, _args: &'a PutArgs) -> LocalFuture<'a, Result<()>> {
+        Box::pin(async move { Err(Error::protocol("copy", key, "the file backend has no server-side copy")) })
+    }
+
+    fn copy_part<'a>(
+        &'a self,
+        _source: &'a CopySource,
+        key: &'a str,
+        _upload_id: &'a str,
+        _number: u32,
+        _range: (u64, u64),
+    ) -> LocalFuture<'a, Result<String>> {
+        Box::pin(async move { Err(Error::protocol("copy-part", key, "the file backend has no server-side copy")) })
+    }
+}
+
+/// Unused by the file backend but kept for symmetry with pool-based reads.
+#[allow(dead_code)]
+fn _pool_marker(_: &BufferPool) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_cannot_escape() {
+        let root = Path::new("/r");
+        assert_eq!(resolve(root, "put", "a/b").unwrap(), Path::new("/r/a/b"));
+        assert_eq!(resolve(root, "put", "a/b/").unwrap(), Path::new("/r/a/b"));
+        for bad in ["../x", "a/../../x", "/etc/passwd", "a//b", "./a", "a\0b"] {
+            assert!(matches!(resolve(root, "put", bad), Err(Error::InvalidKey { .. })), "{bad}");
+        }
+    }
+
+    #[test]
+    fn walk_is_in_byte_order() {
+        let dir = tempfile::tempdir().unwrap();
+        for rel in ["a/b", "a-c", "a0", "b/c/d", "b/c-", "z", "a/a/x"] {
+            let p = dir.path().join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, rel).unwrap();
+        }
+        std::fs::create_dir_all(dir.path().join("empty")).unwrap();
+        std::fs::write(dir.path().join(".x.laminar-0000000000000000.tmp"), b"").unwrap();
+        let store = FileStore::new(Arc::new(dir.path().to_path_buf()));
+        let keys: Vec<String> = store.list_sync("", None).unwrap().entries.into_iter().map(|e| e.key).collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted);
+        assert_eq!(keys, ["a-c", "a/a/x", "a/b", "a0", "b/c-", "b/c/d", "empty/", "z"]);
+        let keys: Vec<String> = store.list_sync("b/c", None).unwrap().entries.into_iter().map(|e| e.key).collect();
+        assert_eq!(keys, ["b/c-", "b/c/d"]);
+    }
+
+    #[test]
+    fn walk_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..2500 {
+            std::fs::write(dir.path().join(format!("{i:05}")), b"x").unwrap();
+        }
+        let store = FileStore::new(Arc::new(dir.path().to_path_buf()));
+        let mut token = None;
+        let mut total = 0;
+        loop {
+            let page = store.list_sync("", token).unwrap();
+            total += page.entries.len();
+            token = page.next;
+            if token.is_none() {
+                break;
+            }
+        }
+        assert_eq!(total, 2500);
+    }
+}

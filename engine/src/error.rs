@@ -1,0 +1,197 @@
+//! The engine's error type.
+//!
+//! Every error says what was being done (`op`), to what (`target`: a key, a bucket,
+//! an endpoint), and where it helps, what the operator can do about it. Each error
+//! also knows whether retrying it can help, so the retry loop needs no string matching.
+
+use std::time::Duration;
+
+/// A result with the engine's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong, with enough context for a one-line report.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The user's input (URL, config, flag) is wrong. Never retried.
+    #[error("{0}")]
+    Usage(String),
+    /// Could not open a connection to an endpoint.
+    #[error("{op} {target}: cannot connect to {endpoint}: {source}; check that the server is running and the endpoint in the remote's config is right")]
+    Connect {
+        /// The operation.
+        op: &'static str,
+        /// The key or bucket it concerned.
+        target: String,
+        /// The endpoint, `host:port`.
+        endpoint: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// An I/O error on an established connection or a local file.
+    #[error("{op} {target}: {source}")]
+    Io {
+        /// The operation.
+        op: &'static str,
+        /// The key, path or endpoint.
+        target: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The server answered with an error status.
+    #[error("{op} {target}: HTTP {status} {code}: {message}{hint}")]
+    Http {
+        /// The operation.
+        op: &'static str,
+        /// The key or bucket.
+        target: String,
+        /// HTTP status code.
+        status: u16,
+        /// The store's error code, e.g. `NoSuchBucket`, `SlowDown`.
+        code: String,
+        /// The store's message.
+        message: String,
+        /// Advice for the operator, starting with "; ", or empty.
+        hint: String,
+        /// The server's Retry-After, if it sent one.
+        retry_after: Option<Duration>,
+    },
+    /// The server broke the protocol (bad HTTP, unexpected XML, short body).
+    #[error("{op} {target}: {detail}")]
+    Protocol {
+        /// The operation.
+        op: &'static str,
+        /// The key or endpoint.
+        target: String,
+        /// What was wrong.
+        detail: String,
+    },
+    /// Bytes did not match their checksum.
+    #[error("{op} {target}: checksum mismatch: {detail}")]
+    Integrity {
+        /// The operation.
+        op: &'static str,
+        /// The key.
+        target: String,
+        /// Expected and actual values.
+        detail: String,
+    },
+    /// A key that this store cannot hold safely (e.g. `..` on the file backend).
+    #[error("{op} {key:?}: {reason}")]
+    InvalidKey {
+        /// The operation.
+        op: &'static str,
+        /// The key.
+        key: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// An operation took longer than its deadline.
+    #[error("{op} {target}: timed out after {seconds}s")]
+    Timeout {
+        /// The operation.
+        op: &'static str,
+        /// The key or endpoint.
+        target: String,
+        /// The deadline.
+        seconds: u64,
+    },
+}
+
+impl Error {
+    /// Whether the same operation may succeed if tried again.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Usage(_) | Error::InvalidKey { .. } => false,
+            Error::Connect { .. } | Error::Io { .. } | Error::Timeout { .. } => true,
+            Error::Protocol { .. } | Error::Integrity { .. } => true,
+            Error::Http { status, code, .. } => {
+                *status >= 500 || *status == 429 || *status == 408 || code == "SlowDown" || code == "RequestTimeout"
+            }
+        }
+    }
+
+    /// Whether no object can succeed after this error (bad credentials, missing bucket,
+    /// no server): the relay stops instead of failing every object the same way.
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            Error::Usage(_) => true,
+            Error::Http { status, code, .. } => {
+                matches!(*status, 401 | 403)
+                    || code == "NoSuchBucket"
+                    || code == "InvalidAccessKeyId"
+                    || code == "SignatureDoesNotMatch"
+            }
+            _ => false,
+        }
+    }
+
+    /// The delay the server asked for, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Http { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// Shorthand for an I/O error.
+    pub fn io(op: &'static str, target: impl Into<String>, source: std::io::Error) -> Error {
+        Error::Io { op, target: target.into(), source }
+    }
+
+    /// Shorthand for a protocol error.
+    pub fn protocol(op: &'static str, target: impl Into<String>, detail: impl Into<String>) -> Error {
+        Error::Protocol { op, target: target.into(), detail: detail.into() }
+    }
+}
+
+/// Exponential backoff with full jitter: attempt 0 waits up to `base`, each later
+/// attempt doubles the ceiling up to `cap`. A server's Retry-After wins when longer.
+pub fn backoff_delay(attempt: u32, base: Duration, cap: Duration, retry_after: Option<Duration>) -> Duration {
+    let ceiling = base.saturating_mul(1u32 << attempt.min(16)).min(cap);
+    let jittered = ceiling.mul_f64(fastrand::f64());
+    match retry_after {
+        Some(asked) if asked > jittered => asked.min(Duration::from_secs(60)),
+        _ => jittered,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_bounded() {
+        for attempt in 0..40 {
+            let d = backoff_delay(attempt, Duration::from_millis(100), Duration::from_secs(5), None);
+            assert!(d <= Duration::from_secs(5));
+        }
+        let d = backoff_delay(0, Duration::from_millis(1), Duration::from_secs(1), Some(Duration::from_secs(2)));
+        assert_eq!(d, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn classification() {
+        let slow = Error::Http {
+            op: "put",
+            target: "k".into(),
+            status: 503,
+            code: "SlowDown".into(),
+            message: String::new(),
+            hint: String::new(),
+            retry_after: None,
+        };
+        assert!(slow.is_retryable());
+        assert!(!slow.is_fatal());
+        let denied = Error::Http {
+            op: "put",
+            target: "k".into(),
+            status: 403,
+            code: "AccessDenied".into(),
+            message: String::new(),
+            hint: String::new(),
+            retry_after: None,
+        };
+        assert!(!denied.is_retryable());
+        assert!(denied.is_fatal());
+    }
+}

@@ -1,0 +1,16 @@
+//! HTTP/1.1 on the worker's event loop: the byte path.
+//!
+//! A deliberately small client: keep-alive connection pools per worker and endpoint,
+//! request heads written by hand, response heads parsed with `httparse`, and bodies
+//! read straight into pool chunks and written from them, so no bytes are copied
+//! through intermediate heap buffers and nothing is allocated per chunk. TLS (rustls)
+//! wraps the same stream for `https` endpoints. Metadata calls (listings, multipart
+//! control) reuse it with small `Vec` bodies.
+
+pub(crate) mod client;
+mod conn;
+mod head;
+
+pub use client::{HttpClient, Request, RequestBody, Response};
+pub use conn::Endpoint;
+pub use head::ResponseHead;

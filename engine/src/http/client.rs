@@ -1,0 +1,493 @@
+//! Requests, responses and the per-worker keep-alive pool.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use monoio::buf::IoBufMut;
+
+use super::conn::{tls_config, Endpoint, Stream};
+use super::head::{Framing, ResponseHead};
+use crate::checksum::Hashers;
+use crate::error::{Error, Result};
+use crate::pool::Body;
+
+/// Bytes a response head may take; S3 heads are a few hundred bytes.
+const HEAD_BUFFER_BYTES: usize = 16 << 10;
+/// Idle connections kept per endpoint and worker.
+const IDLE_PER_ENDPOINT_MAX: usize = 512;
+/// Largest metadata body read into memory (listings are ~1 MiB for 1,000 keys).
+pub(crate) const METADATA_BODY_MAX_BYTES: u64 = 64 << 20;
+
+struct Conn {
+    stream: Stream,
+    /// Bytes read past the last response head: `buf[start..]` is unread.
+    buf: Vec<u8>,
+    start: usize,
+    reused: bool,
+}
+
+/// What a request sends after its head.
+pub enum RequestBody {
+    /// Nothing (Content-Length: 0 for methods that carry one).
+    Empty,
+    /// Small bytes, e.g. an XML document.
+    Bytes(Vec<u8>),
+    /// Pool chunks, for object data.
+    Chunks(Body),
+}
+
+impl RequestBody {
+    fn len(&self) -> u64 {
+        match self {
+            RequestBody::Empty => 0,
+            RequestBody::Bytes(b) => b.len() as u64,
+            RequestBody::Chunks(b) => b.len(),
+        }
+    }
+}
+
+/// A request about to be sent.
+pub struct Request<'a> {
+    /// Method, e.g. `GET`.
+    pub method: &'static str,
+    /// Path and query, already percent-encoded.
+    pub path: &'a str,
+    /// Headers other than Host and Content-Length.
+    pub headers: Vec<(String, String)>,
+    /// What the request is for, for errors (e.g. `put`).
+    pub op: &'static str,
+    /// The key or bucket, for errors.
+    pub target: &'a str,
+}
+
+/// A per-worker HTTP client. Cheap to clone.
+#[derive(Clone)]
+pub struct HttpClient {
+    inner: Rc<ClientInner>,
+}
+
+struct ClientInner {
+    idle: RefCell<HashMap<Endpoint, Vec<Conn>>>,
+    tls: Arc<rustls::ClientConfig>,
+    connect_timeout: Duration,
+    io_timeout: Duration,
+}
+
+impl Default for HttpClient {
+    fn default() -> Self {
+        HttpClient::new(Duration::from_secs(10), Duration::from_secs(60))
+    }
+}
+
+impl HttpClient {
+    /// A client with the given connect and per-read/write idle timeouts.
+    pub fn new(connect_timeout: Duration, io_timeout: Duration) -> HttpClient {
+        HttpClient {
+            inner: Rc::new(ClientInner {
+                idle: RefCell::new(HashMap::new()),
+                tls: tls_config(),
+                connect_timeout,
+                io_timeout,
+            }),
+        }
+    }
+
+    async fn checkout(&self, endpoint: &Endpoint, op: &'static str, target: &str) -> Result<Conn> {
+        if let Some(conn) = self.inner.idle.borrow_mut().get_mut(endpoint).and_then(Vec::pop) {
+            return Ok(conn);
+        }
+        let connect = Stream::connect(endpoint, &self.inner.tls);
+        let stream = match monoio::time::timeout(self.inner.connect_timeout, connect).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(source)) => {
+                return Err(Error::Connect { op, target: target.to_string(), endpoint: endpoint.authority(), source })
+            }
+            Err(_) => {
+                return Err(Error::Connect {
+                    op,
+                    target: target.to_string(),
+                    endpoint: endpoint.authority(),
+                    source: std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
+                })
+            }
+        };
+        Ok(Conn { stream, buf: Vec::with_capacity(HEAD_BUFFER_BYTES), start: 0, reused: false })
+    }
+
+    fn checkin(&self, endpoint: &Endpoint, mut conn: Conn) {
+        conn.reused = true;
+        let mut idle = self.inner.idle.borrow_mut();
+        let list = idle.entry(endpoint.clone()).or_default();
+        if list.len() < IDLE_PER_ENDPOINT_MAX {
+            list.push(conn);
+        }
+    }
+
+    /// Sends a request and reads the response head. The request body is given back
+    /// so that the caller may reuse its chunks. A request on a reused keep-alive
+    /// connection that the server had closed is sent again once on a new connection.
+    pub async fn send(
+        &self,
+        endpoint: &Endpoint,
+        req: &Request<'_>,
+        mut body: RequestBody,
+    ) -> Result<(Response, RequestBody)> {
+        loop {
+            let mut conn = self.checkout(endpoint, req.op, req.target).await?;
+            let reused = conn.reused;
+            let (result, returned) = self.exchange(&mut conn, endpoint, req, body).await;
+            body = returned;
+            match result {
+                Ok((head, framing)) => {
+                    let response = Response {
+                        head,
+                        conn: Some(conn),
+                        framing,
+                        client: self.clone(),
+                        endpoint: endpoint.clone(),
+                        op: req.op,
+                        target: req.target.to_string(),
+                    };
+                    return Ok((response, body));
+                }
+                Err(StaleOr::Stale) if reused => continue,
+                Err(StaleOr::Stale) => {
+                    return Err(Error::io(
+                        req.op,
+                        req.target,
+                        std::io::Error::new(std::io::ErrorKind::ConnectionReset, "server closed the connection"),
+                    ))
+                }
+                Err(StaleOr::Error(e)) => return Err(e),
+            }
+        }
+    }
+
+    async fn exchange(
+        &self,
+        conn: &mut Conn,
+        endpoint: &Endpoint,
+        req: &Request<'_>,
+        body: RequestBody,
+    ) -> (std::result::Result<(ResponseHead, Framing), StaleOr>, RequestBody) {
+        let mut head = Vec::with_capacity(512);
+        head.extend_from_slice(req.method.as_bytes());
+        head.push(b' ');
+        head.extend_from_slice(req.path.as_bytes());
+        head.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+        head.extend_from_slice(endpoint.authority().as_bytes());
+        head.extend_from_slice(b"\r\n");
+        for (name, value) in &req.headers {
+            head.extend_from_slice(name.as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        let body_len = body.len();
+        if body_len > 0 || matches!(req.method, "PUT" | "POST") {
+            head.extend_from_slice(format!("content-length: {body_len}\r\n").as_bytes());
+        }
+        head.extend_from_slice(b"\r\n");
+        let body = match body {
+            RequestBody::Bytes(bytes) => {
+                head.extend_from_slice(&bytes);
+                RequestBody::Bytes(bytes)
+            }
+            other => other,
+        };
+        let io_timeout = self.inner.io_timeout;
+        let wrote = monoio::time::timeout(io_timeout, conn.stream.write_all(head)).await;
+        match wrote {
+            Ok((Ok(_), _)) => {}
+            Ok((Err(_), _)) => return (Err(StaleOr::Stale), body),
+            Err(_) => return (Err(StaleOr::Error(timeout(req, io_timeout))), body),
+        }
+        let body = match body {
+            RequestBody::Chunks(chunks) => {
+                let mut sent = Vec::with_capacity(chunks.chunks.len());
+                for chunk in chunks.chunks {
+                    if chunk.is_empty() {
+                        sent.push(chunk);
+                        continue;
+                    }
+                    match monoio::time::timeout(io_timeout, conn.stream.write_all(chunk)).await {
+                        Ok((Ok(_), chunk)) => sent.push(chunk),
+                        Ok((Err(e), _)) => {
+                            return (Err(StaleOr::Error(Error::io(req.op, req.target, e))), RequestBody::Empty)
+                        }
+                        Err(_) => return (Err(StaleOr::Error(timeout(req, io_timeout))), RequestBody::Empty),
+                    }
+                }
+                RequestBody::Chunks(Body::new(sent))
+            }
+            other => other,
+        };
+        if let Err(e) = conn.stream.flush().await {
+            return (Err(StaleOr::Error(Error::io(req.op, req.target, e))), body);
+        }
+        let is_head = req.method == "HEAD";
+        let result = read_head(conn, io_timeout, req).await.map(|head| {
+            let framing = head.framing(is_head);
+            (head, framing)
+        });
+        (result, body)
+    }
+}
+
+enum StaleOr {
+    /// The connection was closed before any response byte: safe to resend.
+    Stale,
+    Error(Error),
+}
+
+fn timeout(req: &Request<'_>, t: Duration) -> Error {
+    Error::Timeout { op: req.op, target: req.target.to_string(), seconds: t.as_secs() }
+}
+
+async fn read_head(conn: &mut Conn, io_timeout: Duration, req: &Request<'_>) -> std::result::Result<ResponseHead, StaleOr> {
+    // Move unread bytes to the front; a previous response may have left none.
+    if conn.start > 0 {
+        conn.buf.drain(..conn.start);
+        conn.start = 0;
+    }
+    let mut first_read = true;
+    loop {
+        match ResponseHead::parse(&conn.buf) {
+            Ok(Some((head, len))) => {
+                conn.start = len;
+                if head.status == 100 {
+                    conn.buf.drain(..len);
+                    conn.start = 0;
+                    continue;
+                }
+                return Ok(head);
+            }
+            Ok(None) => {}
+            Err(detail) => return Err(StaleOr::Error(Error::protocol(req.op, req.target, detail))),
+        }
+        if conn.buf.len() == conn.buf.capacity() {
+            return Err(StaleOr::Error(Error::protocol(req.op, req.target, "response head larger than 16 KiB")));
+        }
+        let buf = std::mem::take(&mut conn.buf);
+        let at = buf.len();
+        let cap = buf.capacity();
+        let read = monoio::time::timeout(io_timeout, conn.stream.read(buf.slice_mut(at..cap))).await;
+        let (res, slice) = match read {
+            Ok(r) => r,
+            Err(_) => return Err(StaleOr::Error(timeout(req, io_timeout))),
+        };
+        conn.buf = slice.into_inner();
+        match res {
+            Ok(0) if first_read && conn.buf.is_empty() => return Err(StaleOr::Stale),
+            Ok(0) => {
+                return Err(StaleOr::Error(Error::protocol(req.op, req.target, "connection closed in the response head")))
+            }
+            Ok(_) => first_read = false,
+            Err(e) if first_read && conn.buf.is_empty() && is_reset(&e) => return Err(StaleOr::Stale),
+            Err(e) => return Err(StaleOr::Error(Error::io(req.op, req.target, e))),
+        }
+    }
+}
+
+fn is_reset(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionAborted
+    )
+}
+
+/// A response whose head has been read; its body is read with one of the methods,
+/// after which the connection returns to the pool if it can be reused.
+pub struct Response {
+    /// Status and headers.
+    pub head: ResponseHead,
+    conn: Option<Conn>,
+    framing: Framing,
+    client: HttpClient,
+    endpoint: Endpoint,
+    op: &'static str,
+    target: String,
+}
+
+impl Response {
+    fn finish(&mut self, reusable: bool) {
+        if let Some(conn) = self.conn.take() {
+            if reusable && self.head.keep_alive() {
+                self.client.checkin(&self.endpoint, conn);
+            }
+        }
+    }
+
+    async fn read_more(&mut self) -> Result<usize> {
+        let io_timeout = self.client.inner.io_timeout;
+        let conn = self.conn.as_mut().expect("connection present until the body is read");
+        if conn.start > 0 {
+            conn.buf.drain(..conn.start);
+            conn.start = 0;
+        }
+        if conn.buf.len() == conn.buf.capacity() {
+            conn.buf.reserve(conn.buf.capacity());
+        }
+        let buf = std::mem::take(&mut conn.buf);
+        let at = buf.len();
+        let cap = buf.capacity();
+        let (res, slice) = monoio::time::timeout(io_timeout, conn.stream.read(buf.slice_mut(at..cap)))
+            .await
+            .map_err(|_| Error::Timeout { op: self.op, target: self.target.clone(), seconds: io_timeout.as_secs() })?;
+        conn.buf = slice.into_inner();
+        res.map_err(|e| Error::io(self.op, self.target.clone(), e))
+    }
+
+    /// Reads the whole body into memory, up to `METADATA_BODY_MAX_BYTES`.
+    pub async fn read_to_vec(mut self) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        match self.framing {
+            Framing::Length(n) => {
+                if n > METADATA_BODY_MAX_BYTES {
+                    return Err(Error::protocol(self.op, self.target.clone(), format!("metadata body of {n} bytes")));
+                }
+                while (out.len() as u64) < n {
+                    let conn = self.conn.as_mut().expect("connection");
+                    let want = (n as usize - out.len()).min(conn.buf.len() - conn.start);
+                    out.extend_from_slice(&conn.buf[conn.start..conn.start + want]);
+                    conn.start += want;
+                    if (out.len() as u64) < n && self.read_more().await? == 0 {
+                        return Err(Error::protocol(self.op, self.target.clone(), "connection closed in the body"));
+                    }
+                }
+                self.finish(true);
+            }
+            Framing::UntilClose => loop {
+                let conn = self.conn.as_mut().expect("connection");
+                out.extend_from_slice(&conn.buf[conn.start..]);
+                conn.start = conn.buf.len();
+                if out.len() as u64 > METADATA_BODY_MAX_BYTES {
+                    return Err(Error::protocol(self.op, self.target.clone(), "metadata body too large"));
+                }
+                if self.read_more().await? == 0 {
+                    self.finish(false);
+                    break;
+                }
+            },
+            Framing::Chunked => {
+                loop {
+                    let size_line = self.read_line().await?;
+                    let size_hex = size_line.split(';').next().unwrap_or("").trim();
+                    let size = u64::from_str_radix(size_hex, 16).map_err(|_| {
+                        Error::protocol(self.op, self.target.clone(), format!("bad chunk size {size_hex:?}"))
+                    })?;
+                    if out.len() as u64 + size > METADATA_BODY_MAX_BYTES {
+                        return Err(Error::protocol(self.op, self.target.clone(), "metadata body too large"));
+                    }
+                    if size == 0 {
+                        // Trailers, until an empty line.
+                        while !self.read_line().await?.is_empty() {}
+                        break;
+                    }
+                    let mut left = size as usize;
+                    while left > 0 {
+                        let conn = self.conn.as_mut().expect("connection");
+                        let take = left.min(conn.buf.len() - conn.start);
+                        out.extend_from_slice(&conn.buf[conn.start..conn.start + take]);
+                        conn.start += take;
+                        left -= take;
+                        if left > 0 && self.read_more().await? == 0 {
+                            return Err(Error::protocol(self.op, self.target.clone(), "connection closed in a chunk"));
+                        }
+                    }
+                    if !self.read_line().await?.is_empty() {
+                        return Err(Error::protocol(self.op, self.target.clone(), "missing CRLF after chunk"));
+                    }
+                }
+                self.finish(true);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn read_line(&mut self) -> Result<String> {
+        loop {
+            let conn = self.conn.as_mut().expect("connection");
+            if let Some(pos) = conn.buf[conn.start..].windows(2).position(|w| w == b"\r\n") {
+                let line = String::from_utf8_lossy(&conn.buf[conn.start..conn.start + pos]).into_owned();
+                conn.start += pos + 2;
+                return Ok(line);
+            }
+            if conn.buf.len() - conn.start > 4096 {
+                return Err(Error::protocol(self.op, self.target.clone(), "chunk header line too long"));
+            }
+            if self.read_more().await? == 0 {
+                return Err(Error::protocol(self.op, self.target.clone(), "connection closed in chunked body"));
+            }
+        }
+    }
+
+    /// Reads and drops the body (for error and empty responses).
+    pub async fn discard(self) -> Result<()> {
+        self.read_to_vec().await.map(drop)
+    }
+
+    /// Reads a body of known length into `body`'s chunks, feeding `hashers` as bytes
+    /// arrive. The body must have room; the chunks come back filled in order.
+    pub async fn read_into(mut self, body: Body, hashers: &mut Hashers) -> Result<Body> {
+        let Framing::Length(expected) = self.framing else {
+            return Err(Error::protocol(self.op, self.target.clone(), "object body without Content-Length"));
+        };
+        let capacity: u64 = body.chunks.iter().map(|c| c.remaining() as u64).sum();
+        if expected > capacity {
+            return Err(Error::protocol(
+                self.op,
+                self.target.clone(),
+                format!("body of {expected} bytes does not fit the {capacity} bytes reserved for it"),
+            ));
+        }
+        let io_timeout = self.client.inner.io_timeout;
+        let mut left = expected;
+        let mut filled = Vec::with_capacity(body.chunks.len());
+        for mut chunk in body.chunks {
+            // Bytes already read past the head go first.
+            let conn = self.conn.as_mut().expect("connection");
+            if left > 0 && conn.start < conn.buf.len() {
+                let avail = (conn.buf.len() - conn.start).min(left as usize);
+                let before = chunk.len();
+                let n = chunk.extend_from(&conn.buf[conn.start..conn.start + avail]);
+                hashers.update(&chunk.as_slice()[before..]);
+                conn.start += n;
+                left -= n as u64;
+            }
+            while left > 0 && chunk.remaining() > 0 {
+                let before = chunk.len();
+                let want = chunk.remaining().min(left as usize);
+                let conn = self.conn.as_mut().expect("connection");
+                let read = monoio::time::timeout(io_timeout, conn.stream.read(chunk.slice_mut(before..before + want)));
+                let (res, slice) = read.await.map_err(|_| Error::Timeout {
+                    op: self.op,
+                    target: self.target.clone(),
+                    seconds: io_timeout.as_secs(),
+                })?;
+                chunk = slice.into_inner();
+                match res {
+                    Ok(0) => {
+                        return Err(Error::protocol(
+                            self.op,
+                            self.target.clone(),
+                            format!("connection closed with {left} of {expected} body bytes unread"),
+                        ))
+                    }
+                    Ok(n) => {
+                        hashers.update(&chunk.as_slice()[before..before + n]);
+                        left -= n as u64;
+                    }
+                    Err(e) => return Err(Error::io(self.op, self.target.clone(), e)),
+                }
+            }
+            filled.push(chunk);
+        }
+        debug_assert_eq!(left, 0);
+        self.finish(true);
+        Ok(Body::new(filled))
+    }
+}

@@ -1,0 +1,172 @@
+//! Connections: TCP made with socket2 (so per-socket options can be applied before
+//! connecting), optionally wrapped in rustls.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+
+use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+use monoio::BufResult;
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Where requests go: scheme, host and port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    /// Whether to speak TLS.
+    pub tls: bool,
+    /// Host name or address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// Parses `http://host[:port]` or `https://host[:port]` (a path is not allowed).
+    pub fn parse(url: &str) -> Result<Endpoint, String> {
+        let (tls, rest) = if let Some(rest) = url.strip_prefix("https://") {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("http://") {
+            (false, rest)
+        } else {
+            return Err(format!("endpoint {url:?} must start with http:// or https://"));
+        };
+        let rest = rest.trim_end_matches('/');
+        if rest.is_empty() || rest.contains('/') {
+            return Err(format!("endpoint {url:?} must be scheme://host[:port] with no path"));
+        }
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || rest.starts_with('[') => {
+                let port = p.parse().map_err(|_| format!("endpoint {url:?} has an invalid port {p:?}"))?;
+                (h.to_string(), port)
+            }
+            _ => (rest.to_string(), if tls { 443 } else { 80 }),
+        };
+        Ok(Endpoint { tls, host, port })
+    }
+
+    /// The `Host` header value.
+    pub fn authority(&self) -> String {
+        let default = if self.tls { 443 } else { 80 };
+        if self.port == default {
+            self.host.clone()
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// `scheme://authority`.
+    pub fn url(&self) -> String {
+        format!("{}://{}", if self.tls { "https" } else { "http" }, self.authority())
+    }
+
+    /// A copy with another host (virtual-hosted style buckets).
+    pub fn with_host(&self, host: String) -> Endpoint {
+        Endpoint { host, ..self.clone() }
+    }
+
+    fn resolve(&self) -> std::io::Result<SocketAddr> {
+        let host = self.host.trim_start_matches('[').trim_end_matches(']');
+        (host, self.port)
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "host has no address"))
+    }
+}
+
+/// A plain or TLS stream.
+pub(crate) enum Stream {
+    Plain(TcpStream),
+    Tls(Box<monoio_rustls::ClientTlsStream<TcpStream>>),
+}
+
+impl Stream {
+    pub(crate) async fn connect(endpoint: &Endpoint, tls: &Arc<rustls::ClientConfig>) -> std::io::Result<Stream> {
+        let addr = endpoint.resolve()?;
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_nodelay(true)?;
+        socket.set_nonblocking(true)?;
+        match socket.connect(&addr.into()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => return Err(e),
+        }
+        let std_stream: std::net::TcpStream = socket.into();
+        let stream = TcpStream::from_std(std_stream)?;
+        stream.writable(false).await?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+        // SAFETY: `stream` owns `fd` and outlives this borrow.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        if let Some(err) = socket2::SockRef::from(&borrowed).take_error()? {
+            return Err(err);
+        }
+        if !endpoint.tls {
+            return Ok(Stream::Plain(stream));
+        }
+        let name = rustls::pki_types::ServerName::try_from(endpoint.host.clone())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let connector = monoio_rustls::TlsConnector::from(tls.clone());
+        let tls_stream = connector.connect(name, stream).await.map_err(std::io::Error::from)?;
+        Ok(Stream::Tls(Box::new(tls_stream)))
+    }
+
+    pub(crate) async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            Stream::Plain(s) => s.read(buf).await,
+            Stream::Tls(s) => s.read(buf).await,
+        }
+    }
+
+    pub(crate) async fn write_all<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            Stream::Plain(s) => s.write_all(buf).await,
+            Stream::Tls(s) => s.write_all(buf).await,
+        }
+    }
+
+    pub(crate) async fn flush(&mut self) -> std::io::Result<()> {
+        use monoio::io::AsyncWriteRent;
+        match self {
+            Stream::Plain(_) => Ok(()),
+            Stream::Tls(s) => s.flush().await,
+        }
+    }
+}
+
+/// The TLS configuration shared by all connections: the Mozilla root set, plus
+/// `SSL_CERT_FILE` when set (for private CAs).
+pub(crate) fn tls_config() -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Ok(path) = std::env::var("SSL_CERT_FILE") {
+        use rustls::pki_types::pem::PemObject;
+        if let Ok(pem) = std::fs::read(&path) {
+            for der in rustls::pki_types::CertificateDer::pem_slice_iter(&pem).flatten() {
+                let _ = roots.add(der);
+            }
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_parse() {
+        let e = Endpoint::parse("http://127.0.0.1:9000").unwrap();
+        assert_eq!((e.tls, e.host.as_str(), e.port), (false, "127.0.0.1", 9000));
+        assert_eq!(e.authority(), "127.0.0.1:9000");
+        let e = Endpoint::parse("https://s3.amazonaws.com/").unwrap();
+        assert_eq!((e.tls, e.port, e.authority()), (true, 443, "s3.amazonaws.com".to_string()));
+        assert!(Endpoint::parse("ftp://x").is_err());
+        assert!(Endpoint::parse("http://x/bucket").is_err());
+        assert!(Endpoint::parse("http://x:notaport").is_err());
+    }
+}

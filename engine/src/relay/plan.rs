@@ -1,0 +1,243 @@
+//! The planner: streams both listings, merge-joins them in key order, filters, and
+//! decides for each source object whether to copy or skip it.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+
+use super::transfer::{Kind, ObjectJob};
+use super::{ObjectResult, Outcome, Report, Shared, FAILURES_KEPT_MAX};
+use crate::backend::{provenance_version, Entry, Source, WorkerCtx};
+use crate::checksum::etag_is_md5;
+use crate::error::{Error, Result};
+use crate::http::HttpClient;
+
+/// `--include` / `--exclude` globs, matched against keys relative to the source prefix.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    include: Option<GlobSet>,
+    exclude: Option<GlobSet>,
+}
+
+impl Filter {
+    /// Builds a filter; an invalid glob is a usage error naming it.
+    pub fn new(include: &[String], exclude: &[String]) -> Result<Filter> {
+        let build = |globs: &[String], flag: &str| -> Result<Option<GlobSet>> {
+            if globs.is_empty() {
+                return Ok(None);
+            }
+            let mut b = GlobSetBuilder::new();
+            for g in globs {
+                b.add(Glob::new(g).map_err(|e| Error::Usage(format!("{flag} {g:?} is not a valid glob: {e}")))?);
+            }
+            Ok(Some(b.build().map_err(|e| Error::Usage(format!("{flag}: {e}")))?))
+        };
+        Ok(Filter { include: build(include, "--include")?, exclude: build(exclude, "--exclude")? })
+    }
+
+    /// Whether a relative key passes.
+    pub fn accepts(&self, rel_key: &str) -> bool {
+        self.include.as_ref().is_none_or(|s| s.is_match(rel_key)) && !self.exclude.as_ref().is_some_and(|s| s.is_match(rel_key))
+    }
+}
+
+/// An object the planner decided to copy (shown by dry runs).
+#[derive(Debug, Clone)]
+pub struct Planned {
+    /// Source key.
+    pub src_key: String,
+    /// Destination key.
+    pub dst_key: String,
+    /// Size.
+    pub size: u64,
+}
+
+/// The source's version token: its ETag, or the file backend's size+mtime.
+fn version_of(entry: &Entry) -> String {
+    entry.etag.clone().or_else(|| entry.version.clone()).unwrap_or_default()
+}
+
+/// What the listings alone say about a source object that exists at the destination.
+enum Verdict {
+    Copy,
+    Skip,
+    /// Same size, no comparable hash in the listing: ask the destination.
+    CheckDest,
+}
+
+fn judge(src: &Entry, dst: &Entry) -> Verdict {
+    if src.size != dst.size {
+        return Verdict::Copy;
+    }
+    if let Some(p) = &dst.provenance {
+        return if provenance_version(p) == version_of(src) { Verdict::Skip } else { Verdict::Copy };
+    }
+    match (&src.etag, &dst.etag) {
+        (Some(a), Some(b)) if etag_is_md5(a) && etag_is_md5(b) => {
+            if a.eq_ignore_ascii_case(b) {
+                Verdict::Skip
+            } else {
+                Verdict::Copy
+            }
+        }
+        _ => Verdict::CheckDest,
+    }
+}
+
+pub(super) async fn check_locations(shared: &Shared) -> Result<()> {
+    let ctx = WorkerCtx { http: HttpClient::default() };
+    let src = shared.src.backend.open_source(&ctx);
+    src.check(false).await?;
+    if !shared.opts.dry_run {
+        shared.dst.backend.open_sink(&ctx).check(true).await?;
+    }
+    Ok(())
+}
+
+/// A listing read page by page.
+struct Cursor {
+    store: std::rc::Rc<dyn Source>,
+    prefix: String,
+    page: std::vec::IntoIter<Entry>,
+    token: Option<String>,
+    started: bool,
+    last: Option<String>,
+}
+
+impl Cursor {
+    fn new(store: std::rc::Rc<dyn Source>, prefix: String) -> Cursor {
+        Cursor { store, prefix, page: Vec::new().into_iter(), token: None, started: false, last: None }
+    }
+
+    async fn next(&mut self) -> Result<Option<Entry>> {
+        loop {
+            if let Some(entry) = self.page.next() {
+                if let Some(last) = &self.last {
+                    if entry.key.as_str() <= last.as_str() {
+                        return Err(Error::protocol(
+                            "list",
+                            self.store.describe(),
+                            format!("listing is not in key order ({:?} after {last:?})", entry.key),
+                        ));
+                    }
+                }
+                self.last = Some(entry.key.clone());
+                return Ok(Some(entry));
+            }
+            if self.started && self.token.is_none() {
+                return Ok(None);
+            }
+            self.started = true;
+            let page = self.store.list(&self.prefix, self.token.take()).await?;
+            self.token = page.next;
+            self.page = page.entries.into_iter();
+        }
+    }
+}
+
+pub(super) fn record(report: &mut Report, result: ObjectResult) {
+    match result.outcome {
+        Outcome::Copied { bytes } => {
+            report.objects_copied += 1;
+            report.bytes_copied += bytes;
+        }
+        Outcome::Skipped { bytes } => {
+            report.objects_skipped += 1;
+            report.bytes_skipped += bytes;
+        }
+        Outcome::Failed { reason, .. } => {
+            report.objects_failed += 1;
+            if report.failures.len() < FAILURES_KEPT_MAX {
+                report.failures.push(super::Failure { key: result.key, reason });
+            }
+        }
+    }
+}
+
+pub(super) async fn plan(
+    shared: &Arc<Shared>,
+    results: &crossbeam_channel::Receiver<ObjectResult>,
+    report: &mut Report,
+    on_plan: &mut dyn FnMut(&Planned),
+) -> Result<()> {
+    let ctx = WorkerCtx { http: HttpClient::default() };
+    let src_prefix = shared.src.prefix.clone();
+    let dst_prefix = shared.dst.prefix.clone();
+    let mut src = Cursor::new(shared.src.backend.open_source(&ctx), src_prefix.clone());
+    let mut dst = Cursor::new(shared.dst.backend.open_source(&ctx), dst_prefix.clone());
+    let mut dst_head: Option<Entry> = dst.next().await?;
+    while let Some(entry) = src.next().await? {
+        if shared.stop.load(Ordering::Acquire) {
+            break;
+        }
+        let rel = entry.key[src_prefix.len()..].to_string();
+        if rel.is_empty() || !shared.opts.filter.accepts(&rel) {
+            continue;
+        }
+        let dst_key = format!("{dst_prefix}{rel}");
+        // Advance the destination listing to this key.
+        while let Some(d) = &dst_head {
+            if d.key[dst_prefix.len()..] < *rel {
+                dst_head = dst.next().await?;
+            } else {
+                break;
+            }
+        }
+        let existing = dst_head.as_ref().filter(|d| d.key[dst_prefix.len()..] == *rel);
+        let verdict = match existing {
+            None => Verdict::Copy,
+            Some(d) if rel.ends_with('/') && entry.size == 0 && d.size == 0 => Verdict::Skip,
+            Some(d) => judge(&entry, d),
+        };
+        report.objects_total += 1;
+        shared.progress.objects_total.fetch_add(1, Ordering::Relaxed);
+        if let Verdict::Skip = verdict {
+            record(report, ObjectResult { key: entry.key.clone(), outcome: Outcome::Skipped { bytes: entry.size } });
+            shared.progress.objects_done.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        if shared.opts.dry_run {
+            report.objects_planned += 1;
+            on_plan(&Planned { src_key: entry.key.clone(), dst_key, size: entry.size });
+            continue;
+        }
+        shared.progress.bytes_total.fetch_add(entry.size, Ordering::Relaxed);
+        let kind = if rel.ends_with('/') && entry.size == 0 {
+            Kind::DirMarker
+        } else if entry.size >= shared.opts.multipart_cutoff_bytes {
+            Kind::Large
+        } else {
+            Kind::Small
+        };
+        let job = Arc::new(ObjectJob::new(
+            entry.key.clone(),
+            dst_key,
+            entry.size,
+            version_of(&entry),
+            matches!(verdict, Verdict::CheckDest),
+            kind,
+        ));
+        // Pairs with the AcqRel decrement in `Shared::finish`.
+        shared.outstanding.fetch_add(1, Ordering::AcqRel);
+        let mut job = job;
+        loop {
+            match shared.objects.push(job) {
+                Ok(()) => break,
+                Err(back) => {
+                    job = back;
+                    // The queue is full: drain results while the workers catch up.
+                    match results.recv_timeout(std::time::Duration::from_millis(20)) {
+                        Ok(r) => record(report, r),
+                        Err(_) => {}
+                    }
+                }
+            }
+        }
+        shared.event.notify(usize::MAX);
+        while let Ok(r) = results.try_recv() {
+            record(report, r);
+        }
+    }
+    Ok(())
+}

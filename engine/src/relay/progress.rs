@@ -1,0 +1,123 @@
+//! Progress: live counters for the operator, and each object's resumable state.
+
+use std::sync::atomic::AtomicU64;
+
+use crate::backend::PartRecord;
+
+/// Live counters, shared with the workers; read by progress bars and metrics.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Objects the planner has decided on.
+    pub objects_total: AtomicU64,
+    /// Bytes of objects to copy.
+    pub bytes_total: AtomicU64,
+    /// Objects finished (copied or skipped).
+    pub objects_done: AtomicU64,
+    /// Objects failed.
+    pub objects_failed: AtomicU64,
+    /// Bytes copied and verified.
+    pub bytes_done: AtomicU64,
+}
+
+/// Everything needed to resume one object's multipart upload: which upload, how it
+/// is cut, and which parts are done with their checksums. One plain value, so that
+/// a journal can persist it as is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ObjectProgress {
+    /// Source key.
+    pub src_key: String,
+    /// Destination key.
+    pub dst_key: String,
+    /// Object size.
+    pub size: u64,
+    /// The source's version token (ETag or file size+mtime) when the copy began.
+    pub src_version: String,
+    /// Part size (the last part may be shorter).
+    pub part_size: u64,
+    /// The destination's upload id, once created.
+    pub upload_id: Option<String>,
+    /// Finished parts, by index (part number - 1).
+    pub parts: Vec<Option<PartRecord>>,
+}
+
+impl ObjectProgress {
+    /// Number of parts.
+    pub fn part_count(&self) -> u32 {
+        part_count(self.size, self.part_size)
+    }
+
+    /// Byte range of part `index` (0-based).
+    pub fn part_range(&self, index: u32) -> (u64, u64) {
+        let start = index as u64 * self.part_size;
+        assert!(start < self.size.max(1), "part {index} is past the end");
+        (start, (start + self.part_size).min(self.size))
+    }
+
+    /// Whether every part is done.
+    pub fn all_parts_done(&self) -> bool {
+        self.parts.len() == self.part_count() as usize && self.parts.iter().all(Option::is_some)
+    }
+}
+
+/// Parts needed for `size` bytes at `part_size`.
+pub fn part_count(size: u64, part_size: u64) -> u32 {
+    assert!(part_size > 0);
+    size.div_ceil(part_size).max(1) as u32
+}
+
+/// Picks the part size for an object: the preferred size, grown (in whole MiB) until
+/// the object fits in `max_parts`, and kept within the sink's limits and alignment.
+pub fn choose_part_size(
+    size: u64,
+    preferred: u64,
+    min_part: u64,
+    max_part: u64,
+    max_parts: u32,
+    alignment: u64,
+) -> Option<u64> {
+    const MIB: u64 = 1 << 20;
+    let mut part = preferred.max(min_part).max(1);
+    let needed = size.div_ceil(max_parts as u64);
+    if part < needed {
+        part = needed.div_ceil(MIB) * MIB;
+    }
+    let alignment = alignment.max(1);
+    part = part.div_ceil(alignment) * alignment;
+    (part <= max_part && part_count(size, part) <= max_parts).then_some(part)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn five_tib_fits_in_ten_thousand_parts() {
+        let size = 5u64 << 40;
+        let part = choose_part_size(size, 16 << 20, 5 << 20, 5 << 30, 10_000, 1).unwrap();
+        assert!(part_count(size, part) <= 10_000);
+        assert_eq!(part % (1 << 20), 0);
+        assert_eq!(choose_part_size(100 << 20, 16 << 20, 5 << 20, 5 << 30, 10_000, 1), Some(16 << 20));
+        // Dropbox-style 4 MiB alignment.
+        assert_eq!(choose_part_size(100 << 20, 5 << 20, 1, u64::MAX, 10_000, 4 << 20), Some(8 << 20));
+        assert_eq!(choose_part_size(u64::MAX, 16 << 20, 5 << 20, 5 << 30, 10_000, 1), None);
+    }
+
+    #[test]
+    fn ranges_cover_the_object_exactly() {
+        // A property over many sizes: parts are contiguous, non-empty and cover [0, size).
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..2000 {
+            let part_size = rng.u64(1..5000);
+            let size = rng.u64(1..100_000);
+            let p = ObjectProgress { size, part_size, ..Default::default() };
+            let mut next = 0;
+            for i in 0..p.part_count() {
+                let (a, b) = p.part_range(i);
+                assert_eq!(a, next);
+                assert!(b > a && b - a <= part_size);
+                next = b;
+            }
+            assert_eq!(next, size);
+        }
+    }
+}

@@ -1,0 +1,398 @@
+//! Moving one object: a single GET and PUT for small objects, a multipart upload fed
+//! by parallel ranged GETs for large ones, or a server-side copy when both sides are
+//! the same store. Every byte is checksummed as it streams; the checksum goes to the
+//! destination with each request and is compared with what the source reports.
+
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::progress::{choose_part_size, ObjectProgress};
+use super::{Outcome, Shared};
+use crate::backend::{provenance, CopySource, ObjectInfo, PartRecord, PutArgs, Sink, Source};
+use crate::checksum::{crc32c_combine, etag_is_md5, Checksum, ChecksumAlgo, Hashers};
+use crate::error::{backoff_delay, Error, Result};
+use crate::pool::{Body, BufferPool};
+
+/// What kind of transfer an object needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Small,
+    Large,
+    DirMarker,
+}
+
+/// One object, shared by the workers that move its parts.
+pub(crate) struct ObjectJob {
+    src_key: String,
+    dst_key: String,
+    size: u64,
+    src_version: String,
+    check_dest: bool,
+    kind: Kind,
+    /// The resumable state of a multipart copy.
+    progress: Mutex<ObjectProgress>,
+    multipart: Mutex<Multipart>,
+    parts_left: AtomicU32,
+}
+
+#[derive(Default)]
+struct Multipart {
+    args: PutArgs,
+    source: ObjectInfo,
+    copy: Option<CopySource>,
+    failure: Option<Error>,
+}
+
+/// One part of a large object, queued for any worker.
+pub(crate) struct PartTask {
+    job: Arc<ObjectJob>,
+    index: u32,
+}
+
+impl ObjectJob {
+    pub(crate) fn new(src_key: String, dst_key: String, size: u64, src_version: String, check_dest: bool, kind: Kind) -> Self {
+        ObjectJob {
+            progress: Mutex::new(ObjectProgress {
+                src_key: src_key.clone(),
+                dst_key: dst_key.clone(),
+                size,
+                src_version: src_version.clone(),
+                ..ObjectProgress::default()
+            }),
+            src_key,
+            dst_key,
+            size,
+            src_version,
+            check_dest,
+            kind,
+            multipart: Mutex::new(Multipart::default()),
+            parts_left: AtomicU32::new(0),
+        }
+    }
+}
+
+/// A worker's view: its stores, its pool, and the shared state.
+pub(crate) struct Ctx {
+    pub(crate) src: Rc<dyn Source>,
+    pub(crate) dst: Rc<dyn Sink>,
+    pub(crate) pool: BufferPool,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) local_done: event_listener::Event,
+}
+
+impl Ctx {
+    fn stopped(&self) -> bool {
+        self.shared.stop.load(Ordering::Acquire)
+    }
+
+    /// Runs `op` until it succeeds, fails for good, or runs out of retries.
+    async fn retry<T, F, Fut>(&self, mut op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_retryable() && attempt < self.shared.opts.retries && !self.stopped() => {
+                    let delay = backoff_delay(attempt, Duration::from_millis(100), Duration::from_secs(10), e.retry_after());
+                    monoio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn fail(&self, job: &ObjectJob, err: Error) {
+        let fatal = err.is_fatal();
+        self.shared.finish(job.src_key.clone(), Outcome::Failed { reason: err.to_string(), fatal });
+    }
+
+    /// Whether the destination already holds this version (asked when listings could
+    /// not tell).
+    async fn already_there(&self, job: &ObjectJob) -> Result<bool> {
+        let Some(info) = self.retry(|| self.dst.stat(&job.dst_key)).await? else { return Ok(false) };
+        if info.size != job.size {
+            return Ok(false);
+        }
+        Ok(info.provenance.as_deref().map(crate::backend::provenance_version) == Some(job.src_version.as_str()))
+    }
+}
+
+/// Checks the bytes read against what the source vouched for.
+fn verify_source(job_key: &str, info: &ObjectInfo, sum: &Checksum, md5: Option<&str>) -> Result<()> {
+    if let Some(reported) = info.checksums.iter().find(|c| c.algo == sum.algo) {
+        if reported != sum {
+            return Err(Error::Integrity {
+                op: "get",
+                target: job_key.to_string(),
+                detail: format!("the source reports {reported}, the bytes received have {sum}"),
+            });
+        }
+        return Ok(());
+    }
+    if let (Some(etag), Some(md5)) = (&info.etag, md5) {
+        if etag_is_md5(etag) && !etag.eq_ignore_ascii_case(md5) {
+            return Err(Error::Integrity {
+                op: "get",
+                target: job_key.to_string(),
+                detail: format!("the source's ETag is MD5 {etag}, the bytes received have MD5 {md5}"),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn put_args(info: &ObjectInfo, version: &str, sum: Option<&Checksum>) -> PutArgs {
+    PutArgs { meta: info.meta.clone(), provenance: Some(provenance(version, sum)) }
+}
+
+pub(crate) async fn run_object(ctx: Rc<Ctx>, job: Arc<ObjectJob>) {
+    if ctx.stopped() {
+        let reason = ctx.shared.fatal.lock().expect("fatal lock").clone().unwrap_or_default();
+        ctx.shared.finish(job.src_key.clone(), Outcome::Failed { reason: format!("not attempted: {reason}"), fatal: false });
+        return;
+    }
+    if job.check_dest {
+        match ctx.already_there(&job).await {
+            Ok(true) => {
+                ctx.shared.finish(job.src_key.clone(), Outcome::Skipped { bytes: job.size });
+                return;
+            }
+            Ok(false) => {}
+            Err(e) => return ctx.fail(&job, e),
+        }
+    }
+    let result = match job.kind {
+        Kind::DirMarker => dir_marker(&ctx, &job).await,
+        Kind::Small => match server_side(&ctx, &job) {
+            Some(source) => copy_small(&ctx, &job, source).await,
+            None => small(&ctx, &job).await,
+        },
+        Kind::Large => return begin_large(ctx, job).await,
+    };
+    match result {
+        Ok(()) => ctx.shared.finish(job.src_key.clone(), Outcome::Copied { bytes: job.size }),
+        Err(e) => ctx.fail(&job, e),
+    }
+}
+
+fn server_side(ctx: &Ctx, job: &ObjectJob) -> Option<CopySource> {
+    if !ctx.shared.opts.server_side_copy {
+        return None;
+    }
+    ctx.src.copy_source(&job.src_key).filter(|s| ctx.dst.can_copy_from(s))
+}
+
+async fn dir_marker(ctx: &Ctx, job: &ObjectJob) -> Result<()> {
+    let args = PutArgs { provenance: Some(provenance(&job.src_version, None)), ..PutArgs::default() };
+    ctx.retry(|| ctx.dst.put_dir_marker(&job.dst_key, &args)).await
+}
+
+async fn copy_small(ctx: &Ctx, job: &ObjectJob, source: CopySource) -> Result<()> {
+    let info = ctx.retry(|| ctx.src.stat(&job.src_key)).await?.ok_or_else(|| gone(job))?;
+    let args = put_args(&info, &job.src_version, info.checksums.first());
+    ctx.retry(|| ctx.dst.copy_object(&source, &job.dst_key, &args)).await
+}
+
+fn gone(job: &ObjectJob) -> Error {
+    Error::protocol("get", &job.src_key, "the object was deleted at the source during the relay")
+}
+
+/// Whether MD5 is worth computing: to check a plain-MD5 ETag on either side.
+fn wants_md5(ctx: &Ctx) -> bool {
+    ctx.shared.opts.verify_md5
+}
+
+async fn small(ctx: &Ctx, job: &ObjectJob) -> Result<()> {
+    let algo = ctx.shared.opts.checksum;
+    ctx.retry(|| async {
+        let chunks = ctx.pool.acquire(ctx.pool.chunks_for(job.size)).await;
+        let mut hashers = Hashers::new(algo, wants_md5(ctx));
+        let (body, info) = ctx.src.read(&job.src_key, None, Body::new(chunks), &mut hashers).await?;
+        if body.len() != job.size {
+            return Err(Error::protocol(
+                "get",
+                &job.src_key,
+                format!("listed as {} bytes but {} were read; the object changed during the relay", job.size, body.len()),
+            ));
+        }
+        let (sum, md5) = hashers.finish();
+        verify_source(&job.src_key, &info, &sum, md5.as_deref())?;
+        let args = put_args(&info, &job.src_version, Some(&sum));
+        ctx.dst.put(&job.dst_key, body, &sum, md5.as_deref(), &args).await.map(drop)
+    })
+    .await
+}
+
+async fn begin_large(ctx: Rc<Ctx>, job: Arc<ObjectJob>) {
+    match plan_large(&ctx, &job).await {
+        Ok(count) => {
+            // Pairs with the AcqRel decrements in `finish_part`.
+            job.parts_left.store(count, Ordering::Release);
+            for index in 0..count {
+                ctx.shared.parts.push(PartTask { job: job.clone(), index });
+            }
+            ctx.shared.event.notify(usize::MAX);
+        }
+        Err(e) => ctx.fail(&job, e),
+    }
+}
+
+/// Stats the source, picks the part size, and creates the upload; returns the part count.
+async fn plan_large(ctx: &Ctx, job: &ObjectJob) -> Result<u32> {
+    let limits = ctx.dst.limits();
+    let pool_bytes = (ctx.pool.chunk_count() * ctx.pool.chunk_bytes()) as u64;
+    // Prefer parts that fit a worker's share of the RAM tier, so small buffers still work.
+    let part_size = choose_part_size(
+        job.size,
+        ctx.shared.opts.part_size_bytes.min(pool_bytes),
+        limits.min_part_bytes,
+        limits.max_part_bytes,
+        limits.max_parts,
+        limits.part_alignment_bytes,
+    )
+    .ok_or_else(|| Error::InvalidKey {
+        op: "plan",
+        key: job.src_key.clone(),
+        reason: format!("{} bytes is more than the destination accepts in one object", job.size),
+    })?;
+    let copy = server_side(ctx, job);
+    if copy.is_none() && part_size > pool_bytes {
+        return Err(Error::Usage(format!(
+            "{} needs parts of {}, more than a worker's share of the RAM buffer ({}); raise --ram-buffer or lower --workers",
+            job.src_key,
+            laminar_tuning::HumanBytes(part_size),
+            laminar_tuning::HumanBytes(pool_bytes)
+        )));
+    }
+    let info = ctx.retry(|| ctx.src.stat(&job.src_key)).await?.ok_or_else(|| gone(job))?;
+    if info.size != job.size {
+        return Err(Error::protocol("stat", &job.src_key, "the object changed size during the relay"));
+    }
+    let args = put_args(&info, &job.src_version, None);
+    let upload_id = ctx.retry(|| ctx.dst.create_multipart(&job.dst_key, job.size, &args)).await?;
+    let count = {
+        let mut progress = job.progress.lock().expect("progress lock");
+        progress.part_size = part_size;
+        progress.upload_id = Some(upload_id);
+        progress.parts = vec![None; progress.part_count() as usize];
+        progress.part_count()
+    };
+    *job.multipart.lock().expect("multipart lock") = Multipart { args, source: info, copy, failure: None };
+    Ok(count)
+}
+
+pub(crate) async fn run_part(ctx: Rc<Ctx>, task: PartTask) {
+    let job = &task.job;
+    let (upload_id, range) = {
+        let progress = job.progress.lock().expect("progress lock");
+        (progress.upload_id.clone().expect("upload created before parts"), progress.part_range(task.index))
+    };
+    let failed_already = job.multipart.lock().expect("multipart lock").failure.is_some();
+    let result = if failed_already || ctx.stopped() {
+        Err(Error::protocol("upload-part", &job.src_key, "abandoned after another part failed"))
+    } else {
+        let copy = job.multipart.lock().expect("multipart lock").copy.clone();
+        match copy {
+            Some(source) => copy_part(&ctx, job, &upload_id, task.index, range, &source).await,
+            None => part(&ctx, job, &upload_id, task.index, range).await,
+        }
+    };
+    match result {
+        Ok(record) => job.progress.lock().expect("progress lock").parts[task.index as usize] = Some(record),
+        Err(e) => {
+            job.multipart.lock().expect("multipart lock").failure.get_or_insert(e);
+        }
+    }
+    // Pairs with the Release store in `begin_large`; the last part finishes the object.
+    if job.parts_left.fetch_sub(1, Ordering::AcqRel) == 1 {
+        finish_large(&ctx, job, &upload_id).await;
+    }
+}
+
+async fn part(ctx: &Ctx, job: &ObjectJob, upload_id: &str, index: u32, range: (u64, u64)) -> Result<PartRecord> {
+    let algo = ctx.shared.opts.checksum;
+    let len = range.1 - range.0;
+    ctx.retry(|| async {
+        let chunks = ctx.pool.acquire(ctx.pool.chunks_for(len)).await;
+        let mut hashers = Hashers::new(algo, wants_md5(ctx));
+        let (body, _) = ctx.src.read(&job.src_key, Some(range), Body::new(chunks), &mut hashers).await?;
+        if body.len() != len {
+            return Err(Error::protocol("get", &job.src_key, format!("part {} came back short", index + 1)));
+        }
+        let (sum, md5) = hashers.finish();
+        let etag = ctx.dst.upload_part(&job.dst_key, upload_id, index + 1, range.0, body, &sum, md5.as_deref()).await?;
+        Ok(PartRecord { number: index + 1, offset: range.0, len, etag, checksum: sum })
+    })
+    .await
+}
+
+async fn copy_part(
+    ctx: &Ctx,
+    job: &ObjectJob,
+    upload_id: &str,
+    index: u32,
+    range: (u64, u64),
+    source: &CopySource,
+) -> Result<PartRecord> {
+    let etag = ctx.retry(|| ctx.dst.copy_part(source, &job.dst_key, upload_id, index + 1, range)).await?;
+    Ok(PartRecord {
+        number: index + 1,
+        offset: range.0,
+        len: range.1 - range.0,
+        etag,
+        checksum: Checksum { algo: ChecksumAlgo::Crc32c, bytes: Vec::new() },
+    })
+}
+
+/// The whole object's checksum from its parts, when the algorithm combines.
+fn combined(parts: &[PartRecord]) -> Option<Checksum> {
+    let mut crc = 0u32;
+    for p in parts {
+        crc = crc32c_combine(crc, p.checksum.crc32c()?, p.len);
+    }
+    Some(Checksum::from_crc32c(crc))
+}
+
+async fn finish_large(ctx: &Ctx, job: &ObjectJob, upload_id: &str) {
+    let failure = job.multipart.lock().expect("multipart lock").failure.take();
+    let parts: Vec<PartRecord> = job.progress.lock().expect("progress lock").parts.iter().flatten().cloned().collect();
+    let result = match failure {
+        Some(e) => Err(e),
+        None => complete(ctx, job, upload_id, &parts).await,
+    };
+    match result {
+        Ok(()) => ctx.shared.finish(job.src_key.clone(), Outcome::Copied { bytes: job.size }),
+        Err(e) => {
+            // Never leave a half-made object: the upload is aborted, nothing completes.
+            let _ = ctx.retry(|| ctx.dst.abort_multipart(&job.dst_key, upload_id)).await;
+            ctx.fail(job, e);
+        }
+    }
+}
+
+async fn complete(ctx: &Ctx, job: &ObjectJob, upload_id: &str, parts: &[PartRecord]) -> Result<()> {
+    let (args, source) = {
+        let m = job.multipart.lock().expect("multipart lock");
+        (m.args.clone(), m.source.clone())
+    };
+    let is_copy = job.multipart.lock().expect("multipart lock").copy.is_some();
+    let full = if is_copy { None } else { combined(parts) };
+    if let Some(full) = &full {
+        if let Some(reported) = source.checksums.iter().find(|c| c.algo == full.algo) {
+            if reported != full {
+                return Err(Error::Integrity {
+                    op: "get",
+                    target: job.src_key.clone(),
+                    detail: format!("the source reports {reported}, the bytes received have {full}"),
+                });
+            }
+        }
+    }
+    ctx.retry(|| ctx.dst.complete_multipart(&job.dst_key, upload_id, parts, full.as_ref(), &args)).await
+}

@@ -1,0 +1,120 @@
+//! Event-loop drivers: io_uring where the kernel allows it, epoll otherwise.
+//!
+//! The probe creates a real ring, so every reason io_uring can be unusable
+//! (`kernel.io_uring_disabled`, a seccomp profile, an old kernel, a low memlock
+//! limit) is caught before any worker starts, and named in one log line with its fix.
+
+use std::future::Future;
+
+/// Which event loop a worker runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    /// io_uring (monoio's IoUringDriver).
+    IoUring,
+    /// epoll (monoio's LegacyDriver).
+    Epoll,
+}
+
+impl std::fmt::Display for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Driver::IoUring => "io_uring",
+            Driver::Epoll => "epoll",
+        })
+    }
+}
+
+/// What the operator asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DriverChoice {
+    /// io_uring if it works, else epoll with a logged reason.
+    #[default]
+    Auto,
+    /// io_uring or fail.
+    IoUring,
+    /// epoll.
+    Epoll,
+}
+
+impl DriverChoice {
+    /// Parses `auto`, `io_uring`/`uring`, `epoll`.
+    pub fn parse(s: &str) -> Option<DriverChoice> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Some(DriverChoice::Auto),
+            "io_uring" | "iouring" | "uring" => Some(DriverChoice::IoUring),
+            "epoll" | "legacy" => Some(DriverChoice::Epoll),
+            _ => None,
+        }
+    }
+}
+
+/// Ring entries per worker.
+pub const RING_ENTRIES: u32 = 1024;
+
+/// Why io_uring can't be used here, with the fix, or None if it can.
+pub fn probe_io_uring() -> Option<String> {
+    match io_uring::IoUring::new(RING_ENTRIES) {
+        Ok(_) => None,
+        Err(e) => Some(explain_uring_error(&e)),
+    }
+}
+
+fn explain_uring_error(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ENOSYS) => format!("io_uring is not available ({e}): the kernel is older than 5.1 or built without it; upgrade the kernel for the faster driver"),
+        Some(libc::EPERM) | Some(libc::EACCES) => format!(
+            "io_uring is not permitted ({e}): kernel.io_uring_disabled is set or a seccomp profile blocks io_uring_setup; run `sysctl kernel.io_uring_disabled=0` or allow io_uring in the container's seccomp profile"
+        ),
+        Some(libc::ENOMEM) => format!(
+            "io_uring could not lock memory ({e}): the memlock limit is too low; raise it (`ulimit -l unlimited`, or LimitMEMLOCK= in the systemd unit)"
+        ),
+        _ => format!("io_uring could not be set up ({e})"),
+    }
+}
+
+/// Resolves the driver to use; the second value is a line to log when falling back.
+pub fn select(choice: DriverChoice) -> Result<(Driver, Option<String>), String> {
+    match choice {
+        DriverChoice::Epoll => Ok((Driver::Epoll, None)),
+        DriverChoice::IoUring => match probe_io_uring() {
+            None => Ok((Driver::IoUring, None)),
+            Some(why) => Err(format!("--driver io_uring was asked for, but {why}")),
+        },
+        DriverChoice::Auto => match probe_io_uring() {
+            None => Ok((Driver::IoUring, None)),
+            Some(why) => Ok((Driver::Epoll, Some(format!("using the epoll driver: {why}")))),
+        },
+    }
+}
+
+/// Runs a future to completion on a fresh single-threaded runtime of `driver`.
+pub fn block_on<F: Future>(driver: Driver, future: F) -> std::io::Result<F::Output> {
+    match driver {
+        Driver::IoUring => {
+            let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                .with_entries(RING_ENTRIES)
+                .enable_timer()
+                .build()?;
+            Ok(rt.block_on(future))
+        }
+        Driver::Epoll => {
+            let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build()?;
+            Ok(rt.block_on(future))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_drivers_run() {
+        assert_eq!(block_on(Driver::Epoll, async { 1 + 1 }).unwrap(), 2);
+        if probe_io_uring().is_none() {
+            assert_eq!(block_on(Driver::IoUring, async { 2 + 2 }).unwrap(), 4);
+        }
+        assert!(explain_uring_error(&std::io::Error::from_raw_os_error(libc::EPERM)).contains("io_uring_disabled"));
+    }
+}
