@@ -63,9 +63,12 @@ pub struct EngineArgs {
     /// Checksum computed in flight: crc32c, crc64nvme, sha256 or md5
     #[arg(long, default_value = "crc32c")]
     pub checksum: String,
-    /// Objects and parts in flight across all workers
+    /// Objects in flight across all workers
     #[arg(long, default_value_t = 64)]
     pub transfers: usize,
+    /// Parts of large objects in flight across all workers (default: 4 per worker)
+    #[arg(long)]
+    pub part_streams: Option<usize>,
     /// Preferred multipart part size (grows so that any object fits in 10,000 parts)
     #[arg(long, value_name = "SIZE", default_value = "16MiB")]
     pub part_size: String,
@@ -191,6 +194,10 @@ pub fn options(engine: &EngineArgs) -> Result<RelayOptions, Fail> {
         return Err(usage("--transfers 0: give at least 1".to_string()));
     }
     opts.transfers = engine.transfers;
+    if engine.part_streams == Some(0) {
+        return Err(usage("--part-streams 0: give at least 1".to_string()));
+    }
+    opts.part_streams = engine.part_streams;
     opts.part_size_bytes = size_flag("--part-size", &engine.part_size)?;
     if opts.part_size_bytes == 0 {
         return Err(usage("--part-size 0: give a size such as 16MiB".to_string()));

@@ -58,8 +58,11 @@ pub struct RelayOptions {
     pub part_size_bytes: u64,
     /// Objects of at least this size go multipart.
     pub multipart_cutoff_bytes: u64,
-    /// Objects and parts in flight across all workers.
+    /// Objects in flight across all workers.
     pub transfers: usize,
+    /// Parts of large objects in flight across all workers; None = 4 per worker.
+    /// Few large streams saturate a link; more only add load on the servers.
+    pub part_streams: Option<usize>,
     /// The checksum computed in flight and sent to the destination.
     pub checksum: ChecksumAlgo,
     /// Also compute MD5 to check plain-MD5 ETags on both sides.
@@ -87,6 +90,7 @@ impl Default for RelayOptions {
             part_size_bytes: 16 << 20,
             multipart_cutoff_bytes: 32 << 20,
             transfers: 64,
+            part_streams: None,
             checksum: ChecksumAlgo::Crc32c,
             verify_md5: true,
             retries: 4,
@@ -171,6 +175,7 @@ pub(crate) struct Shared {
     pub(crate) progress: Arc<Progress>,
     pub(crate) pool_chunks_per_worker: usize,
     pub(crate) in_flight_per_worker: usize,
+    pub(crate) parts_in_flight_per_worker: usize,
 }
 
 impl Shared {
@@ -228,6 +233,7 @@ pub fn relay(
         )));
     }
     let in_flight_per_worker = opts.transfers.div_ceil(workers).max(1);
+    let parts_in_flight_per_worker = opts.part_streams.map_or(4, |n| n.div_ceil(workers)).max(1);
     let (tx, rx) = crossbeam_channel::unbounded();
     let shared = Arc::new(Shared {
         objects: crossbeam_queue::ArrayQueue::new(opts.queue_depth.max(1)),
@@ -241,6 +247,7 @@ pub fn relay(
         progress: progress.clone(),
         pool_chunks_per_worker,
         in_flight_per_worker,
+        parts_in_flight_per_worker,
         opts,
         src,
         dst,

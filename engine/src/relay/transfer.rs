@@ -79,7 +79,6 @@ pub(crate) struct Ctx {
     pub(crate) dst: Rc<dyn Sink>,
     pub(crate) pool: BufferPool,
     pub(crate) shared: Arc<Shared>,
-    pub(crate) local_done: event_listener::Event,
 }
 
 impl Ctx {

@@ -35,53 +35,51 @@ async fn run_loop(shared: Arc<Shared>) {
         dst: shared.dst.backend.open_sink(&wctx),
         pool: BufferPool::new(shared.opts.chunk_bytes, shared.pool_chunks_per_worker),
         shared: shared.clone(),
-        local_done: event_listener::Event::new(),
     });
-    let in_flight = Rc::new(Cell::new(0usize));
-    let max = shared.in_flight_per_worker;
+    let objects_in_flight = Rc::new(Cell::new(0usize));
+    let parts_in_flight = Rc::new(Cell::new(0usize));
+    let objects_max = shared.in_flight_per_worker;
+    let parts_max = shared.parts_in_flight_per_worker;
+    let can_take = || {
+        (parts_in_flight.get() < parts_max && !shared.parts.is_empty())
+            || (objects_in_flight.get() < objects_max && !shared.objects.is_empty())
+    };
     loop {
-        if in_flight.get() >= max {
-            let listener = ctx.local_done.listen();
-            if in_flight.get() >= max {
-                listener.await;
+        // Parts first: finishing started objects keeps uploads and memory few.
+        if parts_in_flight.get() < parts_max {
+            if let Some(task) = shared.parts.pop() {
+                spawn(&shared, &parts_in_flight, transfer::run_part(ctx.clone(), task));
+                continue;
             }
-            continue;
         }
-        if let Some(task) = shared.parts.pop() {
-            spawn(&ctx, &in_flight, transfer::run_part(ctx.clone(), task));
-            continue;
-        }
-        if let Some(job) = shared.objects.pop() {
-            spawn(&ctx, &in_flight, transfer::run_object(ctx.clone(), job));
-            continue;
+        if objects_in_flight.get() < objects_max {
+            if let Some(job) = shared.objects.pop() {
+                spawn(&shared, &objects_in_flight, transfer::run_object(ctx.clone(), job));
+                continue;
+            }
         }
         let listener = shared.event.listen();
-        // Re-check after registering, so a push between the pops and here is not missed.
-        if !shared.parts.is_empty() || !shared.objects.is_empty() {
+        // Re-check after registering, so a push or completion in between is not missed.
+        if can_take() {
             continue;
         }
-        if shared.listing_done.load(Ordering::Acquire) && shared.outstanding.load(Ordering::Acquire) == 0 {
+        let idle = objects_in_flight.get() == 0 && parts_in_flight.get() == 0;
+        if idle && shared.listing_done.load(Ordering::Acquire) && shared.outstanding.load(Ordering::Acquire) == 0 {
             break;
         }
         listener.await;
     }
-    // Everything is finished; tasks still running here can only be tails of finished
-    // objects (none by construction), so wait for them before the runtime drops.
-    while in_flight.get() > 0 {
-        let listener = ctx.local_done.listen();
-        if in_flight.get() > 0 {
-            listener.await;
-        }
-    }
 }
 
-fn spawn(ctx: &Rc<Ctx>, in_flight: &Rc<Cell<usize>>, task: impl std::future::Future<Output = ()> + 'static) {
+/// Runs a task on this worker, counting it in `in_flight` until it ends. Its end
+/// wakes the workers, which may now take more work or exit.
+fn spawn(shared: &Arc<Shared>, in_flight: &Rc<Cell<usize>>, task: impl std::future::Future<Output = ()> + 'static) {
     in_flight.set(in_flight.get() + 1);
     let in_flight = in_flight.clone();
-    let ctx = ctx.clone();
+    let shared = shared.clone();
     monoio::spawn(async move {
         task.await;
         in_flight.set(in_flight.get() - 1);
-        ctx.local_done.notify(usize::MAX);
+        shared.event.notify(usize::MAX);
     });
 }
