@@ -277,7 +277,8 @@ impl S3Store {
         let url_encoded = parsed.encoding_type.as_deref() == Some("url");
         let decode = |s: String| -> String {
             if url_encoded {
-                percent_decode_str(&s).decode_utf8_lossy().into_owned()
+                // Form-style, as S3 writes it: '+' is a space, a real '+' is %2B.
+                percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned()
             } else {
                 s
             }
