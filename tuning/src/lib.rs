@@ -36,8 +36,8 @@ pub fn allowed_cpus() -> Vec<usize> {
 pub fn pin_current_thread(cpu: usize) -> std::io::Result<()> {
     // SAFETY: plain data; zeroed is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: CPU_SET writes inside `set` for cpu < CPU_SETSIZE, checked here.
     assert!(cpu < libc::CPU_SETSIZE as usize);
+    // SAFETY: CPU_SET writes inside `set` for cpu < CPU_SETSIZE, asserted above.
     unsafe { libc::CPU_SET(cpu, &mut set) };
     // SAFETY: the set is initialised and its size is passed.
     let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };

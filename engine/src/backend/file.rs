@@ -25,7 +25,7 @@ use super::{
 };
 use crate::checksum::{Checksum, Hasher, Hashers};
 use crate::error::{Error, Result};
-use crate::pool::{Body, BufferPool};
+use crate::pool::Body;
 
 const XATTR_META: &str = "user.laminar.meta";
 const XATTR_PROVENANCE: &str = "user.laminar.provenance";
@@ -67,9 +67,14 @@ pub struct FileStore {
 /// A depth-first walk in key order, paused between pages.
 struct Walk {
     prefix: String,
-    /// Directories being walked: (key prefix of the dir, its sorted entries, next index).
-    stack: Vec<(String, Vec<(Vec<u8>, bool)>, usize)>,
+    /// Directories being walked, outermost first.
+    stack: Vec<DirCursor>,
 }
+
+/// (key prefix of the directory, its entries sorted as keys, next index).
+type DirCursor = (String, Vec<DirEntry>, usize);
+/// (name bytes, is a directory).
+type DirEntry = (Vec<u8>, bool);
 
 impl FileStore {
     fn new(root: Arc<PathBuf>) -> FileStore {
@@ -81,7 +86,7 @@ impl FileStore {
         resolve(&self.root, op, key)
     }
 
-    fn read_dir_sorted(&self, dir: &Path) -> Result<Vec<(Vec<u8>, bool)>> {
+    fn read_dir_sorted(&self, dir: &Path) -> Result<Vec<DirEntry>> {
         let read = match std::fs::read_dir(dir) {
             Ok(r) => r,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -107,7 +112,7 @@ impl FileStore {
             entries.push((name, is_dir));
         }
         // Byte order of the keys these produce: a directory's keys all start with "name/".
-        let sort_key = |(name, is_dir): &(Vec<u8>, bool)| {
+        let sort_key = |(name, is_dir): &DirEntry| {
             let mut k = name.clone();
             if *is_dir {
                 k.push(b'/');
@@ -582,10 +587,6 @@ impl Sink for FileStore {
         Box::pin(async move { Err(Error::protocol("copy-part", key, "the file backend has no server-side copy")) })
     }
 }
-
-/// Unused by the file backend but kept for symmetry with pool-based reads.
-#[allow(dead_code)]
-fn _pool_marker(_: &BufferPool) {}
 
 #[cfg(test)]
 mod tests {

@@ -234,6 +234,16 @@ impl S3Store {
         Error::Http { op, target: target.to_string(), status: head.status, code, message, hint, retry_after }
     }
 
+    /// CompleteMultipartUpload and CopyObject may answer 200 with an error document:
+    /// the request failed all the same.
+    fn error_in_ok_body(&self, op: &'static str, key: &str, head: &crate::http::ResponseHead, body: &[u8]) -> Result<()> {
+        if quick_xml::de::from_reader::<_, ErrorXml>(body).is_ok() {
+            let failed = crate::http::ResponseHead { status: 500, headers: head.headers.clone() };
+            return Err(self.http_error(op, key, &failed, body));
+        }
+        Ok(())
+    }
+
     fn meta_headers(&self, args: &PutArgs, headers: &mut Vec<(String, String)>) {
         let meta = &args.meta;
         for (name, value) in [
@@ -319,11 +329,11 @@ fn default_code(status: u16) -> &'static str {
 
 /// Reads object metadata from response headers.
 fn info_from_head(head: &crate::http::ResponseHead) -> ObjectInfo {
-    let mut info = ObjectInfo::default();
-    info.size = match head.header("content-range").and_then(|v| v.rsplit('/').next()).and_then(|v| v.parse().ok()) {
+    let size = match head.header("content-range").and_then(|v| v.rsplit('/').next()).and_then(|v| v.parse().ok()) {
         Some(total) => total,
         None => head.content_length().unwrap_or(0),
     };
+    let mut info = ObjectInfo { size, ..ObjectInfo::default() };
     info.etag = head.header("etag").map(|e| e.trim_matches('"').to_string());
     info.meta.content_type = head.header("content-type").map(str::to_string);
     info.meta.content_encoding = head.header("content-encoding").map(str::to_string);
@@ -636,23 +646,7 @@ impl Sink for S3Store {
             let headers = vec![("content-type".to_string(), "application/xml".to_string())];
             let call = Call { method: "POST", key: Some(key), query, headers, op: "complete-multipart", target: key };
             let (head, body) = self.call_small(call, xml.into_bytes()).await?;
-            // S3 may answer 200 and put the error in the body.
-            if let Ok(err) = quick_xml::de::from_reader::<_, ErrorXml>(&body[..]) {
-                return Err(self.http_error("complete-multipart", key, &crate::http::ResponseHead { status: 500, ..head }, &body))
-                    .map_err(|e| match e {
-                        Error::Http { op, target, hint, retry_after, .. } => Error::Http {
-                            op,
-                            target,
-                            status: 500,
-                            code: err.code,
-                            message: err.message.unwrap_or_default(),
-                            hint,
-                            retry_after,
-                        },
-                        other => other,
-                    });
-            }
-            Ok(())
+            self.error_in_ok_body("complete-multipart", key, &head, &body)
         })
     }
 
@@ -689,19 +683,8 @@ impl Sink for S3Store {
             ];
             self.meta_headers(args, &mut headers);
             let call = Call { method: "PUT", key: Some(key), query: Vec::new(), headers, op: "copy", target: key };
-            let (_, body) = self.call_small(call, Vec::new()).await?;
-            if let Ok(err) = quick_xml::de::from_reader::<_, ErrorXml>(&body[..]) {
-                return Err(Error::Http {
-                    op: "copy",
-                    target: key.to_string(),
-                    status: 500,
-                    code: err.code,
-                    message: err.message.unwrap_or_default(),
-                    hint: String::new(),
-                    retry_after: None,
-                });
-            }
-            Ok(())
+            let (head, body) = self.call_small(call, Vec::new()).await?;
+            self.error_in_ok_body("copy", key, &head, &body)
         })
     }
 

@@ -227,9 +227,8 @@ pub(super) async fn plan(
                 Err(back) => {
                     job = back;
                     // The queue is full: drain results while the workers catch up.
-                    match results.recv_timeout(std::time::Duration::from_millis(20)) {
-                        Ok(r) => record(report, r),
-                        Err(_) => {}
+                    if let Ok(r) = results.recv_timeout(std::time::Duration::from_millis(20)) {
+                        record(report, r);
                     }
                 }
             }
