@@ -146,8 +146,56 @@ mod tests {
     }
 
     #[test]
+    fn child_usage_is_measured() {
+        let child = std::process::Command::new("sh").args(["-c", "exit 3"]).spawn().unwrap();
+        let (code, usage) = wait_with_usage(child.id()).unwrap();
+        assert_eq!(code, 3);
+        assert!(usage.max_rss_bytes > 0);
+    }
+
+    #[test]
     fn human_bytes() {
         assert_eq!(HumanBytes(512).to_string(), "512 B");
         assert_eq!(HumanBytes(3 << 29).to_string(), "1.50 GiB");
     }
+}
+
+/// What a finished child process cost.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ChildUsage {
+    /// User CPU seconds.
+    pub user_seconds: f64,
+    /// System CPU seconds.
+    pub system_seconds: f64,
+    /// Peak resident set size in bytes.
+    pub max_rss_bytes: u64,
+}
+
+/// Waits for the child with this pid and returns its exit code (or -signal) and
+/// resource usage, from `wait4`. For benchmarks: CPU and peak RSS of exactly that child.
+pub fn wait_with_usage(pid: u32) -> std::io::Result<(i32, ChildUsage)> {
+    let mut status = 0;
+    // SAFETY: plain data; zeroed is a valid rusage.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: `status` and `usage` are valid for writes for the call's duration.
+        let rc = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage) };
+        if rc == pid as libc::pid_t {
+            break;
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+    let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -libc::WTERMSIG(status) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Ok((
+        code,
+        ChildUsage {
+            user_seconds: secs(usage.ru_utime),
+            system_seconds: secs(usage.ru_stime),
+            max_rss_bytes: usage.ru_maxrss as u64 * 1024,
+        },
+    ))
 }
