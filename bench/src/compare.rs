@@ -188,15 +188,15 @@ fn measured(tool: &str, cmd: &mut Command, bytes: u64) -> Result<Run> {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {tool}"))?;
-    let pid = child.id();
+    let mut child = child;
     // Read stderr on a thread so a chatty child never blocks on a full pipe.
-    let mut stderr = child.stderr.expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
     let reader = std::thread::spawn(move || {
         let mut s = String::new();
         let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
         s
     });
-    let (code, usage) = laminar_tuning::wait_with_usage(pid)?;
+    let (code, usage) = laminar_tuning::wait_with_usage(child)?;
     let wall = started.elapsed().as_secs_f64();
     let err = reader.join().unwrap_or_default();
     if code != 0 {
@@ -331,9 +331,8 @@ pub fn stats(values: &[f64]) -> (f64, f64, f64) {
 /// The Markdown table for one comparison.
 pub fn table(c: &Comparison) -> String {
     let tools = ["laminar", "rclone-default", "rclone-tuned"];
-    let series = |tool: &str, f: &dyn Fn(&Run) -> f64| -> Vec<f64> {
-        c.runs.iter().filter(|r| r.tool == tool).map(f).collect()
-    };
+    let series =
+        |tool: &str, f: &dyn Fn(&Run) -> f64| -> Vec<f64> { c.runs.iter().filter(|r| r.tool == tool).map(f).collect() };
     let mut out = String::new();
     out.push_str(&format!(
         "### Workload `{}`: {} objects, {:.1} MiB, {} runs per tool\n\n",
@@ -342,7 +341,9 @@ pub fn table(c: &Comparison) -> String {
         c.workload.bytes() as f64 / (1 << 20) as f64,
         c.runs.iter().filter(|r| r.tool == "laminar").count()
     ));
-    out.push_str("| tool | wall s (median, min–max) | MiB/s (median) | CPU s (median, min–max) | peak RSS MiB (median) |\n");
+    out.push_str(
+        "| tool | wall s (median, min–max) | MiB/s (median) | CPU s (median, min–max) | peak RSS MiB (median) |\n",
+    );
     out.push_str("|---|---|---|---|---|\n");
     for tool in tools {
         let wall = series(tool, &|r| r.wall_seconds);

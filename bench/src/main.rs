@@ -57,7 +57,11 @@ fn run() -> Result<()> {
                 Some(p) => p,
                 None => std::env::current_exe()?.with_file_name("laminar"),
             };
-            anyhow::ensure!(laminar.is_file(), "{} not found: build it (cargo build --release) or pass --laminar", laminar.display());
+            anyhow::ensure!(
+                laminar.is_file(),
+                "{} not found: build it (cargo build --release) or pass --laminar",
+                laminar.display()
+            );
             let opts = CompareOptions { workload, runs, laminar, out_dir: out.clone(), write_results };
             let c = compare::compare(&opts)?;
             println!("{}", compare::table(&c));

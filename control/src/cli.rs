@@ -187,9 +187,8 @@ pub fn options(engine: &EngineArgs) -> Result<RelayOptions, Fail> {
     }
     opts.driver = DriverChoice::parse(&engine.driver)
         .ok_or_else(|| usage(format!("--driver {:?}: use auto, io_uring or epoll", engine.driver)))?;
-    opts.checksum = ChecksumAlgo::parse(&engine.checksum).ok_or_else(|| {
-        usage(format!("--checksum {:?}: use crc32c, crc64nvme, sha256 or md5", engine.checksum))
-    })?;
+    opts.checksum = ChecksumAlgo::parse(&engine.checksum)
+        .ok_or_else(|| usage(format!("--checksum {:?}: use crc32c, crc64nvme, sha256 or md5", engine.checksum)))?;
     if engine.transfers == 0 {
         return Err(usage("--transfers 0: give at least 1".to_string()));
     }
@@ -286,6 +285,7 @@ struct JsonReport<'a> {
     ram_buffer_bytes: u64,
     dry_run: bool,
     objects_planned: u64,
+    peak_rss_bytes: Option<u64>,
     failures: &'a [relay::Failure],
 }
 
@@ -307,6 +307,7 @@ pub fn print_report(report: &Report, json: bool, dry_run: bool) {
             ram_buffer_bytes: report.ram_buffer_bytes,
             dry_run,
             objects_planned: report.objects_planned,
+            peak_rss_bytes: laminar_tuning::peak_rss_bytes(),
             failures: &report.failures,
         };
         println!("{}", serde_json::to_string(&out).expect("report serialises"));
@@ -340,7 +341,8 @@ pub fn print_report(report: &Report, json: bool, dry_run: bool) {
 fn run_ls(config: Option<&std::path::Path>, url: &str, driver: &str) -> Result<u8, Fail> {
     let config = Config::load(config)?;
     let location = config.location(url)?;
-    let driver = DriverChoice::parse(driver).ok_or_else(|| usage(format!("--driver {driver:?}: use auto, io_uring or epoll")))?;
+    let driver = DriverChoice::parse(driver)
+        .ok_or_else(|| usage(format!("--driver {driver:?}: use auto, io_uring or epoll")))?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     relay::list(&location, driver, &mut |entry| {
         use std::io::Write;

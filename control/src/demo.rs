@@ -15,7 +15,8 @@ use crate::cli::{options, print_report, relay_with_progress, DemoArgs, Fail};
 
 pub fn run(args: DemoArgs) -> Result<u8, Fail> {
     let opts = options(&args.engine)?;
-    let large_size = parse_size(&args.large_size).map_err(|e| Fail { code: 2, message: format!("--large-size: {e}") })?;
+    let large_size =
+        parse_size(&args.large_size).map_err(|e| Fail { code: 2, message: format!("--large-size: {e}") })?;
     let dir = tempfile::Builder::new().prefix("laminar-demo-").tempdir().map_err(io_fail)?;
     let src = dir.path().join("source");
     let dst = dir.path().join("destination");

@@ -10,7 +10,6 @@
 //! connections. Futures are boxed once per operation (never per chunk) so that the
 //! traits stay object-safe and adding a backend is adding a module.
 
-
 pub mod file;
 pub mod s3;
 
@@ -19,7 +18,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::checksum::{Checksum, Hashers};
+use crate::checksum::{Checksum, ChecksumAlgo, Hashers};
 use crate::error::Result;
 use crate::http::HttpClient;
 use crate::pool::Body;
@@ -180,6 +179,15 @@ pub struct PartRecord {
     pub checksum: Checksum,
 }
 
+/// A multipart upload the store has started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upload {
+    /// The store's upload id.
+    pub id: String,
+    /// The whole-object checksum the store will verify at completion, if any.
+    pub full_checksum: Option<ChecksumAlgo>,
+}
+
 /// Where a server-side copy reads from: opaque to everyone but the backend.
 #[derive(Debug, Clone)]
 pub struct CopySource {
@@ -233,8 +241,16 @@ pub trait Sink: Store {
         md5_hex: Option<&'a str>,
         args: &'a PutArgs,
     ) -> LocalFuture<'a, Result<String>>;
-    /// Starts a multipart upload; returns its id.
-    fn create_multipart<'a>(&'a self, key: &'a str, size: u64, args: &'a PutArgs) -> LocalFuture<'a, Result<String>>;
+    /// Starts a multipart upload. `full_checksum` asks the store to verify a
+    /// whole-object checksum of that algorithm at completion; the returned upload says
+    /// whether it will.
+    fn create_multipart<'a>(
+        &'a self,
+        key: &'a str,
+        size: u64,
+        args: &'a PutArgs,
+        full_checksum: Option<ChecksumAlgo>,
+    ) -> LocalFuture<'a, Result<Upload>>;
     /// Uploads one part.
     #[allow(clippy::too_many_arguments)]
     fn upload_part<'a>(
@@ -302,6 +318,12 @@ pub fn provenance(source_version: &str, checksum: Option<&Checksum>) -> String {
         Some(c) => format!("{source_version};{c}"),
         None => source_version.to_string(),
     }
+}
+
+/// Whether an object at the destination is the given source version, by the
+/// provenance record Laminar stored with it.
+pub fn holds_version(info: &ObjectInfo, size: u64, source_version: &str) -> bool {
+    info.size == size && info.provenance.as_deref().map(provenance_version) == Some(source_version)
 }
 
 /// The source version recorded in a provenance string.

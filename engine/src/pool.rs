@@ -60,7 +60,10 @@ pub struct BufferPool {
 impl BufferPool {
     /// Allocates `chunk_count` chunks of `chunk_bytes` each, up front.
     pub fn new(chunk_bytes: usize, chunk_count: usize) -> BufferPool {
-        assert!(chunk_bytes > 0 && chunk_bytes.is_multiple_of(CHUNK_ALIGN_BYTES), "chunk size must be a multiple of 4 KiB");
+        assert!(
+            chunk_bytes > 0 && chunk_bytes.is_multiple_of(CHUNK_ALIGN_BYTES),
+            "chunk size must be a multiple of 4 KiB"
+        );
         assert!(chunk_count > 0 && chunk_count <= u32::MAX as usize);
         let layout = Layout::from_size_align(chunk_bytes * chunk_count, CHUNK_ALIGN_BYTES).expect("pool layout");
         // SAFETY: the layout has non-zero size (both factors are positive).
@@ -333,8 +336,8 @@ impl Body {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::task::Wake;
     use std::sync::Arc;
+    use std::task::Wake;
 
     struct Flag(std::sync::atomic::AtomicBool);
     impl Wake for Flag {

@@ -252,12 +252,8 @@ pub fn relay(
         src,
         dst,
     });
-    let mut report = Report {
-        driver: Some(driver),
-        workers,
-        ram_buffer_bytes: shared.opts.ram_buffer_bytes,
-        ..Report::default()
-    };
+    let mut report =
+        Report { driver: Some(driver), workers, ram_buffer_bytes: shared.opts.ram_buffer_bytes, ..Report::default() };
 
     // Check both sides before starting anything, so a wrong URL or key fails fast.
     crate::runtime::block_on(driver, plan::check_locations(&shared))

@@ -131,7 +131,11 @@ impl Config {
             )));
         }
         let Some((name, rest)) = url.split_once(':') else {
-            let hint = if url.starts_with('/') { format!("; for a local directory write file://{url}") } else { String::new() };
+            let hint = if url.starts_with('/') {
+                format!("; for a local directory write file://{url}")
+            } else {
+                String::new()
+            };
             return Err(Error::Usage(format!(
                 "{url:?} is not a URL: use NAME:bucket/prefix (a remote in laminar.toml), s3://bucket/prefix, or file:///abs/path{hint}"
             )));
@@ -155,7 +159,10 @@ impl Config {
                     Error::Usage(format!("remote {name:?} has type = \"file\" but no root: add root = \"/abs/path\""))
                 })?;
                 if !root.is_absolute() {
-                    return Err(Error::Usage(format!("remote {name:?}: root {} must be an absolute path", root.display())));
+                    return Err(Error::Usage(format!(
+                        "remote {name:?}: root {} must be an absolute path",
+                        root.display()
+                    )));
                 }
                 Ok(Location::new(Arc::new(FileBackend::new(root)), rest, url.to_string()))
             }
@@ -182,7 +189,13 @@ fn split_bucket<'a>(url: &str, rest: &'a str) -> Result<(&'a str, &'a str)> {
     Ok((bucket, prefix))
 }
 
-fn secret(remote: &str, field: &str, value: &Option<String>, file: &Option<PathBuf>, env: &Option<String>) -> Result<Option<String>> {
+fn secret(
+    remote: &str,
+    field: &str,
+    value: &Option<String>,
+    file: &Option<PathBuf>,
+    env: &Option<String>,
+) -> Result<Option<String>> {
     if let Some(v) = value {
         return Ok(Some(v.clone()));
     }
@@ -205,7 +218,9 @@ fn s3_from_remote(name: &str, r: &RemoteConfig, bucket: &str) -> Result<S3Config
     let endpoint_url = r.endpoint.clone().unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
     let endpoint = Endpoint::parse(&endpoint_url).map_err(|e| Error::Usage(format!("remote {name:?}: {e}")))?;
     let missing = |field: &str| {
-        Error::Usage(format!("remote {name:?} has no {field}: set {field}, {field}_file or {field}_env in laminar.toml"))
+        Error::Usage(format!(
+            "remote {name:?} has no {field}: set {field}, {field}_file or {field}_env in laminar.toml"
+        ))
     };
     let access_key_id = secret(name, "access_key_id", &r.access_key_id, &r.access_key_id_file, &r.access_key_id_env)?
         .ok_or_else(|| missing("access_key_id"))?;
@@ -231,7 +246,11 @@ fn s3_from_env(bucket: &str) -> Result<S3Config> {
     let custom = var("AWS_ENDPOINT_URL_S3").or_else(|| var("AWS_ENDPOINT_URL"));
     let endpoint_url = custom.clone().unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
     let endpoint = Endpoint::parse(&endpoint_url).map_err(|e| Error::Usage(format!("AWS_ENDPOINT_URL: {e}")))?;
-    let missing = |k: &str| Error::Usage(format!("s3:// URLs use the AWS environment, and {k} is not set: export it, or use a remote from laminar.toml"));
+    let missing = |k: &str| {
+        Error::Usage(format!(
+            "s3:// URLs use the AWS environment, and {k} is not set: export it, or use a remote from laminar.toml"
+        ))
+    };
     Ok(S3Config {
         remote: "s3".to_string(),
         endpoint,

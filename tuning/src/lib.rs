@@ -60,6 +60,12 @@ fn meminfo_field_bytes(text: &str, field: &str) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// This process's peak resident set size (`VmHWM`), in bytes.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    meminfo_field_bytes(&text, "VmHWM:")
+}
+
 /// Default size of the RAM tier: a quarter of available memory, clamped to
 /// [`RAM_BUFFER_DEFAULT_MIN_BYTES`, `RAM_BUFFER_DEFAULT_MAX_BYTES`].
 pub fn default_ram_buffer_bytes() -> u64 {
@@ -143,12 +149,13 @@ mod tests {
     fn affinity_nonempty() {
         assert!(!allowed_cpus().is_empty());
         assert!(default_ram_buffer_bytes() >= RAM_BUFFER_DEFAULT_MIN_BYTES);
+        assert!(peak_rss_bytes().unwrap() > 0);
     }
 
     #[test]
     fn child_usage_is_measured() {
         let child = std::process::Command::new("sh").args(["-c", "exit 3"]).spawn().unwrap();
-        let (code, usage) = wait_with_usage(child.id()).unwrap();
+        let (code, usage) = wait_with_usage(child).unwrap();
         assert_eq!(code, 3);
         assert!(usage.max_rss_bytes > 0);
     }
@@ -171,9 +178,11 @@ pub struct ChildUsage {
     pub max_rss_bytes: u64,
 }
 
-/// Waits for the child with this pid and returns its exit code (or -signal) and
-/// resource usage, from `wait4`. For benchmarks: CPU and peak RSS of exactly that child.
-pub fn wait_with_usage(pid: u32) -> std::io::Result<(i32, ChildUsage)> {
+/// Waits for the child and returns its exit code (or -signal) and resource usage, from
+/// `wait4`: CPU and peak RSS of exactly that child. Note that Linux counts a child's RSS
+/// from before its exec (the forked copy of the parent) in its peak.
+pub fn wait_with_usage(child: std::process::Child) -> std::io::Result<(i32, ChildUsage)> {
+    let pid = child.id();
     let mut status = 0;
     // SAFETY: plain data; zeroed is a valid rusage.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };

@@ -21,9 +21,9 @@ use std::sync::Arc;
 
 use super::{
     Backend, CopySource, Entry, HashFamily, ListPage, LocalFuture, ObjectInfo, ObjectMeta, PartLimits, PartRecord,
-    PutArgs, Sink, Source, Store, WorkerCtx,
+    PutArgs, Sink, Source, Store, Upload, WorkerCtx,
 };
-use crate::checksum::{Checksum, Hasher, Hashers};
+use crate::checksum::{Checksum, ChecksumAlgo, Hasher, Hashers};
 use crate::error::{Error, Result};
 use crate::pool::Body;
 
@@ -142,7 +142,10 @@ impl FileStore {
         let mut walk = match token {
             Some(t) => {
                 let id: u64 = t.parse().map_err(|_| Error::protocol("list", prefix, "bad listing token"))?;
-                self.walks.borrow_mut().remove(&id).ok_or_else(|| Error::protocol("list", prefix, "stale listing token"))?
+                self.walks
+                    .borrow_mut()
+                    .remove(&id)
+                    .ok_or_else(|| Error::protocol("list", prefix, "stale listing token"))?
             }
             None => {
                 // Start at the deepest directory the prefix names in full.
@@ -220,7 +223,11 @@ impl FileStore {
     fn ensure_parent(&self, op: &'static str, key: &str, path: &Path) -> Result<()> {
         let parent = path.parent().expect("resolved paths have a parent");
         std::fs::create_dir_all(parent).map_err(|e| {
-            Error::io(op, key, std::io::Error::new(e.kind(), format!("cannot create directory {}: {e}", parent.display())))
+            Error::io(
+                op,
+                key,
+                std::io::Error::new(e.kind(), format!("cannot create directory {}: {e}", parent.display())),
+            )
         })
     }
 
@@ -279,7 +286,8 @@ impl FileStore {
             let f = std::fs::OpenOptions::new().write(true).open(temp).map_err(|e| Error::io("put", key, e))?;
             f.set_modified(t).map_err(|e| Error::io("put", key, e))?;
         }
-        let meta_json = serde_json::to_string(&ObjectMeta { mtime: None, ..args.meta.clone() }).expect("meta serialises");
+        let meta_json =
+            serde_json::to_string(&ObjectMeta { mtime: None, ..args.meta.clone() }).expect("meta serialises");
         if meta_json != serde_json::to_string(&ObjectMeta::default()).expect("meta serialises") {
             set_xattr(temp, XATTR_META, &meta_json);
         }
@@ -323,7 +331,9 @@ pub fn resolve(root: &Path, op: &'static str, key: &str) -> Result<PathBuf> {
 }
 
 fn is_temp_name(name: &[u8]) -> bool {
-    name.starts_with(b".") && name.ends_with(b".tmp") && name.windows(TEMP_MARK.len()).any(|w| w == TEMP_MARK.as_bytes())
+    name.starts_with(b".")
+        && name.ends_with(b".tmp")
+        && name.windows(TEMP_MARK.len()).any(|w| w == TEMP_MARK.as_bytes())
 }
 
 fn version_token(md: &std::fs::Metadata) -> String {
@@ -394,8 +404,11 @@ impl Store for FileStore {
             std::fs::create_dir_all(&*self.root)
                 .map_err(|e| Error::Usage(format!("destination {root} can't be created: {e}; pick a writable path")))?;
             let probe = self.root.join(format!(".probe{TEMP_MARK}{:016x}.tmp", fastrand::u64(..)));
-            std::fs::write(&probe, b"")
-                .map_err(|e| Error::Usage(format!("destination {root} is not writable: {e}; fix its permissions or pick another path")))?;
+            std::fs::write(&probe, b"").map_err(|e| {
+                Error::Usage(format!(
+                    "destination {root} is not writable: {e}; fix its permissions or pick another path"
+                ))
+            })?;
             let _ = std::fs::remove_file(&probe);
             Ok(())
         })
@@ -425,7 +438,8 @@ impl Source for FileStore {
                 while at < end && chunk.remaining() > 0 {
                     let before = chunk.len();
                     let want = chunk.remaining().min((end - at) as usize);
-                    let (res, slice) = file.read_at(monoio::buf::IoBufMut::slice_mut(chunk, before..before + want), at).await;
+                    let (res, slice) =
+                        file.read_at(monoio::buf::IoBufMut::slice_mut(chunk, before..before + want), at).await;
                     chunk = slice.into_inner();
                     let n = res.map_err(|e| Error::io("get", key, e))?;
                     if n == 0 {
@@ -489,7 +503,13 @@ impl Sink for FileStore {
         })
     }
 
-    fn create_multipart<'a>(&'a self, key: &'a str, size: u64, _args: &'a PutArgs) -> LocalFuture<'a, Result<String>> {
+    fn create_multipart<'a>(
+        &'a self,
+        key: &'a str,
+        size: u64,
+        _args: &'a PutArgs,
+        full_checksum: Option<ChecksumAlgo>,
+    ) -> LocalFuture<'a, Result<Upload>> {
         Box::pin(async move {
             let temp = self.temp_path(key)?;
             self.ensure_parent("create-multipart", key, &temp)?;
@@ -499,7 +519,8 @@ impl Sink for FileStore {
                 .open(&temp)
                 .map_err(|e| Error::io("create-multipart", key, e))?;
             f.set_len(size).map_err(|e| Error::io("create-multipart", key, e))?;
-            Ok(temp.file_name().expect("temp has a name").to_string_lossy().into_owned())
+            // The file is read back against the whole-object checksum before the rename.
+            Ok(Upload { id: temp.file_name().expect("temp has a name").to_string_lossy().into_owned(), full_checksum })
         })
     }
 
@@ -572,7 +593,12 @@ impl Sink for FileStore {
         false
     }
 
-    fn copy_object<'a>(&'a self, _source: &'a CopySource, key: &'a str, _args: &'a PutArgs) -> LocalFuture<'a, Result<()>> {
+    fn copy_object<'a>(
+        &'a self,
+        _source: &'a CopySource,
+        key: &'a str,
+        _args: &'a PutArgs,
+    ) -> LocalFuture<'a, Result<()>> {
         Box::pin(async move { Err(Error::protocol("copy", key, "the file backend has no server-side copy")) })
     }
 

@@ -22,7 +22,7 @@ use serde::Deserialize;
 
 use super::{
     Backend, CopySource, Entry, HashFamily, ListPage, LocalFuture, ObjectInfo, ObjectMeta, PartLimits, PartRecord,
-    PutArgs, Sink, Source, Store, WorkerCtx,
+    PutArgs, Sink, Source, Store, Upload, WorkerCtx,
 };
 use crate::checksum::{Checksum, ChecksumAlgo, Hashers};
 use crate::error::{Error, Result};
@@ -236,7 +236,13 @@ impl S3Store {
 
     /// CompleteMultipartUpload and CopyObject may answer 200 with an error document:
     /// the request failed all the same.
-    fn error_in_ok_body(&self, op: &'static str, key: &str, head: &crate::http::ResponseHead, body: &[u8]) -> Result<()> {
+    fn error_in_ok_body(
+        &self,
+        op: &'static str,
+        key: &str,
+        head: &crate::http::ResponseHead,
+        body: &[u8],
+    ) -> Result<()> {
         if quick_xml::de::from_reader::<_, ErrorXml>(body).is_ok() {
             let failed = crate::http::ResponseHead { status: 500, headers: head.headers.clone() };
             return Err(self.http_error(op, key, &failed, body));
@@ -336,7 +342,7 @@ fn info_from_head(head: &crate::http::ResponseHead) -> ObjectInfo {
     let mut info = ObjectInfo { size, ..ObjectInfo::default() };
     info.etag = head.header("etag").map(|e| e.trim_matches('"').to_string());
     info.meta.content_type = head.header("content-type").map(str::to_string);
-    info.meta.content_encoding = head.header("content-encoding").map(str::to_string);
+    info.meta.content_encoding = head.header("content-encoding").and_then(content_encoding);
     info.meta.content_disposition = head.header("content-disposition").map(str::to_string);
     info.meta.cache_control = head.header("cache-control").map(str::to_string);
     let composite = head.header("x-amz-checksum-type").is_some_and(|t| t.eq_ignore_ascii_case("COMPOSITE"));
@@ -355,6 +361,14 @@ fn info_from_head(head: &crate::http::ResponseHead) -> ObjectInfo {
         }
     }
     info
+}
+
+/// Content-Encoding without `aws-chunked`, which describes a request's framing, not the
+/// object (some stores keep it anyway).
+fn content_encoding(value: &str) -> Option<String> {
+    let kept: Vec<&str> =
+        value.split(',').map(str::trim).filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("aws-chunked")).collect();
+    (!kept.is_empty()).then(|| kept.join(", "))
 }
 
 #[derive(Deserialize)]
@@ -394,6 +408,16 @@ struct InitiateXml {
 struct CopyResultXml {
     #[serde(rename = "ETag")]
     etag: Option<String>,
+}
+
+/// The CompleteMultipartUpload element carrying a part's checksum.
+fn part_checksum_element(algo: ChecksumAlgo) -> Option<&'static str> {
+    match algo {
+        ChecksumAlgo::Crc32c => Some("ChecksumCRC32C"),
+        ChecksumAlgo::Crc64nvme => Some("ChecksumCRC64NVME"),
+        ChecksumAlgo::Sha256 => Some("ChecksumSHA256"),
+        ChecksumAlgo::Md5 => None,
+    }
 }
 
 fn xml_escape(s: &str) -> String {
@@ -509,7 +533,12 @@ impl Source for S3Store {
 }
 
 impl S3Store {
-    fn check_etag(op: &'static str, key: &str, head: &crate::http::ResponseHead, md5_hex: Option<&str>) -> Result<String> {
+    fn check_etag(
+        op: &'static str,
+        key: &str,
+        head: &crate::http::ResponseHead,
+        md5_hex: Option<&str>,
+    ) -> Result<String> {
         let etag = head.header("etag").map(|e| e.trim_matches('"').to_string()).unwrap_or_default();
         if let Some(md5) = md5_hex {
             if crate::checksum::etag_is_md5(&etag) && !etag.eq_ignore_ascii_case(md5) {
@@ -523,12 +552,7 @@ impl S3Store {
         Ok(etag)
     }
 
-    async fn send_data(
-        &self,
-        call: Call<'_>,
-        body: Body,
-        md5_hex: Option<&str>,
-    ) -> Result<String> {
+    async fn send_data(&self, call: Call<'_>, body: Body, md5_hex: Option<&str>) -> Result<String> {
         let op = call.op;
         let key = call.target.to_string();
         let (response, _) = self.call(call, RequestBody::Chunks(body)).await?;
@@ -539,7 +563,11 @@ impl S3Store {
             // A store that checked our checksum and disagreed: the bytes changed in flight.
             if let Error::Http { code, message, .. } = &err {
                 if code == "BadDigest" || code == "InvalidDigest" || code == "XAmzContentChecksumMismatch" {
-                    return Err(Error::Integrity { op, target: key, detail: format!("the store said {code}: {message}") });
+                    return Err(Error::Integrity {
+                        op,
+                        target: key,
+                        detail: format!("the store said {code}: {message}"),
+                    });
                 }
             }
             return Err(err);
@@ -549,7 +577,14 @@ impl S3Store {
 
     fn delete<'a>(&'a self, key: &'a str) -> LocalFuture<'a, Result<()>> {
         Box::pin(async move {
-            let call = Call { method: "DELETE", key: Some(key), query: Vec::new(), headers: Vec::new(), op: "delete", target: key };
+            let call = Call {
+                method: "DELETE",
+                key: Some(key),
+                query: Vec::new(),
+                headers: Vec::new(),
+                op: "delete",
+                target: key,
+            };
             self.call_small(call, Vec::new()).await.map(drop)
         })
     }
@@ -590,17 +625,34 @@ impl Sink for S3Store {
         })
     }
 
-    fn create_multipart<'a>(&'a self, key: &'a str, _size: u64, args: &'a PutArgs) -> LocalFuture<'a, Result<String>> {
+    fn create_multipart<'a>(
+        &'a self,
+        key: &'a str,
+        _size: u64,
+        args: &'a PutArgs,
+        full_checksum: Option<ChecksumAlgo>,
+    ) -> LocalFuture<'a, Result<Upload>> {
         Box::pin(async move {
-            let mut headers = Vec::with_capacity(8);
-            self.meta_headers(args, &mut headers);
-            let query = vec![("uploads", String::new())];
-            let call = Call { method: "POST", key: Some(key), query, headers, op: "create-multipart", target: key };
-            let (_, body) = self.call_small(call, Vec::new()).await?;
-            let parsed: InitiateXml = quick_xml::de::from_reader(&body[..]).map_err(|e| {
-                Error::protocol("create-multipart", key, format!("unreadable CreateMultipartUpload response: {e}"))
-            })?;
-            Ok(parsed.upload_id)
+            let create = |full: Option<ChecksumAlgo>| async move {
+                let mut headers = Vec::with_capacity(10);
+                self.meta_headers(args, &mut headers);
+                if let Some(algorithm) = full.and_then(ChecksumAlgo::s3_algorithm) {
+                    headers.push(("x-amz-checksum-algorithm".to_string(), algorithm.to_string()));
+                    headers.push(("x-amz-checksum-type".to_string(), "FULL_OBJECT".to_string()));
+                }
+                let query = vec![("uploads", String::new())];
+                let call = Call { method: "POST", key: Some(key), query, headers, op: "create-multipart", target: key };
+                let (_, body) = self.call_small(call, Vec::new()).await?;
+                let parsed: InitiateXml = quick_xml::de::from_reader(&body[..]).map_err(|e| {
+                    Error::protocol("create-multipart", key, format!("unreadable CreateMultipartUpload response: {e}"))
+                })?;
+                Ok(Upload { id: parsed.upload_id, full_checksum: full })
+            };
+            match create(full_checksum).await {
+                // A store without whole-object checksums: parts are still verified one by one.
+                Err(Error::Http { status: 400 | 501, .. }) if full_checksum.is_some() => create(None).await,
+                other => other,
+            }
         })
     }
 
@@ -628,22 +680,33 @@ impl Sink for S3Store {
         key: &'a str,
         upload_id: &'a str,
         parts: &'a [PartRecord],
-        _full: Option<&'a Checksum>,
+        full: Option<&'a Checksum>,
         _args: &'a PutArgs,
     ) -> LocalFuture<'a, Result<()>> {
         Box::pin(async move {
-            let mut xml = String::with_capacity(64 + parts.len() * 96);
+            let full = full.filter(|f| f.algo.s3_algorithm().is_some());
+            let mut xml = String::with_capacity(64 + parts.len() * 128);
             xml.push_str("<CompleteMultipartUpload>");
             for part in parts {
                 xml.push_str(&format!(
-                    "<Part><PartNumber>{}</PartNumber><ETag>\"{}\"</ETag></Part>",
+                    "<Part><PartNumber>{}</PartNumber><ETag>\"{}\"</ETag>",
                     part.number,
                     xml_escape(&part.etag)
                 ));
+                if let (Some(full), Some(name)) = (full, part_checksum_element(part.checksum.algo)) {
+                    if part.checksum.algo == full.algo && !part.checksum.bytes.is_empty() {
+                        xml.push_str(&format!("<{name}>{}</{name}>", part.checksum.to_base64()));
+                    }
+                }
+                xml.push_str("</Part>");
             }
             xml.push_str("</CompleteMultipartUpload>");
             let query = vec![("uploadId", upload_id.to_string())];
-            let headers = vec![("content-type".to_string(), "application/xml".to_string())];
+            let mut headers = vec![("content-type".to_string(), "application/xml".to_string())];
+            if let Some(full) = full {
+                Self::checksum_headers(full, &mut headers);
+                headers.push(("x-amz-checksum-type".to_string(), "FULL_OBJECT".to_string()));
+            }
             let call = Call { method: "POST", key: Some(key), query, headers, op: "complete-multipart", target: key };
             let (head, body) = self.call_small(call, xml.into_bytes()).await?;
             self.error_in_ok_body("complete-multipart", key, &head, &body)
@@ -653,7 +716,14 @@ impl Sink for S3Store {
     fn abort_multipart<'a>(&'a self, key: &'a str, upload_id: &'a str) -> LocalFuture<'a, Result<()>> {
         Box::pin(async move {
             let query = vec![("uploadId", upload_id.to_string())];
-            let call = Call { method: "DELETE", key: Some(key), query, headers: Vec::new(), op: "abort-multipart", target: key };
+            let call = Call {
+                method: "DELETE",
+                key: Some(key),
+                query,
+                headers: Vec::new(),
+                op: "abort-multipart",
+                target: key,
+            };
             match self.call_small(call, Vec::new()).await {
                 Ok(_) => Ok(()),
                 Err(Error::Http { status: 404, .. }) => Ok(()),
@@ -675,7 +745,12 @@ impl Sink for S3Store {
         source.identity == format!("{}|{}|{}", self.cfg.endpoint.url(), self.cfg.access_key_id, self.cfg.region)
     }
 
-    fn copy_object<'a>(&'a self, source: &'a CopySource, key: &'a str, args: &'a PutArgs) -> LocalFuture<'a, Result<()>> {
+    fn copy_object<'a>(
+        &'a self,
+        source: &'a CopySource,
+        key: &'a str,
+        args: &'a PutArgs,
+    ) -> LocalFuture<'a, Result<()>> {
         Box::pin(async move {
             let mut headers = vec![
                 ("x-amz-copy-source".to_string(), source.reference.clone()),
@@ -735,7 +810,10 @@ mod tests {
     fn paths_encode_keys() {
         let s = store(true);
         assert_eq!(s.path(Some("a b/c+d%e/ü"), &[]), "/bkt/a%20b/c%2Bd%25e/%C3%BC");
-        assert_eq!(s.path(None, &[("list-type", "2".into()), ("prefix", "x/y".into())]), "/bkt?list-type=2&prefix=x%2Fy");
+        assert_eq!(
+            s.path(None, &[("list-type", "2".into()), ("prefix", "x/y".into())]),
+            "/bkt?list-type=2&prefix=x%2Fy"
+        );
         assert_eq!(s.path(Some("k"), &[("uploads", String::new())]), "/bkt/k?uploads");
         let v = store(false);
         assert_eq!(v.path(Some("k"), &[]), "/k");
@@ -753,6 +831,13 @@ mod tests {
         assert!(headers.iter().any(|(n, v)| n == "x-amz-content-sha256" && v == "UNSIGNED-PAYLOAD"));
         // The secret never appears in what is sent.
         assert!(headers.iter().all(|(_, v)| !v.contains("SK")));
+    }
+
+    #[test]
+    fn aws_chunked_is_not_object_metadata() {
+        assert_eq!(content_encoding("aws-chunked"), None);
+        assert_eq!(content_encoding("gzip,aws-chunked").as_deref(), Some("gzip"));
+        assert_eq!(content_encoding("br").as_deref(), Some("br"));
     }
 
     #[test]

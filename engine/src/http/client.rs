@@ -247,7 +247,11 @@ fn timeout(req: &Request<'_>, t: Duration) -> Error {
     Error::Timeout { op: req.op, target: req.target.to_string(), seconds: t.as_secs() }
 }
 
-async fn read_head(conn: &mut Conn, io_timeout: Duration, req: &Request<'_>) -> std::result::Result<ResponseHead, StaleOr> {
+async fn read_head(
+    conn: &mut Conn,
+    io_timeout: Duration,
+    req: &Request<'_>,
+) -> std::result::Result<ResponseHead, StaleOr> {
     // Move unread bytes to the front; a previous response may have left none.
     if conn.start > 0 {
         conn.buf.drain(..conn.start);
@@ -283,7 +287,11 @@ async fn read_head(conn: &mut Conn, io_timeout: Duration, req: &Request<'_>) -> 
         match res {
             Ok(0) if first_read && conn.buf.is_empty() => return Err(StaleOr::Stale),
             Ok(0) => {
-                return Err(StaleOr::Error(Error::protocol(req.op, req.target, "connection closed in the response head")))
+                return Err(StaleOr::Error(Error::protocol(
+                    req.op,
+                    req.target,
+                    "connection closed in the response head",
+                )))
             }
             Ok(_) => first_read = false,
             Err(e) if first_read && conn.buf.is_empty() && is_reset(&e) => return Err(StaleOr::Stale),

@@ -8,7 +8,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use super::transfer::{Kind, ObjectJob};
 use super::{ObjectResult, Outcome, Report, Shared, FAILURES_KEPT_MAX};
-use crate::backend::{provenance_version, Entry, Source, WorkerCtx};
+use crate::backend::{holds_version, provenance_version, Entry, Source, WorkerCtx};
 use crate::checksum::etag_is_md5;
 use crate::error::{Error, Result};
 use crate::http::HttpClient;
@@ -38,7 +38,8 @@ impl Filter {
 
     /// Whether a relative key passes.
     pub fn accepts(&self, rel_key: &str) -> bool {
-        self.include.as_ref().is_none_or(|s| s.is_match(rel_key)) && !self.exclude.as_ref().is_some_and(|s| s.is_match(rel_key))
+        self.include.as_ref().is_none_or(|s| s.is_match(rel_key))
+            && !self.exclude.as_ref().is_some_and(|s| s.is_match(rel_key))
     }
 }
 
@@ -198,6 +199,16 @@ pub(super) async fn plan(
             continue;
         }
         if shared.opts.dry_run {
+            if let Verdict::CheckDest = verdict {
+                let info = dst.store.stat(&dst_key).await?;
+                if info.is_some_and(|info| holds_version(&info, entry.size, &version_of(&entry))) {
+                    record(
+                        report,
+                        ObjectResult { key: entry.key.clone(), outcome: Outcome::Skipped { bytes: entry.size } },
+                    );
+                    continue;
+                }
+            }
             report.objects_planned += 1;
             on_plan(&Planned { src_key: entry.key.clone(), dst_key, size: entry.size });
             continue;

