@@ -83,7 +83,8 @@ fn generate(root: &std::path::Path, small: usize, large: usize, large_size: u64)
     Ok(total)
 }
 
-/// Compares every file under `src` with its twin under `dst`; returns the ones that differ.
+/// Compares every file under `src` with its twin under `dst`, a block at a time so
+/// the check's memory stays small; returns the ones that differ.
 fn verify_trees(src: &std::path::Path, dst: &std::path::Path) -> std::io::Result<Vec<String>> {
     let mut bad = Vec::new();
     let mut stack = vec![src.to_path_buf()];
@@ -95,14 +96,39 @@ fn verify_trees(src: &std::path::Path, dst: &std::path::Path) -> std::io::Result
                 continue;
             }
             let rel = path.strip_prefix(src).expect("under src");
-            let same = match std::fs::read(dst.join(rel)) {
-                Ok(theirs) => theirs == std::fs::read(&path)?,
-                Err(_) => false,
-            };
-            if !same {
+            if !same_file_contents(&path, &dst.join(rel))? {
                 bad.push(rel.display().to_string());
             }
         }
     }
     Ok(bad)
+}
+
+fn same_file_contents(a: &std::path::Path, b: &std::path::Path) -> std::io::Result<bool> {
+    use std::io::Read;
+    let Ok(fb) = std::fs::File::open(b) else { return Ok(false) };
+    let mut fa = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(a)?);
+    let mut fb = std::io::BufReader::with_capacity(1 << 20, fb);
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let na = read_full(&mut fa, &mut ba)?;
+        let nb = read_full(&mut fb, &mut bb)?;
+        if na != nb || ba[..na] != bb[..nb] {
+            return Ok(false);
+        }
+        if na == 0 {
+            return Ok(true);
+        }
+    }
+
+    fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+        let mut n = 0;
+        while n < buf.len() {
+            match r.read(&mut buf[n..])? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        Ok(n)
+    }
 }
