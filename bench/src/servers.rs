@@ -774,6 +774,155 @@ fn random_key(len: usize, alphabet: &[u8]) -> String {
     (0..len).map(|_| alphabet[fastrand::usize(..alphabet.len())] as char).collect()
 }
 
+/// A private CA and a server certificate for `127.0.0.1` signed by it, made with the
+/// `openssl` command, for TLS tests.
+#[derive(Debug)]
+pub struct TestCa {
+    /// The CA certificate (trust this one, e.g. via `SSL_CERT_FILE`).
+    pub ca_pem: PathBuf,
+    /// The server certificate.
+    pub cert_pem: PathBuf,
+    /// The server's private key.
+    pub key_pem: PathBuf,
+}
+
+impl TestCa {
+    /// Creates the CA and certificate under `dir`.
+    pub fn create(dir: &Path) -> Result<TestCa> {
+        let run = |args: &[&str]| -> Result<()> {
+            let out = Command::new("openssl").args(args).current_dir(dir).output().context("running openssl")?;
+            if !out.status.success() {
+                bail!("openssl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+            }
+            Ok(())
+        };
+        let days = "2";
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            days,
+            "-subj",
+            "/CN=laminar-test-ca",
+        ])?;
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "leaf.csr",
+            "-subj",
+            "/CN=localhost",
+        ])?;
+        std::fs::write(
+            dir.join("leaf.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )?;
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "cert.pem",
+            "-days",
+            days,
+            "-extfile",
+            "leaf.ext",
+        ])?;
+        Ok(TestCa { ca_pem: dir.join("ca.pem"), cert_pem: dir.join("cert.pem"), key_pem: dir.join("key.pem") })
+    }
+}
+
+/// `rclone serve s3`: a second, independent S3 implementation (gofakes3 over a local
+/// directory), optionally over TLS. Buckets are the directory's subdirectories.
+pub struct RcloneS3 {
+    /// `http(s)://127.0.0.1:PORT`.
+    pub endpoint: String,
+    /// Access key id.
+    pub access_key: String,
+    /// Secret access key.
+    pub secret_key: String,
+    child: Child,
+    root: TempDir,
+}
+
+impl RcloneS3 {
+    /// Serves a fresh directory with one bucket, `bucket`, on a free loopback port.
+    pub fn start(bucket: &str, tls: Option<&TestCa>) -> Result<RcloneS3> {
+        let rclone = find_tool("rclone").context("rclone not found: run tests/run.sh, or set LAMINAR_RCLONE")?;
+        let root = tempfile::Builder::new().prefix("laminar-rclone-s3-").tempdir()?;
+        std::fs::create_dir_all(root.path().join(bucket))?;
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let access_key = random_key(16, b"abcdefghijklmnopqrstuvwxyz0123456789");
+        let secret_key = random_key(32, b"abcdefghijklmnopqrstuvwxyz0123456789");
+        let mut cmd = Command::new(rclone);
+        cmd.args(["serve", "s3", "--addr", &format!("127.0.0.1:{port}"), "--auth-key"])
+            .arg(format!("{access_key},{secret_key}"))
+            .arg(root.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(root.path().join("serve.log"))?));
+        if let Some(tls) = tls {
+            cmd.arg("--cert").arg(&tls.cert_pem).arg("--key").arg(&tls.key_pem);
+        }
+        let child = cmd.spawn().context("starting rclone serve s3")?;
+        let mut server = RcloneS3 {
+            endpoint: format!("{}://127.0.0.1:{port}", if tls.is_some() { "https" } else { "http" }),
+            access_key,
+            secret_key,
+            child,
+            root,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline || server.child.try_wait()?.is_some() {
+                bail!("rclone serve s3 did not start: {}", read_tail(&server.root.path().join("serve.log"), 2000));
+            }
+            thread::sleep(Duration::from_millis(POLL_INTERVAL_MS));
+        }
+        Ok(server)
+    }
+
+    /// The directory served; bucket `b` is `root().join(b)`.
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// A `[remotes.NAME]` table for laminar.toml.
+    pub fn remote_toml(&self, name: &str) -> String {
+        format!(
+            "[remotes.{name}]\ntype = \"s3\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\npath_style = true\n",
+            self.endpoint, self.access_key, self.secret_key
+        )
+    }
+}
+
+impl Drop for RcloneS3 {
+    fn drop(&mut self) {
+        send_signal(self.child.id(), "TERM");
+        if wait_bounded(&mut self.child, Duration::from_secs(5)).is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

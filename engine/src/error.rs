@@ -85,6 +85,18 @@ pub enum Error {
         /// Why it is refused.
         reason: String,
     },
+    /// The TLS handshake failed (untrusted certificate, wrong name, protocol).
+    #[error("{op} {target}: TLS with {endpoint} failed: {detail}; if the server uses a private CA, point SSL_CERT_FILE at its certificate")]
+    Tls {
+        /// The operation.
+        op: &'static str,
+        /// The key or bucket.
+        target: String,
+        /// The endpoint, `host:port`.
+        endpoint: String,
+        /// What rustls said.
+        detail: String,
+    },
     /// An operation took longer than its deadline.
     #[error("{op} {target}: timed out after {seconds}s")]
     Timeout {
@@ -101,7 +113,7 @@ impl Error {
     /// Whether the same operation may succeed if tried again.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Usage(_) | Error::InvalidKey { .. } => false,
+            Error::Usage(_) | Error::InvalidKey { .. } | Error::Tls { .. } => false,
             Error::Connect { .. } | Error::Io { .. } | Error::Timeout { .. } => true,
             Error::Protocol { .. } | Error::Integrity { .. } => true,
             Error::Http { status, code, .. } => {
@@ -114,7 +126,7 @@ impl Error {
     /// no server): the relay stops instead of failing every object the same way.
     pub fn is_fatal(&self) -> bool {
         match self {
-            Error::Usage(_) => true,
+            Error::Usage(_) | Error::Tls { .. } => true,
             Error::Http { status, code, .. } => {
                 matches!(*status, 401 | 403)
                     || code == "NoSuchBucket"

@@ -310,6 +310,34 @@ pub fn relay(
     Ok(report)
 }
 
+/// Runs `op` until it succeeds, fails with an error retrying can't help, `stop` is
+/// set, or `retries` retries are spent; waits with exponential backoff and jitter
+/// between attempts, longer when the server sent Retry-After.
+pub(crate) async fn retry<T, F, Fut>(retries: u32, stop: &AtomicBool, mut op: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut attempt = 0;
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            // Acquire pairs with the Release stores that set `stop`.
+            Err(e) if e.is_retryable() && attempt < retries && !stop.load(Ordering::Acquire) => {
+                let delay = crate::error::backoff_delay(
+                    attempt,
+                    Duration::from_millis(100),
+                    Duration::from_secs(10),
+                    e.retry_after(),
+                );
+                monoio::time::sleep(delay).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Reads one page of a listing after another until `f` has seen every entry.
 /// Used by `laminar ls`.
 pub fn list(location: &Location, driver: DriverChoice, f: &mut dyn FnMut(&crate::backend::Entry)) -> Result<()> {

@@ -368,3 +368,77 @@ fn keys_that_would_escape_a_file_root_are_refused() {
         assert!(j["failures"][0]["reason"].as_str().unwrap().contains("escape"), "{j}");
     }
 }
+
+#[test]
+fn https_to_a_second_s3_implementation_with_a_private_ca() {
+    if find_tool("rclone").is_none() && !require_servers() {
+        eprintln!("skipping: rclone not installed");
+        return;
+    }
+    let pki = tempfile::tempdir().unwrap();
+    let ca = laminar_bench::servers::TestCa::create(pki.path()).expect("openssl makes a test CA");
+    let server = laminar_bench::servers::RcloneS3::start("tls-bkt", Some(&ca)).expect("rclone serve s3 over TLS");
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), server.remote_toml("t")).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    for (i, len) in [10, 70_000, 12 * MIB].into_iter().enumerate() {
+        write_file(src.path(), &format!("d/f{i}"), &pattern(len, 100 + i as u64));
+    }
+    let run = |args: &[&str], trust: bool| {
+        let mut cmd = Command::new(laminar_bin());
+        cmd.arg("--config").arg(config.path()).args(args);
+        if trust {
+            cmd.env("SSL_CERT_FILE", &ca.ca_pem);
+        }
+        cmd.output().unwrap()
+    };
+    // Without the CA the certificate is refused, in one line that says what to do.
+    let refused = run(&["relay", &format!("file://{}", src.path().display()), "t:tls-bkt/x"], false);
+    assert_eq!(refused.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("certificate") && err.contains("SSL_CERT_FILE"), "{err}");
+    let part = (5 * MIB).to_string();
+    let up = run(
+        &[
+            "relay",
+            &format!("file://{}", src.path().display()),
+            "t:tls-bkt/x",
+            "--multipart-cutoff",
+            &part,
+            "--part-size",
+            &part,
+        ],
+        true,
+    );
+    assert_eq!(up.status.code(), Some(0), "{}", String::from_utf8_lossy(&up.stderr));
+    let back = tempfile::tempdir().unwrap();
+    let down = run(&["relay", "t:tls-bkt/x", &format!("file://{}", back.path().display())], true);
+    assert_eq!(down.status.code(), Some(0), "{}", String::from_utf8_lossy(&down.stderr));
+    assert_same_tree(src.path(), back.path());
+}
+
+#[test]
+fn throttling_is_retried_with_backoff() {
+    let Some(c) = clouds() else { return };
+    let src = tempfile::tempdir().unwrap();
+    for i in 0..5u64 {
+        write_file(src.path(), &format!("t{i}"), &pattern(1000 + i, i));
+    }
+    assert_eq!(
+        c.laminar(&["relay", &format!("file://{}", src.path().display()), "a:bkt-a/slow"]).status.code(),
+        Some(0)
+    );
+    // The first three connections are answered 503 SlowDown (Retry-After: 1).
+    let proxy = Proxy::start(c.b.addr(), Fault::SlowDownFirst { connections: 3 });
+    c.add_remote("throttled", &proxy.endpoint(), &c.b);
+    let out = c.laminar(&["relay", "a:bkt-a/slow", "throttled:bkt-b/slow", "--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(json(&out)["objects_copied"], 5);
+    assert!(proxy.fault_fired());
+    // With no retries, the same throttling is a reported failure, not a hang or a panic.
+    let proxy = Proxy::start(c.b.addr(), Fault::SlowDownFirst { connections: 1000 });
+    c.add_remote("throttled2", &proxy.endpoint(), &c.b);
+    let out = c.laminar(&["relay", "a:bkt-a/slow", "throttled2:bkt-b/slow2", "--retries", "0"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SlowDown"));
+}

@@ -72,6 +72,13 @@ pub enum Fault {
         /// Request bytes delivered before the cut.
         request_bytes: u64,
     },
+    /// Answer the first request of each of the first `connections` connections with
+    /// `503 SlowDown` (and `Retry-After: 1`, `Connection: close`) without forwarding
+    /// it; relay later connections faithfully: a throttling store.
+    SlowDownFirst {
+        /// Connections to throttle.
+        connections: u64,
+    },
 }
 
 /// A running proxy. Dropping it stops it.
@@ -221,6 +228,42 @@ impl Drop for Proxy {
     }
 }
 
+/// Reads one request (head and Content-Length body) and answers 503 SlowDown.
+fn slow_down(mut client: TcpStream) {
+    let _ = client.set_read_timeout(Some(Duration::from_millis(WRITE_TIMEOUT_MS)));
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break pos + 4;
+        }
+        match client.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        if buf.len() > 64 * 1024 {
+            return;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let length: usize =
+        head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+    let mut left = length.saturating_sub(buf.len() - head_end);
+    while left > 0 {
+        match client.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => left = left.saturating_sub(n),
+        }
+    }
+    let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+    let response = format!(
+        "HTTP/1.1 503 Slow Down\r\ncontent-type: application/xml\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = client.write_all(response.as_bytes());
+    let _ = client.shutdown(Shutdown::Write);
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -240,7 +283,15 @@ fn accept_loop(listener: TcpListener, shared: &Arc<Shared>) {
             break; // Dropping the listener: further connects are refused.
         }
         let Ok(client) = incoming else { continue };
-        shared.connections_total.fetch_add(1, Ordering::Relaxed);
+        let number = shared.connections_total.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Fault::SlowDownFirst { connections } = shared.fault {
+            if number <= connections {
+                shared.fired.store(true, Ordering::Release);
+                let handle = thread::spawn(move || slow_down(client));
+                lock(&shared.cut_threads).push(handle);
+                continue;
+            }
+        }
         let mut connections = lock(&shared.connections);
         // Checked again under the lock: a cut drains the registry under the same lock,
         // so a connection is either drained by it or refused here.

@@ -103,7 +103,15 @@ impl HttpClient {
         let stream = match monoio::time::timeout(self.inner.connect_timeout, connect).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(source)) => {
-                return Err(Error::Connect { op, target: target.to_string(), endpoint: endpoint.authority(), source })
+                if let Some(tls) = source.get_ref().and_then(|e| e.downcast_ref::<super::conn::TlsFailure>()) {
+                    return Err(Error::Tls {
+                        op,
+                        target: target.to_string(),
+                        endpoint: endpoint.authority(),
+                        detail: tls.0.clone(),
+                    });
+                }
+                return Err(Error::Connect { op, target: target.to_string(), endpoint: endpoint.authority(), source });
             }
             Err(_) => {
                 return Err(Error::Connect {

@@ -74,6 +74,19 @@ impl Endpoint {
     }
 }
 
+/// A TLS handshake failure, carried inside an `io::Error` so the caller can tell it
+/// from a refused connection.
+#[derive(Debug)]
+pub(crate) struct TlsFailure(pub(crate) String);
+
+impl std::fmt::Display for TlsFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TlsFailure {}
+
 /// A plain or TLS stream.
 pub(crate) enum Stream {
     Plain(TcpStream),
@@ -106,7 +119,10 @@ impl Stream {
         let name = rustls::pki_types::ServerName::try_from(endpoint.host.clone())
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let connector = monoio_rustls::TlsConnector::from(tls.clone());
-        let tls_stream = connector.connect(name, stream).await.map_err(std::io::Error::from)?;
+        let tls_stream = connector
+            .connect(name, stream)
+            .await
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, TlsFailure(e.to_string())))?;
         Ok(Stream::Tls(Box::new(tls_stream)))
     }
 

@@ -88,10 +88,12 @@ fn judge(src: &Entry, dst: &Entry) -> Verdict {
 
 pub(super) async fn check_locations(shared: &Shared) -> Result<()> {
     let ctx = WorkerCtx { http: HttpClient::default() };
+    let retries = shared.opts.retries;
     let src = shared.src.backend.open_source(&ctx);
-    src.check(false).await?;
+    super::retry(retries, &shared.stop, || src.check(false)).await?;
     if !shared.opts.dry_run {
-        shared.dst.backend.open_sink(&ctx).check(true).await?;
+        let dst = shared.dst.backend.open_sink(&ctx);
+        super::retry(retries, &shared.stop, || dst.check(true)).await?;
     }
     Ok(())
 }
@@ -99,6 +101,7 @@ pub(super) async fn check_locations(shared: &Shared) -> Result<()> {
 /// A listing read page by page.
 struct Cursor {
     store: std::rc::Rc<dyn Source>,
+    retries: u32,
     prefix: String,
     page: std::vec::IntoIter<Entry>,
     token: Option<String>,
@@ -107,8 +110,8 @@ struct Cursor {
 }
 
 impl Cursor {
-    fn new(store: std::rc::Rc<dyn Source>, prefix: String) -> Cursor {
-        Cursor { store, prefix, page: Vec::new().into_iter(), token: None, started: false, last: None }
+    fn new(store: std::rc::Rc<dyn Source>, prefix: String, retries: u32) -> Cursor {
+        Cursor { store, retries, prefix, page: Vec::new().into_iter(), token: None, started: false, last: None }
     }
 
     async fn next(&mut self) -> Result<Option<Entry>> {
@@ -130,7 +133,9 @@ impl Cursor {
                 return Ok(None);
             }
             self.started = true;
-            let page = self.store.list(&self.prefix, self.token.take()).await?;
+            let token = self.token.take();
+            let never = std::sync::atomic::AtomicBool::new(false);
+            let page = super::retry(self.retries, &never, || self.store.list(&self.prefix, token.clone())).await?;
             self.token = page.next;
             self.page = page.entries.into_iter();
         }
@@ -165,8 +170,9 @@ pub(super) async fn plan(
     let ctx = WorkerCtx { http: HttpClient::default() };
     let src_prefix = shared.src.prefix.clone();
     let dst_prefix = shared.dst.prefix.clone();
-    let mut src = Cursor::new(shared.src.backend.open_source(&ctx), src_prefix.clone());
-    let mut dst = Cursor::new(shared.dst.backend.open_source(&ctx), dst_prefix.clone());
+    let retries = shared.opts.retries;
+    let mut src = Cursor::new(shared.src.backend.open_source(&ctx), src_prefix.clone(), retries);
+    let mut dst = Cursor::new(shared.dst.backend.open_source(&ctx), dst_prefix.clone(), retries);
     let mut dst_head: Option<Entry> = dst.next().await?;
     while let Some(entry) = src.next().await? {
         if shared.stop.load(Ordering::Acquire) {
@@ -200,7 +206,7 @@ pub(super) async fn plan(
         }
         if shared.opts.dry_run {
             if let Verdict::CheckDest = verdict {
-                let info = dst.store.stat(&dst_key).await?;
+                let info = super::retry(retries, &shared.stop, || dst.store.stat(&dst_key)).await?;
                 if info.is_some_and(|info| holds_version(&info, entry.size, &version_of(&entry))) {
                     record(
                         report,

@@ -6,13 +6,12 @@
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use super::progress::{choose_part_size, ObjectProgress};
 use super::{Outcome, Shared};
 use crate::backend::{provenance, CopySource, ObjectInfo, PartRecord, PutArgs, Sink, Source};
 use crate::checksum::{crc32c_combine, etag_is_md5, Checksum, ChecksumAlgo, Hashers};
-use crate::error::{backoff_delay, Error, Result};
+use crate::error::{Error, Result};
 use crate::pool::{Body, BufferPool};
 
 /// What kind of transfer an object needs.
@@ -94,24 +93,12 @@ impl Ctx {
     }
 
     /// Runs `op` until it succeeds, fails for good, or runs out of retries.
-    async fn retry<T, F, Fut>(&self, mut op: F) -> Result<T>
+    async fn retry<T, F, Fut>(&self, op: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
-        let mut attempt = 0;
-        loop {
-            match op().await {
-                Ok(v) => return Ok(v),
-                Err(e) if e.is_retryable() && attempt < self.shared.opts.retries && !self.stopped() => {
-                    let delay =
-                        backoff_delay(attempt, Duration::from_millis(100), Duration::from_secs(10), e.retry_after());
-                    monoio::time::sleep(delay).await;
-                    attempt += 1;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        super::retry(self.shared.opts.retries, &self.shared.stop, op).await
     }
 
     fn fail(&self, job: &ObjectJob, err: Error) {
