@@ -223,6 +223,9 @@ fn run_relay(config: Option<&std::path::Path>, args: RelayArgs) -> Result<u8, Fa
         }
     })?;
     print_report(&report, json, dry_run);
+    if report.objects_total == 0 && !json {
+        eprintln!("laminar: note: no objects under {}", args.src);
+    }
     Ok(if report.objects_failed > 0 { EXIT_FAILED } else { EXIT_OK })
 }
 

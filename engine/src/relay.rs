@@ -287,7 +287,10 @@ pub fn relay(
         match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(result) => plan::record(&mut report, result),
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                if shared.outstanding.load(Ordering::Acquire) == 0 {
+                // Every worker gone with work outstanding means none could start: the
+                // fatal error they left says why.
+                let workers_gone = !handles.is_empty() && handles.iter().all(|h| h.is_finished());
+                if shared.outstanding.load(Ordering::Acquire) == 0 || workers_gone {
                     while let Ok(result) = rx.try_recv() {
                         plan::record(&mut report, result);
                     }

@@ -18,13 +18,20 @@ pub(super) fn run(index: usize, cpu: Option<usize>, driver: Driver, shared: Arc<
             eprintln!("laminar: worker {index} not pinned to CPU {cpu}: {e}");
         }
     }
-    let result = crate::runtime::block_on(driver, run_loop(shared.clone()));
+    let mut result = crate::runtime::block_on(driver, run_loop(shared.clone()));
+    if let (Err(e), Driver::IoUring) = (&result, driver) {
+        // The probe passed on the main thread, but this thread's ring could not be made
+        // (e.g. a per-thread memlock charge on old kernels): carry on with epoll.
+        eprintln!("laminar: worker {index}: io_uring ring could not be created ({e}); using epoll for this worker");
+        result = crate::runtime::block_on(Driver::Epoll, run_loop(shared.clone()));
+    }
     if let Err(e) = result {
-        // The runtime could not start (e.g. the ring could not be created for this
-        // thread): fail this worker's share loudly rather than hang the relay.
-        eprintln!("laminar: worker {index} could not start its {driver} event loop: {e}");
+        // No event loop at all: stop the relay loudly rather than leave work unclaimed.
+        eprintln!("laminar: worker {index} could not start an event loop: {e}");
+        *shared.fatal.lock().expect("fatal lock") = Some(format!("worker {index} could not start an event loop: {e}"));
+        // Pairs with the Acquire loads in the planner and the other workers.
         shared.stop.store(true, Ordering::Release);
-        *shared.fatal.lock().expect("fatal lock") = Some(format!("worker {index} could not start: {e}"));
+        shared.event.notify(usize::MAX);
     }
 }
 
