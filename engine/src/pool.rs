@@ -44,6 +44,17 @@ struct State {
     next_ticket: u64,
 }
 
+impl State {
+    /// Wakes the first waiter if what is free, less `reserved`, would satisfy it.
+    fn wake_front(&self, reserved: usize) {
+        if let Some((_, wanted, waker)) = self.waiters.front() {
+            if self.free.len() - reserved >= *wanted {
+                waker.wake_by_ref();
+            }
+        }
+    }
+}
+
 struct Inner {
     region: Region,
     chunk_bytes: usize,
@@ -126,11 +137,7 @@ impl BufferPool {
         debug_assert!(!state.free.contains(&index), "chunk {index} released twice");
         state.free.push(index);
         assert!(state.free.len() <= self.inner.chunk_count);
-        if let Some((_, wanted, waker)) = state.waiters.front() {
-            if state.free.len() >= *wanted {
-                waker.wake_by_ref();
-            }
-        }
+        state.wake_front(0);
     }
 }
 
@@ -157,11 +164,7 @@ impl Future for Acquire {
             }
             this.ticket = None;
             // Let the next waiter check whether what is left is enough for it.
-            if let Some((_, wanted, waker)) = state.waiters.front() {
-                if state.free.len() - this.n >= *wanted {
-                    waker.wake_by_ref();
-                }
-            }
+            state.wake_front(this.n);
             drop(state);
             return Poll::Ready(this.pool.take(this.n));
         }
@@ -189,11 +192,7 @@ impl Drop for Acquire {
             let was_first = state.waiters.front().map(|w| w.0) == Some(ticket);
             state.waiters.retain(|w| w.0 != ticket);
             if was_first {
-                if let Some((_, wanted, waker)) = state.waiters.front() {
-                    if state.free.len() >= *wanted {
-                        waker.wake_by_ref();
-                    }
-                }
+                state.wake_front(0);
             }
         }
     }
