@@ -180,12 +180,15 @@ pub struct PartRecord {
 }
 
 /// A multipart upload the store has started.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Upload {
     /// The store's upload id.
     pub id: String,
-    /// The whole-object checksum the store will verify at completion, if any.
-    pub full_checksum: Option<ChecksumAlgo>,
+    /// The checksum algorithm the store was told the parts carry; None when the store
+    /// refused one (parts then carry their checksum headers alone).
+    pub checksum: Option<ChecksumAlgo>,
+    /// Whether the store takes a whole-object checksum at completion (S3 FULL_OBJECT).
+    pub full_object: bool,
 }
 
 /// Where a server-side copy reads from: opaque to everyone but the backend.
@@ -241,15 +244,14 @@ pub trait Sink: Store {
         md5_hex: Option<&'a str>,
         args: &'a PutArgs,
     ) -> LocalFuture<'a, Result<String>>;
-    /// Starts a multipart upload. `full_checksum` asks the store to verify a
-    /// whole-object checksum of that algorithm at completion; the returned upload says
-    /// whether it will.
+    /// Starts a multipart upload whose parts will carry `checksum` (None: parts copied
+    /// server-side); the returned upload says what the store agreed to verify.
     fn create_multipart<'a>(
         &'a self,
         key: &'a str,
         size: u64,
         args: &'a PutArgs,
-        full_checksum: Option<ChecksumAlgo>,
+        checksum: Option<ChecksumAlgo>,
     ) -> LocalFuture<'a, Result<Upload>>;
     /// Uploads one part.
     #[allow(clippy::too_many_arguments)]
@@ -267,7 +269,7 @@ pub trait Sink: Store {
     fn complete_multipart<'a>(
         &'a self,
         key: &'a str,
-        upload_id: &'a str,
+        upload: &'a Upload,
         parts: &'a [PartRecord],
         full: Option<&'a Checksum>,
         args: &'a PutArgs,

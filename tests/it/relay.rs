@@ -442,3 +442,76 @@ fn throttling_is_retried_with_backoff() {
     assert_ne!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stderr).contains("SlowDown"));
 }
+
+#[test]
+fn every_checksum_algorithm_round_trips() {
+    let Some(c) = clouds() else { return };
+    let src = tempfile::tempdir().unwrap();
+    write_file(src.path(), "small", &pattern(300_000, 1));
+    write_file(src.path(), "large", &pattern(2 * PART + 99, 2));
+    let part = PART.to_string();
+    for algo in ["crc32c", "crc64nvme", "sha256", "md5"] {
+        let flags = ["--checksum", algo, "--part-size", &part, "--multipart-cutoff", &part];
+        let to = format!("a:bkt-a/algo-{algo}");
+        let up = c.laminar(&[&["relay", &format!("file://{}", src.path().display()), &to], &flags[..]].concat());
+        assert_eq!(up.status.code(), Some(0), "{algo}");
+        let across = c.laminar(&[&["relay", &to, &format!("b:bkt-b/algo-{algo}")], &flags[..]].concat());
+        assert_eq!(across.status.code(), Some(0), "{algo}");
+        c.b.rclone_check_download(&c.a, &format!("bkt-a/algo-{algo}"), &format!("bkt-b/algo-{algo}"))
+            .unwrap_or_else(|e| panic!("{algo}: {e}"));
+    }
+}
+
+#[test]
+fn server_side_copy_within_one_store() {
+    let Some(c) = clouds() else { return };
+    c.a.create_bucket("bkt-a2").unwrap();
+    let src = tempfile::tempdir().unwrap();
+    write_file(src.path(), "small", &pattern(1000, 1));
+    write_file(src.path(), "large", &pattern(3 * PART + 5, 2));
+    let part = PART.to_string();
+    let flags = ["--part-size", &part, "--multipart-cutoff", &part, "--json"];
+    let up = c.laminar(&[&["relay", &format!("file://{}", src.path().display()), "a:bkt-a/ssc"], &flags[..]].concat());
+    assert_eq!(up.status.code(), Some(0));
+    // Same endpoint and credentials: CopyObject and UploadPartCopy, no bytes through the relay.
+    let copy = c.laminar(&[&["relay", "a:bkt-a/ssc", "a:bkt-a2/ssc"], &flags[..]].concat());
+    assert_eq!(copy.status.code(), Some(0));
+    assert_eq!(json(&copy)["objects_copied"], 2);
+    let back = tempfile::tempdir().unwrap();
+    let down = c.laminar(&["relay", "a:bkt-a2/ssc", &format!("file://{}", back.path().display())]);
+    assert_eq!(down.status.code(), Some(0));
+    assert_same_tree(src.path(), back.path());
+    // And a re-run skips both.
+    let again = c.laminar(&[&["relay", "a:bkt-a/ssc", "a:bkt-a2/ssc"], &flags[..]].concat());
+    assert_eq!(json(&again)["objects_skipped"], 2);
+}
+
+#[test]
+fn s3_urls_use_the_aws_environment() {
+    let Some(c) = clouds() else { return };
+    let src = tempfile::tempdir().unwrap();
+    write_file(src.path(), "env/one", b"from the environment");
+    let run = |with_keys: bool| {
+        let mut cmd = Command::new(laminar_bin());
+        cmd.args(["relay", &format!("file://{}", src.path().display()), "s3://bkt-a/env-url"])
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env("AWS_ENDPOINT_URL", &c.a.endpoint)
+            .env("AWS_REGION", "us-east-1")
+            .env_remove("LAMINAR_CONFIG")
+            .env("HOME", src.path())
+            .env("XDG_CONFIG_HOME", src.path())
+            .current_dir(src.path());
+        if with_keys {
+            cmd.env("AWS_ACCESS_KEY_ID", &c.a.access_key).env("AWS_SECRET_ACCESS_KEY", &c.a.secret_key);
+        }
+        cmd.output().unwrap()
+    };
+    let missing = run(false);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("AWS_ACCESS_KEY_ID"));
+    let ok = run(true);
+    assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
+    let ls = c.laminar(&["ls", "a:bkt-a/env-url"]);
+    assert!(String::from_utf8_lossy(&ls.stdout).contains("env-url/env/one"));
+}

@@ -508,7 +508,7 @@ impl Sink for FileStore {
         key: &'a str,
         size: u64,
         _args: &'a PutArgs,
-        full_checksum: Option<ChecksumAlgo>,
+        checksum: Option<ChecksumAlgo>,
     ) -> LocalFuture<'a, Result<Upload>> {
         Box::pin(async move {
             let temp = self.temp_path(key)?;
@@ -520,7 +520,11 @@ impl Sink for FileStore {
                 .map_err(|e| Error::io("create-multipart", key, e))?;
             f.set_len(size).map_err(|e| Error::io("create-multipart", key, e))?;
             // The file is read back against the whole-object checksum before the rename.
-            Ok(Upload { id: temp.file_name().expect("temp has a name").to_string_lossy().into_owned(), full_checksum })
+            Ok(Upload {
+                id: temp.file_name().expect("temp has a name").to_string_lossy().into_owned(),
+                checksum,
+                full_object: checksum.is_some_and(ChecksumAlgo::combinable),
+            })
         })
     }
 
@@ -544,13 +548,13 @@ impl Sink for FileStore {
     fn complete_multipart<'a>(
         &'a self,
         key: &'a str,
-        upload_id: &'a str,
+        upload: &'a Upload,
         parts: &'a [PartRecord],
         full: Option<&'a Checksum>,
         args: &'a PutArgs,
     ) -> LocalFuture<'a, Result<()>> {
         Box::pin(async move {
-            let temp = self.resolve("complete-multipart", key)?.with_file_name(upload_id);
+            let temp = self.resolve("complete-multipart", key)?.with_file_name(&upload.id);
             let expected_len: u64 = parts.iter().map(|p| p.len).sum();
             let md = std::fs::metadata(&temp).map_err(|e| Error::io("complete-multipart", key, e))?;
             if md.len() != expected_len {

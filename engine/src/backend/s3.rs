@@ -630,15 +630,19 @@ impl Sink for S3Store {
         key: &'a str,
         _size: u64,
         args: &'a PutArgs,
-        full_checksum: Option<ChecksumAlgo>,
+        checksum: Option<ChecksumAlgo>,
     ) -> LocalFuture<'a, Result<Upload>> {
         Box::pin(async move {
-            let create = |full: Option<ChecksumAlgo>| async move {
+            let create = |algo: Option<ChecksumAlgo>| async move {
                 let mut headers = Vec::with_capacity(10);
                 self.meta_headers(args, &mut headers);
-                if let Some(algorithm) = full.and_then(ChecksumAlgo::s3_algorithm) {
+                // S3's rules: CRC32C may be whole-object, CRC64NVME must be, SHA-256 can't be.
+                let full_object = matches!(algo, Some(ChecksumAlgo::Crc32c | ChecksumAlgo::Crc64nvme));
+                if let Some(algorithm) = algo.and_then(ChecksumAlgo::s3_algorithm) {
                     headers.push(("x-amz-checksum-algorithm".to_string(), algorithm.to_string()));
-                    headers.push(("x-amz-checksum-type".to_string(), "FULL_OBJECT".to_string()));
+                    if full_object {
+                        headers.push(("x-amz-checksum-type".to_string(), "FULL_OBJECT".to_string()));
+                    }
                 }
                 let query = vec![("uploads", String::new())];
                 let call = Call { method: "POST", key: Some(key), query, headers, op: "create-multipart", target: key };
@@ -646,11 +650,13 @@ impl Sink for S3Store {
                 let parsed: InitiateXml = quick_xml::de::from_reader(&body[..]).map_err(|e| {
                     Error::protocol("create-multipart", key, format!("unreadable CreateMultipartUpload response: {e}"))
                 })?;
-                Ok(Upload { id: parsed.upload_id, full_checksum: full })
+                Ok(Upload { id: parsed.upload_id, checksum: algo, full_object })
             };
-            match create(full_checksum).await {
-                // A store without whole-object checksums: parts are still verified one by one.
-                Err(Error::Http { status: 400 | 501, .. }) if full_checksum.is_some() => create(None).await,
+            let algo = checksum.filter(|c| c.s3_algorithm().is_some());
+            match create(algo).await {
+                // A store that refuses checksum algorithms on uploads: each part's
+                // checksum header is still verified one by one.
+                Err(Error::Http { status: 400 | 501, .. }) if algo.is_some() => create(None).await,
                 other => other,
             }
         })
@@ -678,13 +684,13 @@ impl Sink for S3Store {
     fn complete_multipart<'a>(
         &'a self,
         key: &'a str,
-        upload_id: &'a str,
+        upload: &'a Upload,
         parts: &'a [PartRecord],
         full: Option<&'a Checksum>,
         _args: &'a PutArgs,
     ) -> LocalFuture<'a, Result<()>> {
         Box::pin(async move {
-            let full = full.filter(|f| f.algo.s3_algorithm().is_some());
+            let full = full.filter(|f| upload.full_object && upload.checksum == Some(f.algo));
             let mut xml = String::with_capacity(64 + parts.len() * 128);
             xml.push_str("<CompleteMultipartUpload>");
             for part in parts {
@@ -693,15 +699,15 @@ impl Sink for S3Store {
                     part.number,
                     xml_escape(&part.etag)
                 ));
-                if let (Some(full), Some(name)) = (full, part_checksum_element(part.checksum.algo)) {
-                    if part.checksum.algo == full.algo && !part.checksum.bytes.is_empty() {
+                if let (Some(algo), Some(name)) = (upload.checksum, part_checksum_element(part.checksum.algo)) {
+                    if part.checksum.algo == algo && !part.checksum.bytes.is_empty() {
                         xml.push_str(&format!("<{name}>{}</{name}>", part.checksum.to_base64()));
                     }
                 }
                 xml.push_str("</Part>");
             }
             xml.push_str("</CompleteMultipartUpload>");
-            let query = vec![("uploadId", upload_id.to_string())];
+            let query = vec![("uploadId", upload.id.clone())];
             let mut headers = vec![("content-type".to_string(), "application/xml".to_string())];
             if let Some(full) = full {
                 Self::checksum_headers(full, &mut headers);

@@ -34,10 +34,8 @@ pub struct ObjectProgress {
     pub src_version: String,
     /// Part size (the last part may be shorter).
     pub part_size: u64,
-    /// The destination's upload id, once created.
-    pub upload_id: Option<String>,
-    /// The whole-object checksum the destination verifies at completion, if any.
-    pub full_checksum: Option<crate::checksum::ChecksumAlgo>,
+    /// The destination's upload, once created.
+    pub upload: Option<crate::backend::Upload>,
     /// Finished parts, by index (part number - 1).
     pub parts: Vec<Option<PartRecord>>,
 }

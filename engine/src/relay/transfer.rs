@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use super::progress::{choose_part_size, ObjectProgress};
 use super::{Outcome, Shared};
-use crate::backend::{provenance, CopySource, ObjectInfo, PartRecord, PutArgs, Sink, Source};
+use crate::backend::{provenance, CopySource, ObjectInfo, PartRecord, PutArgs, Sink, Source, Upload};
 use crate::checksum::{crc32c_combine, etag_is_md5, Checksum, ChecksumAlgo, Hashers};
 use crate::error::{Error, Result};
 use crate::pool::{Body, BufferPool};
@@ -271,14 +271,12 @@ async fn plan_large(ctx: &Ctx, job: &ObjectJob) -> Result<u32> {
         return Err(Error::protocol("stat", &job.src_key, "the object changed size during the relay"));
     }
     let args = put_args(&info, &job.src_version, None);
-    let algo = ctx.shared.opts.checksum;
-    let full = (copy.is_none() && algo.combinable()).then_some(algo);
-    let upload = ctx.retry(|| ctx.dst.create_multipart(&job.dst_key, job.size, &args, full)).await?;
+    let algo = copy.is_none().then_some(ctx.shared.opts.checksum);
+    let upload = ctx.retry(|| ctx.dst.create_multipart(&job.dst_key, job.size, &args, algo)).await?;
     let count = {
         let mut progress = job.progress.lock().expect("progress lock");
         progress.part_size = part_size;
-        progress.upload_id = Some(upload.id);
-        progress.full_checksum = upload.full_checksum;
+        progress.upload = Some(upload);
         progress.parts = vec![None; progress.part_count() as usize];
         progress.part_count()
     };
@@ -288,18 +286,19 @@ async fn plan_large(ctx: &Ctx, job: &ObjectJob) -> Result<u32> {
 
 pub(crate) async fn run_part(ctx: Rc<Ctx>, task: PartTask) {
     let job = &task.job;
-    let (upload_id, range) = {
+    let (upload, range) = {
         let progress = job.progress.lock().expect("progress lock");
-        (progress.upload_id.clone().expect("upload created before parts"), progress.part_range(task.index))
+        (progress.upload.clone().expect("upload created before parts"), progress.part_range(task.index))
     };
+    let upload_id = upload.id.as_str();
     let failed_already = job.multipart.lock().expect("multipart lock").failure.is_some();
     let result = if failed_already || ctx.stopped() {
         Err(Error::protocol("upload-part", &job.src_key, "abandoned after another part failed"))
     } else {
         let copy = job.multipart.lock().expect("multipart lock").copy.clone();
         match copy {
-            Some(source) => copy_part(&ctx, job, &upload_id, task.index, range, &source).await,
-            None => part(&ctx, job, &upload_id, task.index, range).await,
+            Some(source) => copy_part(&ctx, job, upload_id, task.index, range, &source).await,
+            None => part(&ctx, job, upload_id, task.index, range).await,
         }
     };
     match result {
@@ -310,7 +309,7 @@ pub(crate) async fn run_part(ctx: Rc<Ctx>, task: PartTask) {
     }
     // Pairs with the Release store in `begin_large`; the last part finishes the object.
     if job.parts_left.fetch_sub(1, Ordering::AcqRel) == 1 {
-        finish_large(&ctx, job, &upload_id).await;
+        finish_large(&ctx, job, &upload).await;
     }
 }
 
@@ -360,31 +359,30 @@ fn combined(parts: &[PartRecord]) -> Option<Checksum> {
     Some(Checksum::from_crc32c(crc))
 }
 
-async fn finish_large(ctx: &Ctx, job: &ObjectJob, upload_id: &str) {
+async fn finish_large(ctx: &Ctx, job: &ObjectJob, upload: &Upload) {
     let failure = job.multipart.lock().expect("multipart lock").failure.take();
     let parts: Vec<PartRecord> = job.progress.lock().expect("progress lock").parts.iter().flatten().cloned().collect();
     let result = match failure {
         Some(e) => Err(e),
-        None => complete(ctx, job, upload_id, &parts).await,
+        None => complete(ctx, job, upload, &parts).await,
     };
     match result {
         Ok(()) => ctx.shared.finish(job.src_key.clone(), Outcome::Copied { bytes: job.size }),
         Err(e) => {
             // Never leave a half-made object: the upload is aborted, nothing completes.
-            let _ = ctx.retry(|| ctx.dst.abort_multipart(&job.dst_key, upload_id)).await;
+            let _ = ctx.retry(|| ctx.dst.abort_multipart(&job.dst_key, &upload.id)).await;
             ctx.fail(job, e);
         }
     }
 }
 
-async fn complete(ctx: &Ctx, job: &ObjectJob, upload_id: &str, parts: &[PartRecord]) -> Result<()> {
+async fn complete(ctx: &Ctx, job: &ObjectJob, upload: &Upload, parts: &[PartRecord]) -> Result<()> {
     let (args, source) = {
         let m = job.multipart.lock().expect("multipart lock");
         (m.args.clone(), m.source.clone())
     };
     let is_copy = job.multipart.lock().expect("multipart lock").copy.is_some();
     let full = if is_copy { None } else { combined(parts) };
-    let store_checks = job.progress.lock().expect("progress lock").full_checksum.is_some();
     if let Some(full) = &full {
         if let Some(reported) = source.checksums.iter().find(|c| c.algo == full.algo) {
             if reported != full {
@@ -396,6 +394,5 @@ async fn complete(ctx: &Ctx, job: &ObjectJob, upload_id: &str, parts: &[PartReco
             }
         }
     }
-    let full_for_store = full.as_ref().filter(|_| store_checks);
-    ctx.retry(|| ctx.dst.complete_multipart(&job.dst_key, upload_id, parts, full_for_store, &args)).await
+    ctx.retry(|| ctx.dst.complete_multipart(&job.dst_key, upload, parts, full.as_ref(), &args)).await
 }
