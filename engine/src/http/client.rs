@@ -507,3 +507,154 @@ impl Response {
         Ok(Body::new(filled))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The client against a scripted peer on loopback: framing, keep-alive reuse and
+    //! the resend of a request whose pooled connection the server had closed.
+
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    use super::*;
+    use crate::checksum::{ChecksumAlgo, Hashers};
+    use crate::pool::BufferPool;
+    use crate::runtime::{block_on, probe_io_uring, Driver};
+
+    /// Serves `responses` in order, one per request read (up to the blank line), on as
+    /// many connections as the client opens; `close_after` closes a connection after
+    /// that many responses on it.
+    fn script(responses: Vec<Vec<u8>>, close_after: usize) -> (Endpoint, std::thread::JoinHandle<Vec<String>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let handle = std::thread::spawn(move || {
+            let mut requests = Vec::new();
+            let mut queue = responses.into_iter();
+            'conns: for stream in listener.incoming() {
+                let mut stream = stream.unwrap();
+                for _ in 0..close_after {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if stream.read(&mut byte).unwrap_or(0) == 0 {
+                            continue 'conns;
+                        }
+                        head.push(byte[0]);
+                    }
+                    requests.push(String::from_utf8_lossy(&head).into_owned());
+                    let Some(response) = queue.next() else { break 'conns };
+                    stream.write_all(&response).unwrap();
+                    if queue.len() == 0 {
+                        break 'conns;
+                    }
+                }
+            }
+            requests
+        });
+        (Endpoint { tls: false, host: "127.0.0.1".into(), port }, handle)
+    }
+
+    fn req(path: &str) -> Request<'_> {
+        Request { method: "GET", path, headers: Vec::new(), op: "get", target: path }
+    }
+
+    fn drivers() -> Vec<Driver> {
+        let mut d = vec![Driver::Epoll];
+        if probe_io_uring().is_none() {
+            d.push(Driver::IoUring);
+        }
+        d
+    }
+
+    #[test]
+    fn chunked_and_keep_alive() {
+        for driver in drivers() {
+            let responses = vec![
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n"
+                    .to_vec(),
+                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc".to_vec(),
+            ];
+            let (endpoint, server) = script(responses, 10);
+            let bodies = block_on(driver, async {
+                let client = HttpClient::default();
+                let (r1, _) = client.send(&endpoint, &req("/one"), RequestBody::Empty).await.unwrap();
+                let b1 = r1.read_to_vec().await.unwrap();
+                let (r2, _) = client.send(&endpoint, &req("/two"), RequestBody::Empty).await.unwrap();
+                let b2 = r2.read_to_vec().await.unwrap();
+                (b1, b2)
+            })
+            .unwrap();
+            assert_eq!(bodies.0, b"hello world");
+            assert_eq!(bodies.1, b"abc");
+            // Both requests went over one connection (the script saw them in order).
+            assert_eq!(server.join().unwrap().len(), 2);
+        }
+    }
+
+    #[test]
+    fn bodies_stream_into_chunks_with_their_checksum() {
+        for driver in drivers() {
+            let payload: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+            let mut response = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", payload.len()).into_bytes();
+            response.extend_from_slice(&payload);
+            let (endpoint, server) = script(vec![response], 1);
+            let (bytes, crc) = block_on(driver, async {
+                let pool = BufferPool::new(8192, 3);
+                let chunks = pool.acquire(3).await;
+                let client = HttpClient::default();
+                let (r, _) = client.send(&endpoint, &req("/obj"), RequestBody::Empty).await.unwrap();
+                let mut hashers = Hashers::new(ChecksumAlgo::Crc32c, false);
+                let body = r.read_into(Body::new(chunks), &mut hashers).await.unwrap();
+                let bytes: Vec<u8> = body.slices().flatten().copied().collect();
+                (bytes, hashers.finish().0)
+            })
+            .unwrap();
+            assert_eq!(bytes, payload);
+            assert_eq!(crc.crc32c(), Some(crc32c::crc32c(&payload)));
+            server.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_closed_pooled_connection_is_replaced() {
+        for driver in drivers() {
+            // The server answers once per connection and closes it, as an idle-timeout
+            // would: the second request finds its pooled connection dead and is resent.
+            let responses = vec![
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na".to_vec(),
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb".to_vec(),
+            ];
+            let (endpoint, server) = script(responses, 1);
+            let got = block_on(driver, async {
+                let client = HttpClient::default();
+                let (r1, _) = client.send(&endpoint, &req("/1"), RequestBody::Empty).await.unwrap();
+                let a = r1.read_to_vec().await.unwrap();
+                let (r2, _) = client.send(&endpoint, &req("/2"), RequestBody::Empty).await.unwrap();
+                let b = r2.read_to_vec().await.unwrap();
+                (a, b)
+            })
+            .unwrap();
+            assert_eq!(got, (b"a".to_vec(), b"b".to_vec()));
+            server.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_short_body_is_an_error_not_a_hang() {
+        for driver in drivers() {
+            let (endpoint, server) = script(vec![b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort".to_vec()], 1);
+            let result = block_on(driver, async {
+                let pool = BufferPool::new(4096, 1);
+                let chunks = pool.acquire(1).await;
+                let client = HttpClient::default();
+                let (r, _) = client.send(&endpoint, &req("/x"), RequestBody::Empty).await.unwrap();
+                let mut hashers = Hashers::new(ChecksumAlgo::Crc32c, false);
+                r.read_into(Body::new(chunks), &mut hashers).await.map(|_| ())
+            })
+            .unwrap();
+            server.join().unwrap();
+            let err = result.unwrap_err().to_string();
+            assert!(err.contains("closed with 95 of 100"), "{err}");
+        }
+    }
+}
