@@ -181,11 +181,7 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn finish(&self, key: String, outcome: Outcome) {
         match &outcome {
-            Outcome::Copied { bytes } => {
-                self.progress.objects_done.fetch_add(1, Ordering::Relaxed);
-                self.progress.bytes_done.fetch_add(*bytes, Ordering::Relaxed);
-            }
-            Outcome::Skipped { .. } => {
+            Outcome::Copied { .. } | Outcome::Skipped { .. } => {
                 self.progress.objects_done.fetch_add(1, Ordering::Relaxed);
             }
             Outcome::Failed { fatal, reason } => {
@@ -362,11 +358,6 @@ pub fn list(location: &Location, driver: DriverChoice, f: &mut dyn FnMut(&crate:
         }
     })
     .map_err(|e| Error::io("start", "runtime", e))?
-}
-
-/// Bytes moved so far, for progress bars (shared with the workers).
-pub fn bytes_done(progress: &Progress) -> u64 {
-    progress.bytes_done.load(Ordering::Relaxed)
 }
 
 #[allow(dead_code)]

@@ -15,7 +15,8 @@ pub struct Progress {
     pub objects_done: AtomicU64,
     /// Objects failed.
     pub objects_failed: AtomicU64,
-    /// Bytes copied and verified.
+    /// Bytes written to the destination so far (parts count as they land), for
+    /// progress bars; the report counts only verified objects.
     pub bytes_done: AtomicU64,
 }
 

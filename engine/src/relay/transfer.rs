@@ -101,6 +101,11 @@ impl Ctx {
         super::retry(self.shared.opts.retries, &self.shared.stop, op).await
     }
 
+    /// Counts bytes that reached the destination, for progress.
+    fn landed(&self, bytes: u64) {
+        self.shared.progress.bytes_done.fetch_add(bytes, Ordering::Relaxed);
+    }
+
     fn fail(&self, job: &ObjectJob, err: Error) {
         let fatal = err.is_fatal();
         self.shared.finish(job.src_key.clone(), Outcome::Failed { reason: err.to_string(), fatal });
@@ -168,7 +173,10 @@ pub(crate) async fn run_object(ctx: Rc<Ctx>, job: Arc<ObjectJob>) {
         Kind::Large => return begin_large(ctx, job).await,
     };
     match result {
-        Ok(()) => ctx.shared.finish(job.src_key.clone(), Outcome::Copied { bytes: job.size }),
+        Ok(()) => {
+            ctx.landed(job.size);
+            ctx.shared.finish(job.src_key.clone(), Outcome::Copied { bytes: job.size });
+        }
         Err(e) => ctx.fail(&job, e),
     }
 }
@@ -302,7 +310,10 @@ pub(crate) async fn run_part(ctx: Rc<Ctx>, task: PartTask) {
         }
     };
     match result {
-        Ok(record) => job.progress.lock().expect("progress lock").parts[task.index as usize] = Some(record),
+        Ok(record) => {
+            ctx.landed(record.len);
+            job.progress.lock().expect("progress lock").parts[task.index as usize] = Some(record);
+        }
         Err(e) => {
             job.multipart.lock().expect("multipart lock").failure.get_or_insert(e);
         }
