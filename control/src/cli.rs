@@ -21,6 +21,8 @@ const EXIT_OK: u8 = 0;
 const EXIT_FAILED: u8 = 1;
 /// Exit code for usage and configuration errors.
 const EXIT_USAGE: u8 = 2;
+/// Exit code after Ctrl-C or SIGTERM stopped a relay (128 + SIGINT, as shells do).
+const EXIT_INTERRUPTED: u8 = 130;
 
 #[derive(Parser)]
 #[command(name = "laminar", version, about = "Relay objects between stores through bounded RAM, verified end to end")]
@@ -226,10 +228,16 @@ fn run_relay(config: Option<&std::path::Path>, args: RelayArgs) -> Result<u8, Fa
     if report.objects_total == 0 && !json {
         eprintln!("laminar: note: no objects under {}", args.src);
     }
-    Ok(if report.objects_failed > 0 { EXIT_FAILED } else { EXIT_OK })
+    Ok(if report.stopped {
+        EXIT_INTERRUPTED
+    } else if report.objects_failed > 0 {
+        EXIT_FAILED
+    } else {
+        EXIT_OK
+    })
 }
 
-/// Runs a relay with a progress bar on a terminal.
+/// Runs a relay with a progress bar on a terminal; Ctrl-C or SIGTERM stops it cleanly.
 pub fn relay_with_progress(
     src: Location,
     dst: Location,
@@ -239,6 +247,21 @@ pub fn relay_with_progress(
 ) -> Result<Report, Fail> {
     let progress = Arc::new(Progress::default());
     let done = Arc::new(AtomicBool::new(false));
+    let interrupted = laminar_tuning::catch_interrupts();
+    let watcher = {
+        let progress = progress.clone();
+        let done = done.clone();
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Acquire) {
+                if interrupted.load(Ordering::Acquire) {
+                    eprintln!("laminar: interrupted: finishing transfers in flight and aborting unfinished uploads (Ctrl-C again to quit at once)");
+                    progress.stop.store(true, Ordering::Release);
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
     let bar = (show_progress && std::io::stderr().is_terminal() && !opts.dry_run).then(|| {
         let progress = progress.clone();
         let done = done.clone();
@@ -249,6 +272,7 @@ pub fn relay_with_progress(
     if let Some(bar) = bar {
         let _ = bar.join();
     }
+    let _ = watcher.join();
     Ok(result?)
 }
 
@@ -287,6 +311,7 @@ struct JsonReport<'a> {
     workers: usize,
     ram_buffer_bytes: u64,
     dry_run: bool,
+    stopped: bool,
     objects_planned: u64,
     peak_rss_bytes: Option<u64>,
     failures: &'a [relay::Failure],
@@ -309,6 +334,7 @@ pub fn print_report(report: &Report, json: bool, dry_run: bool) {
             workers: report.workers,
             ram_buffer_bytes: report.ram_buffer_bytes,
             dry_run,
+            stopped: report.stopped,
             objects_planned: report.objects_planned,
             peak_rss_bytes: laminar_tuning::peak_rss_bytes(),
             failures: &report.failures,

@@ -139,6 +139,9 @@ pub struct Report {
     pub ram_buffer_bytes: u64,
     /// Objects that a dry run would copy.
     pub objects_planned: u64,
+    /// Whether the relay was stopped before it finished (the caller set
+    /// [`Progress::stop`]); objects not attempted are counted as failed.
+    pub stopped: bool,
 }
 
 /// Failures kept in the report; later ones are counted only.
@@ -168,8 +171,6 @@ pub(crate) struct Shared {
     pub(crate) listing_done: AtomicBool,
     /// Objects handed to workers and not yet finished.
     pub(crate) outstanding: AtomicUsize,
-    /// Set after a fatal error: workers fail what is left without trying.
-    pub(crate) stop: AtomicBool,
     pub(crate) fatal: std::sync::Mutex<Option<String>>,
     pub(crate) results: crossbeam_channel::Sender<ObjectResult>,
     pub(crate) progress: Arc<Progress>,
@@ -179,6 +180,12 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Whether the relay is stopping (fatal error, or the caller asked).
+    pub(crate) fn stopped(&self) -> bool {
+        // Pairs with the Release stores that set it.
+        self.progress.stop.load(Ordering::Acquire)
+    }
+
     pub(crate) fn finish(&self, key: String, outcome: Outcome) {
         match &outcome {
             Outcome::Copied { .. } | Outcome::Skipped { .. } => {
@@ -188,8 +195,8 @@ impl Shared {
                 self.progress.objects_failed.fetch_add(1, Ordering::Relaxed);
                 if *fatal {
                     self.fatal.lock().expect("fatal lock").get_or_insert_with(|| reason.clone());
-                    // Pairs with the Acquire loads in the workers and planner.
-                    self.stop.store(true, Ordering::Release);
+                    // Pairs with the Acquire loads in `stopped`.
+                    self.progress.stop.store(true, Ordering::Release);
                 }
             }
         }
@@ -237,7 +244,6 @@ pub fn relay(
         event: event_listener::Event::new(),
         listing_done: AtomicBool::new(false),
         outstanding: AtomicUsize::new(0),
-        stop: AtomicBool::new(false),
         fatal: std::sync::Mutex::new(None),
         results: tx,
         progress: progress.clone(),
@@ -276,7 +282,7 @@ pub fn relay(
     shared.listing_done.store(true, Ordering::Release);
     shared.event.notify(usize::MAX);
     if planned.is_err() {
-        shared.stop.store(true, Ordering::Release);
+        shared.progress.stop.store(true, Ordering::Release);
     }
     // Collect the rest of the results while workers finish.
     loop {
@@ -306,6 +312,7 @@ pub fn relay(
         return Err(Error::Usage(fatal));
     }
     report.seconds = started.elapsed().as_secs_f64();
+    report.stopped = shared.stopped();
     Ok(report)
 }
 

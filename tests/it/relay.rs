@@ -515,3 +515,43 @@ fn s3_urls_use_the_aws_environment() {
     let ls = c.laminar(&["ls", "a:bkt-a/env-url"]);
     assert!(String::from_utf8_lossy(&ls.stdout).contains("env-url/env/one"));
 }
+
+#[test]
+fn ctrl_c_stops_cleanly_and_aborts_open_uploads() {
+    let Some(c) = clouds() else { return };
+    let src = tempfile::tempdir().unwrap();
+    write_file(src.path(), "huge", &pattern(120 * MIB, 3));
+    assert_eq!(
+        c.laminar(&["relay", &format!("file://{}", src.path().display()), "a:bkt-a/int"]).status.code(),
+        Some(0)
+    );
+    let proxy = Proxy::start(c.b.addr(), Fault::None);
+    c.add_remote("watched", &proxy.endpoint(), &c.b);
+    let child = Command::new(laminar_bin())
+        .arg("--config")
+        .arg(c.config.path())
+        .args(["relay", "a:bkt-a/int", "watched:bkt-b/int", "--part-size", "5MiB", "--part-streams", "1", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupt once the upload is under way (a few parts through the proxy).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while proxy.request_bytes() < 12 * MIB {
+        assert!(std::time::Instant::now() < deadline, "the relay never got going");
+        std::thread::yield_now();
+    }
+    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    assert_eq!(json(&out)["stopped"], true);
+    let ls = c.laminar(&["ls", "b:bkt-b/int"]);
+    assert!(String::from_utf8_lossy(&ls.stdout).trim().is_empty(), "nothing completed at the destination");
+    let uploads = c.b.rclone(&["backend", "list-multipart-uploads", "b:bkt-b"]).unwrap();
+    assert!(uploads.status.success(), "{}", String::from_utf8_lossy(&uploads.stderr));
+    let text = String::from_utf8_lossy(&uploads.stdout);
+    assert!(text.contains("bkt-b") && !text.contains("int/huge"), "the open upload was aborted: {text}");
+}

@@ -167,6 +167,28 @@ mod tests {
     }
 }
 
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_signal: libc::c_int) {
+    // Only async-signal-safe work here: an atomic store, and restoring the default
+    // action so that a second Ctrl-C ends the process at once.
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+    // SAFETY: signal() is async-signal-safe; SIG_DFL is a valid disposition.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
+}
+
+/// Catches the first SIGINT and SIGTERM: they set the returned flag instead of ending
+/// the process, so a relay can stop cleanly. A second Ctrl-C ends the process.
+pub fn catch_interrupts() -> &'static std::sync::atomic::AtomicBool {
+    let handler = on_interrupt as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only touches an atomic and calls signal(), both
+        // async-signal-safe.
+        unsafe { libc::signal(signal, handler) };
+    }
+    &INTERRUPTED
+}
+
 /// What a finished child process cost.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct ChildUsage {

@@ -90,10 +90,10 @@ pub(super) async fn check_locations(shared: &Shared) -> Result<()> {
     let ctx = WorkerCtx { http: HttpClient::default() };
     let retries = shared.opts.retries;
     let src = shared.src.backend.open_source(&ctx);
-    super::retry(retries, &shared.stop, || src.check(false)).await?;
+    super::retry(retries, &shared.progress.stop, || src.check(false)).await?;
     if !shared.opts.dry_run {
         let dst = shared.dst.backend.open_sink(&ctx);
-        super::retry(retries, &shared.stop, || dst.check(true)).await?;
+        super::retry(retries, &shared.progress.stop, || dst.check(true)).await?;
     }
     Ok(())
 }
@@ -175,7 +175,7 @@ pub(super) async fn plan(
     let mut dst = Cursor::new(shared.dst.backend.open_source(&ctx), dst_prefix.clone(), retries);
     let mut dst_head: Option<Entry> = dst.next().await?;
     while let Some(entry) = src.next().await? {
-        if shared.stop.load(Ordering::Acquire) {
+        if shared.stopped() {
             break;
         }
         let rel = entry.key[src_prefix.len()..].to_string();
@@ -206,7 +206,7 @@ pub(super) async fn plan(
         }
         if shared.opts.dry_run {
             if let Verdict::CheckDest = verdict {
-                let info = super::retry(retries, &shared.stop, || dst.store.stat(&dst_key)).await?;
+                let info = super::retry(retries, &shared.progress.stop, || dst.store.stat(&dst_key)).await?;
                 if info.is_some_and(|info| holds_version(&info, entry.size, &version_of(&entry))) {
                     record(
                         report,

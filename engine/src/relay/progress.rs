@@ -15,6 +15,10 @@ pub struct Progress {
     pub objects_done: AtomicU64,
     /// Objects failed.
     pub objects_failed: AtomicU64,
+    /// Set to stop the relay: nothing new starts, transfers in flight finish or fail,
+    /// and multipart uploads that can't complete are aborted. Also set by the engine
+    /// after a fatal error.
+    pub stop: std::sync::atomic::AtomicBool,
     /// Bytes written to the destination so far (parts count as they land), for
     /// progress bars; the report counts only verified objects.
     pub bytes_done: AtomicU64,

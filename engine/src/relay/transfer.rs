@@ -89,7 +89,7 @@ pub(crate) struct Ctx {
 
 impl Ctx {
     fn stopped(&self) -> bool {
-        self.shared.stop.load(Ordering::Acquire)
+        self.shared.stopped()
     }
 
     /// Runs `op` until it succeeds, fails for good, or runs out of retries.
@@ -98,7 +98,7 @@ impl Ctx {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
-        super::retry(self.shared.opts.retries, &self.shared.stop, op).await
+        super::retry(self.shared.opts.retries, &self.shared.progress.stop, op).await
     }
 
     /// Counts bytes that reached the destination, for progress.
@@ -149,7 +149,8 @@ fn put_args(info: &ObjectInfo, version: &str, sum: Option<&Checksum>) -> PutArgs
 
 pub(crate) async fn run_object(ctx: Rc<Ctx>, job: Arc<ObjectJob>) {
     if ctx.stopped() {
-        let reason = ctx.shared.fatal.lock().expect("fatal lock").clone().unwrap_or_default();
+        let reason =
+            ctx.shared.fatal.lock().expect("fatal lock").clone().unwrap_or_else(|| "the relay was stopped".into());
         ctx.shared
             .finish(job.src_key.clone(), Outcome::Failed { reason: format!("not attempted: {reason}"), fatal: false });
         return;
@@ -301,7 +302,9 @@ pub(crate) async fn run_part(ctx: Rc<Ctx>, task: PartTask) {
     let upload_id = upload.id.as_str();
     let failed_already = job.multipart.lock().expect("multipart lock").failure.is_some();
     let result = if failed_already || ctx.stopped() {
-        Err(Error::protocol("upload-part", &job.src_key, "abandoned after another part failed"))
+        let why =
+            if failed_already { "abandoned after another part failed" } else { "abandoned: the relay was stopped" };
+        Err(Error::protocol("upload-part", &job.src_key, why))
     } else {
         let copy = job.multipart.lock().expect("multipart lock").copy.clone();
         match copy {

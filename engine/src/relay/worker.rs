@@ -29,8 +29,8 @@ pub(super) fn run(index: usize, cpu: Option<usize>, driver: Driver, shared: Arc<
         // No event loop at all: stop the relay loudly rather than leave work unclaimed.
         eprintln!("laminar: worker {index} could not start an event loop: {e}");
         *shared.fatal.lock().expect("fatal lock") = Some(format!("worker {index} could not start an event loop: {e}"));
-        // Pairs with the Acquire loads in the planner and the other workers.
-        shared.stop.store(true, Ordering::Release);
+        // Pairs with the Acquire loads in `Shared::stopped`.
+        shared.progress.stop.store(true, Ordering::Release);
         shared.event.notify(usize::MAX);
     }
 }
