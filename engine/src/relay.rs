@@ -32,6 +32,9 @@ pub struct Location {
     pub backend: Arc<dyn Backend>,
     /// Key prefix, empty or ending in `/`.
     pub prefix: String,
+    /// The path as given, when it could name one object (no trailing `/`): a relay
+    /// from it copies just that object if it exists.
+    pub object: Option<String>,
     /// How to show it to the operator (the URL as given, without secrets).
     pub display: String,
 }
@@ -40,8 +43,9 @@ impl Location {
     /// A location; `prefix` is normalised so that `a/b` and `a/b/` mean the same.
     pub fn new(backend: Arc<dyn Backend>, prefix: &str, display: String) -> Location {
         let prefix = prefix.trim_start_matches('/');
+        let object = (!prefix.is_empty() && !prefix.ends_with('/')).then(|| prefix.to_string());
         let prefix = if prefix.is_empty() || prefix.ends_with('/') { prefix.to_string() } else { format!("{prefix}/") };
-        Location { backend, prefix, display }
+        Location { backend, prefix, object, display }
     }
 }
 

@@ -118,7 +118,15 @@ impl Config {
                     "{url:?} is not an absolute file URL: write file:///abs/path (three slashes)"
                 )));
             }
-            return Ok(Location::new(Arc::new(FileBackend::new(PathBuf::from(rest))), "", url.to_string()));
+            let path = PathBuf::from(rest);
+            // A single file: the tree is its directory, the object its name.
+            if path.is_file() {
+                if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
+                    let name = name.to_string_lossy();
+                    return Ok(Location::new(Arc::new(FileBackend::new(dir.to_path_buf())), &name, url.to_string()));
+                }
+            }
+            return Ok(Location::new(Arc::new(FileBackend::new(path)), "", url.to_string()));
         }
         if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, prefix) = split_bucket(url, rest)?;

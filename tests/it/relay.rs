@@ -555,3 +555,28 @@ fn ctrl_c_stops_cleanly_and_aborts_open_uploads() {
     let text = String::from_utf8_lossy(&uploads.stdout);
     assert!(text.contains("bkt-b") && !text.contains("int/huge"), "the open upload was aborted: {text}");
 }
+
+#[test]
+fn a_path_naming_one_object_copies_just_that_object() {
+    let Some(c) = clouds() else { return };
+    let src = tempfile::tempdir().unwrap();
+    write_file(src.path(), "dir/report.csv", b"a,b\n1,2\n");
+    write_file(src.path(), "dir/report.csv.bak", b"old");
+    write_file(src.path(), "dir/other", b"x");
+    let file = format!("file://{}/dir/report.csv", src.path().display());
+    let up = c.laminar(&["relay", &file, "a:bkt-a/one/", "--json"]);
+    assert_eq!(up.status.code(), Some(0));
+    assert_eq!(json(&up)["objects_copied"], 1);
+    assert_eq!(
+        c.laminar(&["relay", &format!("file://{}", src.path().display()), "a:bkt-a/all"]).status.code(),
+        Some(0)
+    );
+    let across = c.laminar(&["relay", "a:bkt-a/all/dir/report.csv", "b:bkt-b/picked", "--json"]);
+    assert_eq!(json(&across)["objects_copied"], 1);
+    let ls = c.laminar(&["ls", "b:bkt-b/picked"]);
+    let listing = String::from_utf8_lossy(&ls.stdout);
+    assert_eq!(listing.trim().lines().count(), 1, "{listing}");
+    assert!(listing.contains("picked/report.csv"), "{listing}");
+    let again = c.laminar(&["relay", "a:bkt-a/all/dir/report.csv", "b:bkt-b/picked", "--json"]);
+    assert_eq!(json(&again)["objects_skipped"], 1);
+}

@@ -168,15 +168,32 @@ pub(super) async fn plan(
     on_plan: &mut dyn FnMut(&Planned),
 ) -> Result<()> {
     let ctx = WorkerCtx { http: HttpClient::default() };
-    let src_prefix = shared.src.prefix.clone();
-    let dst_prefix = shared.dst.prefix.clone();
     let retries = shared.opts.retries;
-    let mut src = Cursor::new(shared.src.backend.open_source(&ctx), src_prefix.clone(), retries);
-    let mut dst = Cursor::new(shared.dst.backend.open_source(&ctx), dst_prefix.clone(), retries);
+    let src_store = shared.src.backend.open_source(&ctx);
+    // A source path naming one object (`bucket/dir/file.txt`) relays that object into
+    // the destination prefix, as `cp` would; otherwise the path is a prefix.
+    let single = match &shared.src.object {
+        Some(key) => super::retry(retries, &shared.progress.stop, || src_store.stat(key)).await?.map(|_| key.clone()),
+        None => None,
+    };
+    let (src_prefix, src_list, dst_list) = match &single {
+        Some(key) => {
+            let base = key.rfind('/').map_or(String::new(), |i| key[..=i].to_string());
+            let name = &key[base.len()..];
+            (base, key.clone(), format!("{}{name}", shared.dst.prefix))
+        }
+        None => (shared.src.prefix.clone(), shared.src.prefix.clone(), shared.dst.prefix.clone()),
+    };
+    let dst_prefix = shared.dst.prefix.clone();
+    let mut src = Cursor::new(src_store, src_list, retries);
+    let mut dst = Cursor::new(shared.dst.backend.open_source(&ctx), dst_list, retries);
     let mut dst_head: Option<Entry> = dst.next().await?;
     while let Some(entry) = src.next().await? {
         if shared.stopped() {
             break;
+        }
+        if single.as_ref().is_some_and(|k| *k != entry.key) {
+            continue;
         }
         let rel = entry.key[src_prefix.len()..].to_string();
         if rel.is_empty() || !shared.opts.filter.accepts(&rel) {
