@@ -237,8 +237,16 @@ async fn small(ctx: &Ctx, job: &ObjectJob) -> Result<()> {
 async fn begin_large(ctx: Rc<Ctx>, job: Arc<ObjectJob>) {
     match plan_large(&ctx, &job).await {
         Ok(count) => {
-            // Pairs with the AcqRel decrements in `finish_part`.
+            // Pairs with the AcqRel decrement in `run_part`.
             job.parts_left.store(count, Ordering::Release);
+            if !ctx.dst.limits().parallel_parts {
+                // One ordered stream (e.g. a resumable upload): this task sends the
+                // parts itself, in order.
+                for index in 0..count {
+                    run_part(ctx.clone(), PartTask { job: job.clone(), index }).await;
+                }
+                return;
+            }
             for index in 0..count {
                 ctx.shared.parts.push(PartTask { job: job.clone(), index });
             }
