@@ -152,6 +152,8 @@ fn object_larger_than_ram_buffer_keeps_memory_bounded() {
     let Some(c) = clouds() else { return };
     let src = tempfile::tempdir().unwrap();
     write_file(src.path(), "big", &pattern(160 * MIB, 9));
+    // Below the multipart cutoff but larger than a worker's share of the buffer.
+    write_file(src.path(), "mid", &pattern(20 * MIB, 10));
     let up = c.laminar(&["relay", &format!("file://{}", src.path().display()), "a:bkt-a/big"]);
     assert_eq!(up.status.code(), Some(0));
     let ram = 32 * MIB;

@@ -185,6 +185,10 @@ pub(super) async fn plan(
         None => (shared.src.prefix.clone(), shared.src.prefix.clone(), shared.dst.prefix.clone()),
     };
     let dst_prefix = shared.dst.prefix.clone();
+    // An object that doesn't fit a worker's share of the RAM tier goes in parts, whatever
+    // the cutoff: a single transfer holds all its bytes at once.
+    let pool_bytes_per_worker = (shared.pool_chunks_per_worker * shared.opts.chunk_bytes) as u64;
+    let multipart_cutoff_bytes = shared.opts.multipart_cutoff_bytes.min(pool_bytes_per_worker);
     let mut src = Cursor::new(src_store, src_list, retries);
     let mut dst = Cursor::new(shared.dst.backend.open_source(&ctx), dst_list, retries);
     let mut dst_head: Option<Entry> = dst.next().await?;
@@ -239,7 +243,7 @@ pub(super) async fn plan(
         shared.progress.bytes_total.fetch_add(entry.size, Ordering::Relaxed);
         let kind = if rel.ends_with('/') && entry.size == 0 {
             Kind::DirMarker
-        } else if entry.size >= shared.opts.multipart_cutoff_bytes {
+        } else if entry.size >= multipart_cutoff_bytes {
             Kind::Large
         } else {
             Kind::Small
