@@ -14,62 +14,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::servers::{find_tool, Weed};
-
-/// A named set of objects.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Workload {
-    /// Name, e.g. `mixed`.
-    pub name: String,
-    /// (count, size in bytes) groups.
-    pub groups: Vec<(usize, u64)>,
-}
-
-impl Workload {
-    /// The built-in workloads: `mixed` (1,000 × 16 KiB + 4 × 256 MiB) and `tiny`
-    /// (the test suite's: 20 × 16 KiB + 2 × 40 MiB, so parts are exercised).
-    pub fn named(name: &str) -> Result<Workload> {
-        let groups = match name {
-            "mixed" => vec![(1000, 16 << 10), (4, 256 << 20)],
-            "small" => vec![(10_000, 16 << 10)],
-            "large" => vec![(4, 1 << 30)],
-            "tiny" => vec![(20, 16 << 10), (2, 40 << 20)],
-            other => bail!("unknown workload {other:?}: use mixed, small, large or tiny"),
-        };
-        Ok(Workload { name: name.to_string(), groups })
-    }
-
-    /// Objects in the workload.
-    pub fn objects(&self) -> usize {
-        self.groups.iter().map(|g| g.0).sum()
-    }
-
-    /// Bytes in the workload.
-    pub fn bytes(&self) -> u64 {
-        self.groups.iter().map(|g| g.0 as u64 * g.1).sum()
-    }
-
-    /// Writes the workload's files under `dir` with deterministic contents.
-    pub fn generate(&self, dir: &Path) -> Result<()> {
-        let mut rng = fastrand::Rng::with_seed(42);
-        let mut block = vec![0u8; 1 << 20];
-        for (g, (count, size)) in self.groups.iter().enumerate() {
-            let sub = dir.join(format!("g{g}-{size}"));
-            std::fs::create_dir_all(&sub)?;
-            for i in 0..*count {
-                use std::io::Write;
-                let mut f = std::io::BufWriter::new(std::fs::File::create(sub.join(format!("obj-{i:06}")))?);
-                let mut left = *size;
-                while left > 0 {
-                    rng.fill(&mut block);
-                    let n = left.min(block.len() as u64) as usize;
-                    f.write_all(&block[..n])?;
-                    left -= n as u64;
-                }
-            }
-        }
-        Ok(())
-    }
-}
+use crate::workload::Workload;
 
 /// One timed run of one tool.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -224,20 +169,21 @@ fn verify(dst: &Weed, src: &Weed, prefix: &str, workload: &Workload) -> Result<(
         bail!("rclone size failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     let size: RcloneSize = serde_json::from_slice(&out.stdout).context("rclone size output")?;
-    if size.count != workload.objects() as u64 || size.bytes != workload.bytes() {
+    if size.count != workload.object_count as u64 || size.bytes != workload.total_bytes {
         bail!(
             "{prefix}: expected {} objects / {} bytes, found {} / {}",
-            workload.objects(),
-            workload.bytes(),
+            workload.object_count,
+            workload.total_bytes,
             size.count,
             size.bytes
         );
     }
-    // A sample: the first object of each group, compared byte for byte.
+    // A sample: the first and last objects and the largest, compared byte for byte.
     let mut sample = tempfile::NamedTempFile::new()?;
-    for (g, (_, size)) in workload.groups.iter().enumerate() {
+    let largest = workload.objects.iter().max_by_key(|o| o.size_bytes);
+    for o in workload.objects.first().into_iter().chain(workload.objects.last()).chain(largest) {
         use std::io::Write;
-        writeln!(sample, "g{g}-{size}/obj-000000")?;
+        writeln!(sample, "{}", o.key)?;
     }
     let out = Command::new(find_tool("rclone").context("rclone not found")?)
         .envs(src.rclone_env("src"))
@@ -300,7 +246,7 @@ pub fn compare(opts: &CompareOptions) -> Result<Comparison> {
                 c.args(["src:src/data", &format!("dst:dst/{prefix}")]);
                 c
             };
-            let run = measured(tool, &mut cmd, workload.bytes())?;
+            let run = measured(tool, &mut cmd, workload.total_bytes)?;
             verify(&dst, &src, &prefix, &workload)?;
             eprintln!(
                 "run {i} {tool:>15}: {:.2}s wall, {:.2}s cpu, {} MiB peak RSS",
@@ -337,8 +283,8 @@ pub fn table(c: &Comparison) -> String {
     out.push_str(&format!(
         "### Workload `{}`: {} objects, {:.1} MiB, {} runs per tool\n\n",
         c.workload.name,
-        c.workload.objects(),
-        c.workload.bytes() as f64 / (1 << 20) as f64,
+        c.workload.object_count,
+        c.workload.total_bytes as f64 / (1 << 20) as f64,
         c.runs.iter().filter(|r| r.tool == "laminar").count()
     ));
     out.push_str(
@@ -403,11 +349,4 @@ mod tests {
         assert_eq!(stats(&[4.0, 1.0, 2.0, 3.0]), (2.5, 1.0, 4.0));
     }
 
-    #[test]
-    fn workloads_add_up() {
-        let w = Workload::named("mixed").unwrap();
-        assert_eq!(w.objects(), 1004);
-        assert_eq!(w.bytes(), 1000 * (16 << 10) + 4 * (256 << 20));
-        assert!(Workload::named("nope").is_err());
-    }
 }

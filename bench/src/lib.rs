@@ -7,3 +7,4 @@
 
 pub mod compare;
 pub mod servers;
+pub mod workload;
