@@ -1,10 +1,21 @@
-//! Benchmarks.
+//! Benchmarks: Laminar beside rclone and beside the machine's own limits.
 //!
 //! [`servers`] starts real S3 servers (SeaweedFS `weed mini`) and drives rclone as the
-//! reference client; the integration tests in `tests/` use it too.
+//! reference client; [`synthetic`] is a fast S3-compatible endpoint that generates and
+//! discards bytes, to isolate a relay's own cost; [`pair`] puts a source and a
+//! destination of either kind together. The benchmarks are [`compare`] (Laminar and
+//! rclone), [`limit`] (a bare relay, the ceiling), [`scale`] (workers) and [`micro`]
+//! (hot paths); [`report`] turns their raw JSON into `bench/RESULTS.md`. The integration
+//! tests in `tests/` use the servers too.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod compare;
+pub mod limit;
+pub mod micro;
+pub mod pair;
+pub mod report;
+pub mod scale;
 pub mod servers;
+pub mod synthetic;
 pub mod workload;

@@ -1,15 +1,23 @@
-//! `laminar-bench`: benchmarks that put Laminar beside rclone on the same servers.
+//! `laminar-bench`: benchmarks that put Laminar beside rclone and beside the machine's
+//! own limits.
 
 #![forbid(unsafe_code)]
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use laminar_bench::compare::{self, CompareOptions, Comparison};
+use laminar_bench::compare::{self, CompareOptions};
+use laminar_bench::limit::{self, BareRelay, LimitOptions};
+use laminar_bench::pair::{Endpoints, Pair, SRC_PATH};
+use laminar_bench::report;
+use laminar_bench::scale::{self, ScaleOptions};
+use laminar_bench::synthetic::{self, SyntheticOptions};
+use laminar_bench::workload::Workload;
 
 #[derive(Parser)]
-#[command(name = "laminar-bench", about = "Side-by-side benchmarks of Laminar and rclone")]
+#[command(name = "laminar-bench", version, about = "Benchmarks of Laminar beside rclone and the machine's limits")]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -17,11 +25,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Relay a workload between two SeaweedFS servers with Laminar and rclone, alternately
+    /// Relay a workload with Laminar and rclone, alternately, between the same endpoints
     Compare {
-        /// mixed (1,000 x 16 KiB + 4 x 256 MiB), small, large, or tiny (for tests)
+        /// small, large, mixed, pareto, or tiny (for tests)
         #[arg(long, default_value = "mixed")]
         workload: String,
+        /// weed (two SeaweedFS servers) or synthetic (two synthetic endpoints)
+        #[arg(long, default_value = "weed")]
+        endpoints: String,
         /// Runs per tool
         #[arg(long, default_value_t = 3)]
         runs: usize,
@@ -35,11 +46,92 @@ enum Cmd {
         #[arg(long)]
         write_results: bool,
     },
-    /// Regenerate bench/RESULTS.md from the raw JSON
+    /// Measure a bare relay (the ceiling) beside Laminar on synthetic endpoints
+    Limit {
+        /// small, large, mixed, pareto, or tiny
+        #[arg(long, default_value = "large")]
+        workload: String,
+        /// Runs per tool
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Connection pairs of the bare relay
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        /// The laminar binary (default: next to this one)
+        #[arg(long)]
+        laminar: Option<PathBuf>,
+        /// Where raw JSON goes
+        #[arg(long, default_value = "bench/results")]
+        out: PathBuf,
+        /// Rewrite bench/RESULTS.md from all raw JSON in --out
+        #[arg(long)]
+        write_results: bool,
+    },
+    /// Laminar's throughput at each worker count on synthetic endpoints
+    Scale {
+        /// Worker counts, comma-separated
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16")]
+        workers: Vec<usize>,
+        /// Workloads, comma-separated
+        #[arg(long, value_delimiter = ',', default_value = "large,small")]
+        workloads: Vec<String>,
+        /// The laminar binary (default: next to this one)
+        #[arg(long)]
+        laminar: Option<PathBuf>,
+        /// Where raw JSON goes
+        #[arg(long, default_value = "bench/results")]
+        out: PathBuf,
+        /// Rewrite bench/RESULTS.md from all raw JSON in --out
+        #[arg(long)]
+        write_results: bool,
+    },
+    /// Regenerate bench/RESULTS.md and the chart from the raw JSON
     Report {
         /// Where raw JSON is
         #[arg(long, default_value = "bench/results")]
         out: PathBuf,
+    },
+    /// Start a loaded endpoint pair and keep it up until stdin closes, for profiling by hand
+    Endpoints {
+        /// weed or synthetic
+        #[arg(long, default_value = "weed")]
+        endpoints: String,
+        /// The workload to load at the source
+        #[arg(long, default_value = "mixed")]
+        workload: String,
+        /// Where to write a laminar.toml with remotes `src` and `dst`
+        #[arg(long)]
+        config_out: PathBuf,
+    },
+    /// Run a synthetic S3 endpoint (started by the benchmarks; exits when stdin closes)
+    #[command(hide = true)]
+    SyntheticServer {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        /// Serve this workload's objects read-only
+        #[arg(long)]
+        workload: Option<String>,
+        #[arg(long, default_value = "src")]
+        source_bucket: String,
+        #[arg(long, default_value = "data/")]
+        prefix: String,
+        /// Tokio worker threads (default: one per CPU)
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// The bare relay itself (run by `limit` as a child process)
+    #[command(hide = true)]
+    BareRelay {
+        #[arg(long)]
+        src: SocketAddr,
+        #[arg(long)]
+        dst: SocketAddr,
+        #[arg(long)]
+        workload: String,
+        #[arg(long)]
+        dst_prefix: String,
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
     },
 }
 
@@ -50,55 +142,100 @@ fn main() {
     }
 }
 
-fn run() -> Result<()> {
-    match Cli::parse().command {
-        Cmd::Compare { workload, runs, laminar, out, write_results } => {
-            let laminar = match laminar {
-                Some(p) => p,
-                None => std::env::current_exe()?.with_file_name("laminar"),
-            };
-            anyhow::ensure!(
-                laminar.is_file(),
-                "{} not found: build it (cargo build --release) or pass --laminar",
-                laminar.display()
-            );
-            let opts = CompareOptions { workload, runs, laminar, out_dir: out.clone(), write_results };
-            let c = compare::compare(&opts)?;
-            println!("{}", compare::table(&c));
-            if write_results {
-                write_results_md(&out)?;
-            }
-        }
-        Cmd::Report { out } => write_results_md(&out)?,
-    }
+fn laminar_binary(given: Option<PathBuf>) -> Result<PathBuf> {
+    let laminar = match given {
+        Some(p) => p,
+        None => std::env::current_exe()?.with_file_name("laminar"),
+    };
+    anyhow::ensure!(
+        laminar.is_file(),
+        "{} not found: build it (cargo build --release) or pass --laminar",
+        laminar.display()
+    );
+    Ok(laminar)
+}
+
+fn write_results(out: &std::path::Path) -> Result<()> {
+    let path = report::write(out)?;
+    eprintln!("wrote {}", path.display());
     Ok(())
 }
 
-fn write_results_md(out: &std::path::Path) -> Result<()> {
-    let mut comparisons: Vec<Comparison> = Vec::new();
-    let mut paths: Vec<_> = std::fs::read_dir(out)
-        .with_context(|| format!("reading {}", out.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    paths.sort();
-    for p in paths {
-        let text = std::fs::read_to_string(&p)?;
-        comparisons.push(serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))?);
-    }
-    let mut md = String::from("# Benchmark results\n\nGenerated by `laminar-bench report` from the raw JSON in `bench/results/`. Each table is one `laminar-bench compare` run: Laminar and rclone alternate (A B C A B C ...) on the same two SeaweedFS servers, each run into a fresh destination prefix, each destination checked (count, bytes, and a downloaded sample). Wall and CPU time are the relay process's own (CPU is user + system from `wait4`); the SeaweedFS servers run on the same cores, so every CPU-second a relay spends is taken from the servers. `rclone-tuned` uses the concurrency flags rclone's docs suggest for many files and large objects; on a small host its extra streams overload the servers, which is why it can be slower than the defaults.\n\n");
-    for c in &comparisons {
-        md.push_str(&compare::machine_section(&c.machine));
-        md.push_str("\nCommands:\n\n");
-        for cmd in &c.commands {
-            md.push_str(&format!("    {cmd}\n"));
+fn run() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Compare { workload, endpoints, runs, laminar, out, write_results: write } => {
+            let opts = CompareOptions {
+                workload,
+                endpoints: Endpoints::parse(&endpoints)?,
+                runs,
+                laminar: laminar_binary(laminar)?,
+                out_dir: out.clone(),
+            };
+            let c = compare::compare(&opts)?;
+            println!("{}", report::table(&c));
+            if write {
+                write_results(&out)?;
+            }
         }
-        md.push('\n');
-        md.push_str(&compare::table(c));
-        md.push('\n');
+        Cmd::Limit { workload, runs, connections, laminar, out, write_results: write } => {
+            let opts = LimitOptions {
+                workload,
+                runs,
+                connections,
+                laminar: laminar_binary(laminar)?,
+                bench: std::env::current_exe()?,
+                out_dir: out.clone(),
+            };
+            let l = limit::limit(&opts)?;
+            println!(
+                "{}",
+                report::runs_table(&l.runs, &["bare-relay", "laminar", "s5cmd-get"], l.workload.object_count)
+            );
+            if write {
+                write_results(&out)?;
+            }
+        }
+        Cmd::Scale { workers, workloads, laminar, out, write_results: write } => {
+            anyhow::ensure!(workers.iter().all(|&w| w > 0), "--workers: each count must be at least 1");
+            let opts = ScaleOptions { workloads, workers, laminar: laminar_binary(laminar)?, out_dir: out.clone() };
+            scale::scale(&opts)?;
+            if write {
+                write_results(&out)?;
+            }
+        }
+        Cmd::Report { out } => write_results(&out)?,
+        Cmd::SyntheticServer { listen, workload, source_bucket, prefix, threads } => {
+            anyhow::ensure!(listen.ip().is_loopback(), "--listen {listen}: the synthetic endpoint binds loopback only");
+            let opts = SyntheticOptions { source: workload.map(|w| (w, source_bucket, prefix)), threads };
+            synthetic::serve(listen, &opts)?;
+        }
+        Cmd::Endpoints { endpoints, workload, config_out } => {
+            let workload = Workload::named(&workload)?;
+            let pair = Pair::start(Endpoints::parse(&endpoints)?, &workload)?;
+            std::fs::write(&config_out, pair.config_toml())?;
+            let env: Vec<String> = pair.rclone_env().iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let (src, dst) = pair.addrs();
+            println!("source {src}, destination {dst}; {} written", config_out.display());
+            println!("rclone environment: {}", env.join(" "));
+            println!("relay {SRC_PATH} to dst:dst/<prefix>; close stdin (Ctrl-D) to stop");
+            std::io::copy(&mut std::io::stdin(), &mut std::io::sink())?;
+        }
+        Cmd::BareRelay { src, dst, workload, dst_prefix, connections } => {
+            let workload = Workload::named(&workload)?;
+            let relay = BareRelay {
+                src,
+                src_bucket: "src".into(),
+                src_prefix: "data/".into(),
+                dst,
+                dst_bucket: "dst".into(),
+                dst_prefix: format!("{dst_prefix}/"),
+                connections,
+                part_size_bytes: 16 << 20,
+                multipart_cutoff_bytes: 32 << 20,
+            };
+            let moved = relay.run(&workload).context("bare relay")?;
+            anyhow::ensure!(moved == workload.total_bytes, "moved {moved} bytes of {}", workload.total_bytes);
+        }
     }
-    let path = out.parent().unwrap_or(std::path::Path::new(".")).join("RESULTS.md");
-    std::fs::write(&path, md)?;
-    eprintln!("wrote {}", path.display());
     Ok(())
 }

@@ -208,7 +208,8 @@ mod tests {
     #[test]
     fn fill_and_slices_agree_across_the_pattern_wrap() {
         let key = "g1-x/obj-000001";
-        for (offset, len) in [(0u64, 10usize), (PATTERN_BYTES as u64 - 5, 20), (3 * PATTERN_BYTES as u64 + 7, 2 << 20)] {
+        for (offset, len) in [(0u64, 10usize), (PATTERN_BYTES as u64 - 5, 20), (3 * PATTERN_BYTES as u64 + 7, 2 << 20)]
+        {
             let mut a = vec![0u8; len];
             fill(key, offset, &mut a);
             let b: Vec<u8> = slices(key, offset, len as u64).flatten().copied().collect();

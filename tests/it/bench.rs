@@ -1,29 +1,93 @@
-//! The benchmarks in their tiny mode, so that none of them rots.
+//! The benchmarks in their tiny mode, so that none of them rots. No timing is checked:
+//! each benchmark must run, verify every destination, and write its raw JSON, and the
+//! report must render from that JSON.
 
-use laminar_bench::compare::{compare, table, CompareOptions};
+use laminar_bench::compare::{compare, CompareOptions};
+use laminar_bench::limit::{limit, LimitOptions};
+use laminar_bench::pair::Endpoints;
+use laminar_bench::report;
+use laminar_bench::scale::{scale, ScaleOptions};
 use laminar_bench::servers::{find_tool, require_servers};
 
-#[test]
-fn compare_runs_in_tiny_mode() {
-    if (find_tool("weed").is_none() || find_tool("rclone").is_none()) && !require_servers() {
-        eprintln!("skipping: SeaweedFS or rclone not installed (tests/run.sh installs them)");
-        return;
-    }
+fn release_binary(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let laminar = exe.parent().and_then(|d| d.parent()).unwrap().join("laminar");
-    assert!(laminar.is_file(), "{} not found: run `cargo build --workspace --bins` first", laminar.display());
-    let out = tempfile::tempdir().unwrap();
+    let path = exe.parent().and_then(|d| d.parent()).unwrap().join(name);
+    assert!(path.is_file(), "{} not found: run `cargo build --release --workspace --bins` first", path.display());
+    path
+}
+
+fn tools_or_skip(names: &[&str]) -> bool {
+    let missing: Vec<_> = names.iter().filter(|n| find_tool(n).is_none()).collect();
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(!require_servers(), "{missing:?} not installed but LAMINAR_REQUIRE_SERVERS is set");
+    eprintln!("skipping: {missing:?} not installed (tests/run.sh installs them)");
+    false
+}
+
+fn compare_tiny(endpoints: Endpoints, out: &std::path::Path) {
     let opts = CompareOptions {
         workload: "tiny".to_string(),
+        endpoints,
         runs: 1,
-        laminar,
-        out_dir: out.path().to_path_buf(),
-        write_results: false,
+        laminar: release_binary("laminar"),
+        out_dir: out.to_path_buf(),
     };
     let c = compare(&opts).expect("tiny comparison runs and every destination verifies");
     assert_eq!(c.runs.len(), 3);
     assert!(c.runs.iter().all(|r| r.wall_seconds > 0.0 && r.cpu_seconds >= 0.0));
-    let md = table(&c);
+    let lam = c.runs.iter().find(|r| r.tool == "laminar").unwrap();
+    assert!(lam.ram_buffer_bytes.is_some_and(|b| b > 0), "laminar's --json report gives its RAM tier");
+    let md = report::table(&c);
     assert!(md.contains("| laminar |") && md.contains("rclone-tuned"), "{md}");
-    assert!(out.path().join("compare-tiny.json").is_file());
+    assert!(out.join(format!("compare-{}-tiny.json", endpoints.name())).is_file());
+}
+
+#[test]
+fn compare_runs_in_tiny_mode_on_seaweedfs() {
+    if !tools_or_skip(&["weed", "rclone"]) {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    compare_tiny(Endpoints::Weed, out.path());
+}
+
+#[test]
+fn compare_limit_scale_and_report_run_in_tiny_mode_on_synthetic_endpoints() {
+    if !tools_or_skip(&["rclone", "s5cmd"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("results");
+    compare_tiny(Endpoints::Synthetic, &out);
+
+    let l = limit(&LimitOptions {
+        workload: "tiny".into(),
+        runs: 1,
+        connections: 4,
+        laminar: release_binary("laminar"),
+        bench: release_binary("laminar-bench"),
+        out_dir: out.clone(),
+    })
+    .expect("the bare relay and Laminar run and verify");
+    let tools: Vec<&str> = l.runs.iter().map(|r| r.tool.as_str()).collect();
+    assert_eq!(tools, ["bare-relay", "laminar", "s5cmd-get"]);
+
+    let s = scale(&ScaleOptions {
+        workloads: vec!["tiny".into()],
+        workers: vec![1, 2],
+        laminar: release_binary("laminar"),
+        out_dir: out.clone(),
+    })
+    .expect("scale runs at each worker count");
+    assert_eq!(s.points.iter().map(|p| p.workers).collect::<Vec<_>>(), [1, 2]);
+
+    let md_path = report::write(&out).expect("the report renders from the raw JSON");
+    let md = std::fs::read_to_string(md_path).unwrap();
+    for needle in ["## Targets", "`tiny` on synthetic endpoints", "## The limit", "## Scaling with workers"] {
+        assert!(md.contains(needle), "RESULTS.md lacks {needle:?}:\n{md}");
+    }
+    let svg = std::fs::read_to_string(out.join("throughput.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("laminar"), "{svg:.200}");
 }
