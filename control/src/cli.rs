@@ -258,7 +258,8 @@ pub fn relay_with_progress(
                     progress.stop.store(true, Ordering::Release);
                     return;
                 }
-                std::thread::sleep(Duration::from_millis(50));
+                // Unparked when the relay ends, so exit never waits out a tick.
+                std::thread::park_timeout(Duration::from_millis(50));
             }
         })
     };
@@ -268,8 +269,11 @@ pub fn relay_with_progress(
         std::thread::spawn(move || draw_progress(&progress, &done))
     });
     let result = relay::relay(src, dst, opts, progress, on_plan);
+    // Pairs with the Acquire loads in the watcher and the progress bar.
     done.store(true, Ordering::Release);
+    watcher.thread().unpark();
     if let Some(bar) = bar {
+        bar.thread().unpark();
         let _ = bar.join();
     }
     let _ = watcher.join();
@@ -292,7 +296,7 @@ fn draw_progress(progress: &Progress, done: &AtomicBool) {
             progress.objects_done.load(Ordering::Relaxed),
             progress.objects_total.load(Ordering::Relaxed)
         ));
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::park_timeout(Duration::from_millis(200));
     }
     bar.finish_and_clear();
 }

@@ -19,8 +19,9 @@ use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::checksum::{Checksum, ChecksumAlgo, Hashers};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::http::HttpClient;
+use crate::pool::ring::{Drain, Filler};
 use crate::pool::Body;
 
 /// A boxed future local to one worker.
@@ -224,6 +225,15 @@ pub trait Source: Store {
         body: Body,
         hashers: &'a mut Hashers,
     ) -> LocalFuture<'a, Result<(Body, ObjectInfo)>>;
+    /// Reads `range` through a ring, feeding `hashers`: each chunk goes to the ring's
+    /// writer as soon as it is full, so the bytes can be sent on while they are read.
+    fn read_stream<'a>(
+        &'a self,
+        key: &'a str,
+        range: (u64, u64),
+        filler: &'a Filler,
+        hashers: &'a mut Hashers,
+    ) -> LocalFuture<'a, Result<()>>;
     /// Hash families this store reports.
     fn hash_families(&self) -> &'static [HashFamily];
     /// A reference for server-side copies, when the store supports them.
@@ -265,6 +275,27 @@ pub trait Sink: Store {
         checksum: &'a Checksum,
         md5_hex: Option<&'a str>,
     ) -> LocalFuture<'a, Result<String>>;
+    /// Whether parts carrying `algo` can stream ([`Sink::upload_part_stream`]): sent
+    /// as they are read, with the checksum after the bytes.
+    fn streams_parts(&self, _algo: ChecksumAlgo) -> bool {
+        false
+    }
+    /// Uploads one part of `len` bytes as they arrive through `drain`, which ends with
+    /// their `algo` checksum for the store to verify. Only called when
+    /// [`Sink::streams_parts`] says so.
+    #[allow(clippy::too_many_arguments)]
+    fn upload_part_stream<'a>(
+        &'a self,
+        key: &'a str,
+        upload_id: &'a str,
+        number: u32,
+        len: u64,
+        algo: ChecksumAlgo,
+        drain: Drain,
+    ) -> LocalFuture<'a, Result<String>> {
+        let _ = (upload_id, number, len, algo, drain);
+        Box::pin(async move { Err(Error::protocol("upload-part", key, "this store takes no streamed parts")) })
+    }
     /// Completes an upload; `full` is the whole object's checksum when known.
     fn complete_multipart<'a>(
         &'a self,

@@ -55,6 +55,21 @@ impl ChecksumAlgo {
         }
     }
 
+    /// Length of the digest in bytes.
+    pub fn digest_bytes(self) -> usize {
+        match self {
+            ChecksumAlgo::Crc32c => 4,
+            ChecksumAlgo::Crc64nvme => 8,
+            ChecksumAlgo::Sha256 => 32,
+            ChecksumAlgo::Md5 => 16,
+        }
+    }
+
+    /// Length of the digest in base64, as S3 headers and trailers carry it.
+    pub fn base64_len(self) -> usize {
+        self.digest_bytes().div_ceil(3) * 4
+    }
+
     /// The value of `x-amz-checksum-algorithm` / `x-amz-sdk-checksum-algorithm`.
     pub fn s3_algorithm(self) -> Option<&'static str> {
         match self {

@@ -11,6 +11,6 @@ pub(crate) mod client;
 mod conn;
 mod head;
 
-pub use client::{HttpClient, Request, RequestBody, Response};
+pub use client::{HttpClient, Request, RequestBody, Response, StreamBody};
 pub use conn::Endpoint;
 pub use head::ResponseHead;

@@ -11,6 +11,8 @@
 //! request for `n` chunks is granted all at once, so two transfers can never each hold
 //! half of what the other needs.
 
+pub mod ring;
+
 use std::alloc::{alloc, dealloc, Layout};
 use std::cell::RefCell;
 use std::collections::VecDeque;

@@ -288,15 +288,22 @@ pub fn relay(
     if planned.is_err() {
         shared.progress.stop.store(true, Ordering::Release);
     }
-    // Collect the rest of the results while workers finish.
+    // Collect the rest of the results while workers finish. A result is sent before
+    // `outstanding` drops, so once it reads zero every result is already in the channel.
     loop {
+        // Pairs with the AcqRel decrement in `Shared::finish`.
+        if shared.outstanding.load(Ordering::Acquire) == 0 {
+            while let Ok(result) = rx.try_recv() {
+                plan::record(&mut report, result);
+            }
+            break;
+        }
         match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(result) => plan::record(&mut report, result),
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                 // Every worker gone with work outstanding means none could start: the
                 // fatal error they left says why.
-                let workers_gone = !handles.is_empty() && handles.iter().all(|h| h.is_finished());
-                if shared.outstanding.load(Ordering::Acquire) == 0 || workers_gone {
+                if !handles.is_empty() && handles.iter().all(|h| h.is_finished()) {
                     while let Ok(result) = rx.try_recv() {
                         plan::record(&mut report, result);
                     }

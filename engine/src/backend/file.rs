@@ -25,7 +25,8 @@ use super::{
 };
 use crate::checksum::{Checksum, ChecksumAlgo, Hasher, Hashers};
 use crate::error::{Error, Result};
-use crate::pool::Body;
+use crate::pool::ring::Filler;
+use crate::pool::{Body, Chunk};
 
 const XATTR_META: &str = "user.laminar.meta";
 const XATTR_PROVENANCE: &str = "user.laminar.provenance";
@@ -434,27 +435,37 @@ impl Source for FileStore {
             let file = monoio::fs::File::open(&path).await.map_err(|e| Error::io("get", key, e))?;
             let mut at = start;
             let mut filled = Vec::with_capacity(body.chunks.len());
-            for mut chunk in body.chunks {
-                while at < end && chunk.remaining() > 0 {
-                    let before = chunk.len();
-                    let want = chunk.remaining().min((end - at) as usize);
-                    let (res, slice) =
-                        file.read_at(monoio::buf::IoBufMut::slice_mut(chunk, before..before + want), at).await;
-                    chunk = slice.into_inner();
-                    let n = res.map_err(|e| Error::io("get", key, e))?;
-                    if n == 0 {
-                        return Err(Error::protocol("get", key, "file shrank while being read"));
-                    }
-                    hashers.update(&chunk.as_slice()[before..before + n]);
-                    at += n as u64;
-                }
-                filled.push(chunk);
+            for chunk in body.chunks {
+                filled.push(fill_from(&file, chunk, &mut at, end, hashers, key).await?);
             }
             let _ = file.close().await;
             if at != end {
                 return Err(Error::protocol("get", key, "the buffers reserved for the read were too small"));
             }
             Ok((Body::new(filled), info))
+        })
+    }
+
+    fn read_stream<'a>(
+        &'a self,
+        key: &'a str,
+        range: (u64, u64),
+        filler: &'a Filler,
+        hashers: &'a mut Hashers,
+    ) -> LocalFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let path = self.resolve("get", key)?;
+            let (start, end) = range;
+            let file = monoio::fs::File::open(&path).await.map_err(|e| Error::io("get", key, e))?;
+            let mut at = start;
+            while at < end {
+                let Some(chunk) = filler.empty_chunk().await else {
+                    return Err(Error::protocol("get", key, "the upload this read feeds failed"));
+                };
+                filler.send(fill_from(&file, chunk, &mut at, end, hashers, key).await?);
+            }
+            let _ = file.close().await;
+            Ok(())
         })
     }
 
@@ -465,6 +476,30 @@ impl Source for FileStore {
     fn copy_source(&self, _key: &str) -> Option<CopySource> {
         None
     }
+}
+
+/// Fills `chunk` from `file` at `*at` (up to `end`), feeding `hashers`.
+async fn fill_from(
+    file: &monoio::fs::File,
+    mut chunk: Chunk,
+    at: &mut u64,
+    end: u64,
+    hashers: &mut Hashers,
+    key: &str,
+) -> Result<Chunk> {
+    while *at < end && chunk.remaining() > 0 {
+        let before = chunk.len();
+        let want = chunk.remaining().min((end - *at) as usize);
+        let (res, slice) = file.read_at(monoio::buf::IoBufMut::slice_mut(chunk, before..before + want), *at).await;
+        chunk = slice.into_inner();
+        let n = res.map_err(|e| Error::io("get", key, e))?;
+        if n == 0 {
+            return Err(Error::protocol("get", key, "file shrank while being read"));
+        }
+        hashers.update(&chunk.as_slice()[before..before + n]);
+        *at += n as u64;
+    }
+    Ok(chunk)
 }
 
 impl Sink for FileStore {

@@ -26,7 +26,8 @@ use super::{
 };
 use crate::checksum::{Checksum, ChecksumAlgo, Hashers};
 use crate::error::{Error, Result};
-use crate::http::{Endpoint, HttpClient, Request, RequestBody, Response};
+use crate::http::{Endpoint, HttpClient, Request, RequestBody, Response, StreamBody};
+use crate::pool::ring::{Drain, Filler};
 use crate::pool::Body;
 
 /// Characters S3 leaves unencoded in a path: unreserved plus `/`.
@@ -98,6 +99,9 @@ pub struct S3Store {
     cfg: Arc<S3Config>,
     http: HttpClient,
     endpoint: Endpoint,
+    /// Set when the store refused a streamed (`aws-chunked` with trailer) part: later
+    /// parts from this worker are sent whole.
+    streaming_refused: std::cell::Cell<bool>,
     credentials: aws_smithy_runtime_api::client::identity::Identity,
 }
 
@@ -109,6 +113,9 @@ struct Call<'a> {
     op: &'static str,
     target: &'a str,
 }
+
+/// The payload hash of a streamed body whose checksum comes in a trailer.
+const STREAMING_PAYLOAD: &str = "STREAMING-UNSIGNED-PAYLOAD-TRAILER";
 
 impl S3Store {
     fn new(cfg: Arc<S3Config>, http: HttpClient) -> S3Store {
@@ -125,7 +132,7 @@ impl S3Store {
             "laminar",
         )
         .into();
-        S3Store { cfg, http, endpoint, credentials }
+        S3Store { cfg, http, endpoint, credentials, streaming_refused: std::cell::Cell::new(false) }
     }
 
     fn path(&self, key: Option<&str>, query: &[(&'static str, String)]) -> String {
@@ -153,7 +160,7 @@ impl S3Store {
         path
     }
 
-    fn sign(&self, method: &str, path: &str, headers: &mut Vec<(String, String)>) -> Result<()> {
+    fn sign(&self, method: &str, path: &str, headers: &mut Vec<(String, String)>, payload: SignableBody) -> Result<()> {
         let mut settings = SigningSettings::default();
         settings.percent_encoding_mode = PercentEncodingMode::Single;
         settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
@@ -173,7 +180,7 @@ impl S3Store {
             method,
             url,
             std::iter::once(("host", authority.as_str())).chain(headers.iter().map(|(n, v)| (n.as_str(), v.as_str()))),
-            SignableBody::UnsignedPayload,
+            payload,
         )
         .map_err(|e| Error::Usage(format!("cannot sign a request for remote {}: {e}", self.cfg.remote)))?;
         let (instructions, _) = sign(signable, &params)
@@ -188,7 +195,11 @@ impl S3Store {
     async fn call(&self, call: Call<'_>, body: RequestBody) -> Result<(Response, RequestBody)> {
         let path = self.path(call.key, &call.query);
         let mut headers = call.headers;
-        self.sign(call.method, &path, &mut headers)?;
+        let payload = match body {
+            RequestBody::Stream(_) => SignableBody::Precomputed(STREAMING_PAYLOAD.to_string()),
+            _ => SignableBody::UnsignedPayload,
+        };
+        self.sign(call.method, &path, &mut headers, payload)?;
         let req = Request { method: call.method, path: &path, headers, op: call.op, target: call.target };
         self.http.send(&self.endpoint, &req, body).await
     }
@@ -516,6 +527,32 @@ impl Source for S3Store {
         })
     }
 
+    fn read_stream<'a>(
+        &'a self,
+        key: &'a str,
+        range: (u64, u64),
+        filler: &'a Filler,
+        hashers: &'a mut Hashers,
+    ) -> LocalFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let (start, end) = range;
+            assert!(end > start, "empty range");
+            let headers = vec![("range".to_string(), format!("bytes={}-{}", start, end - 1))];
+            let call = Call { method: "GET", key: Some(key), query: Vec::new(), headers, op: "get", target: key };
+            let (response, _) = self.call(call, RequestBody::Empty).await?;
+            let head = response.head.clone();
+            if head.status != 206 && !(head.status == 200 && start == 0) {
+                let bytes = response.read_to_vec().await.unwrap_or_default();
+                return Err(self.http_error("get", key, &head, &bytes));
+            }
+            let got = head.content_length().unwrap_or(0);
+            if got != end - start {
+                return Err(Error::protocol("get", key, format!("asked for {} bytes, got {got}", end - start)));
+            }
+            response.read_stream(filler, hashers).await.map(drop)
+        })
+    }
+
     fn hash_families(&self) -> &'static [HashFamily] {
         &[HashFamily::EtagMd5, HashFamily::Crc32c, HashFamily::Crc64nvme, HashFamily::Sha256]
     }
@@ -559,20 +596,25 @@ impl S3Store {
         let head = response.head.clone();
         let bytes = response.read_to_vec().await?;
         if head.status >= 300 {
-            let err = self.http_error(op, &key, &head, &bytes);
-            // A store that checked our checksum and disagreed: the bytes changed in flight.
-            if let Error::Http { code, message, .. } = &err {
-                if code == "BadDigest" || code == "InvalidDigest" || code == "XAmzContentChecksumMismatch" {
-                    return Err(Error::Integrity {
-                        op,
-                        target: key,
-                        detail: format!("the store said {code}: {message}"),
-                    });
-                }
-            }
-            return Err(err);
+            return Err(self.data_error(op, &key, &head, &bytes));
         }
         Self::check_etag(op, &key, &head, md5_hex)
+    }
+
+    /// The error for a failed upload of data: a checksum the store checked and found
+    /// different means the bytes changed in flight.
+    fn data_error(&self, op: &'static str, key: &str, head: &crate::http::ResponseHead, body: &[u8]) -> Error {
+        let err = self.http_error(op, key, head, body);
+        if let Error::Http { code, message, .. } = &err {
+            if code == "BadDigest" || code == "InvalidDigest" || code == "XAmzContentChecksumMismatch" {
+                return Error::Integrity {
+                    op,
+                    target: key.to_string(),
+                    detail: format!("the store said {code}: {message}"),
+                };
+            }
+        }
+        err
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> LocalFuture<'a, Result<()>> {
@@ -678,6 +720,44 @@ impl Sink for S3Store {
             let query = vec![("partNumber", number.to_string()), ("uploadId", upload_id.to_string())];
             let call = Call { method: "PUT", key: Some(key), query, headers, op: "upload-part", target: key };
             self.send_data(call, body, md5_hex).await
+        })
+    }
+
+    fn streams_parts(&self, algo: ChecksumAlgo) -> bool {
+        algo.s3_algorithm().is_some() && !self.streaming_refused.get()
+    }
+
+    fn upload_part_stream<'a>(
+        &'a self,
+        key: &'a str,
+        upload_id: &'a str,
+        number: u32,
+        len: u64,
+        algo: ChecksumAlgo,
+        drain: Drain,
+    ) -> LocalFuture<'a, Result<String>> {
+        Box::pin(async move {
+            let headers = vec![
+                ("content-encoding".to_string(), "aws-chunked".to_string()),
+                ("x-amz-decoded-content-length".to_string(), len.to_string()),
+                ("x-amz-trailer".to_string(), algo.s3_header().to_string()),
+            ];
+            let query = vec![("partNumber", number.to_string()), ("uploadId", upload_id.to_string())];
+            let call = Call { method: "PUT", key: Some(key), query, headers, op: "upload-part", target: key };
+            let body = StreamBody::new(drain, len, algo.s3_header(), algo.base64_len());
+            let (response, _) = self.call(call, RequestBody::Stream(body)).await?;
+            let head = response.head.clone();
+            let bytes = response.read_to_vec().await?;
+            if head.status < 300 {
+                return Self::check_etag("upload-part", key, &head, None);
+            }
+            let err = self.data_error("upload-part", key, &head, &bytes);
+            if let Error::Http { status: 400 | 501, .. } = &err {
+                // Not a checksum disagreement, so most likely no support for trailers
+                // (older stores): send this worker's later parts whole.
+                self.streaming_refused.set(true);
+            }
+            Err(err)
         })
     }
 
@@ -831,12 +911,17 @@ mod tests {
     fn signs_without_payload_hash() {
         let s = store(true);
         let mut headers = vec![("x-amz-checksum-crc32c".to_string(), "AAAAAA==".to_string())];
-        s.sign("PUT", "/bkt/k", &mut headers).unwrap();
+        s.sign("PUT", "/bkt/k", &mut headers, SignableBody::UnsignedPayload).unwrap();
         let names: Vec<&str> = headers.iter().map(|(n, _)| n.as_str()).collect();
         assert!(names.contains(&"authorization"));
         assert!(headers.iter().any(|(n, v)| n == "x-amz-content-sha256" && v == "UNSIGNED-PAYLOAD"));
         // The secret never appears in what is sent.
         assert!(headers.iter().all(|(_, v)| !v.contains("SK")));
+
+        // A streamed body signs its trailer form instead.
+        let mut headers = vec![("x-amz-trailer".to_string(), "x-amz-checksum-crc32c".to_string())];
+        s.sign("PUT", "/bkt/k", &mut headers, SignableBody::Precomputed(STREAMING_PAYLOAD.into())).unwrap();
+        assert!(headers.iter().any(|(n, v)| n == "x-amz-content-sha256" && v == STREAMING_PAYLOAD));
     }
 
     #[test]

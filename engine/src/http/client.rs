@@ -12,7 +12,8 @@ use super::conn::{tls_config, Endpoint, Stream};
 use super::head::{Framing, ResponseHead};
 use crate::checksum::Hashers;
 use crate::error::{Error, Result};
-use crate::pool::Body;
+use crate::pool::ring::{Drain, Filler, Next};
+use crate::pool::{Body, Chunk};
 
 /// Bytes a response head may take; S3 heads are a few hundred bytes.
 const HEAD_BUFFER_BYTES: usize = 16 << 10;
@@ -37,6 +38,48 @@ pub enum RequestBody {
     Bytes(Vec<u8>),
     /// Pool chunks, for object data.
     Chunks(Body),
+    /// Object data streamed from a ring as it is read, framed `aws-chunked` with the
+    /// checksum in a trailer (it is known only once the last byte was read).
+    Stream(StreamBody),
+}
+
+/// A streamed `aws-chunked` body: one chunk of `data_len` bytes, then a trailer.
+pub struct StreamBody {
+    drain: Drain,
+    data_len: u64,
+    /// Trailer name, e.g. `x-amz-checksum-crc32c`.
+    trailer: &'static str,
+    /// Length of the trailer's base64 value, fixed by the algorithm.
+    trailer_value_len: usize,
+}
+
+impl StreamBody {
+    /// A body of `data_len` bytes from `drain`, ending with trailer `trailer` whose
+    /// value is the checksum's base64 (`trailer_value_len` characters).
+    pub fn new(drain: Drain, data_len: u64, trailer: &'static str, trailer_value_len: usize) -> StreamBody {
+        StreamBody { drain, data_len, trailer, trailer_value_len }
+    }
+
+    /// What goes before the data: the chunk-size line (none for an empty body).
+    fn prefix(&self) -> String {
+        if self.data_len == 0 {
+            String::new()
+        } else {
+            format!("{:x}\r\n", self.data_len)
+        }
+    }
+
+    /// What goes after the data: the end of the data chunk, the last chunk, the trailer.
+    fn suffix(&self, value: &str) -> String {
+        let end_of_data = if self.data_len == 0 { "" } else { "\r\n" };
+        format!("{end_of_data}0\r\n{}:{value}\r\n\r\n", self.trailer)
+    }
+
+    /// Bytes on the wire: the Content-Length.
+    fn wire_len(&self) -> u64 {
+        let value = "=".repeat(self.trailer_value_len);
+        self.prefix().len() as u64 + self.data_len + self.suffix(&value).len() as u64
+    }
 }
 
 impl RequestBody {
@@ -45,6 +88,7 @@ impl RequestBody {
             RequestBody::Empty => 0,
             RequestBody::Bytes(b) => b.len() as u64,
             RequestBody::Chunks(b) => b.len(),
+            RequestBody::Stream(s) => s.wire_len(),
         }
     }
 }
@@ -204,6 +248,10 @@ impl HttpClient {
                 head.extend_from_slice(&bytes);
                 RequestBody::Bytes(bytes)
             }
+            RequestBody::Stream(stream) => {
+                head.extend_from_slice(stream.prefix().as_bytes());
+                RequestBody::Stream(stream)
+            }
             other => other,
         };
         let io_timeout = self.inner.io_timeout;
@@ -231,6 +279,13 @@ impl HttpClient {
                 }
                 RequestBody::Chunks(Body::new(sent))
             }
+            RequestBody::Stream(stream) => {
+                // Past this point nothing can be sent again: errors are final.
+                if let Err(e) = send_stream(conn, io_timeout, req, &stream).await {
+                    return (Err(StaleOr::Error(e)), RequestBody::Empty);
+                }
+                RequestBody::Empty
+            }
             other => other,
         };
         if let Err(e) = conn.stream.flush().await {
@@ -242,6 +297,46 @@ impl HttpClient {
             (head, framing)
         });
         (result, body)
+    }
+}
+
+/// Writes a streamed body's data as the ring delivers it, then its trailer.
+async fn send_stream(conn: &mut Conn, io_timeout: Duration, req: &Request<'_>, stream: &StreamBody) -> Result<()> {
+    let mut sent = 0u64;
+    loop {
+        match stream.drain.next().await {
+            Next::Chunk(chunk) => {
+                sent += chunk.len() as u64;
+                if sent > stream.data_len {
+                    return Err(Error::protocol(req.op, req.target, "the source sent more bytes than the part holds"));
+                }
+                match monoio::time::timeout(io_timeout, conn.stream.write_all(chunk)).await {
+                    Ok((Ok(_), chunk)) => stream.drain.recycle(chunk),
+                    Ok((Err(e), _)) => return Err(Error::io(req.op, req.target, e)),
+                    Err(_) => return Err(timeout(req, io_timeout)),
+                }
+            }
+            Next::End(sum) => {
+                if sent != stream.data_len {
+                    return Err(Error::protocol(
+                        req.op,
+                        req.target,
+                        format!("the source ended after {sent} of {} bytes", stream.data_len),
+                    ));
+                }
+                let value = sum.to_base64();
+                assert_eq!(value.len(), stream.trailer_value_len, "trailer length fixed by the algorithm");
+                let suffix = stream.suffix(&value).into_bytes();
+                return match monoio::time::timeout(io_timeout, conn.stream.write_all(suffix)).await {
+                    Ok((Ok(_), _)) => Ok(()),
+                    Ok((Err(e), _)) => Err(Error::io(req.op, req.target, e)),
+                    Err(_) => Err(timeout(req, io_timeout)),
+                };
+            }
+            Next::Aborted => {
+                return Err(Error::protocol(req.op, req.target, "the read feeding this upload failed"));
+            }
+        }
     }
 }
 
@@ -460,51 +555,75 @@ impl Response {
                 format!("body of {expected} bytes does not fit the {capacity} bytes reserved for it"),
             ));
         }
-        let io_timeout = self.client.inner.io_timeout;
         let mut left = expected;
         let mut filled = Vec::with_capacity(body.chunks.len());
-        for mut chunk in body.chunks {
-            // Bytes already read past the head go first.
-            let conn = self.conn.as_mut().expect("connection");
-            if left > 0 && conn.start < conn.buf.len() {
-                let avail = (conn.buf.len() - conn.start).min(left as usize);
-                let before = chunk.len();
-                let n = chunk.extend_from(&conn.buf[conn.start..conn.start + avail]);
-                hashers.update(&chunk.as_slice()[before..]);
-                conn.start += n;
-                left -= n as u64;
-            }
-            while left > 0 && chunk.remaining() > 0 {
-                let before = chunk.len();
-                let want = chunk.remaining().min(left as usize);
-                let conn = self.conn.as_mut().expect("connection");
-                let read = monoio::time::timeout(io_timeout, conn.stream.read(chunk.slice_mut(before..before + want)));
-                let (res, slice) = read.await.map_err(|_| Error::Timeout {
-                    op: self.op,
-                    target: self.target.clone(),
-                    seconds: io_timeout.as_secs(),
-                })?;
-                chunk = slice.into_inner();
-                match res {
-                    Ok(0) => {
-                        return Err(Error::protocol(
-                            self.op,
-                            self.target.clone(),
-                            format!("connection closed with {left} of {expected} body bytes unread"),
-                        ))
-                    }
-                    Ok(n) => {
-                        hashers.update(&chunk.as_slice()[before..before + n]);
-                        left -= n as u64;
-                    }
-                    Err(e) => return Err(Error::io(self.op, self.target.clone(), e)),
-                }
-            }
-            filled.push(chunk);
+        for chunk in body.chunks {
+            filled.push(self.fill(chunk, &mut left, expected, hashers).await?);
         }
         debug_assert_eq!(left, 0);
         self.finish(true);
         Ok(Body::new(filled))
+    }
+}
+
+impl Response {
+    /// Fills `chunk` with up to `left` body bytes (those already read past the head
+    /// first), feeding `hashers`.
+    async fn fill(&mut self, mut chunk: Chunk, left: &mut u64, expected: u64, hashers: &mut Hashers) -> Result<Chunk> {
+        let io_timeout = self.client.inner.io_timeout;
+        let conn = self.conn.as_mut().expect("connection");
+        if *left > 0 && conn.start < conn.buf.len() {
+            let avail = (conn.buf.len() - conn.start).min(*left as usize);
+            let before = chunk.len();
+            let n = chunk.extend_from(&conn.buf[conn.start..conn.start + avail]);
+            hashers.update(&chunk.as_slice()[before..]);
+            conn.start += n;
+            *left -= n as u64;
+        }
+        while *left > 0 && chunk.remaining() > 0 {
+            let before = chunk.len();
+            let want = chunk.remaining().min(*left as usize);
+            let conn = self.conn.as_mut().expect("connection");
+            let read = monoio::time::timeout(io_timeout, conn.stream.read(chunk.slice_mut(before..before + want)));
+            let (res, slice) = read.await.map_err(|_| Error::Timeout {
+                op: self.op,
+                target: self.target.clone(),
+                seconds: io_timeout.as_secs(),
+            })?;
+            chunk = slice.into_inner();
+            match res {
+                Ok(0) => {
+                    return Err(Error::protocol(
+                        self.op,
+                        self.target.clone(),
+                        format!("connection closed with {left} of {expected} body bytes unread"),
+                    ))
+                }
+                Ok(n) => {
+                    hashers.update(&chunk.as_slice()[before..before + n]);
+                    *left -= n as u64;
+                }
+                Err(e) => return Err(Error::io(self.op, self.target.clone(), e)),
+            }
+        }
+        Ok(chunk)
+    }
+
+    /// Reads a body of known length through a ring, feeding `hashers`: each chunk goes
+    /// to the ring's writer as soon as it is full. Returns the bytes read.
+    pub async fn read_stream(mut self, filler: &Filler, hashers: &mut Hashers) -> Result<u64> {
+        let Framing::Length(expected) = self.framing else {
+            return Err(Error::protocol(self.op, self.target.clone(), "object body without Content-Length"));
+        };
+        let mut left = expected;
+        while left > 0 {
+            let Some(chunk) = filler.empty_chunk().await else {
+                return Err(Error::protocol(self.op, self.target.clone(), "the upload this read feeds failed"));
+            };
+            filler.send(self.fill(chunk, &mut left, expected, hashers).await?);
+        }
+        self.finish(true);
+        Ok(expected)
     }
 }
 
@@ -612,6 +731,78 @@ mod tests {
             assert_eq!(bytes, payload);
             assert_eq!(crc.crc32c(), Some(crc32c::crc32c(&payload)));
             server.join().unwrap();
+        }
+    }
+
+    /// Accepts one request, reads its head and Content-Length body, answers 200, and
+    /// returns (head, body).
+    fn recording_peer() -> (Endpoint, std::thread::JoinHandle<(String, Vec<u8>)>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let handle = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                assert_eq!(stream.read(&mut byte).unwrap(), 1);
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8(head).unwrap();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap();
+            let mut body = vec![0u8; len];
+            stream.read_exact(&mut body).unwrap();
+            stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").unwrap();
+            (head, body)
+        });
+        (Endpoint { tls: false, host: "127.0.0.1".into(), port }, handle)
+    }
+
+    #[test]
+    fn streamed_bodies_are_aws_chunked_with_a_checksum_trailer() {
+        for driver in drivers() {
+            for len in [0usize, 1, 8192, 20_000] {
+                let payload: Vec<u8> = (0..len as u32).map(|i| (i % 253) as u8).collect();
+                let (endpoint, peer) = recording_peer();
+                let sent = payload.clone();
+                block_on(driver, async move {
+                    let pool = BufferPool::new(8192, 2);
+                    let (filler, drain) = crate::pool::ring::ring(pool.acquire(2).await);
+                    let reader = async move {
+                        let mut h = crate::checksum::Hasher::new(ChecksumAlgo::Crc32c);
+                        for piece in sent.chunks(8192) {
+                            let mut c = filler.empty_chunk().await.unwrap();
+                            c.extend_from(piece);
+                            h.update(piece);
+                            filler.send(c);
+                        }
+                        filler.finish(h.finish());
+                    };
+                    let client = HttpClient::default();
+                    let body = StreamBody::new(drain, len as u64, "x-amz-checksum-crc32c", 8);
+                    let put = Request { method: "PUT", path: "/k", headers: Vec::new(), op: "put", target: "k" };
+                    let writer = client.send(&endpoint, &put, RequestBody::Stream(body));
+                    let ((), sent) = monoio::join!(reader, writer);
+                    assert_eq!(sent.unwrap().0.head.status, 200);
+                })
+                .unwrap();
+                let (_, body) = peer.join().unwrap();
+                let crc = base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    crc32c::crc32c(&payload).to_be_bytes(),
+                );
+                let mut want = Vec::new();
+                if len > 0 {
+                    want.extend_from_slice(format!("{len:x}\r\n").as_bytes());
+                    want.extend_from_slice(&payload);
+                    want.extend_from_slice(b"\r\n");
+                }
+                want.extend_from_slice(format!("0\r\nx-amz-checksum-crc32c:{crc}\r\n\r\n").as_bytes());
+                assert_eq!(body, want, "len {len}");
+            }
         }
     }
 

@@ -335,23 +335,80 @@ pub(crate) async fn run_part(ctx: Rc<Ctx>, task: PartTask) {
     }
 }
 
+/// Chunks a streamed part's ring holds: enough to keep both connections busy, few
+/// enough that the bytes are still in cache when they are sent.
+const RING_CHUNKS: usize = 4;
+
 async fn part(ctx: &Ctx, job: &ObjectJob, upload_id: &str, index: u32, range: (u64, u64)) -> Result<PartRecord> {
     let algo = ctx.shared.opts.checksum;
-    let len = range.1 - range.0;
     ctx.retry(|| async {
-        let chunks = ctx.pool.acquire(ctx.pool.chunks_for(len)).await;
-        // No MD5 here: each part carries its CRC, which the store verifies, and a ranged
-        // read has no ETag to check against.
-        let mut hashers = Hashers::new(algo, false);
-        let (body, _) = ctx.src.read(&job.src_key, Some(range), Body::new(chunks), &mut hashers).await?;
-        if body.len() != len {
-            return Err(Error::protocol("get", &job.src_key, format!("part {} came back short", index + 1)));
+        if ctx.dst.streams_parts(algo) {
+            match part_streamed(ctx, job, upload_id, index, range).await {
+                // The store refused the streamed form: send this part whole, now.
+                Err(Error::Http { status: 400 | 501, .. }) if !ctx.dst.streams_parts(algo) => {}
+                other => return other,
+            }
         }
-        let (sum, md5) = hashers.finish();
-        let etag = ctx.dst.upload_part(&job.dst_key, upload_id, index + 1, range.0, body, &sum, md5.as_deref()).await?;
-        Ok(PartRecord { number: index + 1, offset: range.0, len, etag, checksum: sum })
+        part_whole(ctx, job, upload_id, index, range).await
     })
     .await
+}
+
+/// One part read into the RAM tier whole, then sent with its checksum in a header.
+async fn part_whole(ctx: &Ctx, job: &ObjectJob, upload_id: &str, index: u32, range: (u64, u64)) -> Result<PartRecord> {
+    let algo = ctx.shared.opts.checksum;
+    let len = range.1 - range.0;
+    let chunks = ctx.pool.acquire(ctx.pool.chunks_for(len)).await;
+    // No MD5 here: each part carries its CRC, which the store verifies, and a ranged
+    // read has no ETag to check against.
+    let mut hashers = Hashers::new(algo, false);
+    let (body, _) = ctx.src.read(&job.src_key, Some(range), Body::new(chunks), &mut hashers).await?;
+    if body.len() != len {
+        return Err(Error::protocol("get", &job.src_key, format!("part {} came back short", index + 1)));
+    }
+    let (sum, md5) = hashers.finish();
+    let etag = ctx.dst.upload_part(&job.dst_key, upload_id, index + 1, range.0, body, &sum, md5.as_deref()).await?;
+    Ok(PartRecord { number: index + 1, offset: range.0, len, etag, checksum: sum })
+}
+
+/// One part streamed through a ring: each chunk is sent as soon as it is read, and
+/// the checksum follows the bytes (an S3 trailer) for the store to verify.
+async fn part_streamed(
+    ctx: &Ctx,
+    job: &ObjectJob,
+    upload_id: &str,
+    index: u32,
+    range: (u64, u64),
+) -> Result<PartRecord> {
+    let algo = ctx.shared.opts.checksum;
+    let len = range.1 - range.0;
+    let chunks = ctx.pool.acquire(ctx.pool.chunks_for(len).min(RING_CHUNKS)).await;
+    let (filler, drain) = crate::pool::ring::ring(chunks);
+    // Which side failed first: the other only sees its partner gone.
+    let read_failed_first = std::cell::Cell::new(false);
+    let read = async {
+        let mut hashers = Hashers::new(algo, false);
+        match ctx.src.read_stream(&job.src_key, range, &filler, &mut hashers).await {
+            Ok(()) => {
+                let sum = hashers.finish().0;
+                filler.finish(sum.clone());
+                Ok(sum)
+            }
+            Err(e) => {
+                read_failed_first.set(!filler.writer_gone());
+                // The filler is dropped unfinished, so the upload cannot complete.
+                Err(e)
+            }
+        }
+    };
+    let write = ctx.dst.upload_part_stream(&job.dst_key, upload_id, index + 1, len, algo, drain);
+    let (read, write) = monoio::join!(read, write);
+    let (sum, etag) = match (read, write) {
+        (Ok(sum), Ok(etag)) => (sum, etag),
+        (Err(e), _) if read_failed_first.get() => return Err(e),
+        (_, Err(e)) | (Err(e), Ok(_)) => return Err(e),
+    };
+    Ok(PartRecord { number: index + 1, offset: range.0, len, etag, checksum: sum })
 }
 
 async fn copy_part(
