@@ -114,6 +114,42 @@ struct Call<'a> {
     target: &'a str,
 }
 
+/// Signs requests the way an S3 remote does, with throwaway credentials and no
+/// connection: what each request costs to sign, for the micro-benchmarks.
+pub struct SampleSigner(S3Store);
+
+impl SampleSigner {
+    /// A signer for bucket `bkt` at a loopback endpoint.
+    pub fn new() -> SampleSigner {
+        let cfg = S3Config {
+            remote: "sample".into(),
+            endpoint: Endpoint::parse("http://127.0.0.1:9000").expect("valid URL"),
+            region: "us-east-1".into(),
+            access_key_id: "AKIDEXAMPLE".into(),
+            secret_access_key: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into(),
+            session_token: None,
+            bucket: "bkt".into(),
+            path_style: true,
+        };
+        SampleSigner(S3Store::new(Arc::new(cfg), HttpClient::default()))
+    }
+
+    /// Signs an UploadPart of `key` carrying a CRC32C header; returns the headers sent.
+    pub fn sign_upload_part(&self, key: &str) -> Result<Vec<(String, String)>> {
+        let query = vec![("partNumber", "7".to_string()), ("uploadId", "2~abcdefghijklmnop".to_string())];
+        let path = self.0.path(Some(key), &query);
+        let mut headers = vec![("x-amz-checksum-crc32c".to_string(), "yZRlqg==".to_string())];
+        self.0.sign("PUT", &path, &mut headers, SignableBody::UnsignedPayload)?;
+        Ok(headers)
+    }
+}
+
+impl Default for SampleSigner {
+    fn default() -> Self {
+        SampleSigner::new()
+    }
+}
+
 /// The payload hash of a streamed body whose checksum comes in a trailer.
 const STREAMING_PAYLOAD: &str = "STREAMING-UNSIGNED-PAYLOAD-TRAILER";
 

@@ -47,7 +47,9 @@ impl ResponseHead {
 
     /// Parses a head from the start of `buf`; returns it and its length, or None if
     /// more bytes are needed.
-    pub(crate) fn parse(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>, String> {
+    /// Parses the head at the start of `buf`: `Ok(Some((head, length)))` once the
+    /// blank line has arrived, `Ok(None)` while more bytes are needed.
+    pub fn parse(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>, String> {
         let mut headers = [httparse::EMPTY_HEADER; 96];
         let mut response = httparse::Response::new(&mut headers);
         match response.parse(buf) {
