@@ -8,10 +8,17 @@ demo:
 test:
     tests/run.sh
 
-# Laminar beside rclone on two SeaweedFS servers (1,000 x 16 KiB + 4 x 256 MiB), results into bench/RESULTS.md.
+# The benchmark suite: Laminar beside rclone (synthetic and SeaweedFS endpoints), the bare-relay
+# limit, worker scaling and micro-benchmarks; results into bench/RESULTS.md.
 bench runs="3":
     cargo build --release --workspace --bins
-    target/release/laminar-bench compare --workload mixed --runs {{runs}} --write-results
+    for w in large mixed small pareto; do target/release/laminar-bench compare --endpoints synthetic --workload $w --runs {{runs}}; done
+    target/release/laminar-bench limit --workload large --runs {{runs}}
+    target/release/laminar-bench limit --workload mixed --runs {{runs}}
+    target/release/laminar-bench scale --workers 1,2,4,8,16 --workloads large,small
+    for w in mixed small; do target/release/laminar-bench compare --endpoints weed --workload $w --runs {{runs}}; done
+    cargo bench -p laminar-bench --bench micro -- --write
+    target/release/laminar-bench report
 
 # Regenerate bench/RESULTS.md from the raw JSON.
 report:

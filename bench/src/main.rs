@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use laminar_bench::compare::{self, CompareOptions};
-use laminar_bench::limit::{self, BareRelay, LimitOptions};
+use laminar_bench::limit::{self, BareMode, BareRelay, LimitOptions, LIMIT_TOOLS};
 use laminar_bench::pair::{Endpoints, Pair, SRC_PATH};
 use laminar_bench::report;
 use laminar_bench::scale::{self, ScaleOptions};
@@ -132,6 +132,9 @@ enum Cmd {
         dst_prefix: String,
         #[arg(long, default_value_t = 16)]
         connections: usize,
+        /// relay, get (source only) or put (destination only)
+        #[arg(long, default_value = "relay")]
+        mode: String,
     },
 }
 
@@ -187,10 +190,7 @@ fn run() -> Result<()> {
                 out_dir: out.clone(),
             };
             let l = limit::limit(&opts)?;
-            println!(
-                "{}",
-                report::runs_table(&l.runs, &["bare-relay", "laminar", "s5cmd-get"], l.workload.object_count)
-            );
+            println!("{}", report::runs_table(&l.runs, &LIMIT_TOOLS, l.workload.object_count));
             if write {
                 write_results(&out)?;
             }
@@ -220,7 +220,7 @@ fn run() -> Result<()> {
             println!("relay {SRC_PATH} to dst:dst/<prefix>; close stdin (Ctrl-D) to stop");
             std::io::copy(&mut std::io::stdin(), &mut std::io::sink())?;
         }
-        Cmd::BareRelay { src, dst, workload, dst_prefix, connections } => {
+        Cmd::BareRelay { src, dst, workload, dst_prefix, connections, mode } => {
             let workload = Workload::named(&workload)?;
             let relay = BareRelay {
                 src,
@@ -232,6 +232,7 @@ fn run() -> Result<()> {
                 connections,
                 part_size_bytes: 16 << 20,
                 multipart_cutoff_bytes: 32 << 20,
+                mode: BareMode::parse(&mode)?,
             };
             let moved = relay.run(&workload).context("bare relay")?;
             anyhow::ensure!(moved == workload.total_bytes, "moved {moved} bytes of {}", workload.total_bytes);

@@ -149,6 +149,11 @@ pub struct Hasher {
 }
 
 impl Hasher {
+    /// The algorithm.
+    pub fn algo(&self) -> ChecksumAlgo {
+        self.algo
+    }
+
     /// Starts a checksum.
     pub fn new(algo: ChecksumAlgo) -> Hasher {
         let state = match algo {
@@ -196,6 +201,13 @@ impl Hashers {
     pub fn new(algo: ChecksumAlgo, with_md5: bool) -> Hashers {
         let with_md5 = with_md5 && algo != ChecksumAlgo::Md5;
         Hashers { primary: Hasher::new(algo), md5: with_md5.then(|| Hasher::new(ChecksumAlgo::Md5)) }
+    }
+
+    /// Stops computing MD5, before the first byte: the source vouches for the bytes
+    /// with a checksum of the primary algorithm, which checks them end to end at a
+    /// fraction of MD5's cost (the destination verifies the primary checksum too).
+    pub fn skip_md5(&mut self) {
+        self.md5 = None;
     }
 
     /// Feeds bytes to every checksum.

@@ -55,7 +55,7 @@ fn compare_runs_in_tiny_mode_on_seaweedfs() {
 
 #[test]
 fn compare_limit_scale_and_report_run_in_tiny_mode_on_synthetic_endpoints() {
-    if !tools_or_skip(&["rclone", "s5cmd"]) {
+    if !tools_or_skip(&["rclone"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -72,7 +72,7 @@ fn compare_limit_scale_and_report_run_in_tiny_mode_on_synthetic_endpoints() {
     })
     .expect("the bare relay and Laminar run and verify");
     let tools: Vec<&str> = l.runs.iter().map(|r| r.tool.as_str()).collect();
-    assert_eq!(tools, ["bare-relay", "laminar", "s5cmd-get"]);
+    assert_eq!(tools, laminar_bench::limit::LIMIT_TOOLS);
 
     let s = scale(&ScaleOptions {
         workloads: vec!["tiny".into()],

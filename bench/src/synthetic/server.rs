@@ -261,6 +261,9 @@ fn query_pairs(query: &str) -> Vec<(String, String)> {
 /// `Err(())` when unsatisfiable or malformed.
 pub fn parse_range(value: Option<&str>, size: u64) -> Result<Option<(u64, u64)>, ()> {
     let Some(value) = value else { return Ok(None) };
+    if size == 0 {
+        return Err(());
+    }
     let spec = value.trim().strip_prefix("bytes=").ok_or(())?;
     let (a, b) = spec.split_once('-').ok_or(())?;
     let (start, end_incl) = if a.is_empty() {
@@ -274,7 +277,7 @@ pub fn parse_range(value: Option<&str>, size: u64) -> Result<Option<(u64, u64)>,
         let end = if b.is_empty() { size.saturating_sub(1) } else { b.parse::<u64>().map_err(|_| ())?.min(size - 1) };
         (start, end)
     };
-    if size == 0 || start >= size || end_incl < start {
+    if start >= size || end_incl < start {
         return Err(());
     }
     Ok(Some((start, end_incl + 1)))

@@ -552,6 +552,9 @@ impl Source for S3Store {
                 // are not hashing here.
                 info.checksums.clear();
             }
+            if info.checksums.iter().any(|c| c.algo == hashers.primary.algo()) {
+                hashers.skip_md5();
+            }
             if let Some((start, end)) = range {
                 let got = head.content_length().unwrap_or(0);
                 if got != end - start {

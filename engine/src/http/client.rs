@@ -140,8 +140,11 @@ impl HttpClient {
     }
 
     async fn checkout(&self, endpoint: &Endpoint, op: &'static str, target: &str) -> Result<Conn> {
-        if let Some(conn) = self.inner.idle.borrow_mut().get_mut(endpoint).and_then(Vec::pop) {
-            return Ok(conn);
+        loop {
+            let Some(conn) = self.inner.idle.borrow_mut().get_mut(endpoint).and_then(Vec::pop) else { break };
+            if !conn.stream.peer_closed() {
+                return Ok(conn);
+            }
         }
         let connect = Stream::connect(endpoint, &self.inner.tls);
         let stream = match monoio::time::timeout(self.inner.connect_timeout, connect).await {

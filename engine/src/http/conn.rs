@@ -90,7 +90,8 @@ impl std::error::Error for TlsFailure {}
 /// A plain or TLS stream.
 pub(crate) enum Stream {
     Plain(TcpStream),
-    Tls(Box<monoio_rustls::ClientTlsStream<TcpStream>>),
+    /// The TLS stream, and its socket's descriptor (which the wrapper does not expose).
+    Tls(Box<monoio_rustls::ClientTlsStream<TcpStream>>, std::os::fd::RawFd),
 }
 
 impl Stream {
@@ -123,20 +124,20 @@ impl Stream {
             .connect(name, stream)
             .await
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, TlsFailure(e.to_string())))?;
-        Ok(Stream::Tls(Box::new(tls_stream)))
+        Ok(Stream::Tls(Box::new(tls_stream), fd))
     }
 
     pub(crate) async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
             Stream::Plain(s) => s.read(buf).await,
-            Stream::Tls(s) => s.read(buf).await,
+            Stream::Tls(s, _) => s.read(buf).await,
         }
     }
 
     pub(crate) async fn write_all<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
             Stream::Plain(s) => s.write_all(buf).await,
-            Stream::Tls(s) => s.write_all(buf).await,
+            Stream::Tls(s, _) => s.write_all(buf).await,
         }
     }
 
@@ -144,8 +145,29 @@ impl Stream {
         use monoio::io::AsyncWriteRent;
         match self {
             Stream::Plain(_) => Ok(()),
-            Stream::Tls(s) => s.flush().await,
+            Stream::Tls(s, _) => s.flush().await,
         }
+    }
+
+    /// Whether an idle keep-alive connection is no longer usable: the server closed
+    /// it, reset it, or sent something unasked (a TLS close notice, a 408). Checked
+    /// before reuse, because a request whose body streams from a ring cannot be sent
+    /// again on a fresh connection once its bytes are gone.
+    pub(crate) fn peer_closed(&self) -> bool {
+        let fd = match self {
+            Stream::Plain(s) => std::os::fd::AsRawFd::as_raw_fd(s),
+            Stream::Tls(_, fd) => *fd,
+        };
+        let mut byte = 0u8;
+        // SAFETY: `fd` is this stream's open socket (the stream owns it and is borrowed
+        // for the call), `byte` is a valid one-byte buffer, and MSG_PEEK | MSG_DONTWAIT
+        // neither consumes data nor blocks.
+        let n = unsafe { libc::recv(fd, (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+        if n < 0 {
+            let err = std::io::Error::last_os_error().raw_os_error();
+            return !matches!(err, Some(libc::EAGAIN) | Some(libc::EINTR));
+        }
+        true
     }
 }
 
