@@ -89,6 +89,9 @@ impl Pair {
                 let src = Synthetic::start(&SyntheticOptions::source(&workload.name, "src", "data/"))
                     .context("starting the source synthetic endpoint")?;
                 let dst = Synthetic::start(&SyntheticOptions::sink()).context("starting the destination endpoint")?;
+                // The source computes checksums and ETags on first use; do that now, so
+                // the first timed run does not pay for it.
+                src.manifest("src", "data/").context("warming up the source")?;
                 Ok(Pair::Synthetic { src, dst })
             }
         }

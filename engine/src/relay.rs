@@ -90,7 +90,7 @@ impl Default for RelayOptions {
         RelayOptions {
             workers: None,
             ram_buffer_bytes: laminar_tuning::default_ram_buffer_bytes(),
-            chunk_bytes: 256 << 10,
+            chunk_bytes: 1 << 20,
             part_size_bytes: 16 << 20,
             multipart_cutoff_bytes: 32 << 20,
             transfers: 64,

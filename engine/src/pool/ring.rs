@@ -3,7 +3,7 @@
 //! to the reader once written.
 //!
 //! This is how a part streams: the reader is at most the ring's chunks ahead of the
-//! writer, so a 16 MiB part moves through a few hundred KiB of memory, and each byte is
+//! writer, so a 16 MiB part moves through a few MiB of memory, and each byte is
 //! sent while still in the CPU cache it was received into. The ring owns its chunks
 //! for its whole life (granted all at once by the pool), so two rings can never wait on
 //! each other. Both sides are on one thread: no atomics, no locks.
