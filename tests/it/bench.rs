@@ -91,3 +91,24 @@ fn compare_limit_scale_and_report_run_in_tiny_mode_on_synthetic_endpoints() {
     let svg = std::fs::read_to_string(out.join("throughput.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("laminar"), "{svg:.200}");
 }
+
+#[test]
+fn micro_benchmarks_run_in_tiny_mode() {
+    use laminar_bench::micro::{run, table, Mode};
+
+    let results = run(Mode::Tiny);
+    let names: Vec<&str> = results.iter().map(|r| r.name.as_str()).collect();
+    for expected in ["crc32c", "Hasher sha256", "crc32c_combine", "pool acquire", "parse GET", "parse PUT", "SigV4"] {
+        assert!(names.iter().any(|n| n.contains(expected)), "no {expected:?} benchmark in {names:?}");
+    }
+    for r in &results {
+        assert!(r.iterations > 0, "{} ran no iterations", r.name);
+        assert!(r.seconds >= 0.0 && r.ns_per_op.is_finite(), "{r:?}");
+        assert!(r.bytes_per_second.is_none_or(|b| b.is_finite()), "{r:?}");
+    }
+    let again = run(Mode::Tiny);
+    let checksums = |rs: &[laminar_bench::micro::MicroResult]| rs.iter().map(|r| r.checksum).collect::<Vec<_>>();
+    assert_eq!(checksums(&results), checksums(&again), "each benchmark computes the same in every run");
+    let md = table(&results);
+    assert_eq!(md.lines().count(), results.len() + 2, "{md}");
+}

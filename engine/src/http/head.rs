@@ -45,8 +45,6 @@ impl ResponseHead {
         !self.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"))
     }
 
-    /// Parses a head from the start of `buf`; returns it and its length, or None if
-    /// more bytes are needed.
     /// Parses the head at the start of `buf`: `Ok(Some((head, length)))` once the
     /// blank line has arrived, `Ok(None)` while more bytes are needed.
     pub fn parse(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>, String> {
