@@ -135,6 +135,7 @@ pub fn crc32c_combine(crc_a: u32, crc_b: u32, len_b: u64) -> u32 {
     crc32c::crc32c_combine(crc_a, crc_b, len_b as usize)
 }
 
+#[derive(Clone)]
 enum State {
     Crc32c(u32),
     Crc64(crc64fast_nvme::Digest),
@@ -143,6 +144,7 @@ enum State {
 }
 
 /// A running checksum of one algorithm.
+#[derive(Clone)]
 pub struct Hasher {
     algo: ChecksumAlgo,
     state: State,
@@ -189,6 +191,7 @@ impl Hasher {
 
 /// The checksums a transfer computes while bytes stream: the chosen algorithm, and MD5
 /// when an ETag has to be checked.
+#[derive(Clone)]
 pub struct Hashers {
     /// The `--checksum` algorithm.
     pub primary: Hasher,

@@ -20,6 +20,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::ptr::NonNull;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 /// Alignment of every chunk, for O_DIRECT.
@@ -62,6 +64,8 @@ struct Inner {
     chunk_bytes: usize,
     chunk_count: usize,
     state: RefCell<State>,
+    /// Chunks in use, for the control plane; only this worker writes it.
+    in_use: Arc<AtomicUsize>,
 }
 
 /// A worker's pool of aligned chunks. Cheap to clone (an `Rc`).
@@ -73,6 +77,12 @@ pub struct BufferPool {
 impl BufferPool {
     /// Allocates `chunk_count` chunks of `chunk_bytes` each, up front.
     pub fn new(chunk_bytes: usize, chunk_count: usize) -> BufferPool {
+        BufferPool::with_gauge(chunk_bytes, chunk_count, Arc::default())
+    }
+
+    /// Like [`BufferPool::new`], keeping `in_use` current with the chunks in use, for
+    /// readers on other threads.
+    pub fn with_gauge(chunk_bytes: usize, chunk_count: usize, in_use: Arc<AtomicUsize>) -> BufferPool {
         assert!(
             chunk_bytes > 0 && chunk_bytes.is_multiple_of(CHUNK_ALIGN_BYTES),
             "chunk size must be a multiple of 4 KiB"
@@ -92,6 +102,7 @@ impl BufferPool {
                     waiters: VecDeque::new(),
                     next_ticket: 0,
                 }),
+                in_use,
             }),
         }
     }
@@ -109,6 +120,16 @@ impl BufferPool {
     /// Chunks free right now.
     pub fn free_chunks(&self) -> usize {
         self.inner.state.borrow().free.len()
+    }
+
+    /// A gauge of the chunks in use, kept current by the pool, readable from any thread.
+    pub fn in_use_gauge(&self) -> Arc<AtomicUsize> {
+        self.inner.in_use.clone()
+    }
+
+    fn publish(&self, state: &State) {
+        // A gauge read by other threads; nothing is ordered by it.
+        self.inner.in_use.store(self.inner.chunk_count - state.free.len(), Ordering::Relaxed);
     }
 
     /// Chunks needed to hold `bytes` (at least one, so even empty objects are paced).
@@ -131,6 +152,7 @@ impl BufferPool {
             let index = state.free.pop().expect("checked above");
             chunks.push(Chunk { pool: self.clone(), index, len: 0 });
         }
+        self.publish(&state);
         chunks
     }
 
@@ -139,6 +161,7 @@ impl BufferPool {
         debug_assert!(!state.free.contains(&index), "chunk {index} released twice");
         state.free.push(index);
         assert!(state.free.len() <= self.inner.chunk_count);
+        self.publish(&state);
         state.wake_front(0);
     }
 }

@@ -8,17 +8,21 @@
 //! with it; the last part to finish completes the upload. Results come back on a
 //! channel; the planner turns them into the report.
 
+mod engine;
 mod plan;
 mod progress;
 mod transfer;
+mod verify;
 mod worker;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use engine::{Engine, EngineOptions};
 pub use plan::{Filter, Planned};
 pub use progress::{ObjectProgress, Progress};
+pub use verify::{verify, VerifyProgress, VerifyReport};
 
 use crate::backend::Backend;
 use crate::checksum::ChecksumAlgo;
@@ -46,6 +50,15 @@ impl Location {
         let object = (!prefix.is_empty() && !prefix.ends_with('/')).then(|| prefix.to_string());
         let prefix = if prefix.is_empty() || prefix.ends_with('/') { prefix.to_string() } else { format!("{prefix}/") };
         Location { backend, prefix, object, display }
+    }
+
+    /// The remote's name for metric labels: `NAME` of `NAME:bucket/...`, or the
+    /// scheme (`s3`, `file`) of a URL. Never a bucket, key or secret.
+    pub fn remote_label(&self) -> &str {
+        match self.display.split_once("://") {
+            Some((scheme, _)) => scheme,
+            None => self.display.split_once(':').map_or("", |(name, _)| name),
+        }
     }
 }
 
@@ -170,8 +183,9 @@ pub(crate) struct Shared {
     pub(crate) dst: Location,
     pub(crate) objects: crossbeam_queue::ArrayQueue<Arc<transfer::ObjectJob>>,
     pub(crate) parts: crossbeam_queue::SegQueue<transfer::PartTask>,
-    /// Woken on every push, on the end of the listing, and on each finished object.
-    pub(crate) event: event_listener::Event,
+    /// The engine's event: woken on every push, on the end of the listing, and on
+    /// each finished object.
+    pub(crate) event: Arc<event_listener::Event>,
     pub(crate) listing_done: AtomicBool,
     /// Objects handed to workers and not yet finished.
     pub(crate) outstanding: AtomicUsize,
@@ -179,7 +193,8 @@ pub(crate) struct Shared {
     pub(crate) results: crossbeam_channel::Sender<ObjectResult>,
     pub(crate) progress: Arc<Progress>,
     pub(crate) pool_chunks_per_worker: usize,
-    pub(crate) in_flight_per_worker: usize,
+    /// Workers of the engine the relay runs on.
+    pub(crate) workers: usize,
     pub(crate) parts_in_flight_per_worker: usize,
 }
 
@@ -190,10 +205,26 @@ impl Shared {
         self.progress.stop.load(Ordering::Acquire)
     }
 
+    /// Objects each worker may move at once for this relay: its share of
+    /// [`Progress::transfers`], read live so that a relay can be scaled while it runs.
+    pub(crate) fn objects_in_flight_per_worker(&self) -> usize {
+        self.progress.transfers.load(Ordering::Relaxed).max(1).div_ceil(self.workers)
+    }
+
+    /// Whether the listing is done and every object handed out has finished.
+    pub(crate) fn finished(&self) -> bool {
+        // Pair with the Release store after planning and the AcqRel decrement in `finish`.
+        self.listing_done.load(Ordering::Acquire) && self.outstanding.load(Ordering::Acquire) == 0
+    }
+
     pub(crate) fn finish(&self, key: String, outcome: Outcome) {
         match &outcome {
-            Outcome::Copied { .. } | Outcome::Skipped { .. } => {
+            Outcome::Copied { .. } => {
                 self.progress.objects_done.fetch_add(1, Ordering::Relaxed);
+            }
+            Outcome::Skipped { .. } => {
+                self.progress.objects_done.fetch_add(1, Ordering::Relaxed);
+                self.progress.objects_skipped.fetch_add(1, Ordering::Relaxed);
             }
             Outcome::Failed { fatal, reason } => {
                 self.progress.objects_failed.fetch_add(1, Ordering::Relaxed);
@@ -211,9 +242,10 @@ impl Shared {
     }
 }
 
-/// Runs a relay from `src` to `dst`. `on_plan` sees each object a dry run would copy.
-/// Errors are returned for problems that stop the whole relay (bad location, no
-/// server, bad credentials); per-object failures are in the report.
+/// Runs a relay from `src` to `dst` on an engine of its own, started for it and
+/// stopped after it. `on_plan` sees each object a dry run would copy. Errors are
+/// returned for problems that stop the whole relay (bad location, no server, bad
+/// credentials); per-object failures are in the report.
 pub fn relay(
     src: Location,
     dst: Location,
@@ -222,108 +254,11 @@ pub fn relay(
     on_plan: &mut dyn FnMut(&Planned),
 ) -> Result<Report> {
     let started = Instant::now();
-    let (driver, fallback) = crate::runtime::select(opts.driver).map_err(Error::Usage)?;
-    if let Some(line) = fallback {
-        eprintln!("laminar: {line}");
-    }
-    let cpus = laminar_tuning::allowed_cpus();
-    let workers = opts.workers.unwrap_or(cpus.len()).max(1);
-    let per_worker_bytes = opts.ram_buffer_bytes / workers as u64;
-    let chunk = opts.chunk_bytes as u64;
-    let pool_chunks_per_worker = (per_worker_bytes / chunk) as usize;
-    if pool_chunks_per_worker < 2 {
-        return Err(Error::Usage(format!(
-            "--ram-buffer {} is too small for {workers} workers of {} chunks; give at least {}",
-            laminar_tuning::HumanBytes(opts.ram_buffer_bytes),
-            laminar_tuning::HumanBytes(chunk),
-            laminar_tuning::HumanBytes(2 * chunk * workers as u64)
-        )));
-    }
-    let in_flight_per_worker = opts.transfers.div_ceil(workers).max(1);
-    let parts_in_flight_per_worker = opts.part_streams.map_or(4, |n| n.div_ceil(workers)).max(1);
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let shared = Arc::new(Shared {
-        objects: crossbeam_queue::ArrayQueue::new(opts.queue_depth.max(1)),
-        parts: crossbeam_queue::SegQueue::new(),
-        event: event_listener::Event::new(),
-        listing_done: AtomicBool::new(false),
-        outstanding: AtomicUsize::new(0),
-        fatal: std::sync::Mutex::new(None),
-        results: tx,
-        progress: progress.clone(),
-        pool_chunks_per_worker,
-        in_flight_per_worker,
-        parts_in_flight_per_worker,
-        opts,
-        src,
-        dst,
-    });
-    let mut report =
-        Report { driver: Some(driver), workers, ram_buffer_bytes: shared.opts.ram_buffer_bytes, ..Report::default() };
-
-    // Check both sides before starting anything, so a wrong URL or key fails fast.
-    crate::runtime::block_on(driver, plan::check_locations(&shared))
-        .map_err(|e| Error::io("start", "runtime", e))??;
-
-    let handles: Vec<_> = if shared.opts.dry_run {
-        Vec::new()
-    } else {
-        (0..workers)
-            .map(|i| {
-                let shared = shared.clone();
-                let cpu = cpus.get(i % cpus.len().max(1)).copied();
-                std::thread::Builder::new()
-                    .name(format!("laminar-w{i}"))
-                    .spawn(move || worker::run(i, cpu, driver, shared))
-                    .expect("spawn worker thread")
-            })
-            .collect()
-    };
-
-    let planned = crate::runtime::block_on(driver, plan::plan(&shared, &rx, &mut report, on_plan))
-        .map_err(|e| Error::io("start", "runtime", e))?;
-    // Pairs with the Acquire loads in the workers' exit check.
-    shared.listing_done.store(true, Ordering::Release);
-    shared.event.notify(usize::MAX);
-    if planned.is_err() {
-        shared.progress.stop.store(true, Ordering::Release);
-    }
-    // Collect the rest of the results while workers finish. A result is sent before
-    // `outstanding` drops, so once it reads zero every result is already in the channel.
-    loop {
-        // Pairs with the AcqRel decrement in `Shared::finish`.
-        if shared.outstanding.load(Ordering::Acquire) == 0 {
-            while let Ok(result) = rx.try_recv() {
-                plan::record(&mut report, result);
-            }
-            break;
-        }
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(result) => plan::record(&mut report, result),
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                // Every worker gone with work outstanding means none could start: the
-                // fatal error they left says why.
-                if !handles.is_empty() && handles.iter().all(|h| h.is_finished()) {
-                    while let Ok(result) = rx.try_recv() {
-                        plan::record(&mut report, result);
-                    }
-                    break;
-                }
-            }
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
-        }
-    }
-    for handle in handles {
-        if let Err(panic) = handle.join() {
-            std::panic::resume_unwind(panic);
-        }
-    }
-    planned?;
-    if let Some(fatal) = shared.fatal.lock().expect("fatal lock").clone() {
-        return Err(Error::Usage(fatal));
-    }
+    let engine = Engine::start(&EngineOptions::from(&opts))?;
+    let result = engine.run(src, dst, opts, progress, on_plan);
+    engine.shutdown();
+    let mut report = result?;
     report.seconds = started.elapsed().as_secs_f64();
-    report.stopped = shared.stopped();
     Ok(report)
 }
 
@@ -341,6 +276,7 @@ where
             Ok(v) => return Ok(v),
             // Acquire pairs with the Release stores that set `stop`.
             Err(e) if e.is_retryable() && attempt < retries && !stop.load(Ordering::Acquire) => {
+                crate::metrics::record_error(&e, true);
                 let delay = crate::error::backoff_delay(
                     attempt,
                     Duration::from_millis(100),
@@ -350,7 +286,10 @@ where
                 monoio::time::sleep(delay).await;
                 attempt += 1;
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                crate::metrics::record_error(&e, false);
+                return Err(e);
+            }
         }
     }
 }

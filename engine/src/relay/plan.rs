@@ -55,19 +55,19 @@ pub struct Planned {
 }
 
 /// The source's version token: its ETag, or the file backend's size+mtime.
-fn version_of(entry: &Entry) -> String {
+pub(super) fn version_of(entry: &Entry) -> String {
     entry.etag.clone().or_else(|| entry.version.clone()).unwrap_or_default()
 }
 
 /// What the listings alone say about a source object that exists at the destination.
-enum Verdict {
+pub(super) enum Verdict {
     Copy,
     Skip,
     /// Same size, no comparable hash in the listing: ask the destination.
     CheckDest,
 }
 
-fn judge(src: &Entry, dst: &Entry) -> Verdict {
+pub(super) fn judge(src: &Entry, dst: &Entry) -> Verdict {
     if src.size != dst.size {
         return Verdict::Copy;
     }
@@ -86,6 +86,62 @@ fn judge(src: &Entry, dst: &Entry) -> Verdict {
     }
 }
 
+/// Which keys a relay or check covers, and where they list.
+pub(super) struct Scope {
+    /// The one object a path named, if it did.
+    single: Option<String>,
+    /// The source prefix keys are relative to.
+    src_prefix: String,
+    /// The prefix to list at the source.
+    pub(super) src_list: String,
+    /// The prefix to list at the destination.
+    pub(super) dst_list: String,
+}
+
+impl Scope {
+    /// The key relative to the source prefix, if the relay covers it.
+    pub(super) fn relative(&self, key: &str, filter: &Filter) -> Option<String> {
+        if self.single.as_ref().is_some_and(|k| k != key) {
+            return None;
+        }
+        let rel = &key[self.src_prefix.len()..];
+        (!rel.is_empty() && filter.accepts(rel)).then(|| rel.to_string())
+    }
+}
+
+/// A source path naming one object (`bucket/dir/file.txt`) covers that object, into
+/// the destination prefix, as `cp` would; otherwise the path is a prefix.
+pub(super) async fn scope(
+    src: &super::Location,
+    dst: &super::Location,
+    src_store: &std::rc::Rc<dyn Source>,
+    retries: u32,
+) -> Result<Scope> {
+    let never = std::sync::atomic::AtomicBool::new(false);
+    let single = match &src.object {
+        Some(key) => super::retry(retries, &never, || src_store.stat(key)).await?.map(|_| key.clone()),
+        None => None,
+    };
+    Ok(match single {
+        Some(key) => {
+            let base = key.rfind('/').map_or(String::new(), |i| key[..=i].to_string());
+            let name = &key[base.len()..];
+            Scope {
+                src_prefix: base,
+                src_list: key.clone(),
+                dst_list: format!("{}{name}", dst.prefix),
+                single: Some(key),
+            }
+        }
+        None => Scope {
+            single: None,
+            src_prefix: src.prefix.clone(),
+            src_list: src.prefix.clone(),
+            dst_list: dst.prefix.clone(),
+        },
+    })
+}
+
 pub(super) async fn check_locations(shared: &Shared) -> Result<()> {
     let ctx = WorkerCtx { http: HttpClient::default() };
     let retries = shared.opts.retries;
@@ -99,8 +155,10 @@ pub(super) async fn check_locations(shared: &Shared) -> Result<()> {
 }
 
 /// A listing read page by page.
-struct Cursor {
+pub(super) struct Cursor {
     store: std::rc::Rc<dyn Source>,
+    /// The remote's label, for latency metrics.
+    label: String,
     retries: u32,
     prefix: String,
     page: std::vec::IntoIter<Entry>,
@@ -110,11 +168,20 @@ struct Cursor {
 }
 
 impl Cursor {
-    fn new(store: std::rc::Rc<dyn Source>, prefix: String, retries: u32) -> Cursor {
-        Cursor { store, retries, prefix, page: Vec::new().into_iter(), token: None, started: false, last: None }
+    pub(super) fn new(store: std::rc::Rc<dyn Source>, label: &str, prefix: String, retries: u32) -> Cursor {
+        Cursor {
+            store,
+            label: label.to_string(),
+            retries,
+            prefix,
+            page: Vec::new().into_iter(),
+            token: None,
+            started: false,
+            last: None,
+        }
     }
 
-    async fn next(&mut self) -> Result<Option<Entry>> {
+    pub(super) async fn next(&mut self) -> Result<Option<Entry>> {
         loop {
             if let Some(entry) = self.page.next() {
                 if let Some(last) = &self.last {
@@ -135,7 +202,14 @@ impl Cursor {
             self.started = true;
             let token = self.token.take();
             let never = std::sync::atomic::AtomicBool::new(false);
-            let page = super::retry(self.retries, &never, || self.store.list(&self.prefix, token.clone())).await?;
+            let page = super::retry(self.retries, &never, || {
+                crate::metrics::timed(
+                    &self.label,
+                    crate::metrics::Op::List,
+                    self.store.list(&self.prefix, token.clone()),
+                )
+            })
+            .await?;
             self.token = page.next;
             self.page = page.entries.into_iter();
         }
@@ -170,39 +244,21 @@ pub(super) async fn plan(
     let ctx = WorkerCtx { http: HttpClient::default() };
     let retries = shared.opts.retries;
     let src_store = shared.src.backend.open_source(&ctx);
-    // A source path naming one object (`bucket/dir/file.txt`) relays that object into
-    // the destination prefix, as `cp` would; otherwise the path is a prefix.
-    let single = match &shared.src.object {
-        Some(key) => super::retry(retries, &shared.progress.stop, || src_store.stat(key)).await?.map(|_| key.clone()),
-        None => None,
-    };
-    let (src_prefix, src_list, dst_list) = match &single {
-        Some(key) => {
-            let base = key.rfind('/').map_or(String::new(), |i| key[..=i].to_string());
-            let name = &key[base.len()..];
-            (base, key.clone(), format!("{}{name}", shared.dst.prefix))
-        }
-        None => (shared.src.prefix.clone(), shared.src.prefix.clone(), shared.dst.prefix.clone()),
-    };
+    let scope = scope(&shared.src, &shared.dst, &src_store, retries).await?;
     let dst_prefix = shared.dst.prefix.clone();
     // An object that doesn't fit a worker's share of the RAM tier goes in parts, whatever
     // the cutoff: a single transfer holds all its bytes at once.
     let pool_bytes_per_worker = (shared.pool_chunks_per_worker * shared.opts.chunk_bytes) as u64;
     let multipart_cutoff_bytes = shared.opts.multipart_cutoff_bytes.min(pool_bytes_per_worker);
-    let mut src = Cursor::new(src_store, src_list, retries);
-    let mut dst = Cursor::new(shared.dst.backend.open_source(&ctx), dst_list, retries);
+    let mut src = Cursor::new(src_store, shared.src.remote_label(), scope.src_list.clone(), retries);
+    let mut dst =
+        Cursor::new(shared.dst.backend.open_source(&ctx), shared.dst.remote_label(), scope.dst_list.clone(), retries);
     let mut dst_head: Option<Entry> = dst.next().await?;
     while let Some(entry) = src.next().await? {
         if shared.stopped() {
             break;
         }
-        if single.as_ref().is_some_and(|k| *k != entry.key) {
-            continue;
-        }
-        let rel = entry.key[src_prefix.len()..].to_string();
-        if rel.is_empty() || !shared.opts.filter.accepts(&rel) {
-            continue;
-        }
+        let Some(rel) = scope.relative(&entry.key, &shared.opts.filter) else { continue };
         let dst_key = format!("{dst_prefix}{rel}");
         // Advance the destination listing to this key.
         while let Some(d) = &dst_head {
@@ -223,6 +279,7 @@ pub(super) async fn plan(
         if let Verdict::Skip = verdict {
             record(report, ObjectResult { key: entry.key.clone(), outcome: Outcome::Skipped { bytes: entry.size } });
             shared.progress.objects_done.fetch_add(1, Ordering::Relaxed);
+            shared.progress.objects_skipped.fetch_add(1, Ordering::Relaxed);
             continue;
         }
         if shared.opts.dry_run {

@@ -1,10 +1,12 @@
-//! Progress: live counters for the operator, and each object's resumable state.
+//! Progress: live counters and controls for the operator, and each object's
+//! resumable state.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 
 use crate::backend::PartRecord;
 
-/// Live counters, shared with the workers; read by progress bars and metrics.
+/// A running relay's handle: live counters, shared with the workers and read by
+/// progress bars and metrics, and the controls an operator turns while it runs.
 #[derive(Debug, Default)]
 pub struct Progress {
     /// Objects the planner has decided on.
@@ -13,6 +15,8 @@ pub struct Progress {
     pub bytes_total: AtomicU64,
     /// Objects finished (copied or skipped).
     pub objects_done: AtomicU64,
+    /// Of the objects finished, those skipped because the destination had them.
+    pub objects_skipped: AtomicU64,
     /// Objects failed.
     pub objects_failed: AtomicU64,
     /// Set to stop the relay: nothing new starts, transfers in flight finish or fail,
@@ -22,6 +26,14 @@ pub struct Progress {
     /// Bytes written to the destination so far (parts count as they land), for
     /// progress bars; the report counts only verified objects.
     pub bytes_done: AtomicU64,
+    /// Set to pause: workers start nothing new for this relay (transfers in flight
+    /// finish); cleared to resume. Wake the engine after clearing it
+    /// ([`super::Engine::wake`]).
+    pub paused: AtomicBool,
+    /// Objects in flight across all workers; the engine reads it live, so storing a
+    /// new value scales a running relay (wake the engine after raising it). Zero until
+    /// the relay starts, which stores the option's value.
+    pub transfers: AtomicUsize,
 }
 
 /// Everything needed to resume one object's multipart upload: which upload, how it

@@ -12,6 +12,7 @@ use super::{Outcome, Shared};
 use crate::backend::{provenance, CopySource, ObjectInfo, PartRecord, PutArgs, Sink, Source, Upload};
 use crate::checksum::{crc32c_combine, etag_is_md5, Checksum, ChecksumAlgo, Hashers};
 use crate::error::{Error, Result};
+use crate::metrics::{timed, Op};
 use crate::pool::{Body, BufferPool};
 
 /// What kind of transfer an object needs.
@@ -101,9 +102,20 @@ impl Ctx {
         super::retry(self.shared.opts.retries, &self.shared.progress.stop, op).await
     }
 
-    /// Counts bytes that reached the destination, for progress.
+    /// Counts bytes that reached the destination, for progress and metrics.
     fn landed(&self, bytes: u64) {
         self.shared.progress.bytes_done.fetch_add(bytes, Ordering::Relaxed);
+        crate::metrics::record_written(bytes);
+    }
+
+    /// Label of the source remote, for latency metrics.
+    fn src_label(&self) -> &str {
+        self.shared.src.remote_label()
+    }
+
+    /// Label of the destination remote, for latency metrics.
+    fn dst_label(&self) -> &str {
+        self.shared.dst.remote_label()
     }
 
     fn fail(&self, job: &ObjectJob, err: Error) {
@@ -114,7 +126,7 @@ impl Ctx {
     /// Whether the destination already holds this version (asked when listings could
     /// not tell).
     async fn already_there(&self, job: &ObjectJob) -> Result<bool> {
-        let info = self.retry(|| self.dst.stat(&job.dst_key)).await?;
+        let info = self.retry(|| timed(self.dst_label(), Op::Stat, self.dst.stat(&job.dst_key))).await?;
         Ok(info.is_some_and(|info| crate::backend::holds_version(&info, job.size, &job.src_version)))
     }
 }
@@ -195,9 +207,10 @@ async fn dir_marker(ctx: &Ctx, job: &ObjectJob) -> Result<()> {
 }
 
 async fn copy_small(ctx: &Ctx, job: &ObjectJob, source: CopySource) -> Result<()> {
-    let info = ctx.retry(|| ctx.src.stat(&job.src_key)).await?.ok_or_else(|| gone(job))?;
+    let info =
+        ctx.retry(|| timed(ctx.src_label(), Op::Stat, ctx.src.stat(&job.src_key))).await?.ok_or_else(|| gone(job))?;
     let args = put_args(&info, &job.src_version, info.checksums.first());
-    ctx.retry(|| ctx.dst.copy_object(&source, &job.dst_key, &args)).await
+    ctx.retry(|| timed(ctx.dst_label(), Op::Copy, ctx.dst.copy_object(&source, &job.dst_key, &args))).await
 }
 
 fn gone(job: &ObjectJob) -> Error {
@@ -214,7 +227,8 @@ async fn small(ctx: &Ctx, job: &ObjectJob) -> Result<()> {
     ctx.retry(|| async {
         let chunks = ctx.pool.acquire(ctx.pool.chunks_for(job.size)).await;
         let mut hashers = Hashers::new(algo, wants_md5(ctx));
-        let (body, info) = ctx.src.read(&job.src_key, None, Body::new(chunks), &mut hashers).await?;
+        let (body, info) =
+            timed(ctx.src_label(), Op::Get, ctx.src.read(&job.src_key, None, Body::new(chunks), &mut hashers)).await?;
         if body.len() != job.size {
             return Err(Error::protocol(
                 "get",
@@ -229,7 +243,7 @@ async fn small(ctx: &Ctx, job: &ObjectJob) -> Result<()> {
         let (sum, md5) = hashers.finish();
         verify_source(&job.src_key, &info, &sum, md5.as_deref())?;
         let args = put_args(&info, &job.src_version, Some(&sum));
-        ctx.dst.put(&job.dst_key, body, &sum, md5.as_deref(), &args).await.map(drop)
+        timed(ctx.dst_label(), Op::Put, ctx.dst.put(&job.dst_key, body, &sum, md5.as_deref(), &args)).await.map(drop)
     })
     .await
 }
@@ -283,13 +297,16 @@ async fn plan_large(ctx: &Ctx, job: &ObjectJob) -> Result<u32> {
             laminar_tuning::HumanBytes(pool_bytes)
         )));
     }
-    let info = ctx.retry(|| ctx.src.stat(&job.src_key)).await?.ok_or_else(|| gone(job))?;
+    let info =
+        ctx.retry(|| timed(ctx.src_label(), Op::Stat, ctx.src.stat(&job.src_key))).await?.ok_or_else(|| gone(job))?;
     if info.size != job.size {
         return Err(Error::protocol("stat", &job.src_key, "the object changed size during the relay"));
     }
     let args = put_args(&info, &job.src_version, None);
     let algo = copy.is_none().then_some(ctx.shared.opts.checksum);
-    let upload = ctx.retry(|| ctx.dst.create_multipart(&job.dst_key, job.size, &args, algo)).await?;
+    let upload = ctx
+        .retry(|| timed(ctx.dst_label(), Op::Create, ctx.dst.create_multipart(&job.dst_key, job.size, &args, algo)))
+        .await?;
     let count = {
         let mut progress = job.progress.lock().expect("progress lock");
         progress.part_size = part_size;
@@ -362,12 +379,15 @@ async fn part_whole(ctx: &Ctx, job: &ObjectJob, upload_id: &str, index: u32, ran
     // No MD5 here: each part carries its CRC, which the store verifies, and a ranged
     // read has no ETag to check against.
     let mut hashers = Hashers::new(algo, false);
-    let (body, _) = ctx.src.read(&job.src_key, Some(range), Body::new(chunks), &mut hashers).await?;
+    let (body, _) =
+        timed(ctx.src_label(), Op::Get, ctx.src.read(&job.src_key, Some(range), Body::new(chunks), &mut hashers))
+            .await?;
     if body.len() != len {
         return Err(Error::protocol("get", &job.src_key, format!("part {} came back short", index + 1)));
     }
     let (sum, md5) = hashers.finish();
-    let etag = ctx.dst.upload_part(&job.dst_key, upload_id, index + 1, range.0, body, &sum, md5.as_deref()).await?;
+    let put = ctx.dst.upload_part(&job.dst_key, upload_id, index + 1, range.0, body, &sum, md5.as_deref());
+    let etag = timed(ctx.dst_label(), Op::PutPart, put).await?;
     Ok(PartRecord { number: index + 1, offset: range.0, len, etag, checksum: sum })
 }
 
@@ -388,7 +408,7 @@ async fn part_streamed(
     let read_failed_first = std::cell::Cell::new(false);
     let read = async {
         let mut hashers = Hashers::new(algo, false);
-        match ctx.src.read_stream(&job.src_key, range, &filler, &mut hashers).await {
+        match timed(ctx.src_label(), Op::Get, ctx.src.read_stream(&job.src_key, range, &filler, &mut hashers)).await {
             Ok(()) => {
                 let sum = hashers.finish().0;
                 filler.finish(sum.clone());
@@ -401,7 +421,11 @@ async fn part_streamed(
             }
         }
     };
-    let write = ctx.dst.upload_part_stream(&job.dst_key, upload_id, index + 1, len, algo, drain);
+    let write = timed(
+        ctx.dst_label(),
+        Op::PutPart,
+        ctx.dst.upload_part_stream(&job.dst_key, upload_id, index + 1, len, algo, drain),
+    );
     let (read, write) = monoio::join!(read, write);
     let (sum, etag) = match (read, write) {
         (Ok(sum), Ok(etag)) => (sum, etag),
@@ -419,7 +443,11 @@ async fn copy_part(
     range: (u64, u64),
     source: &CopySource,
 ) -> Result<PartRecord> {
-    let etag = ctx.retry(|| ctx.dst.copy_part(source, &job.dst_key, upload_id, index + 1, range)).await?;
+    let etag = ctx
+        .retry(|| {
+            timed(ctx.dst_label(), Op::Copy, ctx.dst.copy_part(source, &job.dst_key, upload_id, index + 1, range))
+        })
+        .await?;
     Ok(PartRecord {
         number: index + 1,
         offset: range.0,
@@ -473,5 +501,12 @@ async fn complete(ctx: &Ctx, job: &ObjectJob, upload: &Upload, parts: &[PartReco
             }
         }
     }
-    ctx.retry(|| ctx.dst.complete_multipart(&job.dst_key, upload, parts, full.as_ref(), &args)).await
+    ctx.retry(|| {
+        timed(
+            ctx.dst_label(),
+            Op::Complete,
+            ctx.dst.complete_multipart(&job.dst_key, upload, parts, full.as_ref(), &args),
+        )
+    })
+    .await
 }

@@ -1,92 +1,175 @@
-//! A worker: one pinned thread, one event loop, one buffer pool, its own connections.
+//! A worker: one pinned thread, one event loop, one buffer pool, its own connections,
+//! serving every relay that runs on the engine.
 
 use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::engine::EngineInner;
 use super::transfer::{self, Ctx};
 use super::Shared;
 use crate::backend::WorkerCtx;
 use crate::http::HttpClient;
+use crate::metrics::WorkerStats;
 use crate::pool::BufferPool;
 use crate::runtime::Driver;
 
-pub(super) fn run(index: usize, cpu: Option<usize>, driver: Driver, shared: Arc<Shared>) {
-    if let Some(cpu) = cpu {
+/// Tells the engine whether this worker's event loop started (Err names why not).
+pub(super) type Ready = crossbeam_channel::Sender<Result<(), String>>;
+
+pub(super) fn run(index: usize, engine: Arc<EngineInner>, ready: Ready) {
+    let stats = engine.workers[index].clone();
+    if let Some(cpu) = stats.cpu {
         if let Err(e) = laminar_tuning::pin_current_thread(cpu) {
             eprintln!("laminar: worker {index} not pinned to CPU {cpu}: {e}");
         }
     }
-    let mut result = crate::runtime::block_on(driver, run_loop(shared.clone()));
+    crate::metrics::set_thread_shard(stats.shard.clone());
+    let driver = engine.driver;
+    let mut result = crate::runtime::block_on(driver, run_loop(engine.clone(), index, driver, ready.clone()));
     if let (Err(e), Driver::IoUring) = (&result, driver) {
         // The probe passed on the main thread, but this thread's ring could not be made
         // (e.g. a per-thread memlock charge on old kernels): carry on with epoll.
         eprintln!("laminar: worker {index}: io_uring ring could not be created ({e}); using epoll for this worker");
-        result = crate::runtime::block_on(Driver::Epoll, run_loop(shared.clone()));
+        result = crate::runtime::block_on(Driver::Epoll, run_loop(engine.clone(), index, Driver::Epoll, ready.clone()));
     }
     if let Err(e) = result {
-        // No event loop at all: stop the relay loudly rather than leave work unclaimed.
-        eprintln!("laminar: worker {index} could not start an event loop: {e}");
-        *shared.fatal.lock().expect("fatal lock") = Some(format!("worker {index} could not start an event loop: {e}"));
-        // Pairs with the Acquire loads in `Shared::stopped`.
-        shared.progress.stop.store(true, Ordering::Release);
-        shared.event.notify(usize::MAX);
+        // No event loop at all: the engine refuses to start, naming the cause.
+        let _ = ready.send(Err(format!("worker {index} could not start an event loop: {e}")));
     }
 }
 
-async fn run_loop(shared: Arc<Shared>) {
-    let wctx = WorkerCtx { http: HttpClient::default() };
-    let ctx = Rc::new(Ctx {
-        src: shared.src.backend.open_source(&wctx),
-        dst: shared.dst.backend.open_sink(&wctx),
-        pool: BufferPool::new(shared.opts.chunk_bytes, shared.pool_chunks_per_worker),
-        shared: shared.clone(),
-    });
-    let objects_in_flight = Rc::new(Cell::new(0usize));
-    let parts_in_flight = Rc::new(Cell::new(0usize));
-    let objects_max = shared.in_flight_per_worker;
-    let parts_max = shared.parts_in_flight_per_worker;
-    let can_take = || {
-        (parts_in_flight.get() < parts_max && !shared.parts.is_empty())
-            || (objects_in_flight.get() < objects_max && !shared.objects.is_empty())
-    };
-    loop {
+/// One relay as this worker sees it: its stores opened on this worker's connections,
+/// and what this worker has in flight for it.
+struct Slot {
+    shared: Arc<Shared>,
+    ctx: Rc<Ctx>,
+    objects: Rc<Cell<usize>>,
+    parts: Rc<Cell<usize>>,
+}
+
+impl Slot {
+    fn idle(&self) -> bool {
+        self.objects.get() == 0 && self.parts.get() == 0
+    }
+
+    /// Whether this relay has a task this worker may start now. A paused relay gives
+    /// none, unless it is also stopped: then its queue drains as "not attempted".
+    fn can_take(&self) -> bool {
+        let s = &self.shared;
+        if s.progress.paused.load(Ordering::Acquire) && !s.stopped() {
+            return false;
+        }
+        (self.parts.get() < s.parts_in_flight_per_worker && !s.parts.is_empty())
+            || (self.objects.get() < s.objects_in_flight_per_worker() && !s.objects.is_empty())
+    }
+
+    /// Starts one task if the relay has one this worker may take.
+    fn take_one(&self, stats: &Arc<WorkerStats>) -> bool {
+        if !self.can_take() {
+            return false;
+        }
+        let s = &self.shared;
         // Parts first: finishing started objects keeps uploads and memory few.
-        if parts_in_flight.get() < parts_max {
-            if let Some(task) = shared.parts.pop() {
-                spawn(&shared, &parts_in_flight, transfer::run_part(ctx.clone(), task));
-                continue;
+        if self.parts.get() < s.parts_in_flight_per_worker {
+            if let Some(task) = s.parts.pop() {
+                spawn(s, &self.parts, stats, true, transfer::run_part(self.ctx.clone(), task));
+                return true;
             }
         }
-        if objects_in_flight.get() < objects_max {
-            if let Some(job) = shared.objects.pop() {
-                spawn(&shared, &objects_in_flight, transfer::run_object(ctx.clone(), job));
-                continue;
+        if self.objects.get() < s.objects_in_flight_per_worker() {
+            if let Some(job) = s.objects.pop() {
+                spawn(s, &self.objects, stats, false, transfer::run_object(self.ctx.clone(), job));
+                return true;
             }
         }
-        let listener = shared.event.listen();
-        // Re-check after registering, so a push or completion in between is not missed.
-        if can_take() {
+        false
+    }
+}
+
+async fn run_loop(engine: Arc<EngineInner>, index: usize, driver: Driver, ready: Ready) {
+    let stats = engine.workers[index].clone();
+    let wctx = WorkerCtx { http: HttpClient::default() };
+    let pool = BufferPool::with_gauge(engine.chunk_bytes, engine.pool_chunks_per_worker, stats.pool_in_use.clone());
+    stats.pool_chunks.store(pool.chunk_count(), Ordering::Relaxed);
+    stats.chunk_bytes.store(pool.chunk_bytes(), Ordering::Relaxed);
+    stats.started(driver);
+    // Pairs with the Acquire loads in `Engine::ready` and the relays' collect loops.
+    engine.alive.fetch_add(1, Ordering::AcqRel);
+    let _ = ready.send(Ok(()));
+    let mut slots: Vec<Slot> = Vec::new();
+    let mut seen_generation = u64::MAX;
+    let mut turn = 0usize;
+    loop {
+        // Pairs with the AcqRel bump in `EngineInner::set_jobs`.
+        let generation = engine.generation.load(Ordering::Acquire);
+        if generation != seen_generation {
+            seen_generation = generation;
+            let jobs = engine.jobs();
+            for job in &jobs {
+                if !slots.iter().any(|s| Arc::ptr_eq(&s.shared, job)) {
+                    slots.push(Slot {
+                        ctx: Rc::new(Ctx {
+                            src: job.src.backend.open_source(&wctx),
+                            dst: job.dst.backend.open_sink(&wctx),
+                            pool: pool.clone(),
+                            shared: job.clone(),
+                        }),
+                        shared: job.clone(),
+                        objects: Rc::new(Cell::new(0)),
+                        parts: Rc::new(Cell::new(0)),
+                    });
+                }
+            }
+            // A relay that ended leaves once this worker holds nothing of it.
+            slots.retain(|s| !s.idle() || jobs.iter().any(|j| Arc::ptr_eq(j, &s.shared)));
+        }
+        // One task per relay per pass, starting from a different relay each pass.
+        let mut took = false;
+        for i in 0..slots.len() {
+            took |= slots[(turn + i) % slots.len()].take_one(&stats);
+        }
+        turn = turn.wrapping_add(1);
+        if took {
             continue;
         }
-        let idle = objects_in_flight.get() == 0 && parts_in_flight.get() == 0;
-        if idle && shared.listing_done.load(Ordering::Acquire) && shared.outstanding.load(Ordering::Acquire) == 0 {
+        let listener = engine.event.listen();
+        // Re-check after registering, so a push, completion or new relay in between
+        // is not missed.
+        if engine.generation.load(Ordering::Acquire) != seen_generation || slots.iter().any(Slot::can_take) {
+            continue;
+        }
+        slots.retain(|s| !(s.idle() && s.shared.finished()));
+        // Pairs with the Release store in `Engine::shutdown`.
+        if engine.shutdown.load(Ordering::Acquire) && slots.iter().all(Slot::idle) && engine.jobs().is_empty() {
             break;
         }
         listener.await;
     }
+    engine.alive.fetch_sub(1, Ordering::AcqRel);
 }
 
 /// Runs a task on this worker, counting it in `in_flight` until it ends. Its end
 /// wakes the workers, which may now take more work or exit.
-fn spawn(shared: &Arc<Shared>, in_flight: &Rc<Cell<usize>>, task: impl std::future::Future<Output = ()> + 'static) {
+fn spawn(
+    shared: &Arc<Shared>,
+    in_flight: &Rc<Cell<usize>>,
+    stats: &Arc<WorkerStats>,
+    part: bool,
+    task: impl std::future::Future<Output = ()> + 'static,
+) {
     in_flight.set(in_flight.get() + 1);
+    let gauge = if part { &stats.parts_in_flight } else { &stats.objects_in_flight };
+    gauge.fetch_add(1, Ordering::Relaxed);
     let in_flight = in_flight.clone();
     let shared = shared.clone();
+    let stats = stats.clone();
     monoio::spawn(async move {
         task.await;
         in_flight.set(in_flight.get() - 1);
+        let gauge = if part { &stats.parts_in_flight } else { &stats.objects_in_flight };
+        gauge.fetch_sub(1, Ordering::Relaxed);
         shared.event.notify(usize::MAX);
     });
 }

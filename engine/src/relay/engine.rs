@@ -1,0 +1,305 @@
+//! The engine: workers that outlive any one relay, shared by every relay running.
+//!
+//! `laminar relay` starts an engine, runs one relay on it and stops it; `laminar
+//! serve` keeps one for months and runs many relays (jobs) on it side by side. The
+//! workers, their RAM pools and their connection pools belong to the engine; a relay
+//! brings its queues and its controls ([`Progress`]). Workers take work from the
+//! relays in turn, one task per relay per pass, so a relay with a deep queue cannot
+//! starve one that has just started, and memory stays bounded by the pools whatever
+//! the number of relays.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::{plan, worker, Location, ObjectResult, Progress, RelayOptions, Report, Shared};
+use crate::error::{Error, Result};
+use crate::metrics::WorkerStats;
+use crate::runtime::{Driver, DriverChoice};
+
+/// How an engine runs: the resources every relay on it shares.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Worker threads; None = one per allowed CPU.
+    pub workers: Option<usize>,
+    /// Total RAM tier, split evenly between workers.
+    pub ram_buffer_bytes: u64,
+    /// Size of each pool chunk.
+    pub chunk_bytes: usize,
+    /// Event-loop driver.
+    pub driver: DriverChoice,
+}
+
+impl From<&RelayOptions> for EngineOptions {
+    fn from(o: &RelayOptions) -> EngineOptions {
+        EngineOptions {
+            workers: o.workers,
+            ram_buffer_bytes: o.ram_buffer_bytes,
+            chunk_bytes: o.chunk_bytes,
+            driver: o.driver,
+        }
+    }
+}
+
+/// State the workers share with the engine's owner.
+pub(crate) struct EngineInner {
+    /// Woken when work is queued, a task ends, a relay is added or removed, a relay
+    /// is resumed or scaled, and at shutdown.
+    pub(crate) event: Arc<event_listener::Event>,
+    /// Relays running now.
+    jobs: Mutex<Vec<Arc<Shared>>>,
+    /// Bumped on every change to `jobs`, so workers re-read it only then.
+    pub(crate) generation: AtomicU64,
+    pub(crate) shutdown: AtomicBool,
+    pub(crate) driver: Driver,
+    pub(crate) chunk_bytes: usize,
+    pub(crate) pool_chunks_per_worker: usize,
+    pub(crate) workers: Vec<Arc<WorkerStats>>,
+    /// Workers whose event loop is running.
+    pub(crate) alive: AtomicUsize,
+}
+
+impl EngineInner {
+    /// The relays running now.
+    pub(crate) fn jobs(&self) -> Vec<Arc<Shared>> {
+        self.jobs.lock().expect("jobs lock").clone()
+    }
+
+    fn set_jobs(&self, f: impl FnOnce(&mut Vec<Arc<Shared>>)) {
+        f(&mut self.jobs.lock().expect("jobs lock"));
+        // Pairs with the Acquire load in the workers' loop.
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.event.notify(usize::MAX);
+    }
+}
+
+/// Workers, RAM pools and connection pools, shared by the relays run on them.
+pub struct Engine {
+    inner: Arc<EngineInner>,
+    handles: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl Engine {
+    /// Starts the workers and waits until every one runs its event loop. Fails with a
+    /// usage error naming the fix when the RAM buffer is too small, the driver asked
+    /// for is unavailable, or no event loop can start.
+    pub fn start(opts: &EngineOptions) -> Result<Engine> {
+        let (driver, fallback) = crate::runtime::select(opts.driver).map_err(Error::Usage)?;
+        if let Some(line) = fallback {
+            eprintln!("laminar: {line}");
+        }
+        let cpus = laminar_tuning::allowed_cpus();
+        let workers = opts.workers.unwrap_or(cpus.len()).max(1);
+        let chunk = opts.chunk_bytes as u64;
+        let pool_chunks_per_worker = (opts.ram_buffer_bytes / workers as u64 / chunk) as usize;
+        if pool_chunks_per_worker < 2 {
+            return Err(Error::Usage(format!(
+                "--ram-buffer {} is too small for {workers} workers of {} chunks; give at least {}",
+                laminar_tuning::HumanBytes(opts.ram_buffer_bytes),
+                laminar_tuning::HumanBytes(chunk),
+                laminar_tuning::HumanBytes(2 * chunk * workers as u64)
+            )));
+        }
+        let stats: Vec<Arc<WorkerStats>> =
+            (0..workers).map(|i| Arc::new(WorkerStats::new(i, cpus.get(i % cpus.len().max(1)).copied()))).collect();
+        let inner = Arc::new(EngineInner {
+            event: Arc::new(event_listener::Event::new()),
+            jobs: Mutex::new(Vec::new()),
+            generation: AtomicU64::new(0),
+            shutdown: AtomicBool::new(false),
+            driver,
+            chunk_bytes: opts.chunk_bytes,
+            pool_chunks_per_worker,
+            workers: stats,
+            alive: AtomicUsize::new(0),
+        });
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded(workers);
+        let handles = (0..workers)
+            .map(|i| {
+                let inner = inner.clone();
+                let ready = ready_tx.clone();
+                std::thread::Builder::new()
+                    .name(format!("laminar-w{i}"))
+                    .spawn(move || worker::run(i, inner, ready))
+                    .expect("spawn worker thread")
+            })
+            .collect();
+        let engine = Engine { inner, handles: Mutex::new(handles) };
+        for _ in 0..workers {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(why)) => {
+                    engine.shutdown();
+                    return Err(Error::Usage(why));
+                }
+                Err(_) => {
+                    engine.shutdown();
+                    return Err(Error::Usage("a worker thread ended before its event loop started".into()));
+                }
+            }
+        }
+        Ok(engine)
+    }
+
+    /// The driver the workers run (a worker whose ring could not be made runs epoll;
+    /// see [`Engine::workers`]).
+    pub fn driver(&self) -> Driver {
+        self.inner.driver
+    }
+
+    /// Per-worker live state and metric shards.
+    pub fn workers(&self) -> &[Arc<WorkerStats>] {
+        &self.inner.workers
+    }
+
+    /// Bytes of RAM tier each worker owns.
+    pub fn ram_buffer_bytes(&self) -> u64 {
+        (self.inner.pool_chunks_per_worker * self.inner.chunk_bytes * self.inner.workers.len()) as u64
+    }
+
+    /// Whether every worker's event loop is running.
+    pub fn ready(&self) -> bool {
+        !self.inner.shutdown.load(Ordering::Acquire)
+            && self.inner.alive.load(Ordering::Acquire) == self.inner.workers.len()
+    }
+
+    /// Wakes the workers, after a relay's controls changed ([`Progress::paused`]
+    /// cleared, [`Progress::transfers`] raised).
+    pub fn wake(&self) {
+        self.inner.event.notify(usize::MAX);
+    }
+
+    /// Runs one relay from `src` to `dst` on this engine's workers, and returns its
+    /// report when every object is done, failed, or not attempted because the relay
+    /// was stopped. Other relays may run at the same time from other threads. The
+    /// engine-wide fields of `opts` (workers, RAM buffer, chunk size, driver) are the
+    /// engine's, not the relay's.
+    pub fn run(
+        &self,
+        src: Location,
+        dst: Location,
+        mut opts: RelayOptions,
+        progress: Arc<Progress>,
+        on_plan: &mut dyn FnMut(&super::Planned),
+    ) -> Result<Report> {
+        let started = Instant::now();
+        let inner = &self.inner;
+        if inner.shutdown.load(Ordering::Acquire) {
+            return Err(Error::Usage("the engine is shutting down; no new relay can start".into()));
+        }
+        let workers = inner.workers.len();
+        opts.chunk_bytes = inner.chunk_bytes;
+        opts.workers = Some(workers);
+        opts.driver = match inner.driver {
+            Driver::IoUring => DriverChoice::IoUring,
+            Driver::Epoll => DriverChoice::Epoll,
+        };
+        if progress.transfers.load(Ordering::Relaxed) == 0 {
+            progress.transfers.store(opts.transfers.max(1), Ordering::Relaxed);
+        }
+        let parts_in_flight_per_worker = opts.part_streams.map_or(4, |n| n.div_ceil(workers)).max(1);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let shared = Arc::new(Shared {
+            objects: crossbeam_queue::ArrayQueue::new(opts.queue_depth.max(1)),
+            parts: crossbeam_queue::SegQueue::new(),
+            event: inner.event.clone(),
+            listing_done: AtomicBool::new(false),
+            outstanding: AtomicUsize::new(0),
+            fatal: Mutex::new(None),
+            results: tx,
+            progress,
+            pool_chunks_per_worker: inner.pool_chunks_per_worker,
+            workers,
+            parts_in_flight_per_worker,
+            opts,
+            src,
+            dst,
+        });
+        let mut report = Report {
+            driver: Some(inner.driver),
+            workers,
+            ram_buffer_bytes: self.ram_buffer_bytes(),
+            ..Report::default()
+        };
+
+        // Check both sides before starting anything, so a wrong URL or key fails fast.
+        crate::runtime::block_on(inner.driver, plan::check_locations(&shared))
+            .map_err(|e| Error::io("start", "runtime", e))??;
+
+        let dry_run = shared.opts.dry_run;
+        if !dry_run {
+            inner.set_jobs(|jobs| jobs.push(shared.clone()));
+        }
+        let planned = crate::runtime::block_on(inner.driver, plan::plan(&shared, &rx, &mut report, on_plan))
+            .map_err(|e| Error::io("start", "runtime", e));
+        // Pairs with the Acquire loads in the workers' exit check.
+        shared.listing_done.store(true, Ordering::Release);
+        shared.event.notify(usize::MAX);
+        if !matches!(planned, Ok(Ok(()))) {
+            // Pairs with the Acquire loads in `Shared::stopped`.
+            shared.progress.stop.store(true, Ordering::Release);
+        }
+        self.collect(&shared, &rx, &mut report);
+        if !dry_run {
+            inner.set_jobs(|jobs| jobs.retain(|j| !Arc::ptr_eq(j, &shared)));
+        }
+        planned??;
+        if let Some(fatal) = shared.fatal.lock().expect("fatal lock").clone() {
+            return Err(Error::Usage(fatal));
+        }
+        report.seconds = started.elapsed().as_secs_f64();
+        report.stopped = shared.stopped();
+        Ok(report)
+    }
+
+    /// Collects results until every object handed to the workers is finished.
+    fn collect(&self, shared: &Shared, rx: &crossbeam_channel::Receiver<ObjectResult>, report: &mut Report) {
+        // A result is sent before `outstanding` drops, so once it reads zero every
+        // result is already in the channel.
+        loop {
+            // Pairs with the AcqRel decrement in `Shared::finish`.
+            if shared.outstanding.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(result) => plan::record(report, result),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    // No worker left with work outstanding: the fatal error the last
+                    // one left says why.
+                    if self.inner.alive.load(Ordering::Acquire) == 0 {
+                        break;
+                    }
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        while let Ok(result) = rx.try_recv() {
+            plan::record(report, result);
+        }
+    }
+
+    /// Stops every relay still running (as [`Progress::stop`] would), lets the
+    /// workers finish what they hold, and joins them. Idempotent.
+    pub fn shutdown(&self) {
+        // Pairs with the Acquire loads in the workers' exit check.
+        self.inner.shutdown.store(true, Ordering::Release);
+        for job in self.inner.jobs() {
+            job.progress.stop.store(true, Ordering::Release);
+        }
+        self.inner.event.notify(usize::MAX);
+        let handles: Vec<_> = std::mem::take(&mut *self.handles.lock().expect("handles lock"));
+        for handle in handles {
+            if let Err(panic) = handle.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.shutdown();
+        }
+    }
+}
