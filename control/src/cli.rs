@@ -48,6 +48,10 @@ enum Command {
     },
     /// Generate a sample dataset, relay it through the engine, verify and clean up
     Demo(DemoArgs),
+    /// Run the appliance: the workers plus the HTTP control API, metrics and dashboard
+    Serve(crate::serve::ServeArgs),
+    /// Drive a running appliance: submit, list, show, pause, resume, cancel, scale, verify
+    Job(crate::client::JobArgs),
 }
 
 /// Engine flags shared by `relay` and `demo`.
@@ -161,6 +165,8 @@ pub fn main() -> ExitCode {
         Command::Relay(args) => run_relay(cli.config.as_deref(), args),
         Command::Ls { url, driver } => run_ls(cli.config.as_deref(), &url, &driver),
         Command::Demo(args) => crate::demo::run(args),
+        Command::Serve(args) => crate::serve::run(cli.config.as_deref(), args),
+        Command::Job(args) => crate::client::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -280,7 +286,8 @@ pub fn relay_with_progress(
     Ok(result?)
 }
 
-fn draw_progress(progress: &Progress, done: &AtomicBool) {
+/// The progress bar of `laminar relay`, also drawn by `laminar job show --follow`.
+pub fn progress_bar() -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -288,6 +295,11 @@ fn draw_progress(progress: &Progress, done: &AtomicBool) {
         )
         .expect("valid template"),
     );
+    bar
+}
+
+fn draw_progress(progress: &Progress, done: &AtomicBool) {
+    let bar = progress_bar();
     while !done.load(Ordering::Acquire) {
         bar.set_length(progress.bytes_total.load(Ordering::Relaxed));
         bar.set_position(progress.bytes_done.load(Ordering::Relaxed));

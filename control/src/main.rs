@@ -3,11 +3,18 @@
 //! The binary's edge: parses flags, reads `laminar.toml`, draws progress, prints the
 //! summary or JSON, and maps outcomes to exit codes (0 all verified, 1 some object
 //! failed, 2 usage or configuration error). Errors are one line, never a trace.
+//! `laminar serve` runs the appliance (engine plus HTTP control sidecar) and
+//! `laminar job` is its command-line client.
 
 #![forbid(unsafe_code)]
 
+mod api;
 mod cli;
+mod client;
 mod demo;
+mod jobs;
+mod metrics;
+mod serve;
 
 use std::process::ExitCode;
 

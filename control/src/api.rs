@@ -1,0 +1,258 @@
+//! The HTTP control sidecar: the JSON API under `/v1`, probes, metrics and the
+//! dashboard, on axum. It is not the byte path: every handler is a few lock-held
+//! reads or a hand-off to a job's thread.
+//!
+//! Every error is JSON, `{"error": "..."}`, with the status saying whose fault it is:
+//! 400 malformed JSON, 422 a well-formed request naming something wrong (unknown
+//! field, unknown remote, bad URL, bad value), 401 a missing or wrong token, 404 an
+//! unknown job or route, 405 a wrong method, 409 an action the job's state does not
+//! allow (naming the state), 503 while shutting down. A client's mistake is never a 500.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use crate::jobs::{JobError, JobSpec, Jobs};
+
+/// The OpenAPI document, served at `/v1/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+/// The dashboard, served at `/`.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct App {
+    /// The jobs and their engine.
+    pub jobs: Arc<Jobs>,
+    /// The bearer token, when the API requires one.
+    pub token: Option<Arc<String>>,
+}
+
+/// An error answer.
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError { status, message: message.into() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, axum::Json(json!({ "error": self.message }))).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// The one place job errors become statuses.
+impl From<JobError> for ApiError {
+    fn from(e: JobError) -> ApiError {
+        let status = match &e {
+            JobError::NotFound(_) => StatusCode::NOT_FOUND,
+            JobError::Conflict { .. } => StatusCode::CONFLICT,
+            JobError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            JobError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+/// Parses a JSON body: 400 if it is not JSON, 422 if it is JSON of the wrong shape.
+/// An empty body reads as `{}`.
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { body };
+    serde_json::from_slice(body).map_err(|e| {
+        use serde_json::error::Category;
+        match e.classify() {
+            Category::Syntax | Category::Eof | Category::Io => {
+                ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}"))
+            }
+            Category::Data => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("invalid request: {e}")),
+        }
+    })
+}
+
+/// The router, with auth where it applies.
+pub fn router(app: App) -> Router {
+    let api = Router::new()
+        .route("/v1/jobs", get(list_jobs).post(submit))
+        .route("/v1/jobs/{id}", get(show).patch(patch))
+        .route("/v1/jobs/{id}/pause", post(pause))
+        .route("/v1/jobs/{id}/resume", post(resume))
+        .route("/v1/jobs/{id}/cancel", post(cancel))
+        .route("/v1/jobs/{id}/verify", post(verify))
+        .route("/v1/workers", get(workers))
+        .route("/v1/openapi.json", get(openapi))
+        .route_layer(axum::middleware::from_fn_with_state(app.clone(), require_token));
+    Router::new()
+        .route("/", get(dashboard))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(api)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(app)
+}
+
+/// Checks `Authorization: Bearer <token>` in constant time, when a token is set.
+async fn require_token(State(app): State<App>, request: Request, next: Next) -> Response {
+    if let Some(token) = &app.token {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let ok = given.is_some_and(|g| {
+            use subtle::ConstantTimeEq;
+            bool::from(g.as_bytes().ct_eq(token.as_bytes()))
+        });
+        if !ok {
+            let why = if given.is_none() {
+                "this endpoint needs Authorization: Bearer <token> (the token in the appliance's --token-file)"
+            } else {
+                "the bearer token is wrong"
+            };
+            return ApiError::new(StatusCode::UNAUTHORIZED, why).into_response();
+        }
+    }
+    next.run(request).await
+}
+
+async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, format!("no route for {method} {}; see GET /v1/openapi.json", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {}; see GET /v1/openapi.json", uri.path()),
+    )
+}
+
+async fn dashboard() -> Response {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], DASHBOARD).into_response()
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+async fn healthz() -> Response {
+    axum::Json(json!({ "status": "ok" })).into_response()
+}
+
+async fn readyz(State(app): State<App>) -> Response {
+    let engine = app.jobs.engine();
+    let ready = engine.ready() && !app.jobs.closing();
+    let body = json!({
+        "ready": ready,
+        "workers": engine.workers().len(),
+        "driver": engine.driver().to_string(),
+        "config_loaded": true,
+        "shutting_down": app.jobs.closing(),
+    });
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(body)).into_response()
+}
+
+async fn metrics(State(app): State<App>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], crate::metrics::render(&app.jobs))
+        .into_response()
+}
+
+async fn list_jobs(State(app): State<App>) -> ApiResult {
+    let jobs: Vec<_> = app.jobs.list().iter().map(|j| j.view()).collect();
+    Ok(axum::Json(json!({ "jobs": jobs })).into_response())
+}
+
+async fn submit(State(app): State<App>, body: Bytes) -> ApiResult {
+    // The body is read as JSON whatever its Content-Type, so `curl -d` works.
+    let spec: JobSpec = parse(&body)?;
+    let job = app.jobs.submit(spec)?;
+    let location = format!("/v1/jobs/{}", job.id);
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], axum::Json(job.view())).into_response())
+}
+
+async fn show(State(app): State<App>, Path(id): Path<String>) -> ApiResult {
+    Ok(axum::Json(app.jobs.get(&id)?.view()).into_response())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Patch {
+    transfers: usize,
+}
+
+async fn patch(State(app): State<App>, Path(id): Path<String>, body: Bytes) -> ApiResult {
+    app.jobs.get(&id)?;
+    let patch: Patch = parse(&body)?;
+    Ok(axum::Json(app.jobs.scale(&id, patch.transfers)?.view()).into_response())
+}
+
+async fn pause(State(app): State<App>, Path(id): Path<String>) -> ApiResult {
+    Ok(axum::Json(app.jobs.pause(&id)?.view()).into_response())
+}
+
+async fn resume(State(app): State<App>, Path(id): Path<String>) -> ApiResult {
+    Ok(axum::Json(app.jobs.resume(&id)?.view()).into_response())
+}
+
+async fn cancel(State(app): State<App>, Path(id): Path<String>) -> ApiResult {
+    Ok(axum::Json(app.jobs.cancel(&id)?.view()).into_response())
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct VerifyRequest {
+    #[serde(default)]
+    download: bool,
+}
+
+async fn verify(State(app): State<App>, Path(id): Path<String>, body: Bytes) -> ApiResult {
+    app.jobs.get(&id)?;
+    let req: VerifyRequest = parse(&body)?;
+    let job = app.jobs.verify(&id, req.download)?;
+    Ok((StatusCode::ACCEPTED, axum::Json(job.view())).into_response())
+}
+
+async fn workers(State(app): State<App>) -> ApiResult {
+    let workers: Vec<_> = app
+        .jobs
+        .engine()
+        .workers()
+        .iter()
+        .map(|w| {
+            use std::sync::atomic::Ordering::Relaxed;
+            json!({
+                "index": w.index,
+                "cpu": w.cpu,
+                "driver": w.driver().map(|d| d.to_string()),
+                "cpu_seconds": w.cpu_seconds(),
+                "ram_buffer_bytes": w.pool_bytes(),
+                "ram_buffer_bytes_in_use": w.pool_bytes_in_use(),
+                "objects_in_flight": w.objects_in_flight.load(Relaxed),
+                "parts_in_flight": w.parts_in_flight.load(Relaxed),
+                "bytes_relayed": w.shard.bytes_written.load(Relaxed),
+            })
+        })
+        .collect();
+    Ok(axum::Json(json!({ "workers": workers })).into_response())
+}

@@ -1,0 +1,187 @@
+//! `GET /metrics`: the Prometheus text exposition, built at scrape time.
+//!
+//! Nothing here counts anything: the engine's workers keep their own shards and the
+//! jobs their own counters, and a scrape sums them into metric families. So a scrape
+//! costs the workers nothing, and the numbers are never staler than the scrape.
+//! Labels carry remote names, job ids, worker numbers and kinds; never a bucket
+//! path, a key or a credential.
+
+use std::sync::atomic::Ordering;
+
+use laminar_engine::metrics::{Totals, BUCKETS_SECONDS, ERROR_KINDS, OPS};
+use prometheus::proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::Encoder;
+
+use crate::jobs::{Jobs, State};
+
+fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
+    pairs
+        .iter()
+        .map(|(n, v)| {
+            let mut l = LabelPair::default();
+            l.set_name(n.to_string());
+            l.set_value(v.to_string());
+            l
+        })
+        .collect()
+}
+
+struct Family {
+    mf: MetricFamily,
+}
+
+impl Family {
+    fn new(name: &str, help: &str, kind: MetricType) -> Family {
+        let mut mf = MetricFamily::default();
+        mf.set_name(name.to_string());
+        mf.set_help(help.to_string());
+        mf.set_field_type(kind);
+        Family { mf }
+    }
+
+    fn counter(name: &str, help: &str) -> Family {
+        Family::new(name, help, MetricType::COUNTER)
+    }
+
+    fn gauge(name: &str, help: &str) -> Family {
+        Family::new(name, help, MetricType::GAUGE)
+    }
+
+    fn push(&mut self, pairs: &[(&str, &str)], value: f64) {
+        let mut m = Metric::from_label(labels(pairs));
+        match self.mf.get_field_type() {
+            MetricType::COUNTER => {
+                let mut c = Counter::default();
+                c.set_value(value);
+                m.set_counter(c);
+            }
+            _ => {
+                let mut g = Gauge::default();
+                g.set_value(value);
+                m.set_gauge(g);
+            }
+        }
+        self.mf.mut_metric().push(m);
+    }
+
+    fn push_histogram(&mut self, pairs: &[(&str, &str)], h: &laminar_engine::metrics::Histogram) {
+        let mut m = Metric::from_label(labels(pairs));
+        let mut out = Histogram::default();
+        let mut cumulative = 0;
+        let mut buckets = Vec::with_capacity(BUCKETS_SECONDS.len());
+        for (le, n) in BUCKETS_SECONDS.iter().zip(h.buckets.iter()) {
+            cumulative += n;
+            let mut b = Bucket::default();
+            b.set_upper_bound(*le);
+            b.set_cumulative_count(cumulative);
+            buckets.push(b);
+        }
+        out.set_bucket(buckets);
+        out.set_sample_count(h.count);
+        out.set_sample_sum(h.sum_seconds);
+        m.set_histogram(out);
+        self.mf.mut_metric().push(m);
+    }
+}
+
+/// The exposition text for the appliance.
+pub fn render(jobs: &Jobs) -> String {
+    let engine = jobs.engine();
+    let mut families = Vec::new();
+
+    let mut info = Family::gauge("laminar_build_info", "Laminar's version and the event-loop driver; always 1.");
+    info.push(&[("version", env!("CARGO_PKG_VERSION")), ("driver", &engine.driver().to_string())], 1.0);
+    families.push(info);
+
+    // Per-job counters, plus what forgotten jobs had, so no counter ever goes down.
+    let mut bytes = Family::counter("laminar_relayed_bytes_total", "Bytes written to destinations, by job.");
+    let mut objects = Family::counter(
+        "laminar_relayed_objects_total",
+        "Objects finished, by job and outcome (copied, skipped because already there, failed).",
+    );
+    let mut by_state = Family::gauge("laminar_jobs", "Jobs listed, by state.");
+    let mut in_flight_jobs = Family::gauge("laminar_job_transfers", "Objects a job may have in flight (its transfers setting).");
+    let list = jobs.list();
+    for state in State::ALL {
+        let n = list.iter().filter(|j| j.state() == state).count();
+        by_state.push(&[("state", state.name())], n as f64);
+    }
+    for job in &list {
+        let p = &job.progress;
+        let done = p.objects_done.load(Ordering::Relaxed);
+        let skipped = p.objects_skipped.load(Ordering::Relaxed);
+        bytes.push(&[("job", &job.id)], p.bytes_done.load(Ordering::Relaxed) as f64);
+        objects.push(&[("job", &job.id), ("outcome", "copied")], (done - skipped) as f64);
+        objects.push(&[("job", &job.id), ("outcome", "skipped")], skipped as f64);
+        objects.push(&[("job", &job.id), ("outcome", "failed")], p.objects_failed.load(Ordering::Relaxed) as f64);
+        in_flight_jobs.push(&[("job", &job.id)], p.transfers.load(Ordering::Relaxed) as f64);
+    }
+    let gone = jobs.forgotten.lock().expect("forgotten lock").clone();
+    if gone.copied + gone.skipped + gone.failed > 0 {
+        bytes.push(&[("job", "forgotten")], gone.bytes as f64);
+        objects.push(&[("job", "forgotten"), ("outcome", "copied")], gone.copied as f64);
+        objects.push(&[("job", "forgotten"), ("outcome", "skipped")], gone.skipped as f64);
+        objects.push(&[("job", "forgotten"), ("outcome", "failed")], gone.failed as f64);
+    }
+    families.extend([bytes, objects, by_state, in_flight_jobs]);
+
+    // Worker shards, summed; per-worker gauges.
+    let mut totals = Totals::default();
+    let mut worker_bytes =
+        Family::counter("laminar_worker_relayed_bytes_total", "Bytes written to destinations, by worker.");
+    let mut cpu = Family::counter("laminar_worker_cpu_seconds_total", "CPU time of each worker thread.");
+    let mut transfers = Family::gauge("laminar_transfers_in_flight", "Transfers a worker is moving, by kind.");
+    let mut ram = Family::gauge("laminar_ram_buffer_bytes", "RAM tier each worker owns.");
+    let mut ram_used = Family::gauge("laminar_ram_buffer_used_bytes", "RAM tier each worker has lent to transfers.");
+    let mut driver = Family::gauge("laminar_worker_driver", "The event-loop driver each worker runs (1 for the one in use).");
+    for w in engine.workers() {
+        totals.add(&w.shard);
+        let index = w.index.to_string();
+        let i = [("worker", index.as_str())];
+        worker_bytes.push(&i, w.shard.bytes_written.load(Ordering::Relaxed) as f64);
+        if let Some(s) = w.cpu_seconds() {
+            cpu.push(&i, s);
+        }
+        transfers.push(&[("worker", &index), ("kind", "object")], w.objects_in_flight.load(Ordering::Relaxed) as f64);
+        transfers.push(&[("worker", &index), ("kind", "part")], w.parts_in_flight.load(Ordering::Relaxed) as f64);
+        ram.push(&i, w.pool_bytes() as f64);
+        ram_used.push(&i, w.pool_bytes_in_use() as f64);
+        if let Some(d) = w.driver() {
+            driver.push(&[("worker", &index), ("driver", &d.to_string())], 1.0);
+        }
+    }
+    // Planners and checks record into the shared shard.
+    totals.add(laminar_engine::metrics::shared_shard());
+    families.extend([worker_bytes, cpu, transfers, ram, ram_used, driver]);
+
+    let mut retries = Family::counter("laminar_retries_total", "Attempts retried after a transient error, by kind.");
+    let mut errors = Family::counter("laminar_errors_total", "Operations that failed for good (after retries), by kind.");
+    for (i, kind) in ERROR_KINDS.iter().enumerate() {
+        retries.push(&[("kind", kind)], totals.retries[i] as f64);
+        errors.push(&[("kind", kind)], totals.errors[i] as f64);
+    }
+    let mut mismatches = Family::counter(
+        "laminar_checksum_mismatches_total",
+        "Transfers whose bytes did not match a checksum (each attempt counts).",
+    );
+    mismatches.push(&[], totals.checksum_mismatches as f64);
+    let mut ops = Family::new(
+        "laminar_backend_operation_duration_seconds",
+        "Latency of backend operations, by remote and operation.",
+        MetricType::HISTOGRAM,
+    );
+    for (remote, hists) in &totals.ops {
+        for (i, op) in OPS.iter().enumerate() {
+            if hists[i].count > 0 {
+                ops.push_histogram(&[("remote", remote), ("op", op)], &hists[i]);
+            }
+        }
+    }
+    families.extend([retries, errors, mismatches, ops]);
+
+    let families: Vec<MetricFamily> =
+        families.into_iter().map(|f| f.mf).filter(|mf| !mf.get_metric().is_empty()).collect();
+    let mut out = Vec::new();
+    prometheus::TextEncoder::new().encode(&families, &mut out).expect("text encoding to memory cannot fail");
+    String::from_utf8(out).expect("the text format is UTF-8")
+}

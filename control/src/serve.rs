@@ -1,0 +1,180 @@
+//! `laminar serve`: the appliance. The engine's workers, plus the HTTP control
+//! sidecar on a thread of its own (tokio and axum; the sidecar is not the byte path).
+//!
+//! Shutdown on SIGTERM or SIGINT: new jobs are refused, every job is cancelled (no
+//! new object starts, transfers in flight finish, unfinished multipart uploads are
+//! aborted, so nothing partial looks complete), and the process waits up to
+//! `--shutdown-grace` for that before it exits. A second signal exits at once; an
+//! upload cut that way was never completed, so it is not visible either.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use laminar_engine::relay::{Engine, EngineOptions};
+use laminar_engine::remote::Config;
+use laminar_tuning::HumanBytes;
+
+use crate::api::{self, App};
+use crate::cli::{EngineArgs, Fail};
+use crate::jobs::Jobs;
+
+/// Flags of `laminar serve`.
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address of the control API; anything but loopback needs --token-file
+    #[arg(long, default_value = "127.0.0.1:7070", value_name = "HOST:PORT")]
+    listen: String,
+    /// File holding the bearer token the API requires (required off loopback)
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
+    /// How long to wait for jobs to wind down after SIGTERM, e.g. 30s
+    #[arg(long, default_value = "30s", value_name = "DURATION")]
+    shutdown_grace: String,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+fn usage(message: String) -> Fail {
+    Fail { code: 2, message }
+}
+
+/// Reads the token: one line, not empty.
+pub fn read_token(path: &Path) -> Result<String, Fail> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| usage(format!("--token-file {}: cannot read it: {e}", path.display())))?;
+    let token = text.trim().to_string();
+    if token.is_empty() || token.contains(char::is_whitespace) {
+        return Err(usage(format!(
+            "--token-file {}: it must hold one token (no spaces), e.g. from `openssl rand -hex 32`",
+            path.display()
+        )));
+    }
+    Ok(token)
+}
+
+pub fn run(config: Option<&Path>, args: ServeArgs) -> Result<u8, Fail> {
+    let config = Config::load(config)?;
+    let addr: SocketAddr = args
+        .listen
+        .parse()
+        .map_err(|_| usage(format!("--listen {:?}: give HOST:PORT with an IP address, e.g. 127.0.0.1:7070", args.listen)))?;
+    let token = args.token_file.as_deref().map(read_token).transpose()?;
+    if !addr.ip().is_loopback() && token.is_none() {
+        return Err(usage(format!(
+            "--listen {addr} is not a loopback address: give --token-file so that the API requires a bearer token"
+        )));
+    }
+    let grace = humantime::parse_duration(&args.shutdown_grace)
+        .map_err(|e| usage(format!("--shutdown-grace {:?}: {e}; write e.g. 30s", args.shutdown_grace)))?;
+    let opts = crate::cli::options(&args.engine)?;
+    let interrupted = laminar_tuning::catch_interrupts();
+    let engine = Arc::new(Engine::start(&EngineOptions::from(&opts))?);
+    let jobs = Jobs::new(engine.clone(), config);
+    let app = App { jobs: jobs.clone(), token: token.map(Arc::new) };
+
+    let stop_sampler = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let jobs = jobs.clone();
+        let stop = stop_sampler.clone();
+        std::thread::Builder::new()
+            .name("laminar-sampler".into())
+            .spawn(move || jobs.sample_loop(&stop))
+            .expect("spawn sampler thread")
+    };
+
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let sidecar = std::thread::Builder::new()
+        .name("laminar-sidecar".into())
+        .spawn(move || sidecar(addr, app, bound_tx, stop_rx))
+        .expect("spawn sidecar thread");
+    let bound = match bound_rx.recv() {
+        Ok(Ok(bound)) => bound,
+        Ok(Err(why)) => {
+            let _ = sidecar.join();
+            engine.shutdown();
+            return Err(usage(why));
+        }
+        Err(_) => return Err(usage("the control sidecar thread ended before it listened".into())),
+    };
+    eprintln!(
+        "laminar: serving on http://{bound} ({} workers, {}, {} RAM buffer{})",
+        engine.workers().len(),
+        engine.driver(),
+        HumanBytes(engine.ram_buffer_bytes()),
+        if args.token_file.is_some() { ", bearer token required" } else { "" }
+    );
+    // One line on stdout with the bound address, for scripts that asked for port 0.
+    println!("listening on http://{bound}");
+
+    while !interrupted.load(Ordering::Acquire) {
+        std::thread::park_timeout(Duration::from_millis(100));
+    }
+    eprintln!(
+        "laminar: shutting down: no new jobs; cancelling running jobs (waiting up to {}; a second signal exits at once)",
+        humantime::format_duration(grace)
+    );
+    // A second signal now ends the process at once.
+    interrupted.store(false, Ordering::Release);
+    let clean = jobs.shutdown(grace);
+    let _ = stop_tx.send(());
+    let _ = sidecar.join();
+    stop_sampler.store(true, Ordering::Release);
+    sampler.thread().unpark();
+    let _ = sampler.join();
+    if clean {
+        engine.shutdown();
+        eprintln!("laminar: stopped");
+        Ok(0)
+    } else {
+        eprintln!(
+            "laminar: jobs still winding down after {}; exiting (unfinished uploads are never completed)",
+            humantime::format_duration(grace)
+        );
+        Ok(1)
+    }
+}
+
+/// The sidecar thread: a small tokio runtime serving the router until told to stop.
+fn sidecar(
+    addr: SocketAddr,
+    app: App,
+    bound: std::sync::mpsc::Sender<Result<SocketAddr, String>>,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("laminar-http")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = bound.send(Err(format!("cannot start the control sidecar: {e}")));
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = bound.send(Err(format!(
+                    "--listen {addr}: cannot listen there: {e}; pick another port or stop what holds it"
+                )));
+                return;
+            }
+        };
+        let local = listener.local_addr().unwrap_or(addr);
+        let _ = bound.send(Ok(local));
+        let serve = axum::serve(listener, api::router(app)).with_graceful_shutdown(async {
+            let _ = stop.await;
+        });
+        if let Err(e) = serve.await {
+            eprintln!("laminar: control sidecar stopped: {e}");
+        }
+    });
+}
