@@ -399,8 +399,17 @@ fn bad_requests_get_clear_json_errors_and_every_documented_route_answers() {
     let (status, value) = app.call("PATCH", &format!("/v1/jobs/{id}"), Some(r#"{"transfers":"many"}"#));
     assert_eq!(status, 422, "{value}");
 
-    // Every path and method in the OpenAPI document is served.
+    // A job as served has every property the document's Job schema names.
     let doc = app.ok("GET", "/v1/openapi.json", None);
+    let job = app.job(&id);
+    for (name, _) in doc["components"]["schemas"]["Job"]["properties"].as_object().unwrap() {
+        assert!(job.get(name).is_some(), "the Job schema names {name}, the server does not send it: {job}");
+    }
+    for name in job.as_object().unwrap().keys() {
+        assert!(doc["components"]["schemas"]["Job"]["properties"].get(name).is_some(), "{name} is not documented");
+    }
+
+    // Every path and method in the OpenAPI document is served.
     for (path, item) in doc["paths"].as_object().unwrap() {
         for method in item.as_object().unwrap().keys() {
             let concrete = path.replace("{id}", &id);
@@ -512,4 +521,30 @@ fn the_dashboard_renders_in_a_real_browser_with_a_job_in_flight() {
     assert!(dom.contains("class=\"worker\""), "no worker bars:\n{dom}");
     app.ok("POST", &format!("/v1/jobs/{id}/resume"), None);
     assert_eq!(app.wait(&id, &["succeeded", "failed"])["state"], "succeeded");
+}
+
+#[test]
+fn jobs_share_the_workers_and_one_failing_leaves_the_others_running() {
+    let Some(c) = clouds() else { return };
+    let _data = load(&c, "shared", 120, 24 * KIB);
+    let app = Appliance::start(c.config.path(), &[]);
+    // Two good jobs at once, and one whose destination bucket does not exist.
+    let first = app.submit(spec("shared", "one"));
+    let second = app.submit(spec("shared", "two"));
+    let bad = app.submit(json!({ "source": "a:bkt-a/shared", "destination": "b:no-such-bucket/x" }));
+    for id in [&first, &second] {
+        let job = app.wait(id, &["succeeded", "failed", "cancelled"]);
+        assert_eq!(job["state"], "succeeded", "{job}");
+        assert_eq!(job["counters"]["objects_copied"], 120);
+    }
+    let job = app.wait(&bad, &["succeeded", "failed", "cancelled"]);
+    assert_eq!(job["state"], "failed");
+    assert!(job["error"].as_str().unwrap().contains("no-such-bucket"), "{job}");
+    c.b.rclone_check_download(&c.a, "bkt-a/shared", "bkt-b/one").unwrap();
+    c.b.rclone_check_download(&c.a, "bkt-a/shared", "bkt-b/two").unwrap();
+    // The appliance is still ready and takes more work.
+    assert_eq!(app.ok("GET", "/readyz", None)["ready"], true);
+    let again = app.submit(spec("shared", "one"));
+    let job = app.wait(&again, &["succeeded", "failed"]);
+    assert_eq!(job["counters"]["objects_skipped"], 120, "a re-run skips what is there: {job}");
 }
