@@ -48,6 +48,10 @@ enum Command {
     },
     /// Generate a sample dataset, relay it through the engine, verify and clean up
     Demo(DemoArgs),
+    /// Show what Laminar detects on this host and the resources it plans to use
+    Plan(crate::plan::PlanArgs),
+    /// Write a commented starter laminar.toml with this host's plan
+    Init(crate::plan::InitArgs),
     /// Run the appliance: the workers plus the HTTP control API, metrics and dashboard
     Serve(crate::serve::ServeArgs),
     /// Drive a running appliance: submit, list, show, pause, resume, cancel, scale, verify
@@ -60,9 +64,18 @@ pub struct EngineArgs {
     /// Worker threads (default: one per CPU this process may use)
     #[arg(long)]
     pub workers: Option<usize>,
-    /// Total RAM buffer, e.g. 512MiB (default: a quarter of available memory, at most 4 GiB)
+    /// Total RAM buffer, e.g. 512MiB (default: from the plan, see `laminar plan`)
     #[arg(long, value_name = "SIZE")]
     pub ram_buffer: Option<String>,
+    /// Directory of the NVMe stage (default: $LAMINAR_DATA_DIR/stage, see `laminar plan`)
+    #[arg(long, value_name = "DIR")]
+    pub stage_dir: Option<PathBuf>,
+    /// Most bytes the stage may hold, e.g. 200GiB (default: 90% of its free space)
+    #[arg(long, value_name = "SIZE")]
+    pub stage_max: Option<String>,
+    /// Path of large objects: auto (RAM to RAM, spilling to the stage when the destination is slower), ram or stage
+    #[arg(long, default_value = "auto")]
+    pub route: String,
     /// Event loop: auto, io_uring or epoll
     #[arg(long, default_value = "auto")]
     pub driver: String,
@@ -75,9 +88,9 @@ pub struct EngineArgs {
     /// Parts of large objects in flight across all workers (default: 4 per worker)
     #[arg(long)]
     pub part_streams: Option<usize>,
-    /// Preferred multipart part size (grows so that any object fits in 10,000 parts)
-    #[arg(long, value_name = "SIZE", default_value = "16MiB")]
-    pub part_size: String,
+    /// Preferred multipart part size (default: from the plan; grows so that any object fits in 10,000 parts)
+    #[arg(long, value_name = "SIZE")]
+    pub part_size: Option<String>,
     /// Objects at least this large go as parallel parts
     #[arg(long, value_name = "SIZE", default_value = "32MiB")]
     pub multipart_cutoff: String,
@@ -165,6 +178,8 @@ pub fn main() -> ExitCode {
         Command::Relay(args) => run_relay(cli.config.as_deref(), args),
         Command::Ls { url, driver } => run_ls(cli.config.as_deref(), &url, &driver),
         Command::Demo(args) => crate::demo::run(args),
+        Command::Plan(args) => crate::plan::run_plan(args),
+        Command::Init(args) => crate::plan::run_init(args),
         Command::Serve(args) => crate::serve::run(cli.config.as_deref(), args),
         Command::Job(args) => crate::client::run(args),
     };
@@ -181,18 +196,42 @@ fn size_flag(flag: &str, value: &str) -> Result<u64, Fail> {
     parse_size(value).map_err(|e| usage(format!("{flag}: {e}")))
 }
 
-/// Turns engine flags into options.
-pub fn options(engine: &EngineArgs) -> Result<RelayOptions, Fail> {
-    let mut opts = RelayOptions::default();
+/// Detects the host and plans from the engine flags.
+pub fn plan(engine: &EngineArgs) -> Result<laminar_tuning::plan::Plan, Fail> {
+    let mut input = laminar_tuning::plan::PlanInput::default();
     if let Some(w) = engine.workers {
         if w == 0 || w > 1024 {
             return Err(usage(format!("--workers {w}: give a number from 1 to 1024")));
         }
-        opts.workers = Some(w);
+        input.workers = Some(w);
     }
     if let Some(r) = &engine.ram_buffer {
-        opts.ram_buffer_bytes = size_flag("--ram-buffer", r)?;
+        input.ram_buffer_bytes = Some(size_flag("--ram-buffer", r)?);
     }
+    if let Some(p) = &engine.part_size {
+        let p = size_flag("--part-size", p)?;
+        if p == 0 {
+            return Err(usage("--part-size 0: give a size such as 16MiB".to_string()));
+        }
+        input.part_size_bytes = Some(p);
+    }
+    if let Some(m) = &engine.stage_max {
+        input.stage_max_bytes = Some(size_flag("--stage-max", m)?);
+    }
+    let stage_dir = engine.stage_dir.clone().unwrap_or_else(laminar_tuning::plan::default_stage_dir);
+    if stage_dir.is_relative() {
+        return Err(usage(format!("--stage-dir {}: give an absolute path", stage_dir.display())));
+    }
+    input.stage_dir = Some(stage_dir.clone());
+    let host = laminar_tuning::host::detect(Some(&stage_dir));
+    laminar_tuning::plan::plan(&host, &input).map_err(|e| usage(e.to_string()))
+}
+
+/// Turns engine flags into options, planned from the host where not given.
+pub fn options(engine: &EngineArgs) -> Result<RelayOptions, Fail> {
+    let plan = plan(engine)?;
+    let mut opts =
+        RelayOptions { workers: Some(plan.workers), ram_buffer_bytes: plan.ram_buffer_bytes, ..Default::default() };
     opts.driver = DriverChoice::parse(&engine.driver)
         .ok_or_else(|| usage(format!("--driver {:?}: use auto, io_uring or epoll", engine.driver)))?;
     opts.checksum = ChecksumAlgo::parse(&engine.checksum)
@@ -205,13 +244,19 @@ pub fn options(engine: &EngineArgs) -> Result<RelayOptions, Fail> {
         return Err(usage("--part-streams 0: give at least 1".to_string()));
     }
     opts.part_streams = engine.part_streams;
-    opts.part_size_bytes = size_flag("--part-size", &engine.part_size)?;
-    if opts.part_size_bytes == 0 {
-        return Err(usage("--part-size 0: give a size such as 16MiB".to_string()));
-    }
+    opts.part_size_bytes = plan.part_size_bytes;
     opts.multipart_cutoff_bytes = size_flag("--multipart-cutoff", &engine.multipart_cutoff)?;
     opts.retries = engine.retries;
     opts.verify_md5 = !engine.no_md5;
+    opts.route = relay::Route::parse(&engine.route)
+        .ok_or_else(|| usage(format!("--route {:?}: use auto, ram or stage", engine.route)))?;
+    if opts.route == relay::Route::Stage && plan.stage.quota_bytes == 0 {
+        return Err(usage(format!(
+            "--route stage: the stage at {} has no room (quota 0); give --stage-max or free space",
+            plan.stage.dir.display()
+        )));
+    }
+    opts.stage = Some(laminar_engine::stage::StageOptions { dir: plan.stage.dir, quota_bytes: plan.stage.quota_bytes });
     Ok(opts)
 }
 
@@ -331,6 +376,9 @@ struct JsonReport<'a> {
     objects_planned: u64,
     peak_rss_bytes: Option<u64>,
     failures: &'a [relay::Failure],
+    routes: &'a std::collections::BTreeMap<&'static str, u64>,
+    route_decisions: &'a [relay::RouteDecision],
+    objects_compressed: u64,
 }
 
 /// Prints the summary (or JSON) for a finished relay.
@@ -354,6 +402,9 @@ pub fn print_report(report: &Report, json: bool, dry_run: bool) {
             objects_planned: report.objects_planned,
             peak_rss_bytes: laminar_tuning::peak_rss_bytes(),
             failures: &report.failures,
+            routes: &report.routes,
+            route_decisions: &report.route_decisions,
+            objects_compressed: report.objects_compressed,
         };
         println!("{}", serde_json::to_string(&out).expect("report serialises"));
         return;

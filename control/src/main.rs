@@ -14,6 +14,7 @@ mod client;
 mod demo;
 mod jobs;
 mod metrics;
+mod plan;
 mod serve;
 
 use std::process::ExitCode;

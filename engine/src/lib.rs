@@ -20,5 +20,7 @@ pub mod pool;
 pub mod relay;
 pub mod remote;
 pub mod runtime;
+pub mod sniff;
+pub mod stage;
 
 pub use error::{Error, Result};

@@ -282,6 +282,11 @@ impl Chunk {
         n
     }
 
+    /// Keeps only the first `n` initialised bytes.
+    pub fn truncate(&mut self, n: usize) {
+        self.len = self.len.min(n);
+    }
+
     /// Forgets the contents, keeping the chunk.
     pub fn clear(&mut self) {
         self.len = 0;

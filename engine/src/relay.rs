@@ -96,7 +96,53 @@ pub struct RelayOptions {
     pub server_side_copy: bool,
     /// Objects queued ahead of the workers.
     pub queue_depth: usize,
+    /// Which path large objects take.
+    pub route: Route,
+    /// The NVMe stage (engine-wide: the engine a relay runs on brings its own).
+    pub stage: Option<crate::stage::StageOptions>,
 }
+
+/// Which path large objects take (`--route`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Route {
+    /// RAM to RAM while the destination keeps up; through the stage when it is
+    /// slower than the source, or takes one ordered stream.
+    #[default]
+    Auto,
+    /// Always RAM to RAM.
+    Ram,
+    /// Always through the stage (while its quota lasts).
+    Stage,
+}
+
+impl Route {
+    /// Parses `auto`, `ram` or `stage`.
+    pub fn parse(s: &str) -> Option<Route> {
+        match s {
+            "auto" => Some(Route::Auto),
+            "ram" => Some(Route::Ram),
+            "stage" => Some(Route::Stage),
+            _ => None,
+        }
+    }
+}
+
+/// The path one object took, and why.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RouteDecision {
+    /// Source key.
+    pub key: String,
+    /// `copy` (server-side), `ram` (small, whole), `stream` (large, RAM to RAM) or
+    /// `stage` (large, through the NVMe stage).
+    pub route: &'static str,
+    /// Why.
+    pub reason: String,
+    /// The compressed format its first bytes show, if any.
+    pub format: Option<&'static str>,
+}
+
+/// Route decisions kept in the report; later ones are counted only.
+pub const DECISIONS_KEPT_MAX: usize = 1000;
 
 impl Default for RelayOptions {
     fn default() -> Self {
@@ -116,6 +162,8 @@ impl Default for RelayOptions {
             driver: DriverChoice::Auto,
             server_side_copy: true,
             queue_depth: 4096,
+            route: Route::Auto,
+            stage: None,
         }
     }
 }
@@ -159,6 +207,21 @@ pub struct Report {
     /// Whether the relay was stopped before it finished (the caller set
     /// [`Progress::stop`]); objects not attempted are counted as failed.
     pub stopped: bool,
+    /// Objects per route (`copy`, `ram`, `stream`, `stage`).
+    pub routes: std::collections::BTreeMap<&'static str, u64>,
+    /// Each object's route and why, at most [`DECISIONS_KEPT_MAX`].
+    pub route_decisions: Vec<RouteDecision>,
+    /// Objects whose first bytes show an already-compressed format.
+    pub objects_compressed: u64,
+}
+
+/// Score at which the destination counts as slower than the source.
+pub(crate) const DST_BOUND_SCORE_SPILL: i32 = 2;
+
+/// Whether `LAMINAR_LOG=debug` asks for per-object logs.
+pub fn debug_log() -> bool {
+    static DEBUG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DEBUG.get_or_init(|| std::env::var("LAMINAR_LOG").is_ok_and(|v| v.eq_ignore_ascii_case("debug")))
 }
 
 /// Failures kept in the report; later ones are counted only.
@@ -196,6 +259,15 @@ pub(crate) struct Shared {
     /// Workers of the engine the relay runs on.
     pub(crate) workers: usize,
     pub(crate) parts_in_flight_per_worker: usize,
+    /// The engine's stage, if it has one.
+    pub(crate) stage: Option<Arc<crate::stage::Stage>>,
+    /// Parts of staged objects waiting to be read from the source into the stage.
+    pub(crate) stage_fills: crossbeam_queue::SegQueue<transfer::PartTask>,
+    /// Whether recent parts found the destination slower than the source: each
+    /// streamed part moves it up (destination-bound) or down, within ±8.
+    pub(crate) dst_bound_score: std::sync::atomic::AtomicI32,
+    /// Route decisions, for the report.
+    pub(crate) decisions: std::sync::Mutex<(std::collections::BTreeMap<&'static str, u64>, Vec<RouteDecision>, u64)>,
 }
 
 impl Shared {
@@ -209,6 +281,32 @@ impl Shared {
     /// [`Progress::transfers`], read live so that a relay can be scaled while it runs.
     pub(crate) fn objects_in_flight_per_worker(&self) -> usize {
         self.progress.transfers.load(Ordering::Relaxed).max(1).div_ceil(self.workers)
+    }
+
+    /// Records an object's route (and logs it with `LAMINAR_LOG=debug`).
+    pub(crate) fn decided(&self, decision: RouteDecision) {
+        if debug_log() {
+            eprintln!(
+                "laminar: route {} -> {} ({}{})",
+                decision.key,
+                decision.route,
+                decision.reason,
+                decision.format.map(|f| format!(", {f} data")).unwrap_or_default()
+            );
+        }
+        let mut d = self.decisions.lock().expect("decisions lock");
+        *d.0.entry(decision.route).or_default() += 1;
+        if decision.format.is_some() {
+            d.2 += 1;
+        }
+        if d.1.len() < DECISIONS_KEPT_MAX {
+            d.1.push(decision);
+        }
+    }
+
+    /// Whether the destination has recently been the slower side.
+    pub(crate) fn destination_slower(&self) -> bool {
+        self.dst_bound_score.load(Ordering::Relaxed) >= DST_BOUND_SCORE_SPILL
     }
 
     /// Whether the listing is done and every object handed out has finished.

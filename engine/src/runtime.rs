@@ -50,27 +50,11 @@ impl DriverChoice {
 }
 
 /// Ring entries per worker.
-pub const RING_ENTRIES: u32 = 1024;
+pub const RING_ENTRIES: u32 = laminar_tuning::RING_ENTRIES;
 
 /// Why io_uring can't be used here, with the fix, or None if it can.
 pub fn probe_io_uring() -> Option<String> {
-    match io_uring::IoUring::new(RING_ENTRIES) {
-        Ok(_) => None,
-        Err(e) => Some(explain_uring_error(&e)),
-    }
-}
-
-fn explain_uring_error(e: &std::io::Error) -> String {
-    match e.raw_os_error() {
-        Some(libc::ENOSYS) => format!("io_uring is not available ({e}): the kernel is older than 5.1 or built without it; upgrade the kernel for the faster driver"),
-        Some(libc::EPERM) | Some(libc::EACCES) => format!(
-            "io_uring is not permitted ({e}): kernel.io_uring_disabled is set or a seccomp profile blocks io_uring_setup; run `sysctl kernel.io_uring_disabled=0` or allow io_uring in the container's seccomp profile"
-        ),
-        Some(libc::ENOMEM) => format!(
-            "io_uring could not lock memory ({e}): the memlock limit is too low; raise it (`ulimit -l unlimited`, or LimitMEMLOCK= in the systemd unit)"
-        ),
-        _ => format!("io_uring could not be set up ({e})"),
-    }
+    laminar_tuning::host::probe_io_uring(RING_ENTRIES)
 }
 
 /// Resolves the driver to use; the second value is a line to log when falling back.
@@ -115,6 +99,7 @@ mod tests {
         if probe_io_uring().is_none() {
             assert_eq!(block_on(Driver::IoUring, async { 2 + 2 }).unwrap(), 4);
         }
-        assert!(explain_uring_error(&std::io::Error::from_raw_os_error(libc::EPERM)).contains("io_uring_disabled"));
+        let why = laminar_tuning::host::explain_uring_error(&std::io::Error::from_raw_os_error(libc::EPERM));
+        assert!(why.contains("io_uring_disabled"));
     }
 }

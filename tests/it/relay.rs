@@ -1,75 +1,15 @@
 //! End-to-end relays between real SeaweedFS servers and local trees, through the
 //! `laminar` binary, on both event-loop drivers.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-use laminar_bench::servers::{find_tool, require_servers, Weed};
+use laminar_bench::servers::{find_tool, require_servers};
 use laminar_tests::proxy::{Fault, Proxy};
+use laminar_tests::{clouds, laminar_bin};
 
 const MIB: u64 = 1 << 20;
 const PART: u64 = 5 * MIB;
-
-/// The `laminar` binary, built next to the test's target directory.
-fn laminar_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
-    let bin = dir.join("laminar");
-    assert!(
-        bin.is_file(),
-        "{} not found: run `cargo build --workspace --bins` first (tests/run.sh does)",
-        bin.display()
-    );
-    bin
-}
-
-struct Clouds {
-    a: Weed,
-    b: Weed,
-    config: tempfile::NamedTempFile,
-}
-
-/// Two real S3 servers with a bucket each, and a laminar.toml naming them `a` and `b`.
-/// None (test skipped with a note) when SeaweedFS isn't installed and servers aren't required.
-fn clouds() -> Option<Clouds> {
-    if find_tool("weed").is_none() && !require_servers() {
-        eprintln!("skipping: SeaweedFS not installed (tests/run.sh installs it)");
-        return None;
-    }
-    let a = Weed::start().expect("start SeaweedFS a");
-    let b = Weed::start().expect("start SeaweedFS b");
-    a.create_bucket("bkt-a").expect("bucket a");
-    b.create_bucket("bkt-b").expect("bucket b");
-    let config = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(config.path(), format!("{}\n{}", a.remote_toml("a"), b.remote_toml("b"))).unwrap();
-    Some(Clouds { a, b, config })
-}
-
-impl Clouds {
-    fn laminar(&self, args: &[&str]) -> Output {
-        laminar_with(self.config.path(), args)
-    }
-
-    fn add_remote(&self, name: &str, endpoint: &str, weed: &Weed) {
-        let text = weed.remote_toml(name).replace(&weed.endpoint, endpoint);
-        let mut all = std::fs::read_to_string(self.config.path()).unwrap();
-        all.push('\n');
-        all.push_str(&text);
-        std::fs::write(self.config.path(), all).unwrap();
-    }
-}
-
-fn laminar_with(config: &Path, args: &[&str]) -> Output {
-    let out = Command::new(laminar_bin()).arg("--config").arg(config).args(args).output().expect("run laminar");
-    eprintln!(
-        "laminar {}\n-> {:?}\nstdout: {}\nstderr: {}",
-        args.join(" "),
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 fn json(out: &Output) -> serde_json::Value {
     let text = String::from_utf8_lossy(&out.stdout);

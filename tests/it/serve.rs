@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use laminar_bench::servers::{find_tool, require_servers, Weed};
+use laminar_bench::servers::{find_tool, require_servers};
+use laminar_tests::{clouds, laminar_bin, Clouds};
 use serde_json::{json, Value};
 
 const KIB: usize = 1024;
@@ -16,39 +17,6 @@ const MIB: usize = 1 << 20;
 /// Liveness bound on waiting for a job (not a timing assertion: a hang fails the
 /// test with the job's last state instead of blocking CI).
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(180);
-
-fn laminar_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
-    let bin = dir.join("laminar");
-    assert!(
-        bin.is_file(),
-        "{} not found: run `cargo build --workspace --bins` first (tests/run.sh does)",
-        bin.display()
-    );
-    bin
-}
-
-/// Two SeaweedFS servers with a bucket each, named `a` and `b` in a laminar.toml.
-struct Clouds {
-    a: Weed,
-    b: Weed,
-    config: tempfile::NamedTempFile,
-}
-
-fn clouds() -> Option<Clouds> {
-    if find_tool("weed").is_none() && !require_servers() {
-        eprintln!("skipping: SeaweedFS not installed (tests/run.sh installs it)");
-        return None;
-    }
-    let a = Weed::start().expect("start SeaweedFS a");
-    let b = Weed::start().expect("start SeaweedFS b");
-    a.create_bucket("bkt-a").expect("bucket a");
-    b.create_bucket("bkt-b").expect("bucket b");
-    let config = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(config.path(), format!("{}\n{}", a.remote_toml("a"), b.remote_toml("b"))).unwrap();
-    Some(Clouds { a, b, config })
-}
 
 /// Uploads `count` objects of `size` bytes under `bkt-a/prefix/`, deterministic bytes.
 fn load(c: &Clouds, prefix: &str, count: usize, size: usize) -> tempfile::TempDir {

@@ -1,9 +1,81 @@
 //! Test support for Laminar's integration tests against real servers.
 //!
 //! - [`proxy`]: a fault-injecting TCP proxy (flip a byte, cut every connection).
+//! - [`Clouds`]: two real SeaweedFS servers and a laminar.toml naming them.
 //! - Servers themselves (SeaweedFS, rclone) live in `laminar_bench::servers`, shared
 //!   with the benchmarks.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod proxy;
+
+/// The `laminar` binary, built next to the running test's target directory.
+pub fn laminar_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let dir = exe.parent().and_then(std::path::Path::parent).expect("target/<profile>");
+    let bin = dir.join("laminar");
+    assert!(
+        bin.is_file(),
+        "{} not found: run `cargo build --workspace --bins` first (tests/run.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Two real S3 servers with a bucket each (`bkt-a`, `bkt-b`), and a laminar.toml
+/// naming them `a` and `b`.
+pub struct Clouds {
+    /// Server `a`, bucket `bkt-a`.
+    pub a: laminar_bench::servers::Weed,
+    /// Server `b`, bucket `bkt-b`.
+    pub b: laminar_bench::servers::Weed,
+    /// The laminar.toml.
+    pub config: tempfile::NamedTempFile,
+}
+
+/// Starts [`Clouds`]; None (the test is skipped with a note) when SeaweedFS isn't
+/// installed and servers aren't required.
+pub fn clouds() -> Option<Clouds> {
+    use laminar_bench::servers::{find_tool, require_servers, Weed};
+    if find_tool("weed").is_none() && !require_servers() {
+        eprintln!("skipping: SeaweedFS not installed (tests/run.sh installs it)");
+        return None;
+    }
+    let a = Weed::start().expect("start SeaweedFS a");
+    let b = Weed::start().expect("start SeaweedFS b");
+    a.create_bucket("bkt-a").expect("bucket a");
+    b.create_bucket("bkt-b").expect("bucket b");
+    let config = tempfile::NamedTempFile::new().expect("config file");
+    std::fs::write(config.path(), format!("{}\n{}", a.remote_toml("a"), b.remote_toml("b"))).expect("write config");
+    Some(Clouds { a, b, config })
+}
+
+impl Clouds {
+    /// Runs `laminar --config <this config> ARGS`, logging what it printed.
+    pub fn laminar(&self, args: &[&str]) -> std::process::Output {
+        laminar_with(self.config.path(), args)
+    }
+
+    /// Adds remote `name` for `weed`, reached at `endpoint` (e.g. through a proxy).
+    pub fn add_remote(&self, name: &str, endpoint: &str, weed: &laminar_bench::servers::Weed) {
+        let text = weed.remote_toml(name).replace(&weed.endpoint, endpoint);
+        let mut all = std::fs::read_to_string(self.config.path()).expect("read config");
+        all.push('\n');
+        all.push_str(&text);
+        std::fs::write(self.config.path(), all).expect("write config");
+    }
+}
+
+/// Runs `laminar --config CONFIG ARGS`, logging what it printed.
+pub fn laminar_with(config: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let out =
+        std::process::Command::new(laminar_bin()).arg("--config").arg(config).args(args).output().expect("run laminar");
+    eprintln!(
+        "laminar {}\n-> {:?}\nstdout: {}\nstderr: {}",
+        args.join(" "),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}

@@ -79,6 +79,12 @@ pub enum Fault {
         /// Connections to throttle.
         connections: u64,
     },
+    /// Relay faithfully, but pace client-to-server bytes (all connections together)
+    /// to `bytes_per_second`: a destination slower than its source.
+    PaceRequests {
+        /// The rate.
+        bytes_per_second: u64,
+    },
 }
 
 /// A running proxy. Dropping it stops it.
@@ -91,6 +97,8 @@ pub struct Proxy {
 struct Shared {
     upstream: SocketAddr,
     fault: Fault,
+    /// When the proxy started, for [`Fault::PaceRequests`].
+    started: std::time::Instant,
     /// Set by `Drop`; the acceptor exits when it sees it.
     stopping: AtomicBool,
     /// Set once the fault has fired (byte flipped, or connections cut).
@@ -144,6 +152,7 @@ impl Proxy {
         let shared = Arc::new(Shared {
             upstream,
             fault,
+            started: std::time::Instant::now(),
             stopping: AtomicBool::new(false),
             fired: AtomicBool::new(false),
             cut: AtomicBool::new(false),
@@ -387,6 +396,14 @@ fn pump(direction: Direction, mut from: TcpStream, mut to: TcpStream, shared: &S
                 cut_now = true;
             }
             _ => {}
+        }
+        if let (Fault::PaceRequests { bytes_per_second }, Direction::Request) = (shared.fault, direction) {
+            // Wait until the bytes so far fit the rate since the proxy started.
+            let due = Duration::from_secs_f64(end as f64 / bytes_per_second.max(1) as f64);
+            let elapsed = shared.started.elapsed();
+            if due > elapsed {
+                thread::sleep(due - elapsed);
+            }
         }
         assert!(forward <= read);
         if forward > 0 {

@@ -10,6 +10,15 @@
 
 use std::fmt;
 
+mod ethtool;
+pub mod host;
+pub mod plan;
+
+pub use ethtool::{offloads, Offloads};
+
+/// Ring entries per worker (and of the io_uring probe).
+pub const RING_ENTRIES: u32 = 1024;
+
 /// Upper bound on the default RAM tier, whatever the host has.
 pub const RAM_BUFFER_DEFAULT_MAX_BYTES: u64 = 4 << 30;
 /// Lower bound on the default RAM tier, so a starved host still makes progress.

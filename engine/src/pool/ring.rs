@@ -34,6 +34,10 @@ struct State {
     writer_gone: bool,
     reader_waker: Option<Waker>,
     writer_waker: Option<Waker>,
+    /// Since when the reader has waited for an empty chunk, and how long it waited
+    /// in all: a reader that waits most of the time has a slower writer.
+    reader_waiting_since: Option<std::time::Instant>,
+    reader_waited: std::time::Duration,
 }
 
 impl State {
@@ -81,6 +85,8 @@ pub fn ring(chunks: Vec<Chunk>) -> (Filler, Drain) {
         writer_gone: false,
         reader_waker: None,
         writer_waker: None,
+        reader_waiting_since: None,
+        reader_waited: std::time::Duration::ZERO,
     }));
     (Filler { state: state.clone() }, Drain { state })
 }
@@ -95,12 +101,23 @@ impl Filler {
             }
             if let Some(chunk) = s.free.pop_front() {
                 debug_assert!(chunk.is_empty());
+                if let Some(since) = s.reader_waiting_since.take() {
+                    s.reader_waited += since.elapsed();
+                }
                 return Poll::Ready(Some(chunk));
             }
             s.reader_waker = Some(cx.waker().clone());
+            if s.reader_waiting_since.is_none() {
+                s.reader_waiting_since = Some(std::time::Instant::now());
+            }
             Poll::Pending
         })
         .await
+    }
+
+    /// How long the reader has waited for the writer to free a chunk.
+    pub fn waited(&self) -> std::time::Duration {
+        self.state.borrow().reader_waited
     }
 
     /// Whether the writer has gone (its request failed).

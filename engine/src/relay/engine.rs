@@ -28,6 +28,8 @@ pub struct EngineOptions {
     pub chunk_bytes: usize,
     /// Event-loop driver.
     pub driver: DriverChoice,
+    /// The NVMe stage, if any.
+    pub stage: Option<crate::stage::StageOptions>,
 }
 
 impl From<&RelayOptions> for EngineOptions {
@@ -37,6 +39,7 @@ impl From<&RelayOptions> for EngineOptions {
             ram_buffer_bytes: o.ram_buffer_bytes,
             chunk_bytes: o.chunk_bytes,
             driver: o.driver,
+            stage: o.stage.clone(),
         }
     }
 }
@@ -57,6 +60,7 @@ pub(crate) struct EngineInner {
     pub(crate) workers: Vec<Arc<WorkerStats>>,
     /// Workers whose event loop is running.
     pub(crate) alive: AtomicUsize,
+    pub(crate) stage: Option<Arc<crate::stage::Stage>>,
 }
 
 impl EngineInner {
@@ -100,6 +104,10 @@ impl Engine {
                 laminar_tuning::HumanBytes(2 * chunk * workers as u64)
             )));
         }
+        let stage = match &opts.stage {
+            Some(s) if s.quota_bytes > 0 => Some(Arc::new(crate::stage::Stage::open(s)?)),
+            _ => None,
+        };
         let stats: Vec<Arc<WorkerStats>> =
             (0..workers).map(|i| Arc::new(WorkerStats::new(i, cpus.get(i % cpus.len().max(1)).copied()))).collect();
         let inner = Arc::new(EngineInner {
@@ -112,6 +120,7 @@ impl Engine {
             pool_chunks_per_worker,
             workers: stats,
             alive: AtomicUsize::new(0),
+            stage,
         });
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(workers);
         let handles = (0..workers)
@@ -150,6 +159,11 @@ impl Engine {
     /// Per-worker live state and metric shards.
     pub fn workers(&self) -> &[Arc<WorkerStats>] {
         &self.inner.workers
+    }
+
+    /// The NVMe stage, if the engine has one.
+    pub fn stage(&self) -> Option<&Arc<crate::stage::Stage>> {
+        self.inner.stage.as_ref()
     }
 
     /// Bytes of RAM tier each worker owns.
@@ -211,6 +225,10 @@ impl Engine {
             pool_chunks_per_worker: inner.pool_chunks_per_worker,
             workers,
             parts_in_flight_per_worker,
+            stage: inner.stage.clone(),
+            stage_fills: crossbeam_queue::SegQueue::new(),
+            dst_bound_score: std::sync::atomic::AtomicI32::new(0),
+            decisions: Mutex::new(Default::default()),
             opts,
             src,
             dst,
@@ -249,6 +267,10 @@ impl Engine {
         }
         report.seconds = started.elapsed().as_secs_f64();
         report.stopped = shared.stopped();
+        let (routes, decisions, compressed) = std::mem::take(&mut *shared.decisions.lock().expect("decisions lock"));
+        report.routes = routes;
+        report.route_decisions = decisions;
+        report.objects_compressed = compressed;
         Ok(report)
     }
 

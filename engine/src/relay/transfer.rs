@@ -14,6 +14,9 @@ use crate::checksum::{crc32c_combine, etag_is_md5, Checksum, ChecksumAlgo, Hashe
 use crate::error::{Error, Result};
 use crate::metrics::{timed, Op};
 use crate::pool::{Body, BufferPool};
+use crate::relay::RouteDecision;
+use crate::stage::StageFile;
+use std::time::{Duration, Instant};
 
 /// What kind of transfer an object needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +46,17 @@ struct Multipart {
     source: ObjectInfo,
     copy: Option<CopySource>,
     failure: Option<Error>,
+    /// The stage file, when the object goes through the stage; removed with it.
+    stage: Option<Arc<StageFile>>,
+    /// Per part: the checksum of its bytes in the stage file and how long the fill
+    /// took, once staged. None: the part goes from the source.
+    staged: Vec<Option<(Checksum, Duration)>>,
+    /// Per part: whether it was already sent to the stage once (it never goes twice).
+    spilled: Vec<bool>,
+    /// The stage had no room for this object: don't ask again.
+    no_stage_room: bool,
+    /// The route, why, and the format sniffed; recorded when the object ends.
+    route: Option<RouteDecision>,
 }
 
 /// One part of a large object, queued for any worker.
@@ -180,7 +194,10 @@ pub(crate) async fn run_object(ctx: Rc<Ctx>, job: Arc<ObjectJob>) {
     let result = match job.kind {
         Kind::DirMarker => dir_marker(&ctx, &job).await,
         Kind::Small => match server_side(&ctx, &job) {
-            Some(source) => copy_small(&ctx, &job, source).await,
+            Some(source) => {
+                ctx.shared.decided(decision(&job, "copy", "same store: server-side copy".into(), None));
+                copy_small(&ctx, &job, source).await
+            }
             None => small(&ctx, &job).await,
         },
         Kind::Large => return begin_large(ctx, job).await,
@@ -222,52 +239,280 @@ fn wants_md5(ctx: &Ctx) -> bool {
     ctx.shared.opts.verify_md5
 }
 
+fn decision(job: &ObjectJob, route: &'static str, reason: String, format: Option<&'static str>) -> RouteDecision {
+    RouteDecision { key: job.src_key.clone(), route, reason, format }
+}
+
 async fn small(ctx: &Ctx, job: &ObjectJob) -> Result<()> {
     let algo = ctx.shared.opts.checksum;
-    ctx.retry(|| async {
-        let chunks = ctx.pool.acquire(ctx.pool.chunks_for(job.size)).await;
-        let mut hashers = Hashers::new(algo, wants_md5(ctx));
-        let (body, info) =
-            timed(ctx.src_label(), Op::Get, ctx.src.read(&job.src_key, None, Body::new(chunks), &mut hashers)).await?;
-        if body.len() != job.size {
-            return Err(Error::protocol(
-                "get",
-                &job.src_key,
-                format!(
-                    "listed as {} bytes but {} were read; the object changed during the relay",
-                    job.size,
-                    body.len()
-                ),
-            ));
-        }
-        let (sum, md5) = hashers.finish();
-        verify_source(&job.src_key, &info, &sum, md5.as_deref())?;
-        let args = put_args(&info, &job.src_version, Some(&sum));
-        timed(ctx.dst_label(), Op::Put, ctx.dst.put(&job.dst_key, body, &sum, md5.as_deref(), &args)).await.map(drop)
-    })
-    .await
+    let format = std::cell::Cell::new(None);
+    let result = ctx
+        .retry(|| async {
+            let chunks = ctx.pool.acquire(ctx.pool.chunks_for(job.size)).await;
+            let mut hashers = Hashers::new(algo, wants_md5(ctx));
+            let (body, info) =
+                timed(ctx.src_label(), Op::Get, ctx.src.read(&job.src_key, None, Body::new(chunks), &mut hashers))
+                    .await?;
+            if body.len() != job.size {
+                return Err(Error::protocol(
+                    "get",
+                    &job.src_key,
+                    format!(
+                        "listed as {} bytes but {} were read; the object changed during the relay",
+                        job.size,
+                        body.len()
+                    ),
+                ));
+            }
+            let (sum, md5) = hashers.finish();
+            verify_source(&job.src_key, &info, &sum, md5.as_deref())?;
+            format.set(body.chunks.first().and_then(|c| crate::sniff::sniff(c.as_slice())));
+            let args = put_args(&info, &job.src_version, Some(&sum));
+            timed(ctx.dst_label(), Op::Put, ctx.dst.put(&job.dst_key, body, &sum, md5.as_deref(), &args))
+                .await
+                .map(drop)
+        })
+        .await;
+    if result.is_ok() {
+        ctx.shared.decided(decision(job, "ram", "small: held whole in RAM".into(), format.get()));
+    }
+    result
 }
 
 async fn begin_large(ctx: Rc<Ctx>, job: Arc<ObjectJob>) {
     match plan_large(&ctx, &job).await {
         Ok(count) => {
+            let staged = route_large(&ctx, &job, count).await;
             // Pairs with the AcqRel decrement in `run_part`.
             job.parts_left.store(count, Ordering::Release);
             if !ctx.dst.limits().parallel_parts {
                 // One ordered stream (e.g. a resumable upload): this task sends the
                 // parts itself, in order.
                 for index in 0..count {
-                    run_part(ctx.clone(), PartTask { job: job.clone(), index }).await;
+                    let task = PartTask { job: job.clone(), index };
+                    if staged {
+                        fill(&ctx, &task).await;
+                    }
+                    run_part(ctx.clone(), task).await;
                 }
                 return;
             }
+            let queue = if staged { &ctx.shared.stage_fills } else { &ctx.shared.parts };
             for index in 0..count {
-                ctx.shared.parts.push(PartTask { job: job.clone(), index });
+                queue.push(PartTask { job: job.clone(), index });
             }
             ctx.shared.event.notify(usize::MAX);
         }
         Err(e) => ctx.fail(&job, e),
     }
+}
+
+/// Decides the path of a large object and records why; true if it goes through the
+/// stage (whose file is then made and its space reserved).
+async fn route_large(ctx: &Ctx, job: &ObjectJob, parts: u32) -> bool {
+    use crate::relay::Route;
+    if job.multipart.lock().expect("multipart lock").copy.is_some() {
+        job.multipart.lock().expect("multipart lock").route =
+            Some(decision(job, "copy", "same store: server-side copy".into(), None));
+        return false;
+    }
+    let format = sniff_head(ctx, job).await;
+    let parallel = ctx.dst.limits().parallel_parts;
+    let want = match ctx.shared.opts.route {
+        Route::Ram => Err("--route ram"),
+        Route::Stage => Ok("--route stage".to_string()),
+        Route::Auto if !ctx.dst.limits().parallel_parts => Ok("the destination takes one ordered stream".into()),
+        Route::Auto if ctx.shared.destination_slower() => Ok("the destination is slower than the source".into()),
+        Route::Auto => Err("the destination keeps up"),
+    };
+    let (route, reason, file) = match want {
+        Err(why) => ("stream", why.to_string(), None),
+        Ok(why) => match &ctx.shared.stage {
+            None => ("stream", format!("{why}, but no stage is configured"), None),
+            Some(stage) => match stage.create(job.size) {
+                Some(file) => ("stage", why, Some(Arc::new(file))),
+                None => ("stream", format!("{why}, but the stage quota is full"), None),
+            },
+        },
+    };
+    let staged = file.is_some();
+    let mut m = job.multipart.lock().expect("multipart lock");
+    m.route = Some(decision(job, route, reason, format));
+    m.stage = file;
+    m.staged = vec![None; parts as usize];
+    // Streamed objects may still spill part by part if the destination falls behind.
+    m.spilled = vec![!parallel; parts as usize];
+    m.no_stage_room = !staged && ctx.shared.opts.route != crate::relay::Route::Auto;
+    staged
+}
+
+/// Sends a part that was about to stream to the stage instead, when the destination
+/// has fallen behind the source; true if it did (the part comes back after its fill).
+fn spill(ctx: &Ctx, task: &PartTask) -> bool {
+    if ctx.shared.opts.route != crate::relay::Route::Auto || !ctx.shared.destination_slower() || ctx.stopped() {
+        return false;
+    }
+    let Some(stage) = &ctx.shared.stage else { return false };
+    let job = &task.job;
+    let index = task.index as usize;
+    let mut m = job.multipart.lock().expect("multipart lock");
+    if m.copy.is_some() || m.failure.is_some() || m.no_stage_room || m.spilled.get(index).is_none_or(|s| *s) {
+        return false;
+    }
+    if m.stage.is_none() {
+        match stage.create(job.size) {
+            Some(file) => {
+                m.stage = Some(Arc::new(file));
+                if let Some(route) = m.route.as_mut() {
+                    route.route = "stage";
+                    route.reason = format!("the destination is slower than the source (from part {})", index + 1);
+                }
+            }
+            None => {
+                m.no_stage_room = true;
+                return false;
+            }
+        }
+    }
+    m.spilled[index] = true;
+    drop(m);
+    ctx.shared.stage_fills.push(PartTask { job: task.job.clone(), index: task.index });
+    ctx.shared.event.notify(usize::MAX);
+    true
+}
+
+/// The compressed format of an object's first bytes, from one small ranged read.
+async fn sniff_head(ctx: &Ctx, job: &ObjectJob) -> Option<&'static str> {
+    let end = (crate::sniff::SNIFF_BYTES as u64).min(job.size);
+    let chunks = ctx.pool.acquire(1).await;
+    let mut hashers = Hashers::new(ChecksumAlgo::Crc32c, false);
+    let (body, _) = ctx.src.read(&job.src_key, Some((0, end)), Body::new(chunks), &mut hashers).await.ok()?;
+    body.chunks.first().and_then(|c| crate::sniff::sniff(c.as_slice()))
+}
+
+/// A worker's stage-fill task: reads one part from the source into the stage file,
+/// then queues its upload (from the stage, or from the source if staging failed).
+pub(crate) async fn run_fill(ctx: Rc<Ctx>, task: PartTask) {
+    fill(&ctx, &task).await;
+    ctx.shared.parts.push(task);
+    ctx.shared.event.notify(usize::MAX);
+}
+
+async fn fill(ctx: &Ctx, task: &PartTask) {
+    let job = &task.job;
+    let range = job.progress.lock().expect("progress lock").part_range(task.index);
+    let file = {
+        let m = job.multipart.lock().expect("multipart lock");
+        if m.failure.is_some() {
+            return;
+        }
+        m.stage.clone()
+    };
+    let Some(file) = file else { return };
+    if ctx.stopped() {
+        return;
+    }
+    let started = Instant::now();
+    match ctx.retry(|| fill_part(ctx, job, &file, range)).await {
+        Ok(sum) => {
+            job.multipart.lock().expect("multipart lock").staged[task.index as usize] = Some((sum, started.elapsed()));
+        }
+        Err(e) => eprintln!(
+            "laminar: warning: staging part {} of {} failed ({e}); it is sent from the source instead",
+            task.index + 1,
+            job.src_key
+        ),
+    }
+}
+
+async fn fill_part(ctx: &Ctx, job: &ObjectJob, file: &StageFile, range: (u64, u64)) -> Result<Checksum> {
+    let algo = ctx.shared.opts.checksum;
+    let len = range.1 - range.0;
+    let chunks = ctx.pool.acquire(ctx.pool.chunks_for(len).min(RING_CHUNKS)).await;
+    let (filler, drain) = crate::pool::ring::ring(chunks);
+    let read = async {
+        let mut hashers = Hashers::new(algo, false);
+        timed(ctx.src_label(), Op::Get, ctx.src.read_stream(&job.src_key, range, &filler, &mut hashers)).await?;
+        filler.finish(hashers.finish().0);
+        Ok::<(), Error>(())
+    };
+    let (read, written) = monoio::join!(read, file.write_from(range.0, drain));
+    match (read, written) {
+        (Ok(()), Ok(sum)) => Ok(sum),
+        (_, Err(e)) | (Err(e), Ok(_)) => Err(e),
+    }
+}
+
+/// Sends one staged part from the stage file, and checks that the bytes read back are
+/// the bytes staged.
+async fn part_from_stage(
+    ctx: &Ctx,
+    job: &ObjectJob,
+    upload_id: &str,
+    index: u32,
+    range: (u64, u64),
+    file: &StageFile,
+    staged: &Checksum,
+) -> Result<PartRecord> {
+    let algo = ctx.shared.opts.checksum;
+    let len = range.1 - range.0;
+    let check = |sum: &Checksum| -> Result<()> {
+        if sum != staged {
+            return Err(Error::Integrity {
+                op: "stage-read",
+                target: job.src_key.clone(),
+                detail: format!("part {} was staged as {staged} but reads back as {sum}", index + 1),
+            });
+        }
+        Ok(())
+    };
+    if ctx.dst.streams_parts(algo) {
+        let chunks = ctx.pool.acquire(ctx.pool.chunks_for(len).min(RING_CHUNKS)).await;
+        let (filler, drain) = crate::pool::ring::ring(chunks);
+        let read = file.read_into(range.0, len, filler, algo);
+        let write = timed(
+            ctx.dst_label(),
+            Op::PutPart,
+            ctx.dst.upload_part_stream(&job.dst_key, upload_id, index + 1, len, algo, drain),
+        );
+        let (read, write) = monoio::join!(read, write);
+        let sum = read?;
+        // A mismatch fails the part, which is then sent again from the source; the
+        // store keeps only the last upload of a part number.
+        check(&sum)?;
+        let etag = write?;
+        return Ok(PartRecord { number: index + 1, offset: range.0, len, etag, checksum: sum });
+    }
+    // Whole parts: read the part into the RAM tier, then send it with its checksum.
+    let chunks = ctx.pool.acquire(ctx.pool.chunks_for(len)).await;
+    let (filler, drain) = crate::pool::ring::ring(chunks);
+    let read = file.read_into(range.0, len, filler, algo);
+    let collect = async {
+        let mut body = Vec::new();
+        loop {
+            match drain.next().await {
+                crate::pool::ring::Next::Chunk(c) => body.push(c),
+                crate::pool::ring::Next::End(_) | crate::pool::ring::Next::Aborted => return body,
+            }
+        }
+    };
+    let (sum, body) = monoio::join!(read, collect);
+    let sum = sum?;
+    check(&sum)?;
+    let put = ctx.dst.upload_part(&job.dst_key, upload_id, index + 1, range.0, Body::new(body), &sum, None);
+    let etag = timed(ctx.dst_label(), Op::PutPart, put).await?;
+    Ok(PartRecord { number: index + 1, offset: range.0, len, etag, checksum: sum })
+}
+
+/// How many times longer than the source a part must take to count the destination
+/// as slower: well clear of the usual spread between a store's GETs and PUTs.
+const SLOWER_FACTOR: u32 = 3;
+
+/// Moves the destination-bound score by one vote, within ±8.
+fn vote_destination_slower(ctx: &Ctx, slower: bool) {
+    let _ = ctx.shared.dst_bound_score.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
+        Some(if slower { (s + 1).min(8) } else { (s - 1).max(-8) })
+    });
 }
 
 /// Stats the source, picks the part size, and creates the upload; returns the part count.
@@ -314,11 +559,14 @@ async fn plan_large(ctx: &Ctx, job: &ObjectJob) -> Result<u32> {
         progress.parts = vec![None; progress.part_count() as usize];
         progress.part_count()
     };
-    *job.multipart.lock().expect("multipart lock") = Multipart { args, source: info, copy, failure: None };
+    *job.multipart.lock().expect("multipart lock") = Multipart { args, source: info, copy, ..Multipart::default() };
     Ok(count)
 }
 
 pub(crate) async fn run_part(ctx: Rc<Ctx>, task: PartTask) {
+    if spill(&ctx, &task) {
+        return;
+    }
     let job = &task.job;
     let (upload, range) = {
         let progress = job.progress.lock().expect("progress lock");
@@ -358,6 +606,27 @@ const RING_CHUNKS: usize = 4;
 
 async fn part(ctx: &Ctx, job: &ObjectJob, upload_id: &str, index: u32, range: (u64, u64)) -> Result<PartRecord> {
     let algo = ctx.shared.opts.checksum;
+    let staged = {
+        let m = job.multipart.lock().expect("multipart lock");
+        m.stage.clone().zip(m.staged.get(index as usize).cloned().flatten())
+    };
+    if let Some((file, (sum, fill_took))) = staged {
+        let started = Instant::now();
+        match part_from_stage(ctx, job, upload_id, index, range, &file, &sum).await {
+            Ok(record) => {
+                vote_destination_slower(ctx, started.elapsed() > fill_took * SLOWER_FACTOR);
+                return Ok(record);
+            }
+            Err(e) => {
+                crate::metrics::record_error(&e, true);
+                eprintln!(
+                    "laminar: warning: part {} of {} could not be sent from the stage ({e}); sending it from the source",
+                    index + 1,
+                    job.src_key
+                );
+            }
+        }
+    }
     ctx.retry(|| async {
         if ctx.dst.streams_parts(algo) {
             match part_streamed(ctx, job, upload_id, index, range).await {
@@ -406,11 +675,15 @@ async fn part_streamed(
     let (filler, drain) = crate::pool::ring::ring(chunks);
     // Which side failed first: the other only sees its partner gone.
     let read_failed_first = std::cell::Cell::new(false);
+    let started = Instant::now();
+    let source_busy = std::cell::Cell::new(Duration::ZERO);
     let read = async {
         let mut hashers = Hashers::new(algo, false);
         match timed(ctx.src_label(), Op::Get, ctx.src.read_stream(&job.src_key, range, &filler, &mut hashers)).await {
             Ok(()) => {
                 let sum = hashers.finish().0;
+                // Time the source was busy: reading, not waiting for ring space.
+                source_busy.set(started.elapsed().saturating_sub(filler.waited()));
                 filler.finish(sum.clone());
                 Ok(sum)
             }
@@ -427,6 +700,11 @@ async fn part_streamed(
         ctx.dst.upload_part_stream(&job.dst_key, upload_id, index + 1, len, algo, drain),
     );
     let (read, write) = monoio::join!(read, write);
+    if read.is_ok() && write.is_ok() {
+        // The part took over SLOWER_FACTOR times what the source needed: the
+        // destination (or the path to it) is the slower side.
+        vote_destination_slower(ctx, started.elapsed() > source_busy.get() * SLOWER_FACTOR);
+    }
     let (sum, etag) = match (read, write) {
         (Ok(sum), Ok(etag)) => (sum, etag),
         (Err(e), _) if read_failed_first.get() => return Err(e),
@@ -473,6 +751,15 @@ async fn finish_large(ctx: &Ctx, job: &ObjectJob, upload: &Upload) {
         Some(e) => Err(e),
         None => complete(ctx, job, upload, &parts).await,
     };
+    // The stage file goes whatever happened: completed, or about to be aborted.
+    let (stage_file, route) = {
+        let mut m = job.multipart.lock().expect("multipart lock");
+        (m.stage.take(), m.route.take())
+    };
+    drop(stage_file);
+    if let Some(route) = route {
+        ctx.shared.decided(route);
+    }
     match result {
         Ok(()) => ctx.shared.finish(job.src_key.clone(), Outcome::Copied { bytes: job.size }),
         Err(e) => {

@@ -47,11 +47,13 @@ struct Slot {
     ctx: Rc<Ctx>,
     objects: Rc<Cell<usize>>,
     parts: Rc<Cell<usize>>,
+    /// Parts being read from the source into the stage.
+    fills: Rc<Cell<usize>>,
 }
 
 impl Slot {
     fn idle(&self) -> bool {
-        self.objects.get() == 0 && self.parts.get() == 0
+        self.objects.get() == 0 && self.parts.get() == 0 && self.fills.get() == 0
     }
 
     /// Whether this relay has a task this worker may start now. A paused relay gives
@@ -62,6 +64,7 @@ impl Slot {
             return false;
         }
         (self.parts.get() < s.parts_in_flight_per_worker && !s.parts.is_empty())
+            || (self.fills.get() < s.parts_in_flight_per_worker && !s.stage_fills.is_empty())
             || (self.objects.get() < s.objects_in_flight_per_worker() && !s.objects.is_empty())
     }
 
@@ -75,6 +78,13 @@ impl Slot {
         if self.parts.get() < s.parts_in_flight_per_worker {
             if let Some(task) = s.parts.pop() {
                 spawn(s, &self.parts, stats, true, transfer::run_part(self.ctx.clone(), task));
+                return true;
+            }
+        }
+        // Then stage fills: they drain the source at its own pace, ahead of the uploads.
+        if self.fills.get() < s.parts_in_flight_per_worker {
+            if let Some(task) = s.stage_fills.pop() {
+                spawn(s, &self.fills, stats, true, transfer::run_fill(self.ctx.clone(), task));
                 return true;
             }
         }
@@ -119,6 +129,7 @@ async fn run_loop(engine: Arc<EngineInner>, index: usize, driver: Driver, ready:
                         shared: job.clone(),
                         objects: Rc::new(Cell::new(0)),
                         parts: Rc::new(Cell::new(0)),
+                        fills: Rc::new(Cell::new(0)),
                     });
                 }
             }
