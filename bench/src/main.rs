@@ -25,6 +25,33 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// The NVMe stage's sequential write and read beside fio's on the same file system
+    Stage {
+        /// Directory on the file system to measure (default: the temp dir; not /dev/shm)
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Bytes per run
+        #[arg(long, default_value = "1GiB")]
+        size: String,
+        /// Bytes per request
+        #[arg(long, default_value = "1MiB")]
+        block: String,
+        /// Requests in flight
+        #[arg(long, default_value_t = 4)]
+        depth: usize,
+        /// Runs per tool and direction
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// The laminar binary (default: next to this one)
+        #[arg(long)]
+        laminar: Option<PathBuf>,
+        /// Where raw JSON goes
+        #[arg(long, default_value = "bench/results")]
+        out: PathBuf,
+        /// Rewrite bench/RESULTS.md from all raw JSON in --out
+        #[arg(long)]
+        write_results: bool,
+    },
     /// Relay a workload with Laminar and rclone, alternately, between the same endpoints
     Compare {
         /// small, large, mixed, pareto, or tiny (for tests)
@@ -204,6 +231,25 @@ fn run() -> Result<()> {
             }
         }
         Cmd::Report { out } => write_results(&out)?,
+        Cmd::Stage { dir, size, block, depth, runs, laminar, out, write_results: write } => {
+            let size_bytes = laminar_tuning::parse_size(&size)?;
+            let block_bytes = laminar_tuning::parse_size(&block)? as usize;
+            let dir = dir.unwrap_or_else(|| std::env::temp_dir().join("laminar-bench-stage"));
+            let opts = laminar_bench::stage::StageBenchOptions {
+                dir,
+                size_bytes,
+                block_bytes,
+                depth,
+                runs,
+                laminar: laminar_binary(laminar)?,
+                out_dir: Some(out.clone()),
+            };
+            let report = laminar_bench::stage::run(&opts)?;
+            println!("{}", laminar_bench::stage::section(&report));
+            if write {
+                write_results(&out)?;
+            }
+        }
         Cmd::SyntheticServer { listen, workload, source_bucket, prefix, threads } => {
             anyhow::ensure!(listen.ip().is_loopback(), "--listen {listen}: the synthetic endpoint binds loopback only");
             let opts = SyntheticOptions { source: workload.map(|w| (w, source_bucket, prefix)), threads };

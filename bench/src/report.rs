@@ -318,6 +318,7 @@ pub fn write(out: &Path) -> Result<std::path::PathBuf> {
     let mut limits: Vec<LimitReport> = Vec::new();
     let mut scale: Option<ScaleReport> = None;
     let mut micro: Option<String> = None;
+    let mut stage: Option<crate::stage::StageReport> = None;
     for p in &paths {
         let n = name(p);
         if n.starts_with("compare-") {
@@ -326,6 +327,8 @@ pub fn write(out: &Path) -> Result<std::path::PathBuf> {
             limits.push(read_json(p)?);
         } else if n == "scale.json" {
             scale = Some(read_json(p)?);
+        } else if n == "stage.json" {
+            stage = Some(read_json(p)?);
         } else if n == "micro.json" {
             micro = Some(crate::micro::table(&read_json::<Vec<crate::micro::MicroResult>>(p)?));
         }
@@ -379,6 +382,11 @@ pub fn write(out: &Path) -> Result<std::path::PathBuf> {
         md.push_str(&machine_section(&s.machine));
         md.push('\n');
         md.push_str(&scale_section(s));
+        md.push('\n');
+    }
+    if let Some(s) = &stage {
+        md.push_str("## The stage beside fio\n\n");
+        md.push_str(&crate::stage::section(s));
         md.push('\n');
     }
     if let Some(m) = &micro {

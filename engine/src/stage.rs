@@ -11,8 +11,9 @@
 //! - Registered buffers and fixed files are not used: a worker's pool is usually far
 //!   larger than the memlock limit allows to register (8 MiB here), and the stage is
 //!   bound by the device, not by per-request cost (see `laminar-bench stage`).
-//! - Space: the quota is reserved whole, per object, before any byte is written, and
-//!   returned when the file is removed. No reservation: the object streams RAM to RAM.
+//! - Space: the quota is reserved whole, per object, and the file allocated whole
+//!   (`fallocate`) before any byte is read, and both are returned when the file is
+//!   removed. No room: the object streams RAM to RAM.
 //! - Lifetime: each process stages under its own `run-PID` directory, locked with
 //!   `flock`. A file is removed when its object is done (completed, failed or
 //!   aborted); the run directory when the engine stops; and at start-up, any run
@@ -164,9 +165,9 @@ impl Stage {
         n.div_ceil(self.block_bytes) * self.block_bytes
     }
 
-    /// Reserves room for `size` bytes and creates a file for them; None when the quota
-    /// is spent (with one warning per engine) or the file cannot be made.
-    pub fn create(self: &Arc<Self>, size: u64) -> Option<StageFile> {
+    /// Reserves room for `size` bytes and creates a file for them; Err says why not
+    /// (the quota is spent, with one warning per engine, or the file cannot be made).
+    pub fn create(self: &Arc<Self>, size: u64) -> Result<StageFile, String> {
         let need = self.round_up(size.max(1));
         let reserved = self
             .used_bytes
@@ -181,7 +182,7 @@ impl Stage {
                     laminar_tuning::HumanBytes(self.quota_bytes)
                 );
             }
-            return None;
+            return Err("the stage quota is full".into());
         }
         let path = self.run_dir.join(format!("obj-{}", self.next_file.fetch_add(1, Ordering::Relaxed)));
         let mut options = std::fs::OpenOptions::new();
@@ -189,15 +190,32 @@ impl Stage {
         if self.o_direct {
             options.custom_flags(libc::O_DIRECT);
         }
-        match options.open(&path) {
-            Ok(file) => Some(StageFile { stage: self.clone(), path, file, reserved_bytes: need, size }),
+        let opened = options.open(&path).and_then(|file| {
+            // Allocate the whole file now: writes then land inside it rather than
+            // extending it (which ext4 serialises), and a full disk shows here, before
+            // any byte is read from the source, not half-way through.
+            // SAFETY: fallocate on a descriptor we own; no memory is passed.
+            let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, need as libc::off_t) };
+            let err = std::io::Error::last_os_error();
+            match rc {
+                0 => Ok(file),
+                _ if err.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(file),
+                _ => {
+                    let _ = std::fs::remove_file(&path);
+                    Err(err)
+                }
+            }
+        });
+        match opened {
+            Ok(file) => Ok(StageFile { stage: self.clone(), path, file, reserved_bytes: need, size }),
             Err(e) => {
                 self.used_bytes.fetch_sub(need, Ordering::AcqRel);
                 eprintln!(
-                    "laminar: warning: cannot create a stage file in {}: {e}; streaming RAM to RAM",
+                    "laminar: warning: cannot make a stage file of {} in {}: {e}; this object streams RAM to RAM",
+                    laminar_tuning::HumanBytes(need),
                     self.run_dir.display()
                 );
-                None
+                Err(format!("the stage file could not be made ({e})"))
             }
         }
     }
@@ -385,9 +403,9 @@ mod tests {
             Arc::new(Stage::open(&StageOptions { dir: dir.path().to_path_buf(), quota_bytes: 3 << 20 }).unwrap());
         assert!(!dead.exists(), "a dead run's directory is removed at start-up");
         let a = stage.create(2 << 20).expect("fits");
-        assert!(stage.create(2 << 20).is_none(), "over the quota");
+        assert!(stage.create(2 << 20).err().expect("over the quota").contains("quota"));
         drop(a);
-        assert!(stage.create(2 << 20).is_some(), "room again once the file is gone");
+        assert!(stage.create(2 << 20).is_ok(), "room again once the file is gone");
         // A live run's directory is left alone.
         let other = Stage::clean_leftovers(dir.path());
         assert_eq!(other, 0);

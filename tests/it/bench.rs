@@ -112,3 +112,27 @@ fn micro_benchmarks_run_in_tiny_mode() {
     let md = table(&results);
     assert_eq!(md.lines().count(), results.len() + 2, "{md}");
 }
+
+#[test]
+fn the_stage_benchmark_runs_in_tiny_mode_beside_fio() {
+    if !tools_or_skip(&["fio"]) {
+        return;
+    }
+    let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+    let opts = laminar_bench::stage::StageBenchOptions {
+        dir: dir.path().join("stage"),
+        size_bytes: 8 << 20,
+        block_bytes: 1 << 20,
+        depth: 2,
+        runs: 1,
+        laminar: release_binary("laminar"),
+        out_dir: None,
+    };
+    let report = laminar_bench::stage::run(&opts).unwrap();
+    assert_eq!(report.runs.len(), 4, "laminar and fio, write and read");
+    assert!(report.runs.iter().all(|r| r.bytes_per_second > 0.0), "{:?}", report.runs);
+    // What was read back is what was written: the same pattern, so the same CRC every time.
+    let again = laminar_bench::stage::run(&opts).unwrap();
+    assert_eq!(report.checksum, again.checksum);
+    assert!(laminar_bench::stage::section(&report).contains("| write |"));
+}

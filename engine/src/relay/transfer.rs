@@ -330,8 +330,8 @@ async fn route_large(ctx: &Ctx, job: &ObjectJob, parts: u32) -> bool {
         Ok(why) => match &ctx.shared.stage {
             None => ("stream", format!("{why}, but no stage is configured"), None),
             Some(stage) => match stage.create(job.size) {
-                Some(file) => ("stage", why, Some(Arc::new(file))),
-                None => ("stream", format!("{why}, but the stage quota is full"), None),
+                Ok(file) => ("stage", why, Some(Arc::new(file))),
+                Err(full) => ("stream", format!("{why}, but {full}"), None),
             },
         },
     };
@@ -361,14 +361,14 @@ fn spill(ctx: &Ctx, task: &PartTask) -> bool {
     }
     if m.stage.is_none() {
         match stage.create(job.size) {
-            Some(file) => {
+            Ok(file) => {
                 m.stage = Some(Arc::new(file));
                 if let Some(route) = m.route.as_mut() {
                     route.route = "stage";
                     route.reason = format!("the destination is slower than the source (from part {})", index + 1);
                 }
             }
-            None => {
+            Err(_) => {
                 m.no_stage_room = true;
                 return false;
             }
