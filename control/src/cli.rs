@@ -52,6 +52,8 @@ enum Command {
     Plan(crate::plan::PlanArgs),
     /// Write a commented starter laminar.toml with this host's plan
     Init(crate::plan::InitArgs),
+    /// Check the host's network and kernel settings against what a relay wants, or apply them
+    Tune(crate::tune::TuneArgs),
     /// Run the appliance: the workers plus the HTTP control API, metrics and dashboard
     Serve(crate::serve::ServeArgs),
     /// Drive a running appliance: submit, list, show, pause, resume, cancel, scale, verify
@@ -180,6 +182,7 @@ pub fn main() -> ExitCode {
         Command::Demo(args) => crate::demo::run(args),
         Command::Plan(args) => crate::plan::run_plan(args),
         Command::Init(args) => crate::plan::run_init(args),
+        Command::Tune(args) => crate::tune::run(args),
         Command::Serve(args) => crate::serve::run(cli.config.as_deref(), args),
         Command::Job(args) => crate::client::run(args),
     };
@@ -257,6 +260,7 @@ pub fn options(engine: &EngineArgs) -> Result<RelayOptions, Fail> {
         )));
     }
     opts.stage = Some(laminar_engine::stage::StageOptions { dir: plan.stage.dir, quota_bytes: plan.stage.quota_bytes });
+    opts.sockets = Some(plan.sockets);
     Ok(opts)
 }
 

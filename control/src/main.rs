@@ -16,6 +16,7 @@ mod jobs;
 mod metrics;
 mod plan;
 mod serve;
+mod tune;
 
 use std::process::ExitCode;
 

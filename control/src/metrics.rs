@@ -180,7 +180,30 @@ pub fn render(jobs: &Jobs) -> String {
             }
         }
     }
-    families.extend([retries, errors, mismatches, ops]);
+    let policy = laminar_engine::http::socket_policy();
+    let mut sockets = Family::gauge("laminar_socket_policy", "The per-socket policy every connection gets; always 1.");
+    let keepalive = policy.keepalive_secs.map_or("off".to_string(), |s| s.to_string());
+    let sndbuf = policy.send_buffer_bytes.map_or("auto".to_string(), |b| b.to_string());
+    let rcvbuf = policy.recv_buffer_bytes.map_or("auto".to_string(), |b| b.to_string());
+    sockets.push(
+        &[
+            ("congestion", policy.congestion.as_deref().unwrap_or("default")),
+            ("nodelay", if policy.nodelay { "true" } else { "false" }),
+            ("keepalive_seconds", &keepalive),
+            ("send_buffer_bytes", &sndbuf),
+            ("recv_buffer_bytes", &rcvbuf),
+        ],
+        1.0,
+    );
+    let mut refused =
+        Family::counter("laminar_socket_options_refused_total", "Socket options the kernel refused, by option.");
+    for (i, option) in laminar_engine::metrics::SOCKET_OPTIONS.iter().enumerate() {
+        refused.push(
+            &[("option", option)],
+            laminar_engine::metrics::SOCKET_OPTIONS_REFUSED[i].load(Ordering::Relaxed) as f64,
+        );
+    }
+    families.extend([retries, errors, mismatches, ops, sockets, refused]);
 
     let families: Vec<MetricFamily> =
         families.into_iter().map(|f| f.mf).filter(|mf| !mf.get_metric().is_empty()).collect();

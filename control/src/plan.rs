@@ -142,6 +142,7 @@ pub fn run_plan(args: PlanArgs) -> Result<u8, Fail> {
         plan.connections_per_endpoint
     );
     let _ = writeln!(out, "  {:<14} {}", "driver", plan.driver);
+    let _ = writeln!(out, "  {:<14} {}", "sockets", plan.sockets.describe());
     if !plan.notes.is_empty() {
         let _ = writeln!(out, "Notes");
         for n in &plan.notes {

@@ -12,5 +12,5 @@ mod conn;
 mod head;
 
 pub use client::{HttpClient, Request, RequestBody, Response, StreamBody};
-pub use conn::Endpoint;
+pub use conn::{set_socket_policy, socket_policy, Endpoint};
 pub use head::ResponseHead;

@@ -198,6 +198,19 @@ pub fn record_written(bytes: u64) {
     });
 }
 
+/// Socket options the kernel refused, by option (process-wide; rare).
+pub static SOCKET_OPTIONS_REFUSED: [AtomicU64; SOCKET_OPTIONS.len()] =
+    [const { AtomicU64::new(0) }; SOCKET_OPTIONS.len()];
+/// Options of the socket policy, the labels of [`SOCKET_OPTIONS_REFUSED`].
+pub const SOCKET_OPTIONS: [&str; 5] = ["nodelay", "congestion", "send_buffer", "recv_buffer", "keepalive"];
+
+/// Counts a socket option the kernel refused.
+pub fn record_socket_option_refused(option: &str) {
+    if let Some(i) = SOCKET_OPTIONS.iter().position(|o| *o == option) {
+        SOCKET_OPTIONS_REFUSED[i].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Records how long one backend operation took.
 pub fn observe(remote: &str, op: Op, took: Duration) {
     with_shard(|s| s.observe(remote, op, took));

@@ -100,6 +100,8 @@ pub struct RelayOptions {
     pub route: Route,
     /// The NVMe stage (engine-wide: the engine a relay runs on brings its own).
     pub stage: Option<crate::stage::StageOptions>,
+    /// What every connection gets (engine-wide).
+    pub sockets: Option<laminar_tuning::socket::SocketPolicy>,
 }
 
 /// Which path large objects take (`--route`).
@@ -164,6 +166,7 @@ impl Default for RelayOptions {
             queue_depth: 4096,
             route: Route::Auto,
             stage: None,
+            sockets: None,
         }
     }
 }

@@ -271,6 +271,7 @@ fn jobs_run_pause_scale_cancel_and_verify_over_http() {
             "laminar_backend_operation_duration_seconds",
             "laminar_build_info",
             "laminar_worker_driver",
+            "laminar_socket_policy",
         ] {
             assert!(families.get(name).is_some(), "metric family {name} missing: {families}");
         }

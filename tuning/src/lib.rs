@@ -13,6 +13,8 @@ use std::fmt;
 mod ethtool;
 pub mod host;
 pub mod plan;
+pub mod socket;
+pub mod tune;
 
 pub use ethtool::{offloads, Offloads};
 

@@ -86,6 +86,8 @@ pub struct Plan {
     pub stage: StagePlan,
     /// `io_uring` or `epoll`.
     pub driver: String,
+    /// What every connection gets.
+    pub sockets: crate::socket::SocketPolicy,
     /// Warnings and the reasons behind values, one line each.
     pub notes: Vec<String>,
 }
@@ -236,6 +238,7 @@ pub fn plan(host: &Host, input: &PlanInput) -> Result<Plan, PlanError> {
         connections_per_endpoint: TRANSFERS + part_streams,
         stage: StagePlan { dir: stage_dir, quota_bytes, o_direct, block_bytes, note },
         driver,
+        sockets: crate::socket::SocketPolicy::for_host(),
         notes,
     })
 }

@@ -87,6 +87,45 @@ impl std::fmt::Display for TlsFailure {
 
 impl std::error::Error for TlsFailure {}
 
+static POLICY: std::sync::RwLock<Option<laminar_tuning::socket::SocketPolicy>> = std::sync::RwLock::new(None);
+
+/// Sets the policy every new connection gets (the engine does, from its plan).
+pub fn set_socket_policy(policy: laminar_tuning::socket::SocketPolicy) {
+    *POLICY.write().expect("policy lock") = Some(policy);
+}
+
+/// The policy new connections get: the one set, or the default (NODELAY, keepalive,
+/// the system's congestion control, autotuned buffers).
+pub fn socket_policy() -> laminar_tuning::socket::SocketPolicy {
+    POLICY.read().expect("policy lock").clone().unwrap_or_default()
+}
+
+/// Applies `policy` to a socket before it connects. An option the kernel refuses is
+/// skipped (the connection works without it) and counted, so `/metrics` shows it.
+fn apply_policy(socket: &Socket, policy: &laminar_tuning::socket::SocketPolicy) {
+    let failed = |option: &'static str, r: std::io::Result<()>| {
+        if r.is_err() {
+            crate::metrics::record_socket_option_refused(option);
+        }
+    };
+    failed("nodelay", socket.set_nodelay(policy.nodelay));
+    if let Some(cc) = &policy.congestion {
+        failed("congestion", socket.set_tcp_congestion(cc.as_bytes()));
+    }
+    if let Some(b) = policy.send_buffer_bytes {
+        failed("send_buffer", socket.set_send_buffer_size(b));
+    }
+    if let Some(b) = policy.recv_buffer_bytes {
+        failed("recv_buffer", socket.set_recv_buffer_size(b));
+    }
+    if let Some(secs) = policy.keepalive_secs {
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(std::time::Duration::from_secs(secs))
+            .with_interval(std::time::Duration::from_secs(secs.div_ceil(3).max(1)));
+        failed("keepalive", socket.set_tcp_keepalive(&keepalive));
+    }
+}
+
 /// A plain or TLS stream.
 pub(crate) enum Stream {
     Plain(TcpStream),
@@ -98,7 +137,7 @@ impl Stream {
     pub(crate) async fn connect(endpoint: &Endpoint, tls: &Arc<rustls::ClientConfig>) -> std::io::Result<Stream> {
         let addr = endpoint.resolve()?;
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-        socket.set_nodelay(true)?;
+        apply_policy(&socket, &socket_policy());
         socket.set_nonblocking(true)?;
         match socket.connect(&addr.into()) {
             Ok(()) => {}

@@ -30,6 +30,8 @@ pub struct EngineOptions {
     pub driver: DriverChoice,
     /// The NVMe stage, if any.
     pub stage: Option<crate::stage::StageOptions>,
+    /// What every connection gets; None keeps the process's current policy.
+    pub sockets: Option<laminar_tuning::socket::SocketPolicy>,
 }
 
 impl From<&RelayOptions> for EngineOptions {
@@ -40,6 +42,7 @@ impl From<&RelayOptions> for EngineOptions {
             chunk_bytes: o.chunk_bytes,
             driver: o.driver,
             stage: o.stage.clone(),
+            sockets: o.sockets.clone(),
         }
     }
 }
@@ -103,6 +106,9 @@ impl Engine {
                 laminar_tuning::HumanBytes(chunk),
                 laminar_tuning::HumanBytes(2 * chunk * workers as u64)
             )));
+        }
+        if let Some(policy) = &opts.sockets {
+            crate::http::set_socket_policy(policy.clone());
         }
         let stage = match &opts.stage {
             Some(s) if s.quota_bytes > 0 => Some(Arc::new(crate::stage::Stage::open(s)?)),
