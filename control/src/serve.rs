@@ -119,7 +119,7 @@ pub fn run(config: Option<&Path>, args: ServeArgs) -> Result<u8, Fail> {
     );
     // A second signal now ends the process at once.
     interrupted.store(false, Ordering::Release);
-    let clean = jobs.shutdown(grace);
+    let clean = jobs.shutdown(grace, interrupted);
     let _ = stop_tx.send(());
     let _ = sidecar.join();
     stop_sampler.store(true, Ordering::Release);
