@@ -55,6 +55,9 @@ enum JobCommand {
         /// Objects in flight across the workers
         #[arg(long)]
         transfers: Option<usize>,
+        /// Path of large objects: auto, ram or stage
+        #[arg(long)]
+        route: Option<String>,
         /// Follow the job's progress until it ends
         #[arg(long)]
         follow: bool,
@@ -156,7 +159,7 @@ pub fn run(args: JobArgs) -> Result<u8, Fail> {
     let client = Client::new(&args)?;
     let job = |id: &str| format!("/v1/jobs/{id}");
     let (value, follow) = match &args.command {
-        JobCommand::Submit { source, destination, checksum, include, exclude, dry_run, transfers, follow } => {
+        JobCommand::Submit { source, destination, checksum, include, exclude, dry_run, transfers, route, follow } => {
             let mut spec = json!({
                 "source": source, "destination": destination,
                 "include": include, "exclude": exclude, "dry_run": dry_run,
@@ -166,6 +169,9 @@ pub fn run(args: JobArgs) -> Result<u8, Fail> {
             }
             if let Some(t) = transfers {
                 spec["transfers"] = json!(t);
+            }
+            if let Some(r) = route {
+                spec["route"] = json!(r);
             }
             (client.call(Method::POST, "/v1/jobs", Some(spec))?, *follow)
         }
@@ -232,7 +238,7 @@ fn summary(j: &Value) -> String {
         j["state"].as_str().unwrap_or("?"),
         j["source"].as_str().unwrap_or(""),
         j["destination"].as_str().unwrap_or(""),
-        c["objects_copied"].as_u64().unwrap_or(0) + c["objects_skipped"].as_u64().unwrap_or(0),
+        c["objects_copied"].as_u64().unwrap_or(0).saturating_add(c["objects_skipped"].as_u64().unwrap_or(0)),
         c["objects_total"].as_u64().unwrap_or(0),
         c["objects_skipped"].as_u64().unwrap_or(0),
         c["objects_failed"].as_u64().unwrap_or(0),
@@ -268,7 +274,7 @@ fn follow_job(client: &Client, first: &Value, quiet: bool) -> Result<Value, Fail
             bar.set_position(c["bytes_copied"].as_u64().unwrap_or(0));
             bar.set_message(format!(
                 "{}/{} objects",
-                c["objects_copied"].as_u64().unwrap_or(0) + c["objects_skipped"].as_u64().unwrap_or(0),
+                c["objects_copied"].as_u64().unwrap_or(0).saturating_add(c["objects_skipped"].as_u64().unwrap_or(0)),
                 c["objects_total"].as_u64().unwrap_or(0)
             ));
         }

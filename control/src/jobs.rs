@@ -184,6 +184,9 @@ pub struct JobSpec {
     /// Retries per object or part.
     #[serde(default)]
     pub retries: Option<u32>,
+    /// Path of large objects: auto (default), ram or stage.
+    #[serde(default)]
+    pub route: Option<String>,
 }
 
 /// The options a job runs with, as shown back.
@@ -276,6 +279,13 @@ impl Job {
             state: inner.state.name(),
         })?;
         let was = inner.state;
+        // The engine's controls change under the same lock as the state, so a pause
+        // and a resume racing each other can't leave them disagreeing.
+        match action {
+            Action::Pause => self.progress.paused.store(true, Ordering::Release),
+            Action::Resume => self.progress.paused.store(false, Ordering::Release),
+            _ => {}
+        }
         if next != was {
             inner.state = next;
             inner.history.push(Transition { state: next, at: now() });
@@ -340,7 +350,7 @@ impl Job {
             },
             "counters": {
                 "objects_total": p.objects_total.load(Ordering::Relaxed),
-                "objects_copied": done - skipped,
+                "objects_copied": done.saturating_sub(skipped),
                 "objects_skipped": skipped,
                 "objects_failed": p.objects_failed.load(Ordering::Relaxed),
                 "objects_planned": inner.objects_planned,
@@ -443,6 +453,10 @@ impl Jobs {
         if let Some(r) = spec.retries {
             opts.retries = r;
         }
+        if let Some(r) = &spec.route {
+            opts.route = laminar_engine::relay::Route::parse(r)
+                .ok_or_else(|| JobError::Invalid(format!("route {r:?}: use auto, ram or stage")))?;
+        }
         let id = format!("j-{:08x}", self.next_id.fetch_add(1, Ordering::Relaxed) as u32);
         let created_at = now();
         let job = Arc::new(Job {
@@ -471,7 +485,7 @@ impl Jobs {
         // Jobs start at once: the engine's workers share themselves between them. The
         // transition happens here, not on the job's thread, so that an action sent
         // right after the 201 finds the job running.
-        job.apply(Action::Start)?;
+        job.apply(Action::Start).map_err(|_| JobError::ShuttingDown)?;
         let me = self.clone();
         let runner = job.clone();
         let handle = std::thread::Builder::new()
@@ -494,7 +508,7 @@ impl Jobs {
                 let done = p.objects_done.load(Ordering::Relaxed);
                 let skipped = p.objects_skipped.load(Ordering::Relaxed);
                 f.bytes += p.bytes_done.load(Ordering::Relaxed);
-                f.copied += done - skipped;
+                f.copied += done.saturating_sub(skipped);
                 f.skipped += skipped;
                 f.failed += p.objects_failed.load(Ordering::Relaxed);
             }
@@ -539,7 +553,6 @@ impl Jobs {
     pub fn pause(&self, id: &str) -> Result<Arc<Job>, JobError> {
         let job = self.get(id)?;
         job.apply(Action::Pause)?;
-        job.progress.paused.store(true, Ordering::Release);
         Ok(job)
     }
 
@@ -547,7 +560,6 @@ impl Jobs {
     pub fn resume(&self, id: &str) -> Result<Arc<Job>, JobError> {
         let job = self.get(id)?;
         job.apply(Action::Resume)?;
-        job.progress.paused.store(false, Ordering::Release);
         self.engine.wake();
         Ok(job)
     }
@@ -579,6 +591,15 @@ impl Jobs {
         }
         let job = self.get(id)?;
         let before = job.state();
+        if before.is_terminal() && job.lock().finished_at.is_none() {
+            // Cancelled, but its transfers are still winding down: the destination is
+            // still changing, so a check now would report a moving target.
+            return Err(JobError::Conflict {
+                id: job.id.clone(),
+                action: "verify",
+                state: "cancelled and still winding down",
+            });
+        }
         job.apply(Action::Verify)?;
         let progress = Arc::new(VerifyProgress::default());
         {
@@ -609,14 +630,16 @@ impl Jobs {
                     view.finished_at = Some(now());
                     match result {
                         Ok(r) => {
-                            view.state = "done";
+                            view.state = if r.stopped { "stopped" } else { "done" };
                             view.objects_checked = r.objects_checked;
                             view.objects_matched = r.objects_matched;
                             view.objects_missing = r.objects_missing;
                             view.objects_mismatched = r.objects_mismatched;
                             let intact = r.ok();
                             view.problems = r.problems.into_iter().take(FAILURES_SHOWN_MAX).collect();
-                            if !intact {
+                            if r.stopped {
+                                inner.error = Some("verification was stopped before it covered every object".into());
+                            } else if !intact {
                                 inner.error = Some(format!(
                                     "verification found {} objects missing and {} differing at the destination",
                                     r.objects_missing, r.objects_mismatched

@@ -112,7 +112,7 @@ pub fn render(jobs: &Jobs) -> String {
         let done = p.objects_done.load(Ordering::Relaxed);
         let skipped = p.objects_skipped.load(Ordering::Relaxed);
         bytes.push(&[("job", &job.id)], p.bytes_done.load(Ordering::Relaxed) as f64);
-        objects.push(&[("job", &job.id), ("outcome", "copied")], (done - skipped) as f64);
+        objects.push(&[("job", &job.id), ("outcome", "copied")], (done.saturating_sub(skipped)) as f64);
         objects.push(&[("job", &job.id), ("outcome", "skipped")], skipped as f64);
         objects.push(&[("job", &job.id), ("outcome", "failed")], p.objects_failed.load(Ordering::Relaxed) as f64);
         in_flight_jobs.push(&[("job", &job.id)], p.transfers.load(Ordering::Relaxed) as f64);
@@ -204,6 +204,16 @@ pub fn render(jobs: &Jobs) -> String {
         );
     }
     families.extend([retries, errors, mismatches, ops, sockets, refused]);
+    if let Some(stage) = engine.stage() {
+        let mut bytes =
+            Family::gauge("laminar_stage_bytes", "The NVMe stage: bytes reserved by staged objects, and the quota.");
+        bytes.push(&[("kind", "used")], stage.used_bytes() as f64);
+        bytes.push(&[("kind", "quota")], stage.quota_bytes() as f64);
+        let mut io = Family::counter("laminar_stage_io_bytes_total", "Bytes written to and read from stage files.");
+        io.push(&[("op", "write")], stage.bytes_written.load(Ordering::Relaxed) as f64);
+        io.push(&[("op", "read")], stage.bytes_read.load(Ordering::Relaxed) as f64);
+        families.extend([bytes, io]);
+    }
 
     let families: Vec<MetricFamily> =
         families.into_iter().map(|f| f.mf).filter(|mf| !mf.get_metric().is_empty()).collect();

@@ -269,6 +269,8 @@ pub(crate) struct Shared {
     /// Whether recent parts found the destination slower than the source: each
     /// streamed part moves it up (destination-bound) or down, within ±8.
     pub(crate) dst_bound_score: std::sync::atomic::AtomicI32,
+    /// The engine's live-worker count and death flag, shared.
+    pub(crate) health: Arc<engine::Health>,
     /// Route decisions, for the report.
     pub(crate) decisions: std::sync::Mutex<(std::collections::BTreeMap<&'static str, u64>, Vec<RouteDecision>, u64)>,
 }
@@ -310,6 +312,11 @@ impl Shared {
     /// Whether the destination has recently been the slower side.
     pub(crate) fn destination_slower(&self) -> bool {
         self.dst_bound_score.load(Ordering::Relaxed) >= DST_BOUND_SCORE_SPILL
+    }
+
+    /// Whether the engine still has every worker (none died).
+    pub(crate) fn workers_alive(&self) -> bool {
+        !self.health.dead.load(Ordering::Acquire)
     }
 
     /// Whether the listing is done and every object handed out has finished.
@@ -384,7 +391,16 @@ where
                     Duration::from_secs(10),
                     e.retry_after(),
                 );
-                monoio::time::sleep(delay).await;
+                // Slept in short steps, so that a stop (cancel, shutdown) is not held up
+                // by a long Retry-After.
+                let until = std::time::Instant::now() + delay;
+                while !stop.load(Ordering::Acquire) {
+                    let left = until.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    monoio::time::sleep(left.min(Duration::from_millis(100))).await;
+                }
                 attempt += 1;
             }
             Err(e) => {

@@ -355,6 +355,7 @@ fn bad_requests_get_clear_json_errors_and_every_documented_route_answers() {
         ("PATCH", "/v1/jobs/j-00000000", Some(r#"{"transfers":2}"#), 404, "no job"),
         ("DELETE", "/v1/jobs", None, 405, "not allowed"),
         ("GET", "/v1/nowhere", None, 404, "no route"),
+        ("GET", "/v1/jobs/%FF", None, 400, "UTF-8"),
     ];
     for (method, path, body, status, needle) in cases {
         let (got, value) = app.call(method, path, *body);

@@ -47,6 +47,14 @@ impl From<&RelayOptions> for EngineOptions {
     }
 }
 
+/// Whether workers are alive, shared with relays.
+#[derive(Debug, Default)]
+pub(crate) struct Health {
+    /// Set when a worker's event loop ended abnormally (a panic): relays stop and
+    /// count what it held as failed instead of waiting for it forever.
+    pub(crate) dead: AtomicBool,
+}
+
 /// State the workers share with the engine's owner.
 pub(crate) struct EngineInner {
     /// Woken when work is queued, a task ends, a relay is added or removed, a relay
@@ -63,6 +71,7 @@ pub(crate) struct EngineInner {
     pub(crate) workers: Vec<Arc<WorkerStats>>,
     /// Workers whose event loop is running.
     pub(crate) alive: AtomicUsize,
+    pub(crate) health: Arc<Health>,
     pub(crate) stage: Option<Arc<crate::stage::Stage>>,
 }
 
@@ -126,6 +135,7 @@ impl Engine {
             pool_chunks_per_worker,
             workers: stats,
             alive: AtomicUsize::new(0),
+            health: Arc::new(Health::default()),
             stage,
         });
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(workers);
@@ -180,6 +190,7 @@ impl Engine {
     /// Whether every worker's event loop is running.
     pub fn ready(&self) -> bool {
         !self.inner.shutdown.load(Ordering::Acquire)
+            && !self.inner.health.dead.load(Ordering::Acquire)
             && self.inner.alive.load(Ordering::Acquire) == self.inner.workers.len()
     }
 
@@ -233,6 +244,7 @@ impl Engine {
             parts_in_flight_per_worker,
             stage: inner.stage.clone(),
             stage_fills: crossbeam_queue::SegQueue::new(),
+            health: inner.health.clone(),
             dst_bound_score: std::sync::atomic::AtomicI32::new(0),
             decisions: Mutex::new(Default::default()),
             opts,
@@ -252,7 +264,19 @@ impl Engine {
 
         let dry_run = shared.opts.dry_run;
         if !dry_run {
-            inner.set_jobs(|jobs| jobs.push(shared.clone()));
+            let mut refused = false;
+            inner.set_jobs(|jobs| {
+                // Checked under the lock `shutdown` takes to stop every relay, so a
+                // relay is either stopped by it or refused here.
+                if inner.shutdown.load(Ordering::Acquire) {
+                    refused = true;
+                } else {
+                    jobs.push(shared.clone());
+                }
+            });
+            if refused {
+                return Err(Error::Usage("the engine is shutting down; no new relay can start".into()));
+            }
         }
         let planned = crate::runtime::block_on(inner.driver, plan::plan(&shared, &rx, &mut report, on_plan))
             .map_err(|e| Error::io("start", "runtime", e));
@@ -292,9 +316,16 @@ impl Engine {
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(result) => plan::record(report, result),
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                    // No worker left with work outstanding: the fatal error the last
-                    // one left says why.
-                    if self.inner.alive.load(Ordering::Acquire) == 0 {
+                    // A worker died holding work, or none is left: what is outstanding
+                    // will never finish. Stop, and count it as failed.
+                    if self.inner.health.dead.load(Ordering::Acquire) || self.inner.alive.load(Ordering::Acquire) == 0 {
+                        shared.progress.stop.store(true, Ordering::Release);
+                        let lost = shared.outstanding.load(Ordering::Acquire) as u64;
+                        report.objects_failed += lost;
+                        shared.progress.objects_failed.fetch_add(lost, Ordering::Relaxed);
+                        shared.fatal.lock().expect("fatal lock").get_or_insert_with(|| {
+                            "a worker thread failed; objects it held were not finished (see the log above)".into()
+                        });
                         break;
                     }
                 }
@@ -311,9 +342,11 @@ impl Engine {
     pub fn shutdown(&self) {
         // Pairs with the Acquire loads in the workers' exit check.
         self.inner.shutdown.store(true, Ordering::Release);
-        for job in self.inner.jobs() {
-            job.progress.stop.store(true, Ordering::Release);
-        }
+        self.inner.set_jobs(|jobs| {
+            for job in jobs.iter() {
+                job.progress.stop.store(true, Ordering::Release);
+            }
+        });
         self.inner.event.notify(usize::MAX);
         let handles: Vec<_> = std::mem::take(&mut *self.handles.lock().expect("handles lock"));
         for handle in handles {

@@ -316,17 +316,30 @@ pub(super) async fn plan(
         // Pairs with the AcqRel decrement in `Shared::finish`.
         shared.outstanding.fetch_add(1, Ordering::AcqRel);
         let mut job = job;
+        let mut queued = true;
         loop {
             match shared.objects.push(job) {
                 Ok(()) => break,
                 Err(back) => {
                     job = back;
+                    if shared.stopped() || !shared.workers_alive() {
+                        // Nobody will take it: account for it here and stop listing.
+                        shared.finish(
+                            job.src_key().to_string(),
+                            Outcome::Failed { reason: "not attempted: the relay was stopped".into(), fatal: false },
+                        );
+                        queued = false;
+                        break;
+                    }
                     // The queue is full: drain results while the workers catch up.
                     if let Ok(r) = results.recv_timeout(std::time::Duration::from_millis(20)) {
                         record(report, r);
                     }
                 }
             }
+        }
+        if !queued {
+            break;
         }
         shared.event.notify(usize::MAX);
         while let Ok(r) = results.try_recv() {

@@ -66,6 +66,11 @@ pub(crate) struct PartTask {
 }
 
 impl ObjectJob {
+    /// Source key.
+    pub(crate) fn src_key(&self) -> &str {
+        &self.src_key
+    }
+
     pub(crate) fn new(
         src_key: String,
         dst_key: String,
@@ -764,7 +769,11 @@ async fn finish_large(ctx: &Ctx, job: &ObjectJob, upload: &Upload) {
         Ok(()) => ctx.shared.finish(job.src_key.clone(), Outcome::Copied { bytes: job.size }),
         Err(e) => {
             // Never leave a half-made object: the upload is aborted, nothing completes.
-            let _ = ctx.retry(|| ctx.dst.abort_multipart(&job.dst_key, &upload.id)).await;
+            // Retried even when the relay is stopping: an upload left open is never
+            // visible as an object, but it holds storage until the store expires it.
+            let never = std::sync::atomic::AtomicBool::new(false);
+            let _ = super::retry(ctx.shared.opts.retries, &never, || ctx.dst.abort_multipart(&job.dst_key, &upload.id))
+                .await;
             ctx.fail(job, e);
         }
     }

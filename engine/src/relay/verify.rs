@@ -45,12 +45,14 @@ pub struct VerifyReport {
     pub seconds: f64,
     /// Each missing or differing object and why, at most [`FAILURES_KEPT_MAX`].
     pub problems: Vec<Failure>,
+    /// Whether the check was stopped before it covered every object.
+    pub stopped: bool,
 }
 
 impl VerifyReport {
     /// Whether every object is intact at the destination.
     pub fn ok(&self) -> bool {
-        self.objects_missing == 0 && self.objects_mismatched == 0
+        !self.stopped && self.objects_missing == 0 && self.objects_mismatched == 0
     }
 
     fn problem(&mut self, key: &str, reason: String, missing: bool) {
@@ -114,6 +116,7 @@ async fn check(
     let mut dst_head = dst_cursor.next().await?;
     while let Some(entry) = src_cursor.next().await? {
         if progress.stop.load(Ordering::Acquire) {
+            report.stopped = true;
             break;
         }
         let Some(rel) = scope.relative(&entry.key, &opts.filter) else { continue };
@@ -138,8 +141,25 @@ async fn check(
             continue;
         }
         let verdict = if download {
-            compare_contents(&pool, opts.checksum, &src_store, &entry.key, &dst_store, &dst_key, entry.size, retries)
-                .await?
+            match compare_contents(
+                &pool,
+                opts.checksum,
+                &src_store,
+                &entry.key,
+                &dst_store,
+                &dst_key,
+                entry.size,
+                retries,
+                &progress.stop,
+            )
+            .await
+            {
+                Err(_) if progress.stop.load(Ordering::Acquire) => {
+                    report.stopped = true;
+                    break;
+                }
+                other => other?,
+            }
         } else {
             match judge(&entry, existing) {
                 Verdict::Skip => None,
@@ -180,9 +200,10 @@ async fn compare_contents(
     dst_key: &str,
     size: u64,
     retries: u32,
+    stop: &AtomicBool,
 ) -> Result<Option<String>> {
-    let a = checksum_of(pool, algo, src, src_key, size, retries).await?;
-    let b = checksum_of(pool, algo, dst, dst_key, size, retries).await?;
+    let a = checksum_of(pool, algo, src, src_key, size, retries, stop).await?;
+    let b = checksum_of(pool, algo, dst, dst_key, size, retries, stop).await?;
     Ok((a != b).then(|| format!("contents differ: {a} at the source, {b} at the destination")))
 }
 
@@ -193,14 +214,17 @@ async fn checksum_of(
     key: &str,
     size: u64,
     retries: u32,
+    stop: &AtomicBool,
 ) -> Result<crate::checksum::Checksum> {
-    let never = AtomicBool::new(false);
     let mut hashers = Hashers::new(algo, false);
     let mut offset = 0;
     while offset < size {
+        if stop.load(Ordering::Acquire) {
+            return Err(Error::protocol("verify", key, "the check was stopped"));
+        }
         let end = (offset + READ_BYTES as u64).min(size);
         // A retry starts from the state before this range, so no byte is hashed twice.
-        hashers = super::retry(retries, &never, || {
+        hashers = super::retry(retries, stop, || {
             let mut attempt = hashers.clone();
             async move {
                 let chunks = pool.acquire(pool.chunks_for(end - offset)).await;

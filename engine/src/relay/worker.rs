@@ -27,7 +27,24 @@ pub(super) fn run(index: usize, engine: Arc<EngineInner>, ready: Ready) {
     }
     crate::metrics::set_thread_shard(stats.shard.clone());
     let driver = engine.driver;
-    let mut result = crate::runtime::block_on(driver, run_loop(engine.clone(), index, driver, ready.clone()));
+    // A panic in a task (a broken invariant) ends this worker loudly but not the
+    // process: the engine is marked unhealthy, relays stop waiting for what it held,
+    // and /readyz says so.
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        crate::runtime::block_on(driver, run_loop(engine.clone(), index, driver, ready.clone()))
+    }));
+    let mut result = match caught {
+        Ok(r) => r,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            eprintln!("laminar: worker {index} failed: {what}");
+            return;
+        }
+    };
     if let (Err(e), Driver::IoUring) = (&result, driver) {
         // The probe passed on the main thread, but this thread's ring could not be made
         // (e.g. a per-thread memlock charge on old kernels): carry on with epoll.
@@ -107,6 +124,7 @@ async fn run_loop(engine: Arc<EngineInner>, index: usize, driver: Driver, ready:
     stats.started(driver);
     // Pairs with the Acquire loads in `Engine::ready` and the relays' collect loops.
     engine.alive.fetch_add(1, Ordering::AcqRel);
+    let _alive = AliveGuard(engine.clone());
     let _ = ready.send(Ok(()));
     let mut slots: Vec<Slot> = Vec::new();
     let mut seen_generation = u64::MAX;
@@ -158,7 +176,21 @@ async fn run_loop(engine: Arc<EngineInner>, index: usize, driver: Driver, ready:
         }
         listener.await;
     }
-    engine.alive.fetch_sub(1, Ordering::AcqRel);
+}
+
+/// Counts a worker out when its loop ends, normally or by a panic; a panic also marks
+/// the engine unhealthy so relays stop waiting for what the worker held.
+struct AliveGuard(Arc<EngineInner>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.health.dead.store(true, Ordering::Release);
+            self.0.event.notify(usize::MAX);
+        }
+        // Pairs with the Acquire loads in `Engine::ready` and the collect loops.
+        self.0.alive.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Runs a task on this worker, counting it in `in_flight` until it ends. Its end
