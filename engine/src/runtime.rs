@@ -99,7 +99,13 @@ mod tests {
         if probe_io_uring().is_none() {
             assert_eq!(block_on(Driver::IoUring, async { 2 + 2 }).unwrap(), 4);
         }
-        let why = laminar_tuning::host::explain_uring_error(&std::io::Error::from_raw_os_error(libc::EPERM));
-        assert!(why.contains("io_uring_disabled"));
+        use laminar_tuning::host::explain_uring_error_under as explain;
+        let err = std::io::Error::from_raw_os_error;
+        assert!(explain(&err(libc::EPERM), false).contains("io_uring_disabled"));
+        assert!(explain(&err(libc::EPERM), true).contains("seccomp=unconfined"));
+        // Under a filter ENOSYS is the profile, not the kernel.
+        assert!(explain(&err(libc::ENOSYS), true).contains("seccomp filter"));
+        assert!(explain(&err(libc::ENOSYS), false).contains("older than 5.1"));
+        assert!(explain(&err(libc::ENOMEM), false).contains("memlock"));
     }
 }

@@ -321,10 +321,32 @@ pub fn probe_io_uring(entries: u32) -> Option<String> {
 
 /// One line naming why io_uring failed and the fix.
 pub fn explain_uring_error(e: &std::io::Error) -> String {
+    explain_uring_error_under(e, seccomp_filtered())
+}
+
+/// Whether this process runs under a seccomp filter (`Seccomp: 2` in
+/// /proc/self/status), as a container's default profile puts it.
+pub fn seccomp_filtered() -> bool {
+    read("/proc/self/status")
+        .is_some_and(|s| s.lines().any(|l| l.strip_prefix("Seccomp:").is_some_and(|v| v.trim() == "2")))
+}
+
+const SECCOMP_FIX: &str = "allow io_uring_setup, io_uring_enter and io_uring_register in the container's seccomp profile (podman/docker: --security-opt seccomp=unconfined, or a profile that allows them)";
+
+/// [`explain_uring_error`] with the seccomp state given: podman's and Docker's default
+/// profiles answer io_uring_setup with ENOSYS or EPERM, which alone would read as an
+/// old kernel or a sysctl.
+pub fn explain_uring_error_under(e: &std::io::Error, seccomp: bool) -> String {
     match e.raw_os_error() {
+        Some(libc::ENOSYS) if seccomp => format!(
+            "io_uring is blocked ({e}): this process runs under a seccomp filter, as a container's default profile puts it, that refuses io_uring_setup; {SECCOMP_FIX}"
+        ),
         Some(libc::ENOSYS) => format!("io_uring is not available ({e}): the kernel is older than 5.1 or built without it; upgrade the kernel for the faster driver"),
+        Some(libc::EPERM) | Some(libc::EACCES) if seccomp => format!(
+            "io_uring is not permitted ({e}): a seccomp filter refuses io_uring_setup or kernel.io_uring_disabled is set; {SECCOMP_FIX}, or run `sysctl kernel.io_uring_disabled=0` on the host"
+        ),
         Some(libc::EPERM) | Some(libc::EACCES) => format!(
-            "io_uring is not permitted ({e}): kernel.io_uring_disabled is set or a seccomp profile blocks io_uring_setup; run `sysctl kernel.io_uring_disabled=0` or allow io_uring in the container's seccomp profile (podman/docker: --security-opt seccomp=unconfined)"
+            "io_uring is not permitted ({e}): kernel.io_uring_disabled is set; run `sysctl kernel.io_uring_disabled=0` (laminar tune check shows it)"
         ),
         Some(libc::ENOMEM) => format!(
             "io_uring could not lock memory ({e}): the memlock limit is too low; raise it (`ulimit -l unlimited`, or LimitMEMLOCK= in the systemd unit)"

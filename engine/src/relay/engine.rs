@@ -102,7 +102,9 @@ impl Engine {
     pub fn start(opts: &EngineOptions) -> Result<Engine> {
         let (driver, fallback) = crate::runtime::select(opts.driver).map_err(Error::Usage)?;
         if let Some(line) = fallback {
-            eprintln!("laminar: {line}");
+            // Once per process: a demo or a served appliance starts more than one engine.
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| eprintln!("laminar: {line}"));
         }
         let cpus = laminar_tuning::allowed_cpus();
         let workers = opts.workers.unwrap_or(cpus.len()).max(1);
