@@ -38,6 +38,10 @@ struct State {
     /// in all: a reader that waits most of the time has a slower writer.
     reader_waiting_since: Option<std::time::Instant>,
     reader_waited: std::time::Duration,
+    /// The same for the writer, waiting for a filled chunk: a writer that waits most
+    /// of the time has a slower reader.
+    writer_waiting_since: Option<std::time::Instant>,
+    writer_waited: std::time::Duration,
 }
 
 impl State {
@@ -87,6 +91,8 @@ pub fn ring(chunks: Vec<Chunk>) -> (Filler, Drain) {
         writer_waker: None,
         reader_waiting_since: None,
         reader_waited: std::time::Duration::ZERO,
+        writer_waiting_since: None,
+        writer_waited: std::time::Duration::ZERO,
     }));
     (Filler { state: state.clone() }, Drain { state })
 }
@@ -115,9 +121,9 @@ impl Filler {
         .await
     }
 
-    /// How long the reader has waited for the writer to free a chunk.
-    pub fn waited(&self) -> std::time::Duration {
-        self.state.borrow().reader_waited
+    /// A handle on both sides' waiting times that outlives the two ends.
+    pub fn waits(&self) -> Waits {
+        Waits { state: self.state.clone() }
     }
 
     /// Whether the writer has gone (its request failed).
@@ -163,17 +169,22 @@ impl Drain {
     pub async fn next(&self) -> Next {
         std::future::poll_fn(|cx| {
             let mut s = self.state.borrow_mut();
-            if let Some(chunk) = s.filled.pop_front() {
-                return Poll::Ready(Next::Chunk(chunk));
-            }
-            match &s.end {
-                Some(Ok(sum)) => Poll::Ready(Next::End(sum.clone())),
-                Some(Err(())) => Poll::Ready(Next::Aborted),
-                None => {
+            let next = match (s.filled.pop_front(), &s.end) {
+                (Some(chunk), _) => Next::Chunk(chunk),
+                (None, Some(Ok(sum))) => Next::End(sum.clone()),
+                (None, Some(Err(()))) => Next::Aborted,
+                (None, None) => {
                     s.writer_waker = Some(cx.waker().clone());
-                    Poll::Pending
+                    if s.writer_waiting_since.is_none() {
+                        s.writer_waiting_since = Some(std::time::Instant::now());
+                    }
+                    return Poll::Pending;
                 }
+            };
+            if let Some(since) = s.writer_waiting_since.take() {
+                s.writer_waited += since.elapsed();
             }
+            Poll::Ready(next)
         })
         .await
     }
@@ -187,6 +198,23 @@ impl Drain {
         if let Some(w) = s.reader_waker.take() {
             w.wake();
         }
+    }
+}
+
+/// Both sides' waiting times, readable after the ends are gone (see [`Filler::waits`]).
+pub struct Waits {
+    state: Rc<RefCell<State>>,
+}
+
+impl Waits {
+    /// How long the reader waited for the writer to free a chunk.
+    pub fn reader(&self) -> std::time::Duration {
+        self.state.borrow().reader_waited
+    }
+
+    /// How long the writer waited for the reader to fill a chunk.
+    pub fn writer(&self) -> std::time::Duration {
+        self.state.borrow().writer_waited
     }
 }
 
@@ -263,5 +291,44 @@ mod tests {
             drop(drain);
             assert!(filler.empty_chunk().await.is_none());
         });
+    }
+
+    /// The side that sleeps between chunks is the slow one; the other side's waits
+    /// show it, and the slow side itself hardly waits.
+    #[test]
+    fn each_side_accounts_its_waits_for_the_other() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build().expect("runtime");
+        let pause = std::time::Duration::from_millis(5);
+        for slow_reader in [true, false] {
+            let (reader_waited, writer_waited) = rt.block_on(async {
+                let pool = BufferPool::new(4096, 2);
+                let (filler, drain) = ring(pool.acquire(2).await);
+                let waits = filler.waits();
+                let reader = async move {
+                    for _ in 0..20 {
+                        let c = filler.empty_chunk().await.expect("writer alive");
+                        if slow_reader {
+                            monoio::time::sleep(pause).await;
+                        }
+                        filler.send(c);
+                    }
+                    filler.finish(Hasher::new(ChecksumAlgo::Crc32c).finish());
+                };
+                let writer = async move {
+                    while let Next::Chunk(c) = drain.next().await {
+                        if !slow_reader {
+                            monoio::time::sleep(pause).await;
+                        }
+                        drain.recycle(c);
+                    }
+                };
+                monoio::join!(reader, writer);
+                (waits.reader(), waits.writer())
+            });
+            let (slow, fast) =
+                if slow_reader { (reader_waited, writer_waited) } else { (writer_waited, reader_waited) };
+            assert!(fast >= pause * 10, "the fast side waited only {fast:?} (slow reader: {slow_reader})");
+            assert!(slow < fast, "the slow side waited {slow:?}, the fast one {fast:?} (slow reader: {slow_reader})");
+        }
     }
 }

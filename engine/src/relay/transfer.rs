@@ -417,10 +417,9 @@ async fn fill(ctx: &Ctx, task: &PartTask) {
     if ctx.stopped() {
         return;
     }
-    let started = Instant::now();
     match ctx.retry(|| fill_part(ctx, job, &file, range)).await {
-        Ok(sum) => {
-            job.multipart.lock().expect("multipart lock").staged[task.index as usize] = Some((sum, started.elapsed()));
+        Ok((sum, source_busy)) => {
+            job.multipart.lock().expect("multipart lock").staged[task.index as usize] = Some((sum, source_busy));
         }
         Err(e) => eprintln!(
             "laminar: warning: staging part {} of {} failed ({e}); it is sent from the source instead",
@@ -430,11 +429,15 @@ async fn fill(ctx: &Ctx, task: &PartTask) {
     }
 }
 
-async fn fill_part(ctx: &Ctx, job: &ObjectJob, file: &StageFile, range: (u64, u64)) -> Result<Checksum> {
+/// Reads one part from the source into the stage; returns the checksum of what was
+/// staged and how long the source was busy (not waiting for the stage to write).
+async fn fill_part(ctx: &Ctx, job: &ObjectJob, file: &StageFile, range: (u64, u64)) -> Result<(Checksum, Duration)> {
     let algo = ctx.shared.opts.checksum;
     let len = range.1 - range.0;
     let chunks = ctx.pool.acquire(ctx.pool.chunks_for(len).min(RING_CHUNKS)).await;
     let (filler, drain) = crate::pool::ring::ring(chunks);
+    let waits = filler.waits();
+    let started = Instant::now();
     let read = async {
         let mut hashers = Hashers::new(algo, false);
         timed(ctx.src_label(), Op::Get, ctx.src.read_stream(&job.src_key, range, &filler, &mut hashers)).await?;
@@ -443,13 +446,15 @@ async fn fill_part(ctx: &Ctx, job: &ObjectJob, file: &StageFile, range: (u64, u6
     };
     let (read, written) = monoio::join!(read, file.write_from(range.0, drain));
     match (read, written) {
-        (Ok(()), Ok(sum)) => Ok(sum),
+        (Ok(()), Ok(sum)) => Ok((sum, started.elapsed().saturating_sub(waits.reader()))),
         (_, Err(e)) | (Err(e), Ok(_)) => Err(e),
     }
 }
 
 /// Sends one staged part from the stage file, and checks that the bytes read back are
-/// the bytes staged.
+/// the bytes staged. Returns the part and how long the destination was busy with it:
+/// not the time spent waiting for the stage to read, so that a stage slower than the
+/// destination is not taken for a slow destination.
 async fn part_from_stage(
     ctx: &Ctx,
     job: &ObjectJob,
@@ -458,7 +463,7 @@ async fn part_from_stage(
     range: (u64, u64),
     file: &StageFile,
     staged: &Checksum,
-) -> Result<PartRecord> {
+) -> Result<(PartRecord, Duration)> {
     let algo = ctx.shared.opts.checksum;
     let len = range.1 - range.0;
     let check = |sum: &Checksum| -> Result<()> {
@@ -474,6 +479,8 @@ async fn part_from_stage(
     if ctx.dst.streams_parts(algo) {
         let chunks = ctx.pool.acquire(ctx.pool.chunks_for(len).min(RING_CHUNKS)).await;
         let (filler, drain) = crate::pool::ring::ring(chunks);
+        let waits = filler.waits();
+        let started = Instant::now();
         let read = file.read_into(range.0, len, filler, algo);
         let write = timed(
             ctx.dst_label(),
@@ -486,7 +493,8 @@ async fn part_from_stage(
         // store keeps only the last upload of a part number.
         check(&sum)?;
         let etag = write?;
-        return Ok(PartRecord { number: index + 1, offset: range.0, len, etag, checksum: sum });
+        let busy = started.elapsed().saturating_sub(waits.writer());
+        return Ok((PartRecord { number: index + 1, offset: range.0, len, etag, checksum: sum }, busy));
     }
     // Whole parts: read the part into the RAM tier, then send it with its checksum.
     let chunks = ctx.pool.acquire(ctx.pool.chunks_for(len)).await;
@@ -504,13 +512,14 @@ async fn part_from_stage(
     let (sum, body) = monoio::join!(read, collect);
     let sum = sum?;
     check(&sum)?;
+    let started = Instant::now();
     let put = ctx.dst.upload_part(&job.dst_key, upload_id, index + 1, range.0, Body::new(body), &sum, None);
     let etag = timed(ctx.dst_label(), Op::PutPart, put).await?;
-    Ok(PartRecord { number: index + 1, offset: range.0, len, etag, checksum: sum })
+    Ok((PartRecord { number: index + 1, offset: range.0, len, etag, checksum: sum }, started.elapsed()))
 }
 
-/// How many times longer than the source a part must take to count the destination
-/// as slower: well clear of the usual spread between a store's GETs and PUTs.
+/// How many times longer than the source the destination must be busy with a part to
+/// count as slower: well clear of the usual spread between a store's GETs and PUTs.
 const SLOWER_FACTOR: u32 = 3;
 
 /// Moves the destination-bound score by one vote, within ±8.
@@ -615,11 +624,10 @@ async fn part(ctx: &Ctx, job: &ObjectJob, upload_id: &str, index: u32, range: (u
         let m = job.multipart.lock().expect("multipart lock");
         m.stage.clone().zip(m.staged.get(index as usize).cloned().flatten())
     };
-    if let Some((file, (sum, fill_took))) = staged {
-        let started = Instant::now();
+    if let Some((file, (sum, source_busy))) = staged {
         match part_from_stage(ctx, job, upload_id, index, range, &file, &sum).await {
-            Ok(record) => {
-                vote_destination_slower(ctx, started.elapsed() > fill_took * SLOWER_FACTOR);
+            Ok((record, destination_busy)) => {
+                vote_destination_slower(ctx, destination_busy > source_busy * SLOWER_FACTOR);
                 return Ok(record);
             }
             Err(e) => {
@@ -678,6 +686,7 @@ async fn part_streamed(
     let len = range.1 - range.0;
     let chunks = ctx.pool.acquire(ctx.pool.chunks_for(len).min(RING_CHUNKS)).await;
     let (filler, drain) = crate::pool::ring::ring(chunks);
+    let waits = filler.waits();
     // Which side failed first: the other only sees its partner gone.
     let read_failed_first = std::cell::Cell::new(false);
     let started = Instant::now();
@@ -688,7 +697,7 @@ async fn part_streamed(
             Ok(()) => {
                 let sum = hashers.finish().0;
                 // Time the source was busy: reading, not waiting for ring space.
-                source_busy.set(started.elapsed().saturating_sub(filler.waited()));
+                source_busy.set(started.elapsed().saturating_sub(waits.reader()));
                 filler.finish(sum.clone());
                 Ok(sum)
             }
@@ -706,9 +715,11 @@ async fn part_streamed(
     );
     let (read, write) = monoio::join!(read, write);
     if read.is_ok() && write.is_ok() {
-        // The part took over SLOWER_FACTOR times what the source needed: the
-        // destination (or the path to it) is the slower side.
-        vote_destination_slower(ctx, started.elapsed() > source_busy.get() * SLOWER_FACTOR);
+        // The destination was busy over SLOWER_FACTOR times as long as the source
+        // (each side's time less its waits for the other): it, or the path to it, is
+        // the slower side.
+        let destination_busy = started.elapsed().saturating_sub(waits.writer());
+        vote_destination_slower(ctx, destination_busy > source_busy.get() * SLOWER_FACTOR);
     }
     let (sum, etag) = match (read, write) {
         (Ok(sum), Ok(etag)) => (sum, etag),
