@@ -78,6 +78,9 @@ pub struct EngineArgs {
     /// Path of large objects: auto (RAM to RAM, spilling to the stage when the destination is slower), ram or stage
     #[arg(long, default_value = "auto")]
     pub route: String,
+    /// With --route auto: spill once the source would sit idle this long in one part, waiting for the destination
+    #[arg(long, value_name = "DURATION", default_value = "5s")]
+    pub spill_wait: String,
     /// Event loop: auto, io_uring or epoll
     #[arg(long, default_value = "auto")]
     pub driver: String,
@@ -253,6 +256,9 @@ pub fn options(engine: &EngineArgs) -> Result<RelayOptions, Fail> {
     opts.verify_md5 = !engine.no_md5;
     opts.route = relay::Route::parse(&engine.route)
         .ok_or_else(|| usage(format!("--route {:?}: use auto, ram or stage", engine.route)))?;
+    opts.spill_wait = humantime::parse_duration(&engine.spill_wait).map_err(|e| {
+        usage(format!("--spill-wait {:?}: {e}; give a duration such as 5s or 500ms", engine.spill_wait))
+    })?;
     if opts.route == relay::Route::Stage && plan.stage.quota_bytes == 0 {
         return Err(usage(format!(
             "--route stage: the stage at {} has no room (quota 0); give --stage-max or free space",

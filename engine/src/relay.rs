@@ -98,6 +98,10 @@ pub struct RelayOptions {
     pub queue_depth: usize,
     /// Which path large objects take.
     pub route: Route,
+    /// With `Route::Auto`: how long the source would sit idle in one part, waiting for
+    /// a slower destination, before parts spill to the stage. Below that, spilling
+    /// only adds stage writes and reads: the destination sets the pace either way.
+    pub spill_wait: std::time::Duration,
     /// The NVMe stage (engine-wide: the engine a relay runs on brings its own).
     pub stage: Option<crate::stage::StageOptions>,
     /// What every connection gets (engine-wide).
@@ -165,6 +169,7 @@ impl Default for RelayOptions {
             server_side_copy: true,
             queue_depth: 4096,
             route: Route::Auto,
+            spill_wait: DEFAULT_SPILL_WAIT,
             stage: None,
             sockets: None,
         }
@@ -217,6 +222,10 @@ pub struct Report {
     /// Objects whose first bytes show an already-compressed format.
     pub objects_compressed: u64,
 }
+
+/// Default of [`RelayOptions::spill_wait`]: well under the idle timeouts at which
+/// stores drop a stalled download, well over a part's time on a healthy path.
+pub const DEFAULT_SPILL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Score at which the destination counts as slower than the source.
 pub(crate) const DST_BOUND_SCORE_SPILL: i32 = 2;

@@ -82,13 +82,24 @@ fn a_slow_destination_makes_auto_spill_and_every_byte_arrives() {
         + &c.b.remote_toml("slow").replace(&c.b.endpoint, &format!("http://{}", proxy.addr()));
     std::fs::write(c.config.path(), text).unwrap();
     let stage = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
-    let mut args =
-        vec!["relay", "a:bkt-a/slow", "slow:bkt-b/slow", "--json", "--transfers", "1", "--part-streams", "2"];
-    args.extend(["--stage-dir", stage.path().to_str().unwrap()]);
-    args.extend(LARGE);
-    let out = c.laminar(&args);
-    assert_eq!(out.status.code(), Some(0));
-    let report = json(&out);
+    let relay = |prefix: &str, spill_wait: &[&str]| {
+        let dst = format!("slow:bkt-b/{prefix}");
+        let mut args = vec!["relay", "a:bkt-a/slow", &dst, "--json", "--transfers", "1", "--part-streams", "2"];
+        args.extend(["--stage-dir", stage.path().to_str().unwrap()]);
+        args.extend(LARGE);
+        args.extend(spill_wait);
+        let out = c.laminar(&args);
+        assert_eq!(out.status.code(), Some(0));
+        json(&out)
+    };
+    // By default a part must keep the source idle for 5 s before spilling pays: a
+    // 5 MiB part at this pace keeps it waiting well under a second, so every object
+    // streams (the destination sets the pace either way).
+    let report = relay("paced", &[]);
+    assert_eq!(report["routes"]["stage"].as_u64().unwrap_or(0), 0, "spilled below --spill-wait: {report}");
+    c.b.rclone_check_download(&c.a, "bkt-a/slow", "bkt-b/paced").unwrap();
+    // With a short wait, the same destination makes auto spill.
+    let report = relay("slow", &["--spill-wait", "20ms"]);
     let spilled = report["routes"]["stage"].as_u64().unwrap_or(0);
     assert!(spilled >= 1, "nothing spilled to the stage: {report}");
     let reasons: Vec<&str> =

@@ -522,8 +522,14 @@ async fn part_from_stage(
 /// count as slower: well clear of the usual spread between a store's GETs and PUTs.
 const SLOWER_FACTOR: u32 = 3;
 
-/// Moves the destination-bound score by one vote, within ±8.
-fn vote_destination_slower(ctx: &Ctx, slower: bool) {
+/// Votes on whether the destination is the slower side, from one part's busy times
+/// (each side's time less its waits for the other): slower when the destination took
+/// over SLOWER_FACTOR times as long as the source and the source would have sat idle
+/// for `spill_wait` or more. Streamed parts vote, and so do staged ones, so a
+/// destination that catches up ends the spilling.
+fn vote_destination_slower(ctx: &Ctx, destination_busy: Duration, source_busy: Duration) {
+    let slower = destination_busy > source_busy * SLOWER_FACTOR
+        && destination_busy.saturating_sub(source_busy) >= ctx.shared.opts.spill_wait;
     let _ = ctx.shared.dst_bound_score.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
         Some(if slower { (s + 1).min(8) } else { (s - 1).max(-8) })
     });
@@ -627,7 +633,7 @@ async fn part(ctx: &Ctx, job: &ObjectJob, upload_id: &str, index: u32, range: (u
     if let Some((file, (sum, source_busy))) = staged {
         match part_from_stage(ctx, job, upload_id, index, range, &file, &sum).await {
             Ok((record, destination_busy)) => {
-                vote_destination_slower(ctx, destination_busy > source_busy * SLOWER_FACTOR);
+                vote_destination_slower(ctx, destination_busy, source_busy);
                 return Ok(record);
             }
             Err(e) => {
@@ -715,11 +721,8 @@ async fn part_streamed(
     );
     let (read, write) = monoio::join!(read, write);
     if read.is_ok() && write.is_ok() {
-        // The destination was busy over SLOWER_FACTOR times as long as the source
-        // (each side's time less its waits for the other): it, or the path to it, is
-        // the slower side.
         let destination_busy = started.elapsed().saturating_sub(waits.writer());
-        vote_destination_slower(ctx, destination_busy > source_busy.get() * SLOWER_FACTOR);
+        vote_destination_slower(ctx, destination_busy, source_busy.get());
     }
     let (sum, etag) = match (read, write) {
         (Ok(sum), Ok(etag)) => (sum, etag),
