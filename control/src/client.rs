@@ -58,6 +58,9 @@ enum JobCommand {
         /// Path of large objects: auto, ram or stage
         #[arg(long)]
         route: Option<String>,
+        /// With --route auto: how long a part may keep the source idle before spilling, e.g. 5s
+        #[arg(long, value_name = "DURATION")]
+        spill_wait: Option<String>,
         /// Follow the job's progress until it ends
         #[arg(long)]
         follow: bool,
@@ -159,7 +162,18 @@ pub fn run(args: JobArgs) -> Result<u8, Fail> {
     let client = Client::new(&args)?;
     let job = |id: &str| format!("/v1/jobs/{id}");
     let (value, follow) = match &args.command {
-        JobCommand::Submit { source, destination, checksum, include, exclude, dry_run, transfers, route, follow } => {
+        JobCommand::Submit {
+            source,
+            destination,
+            checksum,
+            include,
+            exclude,
+            dry_run,
+            transfers,
+            route,
+            spill_wait,
+            follow,
+        } => {
             let mut spec = json!({
                 "source": source, "destination": destination,
                 "include": include, "exclude": exclude, "dry_run": dry_run,
@@ -172,6 +186,9 @@ pub fn run(args: JobArgs) -> Result<u8, Fail> {
             }
             if let Some(r) = route {
                 spec["route"] = json!(r);
+            }
+            if let Some(w) = spill_wait {
+                spec["spill_wait"] = json!(w);
             }
             (client.call(Method::POST, "/v1/jobs", Some(spec))?, *follow)
         }

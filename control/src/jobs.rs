@@ -187,6 +187,10 @@ pub struct JobSpec {
     /// Path of large objects: auto (default), ram or stage.
     #[serde(default)]
     pub route: Option<String>,
+    /// With route auto: how long a part may keep the source idle before parts spill
+    /// to the stage, e.g. "5s" (the default).
+    #[serde(default)]
+    pub spill_wait: Option<String>,
 }
 
 /// The options a job runs with, as shown back.
@@ -456,6 +460,10 @@ impl Jobs {
         if let Some(r) = &spec.route {
             opts.route = laminar_engine::relay::Route::parse(r)
                 .ok_or_else(|| JobError::Invalid(format!("route {r:?}: use auto, ram or stage")))?;
+        }
+        if let Some(w) = &spec.spill_wait {
+            opts.spill_wait = humantime::parse_duration(w)
+                .map_err(|e| JobError::Invalid(format!("spill_wait {w:?}: {e}; give a duration such as \"5s\"")))?;
         }
         let id = format!("j-{:08x}", self.next_id.fetch_add(1, Ordering::Relaxed) as u32);
         let created_at = now();
