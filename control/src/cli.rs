@@ -389,6 +389,7 @@ struct JsonReport<'a> {
     routes: &'a std::collections::BTreeMap<&'static str, u64>,
     route_decisions: &'a [relay::RouteDecision],
     objects_compressed: u64,
+    stage_bytes_written: u64,
 }
 
 /// Prints the summary (or JSON) for a finished relay.
@@ -415,6 +416,7 @@ pub fn print_report(report: &Report, json: bool, dry_run: bool) {
             routes: &report.routes,
             route_decisions: &report.route_decisions,
             objects_compressed: report.objects_compressed,
+            stage_bytes_written: report.stage_bytes_written,
         };
         println!("{}", serde_json::to_string(&out).expect("report serialises"));
         return;

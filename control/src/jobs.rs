@@ -201,6 +201,8 @@ pub struct JobOptions {
     exclude: Vec<String>,
     dry_run: bool,
     transfers: usize,
+    route: &'static str,
+    spill_wait: String,
 }
 
 /// A check's state and result, as shown on the job.
@@ -351,6 +353,8 @@ impl Job {
                 exclude: self.spec.exclude.clone(),
                 dry_run: self.spec.dry_run,
                 transfers: p.transfers.load(Ordering::Relaxed),
+                route: self.opts.route.name(),
+                spill_wait: humantime::format_duration(self.opts.spill_wait).to_string(),
             },
             "counters": {
                 "objects_total": p.objects_total.load(Ordering::Relaxed),
@@ -377,6 +381,9 @@ impl Job {
 pub struct Jobs {
     engine: Arc<Engine>,
     config: Config,
+    /// What a job runs with unless its spec says otherwise: `laminar serve`'s engine
+    /// flags over the plan.
+    defaults: RelayOptions,
     jobs: Mutex<Vec<Arc<Job>>>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     closing: AtomicBool,
@@ -400,12 +407,14 @@ pub struct ForgottenTotals {
 }
 
 impl Jobs {
-    /// A job list running on `engine`, resolving remotes through `config`.
-    pub fn new(engine: Arc<Engine>, config: Config) -> Arc<Jobs> {
+    /// A job list running on `engine`, resolving remotes through `config`; each job
+    /// starts from `defaults` (the relay options `laminar serve` was given).
+    pub fn new(engine: Arc<Engine>, config: Config, defaults: RelayOptions) -> Arc<Jobs> {
         let seed = fastrand::u64(..) & 0xffff_ff00;
         Arc::new(Jobs {
             engine,
             config,
+            defaults,
             jobs: Mutex::new(Vec::new()),
             threads: Mutex::new(Vec::new()),
             closing: AtomicBool::new(false),
@@ -437,7 +446,7 @@ impl Jobs {
         let src = self.config.location(&spec.source).map_err(|e| JobError::Invalid(format!("source: {e}")))?;
         let dst =
             self.config.location(&spec.destination).map_err(|e| JobError::Invalid(format!("destination: {e}")))?;
-        let mut opts = RelayOptions::default();
+        let mut opts = self.defaults.clone();
         if let Some(c) = &spec.checksum {
             opts.checksum = ChecksumAlgo::parse(c)
                 .ok_or_else(|| JobError::Invalid(format!("checksum {c:?}: use crc32c, crc64nvme, sha256 or md5")))?;

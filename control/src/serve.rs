@@ -72,7 +72,7 @@ pub fn run(config: Option<&Path>, args: ServeArgs) -> Result<u8, Fail> {
     let opts = crate::cli::options(&args.engine)?;
     let interrupted = laminar_tuning::catch_interrupts();
     let engine = Arc::new(Engine::start(&EngineOptions::from(&opts))?);
-    let jobs = Jobs::new(engine.clone(), config);
+    let jobs = Jobs::new(engine.clone(), config, opts);
     let app = App { jobs: jobs.clone(), token: token.map(Arc::new) };
 
     let stop_sampler = Arc::new(AtomicBool::new(false));

@@ -131,6 +131,15 @@ impl Route {
             _ => None,
         }
     }
+
+    /// The name [`Route::parse`] takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Route::Auto => "auto",
+            Route::Ram => "ram",
+            Route::Stage => "stage",
+        }
+    }
 }
 
 /// The path one object took, and why.
@@ -219,6 +228,9 @@ pub struct Report {
     pub routes: std::collections::BTreeMap<&'static str, u64>,
     /// Each object's route and why, at most [`DECISIONS_KEPT_MAX`].
     pub route_decisions: Vec<RouteDecision>,
+    /// Bytes this relay wrote to the stage (each staged byte once; 0 when nothing
+    /// spilled).
+    pub stage_bytes_written: u64,
     /// Objects whose first bytes show an already-compressed format.
     pub objects_compressed: u64,
 }
@@ -278,6 +290,8 @@ pub(crate) struct Shared {
     /// Whether recent parts found the destination slower than the source: each
     /// streamed part moves it up (destination-bound) or down, within ±8.
     pub(crate) dst_bound_score: std::sync::atomic::AtomicI32,
+    /// Bytes of this relay's parts written to the stage.
+    pub(crate) stage_bytes_written: std::sync::atomic::AtomicU64,
     /// The engine's live-worker count and death flag, shared.
     pub(crate) health: Arc<engine::Health>,
     /// Route decisions, for the report.

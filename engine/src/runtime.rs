@@ -99,13 +99,20 @@ mod tests {
         if probe_io_uring().is_none() {
             assert_eq!(block_on(Driver::IoUring, async { 2 + 2 }).unwrap(), 4);
         }
-        use laminar_tuning::host::explain_uring_error_under as explain;
+        use laminar_tuning::host::{explain_uring_error_in as explain, UringContext};
         let err = std::io::Error::from_raw_os_error;
-        assert!(explain(&err(libc::EPERM), false).contains("io_uring_disabled"));
-        assert!(explain(&err(libc::EPERM), true).contains("seccomp=unconfined"));
-        // Under a filter ENOSYS is the profile, not the kernel.
-        assert!(explain(&err(libc::ENOSYS), true).contains("seccomp filter"));
-        assert!(explain(&err(libc::ENOSYS), false).contains("older than 5.1"));
-        assert!(explain(&err(libc::ENOMEM), false).contains("memlock"));
+        let bare = UringContext { kernel_has_io_uring: Some(true), io_uring_disabled: Some(0), seccomp: false };
+        let filtered = UringContext { seccomp: true, ..bare };
+        let disabled = UringContext { io_uring_disabled: Some(2), ..filtered };
+        let old = UringContext { kernel_has_io_uring: Some(false), ..filtered };
+        // The sysctl is named when it is set, even under a filter.
+        assert!(explain(&err(libc::EPERM), &disabled).contains("io_uring_disabled is 2"));
+        assert!(explain(&err(libc::EPERM), &filtered).contains("seccomp=unconfined"));
+        assert!(!explain(&err(libc::EPERM), &bare).contains("seccomp"));
+        // Under a filter ENOSYS is the profile, unless the kernel is too old.
+        assert!(explain(&err(libc::ENOSYS), &filtered).contains("seccomp filter"));
+        assert!(explain(&err(libc::ENOSYS), &old).contains("older than 5.1"));
+        assert!(explain(&err(libc::ENOSYS), &bare).contains("CONFIG_IO_URING"));
+        assert!(explain(&err(libc::ENOMEM), &bare).contains("memlock"));
     }
 }

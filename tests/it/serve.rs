@@ -166,7 +166,8 @@ fn jobs_run_pause_scale_cancel_and_verify_over_http() {
     let Some(c) = clouds() else { return };
     let small = load(&c, "small", 40, 20 * KIB);
     c.a.upload_file(&write_big(12 * MIB, 1), "bkt-a/small/big-1").unwrap();
-    let app = Appliance::start(c.config.path(), &[]);
+    // Engine flags given to serve are every job's defaults.
+    let app = Appliance::start(c.config.path(), &["--route", "ram", "--spill-wait", "9s"]);
 
     // Probes and the OpenAPI document.
     assert_eq!(app.ok("GET", "/healthz", None)["status"], "ok");
@@ -183,6 +184,7 @@ fn jobs_run_pause_scale_cancel_and_verify_over_http() {
     assert_eq!(job["counters"]["bytes_copied"], 40 * 20 * KIB + 12 * MIB);
     let states: Vec<&str> = job["history"].as_array().unwrap().iter().map(|t| t["state"].as_str().unwrap()).collect();
     assert_eq!(states, ["pending", "running", "succeeded"]);
+    assert_eq!((&job["options"]["route"], &job["options"]["spill_wait"]), (&json!("ram"), &json!("9s")), "{job}");
     let id = job["id"].as_str().unwrap().to_string();
     c.b.rclone_check_download(&c.a, "bkt-a/small", "bkt-b/copy").unwrap();
     drop(small);

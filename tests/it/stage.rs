@@ -102,6 +102,9 @@ fn a_slow_destination_makes_auto_spill_and_every_byte_arrives() {
     let report = relay("slow", &["--spill-wait", "20ms"]);
     let spilled = report["routes"]["stage"].as_u64().unwrap_or(0);
     assert!(spilled >= 1, "nothing spilled to the stage: {report}");
+    // Each staged byte was read from the source and written to the stage once.
+    let staged = report["stage_bytes_written"].as_u64().unwrap();
+    assert!(staged > 0 && staged <= 80 * MIB as u64, "{staged} bytes staged for 80 MiB: {report}");
     let reasons: Vec<&str> =
         report["route_decisions"].as_array().unwrap().iter().filter_map(|d| d["reason"].as_str()).collect();
     assert!(reasons.iter().any(|r| r.contains("slower than the source")), "{reasons:?}");

@@ -321,32 +321,68 @@ pub fn probe_io_uring(entries: u32) -> Option<String> {
 
 /// One line naming why io_uring failed and the fix.
 pub fn explain_uring_error(e: &std::io::Error) -> String {
-    explain_uring_error_under(e, seccomp_filtered())
+    explain_uring_error_in(e, &UringContext::read())
 }
 
-/// Whether this process runs under a seccomp filter (`Seccomp: 2` in
-/// /proc/self/status), as a container's default profile puts it.
-pub fn seccomp_filtered() -> bool {
-    read("/proc/self/status")
-        .is_some_and(|s| s.lines().any(|l| l.strip_prefix("Seccomp:").is_some_and(|v| v.trim() == "2")))
+/// What tells the causes of an io_uring failure apart.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UringContext {
+    /// This process runs under a seccomp filter (`Seccomp: 2` in /proc/self/status):
+    /// a container runtime's default profile, or systemd's sandboxing settings.
+    pub seccomp: bool,
+    /// `kernel.io_uring_disabled` (absent before Linux 6.6).
+    pub io_uring_disabled: Option<u32>,
+    /// Whether the kernel's version has io_uring at all (5.1 or later), when known.
+    pub kernel_has_io_uring: Option<bool>,
 }
 
-const SECCOMP_FIX: &str = "allow io_uring_setup, io_uring_enter and io_uring_register in the container's seccomp profile (podman/docker: --security-opt seccomp=unconfined, or a profile that allows them)";
+impl UringContext {
+    /// Reads this process's and this kernel's state.
+    pub fn read() -> UringContext {
+        let seccomp = read("/proc/self/status")
+            .is_some_and(|s| s.lines().any(|l| l.strip_prefix("Seccomp:").is_some_and(|v| v.trim() == "2")));
+        UringContext {
+            seccomp,
+            io_uring_disabled: read("/proc/sys/kernel/io_uring_disabled").and_then(|v| v.parse().ok()),
+            kernel_has_io_uring: read("/proc/sys/kernel/osrelease")
+                .and_then(|r| kernel_version(&r))
+                .map(|version| version >= (5, 1)),
+        }
+    }
+}
 
-/// [`explain_uring_error`] with the seccomp state given: podman's and Docker's default
-/// profiles answer io_uring_setup with ENOSYS or EPERM, which alone would read as an
-/// old kernel or a sysctl.
-pub fn explain_uring_error_under(e: &std::io::Error, seccomp: bool) -> String {
+/// The major and minor version of a kernel release such as `6.18.44-fc-v669`.
+pub fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+const SECCOMP_FIX: &str = "allow io_uring_setup, io_uring_enter and io_uring_register in the seccomp profile (podman/docker: --security-opt seccomp=unconfined or a profile that allows them; systemd: a SystemCallFilter= that lists them)";
+
+/// [`explain_uring_error`] in a given context. Container runtimes' default seccomp
+/// profiles answer io_uring_setup with ENOSYS (podman) or EPERM (Docker), which alone
+/// would read as an old kernel or the sysctl, so the kernel version and the sysctl are
+/// ruled out first.
+pub fn explain_uring_error_in(e: &std::io::Error, cx: &UringContext) -> String {
     match e.raw_os_error() {
-        Some(libc::ENOSYS) if seccomp => format!(
-            "io_uring is blocked ({e}): this process runs under a seccomp filter, as a container's default profile puts it, that refuses io_uring_setup; {SECCOMP_FIX}"
+        Some(libc::ENOSYS) if cx.kernel_has_io_uring == Some(false) => format!(
+            "io_uring is not available ({e}): the kernel is older than 5.1; upgrade it for the faster driver"
         ),
-        Some(libc::ENOSYS) => format!("io_uring is not available ({e}): the kernel is older than 5.1 or built without it; upgrade the kernel for the faster driver"),
-        Some(libc::EPERM) | Some(libc::EACCES) if seccomp => format!(
-            "io_uring is not permitted ({e}): a seccomp filter refuses io_uring_setup or kernel.io_uring_disabled is set; {SECCOMP_FIX}, or run `sysctl kernel.io_uring_disabled=0` on the host"
+        Some(libc::ENOSYS) if cx.seccomp => format!(
+            "io_uring is blocked ({e}): this process runs under a seccomp filter (a container's default profile, or a systemd sandbox) that refuses io_uring_setup; {SECCOMP_FIX}"
+        ),
+        Some(libc::ENOSYS) => format!(
+            "io_uring is not available ({e}): the kernel was built without it (CONFIG_IO_URING); use a kernel with it for the faster driver"
+        ),
+        Some(libc::EPERM) | Some(libc::EACCES) if cx.io_uring_disabled.is_some_and(|v| v != 0) => format!(
+            "io_uring is not permitted ({e}): kernel.io_uring_disabled is {}; run `sysctl kernel.io_uring_disabled=0` on the host (laminar tune check shows it)",
+            cx.io_uring_disabled.unwrap_or_default()
+        ),
+        Some(libc::EPERM) | Some(libc::EACCES) if cx.seccomp => format!(
+            "io_uring is not permitted ({e}): a seccomp filter (a container's default profile, or a systemd sandbox) refuses io_uring_setup; {SECCOMP_FIX}"
         ),
         Some(libc::EPERM) | Some(libc::EACCES) => format!(
-            "io_uring is not permitted ({e}): kernel.io_uring_disabled is set; run `sysctl kernel.io_uring_disabled=0` (laminar tune check shows it)"
+            "io_uring is not permitted ({e}): a security module or kernel.io_uring_disabled refuses it; check `sysctl kernel.io_uring_disabled` (0 allows it) and the host's LSM policy"
         ),
         Some(libc::ENOMEM) => format!(
             "io_uring could not lock memory ({e}): the memlock limit is too low; raise it (`ulimit -l unlimited`, or LimitMEMLOCK= in the systemd unit)"
@@ -373,6 +409,14 @@ pub fn detect(stage_dir: Option<&Path>) -> Host {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_versions_parse() {
+        assert_eq!(kernel_version("6.18.44-fc-v669"), Some((6, 18)));
+        assert_eq!(kernel_version("5.1.0"), Some((5, 1)));
+        assert_eq!(kernel_version("4.19.0-27-amd64"), Some((4, 19)));
+        assert_eq!(kernel_version("unknown"), None);
+    }
 
     #[test]
     fn cpu_lists_parse() {

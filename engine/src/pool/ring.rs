@@ -103,6 +103,9 @@ impl Filler {
         std::future::poll_fn(|cx| {
             let mut s = self.state.borrow_mut();
             if s.writer_gone {
+                if let Some(since) = s.reader_waiting_since.take() {
+                    s.reader_waited += since.elapsed();
+                }
                 return Poll::Ready(None);
             }
             if let Some(chunk) = s.free.pop_front() {
@@ -222,6 +225,10 @@ impl Drop for Drain {
     fn drop(&mut self) {
         let mut s = self.state.borrow_mut();
         s.writer_gone = true;
+        // A writer dropped while waiting (its request failed or was cancelled).
+        if let Some(since) = s.writer_waiting_since.take() {
+            s.writer_waited += since.elapsed();
+        }
         if let Some(w) = s.reader_waker.take() {
             w.wake();
         }

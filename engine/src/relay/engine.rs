@@ -248,6 +248,7 @@ impl Engine {
             stage_fills: crossbeam_queue::SegQueue::new(),
             health: inner.health.clone(),
             dst_bound_score: std::sync::atomic::AtomicI32::new(0),
+            stage_bytes_written: std::sync::atomic::AtomicU64::new(0),
             decisions: Mutex::new(Default::default()),
             opts,
             src,
@@ -303,6 +304,7 @@ impl Engine {
         report.routes = routes;
         report.route_decisions = decisions;
         report.objects_compressed = compressed;
+        report.stage_bytes_written = shared.stage_bytes_written.load(Ordering::Relaxed);
         Ok(report)
     }
 

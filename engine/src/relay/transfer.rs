@@ -345,8 +345,9 @@ async fn route_large(ctx: &Ctx, job: &ObjectJob, parts: u32) -> bool {
     m.route = Some(decision(job, route, reason, format));
     m.stage = file;
     m.staged = vec![None; parts as usize];
-    // Streamed objects may still spill part by part if the destination falls behind.
-    m.spilled = vec![!parallel; parts as usize];
+    // Streamed objects may still spill part by part if the destination falls behind;
+    // a staged object's parts are filled once, when it is routed.
+    m.spilled = vec![staged || !parallel; parts as usize];
     m.no_stage_room = !staged && ctx.shared.opts.route != crate::relay::Route::Auto;
     staged
 }
@@ -361,7 +362,8 @@ fn spill(ctx: &Ctx, task: &PartTask) -> bool {
     let job = &task.job;
     let index = task.index as usize;
     let mut m = job.multipart.lock().expect("multipart lock");
-    if m.copy.is_some() || m.failure.is_some() || m.no_stage_room || m.spilled.get(index).is_none_or(|s| *s) {
+    let filled = m.staged.get(index).is_some_and(Option::is_some);
+    if m.copy.is_some() || m.failure.is_some() || m.no_stage_room || filled || m.spilled.get(index).is_none_or(|s| *s) {
         return false;
     }
     if m.stage.is_none() {
@@ -419,6 +421,7 @@ async fn fill(ctx: &Ctx, task: &PartTask) {
     }
     match ctx.retry(|| fill_part(ctx, job, &file, range)).await {
         Ok((sum, source_busy)) => {
+            ctx.shared.stage_bytes_written.fetch_add(range.1 - range.0, Ordering::Relaxed);
             job.multipart.lock().expect("multipart lock").staged[task.index as usize] = Some((sum, source_busy));
         }
         Err(e) => eprintln!(
@@ -441,12 +444,15 @@ async fn fill_part(ctx: &Ctx, job: &ObjectJob, file: &StageFile, range: (u64, u6
     let read = async {
         let mut hashers = Hashers::new(algo, false);
         timed(ctx.src_label(), Op::Get, ctx.src.read_stream(&job.src_key, range, &filler, &mut hashers)).await?;
+        // As for a streamed part: the source's time ends with its last byte, not
+        // when the stage has written it.
+        let busy = started.elapsed().saturating_sub(waits.reader());
         filler.finish(hashers.finish().0);
-        Ok::<(), Error>(())
+        Ok::<Duration, Error>(busy)
     };
     let (read, written) = monoio::join!(read, file.write_from(range.0, drain));
     match (read, written) {
-        (Ok(()), Ok(sum)) => Ok((sum, started.elapsed().saturating_sub(waits.reader()))),
+        (Ok(busy), Ok(sum)) => Ok((sum, busy)),
         (_, Err(e)) | (Err(e), Ok(_)) => Err(e),
     }
 }
@@ -667,15 +673,20 @@ async fn part_whole(ctx: &Ctx, job: &ObjectJob, upload_id: &str, index: u32, ran
     // No MD5 here: each part carries its CRC, which the store verifies, and a ranged
     // read has no ETag to check against.
     let mut hashers = Hashers::new(algo, false);
+    let started = Instant::now();
     let (body, _) =
         timed(ctx.src_label(), Op::Get, ctx.src.read(&job.src_key, Some(range), Body::new(chunks), &mut hashers))
             .await?;
     if body.len() != len {
         return Err(Error::protocol("get", &job.src_key, format!("part {} came back short", index + 1)));
     }
+    let source_busy = started.elapsed();
     let (sum, md5) = hashers.finish();
+    let started = Instant::now();
     let put = ctx.dst.upload_part(&job.dst_key, upload_id, index + 1, range.0, body, &sum, md5.as_deref());
     let etag = timed(ctx.dst_label(), Op::PutPart, put).await?;
+    // One after the other, so each side's time is its own.
+    vote_destination_slower(ctx, started.elapsed(), source_busy);
     Ok(PartRecord { number: index + 1, offset: range.0, len, etag, checksum: sum })
 }
 
