@@ -292,6 +292,8 @@ pub(crate) struct Shared {
     pub(crate) dst_bound_score: std::sync::atomic::AtomicI32,
     /// Bytes of this relay's parts written to the stage.
     pub(crate) stage_bytes_written: std::sync::atomic::AtomicU64,
+    /// Large objects begun (upload created, parts queued) and not yet finished.
+    pub(crate) large_open: std::sync::atomic::AtomicUsize,
     /// The engine's live-worker count and death flag, shared.
     pub(crate) health: Arc<engine::Health>,
     /// Route decisions, for the report.
@@ -307,6 +309,13 @@ impl Shared {
 
     /// Objects each worker may move at once for this relay: its share of
     /// [`Progress::transfers`], read live so that a relay can be scaled while it runs.
+    /// Most large objects open at once: enough to keep every part stream busy (each
+    /// has at least two parts), so that a tree of large objects does not open an
+    /// upload, and reserve stage space, for every one of them up front.
+    pub(crate) fn large_open_max(&self) -> usize {
+        (self.parts_in_flight_per_worker * self.workers).max(1)
+    }
+
     pub(crate) fn objects_in_flight_per_worker(&self) -> usize {
         self.progress.transfers.load(Ordering::Relaxed).max(1).div_ceil(self.workers)
     }

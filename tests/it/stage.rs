@@ -139,6 +139,27 @@ fn crash_leftovers_are_removed_and_the_quota_falls_back_to_ram() {
     assert!(stage_files(stage.path()).is_empty());
 }
 
+#[test]
+fn large_objects_open_a_few_at_a_time_and_take_the_stage_in_turn() {
+    let Some(c) = clouds() else { return };
+    load(&c, "turns", &[10 * MIB; 6]);
+    let stage = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+    // Two part streams keep two large objects open at once, and the quota holds two:
+    // each object waits for its turn and gets the stage, none falls back to RAM.
+    let mut args = vec!["relay", "a:bkt-a/turns", "b:bkt-b/turns", "--json", "--route", "stage"];
+    args.extend(["--stage-max", "20MiB", "--part-streams", "2", "--workers", "2"]);
+    args.extend(["--stage-dir", stage.path().to_str().unwrap()]);
+    args.extend(LARGE);
+    let out = c.laminar(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let report = json(&out);
+    assert_eq!(report["routes"]["stage"], 6, "{report}");
+    assert_eq!(report["stage_bytes_written"], 60 * MIB as u64, "{report}");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("stage quota"), "a quota warning");
+    c.b.rclone_check_download(&c.a, "bkt-a/turns", "bkt-b/turns").unwrap();
+    assert!(stage_files(stage.path()).is_empty());
+}
+
 /// A real ext4 file system of 40 MiB on a loop device, unmounted on drop.
 struct SmallDisk {
     mount: tempfile::TempDir,

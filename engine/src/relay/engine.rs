@@ -249,6 +249,7 @@ impl Engine {
             health: inner.health.clone(),
             dst_bound_score: std::sync::atomic::AtomicI32::new(0),
             stage_bytes_written: std::sync::atomic::AtomicU64::new(0),
+            large_open: std::sync::atomic::AtomicUsize::new(0),
             decisions: Mutex::new(Default::default()),
             opts,
             src,

@@ -178,13 +178,16 @@ fn put_args(info: &ObjectInfo, version: &str, sum: Option<&Checksum>) -> PutArgs
     PutArgs { meta: info.meta.clone(), provenance: Some(provenance(version, sum)) }
 }
 
+/// Ends an object the relay stopped before it began.
+fn not_attempted(ctx: &Ctx, job: &ObjectJob) {
+    let reason = ctx.shared.fatal.lock().expect("fatal lock").clone().unwrap_or_else(|| "the relay was stopped".into());
+    ctx.shared
+        .finish(job.src_key.clone(), Outcome::Failed { reason: format!("not attempted: {reason}"), fatal: false });
+}
+
 pub(crate) async fn run_object(ctx: Rc<Ctx>, job: Arc<ObjectJob>) {
     if ctx.stopped() {
-        let reason =
-            ctx.shared.fatal.lock().expect("fatal lock").clone().unwrap_or_else(|| "the relay was stopped".into());
-        ctx.shared
-            .finish(job.src_key.clone(), Outcome::Failed { reason: format!("not attempted: {reason}"), fatal: false });
-        return;
+        return not_attempted(&ctx, &job);
     }
     if job.check_dest {
         match ctx.already_there(&job).await {
@@ -284,7 +287,23 @@ async fn small(ctx: &Ctx, job: &ObjectJob) -> Result<()> {
     result
 }
 
+/// How often a large object waiting for an open slot looks again.
+const LARGE_OPEN_POLL: Duration = Duration::from_millis(5);
+
 async fn begin_large(ctx: Rc<Ctx>, job: Arc<ObjectJob>) {
+    // Wait for a slot among the open large objects (the object keeps its transfer
+    // slot meanwhile); released in `finish_large` or below when planning fails.
+    let open = &ctx.shared.large_open;
+    while !ctx.stopped()
+        && open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < ctx.shared.large_open_max()).then_some(n + 1))
+            .is_err()
+    {
+        monoio::time::sleep(LARGE_OPEN_POLL).await;
+    }
+    if ctx.stopped() {
+        return not_attempted(&ctx, &job);
+    }
     match plan_large(&ctx, &job).await {
         Ok(count) => {
             let staged = route_large(&ctx, &job, count).await;
@@ -308,7 +327,10 @@ async fn begin_large(ctx: Rc<Ctx>, job: Arc<ObjectJob>) {
             }
             ctx.shared.event.notify(usize::MAX);
         }
-        Err(e) => ctx.fail(&job, e),
+        Err(e) => {
+            ctx.shared.large_open.fetch_sub(1, Ordering::AcqRel);
+            ctx.fail(&job, e);
+        }
     }
 }
 
@@ -790,6 +812,8 @@ async fn finish_large(ctx: &Ctx, job: &ObjectJob, upload: &Upload) {
     if let Some(route) = route {
         ctx.shared.decided(route);
     }
+    ctx.shared.large_open.fetch_sub(1, Ordering::AcqRel);
+    ctx.shared.event.notify(usize::MAX);
     match result {
         Ok(()) => ctx.shared.finish(job.src_key.clone(), Outcome::Copied { bytes: job.size }),
         Err(e) => {
