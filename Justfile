@@ -31,6 +31,8 @@ bench runs="3":
     target/release/laminar-bench limit --workload mixed --runs {{runs}}
     target/release/laminar-bench scale --workers 1,2,4,8,16 --workloads large,small
     for w in mixed small; do target/release/laminar-bench compare --endpoints weed --workload $w --runs {{runs}}; done
+    target/release/laminar-bench limit --endpoints weed --workload mixed --runs {{runs}}
+    target/release/laminar-bench limit --endpoints weed --workload small --runs {{runs}} --connections 256
     target/release/laminar-bench stage --runs {{runs}}
     cargo bench -p laminar-bench --bench micro -- --write
     target/release/laminar-bench report

@@ -33,6 +33,9 @@ pub struct Run {
     /// Laminar's RAM tier, from its `--json` report (peak RSS must stay under it + 64 MiB).
     #[serde(default)]
     pub ram_buffer_bytes: Option<u64>,
+    /// CPU seconds (user + system) both servers spent during the run.
+    #[serde(default)]
+    pub server_cpu_seconds: Option<f64>,
 }
 
 /// A whole comparison, as kept in the raw JSON.
@@ -194,7 +197,20 @@ pub fn measured(tool: &str, cmd: &mut Command, bytes: u64) -> Result<Run> {
         max_rss_bytes: usage.max_rss_bytes,
         throughput_bytes_per_second: bytes as f64 / wall,
         ram_buffer_bytes,
+        server_cpu_seconds: None,
     })
+}
+
+/// `rclone copy` of the workload at the source to `dst`, with the default flags or the
+/// tuned ones for `workload`.
+pub fn rclone_command(rclone: &Path, pair: &Pair, tuned: bool, workload: &str, dst: &str) -> Command {
+    let mut c = Command::new(rclone);
+    c.envs(pair.rclone_env()).arg("copy");
+    if tuned {
+        c.args(rclone_tuned_flags(workload));
+    }
+    c.args([SRC_PATH, dst]);
+    c
 }
 
 /// Runs the comparison.
@@ -220,15 +236,9 @@ pub fn compare(opts: &CompareOptions) -> Result<Comparison> {
                 c.arg("--config").arg(config.path()).args(["relay", "--json", SRC_PATH, &dst]);
                 c
             } else {
-                let mut c = Command::new(&rclone);
-                c.envs(pair.rclone_env()).arg("copy");
-                if tool == "rclone-tuned" {
-                    c.args(tuned);
-                }
-                c.args([SRC_PATH, &dst]);
-                c
+                rclone_command(&rclone, &pair, tool == "rclone-tuned", &workload.name, &dst)
             };
-            let run = measured(tool, &mut cmd, workload.total_bytes)?;
+            let run = pair.measured(tool, &mut cmd, workload.total_bytes)?;
             pair.verify(&prefix, &workload)?;
             eprintln!(
                 "run {i} {tool:>15}: {:.2}s wall, {:.2}s cpu, {} MiB peak RSS",

@@ -1,12 +1,13 @@
 //! The bare relay: the least a user-space relay can do, as a ceiling for Laminar.
 //!
-//! `laminar-bench limit` runs this program against the synthetic endpoints. It knows
-//! the workload's keys (no listing), opens `connections` pairs of blocking keep-alive
-//! connections, one thread per pair, and for each object (or 16 MiB part of a large
-//! object) sends a GET to the source and a PUT to the destination and copies the body
-//! from one socket to the other through one buffer. It checks nothing but status
-//! codes and computes no checksum, so it is not a relay anyone should use; what it
-//! costs is what moving the bytes through user space costs on this machine.
+//! `laminar-bench limit` runs this program against the synthetic endpoints, or against
+//! SeaweedFS, where it signs each request (SigV4, unsigned payload) with the remotes'
+//! credentials. It knows the workload's keys (no listing), opens `connections` pairs of
+//! blocking keep-alive connections, one thread per pair, and for each object (or 16 MiB
+//! part of a large object) sends a GET to the source and a PUT to the destination and
+//! copies the body from one socket to the other through one buffer. It checks nothing
+//! but status codes and computes no checksum, so it is not a relay anyone should use;
+//! what it costs is what moving the bytes through user space costs on this machine.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -19,7 +20,9 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::compare::{machine, measured, Machine, Run};
+use laminar_engine::backend::s3::{RequestSigner, S3Config};
+
+use crate::compare::{machine, rclone_command, Machine, Run};
 use crate::pair::{Endpoints, Pair, SRC_PATH};
 use crate::servers::find_tool;
 use crate::workload::Workload;
@@ -52,6 +55,9 @@ pub struct BareRelay {
     pub multipart_cutoff_bytes: u64,
     /// Relay, or one side alone.
     pub mode: BareMode,
+    /// Source and destination credentials; without them requests go unsigned (the
+    /// synthetic endpoints do not check).
+    pub credentials: Option<(S3Config, S3Config)>,
 }
 
 /// What the bare relay does with each object or part.
@@ -111,8 +117,12 @@ impl Conn {
         Ok(Conn { addr, stream, spill: Vec::new() })
     }
 
-    fn send_head(&mut self, method: &str, path: &str, extra: &str) -> Result<()> {
-        let head = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n{extra}\r\n", self.addr);
+    fn send_head(&mut self, method: &str, path: &str, headers: &[(String, String)]) -> Result<()> {
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.addr);
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
         self.stream.write_all(head.as_bytes())?;
         Ok(())
     }
@@ -187,19 +197,70 @@ impl Conn {
     }
 }
 
-impl BareRelay {
-    fn src_path(&self, key: &str) -> String {
-        format!("/{}/{}{}", self.src_bucket, self.src_prefix, key)
+/// One side of the relay as one thread sees it: a connection, where the objects are,
+/// and how to sign.
+struct Side {
+    conn: Conn,
+    bucket: String,
+    prefix: String,
+    signer: Option<RequestSigner>,
+}
+
+impl Side {
+    fn open(addr: SocketAddr, bucket: &str, prefix: &str, credentials: Option<&S3Config>) -> Result<Side> {
+        Ok(Side {
+            conn: Conn::open(addr)?,
+            bucket: bucket.to_string(),
+            prefix: prefix.to_string(),
+            signer: credentials.map(|c| RequestSigner::new(c.clone())),
+        })
     }
 
-    fn dst_path(&self, key: &str) -> String {
-        format!("/{}/{}{}", self.dst_bucket, self.dst_prefix, key)
+    /// Sends the head of a request for `key` (under the prefix) with `headers`.
+    fn request(
+        &mut self,
+        method: &str,
+        key: &str,
+        query: &[(&'static str, String)],
+        headers: Vec<(String, String)>,
+    ) -> Result<()> {
+        let key = format!("{}{key}", self.prefix);
+        let (path, headers) = match &self.signer {
+            Some(signer) => signer.sign(method, Some(&key), query, headers).map_err(|e| anyhow::anyhow!("{e}"))?,
+            None => {
+                let mut path = format!("/{}/{key}", self.bucket);
+                for (i, (name, value)) in query.iter().enumerate() {
+                    path.push(if i == 0 { '?' } else { '&' });
+                    path.push_str(name);
+                    if !value.is_empty() {
+                        path.push_str(&format!("={value}"));
+                    }
+                }
+                (path, headers)
+            }
+        };
+        self.conn.send_head(method, &path, &headers)
+    }
+}
+
+fn content_length(len: u64) -> Vec<(String, String)> {
+    vec![("content-length".to_string(), len.to_string())]
+}
+
+impl BareRelay {
+    fn side(&self, dst: bool) -> Result<Side> {
+        let credentials = self.credentials.as_ref().map(|(s, d)| if dst { d } else { s });
+        if dst {
+            Side::open(self.dst, &self.dst_bucket, &self.dst_prefix, credentials)
+        } else {
+            Side::open(self.src, &self.src_bucket, &self.src_prefix, credentials)
+        }
     }
 
     /// Relays every object of `workload`; returns the bytes moved.
     pub fn run(&self, workload: &Workload) -> Result<u64> {
         assert!(self.connections > 0 && self.part_size_bytes > 0);
-        let mut control = Conn::open(self.dst)?;
+        let mut control = self.side(true)?;
         let mut uploads = Vec::new();
         let mut items = Vec::new();
         for (i, o) in workload.objects.iter().enumerate() {
@@ -216,9 +277,9 @@ impl BareRelay {
                 }
                 continue;
             }
-            control.send_head("POST", &format!("{}?uploads", self.dst_path(&o.key)), "Content-Length: 0\r\n")?;
-            let head = control.read_head()?;
-            let body = String::from_utf8(control.read_body(head.content_length)?)?;
+            control.request("POST", &o.key, &[("uploads", String::new())], content_length(0))?;
+            let head = control.conn.read_head()?;
+            let body = String::from_utf8(control.conn.read_body(head.content_length)?)?;
             if head.status != 200 {
                 bail!("create multipart upload of {}: {} {body}", o.key, head.status);
             }
@@ -251,11 +312,10 @@ impl BareRelay {
                 xml.push_str(&format!("<Part><PartNumber>{n}</PartNumber><ETag>{etag}</ETag></Part>"));
             }
             xml.push_str("</CompleteMultipartUpload>");
-            let path = format!("{}?uploadId={}", self.dst_path(&u.key), u.upload_id);
-            control.send_head("POST", &path, &format!("Content-Length: {}\r\n", xml.len()))?;
-            control.stream.write_all(xml.as_bytes())?;
-            let head = control.read_head()?;
-            let body = control.read_body(head.content_length)?;
+            control.request("POST", &u.key, &[("uploadId", u.upload_id.clone())], content_length(xml.len() as u64))?;
+            control.conn.stream.write_all(xml.as_bytes())?;
+            let head = control.conn.read_head()?;
+            let body = control.conn.read_body(head.content_length)?;
             if head.status != 200 || body.windows(7).any(|w| w == b"<Error>") {
                 bail!("complete {}: {} {}", u.key, head.status, String::from_utf8_lossy(&body));
             }
@@ -264,8 +324,8 @@ impl BareRelay {
     }
 
     fn worker(&self, workload: &Workload, items: &[Item], uploads: &[Upload], next: &AtomicUsize) -> Result<u64> {
-        let mut src = Conn::open(self.src)?;
-        let mut dst = Conn::open(self.dst)?;
+        let mut src = self.side(false)?;
+        let mut dst = self.side(true)?;
         let mut buf = vec![0u8; COPY_BUFFER_BYTES];
         let mut moved = 0;
         loop {
@@ -277,11 +337,11 @@ impl BareRelay {
             let (offset, len) = item.part.map_or((0, object.size_bytes), |(_, offset, len, _)| (offset, len));
             if self.mode != BareMode::Put {
                 let range = match item.part {
-                    None => String::new(),
-                    Some(_) => format!("Range: bytes={offset}-{}\r\n", offset + len - 1),
+                    None => Vec::new(),
+                    Some(_) => vec![("range".to_string(), format!("bytes={offset}-{}", offset + len - 1))],
                 };
-                src.send_head("GET", &self.src_path(key), &range)?;
-                let head = src.read_head()?;
+                src.request("GET", key, &[], range)?;
+                let head = src.conn.read_head()?;
                 if head.status != 200 && head.status != 206 {
                     bail!("GET {key}: status {}", head.status);
                 }
@@ -289,27 +349,27 @@ impl BareRelay {
                     bail!("GET {key}: {} bytes, expected {len}", head.content_length);
                 }
                 if self.mode == BareMode::Get {
-                    src.copy_body(&mut std::io::sink(), len, &mut buf)?;
+                    src.conn.copy_body(&mut std::io::sink(), len, &mut buf)?;
                     moved += len;
                     continue;
                 }
             }
-            let dst_path = match item.part {
-                None => self.dst_path(key),
+            let query = match item.part {
+                None => Vec::new(),
                 Some((number, _, _, u)) => {
-                    format!("{}?partNumber={number}&uploadId={}", self.dst_path(key), uploads[u].upload_id)
+                    vec![("partNumber", number.to_string()), ("uploadId", uploads[u].upload_id.clone())]
                 }
             };
-            dst.send_head("PUT", &dst_path, &format!("Content-Length: {len}\r\n"))?;
+            dst.request("PUT", key, &query, content_length(len))?;
             if self.mode == BareMode::Put {
                 for slice in crate::workload::slices(key, offset, len) {
-                    dst.stream.write_all(slice)?;
+                    dst.conn.stream.write_all(slice)?;
                 }
             } else {
-                src.copy_body(&mut dst.stream, len, &mut buf)?;
+                src.conn.copy_body(&mut dst.conn.stream, len, &mut buf)?;
             }
-            let put = dst.read_head()?;
-            let body = dst.read_body(put.content_length)?;
+            let put = dst.conn.read_head()?;
+            let body = dst.conn.read_body(put.content_length)?;
             if put.status != 200 {
                 bail!("PUT {key}: status {} {}", put.status, String::from_utf8_lossy(&body));
             }
@@ -325,13 +385,17 @@ impl BareRelay {
 /// One measured run of `limit`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LimitReport {
+    /// `synthetic` or `weed`.
+    #[serde(default = "synthetic_name")]
+    pub endpoints: String,
     /// The workload.
     pub workload: Workload,
     /// Connection pairs the bare relay used.
     pub connections: usize,
-    /// Runs, alternating: `bare-relay`, `laminar`, and the endpoints' own ceilings:
-    /// `bare-get` (every object read from the source and dropped) and `bare-put`
-    /// (generated bytes written to the destination).
+    /// Runs, alternating: `bare-relay`, `laminar`, on SeaweedFS `rclone-default` and
+    /// `rclone-tuned`, and the endpoints' own ceilings: `bare-get` (every object read
+    /// from the source and dropped) and `bare-put` (generated bytes written to the
+    /// destination).
     pub runs: Vec<Run>,
     /// The machine.
     pub machine: Machine,
@@ -339,10 +403,16 @@ pub struct LimitReport {
     pub commands: Vec<String>,
 }
 
+fn synthetic_name() -> String {
+    Endpoints::Synthetic.name().to_string()
+}
+
 /// Options of `limit`.
 pub struct LimitOptions {
     /// Workload name.
     pub workload: String,
+    /// Endpoints.
+    pub endpoints: Endpoints,
     /// Runs per tool.
     pub runs: usize,
     /// Connection pairs of the bare relay.
@@ -356,68 +426,89 @@ pub struct LimitOptions {
 }
 
 /// The tools `limit` runs, in the order they alternate.
-pub const LIMIT_TOOLS: [&str; 4] = ["bare-relay", "laminar", "bare-get", "bare-put"];
+pub const LIMIT_TOOLS: [&str; 6] = ["bare-relay", "laminar", "rclone-default", "rclone-tuned", "bare-get", "bare-put"];
 
-/// Measures the bare relay, Laminar, and the endpoints' ceilings side by side on
-/// synthetic endpoints.
+/// The tools `limit` runs on `endpoints`: rclone too on SeaweedFS, where the bare relay's
+/// wall time against rclone's is the least any relay could reach.
+pub fn limit_tools(endpoints: Endpoints) -> Vec<&'static str> {
+    LIMIT_TOOLS.into_iter().filter(|t| endpoints == Endpoints::Weed || !t.starts_with("rclone")).collect()
+}
+
+/// Measures the bare relay, Laminar, and the endpoints' ceilings side by side (and
+/// rclone, on SeaweedFS).
 pub fn limit(opts: &LimitOptions) -> Result<LimitReport> {
     let workload = Workload::named(&opts.workload)?;
-    let pair = Pair::start(Endpoints::Synthetic, &workload)?;
+    let rclone = find_tool("rclone");
+    let weed = opts.endpoints == Endpoints::Weed;
+    if weed && rclone.is_none() {
+        bail!("rclone not found: run tests/run.sh once, or set LAMINAR_RCLONE");
+    }
+    let pair = Pair::start(opts.endpoints, &workload)?;
     let (src, dst) = pair.addrs();
     let config = tempfile::NamedTempFile::new()?;
     std::fs::write(config.path(), pair.config_toml())?;
     let bare = |mode: &str| {
+        let signed = if weed { " --config laminar.toml" } else { "" };
         format!(
-            "laminar-bench bare-relay --mode {mode} --src {src} --dst {dst} --workload {} --connections {}",
+            "laminar-bench bare-relay --mode {mode} --src {src} --dst {dst}{signed} --workload {} --connections {}",
             workload.name, opts.connections
         )
     };
-    let commands = vec![
-        bare("relay"),
-        format!("laminar --config laminar.toml relay --json {SRC_PATH} dst:dst/<prefix>"),
-        bare("get"),
-        bare("put"),
-    ];
+    let tuned = crate::compare::rclone_tuned_flags(&workload.name);
+    let tools = limit_tools(opts.endpoints);
+    let mut commands =
+        vec![bare("relay"), format!("laminar --config laminar.toml relay --json {SRC_PATH} dst:dst/<prefix>")];
+    if weed {
+        commands.push(format!("rclone copy {SRC_PATH} dst:dst/<prefix>"));
+        commands.push(format!("rclone copy {} {SRC_PATH} dst:dst/<prefix>", tuned.join(" ")));
+    }
+    commands.extend([bare("get"), bare("put")]);
     let mut runs = Vec::new();
     for i in 0..opts.runs {
-        for tool in LIMIT_TOOLS {
+        for &tool in &tools {
             let prefix = format!("limit{i}-{tool}");
+            let dst_url = format!("dst:dst/{prefix}");
             let mut cmd = if tool == "laminar" {
                 let mut c = Command::new(&opts.laminar);
-                c.arg("--config").arg(config.path()).args(["relay", "--json", SRC_PATH]);
-                c.arg(format!("dst:dst/{prefix}"));
+                c.arg("--config").arg(config.path()).args(["relay", "--json", SRC_PATH, &dst_url]);
                 c
+            } else if let (Some(rclone), Some(_)) = (&rclone, tool.strip_prefix("rclone-")) {
+                rclone_command(rclone, &pair, tool == "rclone-tuned", &workload.name, &dst_url)
             } else {
                 let mut c = Command::new(&opts.bench);
                 c.args(["bare-relay", "--mode", tool.trim_start_matches("bare-")]);
                 c.args(["--src", &src.to_string(), "--dst", &dst.to_string()])
                     .args(["--workload", &workload.name, "--dst-prefix", &prefix])
                     .args(["--connections", &opts.connections.to_string()]);
+                if weed {
+                    c.arg("--config").arg(config.path());
+                }
                 c
             };
-            let run = measured(tool, &mut cmd, workload.total_bytes)?;
+            let run = pair.measured(tool, &mut cmd, workload.total_bytes)?;
             if tool != "bare-get" {
                 pair.verify(&prefix, &workload)?;
             }
             eprintln!(
-                "run {i} {tool:>10}: {:.2}s wall, {:.0} MiB/s, {:.2}s cpu",
+                "run {i} {tool:>14}: {:.2}s wall, {:.0} MiB/s, {:.2}s cpu, servers {:.2}s cpu",
                 run.wall_seconds,
                 run.throughput_bytes_per_second / f64::from(1 << 20),
-                run.cpu_seconds
+                run.cpu_seconds,
+                run.server_cpu_seconds.unwrap_or(f64::NAN)
             );
             runs.push(run);
         }
     }
-    let rclone = find_tool("rclone").unwrap_or_default();
     let report = LimitReport {
+        endpoints: opts.endpoints.name().to_string(),
         workload,
         connections: opts.connections,
         runs,
-        machine: machine(&opts.laminar, &rclone, pair.server_version()),
+        machine: machine(&opts.laminar, &rclone.unwrap_or_default(), pair.server_version()),
         commands,
     };
     std::fs::create_dir_all(&opts.out_dir)?;
-    let raw = opts.out_dir.join(format!("limit-{}.json", report.workload.name));
+    let raw = opts.out_dir.join(format!("limit-{}-{}.json", report.endpoints, report.workload.name));
     std::fs::write(&raw, serde_json::to_string_pretty(&report)?)?;
     Ok(report)
 }

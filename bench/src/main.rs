@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use laminar_bench::compare::{self, CompareOptions};
-use laminar_bench::limit::{self, BareMode, BareRelay, LimitOptions, LIMIT_TOOLS};
+use laminar_bench::limit::{self, BareMode, BareRelay, LimitOptions};
 use laminar_bench::pair::{Endpoints, Pair, SRC_PATH};
 use laminar_bench::report;
 use laminar_bench::scale::{self, ScaleOptions};
@@ -78,6 +78,10 @@ enum Cmd {
         /// small, large, mixed, pareto, or tiny
         #[arg(long, default_value = "large")]
         workload: String,
+        /// synthetic (the relay's own ceiling), or weed (two SeaweedFS servers, with
+        /// rclone beside: the least wall time any relay could reach there)
+        #[arg(long, default_value = "synthetic")]
+        endpoints: String,
         /// Runs per tool
         #[arg(long, default_value_t = 3)]
         runs: usize,
@@ -162,6 +166,9 @@ enum Cmd {
         /// relay, get (source only) or put (destination only)
         #[arg(long, default_value = "relay")]
         mode: String,
+        /// A laminar.toml whose remotes `src` and `dst` sign the requests (default: unsigned)
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -207,9 +214,10 @@ fn run() -> Result<()> {
                 write_results(&out)?;
             }
         }
-        Cmd::Limit { workload, runs, connections, laminar, out, write_results: write } => {
+        Cmd::Limit { workload, endpoints, runs, connections, laminar, out, write_results: write } => {
             let opts = LimitOptions {
                 workload,
+                endpoints: Endpoints::parse(&endpoints)?,
                 runs,
                 connections,
                 laminar: laminar_binary(laminar)?,
@@ -217,7 +225,7 @@ fn run() -> Result<()> {
                 out_dir: out.clone(),
             };
             let l = limit::limit(&opts)?;
-            println!("{}", report::runs_table(&l.runs, &LIMIT_TOOLS, l.workload.object_count));
+            println!("{}", report::runs_table(&l.runs, &limit::limit_tools(opts.endpoints), l.workload.object_count));
             if write {
                 write_results(&out)?;
             }
@@ -266,8 +274,15 @@ fn run() -> Result<()> {
             println!("relay {SRC_PATH} to dst:dst/<prefix>; close stdin (Ctrl-D) to stop");
             std::io::copy(&mut std::io::stdin(), &mut std::io::sink())?;
         }
-        Cmd::BareRelay { src, dst, workload, dst_prefix, connections, mode } => {
+        Cmd::BareRelay { src, dst, workload, dst_prefix, connections, mode, config } => {
             let workload = Workload::named(&workload)?;
+            let credentials = match config {
+                Some(path) => {
+                    let config = laminar_engine::remote::Config::read(&path)?;
+                    Some((config.s3_config(SRC_PATH)?, config.s3_config("dst:dst")?))
+                }
+                None => None,
+            };
             let relay = BareRelay {
                 src,
                 src_bucket: "src".into(),
@@ -279,6 +294,7 @@ fn run() -> Result<()> {
                 part_size_bytes: 16 << 20,
                 multipart_cutoff_bytes: 32 << 20,
                 mode: BareMode::parse(&mode)?,
+                credentials,
             };
             let moved = relay.run(&workload).context("bare relay")?;
             anyhow::ensure!(moved == workload.total_bytes, "moved {moved} bytes of {}", workload.total_bytes);

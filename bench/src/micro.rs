@@ -12,7 +12,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use laminar_engine::backend::s3::SampleSigner;
+use laminar_engine::backend::s3::RequestSigner;
 use laminar_engine::checksum::{crc32c_combine, ChecksumAlgo, Hasher};
 use laminar_engine::http::ResponseHead;
 use laminar_engine::pool::BufferPool;
@@ -142,7 +142,7 @@ pub fn run(mode: Mode) -> Vec<MicroResult> {
     }
 
     // SigV4 of an UploadPart (UNSIGNED-PAYLOAD): paid once per request.
-    let signer = SampleSigner::new();
+    let signer = RequestSigner::sample();
     out.push(bench(mode, "SigV4 sign UploadPart", None, || {
         let headers = signer.sign_upload_part(black_box("data/g1-268435456/obj-000003")).expect("signs");
         headers.iter().map(|(_, v)| v.len() as u64).sum()

@@ -12,6 +12,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
+use crate::compare::{measured, Run};
 use crate::servers::{find_tool, Weed};
 use crate::synthetic::{Synthetic, SyntheticOptions};
 use crate::workload::Workload;
@@ -129,6 +130,23 @@ impl Pair {
             Pair::Weed { src, dst } => (src.addr(), dst.addr()),
             Pair::Synthetic { src, dst } => (src.addr(), dst.addr()),
         }
+    }
+
+    /// CPU seconds (user + system) both servers have used since they started.
+    pub fn server_cpu_seconds(&self) -> Option<f64> {
+        let pids = match self {
+            Pair::Weed { src, dst } => [src.pid(), dst.pid()],
+            Pair::Synthetic { src, dst } => [src.pid(), dst.pid()],
+        };
+        pids.iter().map(|pid| laminar_tuning::stat_cpu_seconds(&format!("/proc/{pid}/stat"))).sum()
+    }
+
+    /// Runs `cmd` as [`measured`] does, adding the CPU time the servers spent meanwhile.
+    pub fn measured(&self, tool: &str, cmd: &mut Command, bytes: u64) -> Result<Run> {
+        let before = self.server_cpu_seconds();
+        let mut run = measured(tool, cmd, bytes)?;
+        run.server_cpu_seconds = before.zip(self.server_cpu_seconds()).map(|(a, b)| b - a);
+        Ok(run)
     }
 
     /// The servers' version, for the machine description.

@@ -38,11 +38,18 @@ fn median_of(runs: &[Run], tool: &str, f: &dyn Fn(&Run) -> f64) -> Option<f64> {
     (!s.is_empty()).then(|| stats(&s).0)
 }
 
-/// A Markdown table of runs, one row per tool, in `tools` order.
+/// A Markdown table of runs, one row per tool, in `tools` order; with the servers' CPU
+/// time where the runs measured it.
 pub fn runs_table(runs: &[Run], tools: &[&str], object_count: usize) -> String {
+    let servers = runs.iter().any(|r| r.server_cpu_seconds.is_some());
     let mut out = String::from(
-        "| tool | wall s (median, min–max) | MiB/s (median, min–max) | objects/s | CPU s (median) | CPU s per GiB | peak RSS MiB (max) |\n|---|---|---|---|---|---|---|\n",
+        "| tool | wall s (median, min–max) | MiB/s (median, min–max) | objects/s | CPU s (median) | CPU s per GiB | peak RSS MiB (max) |",
     );
+    out.push_str(if servers {
+        " servers' CPU s (median) |\n|---|---|---|---|---|---|---|---|\n"
+    } else {
+        "\n|---|---|---|---|---|---|---|\n"
+    });
     for tool in tools {
         let wall = series(runs, tool, &|r| r.wall_seconds);
         if wall.is_empty() {
@@ -54,10 +61,15 @@ pub fn runs_table(runs: &[Run], tools: &[&str], object_count: usize) -> String {
         let gib = stats(&series(runs, tool, &|r| r.throughput_bytes_per_second * r.wall_seconds / GIB)).0;
         let rss = series(runs, tool, &|r| r.max_rss_bytes as f64 / MIB).into_iter().fold(0.0, f64::max);
         out.push_str(&format!(
-            "| {tool} | {w:.2} ({wlo:.2}–{whi:.2}) | {m:.0} ({mlo:.0}–{mhi:.0}) | {:.0} | {cpu:.2} | {:.3} | {rss:.0} |\n",
+            "| {tool} | {w:.2} ({wlo:.2}–{whi:.2}) | {m:.0} ({mlo:.0}–{mhi:.0}) | {:.0} | {cpu:.2} | {:.3} | {rss:.0} |",
             object_count as f64 / w,
             if gib > 0.0 { cpu / gib } else { 0.0 },
         ));
+        if servers {
+            let s: Vec<f64> = runs.iter().filter(|r| r.tool == *tool).filter_map(|r| r.server_cpu_seconds).collect();
+            out.push_str(&if s.is_empty() { " – |".to_string() } else { format!(" {:.2} |", stats(&s).0) });
+        }
+        out.push('\n');
     }
     out
 }
@@ -107,8 +119,9 @@ pub fn machine_section(m: &Machine) -> String {
 
 fn limit_section(l: &LimitReport) -> String {
     let mut out = format!(
-        "### `{}`: {} objects, {:.1} MiB; bare relay with {} connection pairs\n\n",
+        "### `{}` on {} endpoints: {} objects, {:.1} MiB; bare relay with {} connection pairs\n\n",
         l.workload.name,
+        l.endpoints,
         l.workload.object_count,
         l.workload.total_bytes as f64 / MIB,
         l.connections
@@ -119,6 +132,20 @@ fn limit_section(l: &LimitReport) -> String {
         out.push_str(&format!(
             "\nLaminar runs at **{:.0}%** of the bare relay (median throughputs).\n",
             100.0 * lam / bare
+        ));
+    }
+    let wall = |tool| median_of(&l.runs, tool, &|r| r.wall_seconds);
+    let rclone_best = match (wall("rclone-default"), wall("rclone-tuned")) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    if let (Some(best), Some(lam), Some(bare)) = (rclone_best, wall("laminar"), wall("bare-relay")) {
+        out.push_str(&format!(
+            "\nWall time against rclone's best (medians): Laminar **{:.2}×**, the bare relay **{:.2}×**. The bare \
+             relay checks nothing and spends next to no CPU, so its ratio is about the least any relay reaches \
+             with these servers on this machine.\n",
+            lam / best,
+            bare / best
         ));
     }
     out.push_str("\nCommands:\n\n");
@@ -176,7 +203,7 @@ fn targets(comparisons: &[Comparison], limits: &[LimitReport]) -> String {
             row(format!("synthetic `{w}`: CPU s per GiB ≤ 0.2× rclone's"), format!("{:.2}×", l / r), l <= 0.2 * r);
         }
     }
-    for l in limits {
+    for l in limits.iter().filter(|l| l.endpoints == "synthetic") {
         let tput = |r: &Run| r.throughput_bytes_per_second;
         if let (Some(lam), Some(bare)) = (median_of(&l.runs, "laminar", &tput), median_of(&l.runs, "bare-relay", &tput))
         {
@@ -187,10 +214,31 @@ fn targets(comparisons: &[Comparison], limits: &[LimitReport]) -> String {
             );
         }
     }
+    // On SeaweedFS, what the bare relay reached beside rclone in a `limit` run: the
+    // bound any relay has there.
+    let floor = |e: &str, w: &str, inverse: bool| -> String {
+        let wall = |r: &Run| r.wall_seconds;
+        let Some(l) = limits.iter().find(|l| l.endpoints == e && l.workload.name == w) else { return String::new() };
+        let best = match (median_of(&l.runs, "rclone-default", &wall), median_of(&l.runs, "rclone-tuned", &wall)) {
+            (Some(a), Some(b)) => a.min(b),
+            _ => return String::new(),
+        };
+        let ratio = |tool| median_of(&l.runs, tool, &wall).map(|t| if inverse { best / t } else { t / best });
+        match (ratio("laminar"), ratio("bare-relay")) {
+            (Some(lam), Some(bare)) => {
+                format!("; in the `limit` run, Laminar {lam:.2}× and the bare relay {bare:.2}×")
+            }
+            _ => String::new(),
+        }
+    };
     if let Some(c) = find("weed", "mixed") {
         let wall = |r: &Run| r.wall_seconds;
         if let (Some(l), Some(r)) = (median_of(&c.runs, "laminar", &wall), best_rclone(c, &wall, false)) {
-            row("SeaweedFS `mixed`: wall ≤ 0.7× rclone's best".into(), format!("{:.2}×", l / r), l <= 0.7 * r);
+            row(
+                "SeaweedFS `mixed`: wall ≤ 0.7× rclone's best".into(),
+                format!("{:.2}×{}", l / r, floor("weed", "mixed", false)),
+                l <= 0.7 * r,
+            );
         }
     }
     for c in comparisons.iter().filter(|c| c.workload.name == "small") {
@@ -198,7 +246,7 @@ fn targets(comparisons: &[Comparison], limits: &[LimitReport]) -> String {
         if let (Some(l), Some(r)) = (median_of(&c.runs, "laminar", &wall), best_rclone(c, &wall, false)) {
             row(
                 format!("{} `small`: objects/s ≥ 2× rclone's best", c.endpoints),
-                format!("{:.1}×", r / l),
+                format!("{:.1}×{}", r / l, floor(&c.endpoints, "small", true)),
                 r >= 2.0 * l,
             );
         }
@@ -367,7 +415,8 @@ pub fn write(out: &Path) -> Result<std::path::PathBuf> {
         md.push_str(
             "## The limit\n\n`laminar-bench limit` runs a bare relay (`bench/src/limit.rs`: blocking sockets, one \
              thread per connection pair, a GET copied into a PUT through one buffer, no checksums, no listing) \
-             beside Laminar on the synthetic endpoints, and the endpoints' own ceilings with the same program: \
+             beside Laminar on the synthetic endpoints, and on SeaweedFS (signing its requests) beside Laminar and \
+             rclone; and the endpoints' own ceilings with the same program: \
              `bare-get` reads every object from the source and drops it, `bare-put` writes generated bytes to the \
              destination. (s5cmd was tried for the GET ceiling: `s5cmd cat` to /dev/null reads at 150–170 MiB/s \
              with a CPU-second per 6 MiB here, so it measures s5cmd, not the endpoint.)\n\n",

@@ -278,15 +278,7 @@ impl WorkerStats {
         if tid == 0 {
             return None;
         }
-        let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
-        // Fields after the command (which may hold spaces) start after the last ')'.
-        let rest = &stat[stat.rfind(')')? + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        // utime and stime are fields 14 and 15 of the whole line, 12 and 13 here.
-        let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-        Some(ticks as f64 / hz.max(1) as f64)
+        laminar_tuning::stat_cpu_seconds(&format!("/proc/self/task/{tid}/stat"))
     }
 
     /// RAM pool bytes in use.

@@ -110,6 +110,18 @@ impl Config {
         Ok(config)
     }
 
+    /// The bucket, endpoint and credentials of `NAME:bucket/...`, a remote of type s3.
+    pub fn s3_config(&self, url: &str) -> Result<S3Config> {
+        let (name, rest) = url
+            .split_once(':')
+            .filter(|(name, _)| self.remotes.get(*name).is_some_and(|r| r.kind == "s3"))
+            .ok_or_else(|| {
+                Error::Usage(format!("{url:?} is not NAME:bucket/prefix for an s3 remote in laminar.toml"))
+            })?;
+        let (bucket, _) = split_bucket(url, rest)?;
+        s3_from_remote(name, &self.remotes[name], bucket)
+    }
+
     /// Turns a URL into a location.
     pub fn location(&self, url: &str) -> Result<Location> {
         if let Some(rest) = url.strip_prefix("file://") {

@@ -3,7 +3,7 @@
 //! report must render from that JSON.
 
 use laminar_bench::compare::{compare, CompareOptions};
-use laminar_bench::limit::{limit, LimitOptions};
+use laminar_bench::limit::{limit, limit_tools, LimitOptions};
 use laminar_bench::pair::Endpoints;
 use laminar_bench::report;
 use laminar_bench::scale::{scale, ScaleOptions};
@@ -39,6 +39,7 @@ fn compare_tiny(endpoints: Endpoints, out: &std::path::Path) {
     assert!(c.runs.iter().all(|r| r.wall_seconds > 0.0 && r.cpu_seconds >= 0.0));
     let lam = c.runs.iter().find(|r| r.tool == "laminar").unwrap();
     assert!(lam.ram_buffer_bytes.is_some_and(|b| b > 0), "laminar's --json report gives its RAM tier");
+    assert!(c.runs.iter().all(|r| r.server_cpu_seconds.is_some()), "each run measures the servers' CPU");
     let md = report::table(&c);
     assert!(md.contains("| laminar |") && md.contains("rclone-tuned"), "{md}");
     assert!(out.join(format!("compare-{}-tiny.json", endpoints.name())).is_file());
@@ -54,6 +55,29 @@ fn compare_runs_in_tiny_mode_on_seaweedfs() {
 }
 
 #[test]
+fn limit_runs_in_tiny_mode_on_seaweedfs_with_signed_requests() {
+    if !tools_or_skip(&["weed", "rclone"]) {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let l = limit(&LimitOptions {
+        workload: "tiny".into(),
+        endpoints: Endpoints::Weed,
+        runs: 1,
+        connections: 2,
+        laminar: release_binary("laminar"),
+        bench: release_binary("laminar-bench"),
+        out_dir: out.path().to_path_buf(),
+    })
+    .expect("the bare relay signs its requests, and every tool's copy verifies");
+    let tools: Vec<&str> = l.runs.iter().map(|r| r.tool.as_str()).collect();
+    assert_eq!(tools, limit_tools(Endpoints::Weed));
+    assert!(tools.contains(&"rclone-tuned"), "rclone runs beside the bare relay on SeaweedFS");
+    assert!(l.runs.iter().all(|r| r.server_cpu_seconds.is_some_and(|s| s > 0.0)), "{:?}", l.runs);
+    assert!(out.path().join("limit-weed-tiny.json").is_file());
+}
+
+#[test]
 fn compare_limit_scale_and_report_run_in_tiny_mode_on_synthetic_endpoints() {
     if !tools_or_skip(&["rclone"]) {
         return;
@@ -64,6 +88,7 @@ fn compare_limit_scale_and_report_run_in_tiny_mode_on_synthetic_endpoints() {
 
     let l = limit(&LimitOptions {
         workload: "tiny".into(),
+        endpoints: Endpoints::Synthetic,
         runs: 1,
         connections: 4,
         laminar: release_binary("laminar"),
@@ -72,7 +97,7 @@ fn compare_limit_scale_and_report_run_in_tiny_mode_on_synthetic_endpoints() {
     })
     .expect("the bare relay and Laminar run and verify");
     let tools: Vec<&str> = l.runs.iter().map(|r| r.tool.as_str()).collect();
-    assert_eq!(tools, laminar_bench::limit::LIMIT_TOOLS);
+    assert_eq!(tools, limit_tools(Endpoints::Synthetic));
 
     let s = scale(&ScaleOptions {
         workloads: vec!["tiny".into()],

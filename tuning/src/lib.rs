@@ -211,6 +211,20 @@ pub struct ChildUsage {
     pub max_rss_bytes: u64,
 }
 
+/// CPU seconds (user + system) used so far by the process or thread whose
+/// `/proc/.../stat` file is at `stat_path`, e.g. `/proc/1234/stat`.
+pub fn stat_cpu_seconds(stat_path: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(stat_path).ok()?;
+    // Fields after the command (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 here.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    Some(ticks as f64 / hz.max(1) as f64)
+}
+
 /// Waits for the child and returns its exit code (or -signal) and resource usage, from
 /// `wait4`: CPU and peak RSS of exactly that child. Note that Linux counts a child's RSS
 /// from before its exec (the forked copy of the parent) in its peak.

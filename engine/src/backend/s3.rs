@@ -114,14 +114,20 @@ struct Call<'a> {
     target: &'a str,
 }
 
-/// Signs requests the way an S3 remote does, with throwaway credentials and no
-/// connection: what each request costs to sign, for the micro-benchmarks.
-pub struct SampleSigner(S3Store);
+/// Signs requests the way an S3 remote does, without a connection: for programs that
+/// speak S3 themselves (the benchmarks' bare relay) and for measuring what signing
+/// costs.
+pub struct RequestSigner(S3Store);
 
-impl SampleSigner {
-    /// A signer for bucket `bkt` at a loopback endpoint.
-    pub fn new() -> SampleSigner {
-        let cfg = S3Config {
+impl RequestSigner {
+    /// A signer for the bucket and credentials of `cfg`.
+    pub fn new(cfg: S3Config) -> RequestSigner {
+        RequestSigner(S3Store::new(Arc::new(cfg), HttpClient::default()))
+    }
+
+    /// A signer with throwaway credentials for bucket `bkt` at a loopback endpoint.
+    pub fn sample() -> RequestSigner {
+        RequestSigner::new(S3Config {
             remote: "sample".into(),
             endpoint: Endpoint::parse("http://127.0.0.1:9000").expect("valid URL"),
             region: "us-east-1".into(),
@@ -130,23 +136,29 @@ impl SampleSigner {
             session_token: None,
             bucket: "bkt".into(),
             path_style: true,
-        };
-        SampleSigner(S3Store::new(Arc::new(cfg), HttpClient::default()))
+        })
+    }
+
+    /// The request target (path and query, percent-encoded) of `key` in the bucket, and
+    /// `headers` with the signature headers added; the payload goes unsigned
+    /// (`UNSIGNED-PAYLOAD`).
+    pub fn sign(
+        &self,
+        method: &str,
+        key: Option<&str>,
+        query: &[(&'static str, String)],
+        mut headers: Vec<(String, String)>,
+    ) -> Result<(String, Vec<(String, String)>)> {
+        let path = self.0.path(key, query);
+        self.0.sign(method, &path, &mut headers, SignableBody::UnsignedPayload)?;
+        Ok((path, headers))
     }
 
     /// Signs an UploadPart of `key` carrying a CRC32C header; returns the headers sent.
     pub fn sign_upload_part(&self, key: &str) -> Result<Vec<(String, String)>> {
         let query = vec![("partNumber", "7".to_string()), ("uploadId", "2~abcdefghijklmnop".to_string())];
-        let path = self.0.path(Some(key), &query);
-        let mut headers = vec![("x-amz-checksum-crc32c".to_string(), "yZRlqg==".to_string())];
-        self.0.sign("PUT", &path, &mut headers, SignableBody::UnsignedPayload)?;
-        Ok(headers)
-    }
-}
-
-impl Default for SampleSigner {
-    fn default() -> Self {
-        SampleSigner::new()
+        let headers = vec![("x-amz-checksum-crc32c".to_string(), "yZRlqg==".to_string())];
+        Ok(self.sign("PUT", Some(key), &query, headers)?.1)
     }
 }
 
