@@ -390,6 +390,8 @@ struct JsonReport<'a> {
     route_decisions: &'a [relay::RouteDecision],
     objects_compressed: u64,
     stage_bytes_written: u64,
+    throttle_cuts: u64,
+    transfers_lowest: Option<usize>,
 }
 
 /// Prints the summary (or JSON) for a finished relay.
@@ -417,6 +419,8 @@ pub fn print_report(report: &Report, json: bool, dry_run: bool) {
             route_decisions: &report.route_decisions,
             objects_compressed: report.objects_compressed,
             stage_bytes_written: report.stage_bytes_written,
+            throttle_cuts: report.throttle_cuts,
+            transfers_lowest: report.transfers_lowest,
         };
         println!("{}", serde_json::to_string(&out).expect("report serialises"));
         return;
@@ -444,6 +448,12 @@ pub fn print_report(report: &Report, json: bool, dry_run: bool) {
         report.driver.map(|d| d.to_string()).unwrap_or_default(),
         HumanBytes(report.ram_buffer_bytes),
     );
+    if let Some(lowest) = report.transfers_lowest {
+        println!(
+            "a store throttled: objects in flight were halved {} times, down to {lowest}, and climbed back as copies succeeded",
+            report.throttle_cuts
+        );
+    }
 }
 
 fn run_ls(config: Option<&std::path::Path>, url: &str, driver: &str) -> Result<u8, Fail> {

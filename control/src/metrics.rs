@@ -102,6 +102,10 @@ pub fn render(jobs: &Jobs) -> String {
     let mut by_state = Family::gauge("laminar_jobs", "Jobs listed, by state.");
     let mut in_flight_jobs =
         Family::gauge("laminar_job_transfers", "Objects a job may have in flight (its transfers setting).");
+    let mut allowed = Family::gauge(
+        "laminar_job_transfers_allowed",
+        "Objects a job may have in flight now: its transfers setting, or fewer while a store throttles.",
+    );
     let list = jobs.list();
     for state in State::ALL {
         let n = list.iter().filter(|j| j.state() == state).count();
@@ -116,6 +120,7 @@ pub fn render(jobs: &Jobs) -> String {
         objects.push(&[("job", &job.id), ("outcome", "skipped")], skipped as f64);
         objects.push(&[("job", &job.id), ("outcome", "failed")], p.objects_failed.load(Ordering::Relaxed) as f64);
         in_flight_jobs.push(&[("job", &job.id)], p.transfers.load(Ordering::Relaxed) as f64);
+        allowed.push(&[("job", &job.id)], p.throttle.limit(p.transfers.load(Ordering::Relaxed)) as f64);
     }
     let gone = jobs.forgotten.lock().expect("forgotten lock").clone();
     if gone.copied + gone.skipped + gone.failed > 0 {
@@ -124,7 +129,7 @@ pub fn render(jobs: &Jobs) -> String {
         objects.push(&[("job", "forgotten"), ("outcome", "skipped")], gone.skipped as f64);
         objects.push(&[("job", "forgotten"), ("outcome", "failed")], gone.failed as f64);
     }
-    families.extend([bytes, objects, by_state, in_flight_jobs]);
+    families.extend([bytes, objects, by_state, in_flight_jobs, allowed]);
 
     // Worker shards, summed; per-worker gauges.
     let mut totals = Totals::default();

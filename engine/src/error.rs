@@ -122,6 +122,12 @@ impl Error {
         }
     }
 
+    /// Whether the store refused the request as one too many (429, 503, `SlowDown`):
+    /// a signal to send fewer at once.
+    pub fn is_throttle(&self) -> bool {
+        matches!(self, Error::Http { status, code, .. } if *status == 429 || *status == 503 || code == "SlowDown")
+    }
+
     /// Whether no object can succeed after this error (bad credentials, missing bucket,
     /// no server): the relay stops instead of failing every object the same way.
     pub fn is_fatal(&self) -> bool {

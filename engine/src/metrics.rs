@@ -28,7 +28,7 @@ pub fn error_kind(e: &Error) -> usize {
         Error::Usage(_) | Error::InvalidKey { .. } => 0,
         Error::Connect { .. } => 1,
         Error::Io { .. } => 2,
-        Error::Http { status, code, .. } if *status == 429 || *status == 503 || code == "SlowDown" => 3,
+        Error::Http { .. } if e.is_throttle() => 3,
         Error::Http { status, .. } if *status < 500 => 4,
         Error::Http { .. } => 5,
         Error::Protocol { .. } => 6,

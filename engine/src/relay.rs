@@ -11,6 +11,7 @@
 mod engine;
 mod plan;
 mod progress;
+mod throttle;
 mod transfer;
 mod verify;
 mod worker;
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant};
 pub use engine::{Engine, EngineOptions};
 pub use plan::{Filter, Planned};
 pub use progress::{ObjectProgress, Progress};
+pub use throttle::Throttle;
 pub use verify::{verify, VerifyProgress, VerifyReport};
 
 use crate::backend::Backend;
@@ -233,6 +235,10 @@ pub struct Report {
     pub stage_bytes_written: u64,
     /// Objects whose first bytes show an already-compressed format.
     pub objects_compressed: u64,
+    /// Times a throttling store made the relay halve its objects in flight.
+    pub throttle_cuts: u64,
+    /// The fewest objects in flight a throttling store brought the relay down to.
+    pub transfers_lowest: Option<usize>,
 }
 
 /// Default of [`RelayOptions::spill_wait`]: well under the idle timeouts at which
@@ -317,7 +323,12 @@ impl Shared {
     }
 
     pub(crate) fn objects_in_flight_per_worker(&self) -> usize {
-        self.progress.transfers.load(Ordering::Relaxed).max(1).div_ceil(self.workers)
+        self.objects_allowed().div_ceil(self.workers)
+    }
+
+    /// Objects in flight allowed now: `--transfers`, less while a store throttles.
+    pub(crate) fn objects_allowed(&self) -> usize {
+        self.progress.throttle.limit(self.progress.transfers.load(Ordering::Relaxed))
     }
 
     /// Records an object's route (and logs it with `LAMINAR_LOG=debug`).
@@ -361,6 +372,7 @@ impl Shared {
         match &outcome {
             Outcome::Copied { .. } => {
                 self.progress.objects_done.fetch_add(1, Ordering::Relaxed);
+                self.progress.throttle.succeeded(self.progress.transfers.load(Ordering::Relaxed));
             }
             Outcome::Skipped { .. } => {
                 self.progress.objects_done.fetch_add(1, Ordering::Relaxed);
@@ -405,40 +417,90 @@ pub fn relay(
 /// Runs `op` until it succeeds, fails with an error retrying can't help, `stop` is
 /// set, or `retries` retries are spent; waits with exponential backoff and jitter
 /// between attempts, longer when the server sent Retry-After.
-pub(crate) async fn retry<T, F, Fut>(retries: u32, stop: &AtomicBool, mut op: F) -> Result<T>
+pub(crate) async fn retry<T, F, Fut>(retries: u32, stop: &AtomicBool, op: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
 {
-    let mut attempt = 0;
+    retry_with(retries, stop, None, op).await
+}
+
+/// As [`retry`], for a relay's transfers: a throttled attempt (429, 503, `SlowDown`)
+/// also cuts the relay's objects in flight ([`Throttle`]) and counts against
+/// `retries` only once that limit is down to one, so that the objects begun before
+/// the store pushed back are not failed for it; and its next attempt waits until
+/// fewer operations than the limit are under way, so that the objects already in
+/// flight also come down to it.
+pub(crate) async fn retry_throttled<T, F, Fut>(retries: u32, progress: &Progress, op: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    retry_with(retries, &progress.stop, Some(progress), op).await
+}
+
+async fn retry_with<T, F, Fut>(retries: u32, stop: &AtomicBool, throttle: Option<&Progress>, mut op: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    // `attempt` counts against `retries`; `tries` sets the backoff.
+    let (mut attempt, mut tries, mut throttled) = (0, 0, false);
     loop {
-        match op().await {
-            Ok(v) => return Ok(v),
-            // Acquire pairs with the Release stores that set `stop`.
-            Err(e) if e.is_retryable() && attempt < retries && !stop.load(Ordering::Acquire) => {
-                crate::metrics::record_error(&e, true);
-                let delay = crate::error::backoff_delay(
-                    attempt,
-                    Duration::from_millis(100),
-                    Duration::from_secs(10),
-                    e.retry_after(),
-                );
-                // Slept in short steps, so that a stop (cancel, shutdown) is not held up
-                // by a long Retry-After.
-                let until = std::time::Instant::now() + delay;
-                while !stop.load(Ordering::Acquire) {
-                    let left = until.saturating_duration_since(std::time::Instant::now());
-                    if left.is_zero() {
-                        break;
+        let result = match throttle {
+            Some(p) => {
+                if throttled {
+                    // Wait for room under the limit. Checked and taken with no await
+                    // between, so tasks of one worker never overshoot it together.
+                    while !stop.load(Ordering::Acquire)
+                        && p.operations.load(Ordering::Relaxed) >= p.throttle.limit(p.transfers.load(Ordering::Relaxed))
+                    {
+                        monoio::time::sleep(Duration::from_millis(10)).await;
                     }
-                    monoio::time::sleep(left.min(Duration::from_millis(100))).await;
                 }
-                attempt += 1;
+                p.operations.fetch_add(1, Ordering::Relaxed);
+                let result = op().await;
+                p.operations.fetch_sub(1, Ordering::Relaxed);
+                result
             }
-            Err(e) => {
-                crate::metrics::record_error(&e, false);
-                return Err(e);
+            None => op().await,
+        };
+        let e = match result {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        // Acquire pairs with the Release stores that set `stop`.
+        let retryable = e.is_retryable() && !stop.load(Ordering::Acquire);
+        throttled = retryable && throttle.is_some() && e.is_throttle();
+        // A throttled attempt is free while the limit can still come down.
+        let free = match throttle {
+            Some(p) if throttled => {
+                let transfers = p.transfers.load(Ordering::Relaxed);
+                p.throttle.throttled(transfers);
+                !p.throttle.at_floor(transfers)
             }
+            _ => false,
+        };
+        if !retryable || (attempt >= retries && !free) {
+            crate::metrics::record_error(&e, false);
+            return Err(e);
+        }
+        crate::metrics::record_error(&e, true);
+        let delay =
+            crate::error::backoff_delay(tries, Duration::from_millis(100), Duration::from_secs(10), e.retry_after());
+        // Slept in short steps, so that a stop (cancel, shutdown) is not held up by a
+        // long Retry-After.
+        let until = std::time::Instant::now() + delay;
+        while !stop.load(Ordering::Acquire) {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            monoio::time::sleep(left.min(Duration::from_millis(100))).await;
+        }
+        tries += 1;
+        if !free {
+            attempt += 1;
         }
     }
 }

@@ -386,6 +386,36 @@ fn throttling_is_retried_with_backoff() {
 }
 
 #[test]
+fn a_store_that_throttles_gets_fewer_objects_at_once_and_none_fails_for_it() {
+    let Some(c) = clouds() else { return };
+    let src = tempfile::tempdir().unwrap();
+    for i in 0..40u64 {
+        write_file(src.path(), &format!("o{i:02}"), &pattern(3000 + i, i));
+    }
+    let up = c.laminar(&["relay", &format!("file://{}", src.path().display()), "a:bkt-a/narrow"]);
+    assert_eq!(up.status.code(), Some(0));
+    // The destination takes 4 connections at once and answers the rest 503 SlowDown.
+    let proxy = Proxy::start(c.b.addr(), Fault::ThrottleAbove { connections: 4 });
+    c.add_remote("narrow", &proxy.endpoint(), &c.b);
+    // 32 objects at once, and no retries: each throttled object would fail, but
+    // throttling halves the objects in flight instead, and until that limit is down
+    // to one a throttled attempt is not counted as a retry.
+    let args = ["relay", "a:bkt-a/narrow", "narrow:bkt-b/narrow", "--json", "--workers", "1", "--transfers", "32"];
+    let out = c.laminar(&[&args[..], &["--retries", "0"]].concat());
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let report = json(&out);
+    assert_eq!(report["objects_copied"], 40, "{report}");
+    assert!(proxy.fault_fired());
+    assert!(report["throttle_cuts"].as_u64().unwrap() >= 1, "{report}");
+    let lowest = report["transfers_lowest"].as_u64().unwrap();
+    assert!((1..=16).contains(&lowest), "{report}");
+    c.b.rclone_check_download(&c.a, "bkt-a/narrow", "bkt-b/narrow").unwrap();
+    // A relay that was never throttled says so.
+    let calm = json(&c.laminar(&["relay", "a:bkt-a/narrow", "b:bkt-b/calm", "--json"]));
+    assert_eq!((calm["throttle_cuts"].as_u64(), calm["transfers_lowest"].as_u64()), (Some(0), None), "{calm}");
+}
+
+#[test]
 fn every_checksum_algorithm_round_trips() {
     let Some(c) = clouds() else { return };
     let src = tempfile::tempdir().unwrap();

@@ -223,6 +223,8 @@ fn jobs_run_pause_scale_cancel_and_verify_over_http() {
     // Scaled live while paused, then resumed.
     let job = app.ok("PATCH", &format!("/v1/jobs/{id}"), Some(json!({ "transfers": 16 })));
     assert_eq!(job["options"]["transfers"], 16);
+    // No store throttled: all 16 are allowed.
+    assert_eq!((job["transfers_allowed"].as_u64(), job["counters"]["throttle_cuts"].as_u64()), (Some(16), Some(0)));
     assert_eq!(app.ok("POST", &format!("/v1/jobs/{id}/resume"), None)["state"], "running");
     let job = app.wait(&id, &["succeeded", "failed", "cancelled"]);
     assert_eq!(job["state"], "succeeded", "{job}");
@@ -269,6 +271,7 @@ fn jobs_run_pause_scale_cancel_and_verify_over_http() {
             "laminar_errors",
             "laminar_checksum_mismatches",
             "laminar_transfers_in_flight",
+            "laminar_job_transfers_allowed",
             "laminar_ram_buffer_used_bytes",
             "laminar_backend_operation_duration_seconds",
             "laminar_build_info",

@@ -79,6 +79,13 @@ pub enum Fault {
         /// Connections to throttle.
         connections: u64,
     },
+    /// Answer each connection opened while `connections` relayed ones are still open
+    /// with `503 SlowDown` (as [`Fault::SlowDownFirst`] does): a store that takes so
+    /// many requests at once and throttles the rest.
+    ThrottleAbove {
+        /// Connections relayed at once.
+        connections: usize,
+    },
     /// Relay faithfully, but pace client-to-server bytes (all connections together)
     /// to `bytes_per_second`: a destination slower than its source.
     PaceRequests {
@@ -317,6 +324,14 @@ fn accept_loop(listener: TcpListener, shared: &Arc<Shared>) {
                 true
             }
         });
+        if let Fault::ThrottleAbove { connections: most } = shared.fault {
+            if connections.len() >= most {
+                shared.fired.store(true, Ordering::Release);
+                let handle = thread::spawn(move || slow_down(client));
+                lock(&shared.cut_threads).push(handle);
+                continue;
+            }
+        }
         if connections.len() >= CONNECTIONS_MAX {
             reset(&client);
             continue;

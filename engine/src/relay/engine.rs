@@ -306,6 +306,8 @@ impl Engine {
         report.route_decisions = decisions;
         report.objects_compressed = compressed;
         report.stage_bytes_written = shared.stage_bytes_written.load(Ordering::Relaxed);
+        report.throttle_cuts = shared.progress.throttle.cuts();
+        report.transfers_lowest = shared.progress.throttle.lowest();
         Ok(report)
     }
 

@@ -34,6 +34,11 @@ pub struct Progress {
     /// new value scales a running relay (wake the engine after raising it). Zero until
     /// the relay starts, which stores the option's value.
     pub transfers: AtomicUsize,
+    /// The limit below `transfers` while a store throttles; read live like it.
+    pub throttle: super::Throttle,
+    /// Store operations of this relay's transfers under way (a request with its
+    /// body), across workers: what a throttled retry waits to see below the limit.
+    pub operations: AtomicUsize,
 }
 
 /// Everything needed to resume one object's multipart upload: which upload, how it

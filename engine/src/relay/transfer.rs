@@ -118,7 +118,7 @@ impl Ctx {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
-        super::retry(self.shared.opts.retries, &self.shared.progress.stop, op).await
+        super::retry_throttled(self.shared.opts.retries, &self.shared.progress, op).await
     }
 
     /// Counts bytes that reached the destination, for progress and metrics.
