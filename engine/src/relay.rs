@@ -426,11 +426,12 @@ where
 }
 
 /// As [`retry`], for a relay's transfers: a throttled attempt (429, 503, `SlowDown`)
-/// also cuts the relay's objects in flight ([`Throttle`]) and counts against
-/// `retries` only once that limit is down to one, so that the objects begun before
-/// the store pushed back are not failed for it; and its next attempt waits until
-/// fewer operations than the limit are under way, so that the objects already in
-/// flight also come down to it.
+/// also cuts the relay's objects in flight ([`Throttle`]); while a cut is in force,
+/// each operation (and each retry of a throttled one) waits until fewer operations
+/// than the limit are under way, across workers, parts included. A throttled attempt
+/// counts against `retries` only once the limit is down to one, or after
+/// [`throttle::free_attempts`] of them, so that the objects begun before the store
+/// pushed back are not failed for it.
 pub(crate) async fn retry_throttled<T, F, Fut>(retries: u32, progress: &Progress, op: F) -> Result<T>
 where
     F: FnMut() -> Fut,
@@ -444,24 +445,21 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
 {
-    // `attempt` counts against `retries`; `tries` sets the backoff.
-    let (mut attempt, mut tries, mut throttled) = (0, 0, false);
+    // `attempt` counts against `retries`; `tries` sets the backoff; `free` counts the
+    // throttled attempts that were not counted.
+    let (mut attempt, mut tries, mut free_used) = (0, 0, 0);
+    let mut last: Option<Error> = None;
     loop {
         let result = match throttle {
             Some(p) => {
-                if throttled {
-                    // Wait for room under the limit. Checked and taken with no await
-                    // between, so tasks of one worker never overshoot it together.
-                    while !stop.load(Ordering::Acquire)
-                        && p.operations.load(Ordering::Relaxed) >= p.throttle.limit(p.transfers.load(Ordering::Relaxed))
-                    {
-                        monoio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                }
-                p.operations.fetch_add(1, Ordering::Relaxed);
-                let result = op().await;
-                p.operations.fetch_sub(1, Ordering::Relaxed);
-                result
+                let Some(_operation) = Operation::begin(p, stop, last.as_ref().is_some_and(Error::is_throttle)).await
+                else {
+                    // Stopped while waiting for room: the last error stands.
+                    let e = last.take().expect("only a retry waits");
+                    crate::metrics::record_error(&e, false);
+                    return Err(e);
+                };
+                op().await
             }
             None => op().await,
         };
@@ -471,13 +469,13 @@ where
         };
         // Acquire pairs with the Release stores that set `stop`.
         let retryable = e.is_retryable() && !stop.load(Ordering::Acquire);
-        throttled = retryable && throttle.is_some() && e.is_throttle();
-        // A throttled attempt is free while the limit can still come down.
+        // A throttled attempt is free while the limit can still come down, a few times
+        // per operation at most.
         let free = match throttle {
-            Some(p) if throttled => {
+            Some(p) if retryable && e.is_throttle() => {
                 let transfers = p.transfers.load(Ordering::Relaxed);
                 p.throttle.throttled(transfers);
-                !p.throttle.at_floor(transfers)
+                !p.throttle.at_floor(transfers) && free_used < throttle::free_attempts(transfers)
             }
             _ => false,
         };
@@ -499,9 +497,54 @@ where
             monoio::time::sleep(left.min(Duration::from_millis(100))).await;
         }
         tries += 1;
-        if !free {
+        if free {
+            free_used += 1;
+        } else {
             attempt += 1;
         }
+        last = Some(e);
+    }
+}
+
+/// How often an operation waiting for room under a throttle looks again.
+const THROTTLE_POLL: Duration = Duration::from_millis(10);
+
+/// One store operation of a relay's transfers, counted in [`Progress::operations`]
+/// until it is dropped.
+struct Operation<'a>(&'a AtomicUsize);
+
+impl<'a> Operation<'a> {
+    /// Counts an operation in. While a cut is in force, and for the retry of a
+    /// throttled attempt, first waits until fewer operations than the limit are under
+    /// way; None if the relay stopped meanwhile (a first attempt then goes ahead, as
+    /// it would unthrottled, and meets the stop itself).
+    async fn begin(p: &'a Progress, stop: &AtomicBool, throttled: bool) -> Option<Operation<'a>> {
+        let ops = &p.operations;
+        if !throttled && !p.throttle.cut_in_force() {
+            ops.fetch_add(1, Ordering::Relaxed);
+            return Some(Operation(ops));
+        }
+        loop {
+            let limit = p.throttle.limit(p.transfers.load(Ordering::Relaxed));
+            // Taken in one step, so that workers never overshoot the limit together.
+            if ops.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < limit).then_some(n + 1)).is_ok() {
+                return Some(Operation(ops));
+            }
+            if stop.load(Ordering::Acquire) {
+                if throttled {
+                    return None;
+                }
+                ops.fetch_add(1, Ordering::Relaxed);
+                return Some(Operation(ops));
+            }
+            monoio::time::sleep(THROTTLE_POLL).await;
+        }
+    }
+}
+
+impl Drop for Operation<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

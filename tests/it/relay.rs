@@ -397,11 +397,14 @@ fn a_store_that_throttles_gets_fewer_objects_at_once_and_none_fails_for_it() {
     // The destination takes 4 connections at once and answers the rest 503 SlowDown.
     let proxy = Proxy::start(c.b.addr(), Fault::ThrottleAbove { connections: 4 });
     c.add_remote("narrow", &proxy.endpoint(), &c.b);
-    // 32 objects at once, and no retries: each throttled object would fail, but
-    // throttling halves the objects in flight instead, and until that limit is down
-    // to one a throttled attempt is not counted as a retry.
+    // 32 objects at once, and one retry: retried alone, most objects would fail
+    // (the store keeps refusing as long as 32 are in flight), but throttling halves
+    // the objects in flight instead, and until that limit is down to one a throttled
+    // attempt is not counted as a retry. One worker: the proxy counts connections,
+    // and a worker's idle keep-alive connections would hold slots another worker
+    // could not get.
     let args = ["relay", "a:bkt-a/narrow", "narrow:bkt-b/narrow", "--json", "--workers", "1", "--transfers", "32"];
-    let out = c.laminar(&[&args[..], &["--retries", "0"]].concat());
+    let out = c.laminar(&[&args[..], &["--retries", "1"]].concat());
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let report = json(&out);
     assert_eq!(report["objects_copied"], 40, "{report}");
@@ -410,6 +413,24 @@ fn a_store_that_throttles_gets_fewer_objects_at_once_and_none_fails_for_it() {
     let lowest = report["transfers_lowest"].as_u64().unwrap();
     assert!((1..=16).contains(&lowest), "{report}");
     c.b.rclone_check_download(&c.a, "bkt-a/narrow", "bkt-b/narrow").unwrap();
+    // Parts of large objects wait under the limit too: 8 part streams against 4.
+    let big = tempfile::tempdir().unwrap();
+    for i in 0..2u64 {
+        write_file(big.path(), &format!("big{i}"), &pattern(4 * PART + i, 50 + i));
+    }
+    let part = PART.to_string();
+    let sizes = ["--part-size", &part, "--multipart-cutoff", &part];
+    let up = c
+        .laminar(&[&["relay", &format!("file://{}", big.path().display()), "a:bkt-a/narrow-big"], &sizes[..]].concat());
+    assert_eq!(up.status.code(), Some(0));
+    let across =
+        ["relay", "a:bkt-a/narrow-big", "narrow:bkt-b/narrow-big", "--json", "--workers", "1", "--part-streams", "8"];
+    let out = c.laminar(&[&across[..], &sizes[..], &["--retries", "1"]].concat());
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let report = json(&out);
+    assert_eq!(report["objects_copied"], 2, "{report}");
+    assert!(report["throttle_cuts"].as_u64().unwrap() >= 1, "{report}");
+    c.b.rclone_check_download(&c.a, "bkt-a/narrow-big", "bkt-b/narrow-big").unwrap();
     // A relay that was never throttled says so.
     let calm = json(&c.laminar(&["relay", "a:bkt-a/narrow", "b:bkt-b/calm", "--json"]));
     assert_eq!((calm["throttle_cuts"].as_u64(), calm["transfers_lowest"].as_u64()), (Some(0), None), "{calm}");

@@ -68,20 +68,34 @@ impl Throttle {
         self.limit(transfers) <= 1
     }
 
+    /// Whether a cut is in force: the limit is below `--transfers`.
+    pub fn cut_in_force(&self) -> bool {
+        self.limit.load(Ordering::Relaxed) != 0
+    }
+
     /// A store refused a request as too many: halves the limit, unless a cut was made
-    /// less than [`CUT_INTERVAL`] ago. Returns whether this call cut it.
+    /// less than [`CUT_INTERVAL`] ago or the limit is already one. Returns whether
+    /// this call cut it.
     pub fn throttled(&self, transfers: usize) -> bool {
         let now = self.epoch.elapsed().as_millis() as u64;
         let last = self.last_cut_ms.load(Ordering::Relaxed);
         if last != u64::MAX && now.saturating_sub(last) < CUT_INTERVAL.as_millis() as u64 {
             return false;
         }
+        if self.at_floor(transfers) {
+            return false;
+        }
         // One thread wins the cut; the others see a recent one next time.
         if self.last_cut_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err() {
             return false;
         }
-        let cut = (self.limit(transfers) / 2).max(1);
-        self.limit.store(cut, Ordering::Relaxed);
+        // Read and written in one step, so that a concurrent raise cannot undo it.
+        let effective = |l: usize| if l == 0 { transfers.max(1) } else { l.min(transfers).max(1) };
+        let before = self
+            .limit
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| Some((effective(l) / 2).max(1)))
+            .expect("always Some");
+        let cut = (effective(before) / 2).max(1);
         self.window.store(0, Ordering::Relaxed);
         self.cuts.fetch_add(1, Ordering::Relaxed);
         self.lowest.fetch_min(cut, Ordering::Relaxed);
@@ -99,9 +113,19 @@ impl Throttle {
             return;
         }
         self.window.store(0, Ordering::Relaxed);
-        let raised = limit + 1;
-        self.limit.store(if raised >= transfers { 0 } else { raised }, Ordering::Relaxed);
+        // Raises whatever the limit is now (a cut since the load stays a cut).
+        let _ = self.limit.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| match l {
+            0 => None,
+            l if l + 1 >= transfers => Some(0),
+            l => Some(l + 1),
+        });
     }
+}
+
+/// Throttled attempts of one operation that may go uncounted against `--retries`:
+/// enough for the limit to halve from `transfers` down to one.
+pub fn free_attempts(transfers: usize) -> u32 {
+    usize::BITS - transfers.max(1).leading_zeros()
 }
 
 #[cfg(test)]
@@ -137,8 +161,10 @@ mod tests {
         let t = Throttle::default();
         t.limit.store(1, Ordering::Relaxed);
         assert!(t.at_floor(64));
-        assert!(t.throttled(64));
-        assert_eq!(t.limit(64), 1);
+        // Nothing left to halve: not counted as a cut.
+        assert!(!t.throttled(64));
+        assert_eq!((t.limit(64), t.cuts()), (1, 0));
+        assert_eq!((free_attempts(64), free_attempts(1), free_attempts(256)), (7, 1, 9));
         let t = Throttle::default();
         t.limit.store(3, Ordering::Relaxed);
         for _ in 0..3 {
