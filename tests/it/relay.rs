@@ -394,16 +394,14 @@ fn a_store_that_throttles_gets_fewer_objects_at_once_and_none_fails_for_it() {
     }
     let up = c.laminar(&["relay", &format!("file://{}", src.path().display()), "a:bkt-a/narrow"]);
     assert_eq!(up.status.code(), Some(0));
-    // The destination takes 4 connections at once and answers the rest 503 SlowDown.
-    let proxy = Proxy::start(c.b.addr(), Fault::ThrottleAbove { connections: 4 });
+    // The destination takes 4 requests at once and answers the rest 503 SlowDown.
+    let proxy = Proxy::start(c.b.addr(), Fault::ThrottleRequestsAbove { requests: 4 });
     c.add_remote("narrow", &proxy.endpoint(), &c.b);
-    // 32 objects at once, and one retry: retried alone, most objects would fail
-    // (the store keeps refusing as long as 32 are in flight), but throttling halves
-    // the objects in flight instead, and until that limit is down to one a throttled
-    // attempt is not counted as a retry. One worker: the proxy counts connections,
-    // and a worker's idle keep-alive connections would hold slots another worker
-    // could not get.
-    let args = ["relay", "a:bkt-a/narrow", "narrow:bkt-b/narrow", "--json", "--workers", "1", "--transfers", "32"];
+    // 32 objects at once over every worker, and one retry: retried alone, most
+    // objects would fail (the store keeps refusing as long as 32 are in flight), but
+    // throttling halves the objects in flight instead, and until that limit is down
+    // to one a throttled attempt is not counted as a retry.
+    let args = ["relay", "a:bkt-a/narrow", "narrow:bkt-b/narrow", "--json", "--transfers", "32"];
     let out = c.laminar(&[&args[..], &["--retries", "1"]].concat());
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let report = json(&out);

@@ -19,7 +19,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -79,12 +79,13 @@ pub enum Fault {
         /// Connections to throttle.
         connections: u64,
     },
-    /// Answer each connection opened while `connections` relayed ones are still open
-    /// with `503 SlowDown` (as [`Fault::SlowDownFirst`] does): a store that takes so
-    /// many requests at once and throttles the rest.
-    ThrottleAbove {
-        /// Connections relayed at once.
-        connections: usize,
+    /// Answer a request with `503 SlowDown` (closing its connection, which the server
+    /// never hears of) when it arrives while `requests` others await their responses;
+    /// relay the rest: a store that takes so many requests at once, however many
+    /// connections its clients hold.
+    ThrottleRequestsAbove {
+        /// Requests awaiting their responses at once.
+        requests: usize,
     },
     /// Relay faithfully, but pace client-to-server bytes (all connections together)
     /// to `bytes_per_second`: a destination slower than its source.
@@ -118,6 +119,8 @@ struct Shared {
     /// Bytes actually written onward, both directions.
     relayed_bytes: AtomicU64,
     connections_total: AtomicU64,
+    /// Requests relayed whose responses have not begun, for [`Fault::ThrottleRequestsAbove`].
+    awaiting: AtomicUsize,
     connections: Mutex<Vec<Connection>>,
     /// Relay threads of connections taken out of the registry by a cut; `Drop` joins them.
     cut_threads: Mutex<Vec<JoinHandle<()>>>,
@@ -167,6 +170,7 @@ impl Proxy {
             response_bytes: AtomicU64::new(0),
             relayed_bytes: AtomicU64::new(0),
             connections_total: AtomicU64::new(0),
+            awaiting: AtomicUsize::new(0),
             connections: Mutex::new(Vec::with_capacity(CONNECTIONS_MAX)),
             cut_threads: Mutex::new(Vec::new()),
             listen_addr: addr,
@@ -244,10 +248,10 @@ impl Drop for Proxy {
     }
 }
 
-/// Reads one request (head and Content-Length body) and answers 503 SlowDown.
-fn slow_down(mut client: TcpStream) {
+/// Reads one request (head and Content-Length body; `buf` holds what was read of it
+/// already) and answers 503 SlowDown.
+fn slow_down(mut client: TcpStream, mut buf: Vec<u8>) {
     let _ = client.set_read_timeout(Some(Duration::from_millis(WRITE_TIMEOUT_MS)));
-    let mut buf = Vec::with_capacity(4096);
     let mut chunk = [0u8; 4096];
     let head_end = loop {
         if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -303,7 +307,7 @@ fn accept_loop(listener: TcpListener, shared: &Arc<Shared>) {
         if let Fault::SlowDownFirst { connections } = shared.fault {
             if number <= connections {
                 shared.fired.store(true, Ordering::Release);
-                let handle = thread::spawn(move || slow_down(client));
+                let handle = thread::spawn(move || slow_down(client, Vec::new()));
                 lock(&shared.cut_threads).push(handle);
                 continue;
             }
@@ -324,14 +328,6 @@ fn accept_loop(listener: TcpListener, shared: &Arc<Shared>) {
                 true
             }
         });
-        if let Fault::ThrottleAbove { connections: most } = shared.fault {
-            if connections.len() >= most {
-                shared.fired.store(true, Ordering::Release);
-                let handle = thread::spawn(move || slow_down(client));
-                lock(&shared.cut_threads).push(handle);
-                continue;
-            }
-        }
         if connections.len() >= CONNECTIONS_MAX {
             reset(&client);
             continue;
@@ -352,13 +348,22 @@ fn start_connection(client: TcpStream, server: TcpStream, shared: &Arc<Shared>) 
         stream.set_nodelay(true)?;
         stream.set_write_timeout(Some(Duration::from_millis(WRITE_TIMEOUT_MS)))?;
     }
+    // Whether this connection's request awaits its response.
+    let awaiting = Arc::new(AtomicBool::new(false));
     let spawn = |direction: Direction, from: TcpStream, to: TcpStream| {
         let shared = Arc::clone(shared);
         let name = match direction {
             Direction::Request => "proxy-request",
             Direction::Response => "proxy-response",
         };
-        thread::Builder::new().name(name.to_string()).spawn(move || pump(direction, from, to, &shared))
+        let awaiting = Arc::clone(&awaiting);
+        thread::Builder::new().name(name.to_string()).spawn(move || {
+            pump(direction, from, to, &shared, &awaiting);
+            // A connection that ends with a request unanswered no longer holds it.
+            if awaiting.swap(false, Ordering::AcqRel) {
+                shared.awaiting.fetch_sub(1, Ordering::AcqRel);
+            }
+        })
     };
     let request = spawn(Direction::Request, client.try_clone()?, server.try_clone()?)?;
     let response = spawn(Direction::Response, server.try_clone()?, client.try_clone()?)?;
@@ -366,7 +371,7 @@ fn start_connection(client: TcpStream, server: TcpStream, shared: &Arc<Shared>) 
 }
 
 /// Copies `from` to `to` until end-of-file, an error, or a cut, applying the fault.
-fn pump(direction: Direction, mut from: TcpStream, mut to: TcpStream, shared: &Shared) {
+fn pump(direction: Direction, mut from: TcpStream, mut to: TcpStream, shared: &Shared, awaiting: &AtomicBool) {
     let mut buffer = vec![0u8; BUFFER_BYTES];
     let counter = match direction {
         Direction::Request => &shared.request_bytes,
@@ -388,6 +393,30 @@ fn pump(direction: Direction, mut from: TcpStream, mut to: TcpStream, shared: &S
             return;
         }
         let chunk = &mut buffer[..read];
+        if let Fault::ThrottleRequestsAbove { requests } = shared.fault {
+            match direction {
+                // The first bytes of a request: admitted under the limit, or refused.
+                Direction::Request if !awaiting.load(Ordering::Acquire) => {
+                    let admitted = shared
+                        .awaiting
+                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < requests).then_some(n + 1))
+                        .is_ok();
+                    if !admitted {
+                        shared.fired.store(true, Ordering::Release);
+                        if let Ok(client) = from.try_clone() {
+                            slow_down(client, chunk.to_vec());
+                        }
+                        let _ = to.shutdown(Shutdown::Both);
+                        return;
+                    }
+                    awaiting.store(true, Ordering::Release);
+                }
+                Direction::Response if awaiting.swap(false, Ordering::AcqRel) => {
+                    shared.awaiting.fetch_sub(1, Ordering::AcqRel);
+                }
+                _ => {}
+            }
+        }
         // Relaxed: the returned range is what matters, and fetch_add hands out each
         // offset exactly once whatever the ordering.
         let start = counter.fetch_add(read as u64, Ordering::Relaxed);
