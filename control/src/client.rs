@@ -249,7 +249,7 @@ pub fn run(args: JobArgs) -> Result<u8, Fail> {
 /// One line per job.
 fn summary(j: &Value) -> String {
     let c = &j["counters"];
-    format!(
+    let line = format!(
         "{} {:<10} {} -> {}  {}/{} objects ({} skipped, {} failed), {} of {}, {}/s",
         j["id"].as_str().unwrap_or("?"),
         j["state"].as_str().unwrap_or("?"),
@@ -262,7 +262,19 @@ fn summary(j: &Value) -> String {
         HumanBytes(c["bytes_copied"].as_u64().unwrap_or(0)),
         HumanBytes(c["bytes_total"].as_u64().unwrap_or(0)),
         HumanBytes(j["throughput_bytes_per_second"].as_f64().unwrap_or(0.0) as u64),
-    )
+    );
+    line + &throttled(j)
+}
+
+/// What a throttling store did to the job, if anything.
+fn throttled(j: &Value) -> String {
+    let cuts = j["counters"]["throttle_cuts"].as_u64().unwrap_or(0);
+    let (allowed, transfers) = (j["transfers_allowed"].as_u64(), j["options"]["transfers"].as_u64());
+    match (allowed, transfers) {
+        (Some(a), Some(t)) if a < t && j["state"] == "running" => format!(", throttled: {a} of {t} in flight"),
+        _ if cuts > 0 => format!(", throttled ({cuts} cuts)"),
+        _ => String::new(),
+    }
 }
 
 fn settled(j: &Value) -> bool {
@@ -300,4 +312,20 @@ fn follow_job(client: &Client, first: &Value, quiet: bool) -> Result<Value, Fail
         bar.finish_and_clear();
     }
     Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_says_when_a_store_throttles() {
+        let mut j = json!({"id": "j-1", "state": "running", "counters": {"throttle_cuts": 2},
+                           "options": {"transfers": 64}, "transfers_allowed": 16});
+        assert!(summary(&j).ends_with(", throttled: 16 of 64 in flight"), "{}", summary(&j));
+        j["state"] = json!("succeeded");
+        assert!(summary(&j).ends_with(", throttled (2 cuts)"), "{}", summary(&j));
+        j["counters"]["throttle_cuts"] = json!(0);
+        assert!(!summary(&j).contains("throttled"), "{}", summary(&j));
+    }
 }
