@@ -277,10 +277,7 @@ fn run() -> Result<()> {
         Cmd::BareRelay { src, dst, workload, dst_prefix, connections, mode, config } => {
             let workload = Workload::named(&workload)?;
             let credentials = match config {
-                Some(path) => {
-                    let config = laminar_engine::remote::Config::read(&path)?;
-                    Some((config.s3_config(SRC_PATH)?, config.s3_config("dst:dst")?))
-                }
+                Some(path) => Some((s3_remote(&path, "src", "src")?, s3_remote(&path, "dst", "dst")?)),
                 None => None,
             };
             let relay = BareRelay {
@@ -301,4 +298,24 @@ fn run() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The S3 config of remote `name` in the config file at `path`, for `bucket`.
+fn s3_remote(
+    path: &std::path::Path,
+    name: &str,
+    bucket: &str,
+) -> anyhow::Result<laminar_engine::backend::s3::S3Config> {
+    use laminar_engine::backend::{registry, s3::S3RemoteConfig};
+    let text = std::fs::read_to_string(path)?;
+    let file: toml::Table = toml::from_str(&text)?;
+    let mut table = file
+        .get("remotes")
+        .and_then(|r| r.get(name))
+        .and_then(|t| t.as_table())
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("{} has no [remotes.{name}]", path.display()))?;
+    table.remove("type");
+    let config: S3RemoteConfig = registry::parse(name, "s3", table)?;
+    Ok(config.resolve(name, bucket)?)
 }

@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::Config;
 use clap::{Args, Parser, Subcommand};
 use laminar_engine::checksum::ChecksumAlgo;
 use laminar_engine::relay::{self, Filter, Location, Progress, RelayOptions, Report};
-use laminar_engine::remote::Config;
 use laminar_engine::runtime::DriverChoice;
 use laminar_engine::Error;
 use laminar_tuning::{parse_size, HumanBytes};

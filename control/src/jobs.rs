@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::config::Config;
 use laminar_engine::checksum::ChecksumAlgo;
 use laminar_engine::relay::{self, Engine, Failure, Filter, Location, Progress, RelayOptions, VerifyProgress};
-use laminar_engine::remote::Config;
 
 /// Jobs kept after they end; the oldest finished ones are forgotten beyond this.
 pub const FINISHED_JOBS_KEPT_MAX: usize = 1000;

@@ -11,6 +11,7 @@
 mod api;
 mod cli;
 mod client;
+mod config;
 mod demo;
 mod jobs;
 mod metrics;

@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::Config;
 use clap::Args;
 use laminar_engine::relay::{Engine, EngineOptions};
-use laminar_engine::remote::Config;
 use laminar_tuning::HumanBytes;
 
 use crate::api::{self, App};

@@ -2,15 +2,22 @@
 //!
 //! A relay lists both sides page by page, reads from the source (whole objects or
 //! ranges) into pool chunks, and writes to the sink as a single put or a multipart
-//! upload. The traits also describe each store's rules (part sizes and alignment,
-//! whether parts may go up in parallel, which hash families it reports) so the
-//! scheduler can plan without knowing which store it talks to.
+//! upload session. Each backend declares what its store can do in one
+//! [`Capabilities`] value (part sizes and alignment, parallel parts or one ordered
+//! stream, listing order, hash families, server-side copy, metadata) and classifies
+//! its own errors ([`crate::error::ErrorClass`]), so the relay plans without knowing
+//! which store it talks to. An upload is an [`UploadSession`] whose state is one
+//! serialisable value, so any worker, or a later run, can reopen it.
+//!
+//! Backends are registered by their `type` name in [`registry`]; adding one is adding
+//! a module and a line there.
 //!
 //! Backends are opened once per worker (`Rc`, not `Send`): each worker owns its
 //! connections. Futures are boxed once per operation (never per chunk) so that the
 //! traits stay object-safe and adding a backend is adding a module.
 
 pub mod file;
+pub mod registry;
 pub mod s3;
 
 use std::future::Future;
@@ -44,10 +51,11 @@ pub struct Entry {
     pub version: Option<String>,
 }
 
-/// A page of a listing, in byte order of keys.
+/// A page of a listing.
 #[derive(Debug, Default)]
 pub struct ListPage {
-    /// Entries, sorted by key bytes.
+    /// Entries: sorted by key bytes where the store lists in order
+    /// ([`ListOrder::Sorted`]).
     pub entries: Vec<Entry>,
     /// Token for the next page; None at the end.
     pub next: Option<String>,
@@ -121,8 +129,8 @@ pub struct ObjectInfo {
     pub provenance: Option<String>,
 }
 
-/// A store's rules for uploads.
-#[derive(Debug, Clone, Copy)]
+/// A store's rules for the sizes of parts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartLimits {
     /// Smallest part but the last.
     pub min_part_bytes: u64,
@@ -132,11 +140,68 @@ pub struct PartLimits {
     pub max_parts: u32,
     /// Parts but the last must be a multiple of this.
     pub part_alignment_bytes: u64,
-    /// Whether parts may go up in parallel (false: one ordered stream, e.g. Google
-    /// Drive resumable uploads).
-    pub parallel_parts: bool,
     /// Largest single-shot put.
     pub max_single_put_bytes: u64,
+}
+
+/// How a store takes the parts of one object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadMode {
+    /// Parts in any order, several at once (S3 multipart, a local file).
+    Parallel,
+    /// One ordered stream: each part starts where the store's committed bytes end
+    /// (Google Drive resumable uploads, Dropbox upload sessions).
+    Ordered,
+}
+
+/// In what order a store lists keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListOrder {
+    /// Pages come sorted by key bytes, across pages (S3, the file backend).
+    Sorted,
+    /// No particular order: the relay sorts the listing itself, within a bound on
+    /// memory, before it merge-joins it with the other side.
+    Unordered,
+}
+
+/// Which metadata a store keeps with an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetaSupport {
+    /// Content-Type, Content-Encoding, Content-Disposition, Cache-Control.
+    pub content_headers: bool,
+    /// User metadata.
+    pub user: bool,
+    /// The modification time.
+    pub mtime: bool,
+}
+
+/// What a store can do, declared once by its backend; the relay plans from this and
+/// never asks which store it talks to.
+#[derive(Debug, Clone, Copy)]
+pub struct Capabilities {
+    /// Parallel parts or one ordered stream.
+    pub upload: UploadMode,
+    /// Part sizes.
+    pub parts: PartLimits,
+    /// Listing order.
+    pub list_order: ListOrder,
+    /// Whether `a` and `A` are different keys.
+    pub case_sensitive: bool,
+    /// Hash families the store reports for an object it holds.
+    pub reports: &'static [HashFamily],
+    /// Checksums the store verifies when they come with an upload.
+    pub verifies: &'static [ChecksumAlgo],
+    /// Whether objects can be copied within the store without moving their bytes.
+    pub server_side_copy: bool,
+    /// Metadata kept.
+    pub metadata: MetaSupport,
+}
+
+impl Capabilities {
+    /// Whether the store verifies `algo` on upload.
+    pub fn verifies(&self, algo: ChecksumAlgo) -> bool {
+        self.verifies.contains(&algo)
+    }
 }
 
 /// Hash families a store can report for an object, to pick a common checksum.
@@ -156,8 +221,8 @@ pub enum HashFamily {
     DropboxContentHash,
 }
 
-/// Arguments of a put or multipart creation.
-#[derive(Debug, Clone, Default)]
+/// Arguments of an upload: what the store keeps with the object.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PutArgs {
     /// Metadata to store.
     pub meta: ObjectMeta,
@@ -165,7 +230,25 @@ pub struct PutArgs {
     pub provenance: Option<String>,
 }
 
-/// One finished part of a multipart upload.
+/// Where one part goes in its object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PartSpec {
+    /// 1-based part number.
+    pub number: u32,
+    /// Byte offset of the part in the object.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+impl PartSpec {
+    /// The byte range `[offset, offset + len)`.
+    pub fn range(&self) -> (u64, u64) {
+        (self.offset, self.offset + self.len)
+    }
+}
+
+/// One part the store has committed.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PartRecord {
     /// 1-based part number.
@@ -174,22 +257,95 @@ pub struct PartRecord {
     pub offset: u64,
     /// Length in bytes.
     pub len: u64,
-    /// The ETag the store returned.
-    pub etag: String,
-    /// The checksum computed while streaming it.
+    /// The store's receipt for the part (S3: its ETag), opaque to the relay.
+    pub token: String,
+    /// The checksum computed while streaming it (empty bytes for a part copied
+    /// server-side).
     pub checksum: Checksum,
 }
 
-/// A multipart upload the store has started.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Upload {
-    /// The store's upload id.
-    pub id: String,
-    /// The checksum algorithm the store was told the parts carry; None when the store
-    /// refused one (parts then carry their checksum headers alone).
+impl PartRecord {
+    /// The record of `part`, with the store's receipt and the part's checksum.
+    pub fn new(part: PartSpec, token: String, checksum: Checksum) -> PartRecord {
+        PartRecord { number: part.number, offset: part.offset, len: part.len, token, checksum }
+    }
+}
+
+/// How an upload is to be made, decided by the relay from the capabilities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UploadPlan {
+    /// The object's size in bytes.
+    pub size: u64,
+    /// One request with the whole object (no multipart upload, no resumable session).
+    pub single: bool,
+    /// The checksum the parts carry; None when the parts are copied server-side.
     pub checksum: Option<ChecksumAlgo>,
-    /// Whether the store takes a whole-object checksum at completion (S3 FULL_OBJECT).
-    pub full_object: bool,
+}
+
+/// The state of one upload, as one serialisable value: a later worker or a later
+/// run reopens the session from it with [`Sink::resume`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SessionState {
+    /// Destination key.
+    pub key: String,
+    /// How the upload was planned.
+    pub plan: UploadPlan,
+    /// What the store keeps with the object.
+    pub args: PutArgs,
+    /// The store's own record of the session (S3: the upload id and the checksum it
+    /// agreed to verify); opaque to the relay.
+    pub store: serde_json::Value,
+    /// Parts committed so far, as the relay recorded them.
+    pub parts: Vec<PartRecord>,
+}
+
+/// What a store says it holds of an upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Committed {
+    /// Parallel parts: the parts the store holds (a checksum with empty bytes: the
+    /// store did not say).
+    Parts(Vec<PartRecord>),
+    /// An ordered stream: the bytes the store holds, from the start.
+    Offset(u64),
+}
+
+/// One upload in progress: a single put is a session of one part; a multipart upload
+/// or a resumable session takes its parts one by one. Sessions are local to a worker;
+/// their [`SessionState`] travels.
+pub trait UploadSession {
+    /// The state the session was opened with (the relay adds the parts it commits).
+    fn state(&self) -> &SessionState;
+    /// Sends one part whole. `sums` are the checksums computed over `body`: the first
+    /// goes with the request for the store to verify; the store checks the others
+    /// against what it reports where it can (S3: MD5 against a plain ETag). Returns
+    /// the store's receipt.
+    fn put<'a>(&'a self, part: PartSpec, body: Body, sums: &'a [Checksum]) -> LocalFuture<'a, Result<String>>;
+    /// Whether parts carrying `algo` can stream ([`UploadSession::put_stream`]).
+    fn streams(&self, _algo: ChecksumAlgo) -> bool {
+        false
+    }
+    /// Sends one part of `part.len` bytes as they arrive through `drain`, which ends
+    /// with their `algo` checksum for the store to verify. Only called when
+    /// [`UploadSession::streams`] says so.
+    fn put_stream<'a>(&'a self, part: PartSpec, algo: ChecksumAlgo, drain: Drain) -> LocalFuture<'a, Result<String>> {
+        let _ = (part, algo, drain);
+        let key = &self.state().key;
+        Box::pin(async move { Err(Error::protocol("upload-part", key, "this store takes no streamed parts")) })
+    }
+    /// Copies a byte range of another object in the same store as one part.
+    fn copy_part<'a>(&'a self, source: &'a CopySource, part: PartSpec) -> LocalFuture<'a, Result<String>> {
+        let _ = (source, part);
+        let key = &self.state().key;
+        Box::pin(async move { Err(Error::protocol("copy-part", key, "this store has no server-side copy")) })
+    }
+    /// What the store holds of this upload, so that a retry sends only the rest.
+    fn committed(&self) -> LocalFuture<'_, Result<Committed>>;
+    /// Completes the object from `parts`; `full` is the whole object's checksum when
+    /// known, for the store to verify.
+    fn finish<'a>(&'a self, parts: &'a [PartRecord], full: Option<&'a Checksum>) -> LocalFuture<'a, Result<()>>;
+    /// Abandons the upload and frees what it stored; nothing of it is left looking
+    /// complete.
+    fn abort(&self) -> LocalFuture<'_, Result<()>>;
 }
 
 /// Where a server-side copy reads from: opaque to everyone but the backend.
@@ -203,7 +359,8 @@ pub struct CopySource {
 
 /// The common part of sources and sinks.
 pub trait Store {
-    /// Lists keys starting with `prefix` in byte order, one page per call.
+    /// Lists keys starting with `prefix`, one page per call, in the order
+    /// [`Capabilities::list_order`] declares.
     fn list<'a>(&'a self, prefix: &'a str, token: Option<String>) -> LocalFuture<'a, Result<ListPage>>;
     /// Metadata of one object; None if it does not exist.
     fn stat<'a>(&'a self, key: &'a str) -> LocalFuture<'a, Result<Option<ObjectInfo>>>;
@@ -212,6 +369,8 @@ pub trait Store {
     /// Checks that the store is reachable and the bucket or root exists, with a clear
     /// error if not. Called once before a relay starts.
     fn check<'a>(&'a self, writable: bool) -> LocalFuture<'a, Result<()>>;
+    /// What the store can do.
+    fn capabilities(&self) -> Capabilities;
 }
 
 /// A store objects are read from.
@@ -234,79 +393,20 @@ pub trait Source: Store {
         filler: &'a Filler,
         hashers: &'a mut Hashers,
     ) -> LocalFuture<'a, Result<()>>;
-    /// Hash families this store reports.
-    fn hash_families(&self) -> &'static [HashFamily];
     /// A reference for server-side copies, when the store supports them.
     fn copy_source(&self, key: &str) -> Option<CopySource>;
 }
 
+/// A boxed upload session borrowing its sink.
+pub type Session<'a> = Box<dyn UploadSession + 'a>;
+
 /// A store objects are written to.
 pub trait Sink: Store {
-    /// Upload rules.
-    fn limits(&self) -> PartLimits;
-    /// Writes a whole object in one request. `checksum` is sent for the store to
-    /// verify; `md5_hex`, when given, is checked against what the store reports.
-    fn put<'a>(
-        &'a self,
-        key: &'a str,
-        body: Body,
-        checksum: &'a Checksum,
-        md5_hex: Option<&'a str>,
-        args: &'a PutArgs,
-    ) -> LocalFuture<'a, Result<String>>;
-    /// Starts a multipart upload whose parts will carry `checksum` (None: parts copied
-    /// server-side); the returned upload says what the store agreed to verify.
-    fn create_multipart<'a>(
-        &'a self,
-        key: &'a str,
-        size: u64,
-        args: &'a PutArgs,
-        checksum: Option<ChecksumAlgo>,
-    ) -> LocalFuture<'a, Result<Upload>>;
-    /// Uploads one part.
-    #[allow(clippy::too_many_arguments)]
-    fn upload_part<'a>(
-        &'a self,
-        key: &'a str,
-        upload_id: &'a str,
-        number: u32,
-        offset: u64,
-        body: Body,
-        checksum: &'a Checksum,
-        md5_hex: Option<&'a str>,
-    ) -> LocalFuture<'a, Result<String>>;
-    /// Whether parts carrying `algo` can stream ([`Sink::upload_part_stream`]): sent
-    /// as they are read, with the checksum after the bytes.
-    fn streams_parts(&self, _algo: ChecksumAlgo) -> bool {
-        false
-    }
-    /// Uploads one part of `len` bytes as they arrive through `drain`, which ends with
-    /// their `algo` checksum for the store to verify. Only called when
-    /// [`Sink::streams_parts`] says so.
-    #[allow(clippy::too_many_arguments)]
-    fn upload_part_stream<'a>(
-        &'a self,
-        key: &'a str,
-        upload_id: &'a str,
-        number: u32,
-        len: u64,
-        algo: ChecksumAlgo,
-        drain: Drain,
-    ) -> LocalFuture<'a, Result<String>> {
-        let _ = (upload_id, number, len, algo, drain);
-        Box::pin(async move { Err(Error::protocol("upload-part", key, "this store takes no streamed parts")) })
-    }
-    /// Completes an upload; `full` is the whole object's checksum when known.
-    fn complete_multipart<'a>(
-        &'a self,
-        key: &'a str,
-        upload: &'a Upload,
-        parts: &'a [PartRecord],
-        full: Option<&'a Checksum>,
-        args: &'a PutArgs,
-    ) -> LocalFuture<'a, Result<()>>;
-    /// Abandons an upload and frees what it stored.
-    fn abort_multipart<'a>(&'a self, key: &'a str, upload_id: &'a str) -> LocalFuture<'a, Result<()>>;
+    /// Begins an upload of `key` (a multipart upload or a resumable session; for a
+    /// single put, usually no request at all).
+    fn begin<'a>(&'a self, key: &'a str, plan: UploadPlan, args: &'a PutArgs) -> LocalFuture<'a, Result<Session<'a>>>;
+    /// Reopens a session from its state: on another worker, or in a later run.
+    fn resume(&self, state: SessionState) -> Result<Session<'_>>;
     /// Writes a directory marker (zero-byte key ending in `/`).
     fn put_dir_marker<'a>(&'a self, key: &'a str, args: &'a PutArgs) -> LocalFuture<'a, Result<()>>;
     /// Whether a server-side copy from `source` is possible.
@@ -317,16 +417,10 @@ pub trait Sink: Store {
         source: &'a CopySource,
         key: &'a str,
         args: &'a PutArgs,
-    ) -> LocalFuture<'a, Result<()>>;
-    /// Copies a byte range server-side as one part of an upload; returns the ETag.
-    fn copy_part<'a>(
-        &'a self,
-        source: &'a CopySource,
-        key: &'a str,
-        upload_id: &'a str,
-        number: u32,
-        range: (u64, u64),
-    ) -> LocalFuture<'a, Result<String>>;
+    ) -> LocalFuture<'a, Result<()>> {
+        let _ = (source, args);
+        Box::pin(async move { Err(Error::protocol("copy", key, "this store has no server-side copy")) })
+    }
 }
 
 /// What a worker gives a backend when opening it.
@@ -336,12 +430,14 @@ pub struct WorkerCtx {
     pub http: HttpClient,
 }
 
-/// A configured store that each worker opens for itself.
+/// A configured store that each worker opens for itself. What all workers share (an
+/// OAuth token cache, a folder-id cache) lives in the backend and is handed to each
+/// worker's handle as it opens.
 pub trait Backend: Send + Sync {
     /// Opens a source handle for the calling worker.
-    fn open_source(&self, ctx: &WorkerCtx) -> Rc<dyn Source>;
+    fn open_source(&self, ctx: &WorkerCtx) -> Result<Rc<dyn Source>>;
     /// Opens a sink handle for the calling worker.
-    fn open_sink(&self, ctx: &WorkerCtx) -> Rc<dyn Sink>;
+    fn open_sink(&self, ctx: &WorkerCtx) -> Result<Rc<dyn Sink>>;
 }
 
 /// Provenance record stored with each object Laminar writes:

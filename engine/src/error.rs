@@ -2,9 +2,49 @@
 //!
 //! Every error says what was being done (`op`), to what (`target`: a key, a bucket,
 //! an endpoint), and where it helps, what the operator can do about it. Each error
-//! also knows whether retrying it can help, so the retry loop needs no string matching.
+//! carries an [`ErrorClass`] that says what the relay should do about it, so the retry
+//! loop needs no string matching. Errors a store answers with ([`Error::Http`]) are
+//! classified by that store's backend, which knows its codes; the rest are classified
+//! here by kind (a reset connection is retryable whatever the store).
 
 use std::time::Duration;
+
+/// What the relay does about an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    /// Try the same operation again after a backoff (5xx, resets, timeouts).
+    Retryable,
+    /// The store refused it as one too many (429, 503, `SlowDown`): send fewer at once,
+    /// then try again (after the store's Retry-After when it gave one).
+    Throttled,
+    /// The credentials expired (an OAuth access token): the backend has dropped its
+    /// cached token; try again at once, with a fresh one.
+    Reauthenticate,
+    /// The object changed under the relay, or the destination holds something in the
+    /// way (412, 409): this object fails without retries; the others go on.
+    Conflict,
+    /// This object cannot succeed (a key the store refuses, a 400 about this request);
+    /// the others go on.
+    FatalObject,
+    /// No object can succeed (bad credentials, missing bucket, untrusted certificate):
+    /// the relay stops instead of failing every object the same way.
+    FatalRelay,
+}
+
+impl ErrorClass {
+    /// Lower-case name, for metrics and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorClass::Retryable => "retryable",
+            ErrorClass::Throttled => "throttled",
+            ErrorClass::Reauthenticate => "reauthenticate",
+            ErrorClass::Conflict => "conflict",
+            ErrorClass::FatalObject => "fatal_object",
+            ErrorClass::FatalRelay => "fatal_relay",
+        }
+    }
+}
 
 /// A result with the engine's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -54,6 +94,8 @@ pub enum Error {
         hint: String,
         /// The server's Retry-After, if it sent one.
         retry_after: Option<Duration>,
+        /// What the relay should do about it, as the store's backend judged.
+        class: ErrorClass,
     },
     /// The server broke the protocol (bad HTTP, unexpected XML, short body).
     #[error("{op} {target}: {detail}")]
@@ -110,37 +152,32 @@ pub enum Error {
 }
 
 impl Error {
+    /// What the relay should do about this error.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Error::Usage(_) | Error::Tls { .. } => ErrorClass::FatalRelay,
+            Error::InvalidKey { .. } => ErrorClass::FatalObject,
+            Error::Connect { .. } | Error::Io { .. } | Error::Timeout { .. } => ErrorClass::Retryable,
+            Error::Protocol { .. } | Error::Integrity { .. } => ErrorClass::Retryable,
+            Error::Http { class, .. } => *class,
+        }
+    }
+
     /// Whether the same operation may succeed if tried again.
     pub fn is_retryable(&self) -> bool {
-        match self {
-            Error::Usage(_) | Error::InvalidKey { .. } | Error::Tls { .. } => false,
-            Error::Connect { .. } | Error::Io { .. } | Error::Timeout { .. } => true,
-            Error::Protocol { .. } | Error::Integrity { .. } => true,
-            Error::Http { status, code, .. } => {
-                *status >= 500 || *status == 429 || *status == 408 || code == "SlowDown" || code == "RequestTimeout"
-            }
-        }
+        matches!(self.class(), ErrorClass::Retryable | ErrorClass::Throttled | ErrorClass::Reauthenticate)
     }
 
-    /// Whether the store refused the request as one too many (429, 503, `SlowDown`):
-    /// a signal to send fewer at once.
+    /// Whether the store refused the request as one too many: a signal to send fewer
+    /// at once.
     pub fn is_throttle(&self) -> bool {
-        matches!(self, Error::Http { status, code, .. } if *status == 429 || *status == 503 || code == "SlowDown")
+        self.class() == ErrorClass::Throttled
     }
 
-    /// Whether no object can succeed after this error (bad credentials, missing bucket,
-    /// no server): the relay stops instead of failing every object the same way.
+    /// Whether no object can succeed after this error: the relay stops instead of
+    /// failing every object the same way.
     pub fn is_fatal(&self) -> bool {
-        match self {
-            Error::Usage(_) | Error::Tls { .. } => true,
-            Error::Http { status, code, .. } => {
-                matches!(*status, 401 | 403)
-                    || code == "NoSuchBucket"
-                    || code == "InvalidAccessKeyId"
-                    || code == "SignatureDoesNotMatch"
-            }
-            _ => false,
-        }
+        self.class() == ErrorClass::FatalRelay
     }
 
     /// The delay the server asked for, if any.
@@ -187,29 +224,27 @@ mod tests {
         assert_eq!(d, Duration::from_secs(2));
     }
 
-    #[test]
-    fn classification() {
-        let slow = Error::Http {
+    fn http(class: ErrorClass) -> Error {
+        Error::Http {
             op: "put",
             target: "k".into(),
             status: 503,
-            code: "SlowDown".into(),
+            code: String::new(),
             message: String::new(),
             hint: String::new(),
             retry_after: None,
-        };
-        assert!(slow.is_retryable());
-        assert!(!slow.is_fatal());
-        let denied = Error::Http {
-            op: "put",
-            target: "k".into(),
-            status: 403,
-            code: "AccessDenied".into(),
-            message: String::new(),
-            hint: String::new(),
-            retry_after: None,
-        };
-        assert!(!denied.is_retryable());
-        assert!(denied.is_fatal());
+            class,
+        }
+    }
+
+    #[test]
+    fn classes_decide() {
+        assert!(http(ErrorClass::Throttled).is_retryable() && http(ErrorClass::Throttled).is_throttle());
+        assert!(http(ErrorClass::Reauthenticate).is_retryable());
+        assert!(!http(ErrorClass::Conflict).is_retryable() && !http(ErrorClass::Conflict).is_fatal());
+        assert!(!http(ErrorClass::FatalObject).is_retryable() && !http(ErrorClass::FatalObject).is_fatal());
+        assert!(http(ErrorClass::FatalRelay).is_fatal());
+        assert!(Error::Usage("x".into()).is_fatal());
+        assert!(Error::protocol("get", "k", "short").is_retryable());
     }
 }

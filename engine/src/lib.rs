@@ -18,7 +18,6 @@ pub mod http;
 pub mod metrics;
 pub mod pool;
 pub mod relay;
-pub mod remote;
 pub mod runtime;
 pub mod sniff;
 pub mod stage;

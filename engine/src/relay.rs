@@ -9,8 +9,11 @@
 //! channel; the planner turns them into the report.
 
 mod engine;
+mod ordered;
+mod parts;
 mod plan;
 mod progress;
+mod spill;
 mod throttle;
 mod transfer;
 mod verify;
@@ -554,7 +557,7 @@ pub fn list(location: &Location, driver: DriverChoice, f: &mut dyn FnMut(&crate:
     let (driver, _) = crate::runtime::select(driver).map_err(Error::Usage)?;
     crate::runtime::block_on(driver, async {
         let ctx = crate::backend::WorkerCtx { http: crate::http::HttpClient::default() };
-        let source = location.backend.open_source(&ctx);
+        let source = location.backend.open_source(&ctx)?;
         source.check(false).await?;
         let mut token = None;
         loop {

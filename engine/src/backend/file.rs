@@ -19,9 +19,14 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 
+mod upload;
+
+use serde::Deserialize;
+
+use super::registry::{self, BackendType, Opened};
 use super::{
-    Backend, CopySource, Entry, HashFamily, ListPage, LocalFuture, ObjectInfo, ObjectMeta, PartLimits, PartRecord,
-    PutArgs, Sink, Source, Store, Upload, WorkerCtx,
+    Backend, Capabilities, CopySource, Entry, ListOrder, ListPage, LocalFuture, MetaSupport, ObjectInfo, ObjectMeta,
+    PartLimits, PutArgs, Session, SessionState, Sink, Source, Store, UploadMode, UploadPlan, WorkerCtx,
 };
 use crate::checksum::{Checksum, ChecksumAlgo, Hasher, Hashers};
 use crate::error::{Error, Result};
@@ -49,14 +54,56 @@ impl FileBackend {
 }
 
 impl Backend for FileBackend {
-    fn open_source(&self, _ctx: &WorkerCtx) -> Rc<dyn Source> {
-        Rc::new(FileStore::new(self.root.clone()))
+    fn open_source(&self, _ctx: &WorkerCtx) -> Result<Rc<dyn Source>> {
+        Ok(Rc::new(FileStore::new(self.root.clone())))
     }
 
-    fn open_sink(&self, _ctx: &WorkerCtx) -> Rc<dyn Sink> {
-        Rc::new(FileStore::new(self.root.clone()))
+    fn open_sink(&self, _ctx: &WorkerCtx) -> Result<Rc<dyn Sink>> {
+        Ok(Rc::new(FileStore::new(self.root.clone())))
     }
 }
+
+/// The registry's entry for local trees.
+pub const TYPE: BackendType = BackendType { name: "file", url_form: "path/below/root", open };
+
+/// One `[remotes.NAME]` table of `type = "file"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRemoteConfig {
+    /// The root directory (absolute).
+    pub root: Option<PathBuf>,
+}
+
+fn open(remote: &str, table: toml::Table, path: &str) -> Result<Opened> {
+    let config: FileRemoteConfig = registry::parse(remote, "file", table)?;
+    let root = config.root.ok_or_else(|| {
+        Error::Usage(format!("remote {remote:?} has type = \"file\" but no root: add root = \"/abs/path\""))
+    })?;
+    if !root.is_absolute() {
+        return Err(Error::Usage(format!("remote {remote:?}: root {} must be an absolute path", root.display())));
+    }
+    Ok(Opened { backend: Arc::new(FileBackend::new(root)), path: path.to_string() })
+}
+
+/// What a local tree can do: any part size, parts written in place in parallel,
+/// listed in byte order; no hashes kept (each object is read back against the
+/// checksum computed in flight instead).
+const CAPABILITIES: Capabilities = Capabilities {
+    upload: UploadMode::Parallel,
+    parts: PartLimits {
+        min_part_bytes: 1,
+        max_part_bytes: u64::MAX,
+        max_parts: u32::MAX,
+        part_alignment_bytes: 1,
+        max_single_put_bytes: u64::MAX,
+    },
+    list_order: ListOrder::Sorted,
+    case_sensitive: true,
+    reports: &[],
+    verifies: &[ChecksumAlgo::Crc32c, ChecksumAlgo::Crc64nvme, ChecksumAlgo::Sha256, ChecksumAlgo::Md5],
+    server_side_copy: false,
+    metadata: MetaSupport { content_headers: true, user: true, mtime: true },
+};
 
 /// One worker's handle on the tree.
 pub struct FileStore {
@@ -392,6 +439,10 @@ impl Store for FileStore {
         format!("file://{}", self.root.display())
     }
 
+    fn capabilities(&self) -> Capabilities {
+        CAPABILITIES
+    }
+
     fn check<'a>(&'a self, writable: bool) -> LocalFuture<'a, Result<()>> {
         Box::pin(async move {
             let root = self.root.display().to_string();
@@ -469,10 +520,6 @@ impl Source for FileStore {
         })
     }
 
-    fn hash_families(&self) -> &'static [HashFamily] {
-        &[]
-    }
-
     fn copy_source(&self, _key: &str) -> Option<CopySource> {
         None
     }
@@ -503,118 +550,12 @@ async fn fill_from(
 }
 
 impl Sink for FileStore {
-    fn limits(&self) -> PartLimits {
-        PartLimits {
-            min_part_bytes: 1,
-            max_part_bytes: u64::MAX,
-            max_parts: u32::MAX,
-            part_alignment_bytes: 1,
-            parallel_parts: true,
-            max_single_put_bytes: u64::MAX,
-        }
+    fn begin<'a>(&'a self, key: &'a str, plan: UploadPlan, args: &'a PutArgs) -> LocalFuture<'a, Result<Session<'a>>> {
+        Box::pin(upload::begin(self, key, plan, args))
     }
 
-    fn put<'a>(
-        &'a self,
-        key: &'a str,
-        body: Body,
-        checksum: &'a Checksum,
-        _md5_hex: Option<&'a str>,
-        args: &'a PutArgs,
-    ) -> LocalFuture<'a, Result<String>> {
-        Box::pin(async move {
-            let temp = self.temp_path(key)?;
-            self.ensure_parent("put", key, &temp)?;
-            let result = async {
-                self.write_chunks(key, &temp, 0, body, true).await?;
-                self.verify(key, &temp, checksum).await?;
-                self.finish_file(key, &temp, args)
-            }
-            .await;
-            if result.is_err() {
-                let _ = std::fs::remove_file(&temp);
-            }
-            result.map(|()| String::new())
-        })
-    }
-
-    fn create_multipart<'a>(
-        &'a self,
-        key: &'a str,
-        size: u64,
-        _args: &'a PutArgs,
-        checksum: Option<ChecksumAlgo>,
-    ) -> LocalFuture<'a, Result<Upload>> {
-        Box::pin(async move {
-            let temp = self.temp_path(key)?;
-            self.ensure_parent("create-multipart", key, &temp)?;
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&temp)
-                .map_err(|e| Error::io("create-multipart", key, e))?;
-            f.set_len(size).map_err(|e| Error::io("create-multipart", key, e))?;
-            // The file is read back against the whole-object checksum before the rename.
-            Ok(Upload {
-                id: temp.file_name().expect("temp has a name").to_string_lossy().into_owned(),
-                checksum,
-                full_object: checksum.is_some_and(ChecksumAlgo::combinable),
-            })
-        })
-    }
-
-    fn upload_part<'a>(
-        &'a self,
-        key: &'a str,
-        upload_id: &'a str,
-        _number: u32,
-        offset: u64,
-        body: Body,
-        _checksum: &'a Checksum,
-        _md5_hex: Option<&'a str>,
-    ) -> LocalFuture<'a, Result<String>> {
-        Box::pin(async move {
-            let temp = self.resolve("upload-part", key)?.with_file_name(upload_id);
-            self.write_chunks(key, &temp, offset, body, false).await?;
-            Ok(String::new())
-        })
-    }
-
-    fn complete_multipart<'a>(
-        &'a self,
-        key: &'a str,
-        upload: &'a Upload,
-        parts: &'a [PartRecord],
-        full: Option<&'a Checksum>,
-        args: &'a PutArgs,
-    ) -> LocalFuture<'a, Result<()>> {
-        Box::pin(async move {
-            let temp = self.resolve("complete-multipart", key)?.with_file_name(&upload.id);
-            let expected_len: u64 = parts.iter().map(|p| p.len).sum();
-            let md = std::fs::metadata(&temp).map_err(|e| Error::io("complete-multipart", key, e))?;
-            if md.len() != expected_len {
-                return Err(Error::protocol(
-                    "complete-multipart",
-                    key,
-                    format!("temporary file holds {} bytes, parts add up to {expected_len}", md.len()),
-                ));
-            }
-            if let Some(full) = full {
-                self.verify(key, &temp, full).await?;
-            }
-            self.finish_file(key, &temp, args)
-        })
-    }
-
-    fn abort_multipart<'a>(&'a self, key: &'a str, upload_id: &'a str) -> LocalFuture<'a, Result<()>> {
-        Box::pin(async move {
-            let temp = self.resolve("abort-multipart", key)?.with_file_name(upload_id);
-            match std::fs::remove_file(&temp) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(Error::io("abort-multipart", key, e)),
-            }
-        })
+    fn resume(&self, state: SessionState) -> Result<Session<'_>> {
+        upload::resume(self, state)
     }
 
     fn put_dir_marker<'a>(&'a self, key: &'a str, args: &'a PutArgs) -> LocalFuture<'a, Result<()>> {
@@ -630,26 +571,6 @@ impl Sink for FileStore {
 
     fn can_copy_from(&self, _source: &CopySource) -> bool {
         false
-    }
-
-    fn copy_object<'a>(
-        &'a self,
-        _source: &'a CopySource,
-        key: &'a str,
-        _args: &'a PutArgs,
-    ) -> LocalFuture<'a, Result<()>> {
-        Box::pin(async move { Err(Error::protocol("copy", key, "the file backend has no server-side copy")) })
-    }
-
-    fn copy_part<'a>(
-        &'a self,
-        _source: &'a CopySource,
-        key: &'a str,
-        _upload_id: &'a str,
-        _number: u32,
-        _range: (u64, u64),
-    ) -> LocalFuture<'a, Result<String>> {
-        Box::pin(async move { Err(Error::protocol("copy-part", key, "the file backend has no server-side copy")) })
     }
 }
 

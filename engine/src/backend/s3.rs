@@ -20,14 +20,19 @@ use aws_sigv4::sign::v4;
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Deserialize;
 
+mod config;
+mod upload;
+
+pub use config::{from_env, split_bucket, S3RemoteConfig, TYPE};
+
 use super::{
-    Backend, CopySource, Entry, HashFamily, ListPage, LocalFuture, ObjectInfo, ObjectMeta, PartLimits, PartRecord,
-    PutArgs, Sink, Source, Store, Upload, WorkerCtx,
+    Backend, Capabilities, CopySource, Entry, HashFamily, ListOrder, ListPage, LocalFuture, MetaSupport, ObjectInfo,
+    ObjectMeta, PartLimits, PutArgs, Session, SessionState, Sink, Source, Store, UploadMode, UploadPlan, WorkerCtx,
 };
 use crate::checksum::{Checksum, ChecksumAlgo, Hashers};
-use crate::error::{Error, Result};
-use crate::http::{Endpoint, HttpClient, Request, RequestBody, Response, StreamBody};
-use crate::pool::ring::{Drain, Filler};
+use crate::error::{Error, ErrorClass, Result};
+use crate::http::{Endpoint, HttpClient, Request, RequestBody, Response};
+use crate::pool::ring::Filler;
 use crate::pool::Body;
 
 /// Characters S3 leaves unencoded in a path: unreserved plus `/`.
@@ -85,12 +90,42 @@ impl S3Backend {
 }
 
 impl Backend for S3Backend {
-    fn open_source(&self, ctx: &WorkerCtx) -> Rc<dyn Source> {
-        Rc::new(S3Store::new(self.cfg.clone(), ctx.http.clone()))
+    fn open_source(&self, ctx: &WorkerCtx) -> Result<Rc<dyn Source>> {
+        Ok(Rc::new(S3Store::new(self.cfg.clone(), ctx.http.clone())))
     }
 
-    fn open_sink(&self, ctx: &WorkerCtx) -> Rc<dyn Sink> {
-        Rc::new(S3Store::new(self.cfg.clone(), ctx.http.clone()))
+    fn open_sink(&self, ctx: &WorkerCtx) -> Result<Rc<dyn Sink>> {
+        Ok(Rc::new(S3Store::new(self.cfg.clone(), ctx.http.clone())))
+    }
+}
+
+/// What S3 can do.
+const CAPABILITIES: Capabilities = Capabilities {
+    upload: UploadMode::Parallel,
+    parts: PartLimits {
+        min_part_bytes: 5 << 20,
+        max_part_bytes: 5 << 30,
+        max_parts: 10_000,
+        part_alignment_bytes: 1,
+        max_single_put_bytes: 5 << 30,
+    },
+    list_order: ListOrder::Sorted,
+    case_sensitive: true,
+    reports: &[HashFamily::EtagMd5, HashFamily::Crc32c, HashFamily::Crc64nvme, HashFamily::Sha256],
+    verifies: &[ChecksumAlgo::Crc32c, ChecksumAlgo::Crc64nvme, ChecksumAlgo::Sha256, ChecksumAlgo::Md5],
+    server_side_copy: true,
+    metadata: MetaSupport { content_headers: true, user: true, mtime: true },
+};
+
+/// What the relay should do about an S3 error answer.
+fn classify(status: u16, code: &str) -> ErrorClass {
+    match (status, code) {
+        (429 | 503, _) | (_, "SlowDown") => ErrorClass::Throttled,
+        (_, "RequestTimeout") | (408, _) => ErrorClass::Retryable,
+        (s, _) if s >= 500 => ErrorClass::Retryable,
+        (401 | 403, _) | (_, "NoSuchBucket" | "InvalidAccessKeyId" | "SignatureDoesNotMatch") => ErrorClass::FatalRelay,
+        (409 | 412, _) | (_, "PreconditionFailed" | "OperationAborted") => ErrorClass::Conflict,
+        _ => ErrorClass::FatalObject,
     }
 }
 
@@ -290,7 +325,8 @@ impl S3Store {
         };
         let retry_after =
             head.header("retry-after").and_then(|v| v.trim().parse::<u64>().ok()).map(Duration::from_secs);
-        Error::Http { op, target: target.to_string(), status: head.status, code, message, hint, retry_after }
+        let class = classify(head.status, &code);
+        Error::Http { op, target: target.to_string(), status: head.status, code, message, hint, retry_after, class }
     }
 
     /// CompleteMultipartUpload and CopyObject may answer 200 with an error document:
@@ -507,6 +543,10 @@ impl Store for S3Store {
         format!("s3 {} bucket {}", self.cfg.endpoint.url(), self.cfg.bucket)
     }
 
+    fn capabilities(&self) -> Capabilities {
+        CAPABILITIES
+    }
+
     fn check<'a>(&'a self, _writable: bool) -> LocalFuture<'a, Result<()>> {
         Box::pin(async move {
             let query = vec![("list-type", "2".to_string()), ("max-keys", "1".to_string())];
@@ -518,6 +558,7 @@ impl Store for S3Store {
                     if code == "NoSuchBucket" || code == "NotFound" =>
                 {
                     Err(Error::Http {
+                        class: ErrorClass::FatalRelay,
                         op,
                         target,
                         status: 404,
@@ -604,10 +645,6 @@ impl Source for S3Store {
         })
     }
 
-    fn hash_families(&self) -> &'static [HashFamily] {
-        &[HashFamily::EtagMd5, HashFamily::Crc32c, HashFamily::Crc64nvme, HashFamily::Sha256]
-    }
-
     fn copy_source(&self, key: &str) -> Option<CopySource> {
         Some(CopySource {
             identity: format!("{}|{}|{}", self.cfg.endpoint.url(), self.cfg.access_key_id, self.cfg.region),
@@ -668,6 +705,11 @@ impl S3Store {
         err
     }
 
+    /// Whether parts carrying `algo` can stream with a trailer on this worker.
+    fn streams_parts(&self, algo: ChecksumAlgo) -> bool {
+        algo.s3_algorithm().is_some() && !self.streaming_refused.get()
+    }
+
     fn delete<'a>(&'a self, key: &'a str) -> LocalFuture<'a, Result<()>> {
         Box::pin(async move {
             let call = Call {
@@ -684,189 +726,12 @@ impl S3Store {
 }
 
 impl Sink for S3Store {
-    fn limits(&self) -> PartLimits {
-        PartLimits {
-            min_part_bytes: 5 << 20,
-            max_part_bytes: 5 << 30,
-            max_parts: 10_000,
-            part_alignment_bytes: 1,
-            parallel_parts: true,
-            max_single_put_bytes: 5 << 30,
-        }
+    fn begin<'a>(&'a self, key: &'a str, plan: UploadPlan, args: &'a PutArgs) -> LocalFuture<'a, Result<Session<'a>>> {
+        Box::pin(upload::begin(self, key, plan, args))
     }
 
-    fn put<'a>(
-        &'a self,
-        key: &'a str,
-        body: Body,
-        checksum: &'a Checksum,
-        md5_hex: Option<&'a str>,
-        args: &'a PutArgs,
-    ) -> LocalFuture<'a, Result<String>> {
-        Box::pin(async move {
-            let mut headers = Vec::with_capacity(8);
-            self.meta_headers(args, &mut headers);
-            Self::checksum_headers(checksum, &mut headers);
-            let call = Call { method: "PUT", key: Some(key), query: Vec::new(), headers, op: "put", target: key };
-            let result = self.send_data(call, body, md5_hex).await;
-            if let Err(Error::Integrity { .. }) = &result {
-                // The store accepted bytes that differ from what we read: don't leave
-                // them looking complete.
-                let _ = self.delete(key).await;
-            }
-            result
-        })
-    }
-
-    fn create_multipart<'a>(
-        &'a self,
-        key: &'a str,
-        _size: u64,
-        args: &'a PutArgs,
-        checksum: Option<ChecksumAlgo>,
-    ) -> LocalFuture<'a, Result<Upload>> {
-        Box::pin(async move {
-            let create = |algo: Option<ChecksumAlgo>| async move {
-                let mut headers = Vec::with_capacity(10);
-                self.meta_headers(args, &mut headers);
-                // S3's rules: CRC32C may be whole-object, CRC64NVME must be, SHA-256 can't be.
-                let full_object = matches!(algo, Some(ChecksumAlgo::Crc32c | ChecksumAlgo::Crc64nvme));
-                if let Some(algorithm) = algo.and_then(ChecksumAlgo::s3_algorithm) {
-                    headers.push(("x-amz-checksum-algorithm".to_string(), algorithm.to_string()));
-                    if full_object {
-                        headers.push(("x-amz-checksum-type".to_string(), "FULL_OBJECT".to_string()));
-                    }
-                }
-                let query = vec![("uploads", String::new())];
-                let call = Call { method: "POST", key: Some(key), query, headers, op: "create-multipart", target: key };
-                let (_, body) = self.call_small(call, Vec::new()).await?;
-                let parsed: InitiateXml = quick_xml::de::from_reader(&body[..]).map_err(|e| {
-                    Error::protocol("create-multipart", key, format!("unreadable CreateMultipartUpload response: {e}"))
-                })?;
-                Ok(Upload { id: parsed.upload_id, checksum: algo, full_object })
-            };
-            let algo = checksum.filter(|c| c.s3_algorithm().is_some());
-            match create(algo).await {
-                // A store that refuses checksum algorithms on uploads: each part's
-                // checksum header is still verified one by one.
-                Err(Error::Http { status: 400 | 501, .. }) if algo.is_some() => create(None).await,
-                other => other,
-            }
-        })
-    }
-
-    fn upload_part<'a>(
-        &'a self,
-        key: &'a str,
-        upload_id: &'a str,
-        number: u32,
-        _offset: u64,
-        body: Body,
-        checksum: &'a Checksum,
-        md5_hex: Option<&'a str>,
-    ) -> LocalFuture<'a, Result<String>> {
-        Box::pin(async move {
-            let mut headers = Vec::with_capacity(2);
-            Self::checksum_headers(checksum, &mut headers);
-            let query = vec![("partNumber", number.to_string()), ("uploadId", upload_id.to_string())];
-            let call = Call { method: "PUT", key: Some(key), query, headers, op: "upload-part", target: key };
-            self.send_data(call, body, md5_hex).await
-        })
-    }
-
-    fn streams_parts(&self, algo: ChecksumAlgo) -> bool {
-        algo.s3_algorithm().is_some() && !self.streaming_refused.get()
-    }
-
-    fn upload_part_stream<'a>(
-        &'a self,
-        key: &'a str,
-        upload_id: &'a str,
-        number: u32,
-        len: u64,
-        algo: ChecksumAlgo,
-        drain: Drain,
-    ) -> LocalFuture<'a, Result<String>> {
-        Box::pin(async move {
-            let headers = vec![
-                ("content-encoding".to_string(), "aws-chunked".to_string()),
-                ("x-amz-decoded-content-length".to_string(), len.to_string()),
-                ("x-amz-trailer".to_string(), algo.s3_header().to_string()),
-            ];
-            let query = vec![("partNumber", number.to_string()), ("uploadId", upload_id.to_string())];
-            let call = Call { method: "PUT", key: Some(key), query, headers, op: "upload-part", target: key };
-            let body = StreamBody::new(drain, len, algo.s3_header(), algo.base64_len());
-            let (response, _) = self.call(call, RequestBody::Stream(body)).await?;
-            let head = response.head.clone();
-            let bytes = response.read_to_vec().await?;
-            if head.status < 300 {
-                return Self::check_etag("upload-part", key, &head, None);
-            }
-            let err = self.data_error("upload-part", key, &head, &bytes);
-            if let Error::Http { status: 400 | 501, .. } = &err {
-                // Not a checksum disagreement, so most likely no support for trailers
-                // (older stores): send this worker's later parts whole.
-                self.streaming_refused.set(true);
-            }
-            Err(err)
-        })
-    }
-
-    fn complete_multipart<'a>(
-        &'a self,
-        key: &'a str,
-        upload: &'a Upload,
-        parts: &'a [PartRecord],
-        full: Option<&'a Checksum>,
-        _args: &'a PutArgs,
-    ) -> LocalFuture<'a, Result<()>> {
-        Box::pin(async move {
-            let full = full.filter(|f| upload.full_object && upload.checksum == Some(f.algo));
-            let mut xml = String::with_capacity(64 + parts.len() * 128);
-            xml.push_str("<CompleteMultipartUpload>");
-            for part in parts {
-                xml.push_str(&format!(
-                    "<Part><PartNumber>{}</PartNumber><ETag>\"{}\"</ETag>",
-                    part.number,
-                    xml_escape(&part.etag)
-                ));
-                if let (Some(algo), Some(name)) = (upload.checksum, part_checksum_element(part.checksum.algo)) {
-                    if part.checksum.algo == algo && !part.checksum.bytes.is_empty() {
-                        xml.push_str(&format!("<{name}>{}</{name}>", part.checksum.to_base64()));
-                    }
-                }
-                xml.push_str("</Part>");
-            }
-            xml.push_str("</CompleteMultipartUpload>");
-            let query = vec![("uploadId", upload.id.clone())];
-            let mut headers = vec![("content-type".to_string(), "application/xml".to_string())];
-            if let Some(full) = full {
-                Self::checksum_headers(full, &mut headers);
-                headers.push(("x-amz-checksum-type".to_string(), "FULL_OBJECT".to_string()));
-            }
-            let call = Call { method: "POST", key: Some(key), query, headers, op: "complete-multipart", target: key };
-            let (head, body) = self.call_small(call, xml.into_bytes()).await?;
-            self.error_in_ok_body("complete-multipart", key, &head, &body)
-        })
-    }
-
-    fn abort_multipart<'a>(&'a self, key: &'a str, upload_id: &'a str) -> LocalFuture<'a, Result<()>> {
-        Box::pin(async move {
-            let query = vec![("uploadId", upload_id.to_string())];
-            let call = Call {
-                method: "DELETE",
-                key: Some(key),
-                query,
-                headers: Vec::new(),
-                op: "abort-multipart",
-                target: key,
-            };
-            match self.call_small(call, Vec::new()).await {
-                Ok(_) => Ok(()),
-                Err(Error::Http { status: 404, .. }) => Ok(()),
-                Err(e) => Err(e),
-            }
-        })
+    fn resume(&self, state: SessionState) -> Result<Session<'_>> {
+        upload::resume(self, state)
     }
 
     fn put_dir_marker<'a>(&'a self, key: &'a str, args: &'a PutArgs) -> LocalFuture<'a, Result<()>> {
@@ -897,28 +762,6 @@ impl Sink for S3Store {
             let call = Call { method: "PUT", key: Some(key), query: Vec::new(), headers, op: "copy", target: key };
             let (head, body) = self.call_small(call, Vec::new()).await?;
             self.error_in_ok_body("copy", key, &head, &body)
-        })
-    }
-
-    fn copy_part<'a>(
-        &'a self,
-        source: &'a CopySource,
-        key: &'a str,
-        upload_id: &'a str,
-        number: u32,
-        range: (u64, u64),
-    ) -> LocalFuture<'a, Result<String>> {
-        Box::pin(async move {
-            let headers = vec![
-                ("x-amz-copy-source".to_string(), source.reference.clone()),
-                ("x-amz-copy-source-range".to_string(), format!("bytes={}-{}", range.0, range.1 - 1)),
-            ];
-            let query = vec![("partNumber", number.to_string()), ("uploadId", upload_id.to_string())];
-            let call = Call { method: "PUT", key: Some(key), query, headers, op: "copy-part", target: key };
-            let (_, body) = self.call_small(call, Vec::new()).await?;
-            let parsed: CopyResultXml = quick_xml::de::from_reader(&body[..])
-                .map_err(|e| Error::protocol("copy-part", key, format!("unreadable UploadPartCopy response: {e}")))?;
-            Ok(parsed.etag.unwrap_or_default().trim_matches('"').to_string())
         })
     }
 }

@@ -145,10 +145,10 @@ pub(super) async fn scope(
 pub(super) async fn check_locations(shared: &Shared) -> Result<()> {
     let ctx = WorkerCtx { http: HttpClient::default() };
     let retries = shared.opts.retries;
-    let src = shared.src.backend.open_source(&ctx);
+    let src = shared.src.backend.open_source(&ctx)?;
     super::retry(retries, &shared.progress.stop, || src.check(false)).await?;
     if !shared.opts.dry_run {
-        let dst = shared.dst.backend.open_sink(&ctx);
+        let dst = shared.dst.backend.open_sink(&ctx)?;
         super::retry(retries, &shared.progress.stop, || dst.check(true)).await?;
     }
     Ok(())
@@ -243,7 +243,7 @@ pub(super) async fn plan(
 ) -> Result<()> {
     let ctx = WorkerCtx { http: HttpClient::default() };
     let retries = shared.opts.retries;
-    let src_store = shared.src.backend.open_source(&ctx);
+    let src_store = shared.src.backend.open_source(&ctx)?;
     let scope = scope(&shared.src, &shared.dst, &src_store, retries).await?;
     let dst_prefix = shared.dst.prefix.clone();
     // An object that doesn't fit a worker's share of the RAM tier goes in parts, whatever
@@ -252,7 +252,7 @@ pub(super) async fn plan(
     let multipart_cutoff_bytes = shared.opts.multipart_cutoff_bytes.min(pool_bytes_per_worker);
     let mut src = Cursor::new(src_store, shared.src.remote_label(), scope.src_list.clone(), retries);
     let mut dst =
-        Cursor::new(shared.dst.backend.open_source(&ctx), shared.dst.remote_label(), scope.dst_list.clone(), retries);
+        Cursor::new(shared.dst.backend.open_source(&ctx)?, shared.dst.remote_label(), scope.dst_list.clone(), retries);
     let mut dst_head: Option<Entry> = dst.next().await?;
     while let Some(entry) = src.next().await? {
         if shared.stopped() {

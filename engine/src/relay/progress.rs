@@ -44,7 +44,7 @@ pub struct Progress {
 /// Everything needed to resume one object's multipart upload: which upload, how it
 /// is cut, and which parts are done with their checksums. One plain value, so that
 /// a journal can persist it as is.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ObjectProgress {
     /// Source key.
     pub src_key: String,
@@ -56,8 +56,9 @@ pub struct ObjectProgress {
     pub src_version: String,
     /// Part size (the last part may be shorter).
     pub part_size: u64,
-    /// The destination's upload, once created.
-    pub upload: Option<crate::backend::Upload>,
+    /// The destination's upload session, once begun (its parts are kept below, not
+    /// in it, while the object is in flight).
+    pub session: Option<crate::backend::SessionState>,
     /// Finished parts, by index (part number - 1).
     pub parts: Vec<Option<PartRecord>>,
 }
@@ -73,6 +74,17 @@ impl ObjectProgress {
         let start = index as u64 * self.part_size;
         assert!(start < self.size.max(1), "part {index} is past the end");
         (start, (start + self.part_size).min(self.size))
+    }
+
+    /// Part `index` (0-based): its number, offset and length.
+    pub fn part_spec(&self, index: u32) -> crate::backend::PartSpec {
+        let (start, end) = self.part_range(index);
+        crate::backend::PartSpec { number: index + 1, offset: start, len: end - start }
+    }
+
+    /// The index of the part holding byte `offset`.
+    pub fn part_of(&self, offset: u64) -> u32 {
+        (offset / self.part_size.max(1)) as u32
     }
 
     /// Whether every part is done.

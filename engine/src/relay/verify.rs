@@ -104,8 +104,8 @@ async fn check(
     let ctx = WorkerCtx { http: HttpClient::default() };
     let retries = opts.retries;
     let never = AtomicBool::new(false);
-    let src_store = src.backend.open_source(&ctx);
-    let dst_store = dst.backend.open_source(&ctx);
+    let src_store = src.backend.open_source(&ctx)?;
+    let dst_store = dst.backend.open_source(&ctx)?;
     super::retry(retries, &never, || src_store.check(false)).await?;
     super::retry(retries, &never, || dst_store.check(false)).await?;
     let scope = scope(src, dst, &src_store, retries).await?;

@@ -61,7 +61,9 @@ pub(super) fn run(index: usize, engine: Arc<EngineInner>, ready: Ready) {
 /// and what this worker has in flight for it.
 struct Slot {
     shared: Arc<Shared>,
-    ctx: Rc<Ctx>,
+    /// None when this worker could not open the relay's stores (the relay is then
+    /// stopped with that error, and this worker only drains its queue).
+    ctx: Option<Rc<Ctx>>,
     objects: Rc<Cell<usize>>,
     parts: Rc<Cell<usize>>,
     /// Parts being read from the source into the stage.
@@ -91,23 +93,32 @@ impl Slot {
             return false;
         }
         let s = &self.shared;
+        let Some(ctx) = &self.ctx else {
+            let Some(job) = s.objects.pop() else { return false };
+            let reason = s.fatal.lock().expect("fatal lock").clone().unwrap_or_default();
+            s.finish(
+                job.src_key().to_string(),
+                super::Outcome::Failed { reason: format!("not attempted: {reason}"), fatal: false },
+            );
+            return true;
+        };
         // Parts first: finishing started objects keeps uploads and memory few.
         if self.parts.get() < s.parts_in_flight_per_worker {
             if let Some(task) = s.parts.pop() {
-                spawn(s, &self.parts, stats, true, transfer::run_part(self.ctx.clone(), task));
+                spawn(s, &self.parts, stats, true, super::parts::run_part(ctx.clone(), task));
                 return true;
             }
         }
         // Then stage fills: they drain the source at its own pace, ahead of the uploads.
         if self.fills.get() < s.parts_in_flight_per_worker {
             if let Some(task) = s.stage_fills.pop() {
-                spawn(s, &self.fills, stats, true, transfer::run_fill(self.ctx.clone(), task));
+                spawn(s, &self.fills, stats, true, super::spill::run_fill(ctx.clone(), task));
                 return true;
             }
         }
         if self.objects.get() < s.objects_in_flight_per_worker() {
             if let Some(job) = s.objects.pop() {
-                spawn(s, &self.objects, stats, false, transfer::run_object(self.ctx.clone(), job));
+                spawn(s, &self.objects, stats, false, transfer::run_object(ctx.clone(), job));
                 return true;
             }
         }
@@ -137,13 +148,21 @@ async fn run_loop(engine: Arc<EngineInner>, index: usize, driver: Driver, ready:
             let jobs = engine.jobs();
             for job in &jobs {
                 if !slots.iter().any(|s| Arc::ptr_eq(&s.shared, job)) {
+                    let opened = job.src.backend.open_source(&wctx).and_then(|src| {
+                        let dst = job.dst.backend.open_sink(&wctx)?;
+                        Ok(Rc::new(Ctx { src, dst, pool: pool.clone(), shared: job.clone() }))
+                    });
+                    let ctx = match opened {
+                        Ok(ctx) => Some(ctx),
+                        Err(e) => {
+                            job.fatal.lock().expect("fatal lock").get_or_insert_with(|| e.to_string());
+                            // Pairs with the Acquire loads in `Shared::stopped`.
+                            job.progress.stop.store(true, Ordering::Release);
+                            None
+                        }
+                    };
                     slots.push(Slot {
-                        ctx: Rc::new(Ctx {
-                            src: job.src.backend.open_source(&wctx),
-                            dst: job.dst.backend.open_sink(&wctx),
-                            pool: pool.clone(),
-                            shared: job.clone(),
-                        }),
+                        ctx,
                         shared: job.clone(),
                         objects: Rc::new(Cell::new(0)),
                         parts: Rc::new(Cell::new(0)),

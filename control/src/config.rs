@@ -1,0 +1,206 @@
+//! `laminar.toml` and URLs: how the operator names the two sides of a relay.
+//!
+//! The file names remotes, each with its own endpoint and credentials, because the
+//! two sides of a relay are usually different clouds:
+//!
+//! ```toml
+//! [remotes.src]
+//! type = "s3"
+//! endpoint = "http://127.0.0.1:9000"
+//! access_key_id = "..."
+//! secret_access_key_file = "/run/secrets/src-key"   # or secret_access_key / _env
+//! ```
+//!
+//! A URL is `NAME:path` (a remote; for S3 the path is `bucket/prefix`),
+//! `s3://bucket/prefix` (the standard AWS environment variables), or
+//! `file:///abs/path`. Each remote's table is read by its backend (the engine's
+//! registry), which refuses unknown keys; secrets may come from files or the
+//! environment, and never appear in errors or logs.
+
+// Errors are the engine's, cold and one per relay; see the engine crate on their size.
+#![allow(clippy::result_large_err)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use laminar_engine::backend::file::FileBackend;
+use laminar_engine::backend::registry;
+use laminar_engine::backend::s3::{self, S3Backend};
+use laminar_engine::relay::Location;
+use laminar_engine::{Error, Result};
+
+/// A parsed `laminar.toml`.
+#[derive(Debug, Default)]
+pub struct Config {
+    /// Remotes by name: each one's table, `type` included, for its backend to read.
+    pub remotes: BTreeMap<String, toml::Table>,
+    /// Where it was read from; None when no file was found.
+    pub path: Option<PathBuf>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    remotes: BTreeMap<String, toml::Table>,
+}
+
+impl Config {
+    /// Finds and reads the config: `explicit`, then `$LAMINAR_CONFIG`, then
+    /// `./laminar.toml`, then `$XDG_CONFIG_HOME/laminar/laminar.toml` (or
+    /// `~/.config/...`). No file is fine unless one was named explicitly.
+    pub fn load(explicit: Option<&Path>) -> Result<Config> {
+        if let Some(path) = explicit {
+            return Config::read(path);
+        }
+        if let Some(path) = std::env::var_os("LAMINAR_CONFIG").filter(|p| !p.is_empty()) {
+            return Config::read(Path::new(&path));
+        }
+        let xdg = std::env::var_os("XDG_CONFIG_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
+        let candidates = [Some(PathBuf::from("laminar.toml")), xdg.map(|d| d.join("laminar").join("laminar.toml"))];
+        for path in candidates.into_iter().flatten() {
+            if path.is_file() {
+                return Config::read(&path);
+            }
+        }
+        Ok(Config::default())
+    }
+
+    /// Reads one file.
+    pub fn read(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Usage(format!("cannot read config {}: {e}", path.display())))?;
+        let mut config =
+            Config::parse(&text).map_err(|e| Error::Usage(format!("config {} is invalid: {e}", path.display())))?;
+        config.path = Some(path.to_path_buf());
+        Ok(config)
+    }
+
+    /// Parses the text of a config; every remote is checked by its backend now, so a
+    /// mistake is reported before any relay starts.
+    pub fn parse(text: &str) -> std::result::Result<Config, String> {
+        let file: File = toml::from_str(text).map_err(|e| e.message().trim().to_string())?;
+        for (name, table) in &file.remotes {
+            match table.get("type") {
+                Some(toml::Value::String(kind)) if registry::find(kind).is_none() => {
+                    return Err(format!(
+                        "remote {name:?} has unknown type {kind:?}: supported types are {}",
+                        registry::names()
+                    ))
+                }
+                Some(toml::Value::String(_)) => {}
+                _ => return Err(format!("remote {name:?} has no type: add type = one of {}", registry::names())),
+            }
+        }
+        Ok(Config { remotes: file.remotes, path: None })
+    }
+
+    /// Turns a URL into a location.
+    pub fn location(&self, url: &str) -> Result<Location> {
+        if let Some(rest) = url.strip_prefix("file://") {
+            if !rest.starts_with('/') {
+                return Err(Error::Usage(format!(
+                    "{url:?} is not an absolute file URL: write file:///abs/path (three slashes)"
+                )));
+            }
+            let path = PathBuf::from(rest);
+            // A single file: the tree is its directory, the object its name.
+            if path.is_file() {
+                if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
+                    let name = name.to_string_lossy();
+                    return Ok(Location::new(Arc::new(FileBackend::new(dir.to_path_buf())), &name, url.to_string()));
+                }
+            }
+            return Ok(Location::new(Arc::new(FileBackend::new(path)), "", url.to_string()));
+        }
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = s3::split_bucket(url, rest)?;
+            let cfg = s3::from_env(bucket)?;
+            return Ok(Location::new(Arc::new(S3Backend::new(cfg)), prefix, url.to_string()));
+        }
+        if let Some((scheme, _)) = url.split_once("://") {
+            return Err(Error::Usage(format!(
+                "unknown scheme {scheme:?} in {url:?}: use NAME:bucket/prefix for a remote in laminar.toml, s3://bucket/prefix, or file:///abs/path"
+            )));
+        }
+        let Some((name, rest)) = url.split_once(':') else {
+            let hint = if url.starts_with('/') {
+                format!("; for a local directory write file://{url}")
+            } else {
+                String::new()
+            };
+            return Err(Error::Usage(format!(
+                "{url:?} is not a URL: use NAME:bucket/prefix (a remote in laminar.toml), s3://bucket/prefix, or file:///abs/path{hint}"
+            )));
+        };
+        let table = self.remotes.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.remotes.keys().map(String::as_str).collect();
+            let source = match &self.path {
+                Some(p) => format!(
+                    "{} defines {}",
+                    p.display(),
+                    if known.is_empty() { "no remotes".to_string() } else { known.join(", ") }
+                ),
+                None => "no laminar.toml was found (looked at --config, $LAMINAR_CONFIG, ./laminar.toml, ~/.config/laminar/laminar.toml)".to_string(),
+            };
+            Error::Usage(format!("unknown remote {name:?} in {url:?}: add [remotes.{name}] to laminar.toml; {source}"))
+        })?;
+        let opened = registry::open(name, table.clone(), rest)?;
+        Ok(Location::new(opened.backend, &opened.path, url.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        Config::parse(text).unwrap()
+    }
+
+    #[test]
+    fn remotes_resolve() {
+        let c = config(
+            r#"
+            [remotes.src]
+            type = "s3"
+            endpoint = "http://127.0.0.1:9000"
+            access_key_id = "AK"
+            secret_access_key = "SECRET"
+            [remotes.disk]
+            type = "file"
+            root = "/data"
+            "#,
+        );
+        let loc = c.location("src:bucket/a/b").unwrap();
+        assert_eq!(loc.prefix, "a/b/");
+        assert_eq!(c.location("src:bucket/a/b/").unwrap().prefix, "a/b/");
+        assert_eq!(c.location("src:bucket").unwrap().prefix, "");
+        assert_eq!(c.location("disk:x").unwrap().prefix, "x/");
+        assert_eq!(c.location("file:///tmp/x").unwrap().prefix, "");
+    }
+
+    #[test]
+    fn bad_urls_say_what_to_do() {
+        let c = config("[remotes.src]\ntype = \"s3\"\nendpoint = \"http://h:1\"\n");
+        let err = |u: &str| c.location(u).err().expect(u).to_string();
+        assert!(err("nope:bucket").contains("unknown remote \"nope\""));
+        assert!(err("ftp://x/y").contains("unknown scheme"));
+        assert!(err("/tmp/x").contains("file:///tmp/x"));
+        assert!(err("file://tmp/x").contains("three slashes"));
+        assert!(err("src:bucket").contains("has no access_key_id"));
+        assert!(err("src:/x").contains("names no bucket"));
+        assert!(err("src:Bad_Bucket!").contains("not a valid bucket"));
+        assert!(Config::parse("[remotes.r]\ntype = \"gopher\"\n").unwrap_err().contains("unknown type"));
+        let typo = c_err("[remotes.r]\ntype = \"s3\"\nendpiont = \"x\"\n");
+        assert!(typo.contains("endpiont") && typo.contains("expected one of"), "{typo}");
+        assert!(Config::parse("[remote.r]\ntype = \"s3\"\n").unwrap_err().contains("remote"));
+    }
+
+    fn c_err(text: &str) -> String {
+        config(text).location("r:bkt").err().expect("an error").to_string()
+    }
+}

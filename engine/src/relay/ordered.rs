@@ -1,0 +1,175 @@
+//! Large objects into a store that takes one ordered stream (Google Drive resumable
+//! uploads, Dropbox upload sessions): one task sends the parts in order, each from
+//! where the store's committed bytes end. When a part fails, the session is asked
+//! what the store holds, and the stream goes on from there: the rest of a part half
+//! sent, or an earlier part again if the store kept less than it acknowledged.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use super::parts::{finish_large, part_done, session_and_spec, sums_with_md5};
+use super::spill::{fill, part_from_stage};
+use super::transfer::{Ctx, ObjectJob, PartTask};
+use crate::backend::{Committed, PartRecord, PartSpec, UploadSession};
+use crate::checksum::{Hasher, Hashers};
+use crate::error::{Error, Result};
+use crate::metrics::{timed, Op};
+use crate::pool::Body;
+
+/// What one step of the stream did.
+enum Step {
+    /// The part is in the store.
+    Sent(PartRecord),
+    /// The store holds only this many bytes: go back and send from there.
+    Back(u64),
+}
+
+pub(super) async fn run(ctx: Rc<Ctx>, job: Arc<ObjectJob>, staged: bool) {
+    let (state, _) = session_and_spec(&job, 0);
+    let count = job.progress.lock().expect("progress lock").part_count();
+    let mut index = 0u32;
+    // Bytes of the current part the store already holds.
+    let mut skip = 0u64;
+    // Steps back allowed: each is a store losing what it acknowledged, which the
+    // retries bound like any other failure.
+    let mut backs_left = ctx.shared.opts.retries + 1;
+    let session = ctx.dst.resume(state.clone());
+    while index < count {
+        let session = match &session {
+            Ok(s) => s.as_ref(),
+            Err(e) => {
+                part_done(&ctx, &job, index, Err(Error::protocol("upload-part", job.src_key(), e.to_string())));
+                break;
+            }
+        };
+        if ctx.stopped() {
+            let e = Error::protocol("upload-part", job.src_key(), "abandoned: the relay was stopped");
+            part_done(&ctx, &job, index, Err(e));
+            break;
+        }
+        let spec = job.progress.lock().expect("progress lock").part_spec(index);
+        if staged && skip == 0 {
+            fill(&ctx, &PartTask::new(job.clone(), index)).await;
+        }
+        match step(&ctx, &job, session, spec, skip).await {
+            Ok(Step::Sent(record)) => {
+                part_done(&ctx, &job, index, Ok(record));
+                index += 1;
+                skip = 0;
+            }
+            Ok(Step::Back(held)) if backs_left > 0 && held < spec.offset => {
+                backs_left -= 1;
+                let progress = job.progress.lock().expect("progress lock");
+                index = progress.part_of(held);
+                skip = held - progress.part_spec(index).offset;
+            }
+            Ok(Step::Back(held)) => {
+                let e = Error::protocol(
+                    "upload-part",
+                    job.src_key(),
+                    format!(
+                        "the store keeps losing bytes it acknowledged: it holds {held}, part {} starts at {}",
+                        spec.number, spec.offset
+                    ),
+                );
+                part_done(&ctx, &job, index, Err(e));
+                break;
+            }
+            Err(e) => {
+                part_done(&ctx, &job, index, Err(e));
+                break;
+            }
+        }
+    }
+    finish_large(&ctx, &job, state).await;
+}
+
+/// Sends part `spec` from byte `skip` of it on, retrying; before each retry asks the
+/// store what it holds and sends only the rest.
+async fn step(ctx: &Ctx, job: &ObjectJob, session: &dyn UploadSession, spec: PartSpec, skip: u64) -> Result<Step> {
+    let skip = std::cell::Cell::new(skip);
+    let attempts = std::cell::Cell::new(0u32);
+    let sent_sum = std::cell::RefCell::new(None);
+    ctx.retry(|| async {
+        if attempts.replace(attempts.get() + 1) > 0 {
+            if let Committed::Offset(held) = session.committed().await? {
+                let end = spec.offset + spec.len;
+                if held < spec.offset {
+                    return Ok(Step::Back(held));
+                }
+                if held >= end {
+                    if let Some(sum) = sent_sum.borrow().clone() {
+                        return Ok(Step::Sent(PartRecord::new(spec, String::new(), sum)));
+                    }
+                    return Ok(Step::Back(spec.offset));
+                }
+                skip.set(held - spec.offset);
+            }
+        }
+        if skip.get() == 0 {
+            let staged = {
+                let m = job.multipart_staged(spec.number - 1);
+                m.map(|(file, (sum, _))| (file, sum))
+            };
+            if let Some((file, sum)) = staged {
+                *sent_sum.borrow_mut() = Some(sum.clone());
+                if let Ok((record, _)) = part_from_stage(ctx, job, session, spec, &file, &sum).await {
+                    return Ok(Step::Sent(record));
+                }
+            }
+        }
+        send_from(ctx, job, session, spec, skip.get(), &sent_sum).await.map(Step::Sent)
+    })
+    .await
+}
+
+/// Reads part `spec` from the source and sends its bytes from `skip` on. The part's
+/// checksum covers all of it (the object's checksum is combined from parts); what is
+/// sent carries the checksum of what is sent.
+async fn send_from(
+    ctx: &Ctx,
+    job: &ObjectJob,
+    session: &dyn UploadSession,
+    spec: PartSpec,
+    skip: u64,
+    sent_sum: &std::cell::RefCell<Option<crate::checksum::Checksum>>,
+) -> Result<PartRecord> {
+    let algo = ctx.shared.opts.checksum;
+    let mut whole = Hashers::new(algo, false);
+    let key = job.src_key();
+    if skip > 0 {
+        // The bytes the store holds are read again only to be hashed.
+        let chunks = ctx.pool.acquire(ctx.pool.chunks_for(skip)).await;
+        let range = (spec.offset, spec.offset + skip);
+        let read = ctx.src.read(key, Some(range), Body::new(chunks), &mut whole);
+        let (held, _) = timed(ctx.src_label(), Op::Get, read).await?;
+        if held.len() != skip {
+            return Err(Error::protocol("get", key, format!("part {} came back short", spec.number)));
+        }
+    }
+    let rest = PartSpec { number: spec.number, offset: spec.offset + skip, len: spec.len - skip };
+    let chunks = ctx.pool.acquire(ctx.pool.chunks_for(rest.len)).await;
+    let read = ctx.src.read(key, Some(rest.range()), Body::new(chunks), &mut whole);
+    let (body, _) = timed(ctx.src_label(), Op::Get, read).await?;
+    if body.len() != rest.len {
+        return Err(Error::protocol(
+            "get",
+            key,
+            format!("part {} came back short: {} of {} bytes", spec.number, body.len(), rest.len),
+        ));
+    }
+    let (part_sum, _) = whole.finish();
+    *sent_sum.borrow_mut() = Some(part_sum.clone());
+    let sent = if skip == 0 {
+        part_sum.clone()
+    } else {
+        let mut h = Hasher::new(algo);
+        for slice in body.slices() {
+            h.update(slice);
+        }
+        h.finish()
+    };
+    let sums = sums_with_md5(&sent, None);
+    let token = timed(ctx.dst_label(), Op::PutPart, session.put(rest, body, &sums)).await?;
+    Ok(PartRecord::new(spec, token, part_sum))
+}

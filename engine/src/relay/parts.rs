@@ -1,0 +1,360 @@
+//! Large objects in parallel parts: the plan (part size, the upload session), each
+//! part (streamed through a ring, whole, from the stage, or copied server-side), and
+//! the end (the last part to finish completes the session, or aborts it).
+//!
+//! Every worker may send parts of one object: the session's state travels with the
+//! object and each worker reopens it on its own handle ([`crate::backend::Sink::resume`]). A retried
+//! part first asks the session what the store has committed, so a part whose answer
+//! was lost is not sent twice.
+
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::progress::choose_part_size;
+use super::spill::{part_from_stage, spill, vote_destination_slower};
+use super::transfer::{gone, put_args, server_side, Ctx, Multipart, ObjectJob, PartTask};
+use super::Outcome;
+use crate::backend::{Committed, CopySource, PartRecord, PartSpec, SessionState, UploadPlan, UploadSession};
+use crate::checksum::{crc32c_combine, Checksum, ChecksumAlgo, Hashers};
+use crate::error::{Error, Result};
+use crate::metrics::{timed, Op};
+use crate::pool::Body;
+
+/// Chunks a streamed part's ring holds: enough to keep both connections busy, few
+/// enough that the bytes are still in cache when they are sent.
+pub(super) const RING_CHUNKS: usize = 4;
+
+/// Stats the source, picks the part size, and begins the upload session; returns
+/// the part count.
+pub(super) async fn plan_large(ctx: &Ctx, job: &ObjectJob) -> Result<u32> {
+    let limits = ctx.dst.capabilities().parts;
+    let pool_bytes = (ctx.pool.chunk_count() * ctx.pool.chunk_bytes()) as u64;
+    // Prefer parts that fit a worker's share of the RAM tier, so small buffers still work.
+    let part_size = choose_part_size(
+        job.size(),
+        ctx.shared.opts.part_size_bytes.min(pool_bytes),
+        limits.min_part_bytes,
+        limits.max_part_bytes,
+        limits.max_parts,
+        limits.part_alignment_bytes,
+    )
+    .ok_or_else(|| Error::InvalidKey {
+        op: "plan",
+        key: job.src_key().to_string(),
+        reason: format!("{} bytes is more than the destination accepts in one object", job.size()),
+    })?;
+    let copy = server_side(ctx, job);
+    if copy.is_none() && part_size > pool_bytes {
+        return Err(Error::Usage(format!(
+            "{} needs parts of {}, more than a worker's share of the RAM buffer ({}); raise --ram-buffer or lower --workers",
+            job.src_key(),
+            laminar_tuning::HumanBytes(part_size),
+            laminar_tuning::HumanBytes(pool_bytes)
+        )));
+    }
+    let info =
+        ctx.retry(|| timed(ctx.src_label(), Op::Stat, ctx.src.stat(job.src_key()))).await?.ok_or_else(|| gone(job))?;
+    if info.size != job.size() {
+        return Err(Error::protocol("stat", job.src_key(), "the object changed size during the relay"));
+    }
+    let args = put_args(&info, job.src_version(), None);
+    let checksum = copy.is_none().then_some(ctx.shared.opts.checksum);
+    let plan = UploadPlan { size: job.size(), single: false, checksum };
+    let state = ctx
+        .retry(|| async {
+            let session = timed(ctx.dst_label(), Op::Create, ctx.dst.begin(job.dst_key(), plan, &args)).await?;
+            Ok(session.state().clone())
+        })
+        .await?;
+    let count = {
+        let mut progress = job.progress.lock().expect("progress lock");
+        progress.part_size = part_size;
+        progress.session = Some(state);
+        progress.parts = vec![None; progress.part_count() as usize];
+        progress.part_count()
+    };
+    *job.multipart.lock().expect("multipart lock") = Multipart { source: info, copy, ..Multipart::default() };
+    Ok(count)
+}
+
+/// The session's state and part `index`'s place, from the object's progress.
+pub(super) fn session_and_spec(job: &ObjectJob, index: u32) -> (SessionState, PartSpec) {
+    let progress = job.progress.lock().expect("progress lock");
+    (progress.session.clone().expect("session begun before parts"), progress.part_spec(index))
+}
+
+pub(crate) async fn run_part(ctx: Rc<Ctx>, task: PartTask) {
+    if spill(&ctx, &task) {
+        return;
+    }
+    let job = &task.job;
+    let (state, spec) = session_and_spec(job, task.index);
+    let result = match ctx.dst.resume(state.clone()) {
+        Ok(session) => send_part(&ctx, job, session.as_ref(), spec).await,
+        Err(e) => Err(e),
+    };
+    part_done(&ctx, job, task.index, result);
+    // Pairs with the Release store in `begin_large`; the last part finishes the object.
+    if job.parts_left.fetch_sub(1, Ordering::AcqRel) == 1 {
+        finish_large(&ctx, job, state).await;
+    }
+}
+
+/// Records a part's outcome: its record, or the object's first failure.
+pub(super) fn part_done(ctx: &Ctx, job: &ObjectJob, index: u32, result: Result<PartRecord>) {
+    match result {
+        Ok(record) => {
+            ctx.landed(record.len);
+            job.progress.lock().expect("progress lock").parts[index as usize] = Some(record);
+        }
+        Err(e) => {
+            job.multipart.lock().expect("multipart lock").failure.get_or_insert(e);
+        }
+    }
+}
+
+/// Sends one part by whichever path it takes, unless the object already failed or
+/// the relay is stopping.
+async fn send_part(ctx: &Ctx, job: &ObjectJob, session: &dyn UploadSession, spec: PartSpec) -> Result<PartRecord> {
+    let failed_already = job.multipart.lock().expect("multipart lock").failure.is_some();
+    if failed_already || ctx.stopped() {
+        let why =
+            if failed_already { "abandoned after another part failed" } else { "abandoned: the relay was stopped" };
+        return Err(Error::protocol("upload-part", job.src_key(), why));
+    }
+    let copy = job.multipart.lock().expect("multipart lock").copy.clone();
+    match copy {
+        Some(source) => copy_part(ctx, session, spec, &source).await,
+        None => part(ctx, job, session, spec).await,
+    }
+}
+
+async fn part(ctx: &Ctx, job: &ObjectJob, session: &dyn UploadSession, spec: PartSpec) -> Result<PartRecord> {
+    let algo = ctx.shared.opts.checksum;
+    let index = spec.number - 1;
+    let staged = {
+        let m = job.multipart.lock().expect("multipart lock");
+        m.stage.clone().zip(m.staged.get(index as usize).cloned().flatten())
+    };
+    if let Some((file, (sum, source_busy))) = staged {
+        match part_from_stage(ctx, job, session, spec, &file, &sum).await {
+            Ok((record, destination_busy)) => {
+                vote_destination_slower(ctx, destination_busy, source_busy);
+                return Ok(record);
+            }
+            Err(e) => {
+                crate::metrics::record_error(&e, true);
+                eprintln!(
+                    "laminar: warning: part {} of {} could not be sent from the stage ({e}); sending it from the source",
+                    spec.number,
+                    job.src_key()
+                );
+            }
+        }
+    }
+    // The checksum of the part's bytes from the last attempt that read them all, to
+    // recognise the part among what the store has committed.
+    let read_sum: std::cell::RefCell<Option<Checksum>> = std::cell::RefCell::new(None);
+    let attempts = std::cell::Cell::new(0u32);
+    ctx.retry(|| async {
+        let attempt = attempts.replace(attempts.get() + 1);
+        if attempt > 0 {
+            let known = read_sum.borrow().clone();
+            if let Some(record) = committed_part(session, spec, known.as_ref()).await {
+                return Ok(record);
+            }
+        }
+        if session.streams(algo) {
+            match part_streamed(ctx, job, session, spec, &read_sum).await {
+                // The store refused the streamed form: send this part whole, now.
+                Err(Error::Http { status: 400 | 501, .. }) if !session.streams(algo) => {}
+                other => return other,
+            }
+        }
+        part_whole(ctx, job, session, spec, &read_sum).await
+    })
+    .await
+}
+
+/// The part as the store holds it, when it holds it whole with the checksum of the
+/// bytes the relay read: a part whose answer was lost needs no second send. Never a
+/// part the store vouches for with no checksum, or another checksum.
+async fn committed_part(session: &dyn UploadSession, spec: PartSpec, read: Option<&Checksum>) -> Option<PartRecord> {
+    let read = read?;
+    let Ok(Committed::Parts(parts)) = session.committed().await else { return None };
+    let held = parts.into_iter().find(|p| p.number == spec.number)?;
+    (held.len == spec.len && &held.checksum == read).then(|| PartRecord::new(spec, held.token, read.clone()))
+}
+
+/// One part read into the RAM tier whole, then sent with its checksum in a header.
+async fn part_whole(
+    ctx: &Ctx,
+    job: &ObjectJob,
+    session: &dyn UploadSession,
+    spec: PartSpec,
+    read_sum: &std::cell::RefCell<Option<Checksum>>,
+) -> Result<PartRecord> {
+    let algo = ctx.shared.opts.checksum;
+    let chunks = ctx.pool.acquire(ctx.pool.chunks_for(spec.len)).await;
+    // No MD5 here: each part carries its checksum, which the store verifies, and a
+    // ranged read has no ETag to check against.
+    let mut hashers = Hashers::new(algo, false);
+    let started = Instant::now();
+    let read = ctx.src.read(job.src_key(), Some(spec.range()), Body::new(chunks), &mut hashers);
+    let (body, _) = timed(ctx.src_label(), Op::Get, read).await?;
+    if body.len() != spec.len {
+        return Err(Error::protocol(
+            "get",
+            job.src_key(),
+            format!("part {} came back short: {} of {} bytes", spec.number, body.len(), spec.len),
+        ));
+    }
+    let source_busy = started.elapsed();
+    let (sum, md5) = hashers.finish();
+    *read_sum.borrow_mut() = Some(sum.clone());
+    let sums = sums_with_md5(&sum, md5.as_deref());
+    let started = Instant::now();
+    let token = timed(ctx.dst_label(), Op::PutPart, session.put(spec, body, &sums)).await?;
+    // One after the other, so each side's time is its own.
+    vote_destination_slower(ctx, started.elapsed(), source_busy);
+    Ok(PartRecord::new(spec, token, sum))
+}
+
+/// The checksums to send with a body: the relay's, then MD5 where it was computed.
+pub(super) fn sums_with_md5(sum: &Checksum, md5_hex: Option<&str>) -> Vec<Checksum> {
+    let mut sums = vec![sum.clone()];
+    if let Some(bytes) = md5_hex.filter(|_| sum.algo != ChecksumAlgo::Md5).and_then(|h| hex::decode(h).ok()) {
+        sums.push(Checksum { algo: ChecksumAlgo::Md5, bytes });
+    }
+    sums
+}
+
+/// One part streamed through a ring: each chunk is sent as soon as it is read, and
+/// the checksum follows the bytes (an S3 trailer) for the store to verify.
+async fn part_streamed(
+    ctx: &Ctx,
+    job: &ObjectJob,
+    session: &dyn UploadSession,
+    spec: PartSpec,
+    read_sum: &std::cell::RefCell<Option<Checksum>>,
+) -> Result<PartRecord> {
+    let algo = ctx.shared.opts.checksum;
+    let chunks = ctx.pool.acquire(ctx.pool.chunks_for(spec.len).min(RING_CHUNKS)).await;
+    let (filler, drain) = crate::pool::ring::ring(chunks);
+    let waits = filler.waits();
+    // Which side failed first: the other only sees its partner gone.
+    let read_failed_first = std::cell::Cell::new(false);
+    let started = Instant::now();
+    let source_busy = std::cell::Cell::new(Duration::ZERO);
+    let read = async {
+        let mut hashers = Hashers::new(algo, false);
+        let read = ctx.src.read_stream(job.src_key(), spec.range(), &filler, &mut hashers);
+        match timed(ctx.src_label(), Op::Get, read).await {
+            Ok(()) => {
+                let sum = hashers.finish().0;
+                // Time the source was busy: reading, not waiting for ring space.
+                source_busy.set(started.elapsed().saturating_sub(waits.reader()));
+                *read_sum.borrow_mut() = Some(sum.clone());
+                filler.finish(sum.clone());
+                Ok(sum)
+            }
+            Err(e) => {
+                read_failed_first.set(!filler.writer_gone());
+                // The filler is dropped unfinished, so the upload cannot complete.
+                Err(e)
+            }
+        }
+    };
+    let write = timed(ctx.dst_label(), Op::PutPart, session.put_stream(spec, algo, drain));
+    let (read, write) = monoio::join!(read, write);
+    if read.is_ok() && write.is_ok() {
+        let destination_busy = started.elapsed().saturating_sub(waits.writer());
+        vote_destination_slower(ctx, destination_busy, source_busy.get());
+    }
+    let (sum, token) = match (read, write) {
+        (Ok(sum), Ok(token)) => (sum, token),
+        (Err(e), _) if read_failed_first.get() => return Err(e),
+        (_, Err(e)) | (Err(e), Ok(_)) => return Err(e),
+    };
+    Ok(PartRecord::new(spec, token, sum))
+}
+
+async fn copy_part(ctx: &Ctx, session: &dyn UploadSession, spec: PartSpec, source: &CopySource) -> Result<PartRecord> {
+    let token = ctx.retry(|| timed(ctx.dst_label(), Op::Copy, session.copy_part(source, spec))).await?;
+    Ok(PartRecord::new(spec, token, Checksum { algo: ChecksumAlgo::Crc32c, bytes: Vec::new() }))
+}
+
+/// The whole object's checksum from its parts, when the algorithm combines.
+fn combined(parts: &[PartRecord]) -> Option<Checksum> {
+    let mut crc = 0u32;
+    for p in parts {
+        crc = crc32c_combine(crc, p.checksum.crc32c()?, p.len);
+    }
+    Some(Checksum::from_crc32c(crc))
+}
+
+/// Ends a large object: completes its session when every part landed, aborts it
+/// otherwise, and reports the object.
+pub(super) async fn finish_large(ctx: &Ctx, job: &ObjectJob, state: SessionState) {
+    let failure = job.multipart.lock().expect("multipart lock").failure.take();
+    let parts: Vec<PartRecord> = job.progress.lock().expect("progress lock").parts.iter().flatten().cloned().collect();
+    let session = ctx.dst.resume(state);
+    let result = match (failure, &session) {
+        (Some(e), _) => Err(e),
+        (None, Err(e)) => Err(Error::protocol("complete-multipart", job.src_key(), e.to_string())),
+        (None, Ok(session)) => complete(ctx, job, session.as_ref(), &parts).await,
+    };
+    // The stage file goes whatever happened: completed, or about to be aborted.
+    let (stage_file, route) = {
+        let mut m = job.multipart.lock().expect("multipart lock");
+        (m.stage.take(), m.route.take())
+    };
+    drop(stage_file);
+    if let Some(route) = route {
+        ctx.shared.decided(route);
+    }
+    ctx.shared.large_open.fetch_sub(1, Ordering::AcqRel);
+    ctx.shared.event.notify(usize::MAX);
+    match result {
+        Ok(()) => ctx.shared.finish(job.src_key().to_string(), Outcome::Copied { bytes: job.size() }),
+        Err(e) => {
+            // Never leave a half-made object: the session is aborted, nothing completes.
+            // Retried even when the relay is stopping: an upload left open is never
+            // visible as an object, but it holds storage until the store expires it.
+            if let Ok(session) = &session {
+                let never = std::sync::atomic::AtomicBool::new(false);
+                let _ = super::retry(ctx.shared.opts.retries, &never, || session.abort()).await;
+            }
+            ctx.fail(job, e);
+        }
+    }
+}
+
+async fn complete(ctx: &Ctx, job: &ObjectJob, session: &dyn UploadSession, parts: &[PartRecord]) -> Result<()> {
+    let (source, is_copy) = {
+        let m = job.multipart.lock().expect("multipart lock");
+        (m.source.clone(), m.copy.is_some())
+    };
+    let full = if is_copy { None } else { combined(parts) };
+    if let Some(full) = &full {
+        if let Some(reported) = source.checksums.iter().find(|c| c.algo == full.algo) {
+            if reported != full {
+                return Err(Error::Integrity {
+                    op: "get",
+                    target: job.src_key().to_string(),
+                    detail: format!("the source reports {reported}, the bytes received have {full}"),
+                });
+            }
+        }
+    }
+    let expected: u64 = parts.iter().map(|p| p.len).sum();
+    if expected != job.size() {
+        return Err(Error::protocol(
+            "complete-multipart",
+            job.src_key(),
+            format!("parts add up to {expected} bytes, the object has {}", job.size()),
+        ));
+    }
+    ctx.retry(|| timed(ctx.dst_label(), Op::Complete, session.finish(parts, full.as_ref()))).await
+}
