@@ -316,7 +316,7 @@ pub fn relay_with_progress(
             while !done.load(Ordering::Acquire) {
                 if interrupted.load(Ordering::Acquire) {
                     eprintln!("laminar: interrupted: finishing transfers in flight and aborting unfinished uploads (Ctrl-C again to quit at once)");
-                    progress.stop.store(true, Ordering::Release);
+                    progress.request_stop();
                     return;
                 }
                 // Unparked when the relay ends, so exit never waits out a tick.

@@ -588,7 +588,7 @@ impl Jobs {
     pub fn cancel(&self, id: &str) -> Result<Arc<Job>, JobError> {
         let job = self.get(id)?;
         job.apply(Action::Cancel)?;
-        job.progress.stop.store(true, Ordering::Release);
+        job.progress.request_stop();
         self.engine.wake();
         Ok(job)
     }
@@ -707,7 +707,7 @@ impl Jobs {
                 let _ = job.apply(Action::Cancel);
                 job.lock().error.get_or_insert_with(|| "cancelled: the appliance shut down".to_string());
             }
-            job.progress.stop.store(true, Ordering::Release);
+            job.progress.request_stop();
             if let Some(vp) = &job.lock().verify_progress {
                 vp.stop.store(true, Ordering::Release);
             }

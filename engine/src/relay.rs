@@ -260,11 +260,22 @@ pub fn debug_log() -> bool {
 /// Failures kept in the report; later ones are counted only.
 pub const FAILURES_KEPT_MAX: usize = 10_000;
 
-/// Outcome of one object, sent from workers to the planner.
+/// One step of one object, sent from workers to the planner: the object's end
+/// (copied, skipped, failed), or a step on the way that a journal would persist
+/// (its session begun, a part committed).
 pub(crate) enum Outcome {
     Copied { bytes: u64 },
     Skipped { bytes: u64 },
     Failed { reason: String, fatal: bool },
+    SessionBegun(Box<crate::backend::SessionState>),
+    PartCommitted(Box<crate::backend::PartRecord>),
+}
+
+impl Outcome {
+    /// Whether this ends the object.
+    pub(crate) fn is_end(&self) -> bool {
+        matches!(self, Outcome::Copied { .. } | Outcome::Skipped { .. } | Outcome::Failed { .. })
+    }
 }
 
 pub(crate) struct ObjectResult {
@@ -371,7 +382,14 @@ impl Shared {
         self.listing_done.load(Ordering::Acquire) && self.outstanding.load(Ordering::Acquire) == 0
     }
 
+    /// Reports a step on an object's way that does not end it.
+    pub(crate) fn emit(&self, key: &str, outcome: Outcome) {
+        assert!(!outcome.is_end(), "an object's end goes through `finish`");
+        let _ = self.results.send(ObjectResult { key: key.to_string(), outcome });
+    }
+
     pub(crate) fn finish(&self, key: String, outcome: Outcome) {
+        assert!(outcome.is_end(), "only an object's end finishes it");
         match &outcome {
             Outcome::Copied { .. } => {
                 self.progress.objects_done.fetch_add(1, Ordering::Relaxed);
@@ -386,14 +404,17 @@ impl Shared {
                 if *fatal {
                     self.fatal.lock().expect("fatal lock").get_or_insert_with(|| reason.clone());
                     // Pairs with the Acquire loads in `stopped`.
-                    self.progress.stop.store(true, Ordering::Release);
+                    self.progress.request_stop();
                 }
             }
+            Outcome::SessionBegun(_) | Outcome::PartCommitted(_) => unreachable!("asserted above"),
         }
         let _ = self.results.send(ObjectResult { key, outcome });
         // Pairs with the Acquire load in the workers' exit check.
         self.outstanding.fetch_sub(1, Ordering::AcqRel);
         self.event.notify(usize::MAX);
+        // The throttle's limit may have climbed; waiting operations look again.
+        self.progress.changed.notify(usize::MAX);
     }
 }
 
@@ -489,16 +510,7 @@ where
         crate::metrics::record_error(&e, true);
         let delay =
             crate::error::backoff_delay(tries, Duration::from_millis(100), Duration::from_secs(10), e.retry_after());
-        // Slept in short steps, so that a stop (cancel, shutdown) is not held up by a
-        // long Retry-After.
-        let until = std::time::Instant::now() + delay;
-        while !stop.load(Ordering::Acquire) {
-            let left = until.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            monoio::time::sleep(left.min(Duration::from_millis(100))).await;
-        }
+        backoff(delay, stop, throttle).await;
         tries += 1;
         if free {
             free_used += 1;
@@ -509,12 +521,40 @@ where
     }
 }
 
-/// How often an operation waiting for room under a throttle looks again.
-const THROTTLE_POLL: Duration = Duration::from_millis(10);
+/// Waits out a retry's backoff, cut short when the relay stops (cancel, shutdown),
+/// so that a long Retry-After never holds up a stop.
+async fn backoff(delay: Duration, stop: &AtomicBool, progress: Option<&Progress>) {
+    let until = std::time::Instant::now() + delay;
+    match progress {
+        Some(p) => loop {
+            let listener = p.changed.listen();
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if p.stopping() || left.is_zero() {
+                return;
+            }
+            monoio::select! {
+                _ = monoio::time::sleep(left) => return,
+                _ = listener => {}
+            }
+        },
+        // No relay to wake this one (an integrity check, an abort): the stop flag is
+        // looked at in steps.
+        None => {
+            // Acquire pairs with the Release stores that set `stop`.
+            while !stop.load(Ordering::Acquire) {
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                monoio::time::sleep(left.min(Duration::from_millis(100))).await;
+            }
+        }
+    }
+}
 
 /// One store operation of a relay's transfers, counted in [`Progress::operations`]
 /// until it is dropped.
-struct Operation<'a>(&'a AtomicUsize);
+struct Operation<'a>(&'a Progress);
 
 impl<'a> Operation<'a> {
     /// Counts an operation in. While a cut is in force, and for the retry of a
@@ -525,29 +565,34 @@ impl<'a> Operation<'a> {
         let ops = &p.operations;
         if !throttled && !p.throttle.cut_in_force() {
             ops.fetch_add(1, Ordering::Relaxed);
-            return Some(Operation(ops));
+            return Some(Operation(p));
         }
         loop {
+            // Listening first, so that an operation ending after the check below
+            // still wakes this one.
+            let listener = p.changed.listen();
             let limit = p.throttle.limit(p.transfers.load(Ordering::Relaxed));
             // Taken in one step, so that workers never overshoot the limit together.
             if ops.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < limit).then_some(n + 1)).is_ok() {
-                return Some(Operation(ops));
+                return Some(Operation(p));
             }
             if stop.load(Ordering::Acquire) {
                 if throttled {
                     return None;
                 }
                 ops.fetch_add(1, Ordering::Relaxed);
-                return Some(Operation(ops));
+                return Some(Operation(p));
             }
-            monoio::time::sleep(THROTTLE_POLL).await;
+            listener.await;
         }
     }
 }
 
 impl Drop for Operation<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.operations.fetch_sub(1, Ordering::Relaxed);
+        // Wakes the operations waiting for room (a no-op when none listens).
+        self.0.changed.notify(usize::MAX);
     }
 }
 

@@ -289,7 +289,7 @@ impl Engine {
         shared.event.notify(usize::MAX);
         if !matches!(planned, Ok(Ok(()))) {
             // Pairs with the Acquire loads in `Shared::stopped`.
-            shared.progress.stop.store(true, Ordering::Release);
+            shared.progress.request_stop();
         }
         self.collect(&shared, &rx, &mut report);
         if !dry_run {
@@ -326,7 +326,7 @@ impl Engine {
                     // A worker died holding work, or none is left: what is outstanding
                     // will never finish. Stop, and count it as failed.
                     if self.inner.health.dead.load(Ordering::Acquire) || self.inner.alive.load(Ordering::Acquire) == 0 {
-                        shared.progress.stop.store(true, Ordering::Release);
+                        shared.progress.request_stop();
                         let lost = shared.outstanding.load(Ordering::Acquire) as u64;
                         report.objects_failed += lost;
                         shared.progress.objects_failed.fetch_add(lost, Ordering::Relaxed);
@@ -351,7 +351,7 @@ impl Engine {
         self.inner.shutdown.store(true, Ordering::Release);
         self.inner.set_jobs(|jobs| {
             for job in jobs.iter() {
-                job.progress.stop.store(true, Ordering::Release);
+                job.progress.request_stop();
             }
         });
         self.inner.event.notify(usize::MAX);

@@ -26,7 +26,7 @@ enum Step {
 
 pub(super) async fn run(ctx: Rc<Ctx>, job: Arc<ObjectJob>, staged: bool) {
     let (state, _) = session_and_spec(&job, 0);
-    let count = job.progress.lock().expect("progress lock").part_count();
+    let count = job.large().progress.part_count();
     let mut index = 0u32;
     // Bytes of the current part the store already holds.
     let mut skip = 0u64;
@@ -47,7 +47,7 @@ pub(super) async fn run(ctx: Rc<Ctx>, job: Arc<ObjectJob>, staged: bool) {
             part_done(&ctx, &job, index, Err(e));
             break;
         }
-        let spec = job.progress.lock().expect("progress lock").part_spec(index);
+        let spec = job.large().progress.part_spec(index);
         if staged && skip == 0 {
             fill(&ctx, &PartTask::new(job.clone(), index)).await;
         }
@@ -59,7 +59,8 @@ pub(super) async fn run(ctx: Rc<Ctx>, job: Arc<ObjectJob>, staged: bool) {
             }
             Ok(Step::Back(held)) if backs_left > 0 && held < spec.offset => {
                 backs_left -= 1;
-                let progress = job.progress.lock().expect("progress lock");
+                let large = job.large();
+                let progress = &large.progress;
                 index = progress.part_of(held);
                 skip = held - progress.part_spec(index).offset;
             }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::progress::choose_part_size;
 use super::spill::{part_from_stage, spill, vote_destination_slower};
-use super::transfer::{gone, put_args, server_side, Ctx, Multipart, ObjectJob, PartTask};
+use super::transfer::{gone, put_args, server_side, Ctx, ObjectJob, PartTask, Phase};
 use super::Outcome;
 use crate::backend::{Committed, CopySource, PartRecord, PartSpec, SessionState, UploadPlan, UploadSession};
 use crate::checksum::{crc32c_combine, Checksum, ChecksumAlgo, Hashers};
@@ -67,21 +67,24 @@ pub(super) async fn plan_large(ctx: &Ctx, job: &ObjectJob) -> Result<u32> {
             Ok(session.state().clone())
         })
         .await?;
-    let count = {
-        let mut progress = job.progress.lock().expect("progress lock");
-        progress.part_size = part_size;
-        progress.session = Some(state);
-        progress.parts = vec![None; progress.part_count() as usize];
-        progress.part_count()
-    };
-    *job.multipart.lock().expect("multipart lock") = Multipart { source: info, copy, ..Multipart::default() };
+    let mut large = job.large();
+    large.source = info;
+    large.copy = copy;
+    let progress = &mut large.progress;
+    progress.part_size = part_size;
+    progress.session = Some(state.clone());
+    progress.parts = vec![None; progress.part_count() as usize];
+    let count = progress.part_count();
+    large.advance(Phase::Uploading);
+    drop(large);
+    ctx.shared.emit(job.src_key(), Outcome::SessionBegun(Box::new(state)));
     Ok(count)
 }
 
 /// The session's state and part `index`'s place, from the object's progress.
 pub(super) fn session_and_spec(job: &ObjectJob, index: u32) -> (SessionState, PartSpec) {
-    let progress = job.progress.lock().expect("progress lock");
-    (progress.session.clone().expect("session begun before parts"), progress.part_spec(index))
+    let large = job.large();
+    (large.progress.session.clone().expect("session begun before parts"), large.progress.part_spec(index))
 }
 
 pub(crate) async fn run_part(ctx: Rc<Ctx>, task: PartTask) {
@@ -106,10 +109,11 @@ pub(super) fn part_done(ctx: &Ctx, job: &ObjectJob, index: u32, result: Result<P
     match result {
         Ok(record) => {
             ctx.landed(record.len);
-            job.progress.lock().expect("progress lock").parts[index as usize] = Some(record);
+            job.large().progress.parts[index as usize] = Some(record.clone());
+            ctx.shared.emit(job.src_key(), Outcome::PartCommitted(Box::new(record)));
         }
         Err(e) => {
-            job.multipart.lock().expect("multipart lock").failure.get_or_insert(e);
+            job.large().failure.get_or_insert(e);
         }
     }
 }
@@ -117,13 +121,13 @@ pub(super) fn part_done(ctx: &Ctx, job: &ObjectJob, index: u32, result: Result<P
 /// Sends one part by whichever path it takes, unless the object already failed or
 /// the relay is stopping.
 async fn send_part(ctx: &Ctx, job: &ObjectJob, session: &dyn UploadSession, spec: PartSpec) -> Result<PartRecord> {
-    let failed_already = job.multipart.lock().expect("multipart lock").failure.is_some();
+    let failed_already = job.large().failure.is_some();
     if failed_already || ctx.stopped() {
         let why =
             if failed_already { "abandoned after another part failed" } else { "abandoned: the relay was stopped" };
         return Err(Error::protocol("upload-part", job.src_key(), why));
     }
-    let copy = job.multipart.lock().expect("multipart lock").copy.clone();
+    let copy = job.large().copy.clone();
     match copy {
         Some(source) => copy_part(ctx, session, spec, &source).await,
         None => part(ctx, job, session, spec).await,
@@ -134,7 +138,7 @@ async fn part(ctx: &Ctx, job: &ObjectJob, session: &dyn UploadSession, spec: Par
     let algo = ctx.shared.opts.checksum;
     let index = spec.number - 1;
     let staged = {
-        let m = job.multipart.lock().expect("multipart lock");
+        let m = job.large();
         m.stage.clone().zip(m.staged.get(index as usize).cloned().flatten())
     };
     if let Some((file, (sum, source_busy))) = staged {
@@ -297,8 +301,15 @@ fn combined(parts: &[PartRecord]) -> Option<Checksum> {
 /// Ends a large object: completes its session when every part landed, aborts it
 /// otherwise, and reports the object.
 pub(super) async fn finish_large(ctx: &Ctx, job: &ObjectJob, state: SessionState) {
-    let failure = job.multipart.lock().expect("multipart lock").failure.take();
-    let parts: Vec<PartRecord> = job.progress.lock().expect("progress lock").parts.iter().flatten().cloned().collect();
+    let (failure, parts) = {
+        let mut large = job.large();
+        let failure = large.failure.take();
+        if failure.is_none() {
+            large.advance(Phase::Completing);
+        }
+        let parts: Vec<PartRecord> = large.progress.parts.iter().flatten().cloned().collect();
+        (failure, parts)
+    };
     let session = ctx.dst.resume(state);
     let result = match (failure, &session) {
         (Some(e), _) => Err(e),
@@ -307,7 +318,7 @@ pub(super) async fn finish_large(ctx: &Ctx, job: &ObjectJob, state: SessionState
     };
     // The stage file goes whatever happened: completed, or about to be aborted.
     let (stage_file, route) = {
-        let mut m = job.multipart.lock().expect("multipart lock");
+        let mut m = job.large();
         (m.stage.take(), m.route.take())
     };
     drop(stage_file);
@@ -316,6 +327,8 @@ pub(super) async fn finish_large(ctx: &Ctx, job: &ObjectJob, state: SessionState
     }
     ctx.shared.large_open.fetch_sub(1, Ordering::AcqRel);
     ctx.shared.event.notify(usize::MAX);
+    ctx.shared.progress.changed.notify(usize::MAX);
+    job.large().advance(if result.is_ok() { Phase::Done } else { Phase::Failed });
     match result {
         Ok(()) => ctx.shared.finish(job.src_key().to_string(), Outcome::Copied { bytes: job.size() }),
         Err(e) => {
@@ -333,7 +346,7 @@ pub(super) async fn finish_large(ctx: &Ctx, job: &ObjectJob, state: SessionState
 
 async fn complete(ctx: &Ctx, job: &ObjectJob, session: &dyn UploadSession, parts: &[PartRecord]) -> Result<()> {
     let (source, is_copy) = {
-        let m = job.multipart.lock().expect("multipart lock");
+        let m = job.large();
         (m.source.clone(), m.copy.is_some())
     };
     let full = if is_copy { None } else { combined(parts) };

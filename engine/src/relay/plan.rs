@@ -232,6 +232,17 @@ pub(super) fn record(report: &mut Report, result: ObjectResult) {
                 report.failures.push(super::Failure { key: result.key, reason });
             }
         }
+        // Steps on the way: the report counts objects; a journal persists these.
+        Outcome::SessionBegun(state) if super::debug_log() => {
+            eprintln!("laminar: {}: session begun for {} ({} bytes)", result.key, state.key, state.plan.size);
+        }
+        Outcome::PartCommitted(part) if super::debug_log() => {
+            eprintln!(
+                "laminar: {}: part {} committed ({} bytes at {})",
+                result.key, part.number, part.len, part.offset
+            );
+        }
+        Outcome::SessionBegun(_) | Outcome::PartCommitted(_) => {}
     }
 }
 

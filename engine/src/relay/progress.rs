@@ -39,6 +39,24 @@ pub struct Progress {
     /// Store operations of this relay's transfers under way (a request with its
     /// body), across workers: what a throttled retry waits to see below the limit.
     pub operations: AtomicUsize,
+    /// Notified when something a waiting task looks at changes: the stop flag is set,
+    /// an operation ends, the throttle's limit moves, a large object closes.
+    pub changed: event_listener::Event,
+}
+
+impl Progress {
+    /// Stops the relay (see [`Progress::stop`]) and wakes every task waiting on it.
+    pub fn request_stop(&self) {
+        // Pairs with the Acquire loads of `stop`.
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        self.changed.notify(usize::MAX);
+    }
+
+    /// Whether the relay is stopping.
+    pub fn stopping(&self) -> bool {
+        // Pairs with the Release store in `request_stop`.
+        self.stop.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 /// Everything needed to resume one object's multipart upload: which upload, how it

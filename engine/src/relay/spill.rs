@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::parts::RING_CHUNKS;
-use super::transfer::{decision, Ctx, ObjectJob, PartTask};
+use super::transfer::{decision, Ctx, ObjectJob, PartTask, Phase};
 use crate::backend::{PartRecord, PartSpec, UploadMode, UploadSession};
 use crate::checksum::{Checksum, ChecksumAlgo, Hashers};
 use crate::error::{Error, Result};
@@ -20,9 +20,8 @@ use crate::stage::StageFile;
 /// stage (whose file is then made and its space reserved).
 pub(super) async fn route_large(ctx: &Ctx, job: &ObjectJob, parts: u32) -> bool {
     use crate::relay::Route;
-    if job.multipart.lock().expect("multipart lock").copy.is_some() {
-        job.multipart.lock().expect("multipart lock").route =
-            Some(decision(job, "copy", "same store: server-side copy".into(), None));
+    if job.large().copy.is_some() {
+        job.large().route = Some(decision(job, "copy", "same store: server-side copy".into(), None));
         return false;
     }
     let format = sniff_head(ctx, job).await;
@@ -45,9 +44,12 @@ pub(super) async fn route_large(ctx: &Ctx, job: &ObjectJob, parts: u32) -> bool 
         },
     };
     let staged = file.is_some();
-    let mut m = job.multipart.lock().expect("multipart lock");
+    let mut m = job.large();
     m.route = Some(decision(job, route, reason, format));
     m.stage = file;
+    if staged {
+        m.advance(Phase::Staging);
+    }
     m.staged = vec![None; parts as usize];
     // Streamed objects may still spill part by part if the destination falls behind;
     // a staged object's parts are filled once, when it is routed.
@@ -65,7 +67,7 @@ pub(super) fn spill(ctx: &Ctx, task: &PartTask) -> bool {
     let Some(stage) = &ctx.shared.stage else { return false };
     let job = &task.job;
     let index = task.index as usize;
-    let mut m = job.multipart.lock().expect("multipart lock");
+    let mut m = job.large();
     let filled = m.staged.get(index).is_some_and(Option::is_some);
     if m.copy.is_some() || m.failure.is_some() || m.no_stage_room || filled || m.spilled.get(index).is_none_or(|s| *s) {
         return false;
@@ -74,6 +76,7 @@ pub(super) fn spill(ctx: &Ctx, task: &PartTask) -> bool {
         match stage.create(job.size()) {
             Ok(file) => {
                 m.stage = Some(Arc::new(file));
+                m.advance(Phase::Staging);
                 if let Some(route) = m.route.as_mut() {
                     route.route = "stage";
                     route.reason = format!("the destination is slower than the source (from part {})", index + 1);
@@ -111,9 +114,9 @@ pub(crate) async fn run_fill(ctx: Rc<Ctx>, task: PartTask) {
 
 pub(super) async fn fill(ctx: &Ctx, task: &PartTask) {
     let job = &task.job;
-    let range = job.progress.lock().expect("progress lock").part_range(task.index);
+    let range = job.large().progress.part_range(task.index);
     let file = {
-        let m = job.multipart.lock().expect("multipart lock");
+        let m = job.large();
         if m.failure.is_some() {
             return;
         }
@@ -126,7 +129,7 @@ pub(super) async fn fill(ctx: &Ctx, task: &PartTask) {
     match ctx.retry(|| fill_part(ctx, job, &file, range)).await {
         Ok((sum, source_busy)) => {
             ctx.shared.stage_bytes_written.fetch_add(range.1 - range.0, Ordering::Relaxed);
-            job.multipart.lock().expect("multipart lock").staged[task.index as usize] = Some((sum, source_busy));
+            job.large().staged[task.index as usize] = Some((sum, source_busy));
         }
         Err(e) => eprintln!(
             "laminar: warning: staging part {} of {} failed ({e}); it is sent from the source instead",

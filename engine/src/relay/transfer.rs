@@ -39,16 +39,56 @@ pub(crate) struct ObjectJob {
     src_version: String,
     check_dest: bool,
     kind: Kind,
-    /// The resumable state of a multipart copy.
-    pub(super) progress: Mutex<ObjectProgress>,
-    pub(super) multipart: Mutex<Multipart>,
+    /// A large object's state machine.
+    large: Mutex<Large>,
     pub(super) parts_left: AtomicU32,
 }
 
+/// Where a large object is: one state machine, whose every step is a [`Phase`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(super) enum Phase {
+    /// Listed and handed to a worker; no session yet.
+    #[default]
+    Planned,
+    /// The session is begun and its parts are going up (streamed from the source).
+    Uploading,
+    /// Some parts go through the NVMe stage.
+    Staging,
+    /// Every part landed; the session is being completed.
+    Completing,
+    /// Completed and verified.
+    Done,
+    /// Failed; its session aborted.
+    Failed,
+}
+
+impl Phase {
+    /// Whether the object may go from `self` to `next`.
+    fn may_become(self, next: Phase) -> bool {
+        use Phase::*;
+        matches!(
+            (self, next),
+            (Planned, Uploading | Failed)
+                | (Uploading, Staging | Completing | Failed)
+                | (Staging, Staging | Completing | Failed)
+                | (Completing, Done | Failed)
+        )
+    }
+}
+
+/// A large object's state, in one place under one lock: its phase, its resumable
+/// progress (session and parts), and what its parts need to know.
 #[derive(Default)]
-pub(super) struct Multipart {
+pub(super) struct Large {
+    /// Where the object is.
+    phase: Phase,
+    /// The session and the parts done: one plain value a journal can persist.
+    pub(super) progress: ObjectProgress,
+    /// What the source said about the object when the session began.
     pub(super) source: ObjectInfo,
+    /// Where a server-side copy reads from, when the parts are copied.
     pub(super) copy: Option<CopySource>,
+    /// The first part failure; the object fails with it.
     pub(super) failure: Option<Error>,
     /// The stage file, when the object goes through the stage; removed with it.
     pub(super) stage: Option<Arc<StageFile>>,
@@ -61,6 +101,15 @@ pub(super) struct Multipart {
     pub(super) no_stage_room: bool,
     /// The route, why, and the format sniffed; recorded when the object ends.
     pub(super) route: Option<RouteDecision>,
+}
+
+impl Large {
+    /// Moves the object to its next phase; a step the state machine has no arrow for
+    /// is a broken invariant.
+    pub(super) fn advance(&mut self, next: Phase) {
+        assert!(self.phase.may_become(next), "object {}: {:?} -> {next:?}", self.progress.src_key, self.phase);
+        self.phase = next;
+    }
 }
 
 /// One part of a large object, queued for any worker.
@@ -98,9 +147,14 @@ impl ObjectJob {
         &self.src_version
     }
 
+    /// The large object's state.
+    pub(super) fn large(&self) -> std::sync::MutexGuard<'_, Large> {
+        self.large.lock().expect("object state lock")
+    }
+
     /// Part `index`'s stage file and staged checksum, once it is staged.
     pub(super) fn multipart_staged(&self, index: u32) -> Option<(Arc<StageFile>, (Checksum, Duration))> {
-        let m = self.multipart.lock().expect("multipart lock");
+        let m = self.large();
         m.stage.clone().zip(m.staged.get(index as usize).cloned().flatten())
     }
 
@@ -113,12 +167,15 @@ impl ObjectJob {
         kind: Kind,
     ) -> Self {
         ObjectJob {
-            progress: Mutex::new(ObjectProgress {
-                src_key: src_key.clone(),
-                dst_key: dst_key.clone(),
-                size,
-                src_version: src_version.clone(),
-                ..ObjectProgress::default()
+            large: Mutex::new(Large {
+                progress: ObjectProgress {
+                    src_key: src_key.clone(),
+                    dst_key: dst_key.clone(),
+                    size,
+                    src_version: src_version.clone(),
+                    ..ObjectProgress::default()
+                },
+                ..Large::default()
             }),
             src_key,
             dst_key,
@@ -126,7 +183,6 @@ impl ObjectJob {
             src_version,
             check_dest,
             kind,
-            multipart: Mutex::new(Multipart::default()),
             parts_left: AtomicU32::new(0),
         }
     }
@@ -337,19 +393,24 @@ async fn small(ctx: &Ctx, job: &ObjectJob) -> Result<()> {
     result
 }
 
-/// How often a large object waiting for an open slot looks again.
-const LARGE_OPEN_POLL: Duration = Duration::from_millis(5);
-
 async fn begin_large(ctx: Rc<Ctx>, job: Arc<ObjectJob>) {
     // Wait for a slot among the open large objects (the object keeps its transfer
-    // slot meanwhile); released in `finish_large` or below when planning fails.
+    // slot meanwhile); released in `finish_large` or below when planning fails, each
+    // of which notifies `Progress::changed`, as a stop does.
     let open = &ctx.shared.large_open;
-    while !ctx.stopped()
-        && open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < ctx.shared.large_open_max()).then_some(n + 1))
-            .is_err()
-    {
-        monoio::time::sleep(LARGE_OPEN_POLL).await;
+    let progress = &ctx.shared.progress;
+    loop {
+        let listener = progress.changed.listen();
+        if ctx.stopped()
+            || open
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < ctx.shared.large_open_max()).then_some(n + 1)
+                })
+                .is_ok()
+        {
+            break;
+        }
+        listener.await;
     }
     if ctx.stopped() {
         return not_attempted(&ctx, &job);
@@ -371,7 +432,9 @@ async fn begin_large(ctx: Rc<Ctx>, job: Arc<ObjectJob>) {
             ctx.shared.event.notify(usize::MAX);
         }
         Err(e) => {
+            job.large().advance(Phase::Failed);
             ctx.shared.large_open.fetch_sub(1, Ordering::AcqRel);
+            ctx.shared.progress.changed.notify(usize::MAX);
             ctx.fail(&job, e);
         }
     }

@@ -157,7 +157,7 @@ async fn run_loop(engine: Arc<EngineInner>, index: usize, driver: Driver, ready:
                         Err(e) => {
                             job.fatal.lock().expect("fatal lock").get_or_insert_with(|| e.to_string());
                             // Pairs with the Acquire loads in `Shared::stopped`.
-                            job.progress.stop.store(true, Ordering::Release);
+                            job.progress.request_stop();
                             None
                         }
                     };
