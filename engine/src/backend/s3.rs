@@ -333,7 +333,10 @@ impl S3Store {
     }
 
     fn checksum_headers(checksum: &Checksum, headers: &mut Vec<(String, String)>) {
-        headers.push((checksum.algo.s3_header().to_string(), checksum.to_base64()));
+        // A checksum S3 has no header for (Dropbox's content_hash) is not sent.
+        if let Some(header) = checksum.algo.s3_header() {
+            headers.push((header.to_string(), checksum.to_base64()));
+        }
     }
 
     async fn list_page(&self, prefix: &str, token: Option<String>) -> Result<ListPage> {
@@ -475,7 +478,8 @@ fn part_checksum_element(algo: ChecksumAlgo) -> Option<&'static str> {
         ChecksumAlgo::Crc32c => Some("ChecksumCRC32C"),
         ChecksumAlgo::Crc64nvme => Some("ChecksumCRC64NVME"),
         ChecksumAlgo::Sha256 => Some("ChecksumSHA256"),
-        ChecksumAlgo::Md5 => None,
+        ChecksumAlgo::Sha1 => Some("ChecksumSHA1"),
+        ChecksumAlgo::Md5 | ChecksumAlgo::DropboxContentHash => None,
     }
 }
 
@@ -564,7 +568,7 @@ impl Source for S3Store {
                 // are not hashing here.
                 info.checksums.clear();
             }
-            if info.checksums.iter().any(|c| c.algo == hashers.primary.algo()) {
+            if info.checksums.iter().any(|c| Some(c.algo) == hashers.primary()) {
                 hashers.skip_md5();
             }
             if let Some((start, end)) = range {
@@ -788,14 +792,15 @@ impl Sink for S3Store {
         drain: Drain,
     ) -> LocalFuture<'a, Result<String>> {
         Box::pin(async move {
+            let trailer = algo.s3_header().expect("streams_parts admits only algorithms S3 has a header for");
             let headers = vec![
                 ("content-encoding".to_string(), "aws-chunked".to_string()),
                 ("x-amz-decoded-content-length".to_string(), len.to_string()),
-                ("x-amz-trailer".to_string(), algo.s3_header().to_string()),
+                ("x-amz-trailer".to_string(), trailer.to_string()),
             ];
             let query = vec![("partNumber", number.to_string()), ("uploadId", upload_id.to_string())];
             let call = Call { method: "PUT", key: Some(key), query, headers, op: "upload-part", target: key };
-            let body = StreamBody::new(drain, len, algo.s3_header(), algo.base64_len());
+            let body = StreamBody::new(drain, len, trailer, algo.base64_len());
             let (response, _) = self.call(call, RequestBody::Stream(body)).await?;
             let head = response.head.clone();
             let bytes = response.read_to_vec().await?;
