@@ -84,7 +84,7 @@ pub struct EngineArgs {
     /// Event loop: auto, io_uring or epoll
     #[arg(long, default_value = "auto")]
     pub driver: String,
-    /// Checksum computed in flight: crc32c, crc64nvme, sha256 or md5
+    /// Checksum computed in flight: crc32c, crc64nvme, sha256, sha1 or md5
     #[arg(long, default_value = "crc32c")]
     pub checksum: String,
     /// Objects in flight across all workers
@@ -240,8 +240,9 @@ pub fn options(engine: &EngineArgs) -> Result<RelayOptions, Fail> {
         RelayOptions { workers: Some(plan.workers), ram_buffer_bytes: plan.ram_buffer_bytes, ..Default::default() };
     opts.driver = DriverChoice::parse(&engine.driver)
         .ok_or_else(|| usage(format!("--driver {:?}: use auto, io_uring or epoll", engine.driver)))?;
-    opts.checksum = ChecksumAlgo::parse(&engine.checksum)
-        .ok_or_else(|| usage(format!("--checksum {:?}: use crc32c, crc64nvme, sha256 or md5", engine.checksum)))?;
+    opts.checksum = ChecksumAlgo::parse(&engine.checksum).ok_or_else(|| {
+        usage(format!("--checksum {:?}: use crc32c, crc64nvme, sha256, sha1 or md5", engine.checksum))
+    })?;
     if engine.transfers == 0 {
         return Err(usage("--transfers 0: give at least 1".to_string()));
     }

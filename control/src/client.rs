@@ -40,7 +40,7 @@ enum JobCommand {
         source: String,
         /// Destination, in the same forms
         destination: String,
-        /// Checksum computed in flight: crc32c, crc64nvme, sha256 or md5
+        /// Checksum computed in flight: crc32c, crc64nvme, sha256, sha1 or md5
         #[arg(long)]
         checksum: Option<String>,
         /// Only keys matching this glob; repeatable

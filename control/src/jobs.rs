@@ -163,7 +163,7 @@ pub struct JobSpec {
     pub source: String,
     /// Same forms.
     pub destination: String,
-    /// crc32c (default), crc64nvme, sha256 or md5.
+    /// crc32c (default), crc64nvme, sha256, sha1 or md5.
     #[serde(default)]
     pub checksum: Option<String>,
     /// Globs of keys (relative to the source) to include.
@@ -450,8 +450,9 @@ impl Jobs {
             self.config.location(&spec.destination).map_err(|e| JobError::Invalid(format!("destination: {e}")))?;
         let mut opts = self.defaults.clone();
         if let Some(c) = &spec.checksum {
-            opts.checksum = ChecksumAlgo::parse(c)
-                .ok_or_else(|| JobError::Invalid(format!("checksum {c:?}: use crc32c, crc64nvme, sha256 or md5")))?;
+            opts.checksum = ChecksumAlgo::parse(c).ok_or_else(|| {
+                JobError::Invalid(format!("checksum {c:?}: use crc32c, crc64nvme, sha256, sha1 or md5"))
+            })?;
         }
         opts.filter = Filter::new(&spec.include, &spec.exclude).map_err(|e| JobError::Invalid(e.to_string()))?;
         opts.dry_run = spec.dry_run;

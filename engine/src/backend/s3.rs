@@ -112,7 +112,7 @@ const CAPABILITIES: Capabilities = Capabilities {
     list_order: ListOrder::Sorted,
     case_sensitive: true,
     reports: &[HashFamily::EtagMd5, HashFamily::Crc32c, HashFamily::Crc64nvme, HashFamily::Sha256],
-    verifies: &[ChecksumAlgo::Crc32c, ChecksumAlgo::Crc64nvme, ChecksumAlgo::Sha256, ChecksumAlgo::Md5],
+    verifies: &[ChecksumAlgo::Crc32c, ChecksumAlgo::Crc64nvme, ChecksumAlgo::Sha1, ChecksumAlgo::Sha256, ChecksumAlgo::Md5],
     server_side_copy: true,
     metadata: MetaSupport { content_headers: true, user: true, mtime: true },
 };
@@ -369,7 +369,10 @@ impl S3Store {
     }
 
     fn checksum_headers(checksum: &Checksum, headers: &mut Vec<(String, String)>) {
-        headers.push((checksum.algo.s3_header().to_string(), checksum.to_base64()));
+        // A checksum S3 has no header for (Dropbox's content_hash) is not sent.
+        if let Some(header) = checksum.algo.s3_header() {
+            headers.push((header.to_string(), checksum.to_base64()));
+        }
     }
 
     async fn list_page(&self, prefix: &str, token: Option<String>) -> Result<ListPage> {
@@ -511,7 +514,8 @@ fn part_checksum_element(algo: ChecksumAlgo) -> Option<&'static str> {
         ChecksumAlgo::Crc32c => Some("ChecksumCRC32C"),
         ChecksumAlgo::Crc64nvme => Some("ChecksumCRC64NVME"),
         ChecksumAlgo::Sha256 => Some("ChecksumSHA256"),
-        ChecksumAlgo::Md5 => None,
+        ChecksumAlgo::Sha1 => Some("ChecksumSHA1"),
+        ChecksumAlgo::Md5 | ChecksumAlgo::DropboxContentHash => None,
     }
 }
 
@@ -605,7 +609,7 @@ impl Source for S3Store {
                 // are not hashing here.
                 info.checksums.clear();
             }
-            if info.checksums.iter().any(|c| c.algo == hashers.primary.algo()) {
+            if info.checksums.iter().any(|c| Some(c.algo) == hashers.primary()) {
                 hashers.skip_md5();
             }
             if let Some((start, end)) = range {

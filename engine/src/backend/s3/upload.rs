@@ -153,7 +153,7 @@ impl UploadSession for S3Upload<'_> {
     fn put_stream<'a>(&'a self, part: PartSpec, algo: ChecksumAlgo, drain: Drain) -> LocalFuture<'a, Result<String>> {
         Box::pin(async move {
             let key = self.key();
-            let header = algo.s3_header();
+            let header = algo.s3_header().expect("streams admits only algorithms S3 has a header for");
             let headers = vec![
                 ("content-encoding".to_string(), "aws-chunked".to_string()),
                 ("x-amz-decoded-content-length".to_string(), part.len.to_string()),
@@ -226,6 +226,7 @@ impl UploadSession for S3Upload<'_> {
                                 ChecksumAlgo::Crc32c => p.checksum_crc32c.as_deref(),
                                 ChecksumAlgo::Crc64nvme => p.checksum_crc64nvme.as_deref(),
                                 ChecksumAlgo::Sha256 => p.checksum_sha256.as_deref(),
+                                ChecksumAlgo::Sha1 => p.checksum_sha1.as_deref(),
                                 _ => None,
                             }?;
                             Checksum::from_base64(algo, value)
@@ -334,6 +335,8 @@ struct PartXml {
     checksum_crc64nvme: Option<String>,
     #[serde(rename = "ChecksumSHA256")]
     checksum_sha256: Option<String>,
+    #[serde(rename = "ChecksumSHA1")]
+    checksum_sha1: Option<String>,
 }
 
 #[cfg(test)]
