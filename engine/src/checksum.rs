@@ -518,6 +518,32 @@ impl Hashers {
         }
     }
 
+    /// Before the first byte: picks how the bytes are checked against what the source
+    /// reports for the object. Nothing more when it reports the primary algorithm;
+    /// otherwise the cheapest algorithm it reports is added (a common checksum across
+    /// hash families), and MD5 for a plain-MD5 ETag is kept only when it reports none.
+    pub fn check_against(&mut self, reported: &[Checksum]) {
+        /// Cheapest first, at the CPU cost per byte on this class of machine.
+        const CHEAPEST_FIRST: [ChecksumAlgo; 6] = [
+            ChecksumAlgo::Crc32c,
+            ChecksumAlgo::Crc64nvme,
+            ChecksumAlgo::Md5,
+            ChecksumAlgo::Sha1,
+            ChecksumAlgo::Sha256,
+            ChecksumAlgo::DropboxContentHash,
+        ];
+        if reported.iter().any(|c| Some(c.algo) == self.primary) {
+            self.skip_md5();
+            return;
+        }
+        if let Some(algo) = CHEAPEST_FIRST.into_iter().find(|a| reported.iter().any(|c| c.algo == *a)) {
+            if algo != ChecksumAlgo::Md5 {
+                self.skip_md5();
+            }
+            self.add(algo);
+        }
+    }
+
     /// Feeds bytes to every checksum. Does not allocate.
     pub fn update(&mut self, bytes: &[u8]) {
         self.fed_bytes += bytes.len() as u64;
@@ -641,6 +667,21 @@ pub fn etag_is_md5(etag: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_check_against_the_source_is_the_cheapest_it_reports() {
+        let sha = Checksum { algo: ChecksumAlgo::Sha256, bytes: vec![0; 32] };
+        let crc64 = Checksum::from_crc64nvme(1);
+        let mut h = Hashers::new(ChecksumAlgo::Crc32c, true);
+        h.check_against(&[sha.clone(), crc64.clone()]);
+        assert_eq!(h.set(), DigestSet::of(ChecksumAlgo::Crc32c).with(ChecksumAlgo::Crc64nvme));
+        let mut h = Hashers::new(ChecksumAlgo::Crc32c, true);
+        h.check_against(&[Checksum::from_crc32c(0), sha]);
+        assert_eq!(h.set(), DigestSet::of(ChecksumAlgo::Crc32c));
+        let mut h = Hashers::new(ChecksumAlgo::Crc32c, true);
+        h.check_against(&[]);
+        assert!(h.set().contains(ChecksumAlgo::Md5));
+    }
     use proptest::prelude::*;
 
     fn digest(algo: ChecksumAlgo, bytes: &[u8]) -> Checksum {

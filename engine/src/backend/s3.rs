@@ -112,7 +112,13 @@ const CAPABILITIES: Capabilities = Capabilities {
     list_order: ListOrder::Sorted,
     case_sensitive: true,
     reports: &[HashFamily::EtagMd5, HashFamily::Crc32c, HashFamily::Crc64nvme, HashFamily::Sha256],
-    verifies: &[ChecksumAlgo::Crc32c, ChecksumAlgo::Crc64nvme, ChecksumAlgo::Sha1, ChecksumAlgo::Sha256, ChecksumAlgo::Md5],
+    verifies: &[
+        ChecksumAlgo::Crc32c,
+        ChecksumAlgo::Crc64nvme,
+        ChecksumAlgo::Sha1,
+        ChecksumAlgo::Sha256,
+        ChecksumAlgo::Md5,
+    ],
     server_side_copy: true,
     metadata: MetaSupport { content_headers: true, user: true, mtime: true },
 };
@@ -609,9 +615,7 @@ impl Source for S3Store {
                 // are not hashing here.
                 info.checksums.clear();
             }
-            if info.checksums.iter().any(|c| Some(c.algo) == hashers.primary()) {
-                hashers.skip_md5();
-            }
+            hashers.check_against(&info.checksums);
             if let Some((start, end)) = range {
                 let got = head.content_length().unwrap_or(0);
                 if got != end - start {

@@ -15,7 +15,7 @@ use super::{Outcome, Shared};
 use crate::backend::{
     provenance, CopySource, ObjectInfo, PartRecord, PartSpec, PutArgs, Sink, Source, UploadMode, UploadPlan,
 };
-use crate::checksum::{etag_is_md5, Checksum, Hashers};
+use crate::checksum::{etag_is_md5, Checksum, ChecksumAlgo, Digests, Hashers};
 use crate::error::{Error, Result};
 use crate::metrics::{timed, Op};
 use crate::pool::{Body, BufferPool};
@@ -239,20 +239,28 @@ impl Ctx {
     }
 }
 
-/// Checks the bytes read against what the source vouched for.
-fn verify_source(job_key: &str, info: &ObjectInfo, sum: &Checksum, md5: Option<&str>) -> Result<()> {
-    if let Some(reported) = info.checksums.iter().find(|c| c.algo == sum.algo) {
-        if reported != sum {
-            return Err(Error::Integrity {
-                op: "get",
-                target: job_key.to_string(),
-                detail: format!("the source reports {reported}, the bytes received have {sum}"),
-            });
+/// Checks the bytes read against what the source vouched for: every whole-object
+/// checksum it reported that was computed on the way, or else its plain-MD5 ETag.
+fn verify_source(job_key: &str, info: &ObjectInfo, digests: &Digests) -> Result<()> {
+    let mut checked = false;
+    for reported in &info.checksums {
+        if let Some(sum) = digests.get(reported.algo) {
+            if reported != sum {
+                return Err(Error::Integrity {
+                    op: "get",
+                    target: job_key.to_string(),
+                    detail: format!("the source reports {reported}, the bytes received have {sum}"),
+                });
+            }
+            checked = true;
         }
+    }
+    if checked {
         return Ok(());
     }
-    if let (Some(etag), Some(md5)) = (&info.etag, md5) {
-        if etag_is_md5(etag) && !etag.eq_ignore_ascii_case(md5) {
+    if let (Some(etag), Some(md5)) = (&info.etag, digests.get(ChecksumAlgo::Md5)) {
+        let md5 = md5.to_hex();
+        if etag_is_md5(etag) && !etag.eq_ignore_ascii_case(&md5) {
             return Err(Error::Integrity {
                 op: "get",
                 target: job_key.to_string(),
@@ -366,8 +374,10 @@ async fn small(ctx: &Ctx, job: &ObjectJob) -> Result<()> {
                     ),
                 ));
             }
-            let (sum, md5) = hashers.finish();
-            verify_source(&job.src_key, &info, &sum, md5.as_deref())?;
+            let digests = hashers.finish_all();
+            verify_source(&job.src_key, &info, &digests)?;
+            let sum = digests.get(algo).cloned().expect("the relay's checksum is computed");
+            let md5 = digests.get(ChecksumAlgo::Md5).map(Checksum::to_hex);
             format.set(body.chunks.first().and_then(|c| crate::sniff::sniff(c.as_slice())));
             let args = put_args(&info, &job.src_version, Some(&sum));
             let plan = UploadPlan { size: job.size, single: true, checksum: Some(algo) };
