@@ -624,6 +624,19 @@ fn pick_ports() -> Result<Ports> {
     Ok(Ports { s3: port(0), master: port(1), volume: port(2), filer: port(3), admin: port(4) })
 }
 
+/// Picks one free loopback port and marks it taken, so that a SeaweedFS instance
+/// started meanwhile in this process does not pick it too.
+fn pick_port() -> Result<u16> {
+    let mut taken = ports_taken().lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..PORT_PICK_ATTEMPTS_MAX {
+        let port = TcpListener::bind("127.0.0.1:0").context("binding a loopback port")?.local_addr()?.port();
+        if taken.insert(port) {
+            return Ok(port);
+        }
+    }
+    bail!("found no free loopback port in {PORT_PICK_ATTEMPTS_MAX} attempts")
+}
+
 /// Starts `sh` reading a pipe only this process can write. When this process exits,
 /// however it exits, the read sees end-of-file and the watchdog stops `pid`, removes
 /// its gRPC sockets and deletes `dir` (the instance's temporary directory). Best
@@ -850,7 +863,9 @@ impl TestCa {
 }
 
 /// `rclone serve s3`: a second, independent S3 implementation (gofakes3 over a local
-/// directory), optionally over TLS. Buckets are the directory's subdirectories.
+/// directory), optionally over TLS. Buckets are the directory's subdirectories, and
+/// objects plain files in them. Unlike S3 it answers a ranged GET `200 OK`, not
+/// `206 Partial Content` (with the Content-Range and bytes of the range all the same).
 pub struct RcloneS3 {
     /// `http(s)://127.0.0.1:PORT`.
     pub endpoint: String,
@@ -868,7 +883,7 @@ impl RcloneS3 {
         let rclone = find_tool("rclone").context("rclone not found: run tests/run.sh, or set LAMINAR_RCLONE")?;
         let root = tempfile::Builder::new().prefix("laminar-rclone-s3-").tempdir()?;
         std::fs::create_dir_all(root.path().join(bucket))?;
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = pick_port()?;
         let access_key = random_key(16, b"abcdefghijklmnopqrstuvwxyz0123456789");
         let secret_key = random_key(32, b"abcdefghijklmnopqrstuvwxyz0123456789");
         let mut cmd = Command::new(rclone);

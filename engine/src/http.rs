@@ -13,4 +13,4 @@ mod head;
 
 pub use client::{HttpClient, Request, RequestBody, Response, StreamBody};
 pub use conn::{set_socket_policy, socket_policy, Endpoint};
-pub use head::ResponseHead;
+pub use head::{ContentRange, ResponseHead};

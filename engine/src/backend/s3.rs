@@ -310,8 +310,11 @@ impl S3Store {
     fn http_error(&self, op: &'static str, target: &str, head: &crate::http::ResponseHead, body: &[u8]) -> Error {
         let parsed: Option<ErrorXml> = quick_xml::de::from_reader(body).ok();
         let (code, message) = match parsed {
-            Some(e) => (e.code, e.message.unwrap_or_default()),
-            None => (default_code(head.status).to_string(), String::new()),
+            Some(e) => {
+                let message = e.message.filter(|m| !m.trim().is_empty()).unwrap_or_else(|| head.status_text());
+                (e.code, message)
+            }
+            None => (default_code(head.status).to_string(), no_error_document(head, body)),
         };
         let remote = &self.cfg.remote;
         let hint = match (head.status, code.as_str()) {
@@ -430,10 +433,99 @@ fn default_code(status: u16) -> &'static str {
         400 => "BadRequest",
         403 => "AccessDenied",
         404 => "NotFound",
+        405 => "MethodNotAllowed",
+        408 => "RequestTimeout",
+        409 => "Conflict",
+        412 => "PreconditionFailed",
+        416 => "InvalidRange",
         429 => "TooManyRequests",
         500 => "InternalError",
+        501 => "NotImplemented",
+        502 => "BadGateway",
         503 => "ServiceUnavailable",
+        504 => "GatewayTimeout",
         _ => "Error",
+    }
+}
+
+/// What an error response said when it carried no S3 error document, in one line:
+/// the start of its body if it had one (a proxy's HTML page, say).
+fn no_error_document(head: &crate::http::ResponseHead, body: &[u8]) -> String {
+    const QUOTED_CHARS_MAX: usize = 120;
+    if body.is_empty() {
+        return "the response carried no S3 error document".to_string();
+    }
+    let text = String::from_utf8_lossy(body);
+    let words = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut quoted: String = words.chars().take(QUOTED_CHARS_MAX).collect();
+    if quoted.len() < words.len() {
+        quoted.push_str("...");
+    }
+    let kind = head.header("content-type").map(|t| format!(" of {t}")).unwrap_or_default();
+    format!("the response body ({} bytes{kind}) is no S3 error document: {quoted:?}", body.len())
+}
+
+/// Checks the head of the answer to a GET of `range` (end exclusive), before its body
+/// is read: the body must hold exactly those bytes, or none of them is used. Returns
+/// whether they are the whole object, so that checksums in the head describe them.
+///
+/// Servers differ. S3 and SeaweedFS answer 206 with the Content-Range sent.
+/// `rclone serve s3` (gofakes3) answers 200 with the same Content-Range and body, so a
+/// Content-Range equal to the range asked for is taken with either status. A
+/// server that ignores Range answers 200 with the whole object and no Content-Range:
+/// right only when the range covers the object, an error otherwise (reading past the
+/// unwanted bytes would cost a whole object per part).
+fn check_range_answer(key: &str, range: (u64, u64), head: &crate::http::ResponseHead) -> Result<bool> {
+    let (start, end) = range;
+    assert!(end > start, "empty range");
+    let want = end - start;
+    let asked = format!("bytes={start}-{}", end - 1);
+    let status = head.status_text();
+    let len = head.content_length();
+    let sent = match len {
+        Some(n) => format!("{n} bytes"),
+        None => "a body of unknown length".to_string(),
+    };
+    let fail = |detail: String| Err(Error::protocol("get", format!("{key} {asked}"), detail));
+    if head.status != 200 && head.status != 206 {
+        return fail(format!("expected 206 Partial Content, the server answered {status} with {sent}"));
+    }
+    match head.content_range() {
+        Some(Ok(got)) => {
+            if (got.first, got.last) != (start, end - 1) {
+                let total = got.total.map_or("*".to_string(), |t| t.to_string());
+                return fail(format!(
+                    "the server answered {status} with bytes {}-{}/{total}, not the bytes asked for; \
+                     the object may have changed during the relay: run it again",
+                    got.first, got.last
+                ));
+            }
+            if len != Some(want) {
+                return fail(format!("expected {want} bytes, the server answered {status} with {sent}"));
+            }
+            Ok(start == 0 && got.total == Some(end))
+        }
+        Some(Err(raw)) => {
+            fail(format!("the server answered {status} with Content-Range {raw:?}, which names no bytes it sent"))
+        }
+        // A 206 without Content-Range breaks RFC 9110, but its length says it holds the
+        // part (as this client has always taken it).
+        None if head.status == 206 && len == Some(want) => Ok(false),
+        None if head.status == 206 => fail(format!("expected {want} bytes, the server answered {status} with {sent}")),
+        // The whole object, which is the range asked for only when it starts at 0 and
+        // is as long as the range.
+        None if start == 0 && len == Some(want) => Ok(true),
+        None => match len {
+            Some(n) if n > want => fail(format!(
+                "expected 206 Partial Content, the server answered {status} with {sent} and no Content-Range: \
+                 it ignores Range and sent the whole object; raise --multipart-cutoff (and --ram-buffer) \
+                 above {n} bytes so that objects this large are read in one GET"
+            )),
+            _ => fail(format!(
+                "expected 206 Partial Content, the server answered {status} with {sent} and no Content-Range; \
+                 the object may have changed during the relay: run it again"
+            )),
+        },
     }
 }
 
@@ -605,23 +697,25 @@ impl Source for S3Store {
             let call = Call { method: "GET", key: Some(key), query: Vec::new(), headers, op: "get", target: key };
             let (response, _) = self.call(call, RequestBody::Empty).await?;
             let head = response.head.clone();
-            if head.status != 200 && head.status != 206 {
+            if head.status >= 300 {
                 let bytes = response.read_to_vec().await.unwrap_or_default();
                 return Err(self.http_error("get", key, &head, &bytes));
             }
             let mut info = info_from_head(&head);
-            if range.is_some() && head.status == 206 {
+            let whole_object = match range {
+                Some(range) => check_range_answer(key, range, &head)?,
+                None if head.status != 200 => {
+                    let detail = format!("expected 200 OK, the server answered {}", head.status_text());
+                    return Err(Error::protocol("get", key, detail));
+                }
+                None => true,
+            };
+            if !whole_object {
                 // Checksums in a ranged response describe the whole object, which we
                 // are not hashing here.
                 info.checksums.clear();
             }
             hashers.check_against(&info.checksums);
-            if let Some((start, end)) = range {
-                let got = head.content_length().unwrap_or(0);
-                if got != end - start {
-                    return Err(Error::protocol("get", key, format!("asked for {} bytes, got {got}", end - start)));
-                }
-            }
             let body = response.read_into(body, hashers).await?;
             Ok((body, info))
         })
@@ -641,14 +735,11 @@ impl Source for S3Store {
             let call = Call { method: "GET", key: Some(key), query: Vec::new(), headers, op: "get", target: key };
             let (response, _) = self.call(call, RequestBody::Empty).await?;
             let head = response.head.clone();
-            if head.status != 206 && !(head.status == 200 && start == 0) {
+            if head.status >= 300 {
                 let bytes = response.read_to_vec().await.unwrap_or_default();
                 return Err(self.http_error("get", key, &head, &bytes));
             }
-            let got = head.content_length().unwrap_or(0);
-            if got != end - start {
-                return Err(Error::protocol("get", key, format!("asked for {} bytes, got {got}", end - start)));
-            }
+            check_range_answer(key, range, &head)?;
             response.read_stream(filler, hashers).await.map(drop)
         })
     }
@@ -843,6 +934,100 @@ mod tests {
         assert_eq!(parsed.contents.len(), 2);
         assert_eq!(parsed.next_continuation_token.as_deref(), Some("tok"));
         assert_eq!(parsed.contents[0].etag.as_deref(), Some("\"abc\""));
+    }
+
+    fn answer(status: u16, headers: &[(&str, &str)]) -> crate::http::ResponseHead {
+        crate::http::ResponseHead {
+            status,
+            headers: headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
+        }
+    }
+
+    #[test]
+    fn ranged_answers_are_taken_only_when_they_hold_the_range() {
+        const MIB: u64 = 1 << 20;
+        let size = 100 * MIB + 3;
+        let last = (96 * MIB, size);
+        let last_range = format!("bytes {}-{}/{size}", 96 * MIB, size - 1);
+        let last_len = (size - 96 * MIB).to_string();
+        // S3 and SeaweedFS: 206 with the Content-Range.
+        let s3 = answer(206, &[("content-range", &last_range), ("content-length", &last_len)]);
+        assert!(!check_range_answer("k", last, &s3).unwrap());
+        // rclone serve s3: 200 with the Content-Range of the range asked for.
+        let gofakes3 = answer(200, &[("content-range", &last_range), ("content-length", &last_len)]);
+        assert!(!check_range_answer("k", last, &gofakes3).unwrap());
+        // A range that is the whole object, however it is answered, is the whole object.
+        let whole = answer(200, &[("content-length", "10")]);
+        assert!(check_range_answer("k", (0, 10), &whole).unwrap());
+        let whole_206 = answer(206, &[("content-range", "bytes 0-9/10"), ("content-length", "10")]);
+        assert!(check_range_answer("k", (0, 10), &whole_206).unwrap());
+        // A 206 without Content-Range of the right length (as before).
+        assert!(!check_range_answer("k", (5, 10), &answer(206, &[("content-length", "5")])).unwrap());
+
+        let refused = |range: (u64, u64), head: crate::http::ResponseHead| {
+            let err = check_range_answer("out/parts/100m+3", range, &head).unwrap_err();
+            assert!(err.is_retryable());
+            err.to_string()
+        };
+        // The whole object for a range of it: no bytes taken, and the error says why.
+        let ignored = answer(200, &[("content-length", &size.to_string())]);
+        let err = refused(last, ignored.clone());
+        assert_eq!(
+            err,
+            format!(
+                "get out/parts/100m+3 bytes={}-{}: expected 206 Partial Content, the server answered 200 OK \
+                 with {size} bytes and no Content-Range: it ignores Range and sent the whole object; raise \
+                 --multipart-cutoff (and --ram-buffer) above {size} bytes so that objects this large are read \
+                 in one GET",
+                96 * MIB,
+                size - 1
+            )
+        );
+        assert!(refused((0, 16 * MIB), ignored).contains("expected 206 Partial Content, the server answered 200 OK"));
+        // Bytes from elsewhere in the object, or too few or too many, are refused.
+        let elsewhere = answer(200, &[("content-range", "bytes 0-9/100"), ("content-length", "10")]);
+        assert!(refused((10, 20), elsewhere).contains("bytes=10-19: the server answered 200 OK with bytes 0-9/100"));
+        let short = answer(206, &[("content-range", "bytes 10-19/100"), ("content-length", "9")]);
+        assert!(refused((10, 20), short).contains("expected 10 bytes, the server answered 206 Partial Content with 9"));
+        let unsatisfiable = answer(206, &[("content-range", "bytes */100"), ("content-length", "10")]);
+        assert!(refused((10, 20), unsatisfiable).contains("Content-Range \"bytes */100\""));
+        let smaller = answer(200, &[("content-length", "5")]);
+        assert!(refused((0, 10), smaller).contains("changed during the relay"));
+        let chunked = answer(206, &[("content-range", "bytes 10-19/100"), ("transfer-encoding", "chunked")]);
+        assert!(refused((10, 20), chunked).contains("a body of unknown length"));
+        assert!(refused((10, 20), answer(204, &[])).contains("the server answered 204 No Content"));
+    }
+
+    #[test]
+    fn errors_without_an_error_document_say_what_came() {
+        let s = store(true);
+        let empty = s.http_error("get", "k", &answer(502, &[]), b"");
+        assert_eq!(empty.to_string(), "get k: HTTP 502 BadGateway: the response carried no S3 error document");
+        assert!(empty.is_retryable());
+        let html = b"<html>\n<body>\n  <h1>502 Bad Gateway</h1>\n</body>\n</html>\n";
+        let page = s.http_error("get", "k", &answer(502, &[("content-type", "text/html")]), html);
+        assert_eq!(
+            page.to_string(),
+            format!(
+                "get k: HTTP 502 BadGateway: the response body ({} bytes of text/html) is no S3 error document: \
+                 \"<html> <body> <h1>502 Bad Gateway</h1> </body> </html>\"",
+                html.len()
+            )
+        );
+        let long = "x ".repeat(500);
+        let cut = s.http_error("put", "k", &answer(500, &[]), long.as_bytes()).to_string();
+        assert!(cut.ends_with(&format!("\"{}...\"", "x ".repeat(60))), "{cut}");
+        assert!(!cut.contains('\n'));
+        // A document without a message gets the status instead of nothing.
+        let bare = s.http_error("get", "k", &answer(404, &[]), b"<Error><Code>NoSuchKey</Code></Error>");
+        assert_eq!(bare.to_string(), "get k: HTTP 404 NoSuchKey: 404 Not Found");
+        let denied = s.http_error("get", "k", &answer(403, &[]), b"");
+        assert_eq!(
+            denied.to_string(),
+            "get k: HTTP 403 AccessDenied: the response carried no S3 error document; the credentials of remote \
+             \"t\" are not allowed to do this"
+        );
+        assert!(denied.is_fatal());
     }
 
     #[test]
