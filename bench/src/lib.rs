@@ -5,8 +5,9 @@
 //! discards bytes, to isolate a relay's own cost; [`pair`] puts a source and a
 //! destination of either kind together. The benchmarks are [`compare`] (Laminar and
 //! rclone), [`limit`] (a bare relay, the ceiling), [`scale`] (workers), [`stage`] (the
-//! NVMe stage beside fio) and [`micro`] (hot paths); [`report`] turns their raw JSON into `bench/RESULTS.md`. The integration
-//! tests in `tests/` use the servers too.
+//! NVMe stage beside fio), [`sort`] (the external sorter for unordered listings) and
+//! [`micro`] (hot paths); [`report`] turns their raw JSON into `bench/RESULTS.md`. The
+//! integration tests in `tests/` use the servers too.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -17,6 +18,7 @@ pub mod pair;
 pub mod report;
 pub mod scale;
 pub mod servers;
+pub mod sort;
 pub mod stage;
 pub mod synthetic;
 pub mod workload;

@@ -116,6 +116,27 @@ enum Cmd {
         #[arg(long)]
         write_results: bool,
     },
+    /// The external sorter on a large unordered listing, beside a plain in-memory sort
+    Sort {
+        /// Keys in the listing
+        #[arg(long, default_value_t = 10_000_000)]
+        keys: u64,
+        /// The sorter's memory budget
+        #[arg(long, default_value = "64MiB")]
+        budget: String,
+        /// Directory the sorter spills to (default: the temp dir)
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Seed of the generated listing
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Skip the in-memory sort beside it (which holds the whole listing)
+        #[arg(long)]
+        no_baseline: bool,
+        /// Print the report as JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Regenerate bench/RESULTS.md and the chart from the raw JSON
     Report {
         /// Where raw JSON is
@@ -239,6 +260,22 @@ fn run() -> Result<()> {
             }
         }
         Cmd::Report { out } => write_results(&out)?,
+        Cmd::Sort { keys, budget, dir, seed, no_baseline, json } => {
+            let memory_budget_bytes = usize::try_from(laminar_tuning::parse_size(&budget)?)?;
+            let opts = laminar_bench::sort::SortBenchOptions {
+                keys,
+                memory_budget_bytes,
+                dir: dir.unwrap_or_else(std::env::temp_dir),
+                seed,
+                baseline: !no_baseline,
+            };
+            let report = laminar_bench::sort::run(&opts)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", laminar_bench::sort::summary(&report));
+            }
+        }
         Cmd::Stage { dir, size, block, depth, runs, laminar, out, write_results: write } => {
             let size_bytes = laminar_tuning::parse_size(&size)?;
             let block_bytes = laminar_tuning::parse_size(&block)? as usize;

@@ -161,3 +161,26 @@ fn the_stage_benchmark_runs_in_tiny_mode_beside_fio() {
     assert_eq!(report.checksum, again.checksum);
     assert!(laminar_bench::stage::section(&report).contains("| write |"));
 }
+
+#[test]
+fn the_sort_benchmark_runs_in_tiny_mode() {
+    use laminar_bench::sort::{run, summary, SortBenchOptions};
+
+    let dir = tempfile::tempdir().unwrap();
+    let opts = SortBenchOptions {
+        keys: 20_000,
+        memory_budget_bytes: 256 << 10, // `sort --keys 20000 --budget 256KiB`
+        dir: dir.path().to_path_buf(),
+        seed: 1,
+        baseline: true,
+    };
+    let report = run(&opts).expect("the sorted listing is in order, whole, and the same as the input");
+    assert_eq!(report.stats.entries, 20_000);
+    assert!(report.stats.runs_spilled > 4 && report.stats.bytes_spilled > 0, "{:?}", report.stats);
+    let baseline = report.baseline.as_ref().unwrap();
+    assert_eq!(report.checksum, baseline.checksum, "the sorter and the in-memory sort agree");
+    assert_eq!(run(&opts).unwrap().checksum, report.checksum, "the same listing from the same seed");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the scratch directory is gone");
+    let text = summary(&report);
+    assert!(text.contains("runs spilled") && text.contains(&report.checksum), "{text}");
+}
