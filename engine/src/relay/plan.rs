@@ -154,9 +154,17 @@ pub(super) async fn check_locations(shared: &Shared) -> Result<()> {
     Ok(())
 }
 
-/// A listing read page by page.
+/// Memory a listing in no particular order may take while it is sorted; the rest
+/// spills to sorted runs in the data directory.
+const SORT_BUDGET_BYTES: usize = 64 << 20;
+
+/// A listing read page by page, in byte order of keys: as the store lists it when
+/// it lists in order, or sorted within [`SORT_BUDGET_BYTES`] (spilling sorted runs to
+/// the data directory) when it does not.
 pub(super) struct Cursor {
     store: std::rc::Rc<dyn Source>,
+    /// The whole listing, sorted, for a store that lists in no order.
+    sorted: Option<crate::listing::SortedEntries>,
     /// The remote's label, for latency metrics.
     label: String,
     retries: u32,
@@ -171,6 +179,7 @@ impl Cursor {
     pub(super) fn new(store: std::rc::Rc<dyn Source>, label: &str, prefix: String, retries: u32) -> Cursor {
         Cursor {
             store,
+            sorted: None,
             label: label.to_string(),
             retries,
             prefix,
@@ -182,10 +191,24 @@ impl Cursor {
     }
 
     pub(super) async fn next(&mut self) -> Result<Option<Entry>> {
+        if self.store.capabilities().list_order == crate::backend::ListOrder::Unordered && !self.started {
+            self.sorted = Some(self.sort().await?);
+        }
         loop {
-            if let Some(entry) = self.page.next() {
+            let next = match &mut self.sorted {
+                Some(sorted) => sorted.next().transpose()?,
+                None => self.page.next(),
+            };
+            if let Some(entry) = next {
                 if let Some(last) = &self.last {
-                    if entry.key.as_str() <= last.as_str() {
+                    if entry.key == *last {
+                        return Err(Error::protocol(
+                            "list",
+                            self.store.describe(),
+                            format!("two objects are named {last:?}; rename one of them so each key names one object"),
+                        ));
+                    }
+                    if entry.key.as_str() < last.as_str() {
                         return Err(Error::protocol(
                             "list",
                             self.store.describe(),
@@ -195,6 +218,9 @@ impl Cursor {
                 }
                 self.last = Some(entry.key.clone());
                 return Ok(Some(entry));
+            }
+            if self.sorted.is_some() {
+                return Ok(None);
             }
             if self.started && self.token.is_none() {
                 return Ok(None);
@@ -212,6 +238,33 @@ impl Cursor {
             .await?;
             self.token = page.next;
             self.page = page.entries.into_iter();
+        }
+    }
+
+    /// Reads the whole listing of a store that lists in no order into a sorter.
+    async fn sort(&mut self) -> Result<crate::listing::SortedEntries> {
+        let dir = laminar_tuning::plan::default_data_dir();
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("sort", dir.display().to_string(), e))?;
+        let mut sorter = crate::listing::ExternalSorter::new(&dir, SORT_BUDGET_BYTES)?;
+        self.started = true;
+        loop {
+            let token = self.token.take();
+            let never = std::sync::atomic::AtomicBool::new(false);
+            let page = super::retry(self.retries, &never, || {
+                crate::metrics::timed(
+                    &self.label,
+                    crate::metrics::Op::List,
+                    self.store.list(&self.prefix, token.clone()),
+                )
+            })
+            .await?;
+            for entry in page.entries {
+                sorter.push(entry)?;
+            }
+            self.token = page.next;
+            if self.token.is_none() {
+                return sorter.finish();
+            }
         }
     }
 }
