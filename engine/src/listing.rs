@@ -168,7 +168,7 @@ impl ScratchDir {
         // process with the same pid (another pid namespace) sorts here too.
         if lock.try_lock().is_err() {
             return Err(Error::Usage(format!(
-                "sort scratch {}: its lock is held by another process; give each relay its own --data-dir",
+                "sort scratch {}: its lock is held by another process; give each relay its own LAMINAR_DATA_DIR",
                 lock_path.display()
             )));
         }
@@ -760,7 +760,7 @@ mod tests {
         let missing = dir.path().join("nope");
         let Err(err) = ExternalSorter::new(&missing, 1 << 20) else { panic!("no such dir") };
         let msg = err.to_string();
-        assert!(msg.contains(&missing.display().to_string()) && msg.contains("--data-dir"), "{msg}");
+        assert!(msg.contains(&missing.display().to_string()) && msg.contains("LAMINAR_DATA_DIR"), "{msg}");
         let Err(err) = ExternalSorter::new(dir.path(), 10) else { panic!("budget too small") };
         assert!(err.to_string().contains("at least 1024"), "{err}");
     }

@@ -283,39 +283,86 @@ pub(crate) struct ObjectResult {
     outcome: Outcome,
 }
 
-/// State shared by the planner and the workers.
+/// State shared by the planner and the workers of one relay: what it moves, the
+/// work in hand ([`Queues`]), how it is sized ([`Policy`]), and what it measured
+/// ([`Stats`]).
 pub(crate) struct Shared {
     pub(crate) opts: RelayOptions,
     pub(crate) src: Location,
     pub(crate) dst: Location,
+    pub(crate) progress: Arc<Progress>,
+    /// The first error that stops the whole relay.
+    pub(crate) fatal: std::sync::Mutex<Option<String>>,
+    pub(crate) queues: Queues,
+    pub(crate) policy: Policy,
+    pub(crate) stats: Stats,
+}
+
+/// The work of a relay in hand, every queue bounded.
+pub(crate) struct Queues {
+    /// Objects planned and not yet taken by a worker (`--queue-depth`).
     pub(crate) objects: crossbeam_queue::ArrayQueue<Arc<transfer::ObjectJob>>,
-    pub(crate) parts: crossbeam_queue::SegQueue<transfer::PartTask>,
+    /// Parts of large objects ready to send. Each open large object has at most
+    /// [`Policy::part_window`] parts queued or in flight at once, and at most
+    /// [`Policy::large_open_max`] objects are open, so this holds at most their product.
+    pub(crate) parts: crossbeam_queue::ArrayQueue<transfer::PartTask>,
+    /// Parts of staged objects waiting to be read from the source into the stage;
+    /// bounded like `parts` (a part is in one of the two at a time).
+    pub(crate) stage_fills: crossbeam_queue::ArrayQueue<transfer::PartTask>,
     /// The engine's event: woken on every push, on the end of the listing, and on
     /// each finished object.
     pub(crate) event: Arc<event_listener::Event>,
     pub(crate) listing_done: AtomicBool,
     /// Objects handed to workers and not yet finished.
     pub(crate) outstanding: AtomicUsize,
-    pub(crate) fatal: std::sync::Mutex<Option<String>>,
+    /// Each object's steps and end, to the planner. Unbounded: it holds at most a few
+    /// steps per object in flight between two drains by the planner, which drains it
+    /// whenever the object queue is full and after every page it plans.
     pub(crate) results: crossbeam_channel::Sender<ObjectResult>,
-    pub(crate) progress: Arc<Progress>,
-    pub(crate) pool_chunks_per_worker: usize,
+}
+
+/// How a relay's work is sized on its engine.
+pub(crate) struct Policy {
     /// Workers of the engine the relay runs on.
     pub(crate) workers: usize,
+    pub(crate) pool_chunks_per_worker: usize,
     pub(crate) parts_in_flight_per_worker: usize,
     /// The engine's stage, if it has one.
     pub(crate) stage: Option<Arc<crate::stage::Stage>>,
-    /// Parts of staged objects waiting to be read from the source into the stage.
-    pub(crate) stage_fills: crossbeam_queue::SegQueue<transfer::PartTask>,
+    /// The engine's live-worker count and death flag, shared.
+    pub(crate) health: Arc<engine::Health>,
+}
+
+impl Policy {
+    /// Most large objects open at once: enough to keep every part stream busy (each
+    /// has at least two parts), so that a tree of large objects does not open an
+    /// upload, and reserve stage space, for every one of them up front.
+    pub(crate) fn large_open_max(&self) -> usize {
+        (self.parts_in_flight_per_worker * self.workers).max(1)
+    }
+
+    /// Most parts of one object queued or in flight at once: every part stream, so
+    /// that one large object alone can keep them all busy.
+    pub(crate) fn part_window(&self) -> u32 {
+        (self.parts_in_flight_per_worker * self.workers).max(1) as u32
+    }
+
+    /// The bound of the part queues.
+    pub(crate) fn parts_queued_max(&self) -> usize {
+        self.large_open_max() * self.part_window() as usize
+    }
+}
+
+/// What a relay measured and decided, for routing and the report.
+#[derive(Default)]
+pub(crate) struct Stats {
     /// Whether recent parts found the destination slower than the source: each
     /// streamed part moves it up (destination-bound) or down, within ±8.
     pub(crate) dst_bound_score: std::sync::atomic::AtomicI32,
     /// Bytes of this relay's parts written to the stage.
     pub(crate) stage_bytes_written: std::sync::atomic::AtomicU64,
-    /// Large objects begun (upload created, parts queued) and not yet finished.
+    /// Large objects begun (session begun, parts queued) and not yet finished.
     pub(crate) large_open: std::sync::atomic::AtomicUsize,
-    /// The engine's live-worker count and death flag, shared.
-    pub(crate) health: Arc<engine::Health>,
     /// Route decisions, for the report.
     pub(crate) decisions: std::sync::Mutex<(std::collections::BTreeMap<&'static str, u64>, Vec<RouteDecision>, u64)>,
 }
@@ -329,15 +376,8 @@ impl Shared {
 
     /// Objects each worker may move at once for this relay: its share of
     /// [`Progress::transfers`], read live so that a relay can be scaled while it runs.
-    /// Most large objects open at once: enough to keep every part stream busy (each
-    /// has at least two parts), so that a tree of large objects does not open an
-    /// upload, and reserve stage space, for every one of them up front.
-    pub(crate) fn large_open_max(&self) -> usize {
-        (self.parts_in_flight_per_worker * self.workers).max(1)
-    }
-
     pub(crate) fn objects_in_flight_per_worker(&self) -> usize {
-        self.objects_allowed().div_ceil(self.workers)
+        self.objects_allowed().div_ceil(self.policy.workers)
     }
 
     /// Objects in flight allowed now: `--transfers`, less while a store throttles.
@@ -356,7 +396,7 @@ impl Shared {
                 decision.format.map(|f| format!(", {f} data")).unwrap_or_default()
             );
         }
-        let mut d = self.decisions.lock().expect("decisions lock");
+        let mut d = self.stats.decisions.lock().expect("decisions lock");
         *d.0.entry(decision.route).or_default() += 1;
         if decision.format.is_some() {
             d.2 += 1;
@@ -368,24 +408,24 @@ impl Shared {
 
     /// Whether the destination has recently been the slower side.
     pub(crate) fn destination_slower(&self) -> bool {
-        self.dst_bound_score.load(Ordering::Relaxed) >= DST_BOUND_SCORE_SPILL
+        self.stats.dst_bound_score.load(Ordering::Relaxed) >= DST_BOUND_SCORE_SPILL
     }
 
     /// Whether the engine still has every worker (none died).
     pub(crate) fn workers_alive(&self) -> bool {
-        !self.health.dead.load(Ordering::Acquire)
+        !self.policy.health.dead.load(Ordering::Acquire)
     }
 
     /// Whether the listing is done and every object handed out has finished.
     pub(crate) fn finished(&self) -> bool {
         // Pair with the Release store after planning and the AcqRel decrement in `finish`.
-        self.listing_done.load(Ordering::Acquire) && self.outstanding.load(Ordering::Acquire) == 0
+        self.queues.listing_done.load(Ordering::Acquire) && self.queues.outstanding.load(Ordering::Acquire) == 0
     }
 
     /// Reports a step on an object's way that does not end it.
     pub(crate) fn emit(&self, key: &str, outcome: Outcome) {
         assert!(!outcome.is_end(), "an object's end goes through `finish`");
-        let _ = self.results.send(ObjectResult { key: key.to_string(), outcome });
+        let _ = self.queues.results.send(ObjectResult { key: key.to_string(), outcome });
     }
 
     pub(crate) fn finish(&self, key: String, outcome: Outcome) {
@@ -409,10 +449,10 @@ impl Shared {
             }
             Outcome::SessionBegun(_) | Outcome::PartCommitted(_) => unreachable!("asserted above"),
         }
-        let _ = self.results.send(ObjectResult { key, outcome });
+        let _ = self.queues.results.send(ObjectResult { key, outcome });
         // Pairs with the Acquire load in the workers' exit check.
-        self.outstanding.fetch_sub(1, Ordering::AcqRel);
-        self.event.notify(usize::MAX);
+        self.queues.outstanding.fetch_sub(1, Ordering::AcqRel);
+        self.queues.event.notify(usize::MAX);
         // The throttle's limit may have climbed; waiting operations look again.
         self.progress.changed.notify(usize::MAX);
     }

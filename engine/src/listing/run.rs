@@ -80,13 +80,13 @@ pub(crate) fn encoded_bytes_max(entry: &Entry) -> usize {
 pub(crate) fn disk_error(path: &Path, e: io::Error) -> Error {
     let hint = match e.kind() {
         io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
-            "; the disk is full: free space there or point --data-dir (LAMINAR_DATA_DIR) at a disk with room \
+            "; the disk is full: free space there or point LAMINAR_DATA_DIR at a disk with room \
              (a listing spills about 60 bytes a key)"
         }
         io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => {
-            "; it is not writable: point --data-dir (LAMINAR_DATA_DIR) at a writable directory"
+            "; it is not writable: point LAMINAR_DATA_DIR at a writable directory"
         }
-        io::ErrorKind::NotFound => "; it does not exist: create it or point --data-dir (LAMINAR_DATA_DIR) elsewhere",
+        io::ErrorKind::NotFound => "; it does not exist: create it or point LAMINAR_DATA_DIR elsewhere",
         _ => "",
     };
     Error::io("sort", path.display().to_string(), io::Error::new(e.kind(), format!("{e}{hint}")))
@@ -101,7 +101,7 @@ pub(crate) fn corrupt(path: &Path, detail: impl std::fmt::Display) -> Error {
             io::ErrorKind::InvalidData,
             format!(
                 "run file is corrupt: {detail}; it is this sort's own scratch file, so something else changed it \
-                 or the disk lost it: run again, with --data-dir on a sound local disk"
+                 or the disk lost it: run again, with LAMINAR_DATA_DIR on a sound local disk"
             ),
         ),
     )
@@ -491,8 +491,10 @@ mod tests {
     fn disk_errors_say_what_to_do() {
         let path = Path::new("/data/sort");
         let full = disk_error(path, io::Error::from(io::ErrorKind::StorageFull)).to_string();
-        assert!(full.starts_with("sort /data/sort: ") && full.contains("free space") && full.contains("--data-dir"));
+        assert!(
+            full.starts_with("sort /data/sort: ") && full.contains("free space") && full.contains("LAMINAR_DATA_DIR")
+        );
         let ro = disk_error(path, io::Error::from(io::ErrorKind::PermissionDenied)).to_string();
-        assert!(ro.contains("not writable") && ro.contains("--data-dir"), "{ro}");
+        assert!(ro.contains("not writable") && ro.contains("LAMINAR_DATA_DIR"), "{ro}");
     }
 }

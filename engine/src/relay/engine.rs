@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{plan, worker, Location, ObjectResult, Progress, RelayOptions, Report, Shared};
+use super::{plan, worker, Location, ObjectResult, Policy, Progress, Queues, RelayOptions, Report, Shared, Stats};
 use crate::error::{Error, Result};
 use crate::metrics::WorkerStats;
 use crate::runtime::{Driver, DriverChoice};
@@ -232,25 +232,28 @@ impl Engine {
         }
         let parts_in_flight_per_worker = opts.part_streams.map_or(4, |n| n.div_ceil(workers)).max(1);
         let (tx, rx) = crossbeam_channel::unbounded();
-        let shared = Arc::new(Shared {
-            objects: crossbeam_queue::ArrayQueue::new(opts.queue_depth.max(1)),
-            parts: crossbeam_queue::SegQueue::new(),
-            event: inner.event.clone(),
-            listing_done: AtomicBool::new(false),
-            outstanding: AtomicUsize::new(0),
-            fatal: Mutex::new(None),
-            results: tx,
-            progress,
-            pool_chunks_per_worker: inner.pool_chunks_per_worker,
+        let policy = Policy {
             workers,
+            pool_chunks_per_worker: inner.pool_chunks_per_worker,
             parts_in_flight_per_worker,
             stage: inner.stage.clone(),
-            stage_fills: crossbeam_queue::SegQueue::new(),
             health: inner.health.clone(),
-            dst_bound_score: std::sync::atomic::AtomicI32::new(0),
-            stage_bytes_written: std::sync::atomic::AtomicU64::new(0),
-            large_open: std::sync::atomic::AtomicUsize::new(0),
-            decisions: Mutex::new(Default::default()),
+        };
+        let parts_queued_max = policy.parts_queued_max();
+        let shared = Arc::new(Shared {
+            queues: Queues {
+                objects: crossbeam_queue::ArrayQueue::new(opts.queue_depth.max(1)),
+                parts: crossbeam_queue::ArrayQueue::new(parts_queued_max),
+                stage_fills: crossbeam_queue::ArrayQueue::new(parts_queued_max),
+                event: inner.event.clone(),
+                listing_done: AtomicBool::new(false),
+                outstanding: AtomicUsize::new(0),
+                results: tx,
+            },
+            policy,
+            stats: Stats::default(),
+            fatal: Mutex::new(None),
+            progress,
             opts,
             src,
             dst,
@@ -285,8 +288,8 @@ impl Engine {
         let planned = crate::runtime::block_on(inner.driver, plan::plan(&shared, &rx, &mut report, on_plan))
             .map_err(|e| Error::io("start", "runtime", e));
         // Pairs with the Acquire loads in the workers' exit check.
-        shared.listing_done.store(true, Ordering::Release);
-        shared.event.notify(usize::MAX);
+        shared.queues.listing_done.store(true, Ordering::Release);
+        shared.queues.event.notify(usize::MAX);
         if !matches!(planned, Ok(Ok(()))) {
             // Pairs with the Acquire loads in `Shared::stopped`.
             shared.progress.request_stop();
@@ -301,11 +304,12 @@ impl Engine {
         }
         report.seconds = started.elapsed().as_secs_f64();
         report.stopped = shared.stopped();
-        let (routes, decisions, compressed) = std::mem::take(&mut *shared.decisions.lock().expect("decisions lock"));
+        let (routes, decisions, compressed) =
+            std::mem::take(&mut *shared.stats.decisions.lock().expect("decisions lock"));
         report.routes = routes;
         report.route_decisions = decisions;
         report.objects_compressed = compressed;
-        report.stage_bytes_written = shared.stage_bytes_written.load(Ordering::Relaxed);
+        report.stage_bytes_written = shared.stats.stage_bytes_written.load(Ordering::Relaxed);
         report.throttle_cuts = shared.progress.throttle.cuts();
         report.transfers_lowest = shared.progress.throttle.lowest();
         Ok(report)
@@ -317,7 +321,7 @@ impl Engine {
         // result is already in the channel.
         loop {
             // Pairs with the AcqRel decrement in `Shared::finish`.
-            if shared.outstanding.load(Ordering::Acquire) == 0 {
+            if shared.queues.outstanding.load(Ordering::Acquire) == 0 {
                 break;
             }
             match rx.recv_timeout(Duration::from_millis(100)) {
@@ -327,7 +331,7 @@ impl Engine {
                     // will never finish. Stop, and count it as failed.
                     if self.inner.health.dead.load(Ordering::Acquire) || self.inner.alive.load(Ordering::Acquire) == 0 {
                         shared.progress.request_stop();
-                        let lost = shared.outstanding.load(Ordering::Acquire) as u64;
+                        let lost = shared.queues.outstanding.load(Ordering::Acquire) as u64;
                         report.objects_failed += lost;
                         shared.progress.objects_failed.fetch_add(lost, Ordering::Relaxed);
                         shared.fatal.lock().expect("fatal lock").get_or_insert_with(|| {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::progress::choose_part_size;
 use super::spill::{part_from_stage, spill, vote_destination_slower};
-use super::transfer::{gone, put_args, server_side, Ctx, ObjectJob, PartTask, Phase};
+use super::transfer::{gone, put_args, queue_next_part, server_side, Ctx, ObjectJob, PartTask, Phase};
 use super::Outcome;
 use crate::backend::{Committed, CopySource, PartRecord, PartSpec, SessionState, UploadPlan, UploadSession};
 use crate::checksum::{crc32c_combine, Checksum, ChecksumAlgo, Hashers};
@@ -98,6 +98,7 @@ pub(crate) async fn run_part(ctx: Rc<Ctx>, task: PartTask) {
         Err(e) => Err(e),
     };
     part_done(&ctx, job, task.index, result);
+    queue_next_part(&ctx, job);
     // Pairs with the Release store in `begin_large`; the last part finishes the object.
     if job.parts_left.fetch_sub(1, Ordering::AcqRel) == 1 {
         finish_large(&ctx, job, state).await;
@@ -325,8 +326,8 @@ pub(super) async fn finish_large(ctx: &Ctx, job: &ObjectJob, state: SessionState
     if let Some(route) = route {
         ctx.shared.decided(route);
     }
-    ctx.shared.large_open.fetch_sub(1, Ordering::AcqRel);
-    ctx.shared.event.notify(usize::MAX);
+    ctx.shared.stats.large_open.fetch_sub(1, Ordering::AcqRel);
+    ctx.shared.queues.event.notify(usize::MAX);
     ctx.shared.progress.changed.notify(usize::MAX);
     job.large().advance(if result.is_ok() { Phase::Done } else { Phase::Failed });
     match result {

@@ -312,7 +312,7 @@ pub(super) async fn plan(
     let dst_prefix = shared.dst.prefix.clone();
     // An object that doesn't fit a worker's share of the RAM tier goes in parts, whatever
     // the cutoff: a single transfer holds all its bytes at once.
-    let pool_bytes_per_worker = (shared.pool_chunks_per_worker * shared.opts.chunk_bytes) as u64;
+    let pool_bytes_per_worker = (shared.policy.pool_chunks_per_worker * shared.opts.chunk_bytes) as u64;
     let multipart_cutoff_bytes = shared.opts.multipart_cutoff_bytes.min(pool_bytes_per_worker);
     let mut src = Cursor::new(src_store, shared.src.remote_label(), scope.src_list.clone(), retries);
     let mut dst =
@@ -378,11 +378,11 @@ pub(super) async fn plan(
             kind,
         ));
         // Pairs with the AcqRel decrement in `Shared::finish`.
-        shared.outstanding.fetch_add(1, Ordering::AcqRel);
+        shared.queues.outstanding.fetch_add(1, Ordering::AcqRel);
         let mut job = job;
         let mut queued = true;
         loop {
-            match shared.objects.push(job) {
+            match shared.queues.objects.push(job) {
                 Ok(()) => break,
                 Err(back) => {
                     job = back;
@@ -405,7 +405,7 @@ pub(super) async fn plan(
         if !queued {
             break;
         }
-        shared.event.notify(usize::MAX);
+        shared.queues.event.notify(usize::MAX);
         while let Ok(r) = results.try_recv() {
             record(report, r);
         }

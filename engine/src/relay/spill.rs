@@ -35,7 +35,7 @@ pub(super) async fn route_large(ctx: &Ctx, job: &ObjectJob, parts: u32) -> bool 
     };
     let (route, reason, file) = match want {
         Err(why) => ("stream", why.to_string(), None),
-        Ok(why) => match &ctx.shared.stage {
+        Ok(why) => match &ctx.shared.policy.stage {
             None => ("stream", format!("{why}, but no stage is configured"), None),
             Some(stage) => match stage.create(job.size()) {
                 Ok(file) => ("stage", why, Some(Arc::new(file))),
@@ -64,7 +64,7 @@ pub(super) fn spill(ctx: &Ctx, task: &PartTask) -> bool {
     if ctx.shared.opts.route != crate::relay::Route::Auto || !ctx.shared.destination_slower() || ctx.stopped() {
         return false;
     }
-    let Some(stage) = &ctx.shared.stage else { return false };
+    let Some(stage) = &ctx.shared.policy.stage else { return false };
     let job = &task.job;
     let index = task.index as usize;
     let mut m = job.large();
@@ -90,8 +90,12 @@ pub(super) fn spill(ctx: &Ctx, task: &PartTask) -> bool {
     }
     m.spilled[index] = true;
     drop(m);
-    ctx.shared.stage_fills.push(task.clone());
-    ctx.shared.event.notify(usize::MAX);
+    // The part keeps its place in its object's window: it moves from one queue to
+    // the other.
+    if ctx.shared.queues.stage_fills.push(task.clone()).is_err() {
+        unreachable!("a part queue holds at most large_open_max x part_window parts");
+    }
+    ctx.shared.queues.event.notify(usize::MAX);
     true
 }
 
@@ -108,8 +112,10 @@ async fn sniff_head(ctx: &Ctx, job: &ObjectJob) -> Option<&'static str> {
 /// then queues its upload (from the stage, or from the source if staging failed).
 pub(crate) async fn run_fill(ctx: Rc<Ctx>, task: PartTask) {
     fill(&ctx, &task).await;
-    ctx.shared.parts.push(task);
-    ctx.shared.event.notify(usize::MAX);
+    if ctx.shared.queues.parts.push(task).is_err() {
+        unreachable!("a part queue holds at most large_open_max x part_window parts");
+    }
+    ctx.shared.queues.event.notify(usize::MAX);
 }
 
 pub(super) async fn fill(ctx: &Ctx, task: &PartTask) {
@@ -128,7 +134,7 @@ pub(super) async fn fill(ctx: &Ctx, task: &PartTask) {
     }
     match ctx.retry(|| fill_part(ctx, job, &file, range)).await {
         Ok((sum, source_busy)) => {
-            ctx.shared.stage_bytes_written.fetch_add(range.1 - range.0, Ordering::Relaxed);
+            ctx.shared.stats.stage_bytes_written.fetch_add(range.1 - range.0, Ordering::Relaxed);
             job.large().staged[task.index as usize] = Some((sum, source_busy));
         }
         Err(e) => eprintln!(
@@ -238,7 +244,7 @@ const SLOWER_FACTOR: u32 = 3;
 pub(super) fn vote_destination_slower(ctx: &Ctx, destination_busy: Duration, source_busy: Duration) {
     let slower = destination_busy > source_busy * SLOWER_FACTOR
         && destination_busy.saturating_sub(source_busy) >= ctx.shared.opts.spill_wait;
-    let _ = ctx.shared.dst_bound_score.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
+    let _ = ctx.shared.stats.dst_bound_score.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
         Some(if slower { (s + 1).min(8) } else { (s - 1).max(-8) })
     });
 }

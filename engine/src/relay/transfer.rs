@@ -13,7 +13,7 @@ use super::progress::ObjectProgress;
 use super::spill::route_large;
 use super::{Outcome, Shared};
 use crate::backend::{
-    provenance, CopySource, ObjectInfo, PartRecord, PartSpec, PutArgs, Sink, Source, UploadMode, UploadPlan,
+    provenance, CopySource, HashFamily, ObjectInfo, PartRecord, PartSpec, PutArgs, Sink, Source, UploadMode, UploadPlan,
 };
 use crate::checksum::{etag_is_md5, Checksum, ChecksumAlgo, Digests, Hashers};
 use crate::error::{Error, Result};
@@ -42,6 +42,8 @@ pub(crate) struct ObjectJob {
     /// A large object's state machine.
     large: Mutex<Large>,
     pub(super) parts_left: AtomicU32,
+    /// The next part not yet queued (see [`queue_next_part`]).
+    next_part: AtomicU32,
 }
 
 /// Where a large object is: one state machine, whose every step is a [`Phase`].
@@ -101,6 +103,9 @@ pub(super) struct Large {
     pub(super) no_stage_room: bool,
     /// The route, why, and the format sniffed; recorded when the object ends.
     pub(super) route: Option<RouteDecision>,
+    /// Whether every part is filled into the stage before it is sent (the object
+    /// was routed through the stage, not spilled part by part).
+    pub(super) fill_first: bool,
 }
 
 impl Large {
@@ -147,6 +152,11 @@ impl ObjectJob {
         &self.src_version
     }
 
+    /// Parts of the large object in all.
+    fn parts_left_total(&self) -> u32 {
+        self.large().progress.part_count()
+    }
+
     /// The large object's state.
     pub(super) fn large(&self) -> std::sync::MutexGuard<'_, Large> {
         self.large.lock().expect("object state lock")
@@ -184,6 +194,7 @@ impl ObjectJob {
             check_dest,
             kind,
             parts_left: AtomicU32::new(0),
+            next_part: AtomicU32::new(0),
         }
     }
 }
@@ -317,7 +328,7 @@ pub(crate) async fn run_object(ctx: Rc<Ctx>, job: Arc<ObjectJob>) {
 }
 
 pub(super) fn server_side(ctx: &Ctx, job: &ObjectJob) -> Option<CopySource> {
-    if !ctx.shared.opts.server_side_copy {
+    if !ctx.shared.opts.server_side_copy || !ctx.dst.capabilities().server_side_copy {
         return None;
     }
     ctx.src.copy_source(&job.src_key).filter(|s| ctx.dst.can_copy_from(s))
@@ -340,8 +351,13 @@ pub(super) fn gone(job: &ObjectJob) -> Error {
 }
 
 /// Whether MD5 is worth computing: to check a plain-MD5 ETag on either side.
+/// Whether MD5 is worth computing for a small object: to check a plain-MD5 ETag,
+/// which only a store that reports one (either side) has. A source that reports a
+/// whole-object checksum for the object drops it again before the first byte
+/// ([`Hashers::check_against`]).
 fn wants_md5(ctx: &Ctx) -> bool {
-    ctx.shared.opts.verify_md5
+    let etag = |reports: &[HashFamily]| reports.contains(&HashFamily::EtagMd5);
+    ctx.shared.opts.verify_md5 && (etag(ctx.src.capabilities().reports) || etag(ctx.dst.capabilities().reports))
 }
 
 pub(super) fn decision(
@@ -407,14 +423,14 @@ async fn begin_large(ctx: Rc<Ctx>, job: Arc<ObjectJob>) {
     // Wait for a slot among the open large objects (the object keeps its transfer
     // slot meanwhile); released in `finish_large` or below when planning fails, each
     // of which notifies `Progress::changed`, as a stop does.
-    let open = &ctx.shared.large_open;
+    let open = &ctx.shared.stats.large_open;
     let progress = &ctx.shared.progress;
     loop {
         let listener = progress.changed.listen();
         if ctx.stopped()
             || open
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                    (n < ctx.shared.large_open_max()).then_some(n + 1)
+                    (n < ctx.shared.policy.large_open_max()).then_some(n + 1)
                 })
                 .is_ok()
         {
@@ -435,17 +451,36 @@ async fn begin_large(ctx: Rc<Ctx>, job: Arc<ObjectJob>) {
                 // parts itself, in order.
                 return super::ordered::run(ctx, job, staged).await;
             }
-            let queue = if staged { &ctx.shared.stage_fills } else { &ctx.shared.parts };
-            for index in 0..count {
-                queue.push(PartTask { job: job.clone(), index });
+            job.large().fill_first = staged;
+            // The first window of parts; each part that ends queues the next.
+            for _ in 0..ctx.shared.policy.part_window().min(count) {
+                queue_next_part(&ctx, &job);
             }
-            ctx.shared.event.notify(usize::MAX);
         }
         Err(e) => {
             job.large().advance(Phase::Failed);
-            ctx.shared.large_open.fetch_sub(1, Ordering::AcqRel);
+            ctx.shared.stats.large_open.fetch_sub(1, Ordering::AcqRel);
             ctx.shared.progress.changed.notify(usize::MAX);
             ctx.fail(&job, e);
         }
     }
+}
+
+/// Queues the next part of `job` that is not yet queued, if any: to the stage fills
+/// when the object goes through the stage, else to the parts. Each object has at most
+/// [`super::Policy::part_window`] parts queued or in flight, which is what bounds the
+/// part queues.
+pub(super) fn queue_next_part(ctx: &Ctx, job: &Arc<ObjectJob>) {
+    let count = job.parts_left_total();
+    let index = job.next_part.fetch_add(1, Ordering::Relaxed);
+    if index >= count {
+        return;
+    }
+    let fill_first = job.large().fill_first;
+    let queues = &ctx.shared.queues;
+    let queue = if fill_first { &queues.stage_fills } else { &queues.parts };
+    if queue.push(PartTask { job: job.clone(), index }).is_err() {
+        unreachable!("a part queue holds at most large_open_max x part_window parts");
+    }
+    queues.event.notify(usize::MAX);
 }

@@ -82,9 +82,9 @@ impl Slot {
         if s.progress.paused.load(Ordering::Acquire) && !s.stopped() {
             return false;
         }
-        (self.parts.get() < s.parts_in_flight_per_worker && !s.parts.is_empty())
-            || (self.fills.get() < s.parts_in_flight_per_worker && !s.stage_fills.is_empty())
-            || (self.objects.get() < s.objects_in_flight_per_worker() && !s.objects.is_empty())
+        (self.parts.get() < s.policy.parts_in_flight_per_worker && !s.queues.parts.is_empty())
+            || (self.fills.get() < s.policy.parts_in_flight_per_worker && !s.queues.stage_fills.is_empty())
+            || (self.objects.get() < s.objects_in_flight_per_worker() && !s.queues.objects.is_empty())
     }
 
     /// Starts one task if the relay has one this worker may take.
@@ -94,7 +94,7 @@ impl Slot {
         }
         let s = &self.shared;
         let Some(ctx) = &self.ctx else {
-            let Some(job) = s.objects.pop() else { return false };
+            let Some(job) = s.queues.objects.pop() else { return false };
             let reason = s.fatal.lock().expect("fatal lock").clone().unwrap_or_default();
             s.finish(
                 job.src_key().to_string(),
@@ -103,21 +103,21 @@ impl Slot {
             return true;
         };
         // Parts first: finishing started objects keeps uploads and memory few.
-        if self.parts.get() < s.parts_in_flight_per_worker {
-            if let Some(task) = s.parts.pop() {
+        if self.parts.get() < s.policy.parts_in_flight_per_worker {
+            if let Some(task) = s.queues.parts.pop() {
                 spawn(s, &self.parts, stats, true, super::parts::run_part(ctx.clone(), task));
                 return true;
             }
         }
         // Then stage fills: they drain the source at its own pace, ahead of the uploads.
-        if self.fills.get() < s.parts_in_flight_per_worker {
-            if let Some(task) = s.stage_fills.pop() {
+        if self.fills.get() < s.policy.parts_in_flight_per_worker {
+            if let Some(task) = s.queues.stage_fills.pop() {
                 spawn(s, &self.fills, stats, true, super::spill::run_fill(ctx.clone(), task));
                 return true;
             }
         }
         if self.objects.get() < s.objects_in_flight_per_worker() {
-            if let Some(job) = s.objects.pop() {
+            if let Some(job) = s.queues.objects.pop() {
                 spawn(s, &self.objects, stats, false, transfer::run_object(ctx.clone(), job));
                 return true;
             }
@@ -232,6 +232,6 @@ fn spawn(
         in_flight.set(in_flight.get() - 1);
         let gauge = if part { &stats.parts_in_flight } else { &stats.objects_in_flight };
         gauge.fetch_sub(1, Ordering::Relaxed);
-        shared.event.notify(usize::MAX);
+        shared.queues.event.notify(usize::MAX);
     });
 }
