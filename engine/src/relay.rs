@@ -512,6 +512,7 @@ where
     // `attempt` counts against `retries`; `tries` sets the backoff; `free` counts the
     // throttled attempts that were not counted.
     let (mut attempt, mut tries, mut free_used) = (0, 0, 0);
+    let mut reauthenticated = false;
     let mut last: Option<Error> = None;
     loop {
         let result = match throttle {
@@ -548,9 +549,15 @@ where
             return Err(e);
         }
         crate::metrics::record_error(&e, true);
-        let delay =
-            crate::error::backoff_delay(tries, Duration::from_millis(100), Duration::from_secs(10), e.retry_after());
-        backoff(delay, stop, throttle).await;
+        // An expired credential is fixed by the backend fetching a new one, not by
+        // waiting: the first retry goes at once.
+        let reauth_now = e.class() == crate::error::ErrorClass::Reauthenticate && !reauthenticated;
+        reauthenticated |= reauth_now;
+        if !reauth_now {
+            let delay =
+                crate::error::backoff_delay(tries, Duration::from_millis(100), Duration::from_secs(10), e.retry_after());
+            backoff(delay, stop, throttle).await;
+        }
         tries += 1;
         if free {
             free_used += 1;
