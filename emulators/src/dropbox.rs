@@ -1,0 +1,1 @@
+//! The Dropbox emulator (being written).
