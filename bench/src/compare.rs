@@ -129,25 +129,11 @@ fn output_line(cmd: &mut Command) -> String {
 
 /// Describes this machine and the tools.
 pub fn machine(laminar: &Path, rclone: &Path, servers: String) -> Machine {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mem_total_kib: u64 = meminfo
-        .lines()
-        .find(|l| l.starts_with("MemTotal:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu_model = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .unwrap_or("unknown")
-        .trim()
-        .to_string();
+    let cpu_model = cpu_model();
     Machine {
         cpus: laminar_tuning::allowed_cpus().len(),
         cpu_model,
-        mem_total_bytes: mem_total_kib * 1024,
+        mem_total_bytes: mem_total_bytes(),
         kernel: output_line(Command::new("uname").arg("-r")),
         laminar: output_line(Command::new(laminar).arg("--version")),
         rclone: output_line(Command::new(rclone).arg("version")),
@@ -264,3 +250,27 @@ pub fn compare(opts: &CompareOptions) -> Result<Comparison> {
 
 /// The tools a comparison runs, in the order they alternate.
 pub const TOOLS: [&str; 3] = ["laminar", "rclone-default", "rclone-tuned"];
+
+/// This machine's memory, from `/proc/meminfo` (0 if unreadable).
+pub(crate) fn mem_total_bytes() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kib: u64 = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    kib * 1024
+}
+
+/// This machine's CPU model, from `/proc/cpuinfo`.
+pub(crate) fn cpu_model() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("unknown")
+        .trim()
+        .to_string()
+}

@@ -193,23 +193,13 @@ fn reset_peak_rss() -> bool {
 }
 
 fn this_machine() -> SortMachine {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mem_total_kib: u64 = meminfo
-        .lines()
-        .find(|l| l.starts_with("MemTotal:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu_model = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .unwrap_or("unknown")
-        .trim()
-        .to_string();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
-    SortMachine { cpus: laminar_tuning::allowed_cpus().len(), cpu_model, mem_total_bytes: mem_total_kib * 1024, kernel }
+    SortMachine {
+        cpus: laminar_tuning::allowed_cpus().len(),
+        cpu_model: crate::compare::cpu_model(),
+        mem_total_bytes: crate::compare::mem_total_bytes(),
+        kernel,
+    }
 }
 
 /// Runs the benchmark.

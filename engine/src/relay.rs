@@ -554,8 +554,12 @@ where
         let reauth_now = e.class() == crate::error::ErrorClass::Reauthenticate && !reauthenticated;
         reauthenticated |= reauth_now;
         if !reauth_now {
-            let delay =
-                crate::error::backoff_delay(tries, Duration::from_millis(100), Duration::from_secs(10), e.retry_after());
+            let delay = crate::error::backoff_delay(
+                tries,
+                Duration::from_millis(100),
+                Duration::from_secs(10),
+                e.retry_after(),
+            );
             backoff(delay, stop, throttle).await;
         }
         tries += 1;

@@ -226,19 +226,20 @@ impl Cursor {
                 return Ok(None);
             }
             self.started = true;
-            let token = self.token.take();
-            let never = std::sync::atomic::AtomicBool::new(false);
-            let page = super::retry(self.retries, &never, || {
-                crate::metrics::timed(
-                    &self.label,
-                    crate::metrics::Op::List,
-                    self.store.list(&self.prefix, token.clone()),
-                )
-            })
-            .await?;
+            let page = self.fetch_page().await?;
             self.token = page.next;
             self.page = page.entries.into_iter();
         }
+    }
+
+    /// The next page of the listing, retried.
+    async fn fetch_page(&mut self) -> Result<crate::backend::ListPage> {
+        let token = self.token.take();
+        let never = std::sync::atomic::AtomicBool::new(false);
+        super::retry(self.retries, &never, || {
+            crate::metrics::timed(&self.label, crate::metrics::Op::List, self.store.list(&self.prefix, token.clone()))
+        })
+        .await
     }
 
     /// Reads the whole listing of a store that lists in no order into a sorter.
@@ -248,16 +249,7 @@ impl Cursor {
         let mut sorter = crate::listing::ExternalSorter::new(&dir, SORT_BUDGET_BYTES)?;
         self.started = true;
         loop {
-            let token = self.token.take();
-            let never = std::sync::atomic::AtomicBool::new(false);
-            let page = super::retry(self.retries, &never, || {
-                crate::metrics::timed(
-                    &self.label,
-                    crate::metrics::Op::List,
-                    self.store.list(&self.prefix, token.clone()),
-                )
-            })
-            .await?;
+            let page = self.fetch_page().await?;
             for entry in page.entries {
                 sorter.push(entry)?;
             }
