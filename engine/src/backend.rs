@@ -17,6 +17,7 @@
 //! traits stay object-safe and adding a backend is adding a module.
 
 pub mod file;
+pub mod mem;
 pub mod registry;
 pub mod s3;
 
