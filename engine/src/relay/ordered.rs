@@ -56,6 +56,34 @@ pub(super) async fn run(ctx: Rc<Ctx>, job: Arc<ObjectJob>, staged: bool) {
                 part_done(&ctx, &job, index, Ok(record));
                 index += 1;
                 skip = 0;
+                if index < count {
+                    continue;
+                }
+                // No later part will find out if the store kept less of the last ones
+                // than it acknowledged: ask before finishing.
+                match ctx.retry(|| session.committed()).await {
+                    Ok(Committed::Offset(held)) if held < job.size() && backs_left > 0 => {
+                        backs_left -= 1;
+                        let large = job.large();
+                        let progress = &large.progress;
+                        index = progress.part_of(held);
+                        skip = held - progress.part_spec(index).offset;
+                    }
+                    Ok(Committed::Offset(held)) if held < job.size() => {
+                        let e = Error::protocol(
+                            "upload-part",
+                            job.src_key(),
+                            format!("the store keeps losing bytes it acknowledged: it holds {held} of {}", job.size()),
+                        );
+                        part_done(&ctx, &job, index - 1, Err(e));
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        part_done(&ctx, &job, index - 1, Err(e));
+                        break;
+                    }
+                }
             }
             Ok(Step::Back(held)) if backs_left > 0 && held < spec.offset => {
                 backs_left -= 1;

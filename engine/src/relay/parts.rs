@@ -44,7 +44,10 @@ pub(super) async fn plan_large(ctx: &Ctx, job: &ObjectJob) -> Result<u32> {
         key: job.src_key().to_string(),
         reason: format!("{} bytes is more than the destination accepts in one object", job.size()),
     })?;
-    let copy = server_side(ctx, job);
+    // Parts are copied server-side only into parallel sessions: an ordered stream is
+    // sent bytes, which must then be checked like any other.
+    let parallel = ctx.dst.capabilities().upload == crate::backend::UploadMode::Parallel;
+    let copy = server_side(ctx, job).filter(|_| parallel);
     if copy.is_none() && part_size > pool_bytes {
         return Err(Error::Usage(format!(
             "{} needs parts of {}, more than a worker's share of the RAM buffer ({}); raise --ram-buffer or lower --workers",

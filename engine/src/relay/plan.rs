@@ -303,12 +303,15 @@ pub(super) async fn plan(
     let scope = scope(&shared.src, &shared.dst, &src_store, retries).await?;
     let dst_prefix = shared.dst.prefix.clone();
     // An object that doesn't fit a worker's share of the RAM tier goes in parts, whatever
-    // the cutoff: a single transfer holds all its bytes at once.
+    // the cutoff: a single transfer holds all its bytes at once. So does one larger
+    // than the destination takes in one request.
+    let dst_store = shared.dst.backend.open_source(&ctx)?;
     let pool_bytes_per_worker = (shared.policy.pool_chunks_per_worker * shared.opts.chunk_bytes) as u64;
-    let multipart_cutoff_bytes = shared.opts.multipart_cutoff_bytes.min(pool_bytes_per_worker);
+    let single_put_max = dst_store.capabilities().parts.max_single_put_bytes;
+    let multipart_cutoff_bytes =
+        shared.opts.multipart_cutoff_bytes.min(pool_bytes_per_worker).min(single_put_max.saturating_add(1));
     let mut src = Cursor::new(src_store, shared.src.remote_label(), scope.src_list.clone(), retries);
-    let mut dst =
-        Cursor::new(shared.dst.backend.open_source(&ctx)?, shared.dst.remote_label(), scope.dst_list.clone(), retries);
+    let mut dst = Cursor::new(dst_store, shared.dst.remote_label(), scope.dst_list.clone(), retries);
     let mut dst_head: Option<Entry> = dst.next().await?;
     while let Some(entry) = src.next().await? {
         if shared.stopped() {
