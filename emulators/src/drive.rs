@@ -30,6 +30,8 @@ mod files;
 mod query;
 mod server;
 mod store;
+#[cfg(test)]
+mod tests;
 mod time;
 mod upload;
 mod uploads;

@@ -36,17 +36,28 @@ enum Cut {
     Broken,
 }
 
-/// Gathers frames into segments of at most `SEGMENT_BYTES_MAX`.
-#[derive(Default)]
+/// Gathers frames into segments of at most `SEGMENT_BYTES_MAX`, or into one buffer
+/// (a multipart body, parsed whole) sized once from `Content-Length`.
 struct Gather {
     segments: Vec<Bytes>,
     current: BytesMut,
     len: u64,
+    contiguous: bool,
 }
 
 impl Gather {
+    fn new(contiguous: bool, capacity: usize) -> Gather {
+        let current = if contiguous { BytesMut::with_capacity(capacity) } else { BytesMut::new() };
+        Gather { segments: Vec::new(), current, len: 0, contiguous }
+    }
+
     fn push(&mut self, mut d: Bytes) {
         self.len += d.len() as u64;
+        if self.contiguous {
+            // Grows only when Content-Length was missing or short.
+            self.current.extend_from_slice(&d);
+            return;
+        }
         while !d.is_empty() {
             if self.current.capacity() - self.current.len() == 0 {
                 self.flush();
@@ -66,6 +77,7 @@ impl Gather {
 
     fn finish(mut self) -> (Vec<Bytes>, u64) {
         self.flush();
+        assert!(!self.contiguous || self.segments.len() <= 1, "a contiguous body is one segment");
         (self.segments, self.len)
     }
 }
@@ -79,8 +91,10 @@ async fn read_body(
     max: u64,
     cut_after: Option<u64>,
     received: &(dyn Fn(u64) + Sync),
+    contiguous: bool,
 ) -> Result<(Vec<Bytes>, u64), (Cut, Vec<Bytes>, u64)> {
-    let mut g = Gather::default();
+    let capacity = usize::try_from(req.content_length().unwrap_or(0).min(max)).expect("bounded by max");
+    let mut g = Gather::new(contiguous, capacity);
     let mut seen = 0u64;
     while let Some(frame) = req.body.frame().await {
         let Ok(frame) = frame else {
@@ -200,7 +214,8 @@ pub(crate) async fn one_request(state: &State, req: &mut Req, op: Op) -> Answer 
         }
     };
     let cut_after = state.faults.take_drop(true);
-    let (segments, len) = match read_body(req, 0, max, cut_after, &|_| {}).await {
+    let multipart = matches!(op, Op::FilesCreateMultipart | Op::FilesUpdateMultipart);
+    let (segments, len) = match read_body(req, 0, max, cut_after, &|_| {}, multipart).await {
         Ok(r) => r,
         Err((Cut::TooLarge, ..)) => {
             req.drain().await;
@@ -217,9 +232,9 @@ pub(crate) async fn one_request(state: &State, req: &mut Req, op: Op) -> Answer 
         return Ok(refuse(state, ApiError::storage_quota()));
     }
     let r = (|| -> Result<String, ApiError> {
-        let (meta_json, media, upload_mime) = if matches!(op, Op::FilesCreateMultipart | Op::FilesUpdateMultipart) {
-            // A multipart body must be parsed whole: join the segments (once) and slice.
-            let body = if segments.len() == 1 { segments[0].clone() } else { Bytes::from(segments.concat()) };
+        let (meta_json, media, upload_mime) = if multipart {
+            // Read into one buffer: the media is a slice of it, not a copy.
+            let body = segments.into_iter().next().unwrap_or_default();
             let related = upload::parse_related(req.header("content-type").unwrap_or(""), &body)?;
             let meta: Value = serde_json::from_slice(&related.metadata)
                 .map_err(|e| ApiError::bad_request(format!("Invalid JSON payload received. {e}")))?;
@@ -488,7 +503,7 @@ pub(crate) async fn chunk(state: &State, req: &mut Req) -> Answer {
                 counters.received.fetch_add(n, Ordering::Relaxed);
             };
             let committed = session.committed();
-            match read_body(req, skip, take, cut_after, &count).await {
+            match read_body(req, skip, take, cut_after, &count, false).await {
                 Ok((segments, n)) if n == take => {
                     for s in segments {
                         session.commit(s);
