@@ -9,7 +9,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::StatusCode;
@@ -25,6 +25,9 @@ use super::server::{
 use super::store::{Body, Content, Digests, Hashers, FOLDER_MIME, GOOGLE_APPS_PREFIX};
 use super::time;
 use super::upload::{self, parse_content_range, Session, Step, Target, CHUNK_UNIT_BYTES};
+
+/// Longest wait for the next bytes of an upload body.
+const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Why a body was not read whole.
 enum Cut {
@@ -96,10 +99,16 @@ async fn read_body(
     let capacity = usize::try_from(req.content_length().unwrap_or(0).min(max)).expect("bounded by max");
     let mut g = Gather::new(contiguous, capacity);
     let mut seen = 0u64;
-    while let Some(frame) = req.body.frame().await {
-        let Ok(frame) = frame else {
-            let (s, n) = g.finish();
-            return Err((Cut::Broken, s, n));
+    loop {
+        // A client that stalls mid-body would hold its session's lock; past the idle
+        // bound it counts as gone.
+        let frame = match tokio::time::timeout(BODY_IDLE_TIMEOUT, req.body.frame()).await {
+            Ok(None) => break,
+            Ok(Some(Ok(frame))) => frame,
+            Ok(Some(Err(_))) | Err(_) => {
+                let (s, n) = g.finish();
+                return Err((Cut::Broken, s, n));
+            }
         };
         let Ok(mut data) = frame.into_data() else { continue };
         let mut cut = false;
