@@ -19,6 +19,7 @@
 pub mod faulty;
 pub mod file;
 pub mod mem;
+pub mod rclone;
 pub mod registry;
 pub mod s3;
 
