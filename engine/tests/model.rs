@@ -70,6 +70,9 @@ struct Side {
     page_entries: usize,
     /// Lists in no order (shuffled by this seed), as Dropbox and Drive do.
     unordered: Option<u64>,
+    /// Case-insensitive, as Dropbox is (the keys generated are all lower case, so the
+    /// model is the same; the relay then matches listings folded).
+    case_insensitive: bool,
     reports_etag: bool,
     reports_crc: bool,
     list_provenance: bool,
@@ -87,6 +90,7 @@ impl Side {
         o.parts.min_part_bytes = self.min_part_bytes;
         o.parts.max_parts = self.max_parts;
         o.parts.max_single_put_bytes = self.max_single_put_bytes;
+        o.case_sensitive = !self.case_insensitive;
         match self.unordered {
             Some(seed) => {
                 o.list_order = ListOrder::Unordered;
@@ -144,15 +148,15 @@ fn side() -> impl Strategy<Value = Side> {
         vec![ChecksumAlgo::Md5],
         vec![ChecksumAlgo::Crc32c, ChecksumAlgo::Md5, ChecksumAlgo::Sha256],
     ]);
-    let unordered = prop::option::weighted(0.4, any::<u64>());
-    (parts, hashes, verifies, any::<bool>(), any::<bool>(), unordered).prop_map(
+    let listing = (prop::option::weighted(0.4, any::<u64>()), prop::bool::weighted(0.3));
+    (parts, hashes, verifies, any::<bool>(), any::<bool>(), listing).prop_map(
         |(
             (ordered, alignment_bytes, min_part_bytes, max_parts, max_single_put_bytes),
             (page_entries, reports_etag, reports_crc, list_provenance),
             verifies,
             streams,
             content_headers,
-            unordered,
+            (unordered, case_insensitive),
         )| Side {
             ordered,
             alignment_bytes,
@@ -161,6 +165,7 @@ fn side() -> impl Strategy<Value = Side> {
             max_single_put_bytes,
             page_entries,
             unordered,
+            case_insensitive,
             reports_etag,
             reports_crc,
             list_provenance,

@@ -73,6 +73,10 @@ pub struct MemOptions {
     /// How long each request (and each chunk of a read) takes; zero: it only lets
     /// the worker's other tasks run once, as any request to a real store does.
     pub latency: std::time::Duration,
+    /// Whether `a` and `A` are two objects; when false the store is case-insensitive
+    /// and case-preserving, as Dropbox is: a key names the object whose key folds to
+    /// the same lower case, and that object keeps the case it was first written in.
+    pub case_sensitive: bool,
 }
 
 impl Default for MemOptions {
@@ -98,6 +102,7 @@ impl Default for MemOptions {
             server_side_copy: false,
             metadata: MetaSupport { content_headers: true, user: true, mtime: true },
             latency: std::time::Duration::ZERO,
+            case_sensitive: true,
         }
     }
 }
@@ -117,7 +122,7 @@ impl MemOptions {
             upload: self.upload,
             parts: self.parts,
             list_order: self.list_order,
-            case_sensitive: true,
+            case_sensitive: self.case_sensitive,
             reports: intern_families(&self.reports),
             verifies: intern_algos(&self.verifies),
             server_side_copy: self.server_side_copy,
@@ -270,7 +275,9 @@ impl MemBackend {
 
     /// Removes an object (no request counted); whether it was there.
     pub fn remove(&self, key: &str) -> bool {
-        self.state().objects.remove(key).is_some()
+        let mut state = self.state();
+        let key = self.shared.resolve(&state, key);
+        state.objects.remove(&key).is_some()
     }
 
     /// Every object's bytes, by key.
@@ -280,7 +287,8 @@ impl MemBackend {
 
     /// One object as held, with its metadata and provenance.
     pub fn object(&self, key: &str) -> Option<MemObject> {
-        self.state().objects.get(key).cloned()
+        let state = self.state();
+        state.objects.get(&self.shared.resolve(&state, key)).cloned()
     }
 
     /// Upload sessions begun and neither finished nor aborted.
@@ -324,6 +332,16 @@ impl MemShared {
     }
 
     /// Makes `bytes` the object at `key`, atomically (under the caller's lock).
+    /// The key the store holds `key` under: itself, or on a case-insensitive store
+    /// the key of an object whose key folds to the same.
+    fn resolve(&self, state: &MemState, key: &str) -> String {
+        if self.options.case_sensitive || state.objects.contains_key(key) {
+            return key.to_string();
+        }
+        let folded = key.to_lowercase();
+        state.objects.keys().find(|k| k.to_lowercase() == folded).cloned().unwrap_or_else(|| key.to_string())
+    }
+
     fn write(&self, state: &mut MemState, key: &str, bytes: Arc<Vec<u8>>, args: &PutArgs) -> u64 {
         state.generation += 1;
         let support = self.options.metadata;
@@ -362,7 +380,8 @@ impl MemShared {
             generation: state.generation,
             checksums,
         };
-        state.objects.insert(key.to_string(), object);
+        let key = self.resolve(state, key);
+        state.objects.insert(key, object);
         state.generation
     }
 
@@ -550,7 +569,7 @@ impl Store for MemStore {
         Box::pin(async move {
             self.shared.wait().await;
             let state = self.shared.request("stat");
-            Ok(state.objects.get(key).map(|o| self.shared.info(o)))
+            Ok(state.objects.get(&self.shared.resolve(&state, key)).map(|o| self.shared.info(o)))
         })
     }
 
@@ -582,7 +601,7 @@ impl Source for MemStore {
             self.shared.wait().await;
             let (bytes, mut info) = {
                 let state = self.shared.request("get");
-                let o = state.objects.get(key).ok_or_else(|| no_such_key("get", key))?;
+                let o = state.objects.get(&self.shared.resolve(&state, key)).ok_or_else(|| no_such_key("get", key))?;
                 (o.bytes.clone(), self.shared.info(o))
             };
             let (start, end) = checked_range("get", key, range, bytes.len() as u64)?;
@@ -616,7 +635,8 @@ impl Source for MemStore {
         Box::pin(async move {
             let bytes = {
                 let state = self.shared.request("get");
-                state.objects.get(key).ok_or_else(|| no_such_key("get", key))?.bytes.clone()
+                let held = self.shared.resolve(&state, key);
+                state.objects.get(&held).ok_or_else(|| no_such_key("get", key))?.bytes.clone()
             };
             let (start, end) = checked_range("get", key, Some(range), bytes.len() as u64)?;
             let mut rest = &bytes[start as usize..end as usize];

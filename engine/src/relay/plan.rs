@@ -158,12 +158,84 @@ pub(super) async fn check_locations(shared: &Shared) -> Result<()> {
 /// spills to sorted runs in the data directory.
 const SORT_BUDGET_BYTES: usize = 64 << 20;
 
-/// A listing read page by page, in byte order of keys: as the store lists it when
-/// it lists in order, or sorted within [`SORT_BUDGET_BYTES`] (spilling sorted runs to
-/// the data directory) when it does not.
+/// How the two listings of a relay are ordered and matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum KeyOrder {
+    /// By key bytes, matched exactly: the destination tells `a` from `A`.
+    Bytes,
+    /// By the keys folded to lower case (then by bytes), matched folded: the
+    /// destination is case-insensitive (Dropbox), so `Photo.jpg` there is the same
+    /// object as `photo.jpg` here, and two source keys that differ only in case would
+    /// land on one object.
+    Folded,
+}
+
+impl KeyOrder {
+    /// The order a relay into `dst` needs.
+    pub(super) fn for_destination(dst: &dyn Source) -> KeyOrder {
+        if dst.capabilities().case_sensitive {
+            KeyOrder::Bytes
+        } else {
+            KeyOrder::Folded
+        }
+    }
+
+    /// Compares two keys (or relative keys) as this order matches them.
+    pub(super) fn cmp(self, a: &str, b: &str) -> std::cmp::Ordering {
+        match self {
+            KeyOrder::Bytes => a.cmp(b),
+            KeyOrder::Folded => fold(a).cmp(&fold(b)),
+        }
+    }
+
+    /// Whether `a` and `b` name one object.
+    pub(super) fn same(self, a: &str, b: &str) -> bool {
+        self.cmp(a, b) == std::cmp::Ordering::Equal
+    }
+}
+
+/// A key folded to lower case, as a case-insensitive store matches keys.
+fn fold(key: &str) -> std::borrow::Cow<'_, str> {
+    if key.chars().any(|c| c.is_uppercase()) {
+        std::borrow::Cow::Owned(key.to_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(key)
+    }
+}
+
+/// The key a sorter sorts an entry under in [`KeyOrder::Folded`]: the folded key,
+/// with U+0000 and U+0001 escaped (as U+0001 U+0001 and U+0001 U+0002, which keeps
+/// their order), then U+0000, then the key itself. Byte order of these is the order
+/// of (folded key, key), and the key is what follows the first U+0000.
+fn folded_sort_key(key: &str) -> String {
+    let folded = fold(key);
+    let mut out = String::with_capacity(folded.len() + key.len() + 1);
+    for c in folded.chars() {
+        match c {
+            '\u{0}' => out.push_str("\u{1}\u{1}"),
+            '\u{1}' => out.push_str("\u{1}\u{2}"),
+            c => out.push(c),
+        }
+    }
+    out.push('\u{0}');
+    out.push_str(key);
+    out
+}
+
+/// The key back from [`folded_sort_key`].
+fn unfold_sort_key(sort_key: &str) -> Option<&str> {
+    sort_key.split_once('\u{0}').map(|(_, key)| key)
+}
+
+/// A listing read page by page, in the order its [`KeyOrder`] needs: as the store
+/// lists it when it lists in byte order and bytes are what count; otherwise sorted
+/// within [`SORT_BUDGET_BYTES`] (spilling sorted runs to the data directory).
 pub(super) struct Cursor {
     store: std::rc::Rc<dyn Source>,
-    /// The whole listing, sorted, for a store that lists in no order.
+    /// The order the entries come in.
+    order: KeyOrder,
+    /// The whole listing, sorted, for a store that lists in no order, or when keys
+    /// are matched folded.
     sorted: Option<crate::listing::SortedEntries>,
     /// The remote's label, for latency metrics.
     label: String,
@@ -176,9 +248,16 @@ pub(super) struct Cursor {
 }
 
 impl Cursor {
-    pub(super) fn new(store: std::rc::Rc<dyn Source>, label: &str, prefix: String, retries: u32) -> Cursor {
+    pub(super) fn new(
+        store: std::rc::Rc<dyn Source>,
+        label: &str,
+        prefix: String,
+        retries: u32,
+        order: KeyOrder,
+    ) -> Cursor {
         Cursor {
             store,
+            order,
             sorted: None,
             label: label.to_string(),
             retries,
@@ -191,13 +270,21 @@ impl Cursor {
     }
 
     pub(super) async fn next(&mut self) -> Result<Option<Entry>> {
-        if self.store.capabilities().list_order == crate::backend::ListOrder::Unordered && !self.started {
+        let unordered = self.store.capabilities().list_order == crate::backend::ListOrder::Unordered;
+        if (unordered || self.order == KeyOrder::Folded) && !self.started {
             self.sorted = Some(self.sort().await?);
         }
         loop {
             let next = match &mut self.sorted {
                 Some(sorted) => sorted.next().transpose()?,
                 None => self.page.next(),
+            };
+            let next = match next {
+                Some(mut entry) if self.order == KeyOrder::Folded => {
+                    entry.key = unfold_sort_key(&entry.key).expect("sorted under folded_sort_key").to_string();
+                    Some(entry)
+                }
+                other => other,
             };
             if let Some(entry) = next {
                 if let Some(last) = &self.last {
@@ -208,7 +295,11 @@ impl Cursor {
                             format!("two objects are named {last:?}; rename one of them so each key names one object"),
                         ));
                     }
-                    if entry.key.as_str() < last.as_str() {
+                    let back = match self.order {
+                        KeyOrder::Bytes => entry.key.as_str() < last.as_str(),
+                        KeyOrder::Folded => folded_sort_key(&entry.key) < folded_sort_key(last),
+                    };
+                    if back {
                         return Err(Error::protocol(
                             "list",
                             self.store.describe(),
@@ -250,7 +341,10 @@ impl Cursor {
         self.started = true;
         loop {
             let page = self.fetch_page().await?;
-            for entry in page.entries {
+            for mut entry in page.entries {
+                if self.order == KeyOrder::Folded {
+                    entry.key = folded_sort_key(&entry.key);
+                }
                 sorter.push(entry)?;
             }
             self.token = page.next;
@@ -310,24 +404,39 @@ pub(super) async fn plan(
     let single_put_max = dst_store.capabilities().parts.max_single_put_bytes;
     let multipart_cutoff_bytes =
         shared.opts.multipart_cutoff_bytes.min(pool_bytes_per_worker).min(single_put_max.saturating_add(1));
-    let mut src = Cursor::new(src_store, shared.src.remote_label(), scope.src_list.clone(), retries);
-    let mut dst = Cursor::new(dst_store, shared.dst.remote_label(), scope.dst_list.clone(), retries);
+    let order = KeyOrder::for_destination(&*dst_store);
+    let mut src = Cursor::new(src_store, shared.src.remote_label(), scope.src_list.clone(), retries, order);
+    let mut dst = Cursor::new(dst_store, shared.dst.remote_label(), scope.dst_list.clone(), retries, order);
     let mut dst_head: Option<Entry> = dst.next().await?;
+    // The last source key planned, to catch two that one case-insensitive destination
+    // would hold as one object.
+    let mut last_rel: Option<String> = None;
     while let Some(entry) = src.next().await? {
         if shared.stopped() {
             break;
         }
         let Some(rel) = scope.relative(&entry.key, &shared.opts.filter) else { continue };
         let dst_key = format!("{dst_prefix}{rel}");
+        if let Some(last) = last_rel.as_deref().filter(|last| order.same(last, &rel)) {
+            report.objects_total += 1;
+            shared.progress.objects_total.fetch_add(1, Ordering::Relaxed);
+            shared.progress.objects_failed.fetch_add(1, Ordering::Relaxed);
+            let reason = format!(
+                "differs only in case from {last:?}, and the destination does not tell them apart: rename one at the source"
+            );
+            record(report, ObjectResult { key: entry.key.clone(), outcome: Outcome::Failed { reason, fatal: false } });
+            continue;
+        }
+        last_rel = Some(rel.clone());
         // Advance the destination listing to this key.
         while let Some(d) = &dst_head {
-            if d.key[dst_prefix.len()..] < *rel {
+            if order.cmp(&d.key[dst_prefix.len()..], &rel) == std::cmp::Ordering::Less {
                 dst_head = dst.next().await?;
             } else {
                 break;
             }
         }
-        let existing = dst_head.as_ref().filter(|d| d.key[dst_prefix.len()..] == *rel);
+        let existing = dst_head.as_ref().filter(|d| order.same(&d.key[dst_prefix.len()..], &rel));
         let verdict = match existing {
             None => Verdict::Copy,
             Some(d) if rel.ends_with('/') && entry.size == 0 && d.size == 0 => Verdict::Skip,

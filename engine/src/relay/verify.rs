@@ -12,7 +12,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
-use super::plan::{judge, scope, version_of, Cursor, Verdict};
+use super::plan::{judge, scope, version_of, Cursor, KeyOrder, Verdict};
 use super::{Failure, Location, RelayOptions, FAILURES_KEPT_MAX};
 use crate::backend::{holds_version, Source, WorkerCtx};
 use crate::checksum::{ChecksumAlgo, Hashers};
@@ -111,8 +111,9 @@ async fn check(
     let scope = scope(src, dst, &src_store, retries).await?;
     let pool = BufferPool::new(CHUNK_BYTES, READ_BYTES / CHUNK_BYTES);
     let mut report = VerifyReport { download, ..VerifyReport::default() };
-    let mut src_cursor = Cursor::new(src_store.clone(), src.remote_label(), scope.src_list.clone(), retries);
-    let mut dst_cursor = Cursor::new(dst_store.clone(), dst.remote_label(), scope.dst_list.clone(), retries);
+    let order = KeyOrder::for_destination(&*dst_store);
+    let mut src_cursor = Cursor::new(src_store.clone(), src.remote_label(), scope.src_list.clone(), retries, order);
+    let mut dst_cursor = Cursor::new(dst_store.clone(), dst.remote_label(), scope.dst_list.clone(), retries, order);
     let mut dst_head = dst_cursor.next().await?;
     while let Some(entry) = src_cursor.next().await? {
         if progress.stop.load(Ordering::Acquire) {
@@ -122,7 +123,7 @@ async fn check(
         let Some(rel) = scope.relative(&entry.key, &opts.filter) else { continue };
         let dst_key = format!("{}{rel}", dst.prefix);
         while let Some(d) = &dst_head {
-            if d.key[dst.prefix.len()..] < *rel {
+            if order.cmp(&d.key[dst.prefix.len()..], &rel) == std::cmp::Ordering::Less {
                 dst_head = dst_cursor.next().await?;
             } else {
                 break;
@@ -131,7 +132,7 @@ async fn check(
         report.objects_checked += 1;
         report.bytes_checked += entry.size;
         progress.objects_checked.fetch_add(1, Ordering::Relaxed);
-        let Some(existing) = dst_head.as_ref().filter(|d| d.key[dst.prefix.len()..] == *rel) else {
+        let Some(existing) = dst_head.as_ref().filter(|d| order.same(&d.key[dst.prefix.len()..], &rel)) else {
             report.problem(&entry.key, format!("missing at the destination ({dst_key})"), true);
             continue;
         };

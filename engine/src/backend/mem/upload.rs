@@ -451,8 +451,9 @@ impl UploadSession for MemUpload<'_> {
                     // As S3's backend: a single put already made is deleted.
                     if let Some(generation) = self.put_done.take() {
                         let mut state = self.store.shared.request("delete");
-                        if state.objects.get(key).is_some_and(|o| o.generation == generation) {
-                            state.objects.remove(key);
+                        let held = self.store.shared.resolve(&state, key);
+                        if state.objects.get(&held).is_some_and(|o| o.generation == generation) {
+                            state.objects.remove(&held);
                         }
                     }
                 }
