@@ -16,3 +16,4 @@
 
 pub mod drive;
 pub mod dropbox;
+mod time;
