@@ -235,3 +235,24 @@ fn a_revoked_token_stops_the_relay_with_the_fix() {
     assert!(all.contains("laminar auth dropbox"), "{all}");
     assert!(!all.contains("not-a-token"), "the token is not printed: {all}");
 }
+
+#[test]
+fn server_errors_and_dropped_connections_end_with_everything_copied() {
+    let faults = Faults {
+        server_error_rate: 0.1,
+        drop_upload_rate: 0.1,
+        drop_download_rate: 0.1,
+        retry_after_s: 0,
+        ..Faults::default()
+    };
+    let s = setup(DropboxOptions { seed: 13, faults, ..DropboxOptions::default() });
+    let first = s.relay(&s.src_url(), "dbx:faulty", "epoll");
+    assert_eq!(first["objects_copied"], s.files.len(), "{first}");
+    assert_same(&held(&s.emu, "faulty"), &s.files, "Dropbox after the faults");
+    let back = s.relay("dbx:faulty", "out:faulty", "epoll");
+    assert_eq!(back["objects_copied"], s.files.len(), "{back}");
+    assert_same(&read_tree(&s.dir.path().join("out/faulty")), &s.files, "the tree back from Dropbox");
+    let stats = s.emu.stats();
+    assert!(stats.server_errors + stats.dropped_connections > 0, "faults were sent: {stats:?}");
+    assert_eq!(stats.open_sessions, 0, "{stats:?}");
+}
