@@ -9,8 +9,12 @@
 
 pub mod proxy;
 
-/// The `laminar` binary, built next to the running test's target directory.
+/// The `laminar` binary, built next to the running test's target directory, or the
+/// one `LAMINAR_BIN` names (for a target directory that other checkouts build into too).
 pub fn laminar_bin() -> std::path::PathBuf {
+    if let Some(bin) = std::env::var_os("LAMINAR_BIN") {
+        return std::path::PathBuf::from(bin);
+    }
     let exe = std::env::current_exe().expect("test executable");
     let dir = exe.parent().and_then(std::path::Path::parent).expect("target/<profile>");
     let bin = dir.join("laminar");

@@ -1,0 +1,784 @@
+//! Dropbox, through its HTTP API v2, on the engine's own HTTP client.
+//!
+//! Dropbox is a file system, not an object store, and the module is shaped by that:
+//! paths are case-insensitive and case-preserving (keys are listed as `path_display`
+//! gives them, and the store says `case_sensitive: false`), a recursive listing comes
+//! in no order (`ListOrder::Unordered`: the relay sorts it), and large files go up as
+//! one ordered stream (an upload session, each append at the offset the session
+//! holds), so the capabilities say `UploadMode::Ordered` with 4 MiB-aligned parts.
+//! Files carry Dropbox's `content_hash`, reported as a whole-object checksum so the
+//! relay checks what it reads end to end; each upload call carries the content hash
+//! of its own bytes, which Dropbox checks.
+//!
+//! RPC calls (listings, metadata) go to the api host with a JSON body; content calls
+//! (uploads, downloads) to the content host with their argument as JSON in the
+//! `Dropbox-API-Arg` header, which must be ASCII ([`header_json`]). Access tokens come
+//! from [`auth`]. Errors are classified by their tags ([`classify`]).
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+mod auth;
+mod config;
+mod upload;
+
+pub use auth::Credentials;
+pub use config::{DropboxRemoteConfig, TYPE};
+
+use super::{
+    Backend, Capabilities, CopySource, Entry, HashFamily, ListOrder, ListPage, LocalFuture, MetaSupport, ObjectInfo,
+    PartLimits, PutArgs, Session, SessionState, Sink, Source, Store, UploadMode, UploadPlan, WorkerCtx,
+};
+use crate::checksum::{Checksum, ChecksumAlgo, Hashers, DROPBOX_BLOCK_BYTES};
+use crate::error::{Error, ErrorClass, Result};
+use crate::http::{Endpoint, HttpClient, Request, RequestBody, Response, ResponseHead};
+use crate::pool::ring::Filler;
+use crate::pool::Body;
+
+const RPC_CONTENT_TYPE: &str = "application/json";
+const UPLOAD_CONTENT_TYPE: &str = "application/octet-stream";
+/// The most one upload call may carry.
+const UPLOAD_CALL_BYTES_MAX: u64 = 150 << 20;
+/// The largest part: a multiple of the 4 MiB block below the per-call limit.
+const PART_BYTES_MAX: u64 = UPLOAD_CALL_BYTES_MAX / DROPBOX_BLOCK_BYTES * DROPBOX_BLOCK_BYTES;
+/// Entries per listing page (Dropbox's most).
+const LIST_LIMIT: u32 = 2000;
+const _: () = assert!(PART_BYTES_MAX.is_multiple_of(DROPBOX_BLOCK_BYTES) && PART_BYTES_MAX <= UPLOAD_CALL_BYTES_MAX);
+
+/// How to reach one Dropbox account, and where in it the remote is rooted.
+#[derive(Clone)]
+pub struct DropboxConfig {
+    /// Remote name for messages.
+    pub remote: String,
+    /// The folder the remote is rooted at: `""` (the whole account) or `/A/B`.
+    pub root: String,
+    /// The RPC host.
+    pub api: Endpoint,
+    /// The content host.
+    pub content: Endpoint,
+    /// The OAuth token endpoint's host.
+    pub token_endpoint: Endpoint,
+    /// Its path.
+    pub token_path: String,
+    /// Where access tokens come from; never printed.
+    pub credentials: Credentials,
+}
+
+impl std::fmt::Debug for DropboxConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DropboxConfig")
+            .field("remote", &self.remote)
+            .field("root", &self.root)
+            .field("api", &self.api.url())
+            .field("content", &self.content.url())
+            .field("token_url", &format!("{}{}", self.token_endpoint.url(), self.token_path))
+            .field("credentials", &self.credentials)
+            .finish()
+    }
+}
+
+/// A configured account; each worker opens its own [`DropboxStore`], all sharing one
+/// token cache.
+pub struct DropboxBackend {
+    cfg: Arc<DropboxConfig>,
+    tokens: Arc<auth::TokenCache>,
+}
+
+impl DropboxBackend {
+    /// A backend for one account.
+    pub fn new(cfg: DropboxConfig) -> DropboxBackend {
+        DropboxBackend { cfg: Arc::new(cfg), tokens: Arc::default() }
+    }
+
+    fn store(&self, ctx: &WorkerCtx) -> DropboxStore {
+        DropboxStore { cfg: self.cfg.clone(), tokens: self.tokens.clone(), http: ctx.http.clone() }
+    }
+}
+
+impl Backend for DropboxBackend {
+    fn open_source(&self, ctx: &WorkerCtx) -> Result<Rc<dyn Source>> {
+        Ok(Rc::new(self.store(ctx)))
+    }
+
+    fn open_sink(&self, ctx: &WorkerCtx) -> Result<Rc<dyn Sink>> {
+        Ok(Rc::new(self.store(ctx)))
+    }
+}
+
+const CAPABILITIES: Capabilities = Capabilities {
+    upload: UploadMode::Ordered,
+    parts: PartLimits {
+        min_part_bytes: DROPBOX_BLOCK_BYTES,
+        max_part_bytes: PART_BYTES_MAX,
+        // 2^41 bytes at the largest part, with room.
+        max_parts: 1 << 20,
+        part_alignment_bytes: DROPBOX_BLOCK_BYTES,
+        max_single_put_bytes: UPLOAD_CALL_BYTES_MAX,
+    },
+    list_order: ListOrder::Unordered,
+    case_sensitive: false,
+    reports: &[HashFamily::DropboxContentHash],
+    verifies: &[],
+    server_side_copy: false,
+    metadata: MetaSupport { content_headers: false, user: false, mtime: true },
+};
+
+/// One worker's handle on an account.
+pub struct DropboxStore {
+    cfg: Arc<DropboxConfig>,
+    tokens: Arc<auth::TokenCache>,
+    http: HttpClient,
+}
+
+/// What the relay should do about a Dropbox error answer, from its status and the
+/// tags of its error (`path`, `conflict`, ...). A 401 is decided by the caller, which
+/// knows whether tokens can be refreshed.
+fn classify(status: u16, tags: &[String]) -> ErrorClass {
+    let has = |t: &str| tags.iter().any(|x| x == t);
+    match status {
+        429 => ErrorClass::Throttled,
+        409 if has("too_many_write_operations") || has("too_many_requests") => ErrorClass::Throttled,
+        409 if has("insufficient_space") => ErrorClass::FatalRelay,
+        409 if has("incorrect_offset") => ErrorClass::Retryable,
+        409 if has("conflict") => ErrorClass::Conflict,
+        s if s >= 500 => ErrorClass::Retryable,
+        401 | 403 => ErrorClass::FatalRelay,
+        _ => ErrorClass::FatalObject,
+    }
+}
+
+/// The tags of an error answer: those of `error_summary` (`path/not_found/..`) and
+/// every `.tag` in `error`.
+fn error_tags(body: &Value) -> Vec<String> {
+    fn walk(v: &Value, out: &mut Vec<String>, depth: u32) {
+        if depth > 8 {
+            return;
+        }
+        if let Value::Object(map) = v {
+            if let Some(Value::String(tag)) = map.get(".tag") {
+                out.push(tag.clone());
+            }
+            for value in map.values() {
+                walk(value, out, depth + 1);
+            }
+        }
+    }
+    let mut tags: Vec<String> = body
+        .get("error_summary")
+        .and_then(Value::as_str)
+        .map(|s| s.split('/').map(|t| t.trim_matches('.').to_string()).filter(|t| !t.is_empty()).collect())
+        .unwrap_or_default();
+    if let Some(error) = body.get("error") {
+        walk(error, &mut tags, 0);
+    }
+    tags
+}
+
+/// Whether an error says there is no file or folder at the path (or not the kind asked
+/// for).
+fn is_not_found(e: &Error) -> bool {
+    matches!(e, Error::Http { status: 409, message, .. }
+        if ["path/not_found", "path/not_folder", "path/not_file"].iter().any(|p| message.starts_with(p)))
+}
+
+/// `correct_offset` anywhere in an error answer (`incorrect_offset`'s).
+fn correct_offset(body: &Value) -> Option<u64> {
+    match body {
+        Value::Object(map) => {
+            map.get("correct_offset").and_then(Value::as_u64).or_else(|| map.values().find_map(correct_offset))
+        }
+        _ => None,
+    }
+}
+
+/// Text in one line, cut to a readable length.
+fn one_line(text: &str) -> String {
+    const CHARS_MAX: usize = 300;
+    let words = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut cut: String = words.chars().take(CHARS_MAX).collect();
+    if cut.len() < words.len() {
+        cut.push_str("...");
+    }
+    cut
+}
+
+/// JSON for the `Dropbox-API-Arg` header, which takes ASCII only: every character
+/// past 0x7E is written as a `\uXXXX` escape (UTF-16, so two for one past the BMP).
+/// Such characters only occur inside JSON strings, where the escape means the same.
+pub fn header_json(value: &Value) -> String {
+    use std::fmt::Write as _;
+    let text = value.to_string();
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if (c as u32) < 0x7f {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                write!(out, "\\u{unit:04x}").expect("writing to a String");
+            }
+        }
+    }
+    out
+}
+
+/// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (i64::from(m) + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The civil date of a day count since 1970-01-01.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { yoe + era * 400 + 1 } else { yoe + era * 400 }, m, d)
+}
+
+/// Dropbox's timestamp form, `2024-05-06T07:08:09Z` (whole seconds).
+fn format_time(secs: i64) -> String {
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = civil_from_days(days);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// Parses Dropbox's timestamp form into seconds since the epoch.
+fn parse_time(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    if b.len() != 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' || b[19] != b'Z'
+    {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| text.get(r)?.parse::<u32>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, min, s) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || h > 23 || min > 59 || s > 60 {
+        return None;
+    }
+    Some(days_from_civil(i64::from(y), m, d) * 86_400 + i64::from(h * 3600 + min * 60 + s))
+}
+
+/// What a file's metadata says, as the relay takes it.
+fn info_from_metadata(meta: &Value) -> ObjectInfo {
+    let mut info = ObjectInfo { size: meta.get("size").and_then(Value::as_u64).unwrap_or(0), ..ObjectInfo::default() };
+    if let Some(secs) = meta.get("client_modified").and_then(Value::as_str).and_then(parse_time) {
+        info.meta.mtime = Some((secs, 0));
+    }
+    if let Some(bytes) = meta.get("content_hash").and_then(Value::as_str).and_then(|h| hex::decode(h).ok()) {
+        if bytes.len() == ChecksumAlgo::DropboxContentHash.digest_bytes() {
+            info.checksums.push(Checksum { algo: ChecksumAlgo::DropboxContentHash, bytes });
+        }
+    }
+    info
+}
+
+impl DropboxStore {
+    /// The Dropbox path of a key (a trailing `/` dropped).
+    fn path(&self, key: &str) -> String {
+        let key = key.trim_end_matches('/');
+        if key.is_empty() {
+            return self.cfg.root.clone();
+        }
+        format!("{}/{key}", self.cfg.root)
+    }
+
+    /// The key of a Dropbox path below the root, with the casing Dropbox displays.
+    fn key_of(&self, path_display: &str) -> Option<String> {
+        let skip = self.cfg.root.chars().count() + 1;
+        let lower = path_display.to_lowercase();
+        let root = self.cfg.root.to_lowercase();
+        if !lower.starts_with(&root) || !lower[root.len()..].starts_with('/') {
+            return None;
+        }
+        let key: String = path_display.chars().skip(skip).collect();
+        (!key.is_empty()).then_some(key)
+    }
+
+    /// The error for an error answer. A 401 for an expired token drops it from the
+    /// cache first, so that the retry the relay makes at once gets a fresh one.
+    fn http_error(
+        &self,
+        op: &'static str,
+        target: &str,
+        head: &ResponseHead,
+        body: &[u8],
+        token: Option<&str>,
+    ) -> Error {
+        let parsed: Option<Value> = serde_json::from_slice(body).ok().filter(Value::is_object);
+        let tags = parsed.as_ref().map(error_tags).unwrap_or_default();
+        let message = match parsed.as_ref().and_then(|v| v.get("error_summary")).and_then(Value::as_str) {
+            Some(summary) => summary.trim_end_matches(['.', '/']).to_string(),
+            None if body.is_empty() => head.status_text(),
+            None => one_line(&String::from_utf8_lossy(body)),
+        };
+        let code = tags.first().cloned().unwrap_or_else(|| head.status.to_string());
+        let remote = &self.cfg.remote;
+        let mut class = classify(head.status, &tags);
+        let mut hint = String::new();
+        if head.status == 401 {
+            let expired = tags.iter().any(|t| t == "expired_access_token");
+            if expired && self.refreshes() {
+                if let Some(token) = token {
+                    self.tokens.drop_token(token);
+                }
+                class = ErrorClass::Reauthenticate;
+            } else if expired {
+                hint = format!(
+                    "; the access token of remote {remote:?} expired: give it a refresh_token with app_key instead \
+                     (run `laminar auth dropbox`)"
+                );
+            } else {
+                hint = format!(
+                    "; Dropbox does not accept the credentials of remote {remote:?}: run `laminar auth dropbox` and \
+                     put what it prints in laminar.toml"
+                );
+            }
+        } else if tags.iter().any(|t| t == "insufficient_space") {
+            hint = format!("; the Dropbox account of remote {remote:?} is full: free space or add some");
+        }
+        let retry_after = head
+            .header("retry-after")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .or_else(|| parsed.as_ref().and_then(|v| v.pointer("/error/retry_after")).and_then(Value::as_u64))
+            .map(Duration::from_secs);
+        Error::Http { op, target: target.to_string(), status: head.status, code, message, hint, retry_after, class }
+    }
+
+    /// An RPC call on the api host; the answer's JSON, or the error it was.
+    async fn rpc(&self, route: &str, op: &'static str, target: &str, arg: &Value) -> Result<Value> {
+        let token = self.access_token().await?;
+        let path = format!("/2/{route}");
+        let headers = vec![
+            ("authorization".to_string(), format!("Bearer {token}")),
+            ("content-type".to_string(), RPC_CONTENT_TYPE.to_string()),
+        ];
+        let req = Request { method: "POST", path: &path, headers, op, target };
+        let body = RequestBody::Bytes(arg.to_string().into_bytes());
+        let (response, _) = self.http.send(&self.cfg.api, &req, body).await?;
+        let head = response.head.clone();
+        let bytes = response.read_to_vec().await?;
+        if head.status >= 300 {
+            return Err(self.http_error(op, target, &head, &bytes, Some(&token)));
+        }
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Error::protocol(op, target, format!("unreadable answer from {route}: {e}")))
+    }
+
+    /// A content call on the content host. Returns the response whatever its status,
+    /// and the token it carried (for [`DropboxStore::http_error`]).
+    async fn content(
+        &self,
+        route: &str,
+        op: &'static str,
+        target: &str,
+        arg: &Value,
+        body: RequestBody,
+        range: Option<(u64, u64)>,
+    ) -> Result<(Response, String)> {
+        let token = self.access_token().await?;
+        let path = format!("/2/{route}");
+        let mut headers = vec![
+            ("authorization".to_string(), format!("Bearer {token}")),
+            ("dropbox-api-arg".to_string(), header_json(arg)),
+        ];
+        if route != "files/download" {
+            headers.push(("content-type".to_string(), UPLOAD_CONTENT_TYPE.to_string()));
+        }
+        if let Some((start, end)) = range {
+            assert!(end > start, "empty range");
+            headers.push(("range".to_string(), format!("bytes={start}-{}", end - 1)));
+        }
+        let req = Request { method: "POST", path: &path, headers, op, target };
+        let (response, _) = self.http.send(&self.cfg.content, &req, body).await?;
+        Ok((response, token))
+    }
+
+    /// A content call whose answer is small: its JSON, or the error it was.
+    async fn content_small(
+        &self,
+        route: &str,
+        op: &'static str,
+        target: &str,
+        arg: &Value,
+        body: RequestBody,
+    ) -> Result<Value> {
+        let (response, token) = self.content(route, op, target, arg, body, None).await?;
+        let head = response.head.clone();
+        let bytes = response.read_to_vec().await?;
+        if head.status >= 300 {
+            return Err(self.http_error(op, target, &head, &bytes, Some(&token)));
+        }
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Error::protocol(op, target, format!("unreadable answer from {route}: {e}")))
+    }
+
+    /// A download: checks the answer's head and returns it with what it says of the
+    /// file. A ranged read reports no whole-object checksum.
+    async fn download(&self, key: &str, range: Option<(u64, u64)>) -> Result<(Response, ObjectInfo)> {
+        let arg = json!({ "path": self.path(key) });
+        let (response, token) = self.content("files/download", "get", key, &arg, RequestBody::Empty, range).await?;
+        let head = response.head.clone();
+        if head.status >= 300 {
+            let bytes = response.read_to_vec().await.unwrap_or_default();
+            return Err(self.http_error("get", key, &head, &bytes, Some(&token)));
+        }
+        let meta: Value = head
+            .header("dropbox-api-result")
+            .and_then(|v| serde_json::from_str(v).ok())
+            .ok_or_else(|| Error::protocol("get", key, "the download carried no Dropbox-API-Result"))?;
+        let mut info = info_from_metadata(&meta);
+        if let Some((start, end)) = range {
+            let got = head.content_range().and_then(|r| r.ok());
+            let holds = head.status == 206 && got.is_some_and(|r| (r.first, r.last) == (start, end - 1))
+                || head.status == 200 && start == 0 && info.size == end;
+            if !holds || head.content_length() != Some(end - start) {
+                return Err(Error::protocol(
+                    "get",
+                    format!("{key} bytes={start}-{}", end - 1),
+                    format!(
+                        "the answer ({}, {:?} bytes) does not hold the range asked for; the file may have changed \
+                         during the relay",
+                        head.status_text(),
+                        head.content_length()
+                    ),
+                ));
+            }
+            info.checksums.clear();
+        }
+        Ok((response, info))
+    }
+
+    async fn list_page(&self, prefix: &str, token: Option<String>) -> Result<ListPage> {
+        let target = format!("{}/{prefix}", self.cfg.root);
+        let answer = match token {
+            Some(cursor) => {
+                self.rpc("files/list_folder/continue", "list", &target, &json!({ "cursor": cursor })).await?
+            }
+            None => {
+                let folder = prefix.rfind('/').map_or("", |i| &prefix[..i]);
+                let arg = json!({
+                    "path": self.path(folder),
+                    "recursive": true,
+                    "limit": LIST_LIMIT,
+                    "include_deleted": false,
+                });
+                match self.rpc("files/list_folder", "list", &target, &arg).await {
+                    Ok(v) => v,
+                    // Nothing there yet: an empty listing.
+                    Err(e) if is_not_found(&e) => return Ok(ListPage::default()),
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        let prefix_lower = prefix.to_lowercase();
+        let mut entries = Vec::new();
+        for e in answer.get("entries").and_then(Value::as_array).into_iter().flatten() {
+            if e.get(".tag").and_then(Value::as_str) != Some("file") {
+                continue;
+            }
+            let Some(display) = e.get("path_display").and_then(Value::as_str) else { continue };
+            let Some(mut key) = self.key_of(display) else { continue };
+            if !key.to_lowercase().starts_with(&prefix_lower) {
+                continue;
+            }
+            // The prefix as the URL gave it, so keys relative to it stay right.
+            if key.is_char_boundary(prefix.len()) && key[..prefix.len()].to_lowercase() == prefix_lower {
+                key = format!("{prefix}{}", &key[prefix.len()..]);
+            }
+            let version =
+                e.get("rev").or_else(|| e.get("content_hash")).and_then(Value::as_str).map(|v| format!("dropbox:{v}"));
+            let size = e.get("size").and_then(Value::as_u64).unwrap_or(0);
+            entries.push(Entry { key, size, etag: None, provenance: None, version });
+        }
+        let more = answer.get("has_more").and_then(Value::as_bool).unwrap_or(false);
+        let next = if more { answer.get("cursor").and_then(Value::as_str).map(str::to_string) } else { None };
+        Ok(ListPage { entries, next })
+    }
+}
+
+impl Store for DropboxStore {
+    fn list<'a>(&'a self, prefix: &'a str, token: Option<String>) -> LocalFuture<'a, Result<ListPage>> {
+        Box::pin(self.list_page(prefix, token))
+    }
+
+    fn stat<'a>(&'a self, key: &'a str) -> LocalFuture<'a, Result<Option<ObjectInfo>>> {
+        Box::pin(async move {
+            match self.rpc("files/get_metadata", "stat", key, &json!({ "path": self.path(key) })).await {
+                Ok(meta) if meta.get(".tag").and_then(Value::as_str) == Some("file") => {
+                    Ok(Some(info_from_metadata(&meta)))
+                }
+                Ok(_) => Ok(None),
+                Err(e) if is_not_found(&e) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn describe(&self) -> String {
+        let root = if self.cfg.root.is_empty() { "/" } else { &self.cfg.root };
+        format!("dropbox {} root {root}", self.cfg.api.url())
+    }
+
+    fn check<'a>(&'a self, writable: bool) -> LocalFuture<'a, Result<()>> {
+        Box::pin(async move {
+            // The relay does not retry its pre-flight check, and Dropbox throttles
+            // any call: a few tries, after the wait it asks for.
+            const CHECK_ATTEMPTS_MAX: u32 = 6;
+            let mut attempt = 0;
+            loop {
+                match self.check_once(writable).await {
+                    Err(e) if e.is_retryable() && attempt + 1 < CHECK_ATTEMPTS_MAX => {
+                        let wait = crate::error::backoff_delay(
+                            attempt,
+                            Duration::from_millis(100),
+                            Duration::from_secs(2),
+                            e.retry_after(),
+                        );
+                        monoio::time::sleep(wait).await;
+                        attempt += 1;
+                    }
+                    other => return other,
+                }
+            }
+        })
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        CAPABILITIES
+    }
+}
+
+impl DropboxStore {
+    async fn check_once(&self, writable: bool) -> Result<()> {
+        {
+            let target = self.describe();
+            if self.cfg.root.is_empty() {
+                let arg = json!({ "path": "", "limit": 1 });
+                return self.rpc("files/list_folder", "check", &target, &arg).await.map(drop);
+            }
+            match self.rpc("files/get_metadata", "check", &target, &json!({ "path": self.cfg.root })).await {
+                Ok(meta) if meta.get(".tag").and_then(Value::as_str) == Some("folder") => Ok(()),
+                Ok(_) => Err(Error::Usage(format!(
+                    "remote {:?}: root {} is a file, not a folder: fix root in laminar.toml",
+                    self.cfg.remote, self.cfg.root
+                ))),
+                // Uploads make the folders they need.
+                Err(e) if is_not_found(&e) && writable => Ok(()),
+                Err(e) if is_not_found(&e) => Err(Error::Usage(format!(
+                    "remote {:?}: root folder {} does not exist in the Dropbox account: fix root in laminar.toml",
+                    self.cfg.remote, self.cfg.root
+                ))),
+                Err(e) => Err(e),
+            }
+        }
+    }
+}
+
+impl Source for DropboxStore {
+    fn read<'a>(
+        &'a self,
+        key: &'a str,
+        range: Option<(u64, u64)>,
+        body: Body,
+        hashers: &'a mut Hashers,
+    ) -> LocalFuture<'a, Result<(Body, ObjectInfo)>> {
+        Box::pin(async move {
+            let (response, info) = self.download(key, range).await?;
+            hashers.check_against(&info.checksums);
+            let body = response.read_into(body, hashers).await?;
+            Ok((body, info))
+        })
+    }
+
+    fn read_stream<'a>(
+        &'a self,
+        key: &'a str,
+        range: (u64, u64),
+        filler: &'a Filler,
+        hashers: &'a mut Hashers,
+    ) -> LocalFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let (response, _) = self.download(key, Some(range)).await?;
+            response.read_stream(filler, hashers).await.map(drop)
+        })
+    }
+
+    fn copy_source(&self, _key: &str) -> Option<CopySource> {
+        None
+    }
+}
+
+impl Sink for DropboxStore {
+    fn begin<'a>(&'a self, key: &'a str, plan: UploadPlan, args: &'a PutArgs) -> LocalFuture<'a, Result<Session<'a>>> {
+        Box::pin(upload::begin(self, key, plan, args))
+    }
+
+    fn resume(&self, state: SessionState) -> Result<Session<'_>> {
+        upload::resume(self, state)
+    }
+
+    fn put_dir_marker<'a>(&'a self, key: &'a str, _args: &'a PutArgs) -> LocalFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let arg = json!({ "path": self.path(key), "autorename": false });
+            match self.rpc("files/create_folder_v2", "mkdir", key, &arg).await {
+                Ok(_) => Ok(()),
+                // Already there (as a folder, or a file, which a marker cannot replace).
+                Err(Error::Http { class: ErrorClass::Conflict, .. }) => Ok(()),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn can_copy_from(&self, _source: &CopySource) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(root: &str) -> DropboxStore {
+        let cfg = DropboxConfig {
+            remote: "d".into(),
+            root: root.into(),
+            api: Endpoint::parse("http://127.0.0.1:1").unwrap(),
+            content: Endpoint::parse("http://127.0.0.1:2").unwrap(),
+            token_endpoint: Endpoint::parse("http://127.0.0.1:1").unwrap(),
+            token_path: "/oauth2/token".into(),
+            credentials: Credentials::Refresh { refresh_token: "r".into(), app_key: "k".into(), app_secret: None },
+        };
+        DropboxStore { cfg: Arc::new(cfg), tokens: Arc::default(), http: HttpClient::default() }
+    }
+
+    #[test]
+    fn header_json_is_ascii() {
+        let v = json!({ "path": "/Grüße/файл 😀\u{7f}.txt" });
+        let h = header_json(&v);
+        assert!(h.bytes().all(|b| (0x20..0x7f).contains(&b)), "{h}");
+        assert_eq!(h, r#"{"path":"/Gr\u00fc\u00dfe/\u0444\u0430\u0439\u043b \ud83d\ude00\u007f.txt"}"#);
+        let back: Value = serde_json::from_str(&h).unwrap();
+        assert_eq!(back, v);
+    }
+
+    #[test]
+    fn times_round_trip() {
+        for (secs, text) in [
+            (0, "1970-01-01T00:00:00Z"),
+            (1_559_390_400, "2019-06-01T12:00:00Z"),
+            (951_782_400, "2000-02-29T00:00:00Z"),
+        ] {
+            assert_eq!(format_time(secs), text);
+            assert_eq!(parse_time(text), Some(secs));
+        }
+        assert_eq!(parse_time("2019-13-01T00:00:00Z"), None);
+        assert_eq!(parse_time("yesterday"), None);
+    }
+
+    fn answer(status: u16, headers: &[(&str, &str)]) -> ResponseHead {
+        ResponseHead { status, headers: headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect() }
+    }
+
+    #[test]
+    fn errors_are_classified_by_their_tags() {
+        let s = store("/Root");
+        let err = |status: u16, body: &str, headers: &[(&str, &str)]| {
+            s.http_error("put", "k", &answer(status, headers), body.as_bytes(), Some("tok"))
+        };
+        let conflict = err(
+            409,
+            r#"{"error_summary": "path/conflict/file/..", "error": {".tag": "path", "reason": {".tag": "conflict", "conflict": {".tag": "file"}}}}"#,
+            &[],
+        );
+        assert_eq!(conflict.class(), ErrorClass::Conflict);
+        let missing = err(
+            409,
+            r#"{"error_summary": "path/not_found/...", "error": {".tag": "path", "path": {".tag": "not_found"}}}"#,
+            &[],
+        );
+        assert_eq!(missing.class(), ErrorClass::FatalObject);
+        assert!(matches!(&missing, Error::Http { code, .. } if code == "path"));
+        let full = err(
+            409,
+            r#"{"error_summary": "path/insufficient_space/", "error": {".tag": "path", "reason": {".tag": "insufficient_space"}}}"#,
+            &[],
+        );
+        assert!(full.is_fatal());
+        let offset = r#"{"error_summary": "incorrect_offset/..", "error": {".tag": "incorrect_offset", "correct_offset": 4194304}}"#;
+        assert_eq!(err(409, offset, &[]).class(), ErrorClass::Retryable);
+        assert_eq!(correct_offset(&serde_json::from_str(offset).unwrap()), Some(4_194_304));
+        let nested = r#"{"error": {".tag": "lookup_failed", "lookup_failed": {".tag": "incorrect_offset", "correct_offset": 7}}}"#;
+        assert_eq!(correct_offset(&serde_json::from_str(nested).unwrap()), Some(7));
+        let throttled = err(
+            429,
+            r#"{"error_summary": "too_many_requests/..", "error": {"reason": {".tag": "too_many_requests"}, "retry_after": 3}}"#,
+            &[],
+        );
+        assert!(throttled.is_throttle());
+        assert_eq!(throttled.retry_after(), Some(Duration::from_secs(3)));
+        let writes = err(429, r#"{"error_summary": "too_many_write_operations/"}"#, &[("retry-after", "2")]);
+        assert!(writes.is_throttle());
+        assert_eq!(writes.retry_after(), Some(Duration::from_secs(2)));
+        assert_eq!(err(503, "", &[]).class(), ErrorClass::Retryable);
+        let bad = err(400, "Error in call to API function \"files/upload\": HTTP header \"Dropbox-API-Arg\": could not decode input as JSON", &[]);
+        assert_eq!(bad.class(), ErrorClass::FatalObject);
+        assert!(bad.to_string().contains("could not decode input as JSON"), "{bad}");
+        let invalid =
+            err(401, r#"{"error_summary": "invalid_access_token/", "error": {".tag": "invalid_access_token"}}"#, &[]);
+        assert!(invalid.is_fatal());
+        assert!(invalid.to_string().contains("laminar auth dropbox"), "{invalid}");
+    }
+
+    #[test]
+    fn an_expired_token_is_dropped_and_retried() {
+        let s = store("");
+        s.tokens.drop_token("none");
+        let expired = r#"{"error_summary": "expired_access_token/", "error": {".tag": "expired_access_token"}}"#;
+        let e = s.http_error("get", "k", &answer(401, &[]), expired.as_bytes(), Some("tok"));
+        assert_eq!(e.class(), ErrorClass::Reauthenticate);
+        // With a fixed token there is nothing to refresh: the relay stops, saying why.
+        let mut fixed = (*s.cfg).clone();
+        fixed.credentials = Credentials::Token("t".into());
+        let s = DropboxStore { cfg: Arc::new(fixed), ..s };
+        let e = s.http_error("get", "k", &answer(401, &[]), expired.as_bytes(), Some("t"));
+        assert!(e.is_fatal() && e.to_string().contains("refresh_token"), "{e}");
+    }
+
+    #[test]
+    fn keys_are_below_the_root() {
+        let s = store("/Photos");
+        assert_eq!(s.path("2024/a.jpg"), "/Photos/2024/a.jpg");
+        assert_eq!(s.path("dir/"), "/Photos/dir");
+        assert_eq!(s.key_of("/photos/2024/Ä.jpg").as_deref(), Some("2024/Ä.jpg"));
+        assert_eq!(s.key_of("/Photosx/a"), None);
+        assert_eq!(s.key_of("/Photos"), None);
+        let whole = store("");
+        assert_eq!(whole.path("a"), "/a");
+        assert_eq!(whole.key_of("/Ünï/b").as_deref(), Some("Ünï/b"));
+    }
+
+    #[test]
+    fn metadata_gives_size_mtime_and_content_hash() {
+        let hash = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        let meta =
+            json!({ ".tag": "file", "size": 0, "client_modified": "2019-06-01T12:00:00Z", "content_hash": hash });
+        let info = info_from_metadata(&meta);
+        assert_eq!(info.meta.mtime, Some((1_559_390_400, 0)));
+        assert_eq!(info.checksums[0].algo, ChecksumAlgo::DropboxContentHash);
+        assert_eq!(info.checksums[0].to_hex(), hash);
+    }
+}
