@@ -338,13 +338,13 @@ impl DropboxStore {
                 class = ErrorClass::Reauthenticate;
             } else if expired {
                 hint = format!(
-                    "; the access token of remote {remote:?} expired: give it a refresh_token with app_key instead \
-                     (run `laminar auth dropbox`)"
+                    "; the access token of remote {remote:?} expired: give it a refresh_token with app_key instead, \
+                     so Laminar refreshes the access token itself"
                 );
             } else {
                 hint = format!(
-                    "; Dropbox does not accept the credentials of remote {remote:?}: run `laminar auth dropbox` and \
-                     put what it prints in laminar.toml"
+                    "; Dropbox does not accept the credentials of remote {remote:?}: issue a new refresh token for \
+                     the app (app_key) and put it in laminar.toml"
                 );
             }
         } else if tags.iter().any(|t| t == "insufficient_space") {
@@ -740,7 +740,7 @@ mod tests {
         let invalid =
             err(401, r#"{"error_summary": "invalid_access_token/", "error": {".tag": "invalid_access_token"}}"#, &[]);
         assert!(invalid.is_fatal());
-        assert!(invalid.to_string().contains("laminar auth dropbox"), "{invalid}");
+        assert!(invalid.to_string().contains("issue a new refresh token"), "{invalid}");
     }
 
     #[test]

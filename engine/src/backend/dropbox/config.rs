@@ -106,7 +106,7 @@ impl DropboxRemoteConfig {
             (None, None) => {
                 return Err(Error::Usage(format!(
                     "remote {name:?} has no credentials: set token (or token_file, token_env), or refresh_token \
-                     with app_key and app_secret; `laminar auth dropbox` makes them"
+                     with app_key and app_secret (an app's OAuth refresh token, from Dropbox's app console)"
                 )))
             }
         };
