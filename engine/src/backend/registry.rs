@@ -34,7 +34,8 @@ pub struct BackendType {
 }
 
 /// Every backend a remote can name.
-pub const TYPES: &[BackendType] = &[super::s3::TYPE, super::file::TYPE, super::mem::TYPE, super::rclone::TYPE];
+pub const TYPES: &[BackendType] =
+    &[super::s3::TYPE, super::file::TYPE, super::mem::TYPE, super::rclone::TYPE, super::drive::TYPE];
 
 /// The backend type called `name`.
 pub fn find(name: &str) -> Option<&'static BackendType> {

@@ -1,0 +1,116 @@
+//! Access tokens, shared by every worker: one cache in the backend, refreshed a
+//! minute before expiry and dropped when Drive answers 401.
+//!
+//! The lock is a plain mutex held only to read or swap the token, never across a
+//! request: two workers that find it expired at once both refresh (each gets a valid
+//! token; the later one is kept), which costs one extra grant and no waiting.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+use super::config::{Credential, DriveConfig};
+use crate::error::{Error, ErrorClass, Result};
+use crate::http::{HttpClient, Request, RequestBody};
+
+/// Refresh this long before the token's stated expiry.
+const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
+
+struct Token {
+    access: String,
+    expires: Instant,
+}
+
+/// The access token all workers use.
+#[derive(Default)]
+pub(super) struct TokenCache {
+    token: Mutex<Option<Token>>,
+}
+
+#[derive(Deserialize)]
+struct TokenAnswer {
+    access_token: String,
+    expires_in: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct OAuthError {
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+fn form_encode(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+impl TokenCache {
+    /// A valid access token: the cached one, or a fresh one.
+    pub(super) async fn get(&self, cfg: &DriveConfig, http: &HttpClient) -> Result<String> {
+        let (client_id, client_secret, refresh_token) = match &cfg.credential {
+            Credential::Static(token) => return Ok(token.clone()),
+            Credential::Refresh { client_id, client_secret, refresh_token } => {
+                (client_id, client_secret, refresh_token)
+            }
+        };
+        {
+            let cached = self.token.lock().expect("token lock");
+            if let Some(t) = cached.as_ref() {
+                if t.expires > Instant::now() + EXPIRY_MARGIN {
+                    return Ok(t.access.clone());
+                }
+            }
+        }
+        let body = format!(
+            "grant_type=refresh_token&client_id={}&client_secret={}&refresh_token={}",
+            form_encode(client_id),
+            form_encode(client_secret),
+            form_encode(refresh_token)
+        );
+        let target = cfg.token_endpoint.url();
+        let req = Request {
+            method: "POST",
+            path: &cfg.token_path,
+            headers: vec![("content-type".to_string(), "application/x-www-form-urlencoded".to_string())],
+            op: "token",
+            target: &target,
+        };
+        let (response, _) = http.send(&cfg.token_endpoint, &req, RequestBody::Bytes(body.into_bytes())).await?;
+        let status = response.head.status;
+        let bytes = response.read_to_vec().await?;
+        if status >= 300 {
+            let parsed: Option<OAuthError> = serde_json::from_slice(&bytes).ok();
+            let code = parsed.as_ref().and_then(|e| e.error.clone()).unwrap_or_default();
+            let message = parsed.and_then(|e| e.error_description).unwrap_or_else(|| format!("HTTP {status}"));
+            let class = if status >= 500 || status == 429 { ErrorClass::Retryable } else { ErrorClass::FatalRelay };
+            return Err(Error::Http {
+                op: "token",
+                target,
+                status,
+                code,
+                message,
+                hint: format!(
+                    "; the token endpoint refused the refresh token of remote {:?}: check client_id, client_secret \
+                     and refresh_token (a refresh token is revoked when its user withdraws access)",
+                    cfg.remote
+                ),
+                retry_after: None,
+                class,
+            });
+        }
+        let answer: TokenAnswer = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::protocol("token", &target, format!("unreadable token answer: {e}")))?;
+        let expires = Instant::now() + Duration::from_secs(answer.expires_in.unwrap_or(3600));
+        let access = answer.access_token;
+        *self.token.lock().expect("token lock") = Some(Token { access: access.clone(), expires });
+        Ok(access)
+    }
+
+    /// Forgets `used` if it is still the cached token (Drive refused it).
+    pub(super) fn drop_token(&self, used: &str) {
+        let mut cached = self.token.lock().expect("token lock");
+        if cached.as_ref().is_some_and(|t| t.access == used) {
+            *cached = None;
+        }
+    }
+}
