@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Output;
 
-use laminar_emulators::drive::{DocKind, DriveEmulator, DriveOptions, DropAfter, Faults};
+use laminar_emulators::drive::{
+    DocKind, DriveEmulator, DriveOptions, DropAfter, Faults, Scope, Throttle, ThrottleKind,
+};
 use laminar_tests::{laminar_bin, laminar_with};
 
 const MIB: u64 = 1 << 20;
@@ -204,4 +206,74 @@ fn an_expired_token_mid_relay_is_refreshed() {
     for (rel, bytes) in &tree {
         assert!(g.emu.read(&format!("t/{rel}")).as_deref() == Some(&bytes[..]), "{rel} at Drive differs");
     }
+}
+
+#[test]
+fn a_changed_file_is_updated_in_place() {
+    let g = gd(DriveOptions::default());
+    let src = tempfile::tempdir().expect("source dir");
+    let mut tree = Tree::new();
+    tree.insert("keep.txt".into(), b"stays".to_vec());
+    tree.insert("d/change.txt".into(), b"before".to_vec());
+    write_tree(src.path(), &tree);
+    let from = format!("file://{}", src.path().display());
+    let (first, _) = g.relay(&from, "gd:u");
+    assert_eq!(first["objects_copied"], 2, "{first}");
+    let id = g.emu.ids_at("u/d/change.txt");
+    std::fs::write(src.path().join("d/change.txt"), b"after, and longer").expect("rewrite");
+    let (again, _) = g.relay(&from, "gd:u");
+    assert_eq!(again["objects_copied"], 1, "{again}");
+    assert_eq!(g.emu.ids_at("u/d/change.txt"), id, "the same file, updated, not a second one");
+    assert_eq!(g.emu.read("u/d/change.txt").as_deref(), Some(&b"after, and longer"[..]));
+    assert_eq!(g.emu.ids_at("u/d").len(), 1, "one folder d");
+}
+
+#[test]
+fn per_minute_limits_slow_the_relay_down() {
+    for kind in [ThrottleKind::UserRateLimit, ThrottleKind::RateLimit403, ThrottleKind::RateLimit429] {
+        let throttle = Throttle { kind, next: 3, rate: 0.0, scope: Scope::Uploads };
+        let g = gd(DriveOptions {
+            faults: Faults { throttle: Some(throttle), ..Faults::default() },
+            ..DriveOptions::default()
+        });
+        let tree = sample_tree();
+        let src = tempfile::tempdir().expect("source dir");
+        write_tree(src.path(), &tree);
+        let (rep, _) = g.relay(&format!("file://{}", src.path().display()), "gd:t");
+        assert_eq!(rep["objects_copied"], tree.len(), "{kind:?}: {rep}");
+        let stats = g.emu.stats();
+        assert_eq!(stats.throttled.values().sum::<u64>(), 3, "{kind:?}: {stats:?}");
+    }
+}
+
+#[test]
+fn the_daily_upload_limit_and_a_full_drive_stop_the_relay() {
+    let mut tree = Tree::new();
+    for i in 0..20 {
+        tree.insert(format!("f{i:02}"), pattern(10_000, 200 + i));
+    }
+    let src = tempfile::tempdir().expect("source dir");
+    write_tree(src.path(), &tree);
+    let from = format!("file://{}", src.path().display());
+
+    let daily = Faults { daily_upload_bytes_max: Some(1), ..Faults::default() };
+    let g = gd(DriveOptions { faults: daily, ..DriveOptions::default() });
+    let out = laminar_with(g.config.path(), &["relay", &from, "gd:t", "--json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("daily upload limit") && stderr.contains("run the relay again"), "{stderr}");
+    // Once the day turns, a re-run copies the rest and skips what is there.
+    g.emu.new_day();
+    g.emu.update_faults(|f| f.daily_upload_bytes_max = None);
+    let (rest, _) = g.relay(&from, "gd:t");
+    assert_eq!(rest["objects_failed"], 0, "{rest}");
+    for (rel, bytes) in &tree {
+        assert!(g.emu.read(&format!("t/{rel}")).as_deref() == Some(&bytes[..]), "{rel} at Drive differs");
+    }
+
+    let g = gd(DriveOptions { storage_limit_bytes: 50_000, ..DriveOptions::default() });
+    let out = laminar_with(g.config.path(), &["relay", &from, "gd:t", "--json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("is full"), "{stderr}");
 }
