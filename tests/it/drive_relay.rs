@@ -277,3 +277,27 @@ fn the_daily_upload_limit_and_a_full_drive_stop_the_relay() {
     assert_ne!(out.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("is full"), "{stderr}");
 }
+
+#[test]
+fn a_shared_drive_is_a_destination_and_a_source() {
+    let g = gd(DriveOptions { shared_drives: vec!["Team".into()], ..DriveOptions::default() });
+    let drive = g.emu.shared_drive_id("Team").expect("the shared drive");
+    let mut text = std::fs::read_to_string(g.config.path()).expect("config");
+    text.push_str(&format!("shared_drive_id = {drive:?}\n"));
+    std::fs::write(g.config.path(), text).expect("config");
+    let tree = sample_tree();
+    let src = tempfile::tempdir().expect("source dir");
+    write_tree(src.path(), &tree);
+    let (up, _) = g.relay(&format!("file://{}", src.path().display()), "gd:in/team");
+    assert_eq!(up["objects_copied"], tree.len(), "{up}");
+    let held = g.emu.tree_of(&drive);
+    for (rel, bytes) in &tree {
+        let entry = held.iter().find(|e| e.path == format!("in/team/{rel}")).expect("in the shared drive");
+        assert!(g.emu.read_id(&entry.id).as_deref() == Some(&bytes[..]), "{rel} differs");
+    }
+    assert!(g.emu.read("in/team/a.txt").is_none(), "nothing in My Drive");
+    let back = tempfile::tempdir().expect("download dir");
+    let (down, _) = g.relay("gd:in/team", &format!("file://{}", back.path().display()));
+    assert_eq!(down["objects_copied"], tree.len(), "{down}");
+    assert_eq!(read_tree(back.path()), tree);
+}
