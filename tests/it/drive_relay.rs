@@ -10,6 +10,7 @@ use std::process::Output;
 use laminar_emulators::drive::{
     DocKind, DriveEmulator, DriveOptions, DropAfter, Faults, Scope, Throttle, ThrottleKind,
 };
+use laminar_tests::proxy::{Fault, Proxy};
 use laminar_tests::{laminar_bin, laminar_with};
 
 const MIB: u64 = 1 << 20;
@@ -300,4 +301,26 @@ fn a_shared_drive_is_a_destination_and_a_source() {
     let (down, _) = g.relay("gd:in/team", &format!("file://{}", back.path().display()));
     assert_eq!(down["objects_copied"], tree.len(), "{down}");
     assert_eq!(read_tree(back.path()), tree);
+}
+
+#[test]
+fn bytes_changed_on_the_way_up_are_caught_and_sent_again() {
+    let g = gd(DriveOptions::default());
+    let upstream: std::net::SocketAddr =
+        g.emu.api_url().trim_start_matches("http://").trim_end_matches('/').parse().expect("emulator address");
+    // Well past the few KiB of metadata requests: a byte of the upload's media.
+    let proxy = Proxy::start(upstream, Fault::FlipRequestByte { after_bytes: 600_000 });
+    let text = std::fs::read_to_string(g.config.path()).expect("config");
+    let text = text.replace(&format!("api_url = {:?}", g.emu.api_url()), &format!("api_url = {:?}", proxy.endpoint()));
+    std::fs::write(g.config.path(), text).expect("config");
+    let mut tree = Tree::new();
+    tree.insert("one.bin".into(), pattern(MIB, 9));
+    let src = tempfile::tempdir().expect("source dir");
+    write_tree(src.path(), &tree);
+    let (rep, _) = g.relay(&format!("file://{}", src.path().display()), "gd:c");
+    assert!(proxy.fault_fired(), "the byte was flipped");
+    assert_eq!(rep["objects_copied"], 1, "{rep}");
+    assert_eq!(g.emu.read("c/one.bin").as_deref(), Some(&tree["one.bin"][..]));
+    assert_eq!(g.emu.ids_at("c/one.bin").len(), 1, "the corrupted upload was deleted");
+    assert_eq!(g.emu.stats().requests.get("files.delete").copied(), Some(1));
 }
