@@ -207,6 +207,8 @@ fn an_expired_token_mid_relay_is_refreshed() {
     for (rel, bytes) in &tree {
         assert!(g.emu.read(&format!("t/{rel}")).as_deref() == Some(&bytes[..]), "{rel} at Drive differs");
     }
+    // Forty files into one new folder from every worker at once: one folder made.
+    assert_eq!(g.emu.ids_at("t/many").len(), 1);
 }
 
 #[test]
@@ -323,4 +325,41 @@ fn bytes_changed_on_the_way_up_are_caught_and_sent_again() {
     assert_eq!(g.emu.read("c/one.bin").as_deref(), Some(&tree["one.bin"][..]));
     assert_eq!(g.emu.ids_at("c/one.bin").len(), 1, "the corrupted upload was deleted");
     assert_eq!(g.emu.stats().requests.get("files.delete").copied(), Some(1));
+}
+
+#[test]
+fn a_lost_session_fails_its_object_and_a_rerun_uploads_it() {
+    const BYTES: u64 = 40 * MIB + 3;
+    let faults = Faults { throughput_bytes_per_s: 16 * MIB, ..Faults::default() };
+    let g = gd(DriveOptions { faults, ..DriveOptions::default() });
+    let mut tree = Tree::new();
+    tree.insert("big.bin".into(), pattern(BYTES, 11));
+    let src = tempfile::tempdir().expect("source dir");
+    write_tree(src.path(), &tree);
+    let from = format!("file://{}", src.path().display());
+    let child = std::process::Command::new(laminar_bin())
+        .arg("--config")
+        .arg(g.config.path())
+        .args(["relay", &from, "gd:s", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run laminar");
+    // Bounded wait for the first chunk to be committed, then the session is lost.
+    for _ in 0..1_000_000 {
+        if g.emu.stats().sessions.iter().any(|s| s.committed_bytes > 0) {
+            break;
+        }
+        std::thread::yield_now();
+    }
+    g.emu.expire_sessions();
+    let out = child.wait_with_output().expect("laminar ends");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("session expired or was lost"), "{said}");
+    assert!(g.emu.ids_at("s/big.bin").is_empty(), "nothing of it left visible");
+    g.emu.update_faults(|f| f.throughput_bytes_per_s = 0);
+    let (again, _) = g.relay(&from, "gd:s");
+    assert_eq!(again["objects_copied"], 1, "{again}");
+    assert_eq!(g.emu.read("s/big.bin").as_deref(), Some(&tree["big.bin"][..]));
 }
