@@ -780,6 +780,7 @@ impl Sink for DriveStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::registry;
 
     fn file(id: &str, name: &str, folder: bool) -> FileRes {
         FileRes {
@@ -828,6 +829,50 @@ mod tests {
         let h = hint("gd", 403, "userRateLimitExceeded", "User rate limit exceeded.");
         assert!(h.contains("daily upload limit") && h.contains("750 GB") && h.contains("run the relay again"), "{h}");
         assert!(hint("gd", 403, "storageQuotaExceeded", "").contains("is full"));
+    }
+
+    fn store(text: &str) -> DriveStore {
+        let table: toml::Table = toml::from_str(text).unwrap();
+        let cfg = registry::parse::<DriveRemoteConfig>("gd", "drive", table).unwrap().resolve("gd").unwrap();
+        DriveStore::new(DriveBackend::new(cfg).shared, HttpClient::default())
+    }
+
+    fn answer(status: u16, headers: &[(&str, &str)]) -> ResponseHead {
+        ResponseHead { status, headers: headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect() }
+    }
+
+    fn body(reason: &str, message: &str) -> Vec<u8> {
+        serde_json::json!({"error": {"code": 403, "message": message, "errors": [{"reason": reason, "message": message}]}})
+            .to_string()
+            .into_bytes()
+    }
+
+    #[test]
+    fn error_answers_become_classified_errors() {
+        let s = store("client_id = \"c\"\nclient_secret = \"sec\"\nrefresh_token = \"r\"");
+        let daily =
+            s.http_error("put", "k", &answer(403, &[]), &body("userRateLimitExceeded", "User rate limit exceeded."));
+        assert_eq!(daily.class(), ErrorClass::FatalRelay);
+        assert!(daily.to_string().contains("daily upload limit (750 GB"), "{daily}");
+        let minute = s.http_error(
+            "put",
+            "k",
+            &answer(403, &[("retry-after", "7")]),
+            &body(
+                "userRateLimitExceeded",
+                "User Rate Limit Exceeded. Rate of requests for user exceed configured project quota.",
+            ),
+        );
+        assert_eq!((minute.class(), minute.retry_after()), (ErrorClass::Throttled, Some(Duration::from_secs(7))));
+        let expired = s.http_error("get", "k", &answer(401, &[]), &body("authError", "Invalid Credentials"));
+        assert_eq!(expired.class(), ErrorClass::Reauthenticate);
+        let gateway = s.http_error("get", "k", &answer(502, &[]), b"<html>bad gateway</html>");
+        assert_eq!(gateway.class(), ErrorClass::Retryable);
+        assert!(!format!("{daily}{minute}{expired}{gateway}").contains("sec\""));
+        let fixed = store("token = \"ya29.t\"");
+        let refused = fixed.http_error("get", "k", &answer(401, &[]), &body("authError", "Invalid Credentials"));
+        assert_eq!(refused.class(), ErrorClass::FatalRelay, "a token that cannot be refreshed");
+        assert!(!refused.to_string().contains("ya29"), "{refused}");
     }
 
     #[test]
