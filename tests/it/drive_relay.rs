@@ -366,3 +366,42 @@ fn a_lost_session_fails_its_object_and_a_rerun_uploads_it() {
     assert_eq!(again["objects_copied"], 1, "{again}");
     assert_eq!(g.emu.read("s/big.bin").as_deref(), Some(&tree["big.bin"][..]));
 }
+
+#[test]
+fn a_service_account_signs_its_way_in() {
+    let g = gd(DriveOptions::default());
+    let dir = tempfile::tempdir().expect("key dir");
+    let pem = dir.path().join("k.pem");
+    let made = std::process::Command::new("openssl")
+        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+        .arg(&pem)
+        .output();
+    if !made.as_ref().is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: openssl cannot make an RSA key here ({made:?})");
+        return;
+    }
+    let e = g.emu.endpoints();
+    let key = serde_json::json!({
+        "type": "service_account",
+        "client_email": e.service_account_email,
+        "private_key": std::fs::read_to_string(&pem).expect("key"),
+    });
+    let key_file = dir.path().join("sa.json");
+    std::fs::write(&key_file, key.to_string()).expect("key file");
+    let text = format!(
+        "[remotes.gd]\ntype = \"drive\"\nservice_account_file = {:?}\napi_url = {:?}\ntoken_url = {:?}\n",
+        key_file.display().to_string(),
+        e.api_url,
+        e.token_url
+    );
+    std::fs::write(g.config.path(), text).expect("write config");
+    let mut tree = Tree::new();
+    tree.insert("sa/one.txt".into(), b"signed in".to_vec());
+    let src = tempfile::tempdir().expect("source dir");
+    write_tree(src.path(), &tree);
+    let (rep, _) = g.relay(&format!("file://{}", src.path().display()), "gd:x");
+    assert_eq!(rep["objects_copied"], 1, "{rep}");
+    assert_eq!(g.emu.read("x/sa/one.txt").as_deref(), Some(&b"signed in"[..]));
+    let stats = g.emu.stats();
+    assert!(stats.jwt_grants >= 1 && stats.refresh_grants == 0, "{stats:?}");
+}

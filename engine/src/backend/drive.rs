@@ -449,7 +449,9 @@ impl DriveStore {
                         self.cfg().remote
                     )
                 }
-                config::Credential::Refresh { .. } => "; the access token expired: a new one is fetched".to_string(),
+                config::Credential::Refresh { .. } | config::Credential::ServiceAccount { .. } => {
+                    "; the access token expired: a new one is fetched".to_string()
+                }
             };
         }
         let class = match (class, &self.cfg().credential) {

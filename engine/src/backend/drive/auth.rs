@@ -40,6 +40,39 @@ struct OAuthError {
     error_description: Option<String>,
 }
 
+/// The OAuth grant of a service account's signed JWT.
+const JWT_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+/// The scope asked for: all of Drive.
+const DRIVE_SCOPE: &str = "https://www.googleapis.com/auth/drive";
+/// Lifetime of a JWT (Google takes at most an hour).
+const JWT_LIFETIME_S: u64 = 3600;
+
+/// A signed (RS256) JWT asking for a Drive token for `email` (acting for `subject`).
+fn jwt(
+    email: &str,
+    key: &ring::signature::RsaKeyPair,
+    subject: Option<&str>,
+    audience: &str,
+) -> std::result::Result<String, String> {
+    use base64::Engine as _;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| "the clock is before 1970".to_string())?
+        .as_secs();
+    let mut claims = serde_json::json!({
+        "iss": email, "scope": DRIVE_SCOPE, "aud": audience, "iat": now, "exp": now + JWT_LIFETIME_S,
+    });
+    if let Some(sub) = subject {
+        claims["sub"] = sub.into();
+    }
+    let signed = format!("{}.{}", b64(br#"{"alg":"RS256","typ":"JWT"}"#), b64(claims.to_string().as_bytes()));
+    let mut signature = vec![0; key.public().modulus_len()];
+    key.sign(&ring::signature::RSA_PKCS1_SHA256, &ring::rand::SystemRandom::new(), signed.as_bytes(), &mut signature)
+        .map_err(|_| "RSA signing failed".to_string())?;
+    Ok(format!("{signed}.{}", b64(&signature)))
+}
+
 fn form_encode(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
@@ -47,12 +80,9 @@ fn form_encode(s: &str) -> String {
 impl TokenCache {
     /// A valid access token: the cached one, or a fresh one.
     pub(super) async fn get(&self, cfg: &DriveConfig, http: &HttpClient) -> Result<String> {
-        let (client_id, client_secret, refresh_token) = match &cfg.credential {
-            Credential::Static(token) => return Ok(token.clone()),
-            Credential::Refresh { client_id, client_secret, refresh_token } => {
-                (client_id, client_secret, refresh_token)
-            }
-        };
+        if let Credential::Static(token) = &cfg.credential {
+            return Ok(token.clone());
+        }
         {
             let cached = self.token.lock().expect("token lock");
             if let Some(t) = cached.as_ref() {
@@ -61,13 +91,22 @@ impl TokenCache {
                 }
             }
         }
-        let body = format!(
-            "grant_type=refresh_token&client_id={}&client_secret={}&refresh_token={}",
-            form_encode(client_id),
-            form_encode(client_secret),
-            form_encode(refresh_token)
-        );
         let target = cfg.token_endpoint.url();
+        let body = match &cfg.credential {
+            Credential::Static(_) => unreachable!("returned above"),
+            Credential::Refresh { client_id, client_secret, refresh_token } => format!(
+                "grant_type=refresh_token&client_id={}&client_secret={}&refresh_token={}",
+                form_encode(client_id),
+                form_encode(client_secret),
+                form_encode(refresh_token)
+            ),
+            Credential::ServiceAccount { email, key, subject } => {
+                let audience = format!("{target}{}", cfg.token_path);
+                let assertion = jwt(email, key, subject.as_deref(), &audience)
+                    .map_err(|why| Error::Usage(format!("remote {:?}: cannot sign a JWT: {why}", cfg.remote)))?;
+                format!("grant_type={}&assertion={assertion}", form_encode(JWT_GRANT))
+            }
+        };
         let req = Request {
             method: "POST",
             path: &cfg.token_path,

@@ -41,7 +41,7 @@ pub struct DriveRemoteConfig {
     pub token_file: Option<PathBuf>,
     /// An environment variable holding the access token.
     pub token_env: Option<String>,
-    /// A service account's JSON key (not supported yet).
+    /// A service account's JSON key (signed JWTs instead of a refresh token).
     pub service_account_file: Option<PathBuf>,
     /// The user a service account acts for (domain-wide delegation).
     pub subject: Option<String>,
@@ -62,6 +62,40 @@ pub(super) enum Credential {
     Refresh { client_id: String, client_secret: String, refresh_token: String },
     /// One access token, used until it expires.
     Static(String),
+    /// A service account: signed JWTs exchanged for access tokens.
+    ServiceAccount { email: String, key: Arc<ring::signature::RsaKeyPair>, subject: Option<String> },
+}
+
+#[derive(Deserialize)]
+struct ServiceAccountKey {
+    client_email: String,
+    private_key: String,
+}
+
+/// What kind of JSON error, without quoting the file (which holds a key).
+fn json_error_kind(e: &serde_json::Error) -> &'static str {
+    match e.classify() {
+        serde_json::error::Category::Io => "unreadable",
+        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => "not JSON",
+        serde_json::error::Category::Data => "client_email or private_key is missing or not a string",
+    }
+}
+
+/// Reads a service account's JSON key; errors name the file, never the key.
+fn service_account(name: &str, path: &std::path::Path, subject: Option<String>) -> Result<Credential> {
+    use base64::Engine as _;
+    let bad = |why: &str| Error::Usage(format!("remote {name:?}: service_account_file {}: {why}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| bad(&format!("cannot read it: {e}")))?;
+    let key: ServiceAccountKey = serde_json::from_str(&text)
+        .map_err(|e| bad(&format!("not a service account's JSON key: {}", json_error_kind(&e))))?;
+    let body: String =
+        key.private_key.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("-----")).collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .map_err(|_| bad("its private_key is not a PEM block"))?;
+    let pair = ring::signature::RsaKeyPair::from_pkcs8(&der)
+        .map_err(|_| bad("its private_key is not an RSA key in PKCS#8"))?;
+    Ok(Credential::ServiceAccount { email: key.client_email, key: Arc::new(pair), subject })
 }
 
 /// A resolved Drive remote.
@@ -123,19 +157,22 @@ impl DriveRemoteConfig {
         let (token_endpoint, token_path) =
             split_url(name, "token_url", self.token_url.as_deref().unwrap_or(DEFAULT_TOKEN_URL))?;
         let token_path = if token_path.is_empty() { "/".to_string() } else { token_path };
-        if self.service_account_file.is_some() || self.subject.is_some() {
-            if self.service_account_file.is_none() {
-                return Err(Error::Usage(format!("remote {name:?}: subject needs service_account_file")));
-            }
-            return Err(Error::Usage(format!(
-                "remote {name:?}: service_account_file is not supported yet; use client_id, client_secret and \
-                 refresh_token (or token) instead"
-            )));
-        }
         let token = secret(name, "token", &self.token, &self.token_file, &self.token_env)?;
         let refresh =
             secret(name, "refresh_token", &self.refresh_token, &self.refresh_token_file, &self.refresh_token_env)?;
+        if self.subject.is_some() && self.service_account_file.is_none() {
+            return Err(Error::Usage(format!("remote {name:?}: subject needs service_account_file")));
+        }
         let credential = match (token, refresh) {
+            (None, None) if self.service_account_file.is_some() => {
+                let path = self.service_account_file.as_ref().expect("checked");
+                service_account(name, path, self.subject.clone())?
+            }
+            _ if self.service_account_file.is_some() => {
+                return Err(Error::Usage(format!(
+                    "remote {name:?}: give service_account_file, refresh_token or token, only one"
+                )))
+            }
             (Some(_), Some(_)) => {
                 return Err(Error::Usage(format!(
                     "remote {name:?}: give either refresh_token (with client_id and client_secret) or token, not both"
@@ -228,8 +265,17 @@ mod tests {
         assert!(err("refresh_token = \"r\"").contains("client_id"));
         assert!(err("refresh_token = \"r\"\nclient_id = \"c\"").contains("client_secret"));
         assert!(err("token = \"t\"\nrefresh_token = \"r\"").contains("not both"));
-        let e = err("service_account_file = \"/k.json\"\nsubject = \"a@b\"");
-        assert!(e.contains("not supported yet"), "{e}");
+        let e = err("service_account_file = \"/nonexistent/k.json\"\nsubject = \"a@b\"");
+        assert!(e.contains("cannot read it"), "{e}");
+        assert!(err("subject = \"a@b\"\ntoken = \"t\"").contains("subject needs service_account_file"));
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k.json");
+        let pem = "-----BEGIN PRIVATE KEY-----\\nc2VjcmV0\\n-----END PRIVATE KEY-----\\n";
+        std::fs::write(&key, format!("{{\"client_email\": \"a@b\", \"private_key\": \"{pem}\"}}")).unwrap();
+        let e = err(&format!("service_account_file = {:?}", key.display().to_string()));
+        assert!(e.contains("not an RSA key") && !e.contains("c2VjcmV0"), "{e}");
+        let e = err(&format!("service_account_file = {:?}\ntoken = \"t\"", key.display().to_string()));
+        assert!(e.contains("only one"), "{e}");
         let e = err("client_id = \"c\"\nclient_secret = \"s3cr3t\"\nrefresh_token = \"r\"\napi_url = \"ftp://x\"");
         assert!(e.contains("api_url") && !e.contains("s3cr3t"), "{e}");
     }
