@@ -16,6 +16,7 @@
 //! connections. Futures are boxed once per operation (never per chunk) so that the
 //! traits stay object-safe and adding a backend is adding a module.
 
+pub mod drive;
 pub mod dropbox;
 pub mod faulty;
 pub mod file;

@@ -34,8 +34,14 @@ pub struct BackendType {
 }
 
 /// Every backend a remote can name.
-pub const TYPES: &[BackendType] =
-    &[super::s3::TYPE, super::file::TYPE, super::mem::TYPE, super::rclone::TYPE, super::dropbox::TYPE];
+pub const TYPES: &[BackendType] = &[
+    super::s3::TYPE,
+    super::file::TYPE,
+    super::mem::TYPE,
+    super::rclone::TYPE,
+    super::dropbox::TYPE,
+    super::drive::TYPE,
+];
 
 /// The backend type called `name`.
 pub fn find(name: &str) -> Option<&'static BackendType> {

@@ -145,6 +145,17 @@ async fn step(ctx: &Ctx, job: &ObjectJob, session: &dyn UploadSession, spec: Par
                 if let Ok((record, _)) = part_from_stage(ctx, job, session, spec, &file, &sum).await {
                     return Ok(Step::Sent(record));
                 }
+                // The staged send failed, perhaps part way: what the store kept of it
+                // is not sent again from the source.
+                if let Committed::Offset(held) = session.committed().await? {
+                    if held < spec.offset {
+                        return Ok(Step::Back(held));
+                    }
+                    if held >= spec.offset + spec.len {
+                        return Ok(Step::Sent(PartRecord::new(spec, String::new(), sum)));
+                    }
+                    skip.set(held - spec.offset);
+                }
             }
         }
         send_from(ctx, job, session, spec, skip.get(), &sent_sum).await.map(Step::Sent)

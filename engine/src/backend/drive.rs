@@ -1,0 +1,890 @@
+//! Google Drive (API v3), on the engine's own HTTP client.
+//!
+//! Drive has no keys, only files with ids in folders with ids, and names that may
+//! repeat within a folder. This backend maps a key (`Backup/Photos/a.jpg`, below the
+//! remote's root folder) to a folder path and a name. What every worker shares lives
+//! in the [`DriveBackend`]: the OAuth token cache (`auth.rs`) and the path → folder-id
+//! cache (`folders.rs`, which makes sure two workers never create two folders of one
+//! name). Uploads are one request (`uploadType=multipart`) up to 5 MiB and resumable
+//! sessions above, declared as one ordered stream (`upload.rs`).
+//!
+//! Duplicate names: within one folder, among the files (or the folders) that share a
+//! name, the one with the smallest id keeps the name and each other gets ` (ID)`
+//! inserted before its extension (`a.txt`, `a (1xYz).txt`), so every key is unique
+//! and the same listing always gives the same keys. Google Docs, Sheets, Slides and
+//! other editor files, and shortcuts, have no bytes to copy and are skipped with one
+//! line on stderr each; exporting them is not done yet.
+
+mod auth;
+mod config;
+mod folders;
+mod upload;
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use serde::Deserialize;
+
+pub use config::{DriveConfig, DriveRemoteConfig, TYPE};
+
+use super::{
+    Backend, Capabilities, CopySource, Entry, HashFamily, ListOrder, ListPage, LocalFuture, MetaSupport, ObjectInfo,
+    PartLimits, PutArgs, Session, SessionState, Sink, Source, Store, UploadMode, UploadPlan, WorkerCtx,
+};
+use crate::checksum::{Checksum, ChecksumAlgo, Hashers};
+use crate::error::{Error, ErrorClass, Result};
+use crate::http::{Endpoint, HttpClient, Request, RequestBody, Response, ResponseHead};
+use crate::pool::ring::Filler;
+use crate::pool::Body;
+
+/// Characters left unencoded in a query value: unreserved only.
+const QUERY_SET: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+const FOLDER_MIME: &str = "application/vnd.google-apps.folder";
+const SHORTCUT_MIME: &str = "application/vnd.google-apps.shortcut";
+const GOOGLE_APPS_PREFIX: &str = "application/vnd.google-apps.";
+const PROVENANCE_PROPERTY: &str = "laminar-provenance";
+/// Fields of a listed file.
+const LIST_FIELDS: &str = "nextPageToken,files(id,name,mimeType,size,md5Checksum,sha256Checksum,modifiedTime)";
+/// Fields of one file looked up for stat and read.
+const FILE_FIELDS: &str = "id,name,mimeType,size,md5Checksum,sha256Checksum,modifiedTime,parents,appProperties";
+/// Pages of one folder read in one `list` call: 1,000 files each.
+const FOLDER_PAGES_MAX: usize = 10_000;
+/// Lookups a worker remembers (key → file), cleared when full.
+const LOOKUPS_MAX: usize = 4096;
+/// The daily upload limit's message; the per-minute limit has the same reason and
+/// another message ("User Rate Limit Exceeded. Rate of requests ...").
+const DAILY_LIMIT_MESSAGE: &str = "User rate limit exceeded.";
+
+/// A configured Drive; each worker opens its own [`DriveStore`].
+pub struct DriveBackend {
+    shared: Arc<Shared>,
+}
+
+/// What all workers share.
+struct Shared {
+    cfg: DriveConfig,
+    tokens: auth::TokenCache,
+    folders: folders::FolderCache,
+}
+
+impl DriveBackend {
+    /// A backend for one Drive remote.
+    pub fn new(cfg: DriveConfig) -> DriveBackend {
+        DriveBackend {
+            shared: Arc::new(Shared { cfg, tokens: auth::TokenCache::default(), folders: Default::default() }),
+        }
+    }
+}
+
+impl Backend for DriveBackend {
+    fn open_source(&self, ctx: &WorkerCtx) -> Result<Rc<dyn Source>> {
+        Ok(Rc::new(DriveStore::new(self.shared.clone(), ctx.http.clone())))
+    }
+
+    fn open_sink(&self, ctx: &WorkerCtx) -> Result<Rc<dyn Sink>> {
+        Ok(Rc::new(DriveStore::new(self.shared.clone(), ctx.http.clone())))
+    }
+}
+
+/// What Drive can do.
+const CAPABILITIES: Capabilities = Capabilities {
+    upload: UploadMode::Ordered,
+    parts: PartLimits {
+        min_part_bytes: upload::CHUNK_ALIGNMENT_BYTES,
+        max_part_bytes: 256 << 20,
+        max_parts: 20_000,
+        part_alignment_bytes: upload::CHUNK_ALIGNMENT_BYTES,
+        max_single_put_bytes: 5 << 20,
+    },
+    list_order: ListOrder::Unordered,
+    case_sensitive: true,
+    reports: &[HashFamily::Md5, HashFamily::Sha256],
+    verifies: &[],
+    server_side_copy: false,
+    metadata: MetaSupport { content_headers: false, user: false, mtime: true },
+};
+
+/// A file resource, as far as this backend reads it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FileRes {
+    id: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    mime_type: String,
+    size: Option<String>,
+    md5_checksum: Option<String>,
+    sha256_checksum: Option<String>,
+    modified_time: Option<String>,
+    #[serde(default)]
+    parents: Vec<String>,
+    #[serde(default)]
+    app_properties: HashMap<String, String>,
+}
+
+impl FileRes {
+    fn size(&self) -> u64 {
+        self.size.as_deref().and_then(|s| s.parse().ok()).unwrap_or(0)
+    }
+
+    fn is_folder(&self) -> bool {
+        self.mime_type == FOLDER_MIME
+    }
+
+    /// Why a file that is no folder has no bytes to copy, if it has none.
+    fn skip_reason(&self) -> Option<&'static str> {
+        if self.mime_type == SHORTCUT_MIME {
+            Some("it is a shortcut (following shortcuts is not supported yet)")
+        } else if self.mime_type.starts_with(GOOGLE_APPS_PREFIX) {
+            Some("it is a Google Docs, Sheets or Slides file, which has no bytes to copy (exporting is not supported yet)")
+        } else {
+            None
+        }
+    }
+
+    fn checksums(&self) -> Vec<Checksum> {
+        let mut out = Vec::with_capacity(2);
+        for (algo, hex) in [(ChecksumAlgo::Md5, &self.md5_checksum), (ChecksumAlgo::Sha256, &self.sha256_checksum)] {
+            if let Some(bytes) = hex.as_deref().and_then(from_hex) {
+                if bytes.len() == algo.digest_bytes() {
+                    out.push(Checksum { algo, bytes });
+                }
+            }
+        }
+        out
+    }
+
+    fn info(&self) -> ObjectInfo {
+        let mut info = ObjectInfo {
+            size: self.size(),
+            etag: self.md5_checksum.clone(),
+            checksums: self.checksums(),
+            provenance: self.app_properties.get(PROVENANCE_PROPERTY).cloned(),
+            ..ObjectInfo::default()
+        };
+        info.meta.mtime = self.modified_time.as_deref().and_then(parse_rfc3339);
+        info
+    }
+
+    fn entry(&self, key: String) -> Entry {
+        let version =
+            self.md5_checksum.clone().or_else(|| self.modified_time.as_ref().map(|t| format!("{t}+{}", self.size())));
+        Entry { key, size: self.size(), etag: self.md5_checksum.clone(), provenance: None, version }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FileList {
+    next_page_token: Option<String>,
+    #[serde(default)]
+    files: Vec<FileRes>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Deserialize)]
+struct ErrorDetail {
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    errors: Vec<ErrorItem>,
+}
+
+#[derive(Deserialize)]
+struct ErrorItem {
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// What the relay should do about a Drive error answer.
+fn classify(status: u16, reason: &str, message: &str) -> ErrorClass {
+    match (status, reason) {
+        (401, _) => ErrorClass::Reauthenticate,
+        (403 | 429, "userRateLimitExceeded") if message.trim() == DAILY_LIMIT_MESSAGE => ErrorClass::FatalRelay,
+        (403 | 429, "userRateLimitExceeded" | "rateLimitExceeded") | (429, _) => ErrorClass::Throttled,
+        (403, "storageQuotaExceeded") => ErrorClass::FatalRelay,
+        (408, _) => ErrorClass::Retryable,
+        (s, _) if s >= 500 => ErrorClass::Retryable,
+        _ => ErrorClass::FatalObject,
+    }
+}
+
+/// Advice for an error answer, starting with "; ", or empty.
+fn hint(remote: &str, status: u16, reason: &str, message: &str) -> String {
+    match (status, reason) {
+        (403 | 429, "userRateLimitExceeded") if message.trim() == DAILY_LIMIT_MESSAGE => format!(
+            "; remote {remote:?} reached Google Drive's daily upload limit (750 GB a day per user): nothing more \
+             can be uploaded until it resets, about 24 hours after it was reached; run the relay again then, and \
+             what is already copied is skipped"
+        ),
+        (403, "storageQuotaExceeded") => {
+            format!("; the Drive of remote {remote:?} is full: free space or raise its storage quota, then run again")
+        }
+        (404, _) => String::new(),
+        (403, _) => format!("; the account of remote {remote:?} is not allowed to do this"),
+        _ => String::new(),
+    }
+}
+
+/// The name a duplicate gets: ` (ID)` before the extension.
+fn duplicate_name(name: &str, id: &str) -> String {
+    match name.rfind('.') {
+        Some(dot) if dot > 0 => format!("{} ({id}){}", &name[..dot], &name[dot..]),
+        _ => format!("{name} ({id})"),
+    }
+}
+
+/// The id in a name that [`duplicate_name`] made, if it is one.
+fn duplicate_id(name: &str) -> Option<&str> {
+    let open = name.rfind(" (")?;
+    let close = open + name[open..].find(')')?;
+    let id = &name[open + 2..close];
+    let rest = &name[close + 1..];
+    let plausible = !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    (plausible && (rest.is_empty() || rest.starts_with('.'))).then_some(id)
+}
+
+/// Names the files of one folder (files and folders apart): the smallest id keeps a
+/// repeated name, the others get [`duplicate_name`]s.
+fn unique_names(files: &mut [FileRes]) -> Vec<String> {
+    let mut groups: HashMap<(bool, &str), Vec<&str>> = HashMap::new();
+    for f in files.iter() {
+        groups.entry((f.is_folder(), f.name.as_str())).or_default().push(f.id.as_str());
+    }
+    files
+        .iter()
+        .map(|f| {
+            let ids = &groups[&(f.is_folder(), f.name.as_str())];
+            let smallest = ids.iter().min().expect("a group has its file");
+            if ids.len() == 1 || *smallest == f.id {
+                f.name.clone()
+            } else {
+                duplicate_name(&f.name, &f.id)
+            }
+        })
+        .collect()
+}
+
+fn from_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}
+
+/// Days from 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Parses Drive's `2024-01-02T03:04:05.678Z` into seconds and nanoseconds.
+fn parse_rfc3339(s: &str) -> Option<(i64, u32)> {
+    let s = s.strip_suffix('Z')?;
+    let (date, time) = s.split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, mo, da) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
+    let mut t = hms.split(':').map(|p| p.parse::<i64>().ok());
+    let (h, mi, se) = (t.next()??, t.next()??, t.next()??);
+    if frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let nanos = if frac.is_empty() { 0 } else { format!("{frac:0<9}").parse().ok()? };
+    Some((days_from_civil(y, mo, da) * 86_400 + h * 3600 + mi * 60 + se, nanos))
+}
+
+/// Formats seconds and nanoseconds the way Drive takes `modifiedTime`.
+fn format_rfc3339((secs, nanos): (i64, u32)) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil from days (Hinnant).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem % 3600 / 60, rem % 60, nanos / 1_000_000)
+}
+
+/// A string in single quotes for `q`.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// `path?name=value&...`, values percent-encoded.
+fn with_query(path: &str, query: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(path.len() + 64 * query.len());
+    out.push_str(path);
+    for (i, (name, value)) in query.iter().enumerate() {
+        out.push(if i == 0 { '?' } else { '&' });
+        out.push_str(name);
+        out.push('=');
+        out.extend(utf8_percent_encode(value, QUERY_SET));
+    }
+    out
+}
+
+/// Where a listing goes on: the folders still to read, as (id, key prefix).
+#[derive(Debug, Default, serde::Serialize, Deserialize)]
+struct Walk {
+    folders: Vec<(String, String)>,
+}
+
+/// One worker's handle on a Drive.
+pub struct DriveStore {
+    shared: Arc<Shared>,
+    http: HttpClient,
+    /// Files this worker looked up, by key (a large file is read in many ranges).
+    lookups: std::cell::RefCell<HashMap<String, FileRes>>,
+}
+
+/// One request.
+struct Call<'a> {
+    method: &'static str,
+    /// Path and query, encoded.
+    path: String,
+    headers: Vec<(String, String)>,
+    op: &'static str,
+    target: &'a str,
+}
+
+impl DriveStore {
+    fn new(shared: Arc<Shared>, http: HttpClient) -> DriveStore {
+        DriveStore { shared, http, lookups: Default::default() }
+    }
+
+    fn cfg(&self) -> &DriveConfig {
+        &self.shared.cfg
+    }
+
+    /// Sends a call with an access token to `endpoint`; a 401 drops the token and
+    /// comes back as a `Reauthenticate` error, with the response read.
+    async fn send_to(&self, endpoint: &Endpoint, call: Call<'_>, body: RequestBody) -> Result<Response> {
+        let token = self.shared.tokens.get(self.cfg(), &self.http).await?;
+        let mut headers = call.headers;
+        headers.push(("authorization".to_string(), format!("Bearer {token}")));
+        let req = Request { method: call.method, path: &call.path, headers, op: call.op, target: call.target };
+        let (response, _) = self.http.send(endpoint, &req, body).await?;
+        if response.head.status == 401 {
+            self.shared.tokens.drop_token(&token);
+            let head = response.head.clone();
+            let bytes = response.read_to_vec().await.unwrap_or_default();
+            return Err(self.http_error(call.op, call.target, &head, &bytes));
+        }
+        Ok(response)
+    }
+
+    async fn send(&self, call: Call<'_>, body: RequestBody) -> Result<Response> {
+        let endpoint = self.cfg().api.clone();
+        self.send_to(&endpoint, call, body).await
+    }
+
+    /// Sends a call and reads its whole (small) answer; error statuses become errors.
+    async fn send_small(&self, call: Call<'_>, body: RequestBody) -> Result<(ResponseHead, Vec<u8>)> {
+        let op = call.op;
+        let target = call.target.to_string();
+        let response = self.send(call, body).await?;
+        let head = response.head.clone();
+        let bytes = response.read_to_vec().await?;
+        if head.status >= 300 {
+            return Err(self.http_error(op, &target, &head, &bytes));
+        }
+        Ok((head, bytes))
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        op: &'static str,
+        target: &str,
+        path: String,
+    ) -> Result<T> {
+        let call = Call { method: "GET", path, headers: Vec::new(), op, target };
+        let (_, bytes) = self.send_small(call, RequestBody::Empty).await?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::protocol(op, target, format!("unreadable Drive answer: {e}")))
+    }
+
+    fn http_error(&self, op: &'static str, target: &str, head: &ResponseHead, body: &[u8]) -> Error {
+        let status = head.status;
+        let parsed: Option<ErrorBody> = serde_json::from_slice(body).ok();
+        let (reason, message) = match parsed {
+            Some(b) => {
+                let item = b.error.errors.into_iter().next();
+                let reason = item.as_ref().map(|i| i.reason.clone()).unwrap_or_default();
+                let message = if b.error.message.is_empty() {
+                    item.map(|i| i.message).unwrap_or_default()
+                } else {
+                    b.error.message
+                };
+                (reason, message)
+            }
+            None => (String::new(), head.status_text()),
+        };
+        let class = classify(status, &reason, &message);
+        let mut hint = hint(&self.cfg().remote, status, &reason, &message);
+        if status == 401 {
+            hint = match self.cfg().credential {
+                config::Credential::Static(_) => {
+                    format!(
+                        "; the token of remote {:?} was refused: give a fresh one, or a refresh_token",
+                        self.cfg().remote
+                    )
+                }
+                config::Credential::Refresh { .. } | config::Credential::ServiceAccount { .. } => {
+                    "; the access token expired: a new one is fetched".to_string()
+                }
+            };
+        }
+        let class = match (class, &self.cfg().credential) {
+            // A token that cannot be refreshed will not get better.
+            (ErrorClass::Reauthenticate, config::Credential::Static(_)) => ErrorClass::FatalRelay,
+            (class, _) => class,
+        };
+        let retry_after =
+            head.header("retry-after").and_then(|v| v.trim().parse::<u64>().ok()).map(Duration::from_secs);
+        let code = if reason.is_empty() { format!("{status}") } else { reason };
+        Error::Http { op, target: target.to_string(), status, code, message, hint, retry_after, class }
+    }
+
+    /// Query parameters every files.list carries.
+    fn list_scope(&self) -> Vec<(&'static str, String)> {
+        let mut q = vec![("supportsAllDrives", "true".to_string()), ("includeItemsFromAllDrives", "true".to_string())];
+        if let Some(drive) = &self.cfg().shared_drive_id {
+            q.push(("corpora", "drive".to_string()));
+            q.push(("driveId", drive.clone()));
+        }
+        q
+    }
+
+    /// One page of files.list for `q`.
+    async fn list_query(&self, q: &str, fields: &str, page: Option<&str>, target: &str) -> Result<FileList> {
+        let mut query: Vec<(&str, String)> = vec![("q", q.to_string()), ("fields", fields.to_string())];
+        query.push(("pageSize", "1000".to_string()));
+        if let Some(p) = page {
+            query.push(("pageToken", p.to_string()));
+        }
+        query.extend(self.list_scope());
+        let query: Vec<(&str, &str)> = query.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        self.get_json("list", target, with_query("/drive/v3/files", &query)).await
+    }
+
+    /// Every file in folder `id` (all pages), not trashed.
+    async fn folder_contents(&self, id: &str, fields: &str, target: &str) -> Result<Vec<FileRes>> {
+        let q = format!("{} in parents and trashed = false", quote(id));
+        let mut files = Vec::new();
+        let mut page: Option<String> = None;
+        for _ in 0..FOLDER_PAGES_MAX {
+            let list = self.list_query(&q, fields, page.as_deref(), target).await?;
+            files.extend(list.files);
+            match list.next_page_token {
+                Some(next) => page = Some(next),
+                None => return Ok(files),
+            }
+        }
+        Err(Error::protocol("list", target, format!("folder {id} has more than {FOLDER_PAGES_MAX} pages of files")))
+    }
+
+    /// The child of folder `parent` that `name` names (its own name, or a
+    /// duplicate's name with its id), a folder or not.
+    async fn find_child(&self, parent: &str, name: &str, folder: bool, target: &str) -> Result<Option<FileRes>> {
+        let kind = if folder { "=" } else { "!=" };
+        let q = format!(
+            "name = {} and {} in parents and trashed = false and mimeType {kind} {}",
+            quote(name),
+            quote(parent),
+            quote(FOLDER_MIME)
+        );
+        let fields = format!("nextPageToken,files({FILE_FIELDS})");
+        let mut found: Option<FileRes> = None;
+        let mut page: Option<String> = None;
+        for _ in 0..FOLDER_PAGES_MAX {
+            let list = self.list_query(&q, &fields, page.as_deref(), target).await?;
+            for f in list.files {
+                // `name =` may not be exact everywhere: keep exact matches only.
+                if f.name == name && found.as_ref().is_none_or(|g| f.id < g.id) {
+                    found = Some(f);
+                }
+            }
+            match list.next_page_token {
+                Some(next) => page = Some(next),
+                None => break,
+            }
+        }
+        if found.is_some() {
+            return Ok(found);
+        }
+        let Some(id) = duplicate_id(name) else { return Ok(None) };
+        let path = with_query(
+            &format!("/drive/v3/files/{}", utf8_percent_encode(id, QUERY_SET)),
+            &[("fields", FILE_FIELDS), ("supportsAllDrives", "true")],
+        );
+        match self.get_json::<FileRes>("stat", target, path).await {
+            Ok(f) if f.parents.iter().any(|p| p == parent) && f.is_folder() == folder => {
+                Ok((duplicate_name(&f.name, &f.id) == name).then_some(f))
+            }
+            Ok(_) => Ok(None),
+            Err(Error::Http { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The file `key` names, if there is one with bytes.
+    async fn lookup(&self, key: &str) -> Result<Option<FileRes>> {
+        if let Some(f) = self.lookups.borrow().get(key) {
+            return Ok(Some(f.clone()));
+        }
+        let (dir, name) = key.rsplit_once('/').unwrap_or(("", key));
+        if name.is_empty() {
+            return Ok(None);
+        }
+        let Some(parent) = self.folder(dir, false, key).await? else { return Ok(None) };
+        let found = self.find_child(&parent, name, false, key).await?.filter(|f| f.skip_reason().is_none());
+        if let Some(f) = &found {
+            let mut lookups = self.lookups.borrow_mut();
+            if lookups.len() >= LOOKUPS_MAX {
+                lookups.clear();
+            }
+            lookups.insert(key.to_string(), f.clone());
+        }
+        Ok(found)
+    }
+
+    fn forget(&self, key: &str) {
+        self.lookups.borrow_mut().remove(key);
+    }
+
+    /// One listing step: the next folder of the walk, read whole.
+    async fn list_page(&self, prefix: &str, token: Option<String>) -> Result<ListPage> {
+        let target = format!("{}:{prefix}", self.cfg().remote);
+        let mut walk: Walk = match token {
+            Some(t) => {
+                serde_json::from_str(&t).map_err(|e| Error::protocol("list", &target, format!("bad token: {e}")))?
+            }
+            None => {
+                // Start at the deepest folder the prefix names whole.
+                let dir = match prefix.rfind('/') {
+                    Some(i) => &prefix[..i],
+                    None => "",
+                };
+                match self.folder(dir, false, &target).await? {
+                    Some(id) => {
+                        let at = if dir.is_empty() { String::new() } else { format!("{dir}/") };
+                        Walk { folders: vec![(id, at)] }
+                    }
+                    None => return Ok(ListPage::default()),
+                }
+            }
+        };
+        let Some((id, at)) = walk.folders.pop() else { return Ok(ListPage::default()) };
+        let mut files = self.folder_contents(&id, LIST_FIELDS, &target).await?;
+        let names = unique_names(&mut files);
+        let mut entries = Vec::with_capacity(files.len());
+        for (f, name) in files.iter().zip(names) {
+            let key = format!("{at}{name}");
+            if f.is_folder() {
+                let sub = format!("{key}/");
+                self.shared.folders.remember(&key, &f.id);
+                if sub.starts_with(prefix) || prefix.starts_with(&sub) {
+                    walk.folders.push((f.id.clone(), sub));
+                }
+                continue;
+            }
+            if !key.starts_with(prefix) {
+                continue;
+            }
+            if let Some(why) = f.skip_reason() {
+                eprintln!("laminar: skipping {}:{key}: {why}", self.cfg().remote);
+                continue;
+            }
+            entries.push(f.entry(key));
+        }
+        let next = (!walk.folders.is_empty()).then(|| serde_json::to_string(&walk).expect("serialisable"));
+        Ok(ListPage { entries, next })
+    }
+
+    /// Reads `range` of `key`: the response, checked, and the file.
+    async fn get_media(&self, key: &str, range: Option<(u64, u64)>) -> Result<(Response, FileRes)> {
+        let file = self.lookup(key).await?.ok_or_else(|| Error::Http {
+            op: "get",
+            target: key.to_string(),
+            status: 404,
+            code: "notFound".into(),
+            message: "no such file".into(),
+            hint: String::new(),
+            retry_after: None,
+            class: ErrorClass::FatalObject,
+        })?;
+        let path = with_query(
+            &format!("/drive/v3/files/{}", utf8_percent_encode(&file.id, QUERY_SET)),
+            &[("alt", "media"), ("supportsAllDrives", "true")],
+        );
+        let mut headers = Vec::with_capacity(1);
+        if let Some((start, end)) = range {
+            assert!(end > start, "empty range");
+            headers.push(("range".to_string(), format!("bytes={}-{}", start, end - 1)));
+        }
+        let call = Call { method: "GET", path, headers, op: "get", target: key };
+        let response = self.send(call, RequestBody::Empty).await?;
+        let head = response.head.clone();
+        if head.status >= 300 {
+            let bytes = response.read_to_vec().await.unwrap_or_default();
+            if head.status == 404 {
+                self.forget(key);
+            }
+            return Err(self.http_error("get", key, &head, &bytes));
+        }
+        let want = match range {
+            Some((start, end)) => end - start,
+            None => file.size(),
+        };
+        if head.content_length() != Some(want) || (range.is_some() && head.status != 206 && want != file.size()) {
+            self.forget(key);
+            let detail = format!(
+                "expected {want} bytes, Drive answered {} with {:?}; the file may have changed during the relay: \
+                 run it again",
+                head.status_text(),
+                head.content_length()
+            );
+            return Err(Error::protocol("get", key, detail));
+        }
+        Ok((response, file))
+    }
+}
+
+impl Store for DriveStore {
+    fn list<'a>(&'a self, prefix: &'a str, token: Option<String>) -> LocalFuture<'a, Result<ListPage>> {
+        Box::pin(self.list_page(prefix, token))
+    }
+
+    fn stat<'a>(&'a self, key: &'a str) -> LocalFuture<'a, Result<Option<ObjectInfo>>> {
+        Box::pin(async move {
+            self.forget(key);
+            Ok(self.lookup(key).await?.map(|f| f.info()))
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("drive {} folder {}", self.cfg().api.url(), self.cfg().root_folder_id)
+    }
+
+    fn check<'a>(&'a self, _writable: bool) -> LocalFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let root = &self.cfg().root_folder_id;
+            let path = with_query(
+                &format!("/drive/v3/files/{}", utf8_percent_encode(root, QUERY_SET)),
+                &[("fields", "id,mimeType"), ("supportsAllDrives", "true")],
+            );
+            match self.get_json::<FileRes>("check", root, path).await {
+                Ok(f) if f.is_folder() => Ok(()),
+                Ok(_) => Err(Error::Usage(format!(
+                    "remote {:?}: root_folder_id {root:?} is a file, not a folder",
+                    self.cfg().remote
+                ))),
+                Err(Error::Http { status: 404, .. }) => Err(Error::Usage(format!(
+                    "remote {:?}: root_folder_id {root:?} does not exist, or its account cannot see it",
+                    self.cfg().remote
+                ))),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        CAPABILITIES
+    }
+}
+
+impl Source for DriveStore {
+    fn read<'a>(
+        &'a self,
+        key: &'a str,
+        range: Option<(u64, u64)>,
+        body: Body,
+        hashers: &'a mut Hashers,
+    ) -> LocalFuture<'a, Result<(Body, ObjectInfo)>> {
+        Box::pin(async move {
+            let (response, file) = self.get_media(key, range).await?;
+            let mut info = file.info();
+            let whole = match range {
+                None => true,
+                Some((start, end)) => start == 0 && end == file.size(),
+            };
+            if !whole {
+                info.checksums.clear();
+            }
+            hashers.check_against(&info.checksums);
+            let body = response.read_into(body, hashers).await?;
+            Ok((body, info))
+        })
+    }
+
+    fn read_stream<'a>(
+        &'a self,
+        key: &'a str,
+        range: (u64, u64),
+        filler: &'a Filler,
+        hashers: &'a mut Hashers,
+    ) -> LocalFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let (response, file) = self.get_media(key, Some(range)).await?;
+            if range == (0, file.size()) {
+                hashers.check_against(&file.checksums());
+            }
+            response.read_stream(filler, hashers).await.map(drop)
+        })
+    }
+
+    fn copy_source(&self, _key: &str) -> Option<CopySource> {
+        None
+    }
+}
+
+impl Sink for DriveStore {
+    fn begin<'a>(&'a self, key: &'a str, plan: UploadPlan, args: &'a PutArgs) -> LocalFuture<'a, Result<Session<'a>>> {
+        Box::pin(upload::begin(self, key, plan, args))
+    }
+
+    fn resume(&self, state: SessionState) -> Result<Session<'_>> {
+        upload::resume(self, state)
+    }
+
+    fn put_dir_marker<'a>(&'a self, key: &'a str, _args: &'a PutArgs) -> LocalFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let dir = key.trim_end_matches('/');
+            self.folder(dir, true, key).await.map(drop)
+        })
+    }
+
+    fn can_copy_from(&self, _source: &CopySource) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::registry;
+
+    fn file(id: &str, name: &str, folder: bool) -> FileRes {
+        FileRes {
+            id: id.into(),
+            name: name.into(),
+            mime_type: if folder { FOLDER_MIME.into() } else { "text/plain".into() },
+            ..FileRes::default()
+        }
+    }
+
+    #[test]
+    fn duplicate_names_get_their_ids() {
+        let mut files = vec![
+            file("b2", "a.txt", false),
+            file("a1", "a.txt", false),
+            file("c3", "a.txt", true),
+            file("d", "x", false),
+        ];
+        let names = unique_names(&mut files);
+        assert_eq!(names, ["a (b2).txt", "a.txt", "a.txt", "x"]);
+        assert_eq!(duplicate_name("notes", "Z9"), "notes (Z9)");
+        assert_eq!(duplicate_name(".profile", "Z9"), ".profile (Z9)");
+        assert_eq!(duplicate_name("a.tar.gz", "Z9"), "a.tar (Z9).gz");
+        assert_eq!(duplicate_id("a (b2).txt"), Some("b2"));
+        assert_eq!(duplicate_id("notes (Z9)"), Some("Z9"));
+        assert_eq!(duplicate_id("holiday (2019) photos.jpg"), None);
+        assert_eq!(duplicate_id("plain.txt"), None);
+    }
+
+    #[test]
+    fn errors_are_classified() {
+        let per_minute = "User Rate Limit Exceeded. Rate of requests for user exceed configured project quota.";
+        assert_eq!(classify(403, "userRateLimitExceeded", per_minute), ErrorClass::Throttled);
+        assert_eq!(classify(403, "userRateLimitExceeded", "User rate limit exceeded."), ErrorClass::FatalRelay);
+        assert_eq!(classify(403, "rateLimitExceeded", "Rate Limit Exceeded"), ErrorClass::Throttled);
+        assert_eq!(classify(429, "rateLimitExceeded", ""), ErrorClass::Throttled);
+        assert_eq!(classify(429, "", ""), ErrorClass::Throttled);
+        assert_eq!(
+            classify(403, "storageQuotaExceeded", "The user's Drive storage quota has been exceeded."),
+            ErrorClass::FatalRelay
+        );
+        assert_eq!(classify(401, "authError", "Invalid Credentials"), ErrorClass::Reauthenticate);
+        assert_eq!(classify(503, "backendError", ""), ErrorClass::Retryable);
+        assert_eq!(classify(404, "notFound", "File not found: x."), ErrorClass::FatalObject);
+        assert_eq!(classify(403, "fileNotDownloadable", ""), ErrorClass::FatalObject);
+        let h = hint("gd", 403, "userRateLimitExceeded", "User rate limit exceeded.");
+        assert!(h.contains("daily upload limit") && h.contains("750 GB") && h.contains("run the relay again"), "{h}");
+        assert!(hint("gd", 403, "storageQuotaExceeded", "").contains("is full"));
+    }
+
+    fn store(text: &str) -> DriveStore {
+        let table: toml::Table = toml::from_str(text).unwrap();
+        let cfg = registry::parse::<DriveRemoteConfig>("gd", "drive", table).unwrap().resolve("gd").unwrap();
+        DriveStore::new(DriveBackend::new(cfg).shared, HttpClient::default())
+    }
+
+    fn answer(status: u16, headers: &[(&str, &str)]) -> ResponseHead {
+        ResponseHead { status, headers: headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect() }
+    }
+
+    fn body(reason: &str, message: &str) -> Vec<u8> {
+        serde_json::json!({"error": {"code": 403, "message": message, "errors": [{"reason": reason, "message": message}]}})
+            .to_string()
+            .into_bytes()
+    }
+
+    #[test]
+    fn error_answers_become_classified_errors() {
+        let s = store("client_id = \"c\"\nclient_secret = \"sec\"\nrefresh_token = \"r\"");
+        let daily =
+            s.http_error("put", "k", &answer(403, &[]), &body("userRateLimitExceeded", "User rate limit exceeded."));
+        assert_eq!(daily.class(), ErrorClass::FatalRelay);
+        assert!(daily.to_string().contains("daily upload limit (750 GB"), "{daily}");
+        let minute = s.http_error(
+            "put",
+            "k",
+            &answer(403, &[("retry-after", "7")]),
+            &body(
+                "userRateLimitExceeded",
+                "User Rate Limit Exceeded. Rate of requests for user exceed configured project quota.",
+            ),
+        );
+        assert_eq!((minute.class(), minute.retry_after()), (ErrorClass::Throttled, Some(Duration::from_secs(7))));
+        let expired = s.http_error("get", "k", &answer(401, &[]), &body("authError", "Invalid Credentials"));
+        assert_eq!(expired.class(), ErrorClass::Reauthenticate);
+        let gateway = s.http_error("get", "k", &answer(502, &[]), b"<html>bad gateway</html>");
+        assert_eq!(gateway.class(), ErrorClass::Retryable);
+        assert!(!format!("{daily}{minute}{expired}{gateway}").contains("sec\""));
+        let fixed = store("token = \"ya29.t\"");
+        let refused = fixed.http_error("get", "k", &answer(401, &[]), &body("authError", "Invalid Credentials"));
+        assert_eq!(refused.class(), ErrorClass::FatalRelay, "a token that cannot be refreshed");
+        assert!(!refused.to_string().contains("ya29"), "{refused}");
+    }
+
+    #[test]
+    fn times_round_trip() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00.000Z"), Some((0, 0)));
+        assert_eq!(parse_rfc3339("2024-02-29T12:34:56.789Z"), Some((1_709_210_096, 789_000_000)));
+        assert_eq!(format_rfc3339((1_709_210_096, 789_000_000)), "2024-02-29T12:34:56.789Z");
+        assert_eq!(parse_rfc3339("2024-02-29T12:34:56Z"), Some((1_709_210_096, 0)));
+        assert_eq!(parse_rfc3339("garbage"), None);
+        assert_eq!(quote("it's a\\b"), "'it\\'s a\\\\b'");
+        assert_eq!(with_query("/f", &[("q", "'x' in parents"), ("n", "1")]), "/f?q=%27x%27%20in%20parents&n=1");
+    }
+}
