@@ -1,0 +1,142 @@
+//! The relay Laminar's users asked for first: a Dropbox account into Google Drive, and
+//! back, through the engine, against both emulators started in this process
+//! (loopback only; `emulators/DROPBOX.md`, `emulators/DRIVE.md`), with the `laminar`
+//! binary as a user runs it. Dropbox and Drive share no hash: the bytes read from
+//! Dropbox are checked against its content_hash, and those written to Drive against
+//! the MD5 Drive computes. Afterwards the bytes on each side are read from the
+//! emulators' own stores, not through Laminar.
+
+use std::collections::BTreeMap;
+
+use laminar_emulators::drive::{DriveEmulator, DriveOptions};
+use laminar_emulators::dropbox::{DropboxEmulator, DropboxOptions};
+use laminar_tests::laminar_with;
+
+const MIB: usize = 1 << 20;
+
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    (0..len).map(|_| rng.u8(..)).collect()
+}
+
+/// Small files in folders, awkward names, an empty file, and one large enough for an
+/// upload session on Dropbox and a resumable upload on Drive.
+fn tree() -> BTreeMap<String, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    for i in 0..30u64 {
+        files.insert(format!("Photos/{}/img{i:02}.jpg", 2020 + i % 3), pattern(i as usize * 777 + 1, i));
+    }
+    files.insert("Docs/Résumé – final.pdf".into(), pattern(4_321, 100));
+    files.insert("Docs/日本語 ノート.txt".into(), pattern(99, 101));
+    files.insert("empty.txt".into(), Vec::new());
+    files.insert("Video/clip.mov".into(), pattern(21 * MIB + 5, 102));
+    files
+}
+
+struct Clouds {
+    dbx: DropboxEmulator,
+    gd: DriveEmulator,
+    _dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+}
+
+fn clouds() -> Clouds {
+    let dbx = DropboxEmulator::start(DropboxOptions::default()).expect("start the Dropbox emulator");
+    let gd = DriveEmulator::start(DriveOptions::default()).expect("start the Drive emulator");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let e = gd.endpoints();
+    let config = dir.path().join("laminar.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[remotes.dbx]\ntype = \"dropbox\"\nrefresh_token = {:?}\napp_key = {:?}\napp_secret = {:?}\n\
+             api_url = {:?}\ncontent_url = {:?}\ntoken_url = {:?}\n\n\
+             [remotes.gd]\ntype = \"drive\"\nclient_id = {:?}\nclient_secret = {:?}\nrefresh_token = {:?}\n\
+             api_url = {:?}\ntoken_url = {:?}\n",
+            dbx.refresh_token(),
+            dbx.app_key(),
+            dbx.app_secret(),
+            dbx.api_url(),
+            dbx.content_url(),
+            dbx.token_url(),
+            e.client_id,
+            e.client_secret,
+            e.refresh_token,
+            e.api_url,
+            e.token_url
+        ),
+    )
+    .expect("laminar.toml");
+    Clouds { dbx, gd, _dir: dir, config }
+}
+
+impl Clouds {
+    fn relay(&self, from: &str, to: &str) -> serde_json::Value {
+        let out = laminar_with(&self.config, &["relay", from, to, "--json", "--multipart-cutoff", "8MiB"]);
+        assert_eq!(out.status.code(), Some(0), "relay {from} -> {to}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("")).expect("a report")
+    }
+
+    /// Drive's binary files under `folder`, by path below it.
+    fn in_drive(&self, folder: &str) -> BTreeMap<String, Vec<u8>> {
+        let prefix = format!("{folder}/");
+        self.gd
+            .tree()
+            .into_iter()
+            .filter(|e| !e.mime_type.ends_with(".folder") && !e.trashed)
+            .filter_map(|e| {
+                let rel = e.path.strip_prefix(&prefix)?.to_string();
+                Some((rel, self.gd.read_id(&e.id).expect("a binary file's bytes")))
+            })
+            .collect()
+    }
+
+    /// Dropbox's files under `/folder`, by path below it.
+    fn in_dropbox(&self, folder: &str) -> BTreeMap<String, Vec<u8>> {
+        let prefix = format!("/{folder}/");
+        self.dbx
+            .files()
+            .into_iter()
+            .filter_map(|(path, bytes)| path.strip_prefix(&prefix).map(|rel| (rel.to_string(), bytes.to_vec())))
+            .collect()
+    }
+}
+
+fn assert_same(got: &BTreeMap<String, Vec<u8>>, want: &BTreeMap<String, Vec<u8>>, what: &str) {
+    let sizes = |t: &BTreeMap<String, Vec<u8>>| t.iter().map(|(k, v)| (k.clone(), v.len())).collect::<Vec<_>>();
+    assert_eq!(sizes(got), sizes(want), "{what}: names and sizes");
+    for (rel, bytes) in want {
+        assert!(got[rel] == *bytes, "{what}: {rel} differs");
+    }
+}
+
+#[test]
+fn dropbox_into_drive_and_back_byte_for_byte_then_a_rerun_copies_nothing() {
+    let c = clouds();
+    let files = tree();
+    for (rel, bytes) in &files {
+        c.dbx.insert(&format!("/Account/{rel}"), bytes.clone()).expect("seed Dropbox");
+    }
+    let n = files.len();
+
+    let first = c.relay("dbx:Account", "gd:Backup/Account");
+    assert_eq!(
+        (first["objects_copied"].as_u64(), first["objects_failed"].as_u64()),
+        (Some(n as u64), Some(0)),
+        "{first}"
+    );
+    assert_same(&c.in_drive("Backup/Account"), &files, "Dropbox -> Drive");
+    let again = c.relay("dbx:Account", "gd:Backup/Account");
+    assert_eq!(again["objects_copied"], 0, "a re-run copies nothing: {again}");
+    assert_eq!(again["objects_skipped"].as_u64(), Some(n as u64), "{again}");
+
+    let back = c.relay("gd:Backup/Account", "dbx:Restored");
+    assert_eq!((back["objects_copied"].as_u64(), back["objects_failed"].as_u64()), (Some(n as u64), Some(0)), "{back}");
+    assert_same(&c.in_dropbox("Restored"), &files, "Drive -> Dropbox");
+    // Dropbox keeps no record of Laminar's and shares no hash with Drive, so this
+    // re-run copies again (comparing a content_hash computed from the source is the
+    // next step); the bytes stay right.
+    let back_again = c.relay("gd:Backup/Account", "dbx:Restored");
+    assert_eq!(back_again["objects_failed"], 0, "{back_again}");
+    assert_same(&c.in_dropbox("Restored"), &files, "Drive -> Dropbox, after a re-run");
+}
