@@ -219,23 +219,13 @@ async fn part_whole(
         ));
     }
     let source_busy = started.elapsed();
-    let (sum, md5) = hashers.finish();
+    let (sum, _) = hashers.finish();
     *read_sum.borrow_mut() = Some(sum.clone());
-    let sums = sums_with_md5(&sum, md5.as_deref());
     let started = Instant::now();
-    let token = timed(ctx.dst_label(), Op::PutPart, session.put(spec, body, &sums)).await?;
+    let token = timed(ctx.dst_label(), Op::PutPart, session.put(spec, body, std::slice::from_ref(&sum))).await?;
     // One after the other, so each side's time is its own.
     vote_destination_slower(ctx, started.elapsed(), source_busy);
     Ok(PartRecord::new(spec, token, sum))
-}
-
-/// The checksums to send with a body: the relay's, then MD5 where it was computed.
-pub(super) fn sums_with_md5(sum: &Checksum, md5_hex: Option<&str>) -> Vec<Checksum> {
-    let mut sums = vec![sum.clone()];
-    if let Some(bytes) = md5_hex.filter(|_| sum.algo != ChecksumAlgo::Md5).and_then(|h| hex::decode(h).ok()) {
-        sums.push(Checksum { algo: ChecksumAlgo::Md5, bytes });
-    }
-    sums
 }
 
 /// One part streamed through a ring: each chunk is sent as soon as it is read, and

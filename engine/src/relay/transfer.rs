@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::parts::{plan_large, sums_with_md5};
+use super::parts::plan_large;
 use super::progress::ObjectProgress;
 use super::spill::route_large;
 use super::{Outcome, Shared};
@@ -150,11 +150,6 @@ impl ObjectJob {
     /// The source's version token.
     pub(super) fn src_version(&self) -> &str {
         &self.src_version
-    }
-
-    /// Parts of the large object in all.
-    fn parts_left_total(&self) -> u32 {
-        self.large().progress.part_count()
     }
 
     /// The large object's state.
@@ -393,12 +388,14 @@ async fn small(ctx: &Ctx, job: &ObjectJob) -> Result<()> {
             let digests = hashers.finish_all();
             verify_source(&job.src_key, &info, &digests)?;
             let sum = digests.get(algo).cloned().expect("the relay's checksum is computed");
-            let md5 = digests.get(ChecksumAlgo::Md5).map(Checksum::to_hex);
             format.set(body.chunks.first().and_then(|c| crate::sniff::sniff(c.as_slice())));
             let args = put_args(&info, &job.src_version, Some(&sum));
             let plan = UploadPlan { size: job.size, single: true, checksum: Some(algo) };
             let session = ctx.dst.begin(&job.dst_key, plan, &args).await?;
-            let sums = sums_with_md5(&sum, md5.as_deref());
+            // The relay's checksum first (sent for the store to verify), then MD5 where it
+            // was computed (checked against a plain ETag), straight from the digests.
+            let mut sums = vec![sum.clone()];
+            sums.extend(digests.get(ChecksumAlgo::Md5).filter(|_| algo != ChecksumAlgo::Md5).cloned());
             let part = PartSpec { number: 1, offset: 0, len: job.size };
             let put = async {
                 let token = timed(ctx.dst_label(), Op::Put, session.put(part, body, &sums)).await?;
@@ -471,12 +468,14 @@ async fn begin_large(ctx: Rc<Ctx>, job: Arc<ObjectJob>) {
 /// [`super::Policy::part_window`] parts queued or in flight, which is what bounds the
 /// part queues.
 pub(super) fn queue_next_part(ctx: &Ctx, job: &Arc<ObjectJob>) {
-    let count = job.parts_left_total();
+    let (count, fill_first) = {
+        let large = job.large();
+        (large.progress.part_count(), large.fill_first)
+    };
     let index = job.next_part.fetch_add(1, Ordering::Relaxed);
     if index >= count {
         return;
     }
-    let fill_first = job.large().fill_first;
     let queues = &ctx.shared.queues;
     let queue = if fill_first { &queues.stage_fills } else { &queues.parts };
     if queue.push(PartTask { job: job.clone(), index }).is_err() {
