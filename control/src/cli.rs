@@ -148,6 +148,9 @@ pub struct DemoArgs {
     /// Print one JSON object with the results on stdout
     #[arg(long)]
     pub json: bool,
+    /// Relay between two local directories instead of Dropbox into Drive (emulated)
+    #[arg(long)]
+    pub local: bool,
 }
 
 /// A failure that ends the command, with its exit code.

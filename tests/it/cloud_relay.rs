@@ -140,3 +140,27 @@ fn dropbox_into_drive_and_back_byte_for_byte_then_a_rerun_copies_nothing() {
     assert_eq!(back_again["objects_failed"], 0, "{back_again}");
     assert_same(&c.in_dropbox("Restored"), &files, "Drive -> Dropbox, after a re-run");
 }
+
+#[test]
+fn the_demo_relays_a_dropbox_tree_into_drive_verifies_it_by_both_hashes_and_copies_nothing_twice() {
+    let run = |extra: &[&str]| {
+        let args = [&["demo", "--small-files", "40", "--large-files", "1", "--large-size", "40MiB"], extra].concat();
+        let out = std::process::Command::new(laminar_tests::laminar_bin()).args(&args).output().expect("run laminar");
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(0), "laminar {args:?}: {stdout}\n{stderr}");
+        stdout.into_owned()
+    };
+    // 40 small, 1 large and 7 with awkward names (accents, CJK, emoji, `%#&;+=?`, empty).
+    let stdout = run(&[]);
+    assert!(stdout.contains("emulator"), "the demo says the services are emulated: {stdout}");
+    assert!(stdout.contains("48 objects: 48 copied"), "{stdout}");
+    assert!(stdout.contains("verified 48 files by both providers' hashes"), "{stdout}");
+    assert!(stdout.contains("a second relay copied 0 and skipped 48"), "{stdout}");
+    let report: serde_json::Value =
+        serde_json::from_str(run(&["--json"]).lines().last().unwrap_or("")).expect("one JSON report");
+    assert_eq!((report["objects_copied"].as_u64(), report["objects_failed"].as_u64()), (Some(48), Some(0)), "{report}");
+
+    let local = run(&["--local"]);
+    assert!(local.contains("41 objects: 41 copied"), "{local}");
+    assert!(local.contains("a second relay copied 0 and skipped 41"), "{local}");
+}
