@@ -16,4 +16,5 @@
 
 pub mod drive;
 pub mod dropbox;
+mod remote;
 mod time;

@@ -44,29 +44,8 @@ fn clouds() -> Clouds {
     let dbx = DropboxEmulator::start(DropboxOptions::default()).expect("start the Dropbox emulator");
     let gd = DriveEmulator::start(DriveOptions::default()).expect("start the Drive emulator");
     let dir = tempfile::tempdir().expect("temp dir");
-    let e = gd.endpoints();
     let config = dir.path().join("laminar.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[remotes.dbx]\ntype = \"dropbox\"\nrefresh_token = {:?}\napp_key = {:?}\napp_secret = {:?}\n\
-             api_url = {:?}\ncontent_url = {:?}\ntoken_url = {:?}\n\n\
-             [remotes.gd]\ntype = \"drive\"\nclient_id = {:?}\nclient_secret = {:?}\nrefresh_token = {:?}\n\
-             api_url = {:?}\ntoken_url = {:?}\n",
-            dbx.refresh_token(),
-            dbx.app_key(),
-            dbx.app_secret(),
-            dbx.api_url(),
-            dbx.content_url(),
-            dbx.token_url(),
-            e.client_id,
-            e.client_secret,
-            e.refresh_token,
-            e.api_url,
-            e.token_url
-        ),
-    )
-    .expect("laminar.toml");
+    std::fs::write(&config, format!("{}\n{}", dbx.remote_toml("dbx"), gd.remote_toml("gd"))).expect("laminar.toml");
     Clouds { dbx, gd, _dir: dir, config }
 }
 

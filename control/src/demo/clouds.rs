@@ -73,7 +73,8 @@ pub(super) fn run(args: DemoArgs) -> Result<u8, Fail> {
         println!("demo: seeded Dropbox with {} files ({}) under /{FOLDER}", files.len(), HumanBytes(total));
     }
 
-    let config = Config::parse(&config_text(&dbx, &gd)).map_err(|e| Fail { code: 1, message: format!("demo: {e}") })?;
+    let config = Config::parse(&format!("{}\n{}", dbx.remote_toml("dbx"), gd.remote_toml("gd")))
+        .map_err(|e| Fail { code: 1, message: format!("demo: {e}") })?;
     let src_url = format!("dbx:{FOLDER}");
     let dst_url = format!("gd:{FOLDER}");
     let (src, dst) = (config.location(&src_url)?, config.location(&dst_url)?);
@@ -123,29 +124,6 @@ fn sample_tree(small: usize, large: usize, large_size: usize) -> BTreeMap<String
         files.insert(name.to_string(), pattern(&mut rng, len));
     }
     files
-}
-
-/// A laminar.toml with the two emulators as remotes `dbx` and `gd`, as a user would
-/// write it for the real services (the URLs overridden, as for a proxy).
-fn config_text(dbx: &DropboxEmulator, gd: &DriveEmulator) -> String {
-    let d = gd.endpoints();
-    format!(
-        "[remotes.dbx]\ntype = \"dropbox\"\nrefresh_token = {:?}\napp_key = {:?}\napp_secret = {:?}\n\
-         api_url = {:?}\ncontent_url = {:?}\ntoken_url = {:?}\n\n\
-         [remotes.gd]\ntype = \"drive\"\nclient_id = {:?}\nclient_secret = {:?}\nrefresh_token = {:?}\n\
-         api_url = {:?}\ntoken_url = {:?}\n",
-        dbx.refresh_token(),
-        dbx.app_key(),
-        dbx.app_secret(),
-        dbx.api_url(),
-        dbx.content_url(),
-        dbx.token_url(),
-        d.client_id,
-        d.client_secret,
-        d.refresh_token,
-        d.api_url,
-        d.token_url
-    )
 }
 
 /// Every seeded file, checked in Drive by both providers' hashes; what is wrong, one
