@@ -21,6 +21,10 @@ const EXIT_OK: u8 = 0;
 const EXIT_FAILED: u8 = 1;
 /// Exit code for usage and configuration errors.
 const EXIT_USAGE: u8 = 2;
+/// Exit code when the destination's allowance for the day is spent (Google Drive's
+/// daily upload limit): what was copied is verified, the rest can go on later
+/// (EX_TEMPFAIL of sysexits.h: "try again later").
+pub const EXIT_WAITING: u8 = 75;
 /// Exit code after Ctrl-C or SIGTERM stopped a relay (128 + SIGINT, as shells do).
 const EXIT_INTERRUPTED: u8 = 130;
 
@@ -293,13 +297,33 @@ fn run_relay(config: Option<&std::path::Path>, args: RelayArgs) -> Result<u8, Fa
     if report.objects_total == 0 && !json {
         eprintln!("laminar: note: no objects under {}", args.src);
     }
+    if let Some(w) = &report.waiting {
+        eprintln!("laminar: {}", waiting_line(&report, w));
+    }
     Ok(if report.stopped {
         EXIT_INTERRUPTED
     } else if report.objects_failed > 0 {
         EXIT_FAILED
+    } else if report.waiting.is_some() {
+        EXIT_WAITING
     } else {
         EXIT_OK
     })
+}
+
+/// What a relay that stopped at the destination's allowance did, and when the rest
+/// can go on: one line for the operator.
+pub fn waiting_line(report: &Report, w: &relay::Waiting) -> String {
+    let at = std::time::UNIX_EPOCH + Duration::from_secs(w.retry_at_unix_s);
+    format!(
+        "stopped at the destination's upload allowance: {} objects ({}) copied and verified, the rest left for \
+         later; uploads can go on after about {} UTC: run the same relay again then, and what is copied is \
+         skipped ({})",
+        report.objects_copied,
+        HumanBytes(report.bytes_copied),
+        humantime::format_rfc3339_seconds(at).to_string().trim_end_matches('Z').replace('T', " "),
+        w.reason
+    )
 }
 
 /// Runs a relay with a progress bar on a terminal; Ctrl-C or SIGTERM stops it cleanly.
@@ -396,6 +420,9 @@ struct JsonReport<'a> {
     stage_bytes_written: u64,
     throttle_cuts: u64,
     transfers_lowest: Option<usize>,
+    objects_deferred: u64,
+    bytes_deferred: u64,
+    waiting: Option<&'a relay::Waiting>,
 }
 
 /// Prints the summary (or JSON) for a finished relay.
@@ -425,6 +452,9 @@ pub fn print_report(report: &Report, json: bool, dry_run: bool) {
             stage_bytes_written: report.stage_bytes_written,
             throttle_cuts: report.throttle_cuts,
             transfers_lowest: report.transfers_lowest,
+            objects_deferred: report.objects_deferred,
+            bytes_deferred: report.bytes_deferred,
+            waiting: report.waiting.as_ref(),
         };
         println!("{}", serde_json::to_string(&out).expect("report serialises"));
         return;

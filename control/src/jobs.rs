@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::Config;
 use laminar_engine::checksum::ChecksumAlgo;
@@ -34,6 +34,10 @@ pub enum State {
     Running,
     /// Paused by an operator: nothing new starts; transfers in flight finish.
     Paused,
+    /// The destination's allowance for the period is spent (Google Drive's daily
+    /// upload limit): what was copied is verified, and the job goes on by itself at
+    /// the time its `waiting` says (or at once when resumed).
+    Waiting,
     /// An integrity check of the destination is running.
     Verifying,
     /// Every object relayed and verified (and, after a check, found intact).
@@ -51,6 +55,7 @@ impl State {
             State::Pending => "pending",
             State::Running => "running",
             State::Paused => "paused",
+            State::Waiting => "waiting",
             State::Verifying => "verifying",
             State::Succeeded => "succeeded",
             State::Failed => "failed",
@@ -59,10 +64,11 @@ impl State {
     }
 
     /// Every state, for metrics.
-    pub const ALL: [State; 7] = [
+    pub const ALL: [State; 8] = [
         State::Pending,
         State::Running,
         State::Paused,
+        State::Waiting,
         State::Verifying,
         State::Succeeded,
         State::Failed,
@@ -90,6 +96,10 @@ pub enum Action {
     Scale,
     /// The relay ended; `ok` when every object made it.
     Finish { ok: bool },
+    /// The relay stopped at the destination's allowance for the period.
+    Wait,
+    /// The wait is over: the job's thread runs the relay again.
+    Retry,
     /// Operator: check the destination.
     Verify,
     /// The check ended; `ok` when everything matched. `before` is the state the job
@@ -107,6 +117,8 @@ impl Action {
             Action::Cancel => "cancel",
             Action::Scale => "scale",
             Action::Finish { .. } => "finish",
+            Action::Wait => "wait",
+            Action::Retry => "retry",
             Action::Verify => "verify",
             Action::Verified { .. } => "finish verifying",
         }
@@ -119,10 +131,15 @@ pub fn next_state(state: State, action: Action) -> Option<State> {
     match (state, action) {
         (Pending, Action::Start) => Some(Running),
         (Running, Action::Pause) => Some(Paused),
-        (Paused, Action::Resume) => Some(Running),
-        (Pending | Running | Paused, Action::Cancel) => Some(Cancelled),
-        (Pending | Running | Paused, Action::Scale) => Some(state),
+        // A waiting job resumed goes on at once instead of at its retry time.
+        (Paused | Waiting, Action::Resume) => Some(Running),
+        (Pending | Running | Paused | Waiting, Action::Cancel) => Some(Cancelled),
+        (Pending | Running | Paused | Waiting, Action::Scale) => Some(state),
         (Running | Paused, Action::Finish { ok }) => Some(if ok { Succeeded } else { Failed }),
+        (Running | Paused, Action::Wait) => Some(Waiting),
+        (Waiting, Action::Retry) => Some(Running),
+        // Resumed or cancelled while the relay wound down: the later action stands.
+        (Running | Cancelled, Action::Retry) => Some(state),
         // A cancelled job's relay still drains; its end does not change the verdict.
         (Cancelled, Action::Finish { .. }) => Some(Cancelled),
         (Succeeded | Failed | Cancelled, Action::Verify) => Some(Verifying),
@@ -251,6 +268,8 @@ struct Inner {
     /// (when, bytes done) samples for the throughput.
     samples: VecDeque<(Instant, u64)>,
     report_seconds: Option<f64>,
+    /// Why the job waits and until when, while it is waiting.
+    waiting: Option<relay::Waiting>,
 }
 
 /// One job.
@@ -265,6 +284,12 @@ pub struct Job {
     /// The engine's handle on the relay: counters and controls.
     pub progress: Arc<Progress>,
     inner: Mutex<Inner>,
+    /// Wakes a waiting job's thread when it is resumed or cancelled.
+    woken: std::sync::Condvar,
+}
+
+fn unix_s(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn now() -> String {
@@ -289,8 +314,12 @@ impl Job {
         // and a resume racing each other can't leave them disagreeing.
         match action {
             Action::Pause => self.progress.paused.store(true, Ordering::Release),
-            Action::Resume => self.progress.paused.store(false, Ordering::Release),
+            Action::Resume | Action::Retry => self.progress.paused.store(false, Ordering::Release),
             _ => {}
+        }
+        if was == State::Waiting && next != State::Waiting {
+            inner.waiting = None;
+            self.woken.notify_all();
         }
         if next != was {
             inner.state = next;
@@ -371,6 +400,11 @@ impl Job {
             "seconds": inner.report_seconds,
             "failures": inner.failures,
             "error": inner.error,
+            "waiting": inner.waiting.as_ref().map(|w| serde_json::json!({
+                "reason": w.reason,
+                "retry_at": humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(w.retry_at_unix_s))
+                    .to_string(),
+            })),
             "history": inner.history,
             "created_at": self.created_at,
             "finished_at": inner.finished_at,
@@ -393,6 +427,9 @@ pub struct Jobs {
     /// Totals of jobs forgotten (beyond [`FINISHED_JOBS_KEPT_MAX`]), so that counters
     /// never go down.
     pub forgotten: Mutex<ForgottenTotals>,
+    /// The longest a waiting job waits before trying again (None: until the time the
+    /// store gave).
+    waiting_retry_max: Option<Duration>,
 }
 
 /// Counters of jobs no longer listed.
@@ -411,7 +448,12 @@ pub struct ForgottenTotals {
 impl Jobs {
     /// A job list running on `engine`, resolving remotes through `config`; each job
     /// starts from `defaults` (the relay options `laminar serve` was given).
-    pub fn new(engine: Arc<Engine>, config: Config, defaults: RelayOptions) -> Arc<Jobs> {
+    pub fn new(
+        engine: Arc<Engine>,
+        config: Config,
+        defaults: RelayOptions,
+        waiting_retry_max: Option<Duration>,
+    ) -> Arc<Jobs> {
         let seed = fastrand::u64(..) & 0xffff_ff00;
         Arc::new(Jobs {
             engine,
@@ -422,6 +464,7 @@ impl Jobs {
             closing: AtomicBool::new(false),
             next_id: AtomicU64::new(seed),
             forgotten: Mutex::new(ForgottenTotals::default()),
+            waiting_retry_max,
         })
     }
 
@@ -497,7 +540,9 @@ impl Jobs {
                 verify_progress: None,
                 samples: VecDeque::new(),
                 report_seconds: None,
+                waiting: None,
             }),
+            woken: std::sync::Condvar::new(),
             created_at,
         });
         job.progress.transfers.store(job.opts.transfers, Ordering::Relaxed);
@@ -541,14 +586,32 @@ impl Jobs {
         threads.push(handle);
     }
 
-    /// The job's thread: runs the relay and records how it ended.
+    /// The job's thread: runs the relay and records how it ended. A relay that stops
+    /// at the destination's allowance for the period waits, then runs again (what it
+    /// copied is skipped), until it ends otherwise.
     fn run(&self, job: &Job) {
         let mut planned = 0u64;
-        let result =
-            self.engine
-                .run(job.src.clone(), job.dst.clone(), job.opts.clone(), job.progress.clone(), &mut |_| planned += 1);
+        let result = loop {
+            let result =
+                self.engine.run(job.src.clone(), job.dst.clone(), job.opts.clone(), job.progress.clone(), &mut |_| {
+                    planned += 1
+                });
+            let waiting = match &result {
+                Ok(report) if report.objects_failed == 0 && !report.stopped => report.waiting.clone(),
+                _ => None,
+            };
+            let Some(waiting) = waiting else { break result };
+            if !self.wait(job, waiting) {
+                break result;
+            }
+            // The next run plans the whole source again; the counters of what was
+            // copied and skipped keep adding up.
+            job.progress.objects_total.store(0, Ordering::Relaxed);
+            job.progress.bytes_total.store(0, Ordering::Relaxed);
+            job.progress.objects_deferred.store(0, Ordering::Relaxed);
+        };
         let ok = match &result {
-            Ok(report) => report.objects_failed == 0 && !report.stopped,
+            Ok(report) => report.objects_failed == 0 && !report.stopped && report.waiting.is_none(),
             Err(_) => false,
         };
         {
@@ -561,12 +624,45 @@ impl Jobs {
                     if report.objects_failed > 0 {
                         inner.error =
                             Some(format!("{} of {} objects failed", report.objects_failed, report.objects_total));
+                    } else if let Some(w) = &report.waiting {
+                        inner.error = Some(format!("ended while waiting: {}", w.reason));
                     }
                 }
                 Err(e) => inner.error = Some(e.to_string()),
             }
         }
         let _ = job.apply(Action::Finish { ok });
+    }
+
+    /// Waits out `waiting`: the job shows it, and its thread sleeps until the retry
+    /// time (at most the appliance's `--waiting-retry`), a resume or a cancel. Returns
+    /// whether to run the relay again.
+    fn wait(&self, job: &Job, waiting: relay::Waiting) -> bool {
+        let retry_at = UNIX_EPOCH + Duration::from_secs(waiting.retry_at_unix_s);
+        let until = match self.waiting_retry_max {
+            Some(max) => retry_at.min(SystemTime::now() + max),
+            None => retry_at,
+        };
+        eprintln!(
+            "laminar: job {} waiting until {}: {}",
+            job.id,
+            humantime::format_rfc3339_seconds(until),
+            waiting.reason
+        );
+        if job.apply(Action::Wait).is_err() {
+            return false; // Cancelled meanwhile.
+        }
+        let mut inner = job.lock();
+        inner.waiting = Some(relay::Waiting { retry_at_unix_s: unix_s(until), ..waiting });
+        while inner.state == State::Waiting {
+            let left = until.duration_since(SystemTime::now()).unwrap_or_default();
+            if left.is_zero() {
+                break;
+            }
+            inner = job.woken.wait_timeout(inner, left).expect("job lock").0;
+        }
+        drop(inner);
+        job.apply(Action::Retry).is_ok_and(|state| state == State::Running) && !job.progress.stopping()
     }
 
     /// Pauses a running job.
@@ -704,7 +800,7 @@ impl Jobs {
     pub fn shutdown(&self, grace: Duration, give_up: &AtomicBool) -> bool {
         self.closing.store(true, Ordering::Release);
         for job in self.list() {
-            if matches!(job.state(), State::Pending | State::Running | State::Paused) {
+            if matches!(job.state(), State::Pending | State::Running | State::Paused | State::Waiting) {
                 let _ = job.apply(Action::Cancel);
                 job.lock().error.get_or_insert_with(|| "cancelled: the appliance shut down".to_string());
             }
@@ -757,6 +853,11 @@ mod tests {
         assert_eq!(ok(Succeeded, Action::Verify), Some(Verifying));
         assert_eq!(ok(Verifying, Action::Verified { ok: true, before: Succeeded }), Some(Succeeded));
         assert_eq!(ok(Verifying, Action::Verified { ok: false, before: Succeeded }), Some(Failed));
+        assert_eq!(ok(Running, Action::Wait), Some(Waiting));
+        assert_eq!(ok(Waiting, Action::Retry), Some(Running));
+        assert_eq!(ok(Waiting, Action::Resume), Some(Running), "goes on at once");
+        assert_eq!(ok(Waiting, Action::Cancel), Some(Cancelled));
+        assert_eq!(ok(Cancelled, Action::Retry), Some(Cancelled), "a cancel while waiting stands");
         // Refused: each names the state in the 409.
         for (s, a) in [
             (Running, Action::Resume),
@@ -767,12 +868,15 @@ mod tests {
             (Verifying, Action::Cancel),
             (Cancelled, Action::Scale),
             (Pending, Action::Pause),
+            (Waiting, Action::Pause),
+            (Waiting, Action::Finish { ok: true }),
+            (Succeeded, Action::Retry),
         ] {
             assert_eq!(next_state(s, a), None, "{s:?} + {a:?}");
         }
         // Every terminal state is left only by a check.
         for s in State::ALL.into_iter().filter(|s| s.is_terminal()) {
-            for a in [Action::Start, Action::Pause, Action::Resume, Action::Cancel, Action::Scale] {
+            for a in [Action::Start, Action::Pause, Action::Resume, Action::Cancel, Action::Scale, Action::Wait] {
                 assert_eq!(next_state(s, a), None);
             }
         }

@@ -34,6 +34,11 @@ pub struct ServeArgs {
     /// How long to wait for jobs to wind down after SIGTERM, e.g. 30s
     #[arg(long, default_value = "30s", value_name = "DURATION")]
     shutdown_grace: String,
+    /// A job waiting for the destination's allowance (Google Drive's daily upload
+    /// limit) tries again after at most this long, e.g. 1h (default: at the time the
+    /// store gives, 24 hours for Drive)
+    #[arg(long, value_name = "DURATION")]
+    waiting_retry: Option<String>,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -72,7 +77,15 @@ pub fn run(config: Option<&Path>, args: ServeArgs) -> Result<u8, Fail> {
     let opts = crate::cli::options(&args.engine)?;
     let interrupted = laminar_tuning::catch_interrupts();
     let engine = Arc::new(Engine::start(&EngineOptions::from(&opts))?);
-    let jobs = Jobs::new(engine.clone(), config, opts);
+    let waiting_retry = args
+        .waiting_retry
+        .as_deref()
+        .map(|w| {
+            humantime::parse_duration(w)
+                .map_err(|e| usage(format!("--waiting-retry {w:?}: {e}; give a duration such as \"1h\"")))
+        })
+        .transpose()?;
+    let jobs = Jobs::new(engine.clone(), config, opts, waiting_retry);
     let app = App { jobs: jobs.clone(), token: token.map(Arc::new) };
 
     let stop_sampler = Arc::new(AtomicBool::new(false));

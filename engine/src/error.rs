@@ -30,6 +30,11 @@ pub enum ErrorClass {
     /// No object can succeed (bad credentials, missing bucket, untrusted certificate):
     /// the relay stops instead of failing every object the same way.
     FatalRelay,
+    /// The destination's allowance for a period is spent (Google Drive's daily upload
+    /// limit): no new upload can succeed until it resets, while uploads in progress
+    /// may finish. The relay starts nothing new, lets what is in flight finish, and
+    /// ends waiting, with the time it can go on (the error's `retry_after`).
+    QuotaExhausted,
 }
 
 impl ErrorClass {
@@ -42,6 +47,7 @@ impl ErrorClass {
             ErrorClass::Conflict => "conflict",
             ErrorClass::FatalObject => "fatal_object",
             ErrorClass::FatalRelay => "fatal_relay",
+            ErrorClass::QuotaExhausted => "quota_exhausted",
         }
     }
 }

@@ -242,6 +242,24 @@ pub struct Report {
     pub throttle_cuts: u64,
     /// The fewest objects in flight a throttling store brought the relay down to.
     pub transfers_lowest: Option<usize>,
+    /// Objects not started because the destination's allowance for the period is
+    /// spent (see [`Report::waiting`]); a later run copies them.
+    pub objects_deferred: u64,
+    /// Bytes of the deferred objects.
+    pub bytes_deferred: u64,
+    /// Set when the relay ended early because the destination's allowance for a
+    /// period is spent (Google Drive's daily upload limit): uploads in progress
+    /// finished, nothing new started, and the rest can go on at `retry_at_unix_s`.
+    pub waiting: Option<Waiting>,
+}
+
+/// Why a relay stopped short and when it can go on.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Waiting {
+    /// The store's error, with its advice.
+    pub reason: String,
+    /// When the allowance resets, as far as the store says (Unix seconds).
+    pub retry_at_unix_s: u64,
 }
 
 /// Default of [`RelayOptions::spill_wait`]: well under the idle timeouts at which
@@ -264,9 +282,21 @@ pub const FAILURES_KEPT_MAX: usize = 10_000;
 /// (copied, skipped, failed), or a step on the way that a journal would persist
 /// (its session begun, a part committed).
 pub(crate) enum Outcome {
-    Copied { bytes: u64 },
-    Skipped { bytes: u64 },
-    Failed { reason: String, fatal: bool },
+    Copied {
+        bytes: u64,
+    },
+    Skipped {
+        bytes: u64,
+    },
+    Failed {
+        reason: String,
+        fatal: bool,
+    },
+    /// Not started (or refused at its start) because the destination's allowance
+    /// for the period is spent; nothing of it is at the destination.
+    Deferred {
+        bytes: u64,
+    },
     SessionBegun(Box<crate::backend::SessionState>),
     PartCommitted(Box<crate::backend::PartRecord>),
 }
@@ -274,7 +304,10 @@ pub(crate) enum Outcome {
 impl Outcome {
     /// Whether this ends the object.
     pub(crate) fn is_end(&self) -> bool {
-        matches!(self, Outcome::Copied { .. } | Outcome::Skipped { .. } | Outcome::Failed { .. })
+        matches!(
+            self,
+            Outcome::Copied { .. } | Outcome::Skipped { .. } | Outcome::Failed { .. } | Outcome::Deferred { .. }
+        )
     }
 }
 
@@ -293,6 +326,11 @@ pub(crate) struct Shared {
     pub(crate) progress: Arc<Progress>,
     /// The first error that stops the whole relay.
     pub(crate) fatal: std::sync::Mutex<Option<String>>,
+    /// Set once the destination's allowance for a period is spent: nothing new
+    /// starts; what is in flight finishes.
+    pub(crate) waiting: std::sync::Mutex<Option<Waiting>>,
+    /// Whether `waiting` is set, read without its lock by every object's start.
+    pub(crate) quota_spent: AtomicBool,
     pub(crate) queues: Queues,
     pub(crate) policy: Policy,
     pub(crate) stats: Stats,
@@ -374,6 +412,31 @@ impl Shared {
         self.progress.stop.load(Ordering::Acquire)
     }
 
+    /// Whether the destination's allowance is spent: objects not yet started wait
+    /// for a later run.
+    pub(crate) fn quota_spent(&self) -> bool {
+        // Pairs with the Release store in `defer`.
+        self.quota_spent.load(Ordering::Acquire)
+    }
+
+    /// Ends an object refused, or not started, because the destination's allowance
+    /// is spent; the first such error sets when the relay can go on.
+    pub(crate) fn defer(&self, key: String, bytes: u64, err: Option<&crate::Error>) {
+        if let Some(err) = err {
+            let mut waiting = self.waiting.lock().expect("waiting lock");
+            if waiting.is_none() {
+                let after = err.retry_after().unwrap_or_default();
+                let retry_at = std::time::SystemTime::now() + after;
+                let retry_at_unix_s = retry_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                *waiting = Some(Waiting { reason: err.to_string(), retry_at_unix_s });
+                // Pairs with the Acquire load in `quota_spent`.
+                self.quota_spent.store(true, Ordering::Release);
+                eprintln!("laminar: {err}; waiting: uploads in progress finish, nothing new starts");
+            }
+        }
+        self.finish(key, Outcome::Deferred { bytes });
+    }
+
     /// Objects each worker may move at once for this relay: its share of
     /// [`Progress::transfers`], read live so that a relay can be scaled while it runs.
     pub(crate) fn objects_in_flight_per_worker(&self) -> usize {
@@ -446,6 +509,9 @@ impl Shared {
                     // Pairs with the Acquire loads in `stopped`.
                     self.progress.request_stop();
                 }
+            }
+            Outcome::Deferred { .. } => {
+                self.progress.objects_deferred.fetch_add(1, Ordering::Relaxed);
             }
             Outcome::SessionBegun(_) | Outcome::PartCommitted(_) => unreachable!("asserted above"),
         }

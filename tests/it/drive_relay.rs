@@ -253,7 +253,7 @@ fn per_minute_limits_slow_the_relay_down() {
 }
 
 #[test]
-fn the_daily_upload_limit_and_a_full_drive_stop_the_relay() {
+fn the_daily_upload_limit_stops_new_uploads_exits_75_with_when_and_a_rerun_copies_the_rest() {
     let mut tree = Tree::new();
     for i in 0..20 {
         tree.insert(format!("f{i:02}"), pattern(10_000, 200 + i));
@@ -266,24 +266,59 @@ fn the_daily_upload_limit_and_a_full_drive_stop_the_relay() {
     // so the second is the first refused.
     let daily = Faults { daily_upload_bytes_max: Some(1), ..Faults::default() };
     let g = gd(DriveOptions { faults: daily, ..DriveOptions::default() });
+    let started = std::time::SystemTime::now();
     let out = laminar_with(g.config.path(), &["relay", &from, "gd:t", "--transfers", "1", "--json"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_ne!(out.status.code(), Some(0), "{stderr}");
-    assert!(stderr.contains("daily upload limit") && stderr.contains("run the relay again"), "{stderr}");
+    assert_eq!(out.status.code(), Some(75), "a distinct status for 'go on later': {stderr}");
+    assert!(stderr.contains("daily upload limit") && stderr.contains("run the same relay again"), "{stderr}");
+    assert!(
+        stderr.contains("1 objects (9.77 KiB) copied and verified") && stderr.contains("go on after about"),
+        "{stderr}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("")).expect("a report");
+    assert_eq!((report["objects_copied"].as_u64(), report["objects_failed"].as_u64()), (Some(1), Some(0)), "{report}");
+    assert!(report["objects_deferred"].as_u64() >= Some(1), "{report}");
+    // Drive counts the limit over a rolling day: the relay says when, a day on.
+    let retry_at = report["waiting"]["retry_at_unix_s"].as_u64().expect("when it can go on");
+    let day_on = started.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 24 * 3600;
+    assert!((day_on..day_on + 600).contains(&retry_at), "{report}");
+    // Exactly the object reported copied is there, whole; nothing else was begun.
+    let held: Vec<_> = g.emu.tree().into_iter().filter(|e| !e.mime_type.ends_with(".folder")).collect();
+    assert_eq!(held.len(), 1, "{held:?}");
+    let rel = held[0].path.strip_prefix("t/").expect("under t/");
+    assert!(g.emu.read_id(&held[0].id).as_deref() == Some(&tree[rel][..]), "{rel} at Drive differs");
+
     // Once the day turns, a re-run copies the rest and skips what is there.
     g.emu.new_day();
     g.emu.update_faults(|f| f.daily_upload_bytes_max = None);
     let (rest, _) = g.relay(&from, "gd:t");
-    assert_eq!(rest["objects_failed"], 0, "{rest}");
+    assert_eq!((rest["objects_copied"].as_u64(), rest["objects_skipped"].as_u64()), (Some(19), Some(1)), "{rest}");
+    assert!(rest["waiting"].is_null(), "{rest}");
     for (rel, bytes) in &tree {
         assert!(g.emu.read(&format!("t/{rel}")).as_deref() == Some(&bytes[..]), "{rel} at Drive differs");
     }
+}
 
+#[test]
+fn a_full_drive_stops_the_relay() {
+    let mut tree = Tree::new();
+    for i in 0..20 {
+        tree.insert(format!("f{i:02}"), pattern(10_000, 200 + i));
+    }
+    let src = tempfile::tempdir().expect("source dir");
+    write_tree(src.path(), &tree);
+    let from = format!("file://{}", src.path().display());
     let g = gd(DriveOptions { storage_limit_bytes: 50_000, ..DriveOptions::default() });
     let out = laminar_with(g.config.path(), &["relay", &from, "gd:t", "--transfers", "1", "--json"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("is full"), "{stderr}");
+    // What is there is whole: each file Drive holds is one of the source's, intact.
+    for e in g.emu.tree().into_iter().filter(|e| !e.mime_type.ends_with(".folder")) {
+        let rel = e.path.strip_prefix("t/").expect("under t/");
+        assert!(g.emu.read_id(&e.id).as_deref() == Some(&tree[rel][..]), "{rel} at Drive differs");
+    }
 }
 
 #[test]

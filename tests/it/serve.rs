@@ -537,3 +537,75 @@ fn jobs_share_the_workers_and_one_failing_leaves_the_others_running() {
     let job = app.wait(&again, &["succeeded", "failed"]);
     assert_eq!(job["counters"]["objects_skipped"], 120, "a re-run skips what is there: {job}");
 }
+
+/// A job into Drive that reaches the daily upload limit waits (state `waiting`, with
+/// the reason and when it goes on), and goes on by itself or when resumed; each time
+/// the bytes at Drive are exactly the source's and nothing is copied twice.
+#[test]
+fn a_job_at_drives_daily_limit_waits_and_goes_on_by_itself_or_when_resumed() {
+    use laminar_emulators::drive::{DriveEmulator, DriveOptions, Faults};
+    let src = tempfile::tempdir().unwrap();
+    let mut rng = fastrand::Rng::with_seed(75);
+    let files: Vec<(String, Vec<u8>)> = (0..12)
+        .map(|i| (format!("f{i:02}"), std::iter::repeat_with(|| rng.u8(..)).take(8 * KIB + i).collect()))
+        .collect();
+    for (name, bytes) in &files {
+        std::fs::write(src.path().join(name), bytes).unwrap();
+    }
+    let source = format!("file://{}", src.path().display());
+    let held = |emu: &DriveEmulator, folder: &str| -> Vec<(String, Vec<u8>)> {
+        let prefix = format!("{folder}/");
+        let mut out: Vec<_> = emu
+            .tree()
+            .into_iter()
+            .filter(|e| !e.mime_type.ends_with(".folder"))
+            .map(|e| (e.path.strip_prefix(&prefix).expect("under the folder").to_string(), emu.read_id(&e.id).unwrap()))
+            .collect();
+        out.sort();
+        out
+    };
+
+    for by_itself in [true, false] {
+        let emu = DriveEmulator::start(DriveOptions {
+            faults: Faults { daily_upload_bytes_max: Some(1), ..Faults::default() },
+            ..DriveOptions::default()
+        })
+        .expect("start the Drive emulator");
+        let config = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(config.path(), emu.remote_toml("gd")).unwrap();
+        let extra: &[&str] = if by_itself { &["--waiting-retry", "1s"] } else { &[] };
+        let app = Appliance::start(config.path(), extra);
+        let id = app.submit(json!({ "source": source, "destination": "gd:in", "transfers": 1 }));
+        let waiting = app.wait(&id, &["waiting", "succeeded", "failed"]);
+        assert_eq!(waiting["state"], "waiting", "{waiting}");
+        let reason = waiting["waiting"]["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("daily upload limit"), "{waiting}");
+        let retry_at = waiting["waiting"]["retry_at"].as_str().expect("when it goes on");
+        if !by_itself {
+            // The store's own reset: a day on.
+            let at = humantime::parse_rfc3339(retry_at).expect("RFC 3339");
+            assert!(at > std::time::SystemTime::now() + Duration::from_secs(23 * 3600), "{waiting}");
+        }
+        // What is at Drive while it waits is whole and is all the job counts as copied.
+        let there = held(&emu, "in");
+        assert_eq!(there.len() as u64, waiting["counters"]["objects_copied"].as_u64().unwrap(), "{waiting}");
+        assert!(!there.is_empty() && there.len() < files.len(), "{there:?}");
+        for (name, bytes) in &there {
+            assert!(files.iter().any(|(n, b)| n == name && b == bytes), "{name} at Drive differs");
+        }
+
+        emu.new_day();
+        emu.update_faults(|f| f.daily_upload_bytes_max = None);
+        if !by_itself {
+            let resumed = app.ok("POST", &format!("/v1/jobs/{id}/resume"), None);
+            assert_ne!(resumed["state"], "waiting", "{resumed}");
+        }
+        let done = app.wait(&id, &["succeeded", "failed", "cancelled"]);
+        assert_eq!(done["state"], "succeeded", "{done}");
+        assert!(done["waiting"].is_null(), "{done}");
+        let states: Vec<_> = done["history"].as_array().unwrap().iter().map(|t| t["state"].clone()).collect();
+        assert!(states.contains(&json!("waiting")), "{states:?}");
+        assert_eq!(done["counters"]["objects_copied"], files.len(), "{done}");
+        assert_eq!(held(&emu, "in"), files, "Drive holds exactly the source");
+    }
+}

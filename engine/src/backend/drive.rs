@@ -58,6 +58,9 @@ const LOOKUPS_MAX: usize = 4096;
 /// The daily upload limit's message; the per-minute limit has the same reason and
 /// another message ("User Rate Limit Exceeded. Rate of requests ...").
 const DAILY_LIMIT_MESSAGE: &str = "User rate limit exceeded.";
+/// How long after the daily upload limit is reached uploads can go on: Drive counts
+/// the 750 GB over a rolling day and says no more in its answer.
+const DAILY_LIMIT_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 /// A configured Drive; each worker opens its own [`DriveStore`].
 pub struct DriveBackend {
@@ -211,7 +214,7 @@ struct ErrorItem {
 fn classify(status: u16, reason: &str, message: &str) -> ErrorClass {
     match (status, reason) {
         (401, _) => ErrorClass::Reauthenticate,
-        (403 | 429, "userRateLimitExceeded") if message.trim() == DAILY_LIMIT_MESSAGE => ErrorClass::FatalRelay,
+        (403 | 429, "userRateLimitExceeded") if message.trim() == DAILY_LIMIT_MESSAGE => ErrorClass::QuotaExhausted,
         (403 | 429, "userRateLimitExceeded" | "rateLimitExceeded") | (429, _) => ErrorClass::Throttled,
         (403, "storageQuotaExceeded") => ErrorClass::FatalRelay,
         (408, _) => ErrorClass::Retryable,
@@ -224,9 +227,9 @@ fn classify(status: u16, reason: &str, message: &str) -> ErrorClass {
 fn hint(remote: &str, status: u16, reason: &str, message: &str) -> String {
     match (status, reason) {
         (403 | 429, "userRateLimitExceeded") if message.trim() == DAILY_LIMIT_MESSAGE => format!(
-            "; remote {remote:?} reached Google Drive's daily upload limit (750 GB a day per user): nothing more \
-             can be uploaded until it resets, about 24 hours after it was reached; run the relay again then, and \
-             what is already copied is skipped"
+            "; remote {remote:?} reached Google Drive's daily upload limit (750 GB a day per user): no new upload \
+             can start until it resets, about 24 hours after it was reached (uploads in progress finish); run the \
+             relay again then, and what is already copied is skipped"
         ),
         (403, "storageQuotaExceeded") => {
             format!("; the Drive of remote {remote:?} is full: free space or raise its storage quota, then run again")
@@ -461,6 +464,10 @@ impl DriveStore {
         };
         let retry_after =
             head.header("retry-after").and_then(|v| v.trim().parse::<u64>().ok()).map(Duration::from_secs);
+        let retry_after = match class {
+            ErrorClass::QuotaExhausted => retry_after.or(Some(DAILY_LIMIT_WINDOW)),
+            _ => retry_after,
+        };
         let code = if reason.is_empty() { format!("{status}") } else { reason };
         Error::Http { op, target: target.to_string(), status, code, message, hint, retry_after, class }
     }
@@ -816,7 +823,7 @@ mod tests {
     fn errors_are_classified() {
         let per_minute = "User Rate Limit Exceeded. Rate of requests for user exceed configured project quota.";
         assert_eq!(classify(403, "userRateLimitExceeded", per_minute), ErrorClass::Throttled);
-        assert_eq!(classify(403, "userRateLimitExceeded", "User rate limit exceeded."), ErrorClass::FatalRelay);
+        assert_eq!(classify(403, "userRateLimitExceeded", "User rate limit exceeded."), ErrorClass::QuotaExhausted);
         assert_eq!(classify(403, "rateLimitExceeded", "Rate Limit Exceeded"), ErrorClass::Throttled);
         assert_eq!(classify(429, "rateLimitExceeded", ""), ErrorClass::Throttled);
         assert_eq!(classify(429, "", ""), ErrorClass::Throttled);
@@ -854,7 +861,7 @@ mod tests {
         let s = store("client_id = \"c\"\nclient_secret = \"sec\"\nrefresh_token = \"r\"");
         let daily =
             s.http_error("put", "k", &answer(403, &[]), &body("userRateLimitExceeded", "User rate limit exceeded."));
-        assert_eq!(daily.class(), ErrorClass::FatalRelay);
+        assert_eq!((daily.class(), daily.retry_after()), (ErrorClass::QuotaExhausted, Some(DAILY_LIMIT_WINDOW)));
         assert!(daily.to_string().contains("daily upload limit (750 GB"), "{daily}");
         let minute = s.http_error(
             "put",

@@ -253,6 +253,8 @@ impl Engine {
             policy,
             stats: Stats::default(),
             fatal: Mutex::new(None),
+            waiting: Mutex::new(None),
+            quota_spent: AtomicBool::new(false),
             progress,
             opts,
             src,
@@ -312,6 +314,7 @@ impl Engine {
         report.stage_bytes_written = shared.stats.stage_bytes_written.load(Ordering::Relaxed);
         report.throttle_cuts = shared.progress.throttle.cuts();
         report.transfers_lowest = shared.progress.throttle.lowest();
+        report.waiting = shared.waiting.lock().expect("waiting lock").take();
         Ok(report)
     }
 

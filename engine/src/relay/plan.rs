@@ -365,6 +365,10 @@ pub(super) fn record(report: &mut Report, result: ObjectResult) {
             report.objects_skipped += 1;
             report.bytes_skipped += bytes;
         }
+        Outcome::Deferred { bytes } => {
+            report.objects_deferred += 1;
+            report.bytes_deferred += bytes;
+        }
         Outcome::Failed { reason, .. } => {
             report.objects_failed += 1;
             if report.failures.len() < FAILURES_KEPT_MAX {
@@ -412,7 +416,8 @@ pub(super) async fn plan(
     // would hold as one object.
     let mut last_rel: Option<String> = None;
     while let Some(entry) = src.next().await? {
-        if shared.stopped() {
+        // Once the destination's allowance is spent, the rest waits for a later run.
+        if shared.stopped() || shared.quota_spent() {
             break;
         }
         let Some(rel) = scope.relative(&entry.key, &shared.opts.filter) else { continue };

@@ -19,6 +19,9 @@ pub struct Progress {
     pub objects_skipped: AtomicU64,
     /// Objects failed.
     pub objects_failed: AtomicU64,
+    /// Objects left for a later run: the destination's allowance for the period is
+    /// spent (Google Drive's daily upload limit).
+    pub objects_deferred: AtomicU64,
     /// Set to stop the relay: nothing new starts, transfers in flight finish or fail,
     /// and multipart uploads that can't complete are aborted. Also set by the engine
     /// after a fatal error.

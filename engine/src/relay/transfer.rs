@@ -233,6 +233,9 @@ impl Ctx {
     }
 
     pub(super) fn fail(&self, job: &ObjectJob, err: Error) {
+        if err.class() == crate::error::ErrorClass::QuotaExhausted {
+            return self.shared.defer(job.src_key.clone(), job.size, Some(&err));
+        }
         let fatal = err.is_fatal();
         self.shared.finish(job.src_key.clone(), Outcome::Failed { reason: err.to_string(), fatal });
     }
@@ -291,6 +294,9 @@ fn not_attempted(ctx: &Ctx, job: &ObjectJob) {
 pub(crate) async fn run_object(ctx: Rc<Ctx>, job: Arc<ObjectJob>) {
     if ctx.stopped() {
         return not_attempted(&ctx, &job);
+    }
+    if ctx.shared.quota_spent() {
+        return ctx.shared.defer(job.src_key.clone(), job.size, None);
     }
     if job.check_dest {
         match ctx.already_there(&job).await {
@@ -437,6 +443,9 @@ async fn begin_large(ctx: Rc<Ctx>, job: Arc<ObjectJob>) {
     }
     if ctx.stopped() {
         return not_attempted(&ctx, &job);
+    }
+    if ctx.shared.quota_spent() {
+        return ctx.shared.defer(job.src_key.clone(), job.size, None);
     }
     match plan_large(&ctx, &job).await {
         Ok(count) => {
