@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use laminar_emulators::dropbox::{DropboxEmulator, DropboxOptions, Faults};
+use laminar_emulators::dropbox::{content_hash_hex, DropboxEmulator, DropboxOptions, Faults};
 use laminar_tests::laminar_with;
 
 const MIB: usize = 1 << 20;
@@ -143,11 +143,11 @@ fn a_tree_into_dropbox_and_back_on_both_drivers() {
         let first = s.relay(&s.src_url(), &format!("dbx:{driver}"), driver);
         assert_eq!(first["objects_copied"], n, "{first}");
         assert_same(&held(&s.emu, driver), &s.files, "Dropbox after the relay");
-        // Dropbox keeps no user metadata, so Laminar's record of what it copied cannot
-        // be kept there, and a local tree has no content hash: the tree is copied again,
-        // the bytes stay right, and no upload session is left open.
+        // Laminar's record of what it copied rides in a file property group that the
+        // listing brings back: a re-run copies nothing.
         let again = s.relay(&s.src_url(), &format!("dbx:{driver}"), driver);
-        assert_eq!(again["objects_failed"], 0, "{again}");
+        assert_eq!(again["objects_copied"], 0, "a re-run copies nothing: {again}");
+        assert_eq!(again["objects_skipped"], n, "{again}");
         assert_same(&held(&s.emu, driver), &s.files, "Dropbox after the re-run");
         assert_eq!(s.emu.open_sessions(), 0, "every session finished");
 
@@ -255,4 +255,93 @@ fn server_errors_and_dropped_connections_end_with_everything_copied() {
     let stats = s.emu.stats();
     assert!(stats.server_errors + stats.dropped_connections > 0, "faults were sent: {stats:?}");
     assert_eq!(stats.open_sessions, 0, "{stats:?}");
+}
+
+/// Each file under `ROOT/folder` has the content hash of the bytes `want` gives it, by
+/// the emulator's own record.
+fn assert_hashes(emu: &DropboxEmulator, folder: &str, want: &BTreeMap<String, Vec<u8>>) {
+    for (rel, bytes) in want {
+        let meta = emu.metadata(&format!("{ROOT}/{folder}/{rel}")).unwrap_or_else(|| panic!("{rel} is in Dropbox"));
+        assert_eq!(meta.content_hash, content_hash_hex(bytes), "{rel}: content_hash");
+        assert_eq!(meta.size, bytes.len() as u64, "{rel}: size");
+    }
+}
+
+/// Rewrites one source file with other bytes of the same length and another mtime.
+fn change_one(s: &mut Setup, rel: &str) {
+    let bytes = s.files.get_mut(rel).expect("in the tree");
+    for b in bytes.iter_mut() {
+        *b ^= 0x5a;
+    }
+    let path = s.dir.path().join("src").join(rel);
+    std::fs::write(&path, &*bytes).expect("rewrite");
+    let file = std::fs::File::options().write(true).open(&path).expect("open");
+    file.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000)).expect("set mtime");
+}
+
+#[test]
+fn a_rerun_into_dropbox_copies_nothing_and_a_changed_file_exactly_once() {
+    let mut s = setup(DropboxOptions { seed: 21, ..DropboxOptions::default() });
+    let n = s.files.len();
+    let first = s.relay(&s.src_url(), "dbx:rerun", "epoll");
+    assert_eq!(first["objects_copied"], n, "{first}");
+    assert_hashes(&s.emu, "rerun", &s.files);
+    let again = s.relay(&s.src_url(), "dbx:rerun", "epoll");
+    assert_eq!((again["objects_copied"].as_u64(), again["objects_skipped"].as_u64()), (Some(0), Some(n as u64)), "{again}");
+
+    // One file changes (same size, other bytes): exactly that one is copied.
+    change_one(&mut s, "small/d1/f04.bin");
+    let changed = s.relay(&s.src_url(), "dbx:rerun", "epoll");
+    assert_eq!(changed["objects_copied"], 1, "{changed}");
+    assert_eq!(changed["objects_skipped"], n - 1, "{changed}");
+    assert_hashes(&s.emu, "rerun", &s.files);
+    assert_same(&held(&s.emu, "rerun"), &s.files, "Dropbox after the change");
+
+    // A file changed in Dropbox by something else keeps its old property group, but
+    // not the content hash it was written with: it is copied again, not skipped.
+    let tampered = format!("{ROOT}/rerun/Mixed Case/Grüße.TXT");
+    s.emu.insert(&tampered, vec![0u8; s.files["Mixed Case/Grüße.TXT"].len()]).expect("overwrite in Dropbox");
+    let repaired = s.relay(&s.src_url(), "dbx:rerun", "epoll");
+    assert_eq!(repaired["objects_copied"], 1, "{repaired}");
+    assert_hashes(&s.emu, "rerun", &s.files);
+
+    // Dropbox into Dropbox: the source's revisions are the versions recorded.
+    let inner = s.relay("dbx:rerun", "dbx:copy", "epoll");
+    assert_eq!(inner["objects_copied"], n, "{inner}");
+    let inner_again = s.relay("dbx:rerun", "dbx:copy", "epoll");
+    assert_eq!(inner_again["objects_copied"], 0, "{inner_again}");
+    assert_hashes(&s.emu, "copy", &s.files);
+    // One template for the account, made once.
+    assert_eq!(s.emu.stats().requests.get("file_properties/templates/add_for_user"), Some(&1));
+    assert_eq!(s.emu.open_sessions(), 0);
+}
+
+#[test]
+fn a_rerun_from_s3_into_dropbox_copies_nothing() {
+    use laminar_bench::servers::{find_tool, require_servers, Weed};
+    if find_tool("weed").is_none() && !require_servers() {
+        eprintln!("skipping: SeaweedFS not installed (tests/run.sh installs it)");
+        return;
+    }
+    let mut s = setup(DropboxOptions { seed: 23, ..DropboxOptions::default() });
+    let weed = Weed::start().expect("start SeaweedFS");
+    weed.create_bucket("bkt").expect("bucket");
+    let mut text = std::fs::read_to_string(&s.config).expect("config");
+    text.push('\n');
+    text.push_str(&weed.remote_toml("s3"));
+    std::fs::write(&s.config, text).expect("config");
+    let n = s.files.len();
+    assert_eq!(s.relay(&s.src_url(), "s3:bkt/tree/", "epoll")["objects_copied"], n);
+    let first = s.relay("s3:bkt/tree/", "dbx:from-s3", "epoll");
+    assert_eq!(first["objects_copied"], n, "{first}");
+    assert_hashes(&s.emu, "from-s3", &s.files);
+    let again = s.relay("s3:bkt/tree/", "dbx:from-s3", "epoll");
+    assert_eq!(again["objects_copied"], 0, "a re-run copies nothing: {again}");
+    assert_eq!(again["objects_skipped"], n, "{again}");
+    // One object changes in S3: exactly that one is copied.
+    change_one(&mut s, "ünïcødé/файл 文件 😀.txt");
+    assert_eq!(s.relay(&s.src_url(), "s3:bkt/tree/", "epoll")["objects_copied"], 1);
+    let changed = s.relay("s3:bkt/tree/", "dbx:from-s3", "epoll");
+    assert_eq!(changed["objects_copied"], 1, "{changed}");
+    assert_hashes(&s.emu, "from-s3", &s.files);
 }
