@@ -231,6 +231,17 @@ class Checks:
         assert err.is_concurrent_session_invalid_data_size(), err
         err = self.expect_api_error(self.dbx.files_upload_session_start, b"data", session_type=session_type)
         assert err.is_concurrent_session_data_not_allowed(), err
+        # A session finished before its close piece, or with a gap, is refused; nothing
+        # may be appended past a closed end.
+        gappy = self.dbx.files_upload_session_start(b"", session_type=session_type).session_id
+        self.dbx.files_upload_session_append_v2(b"g" * BLOCK, files.UploadSessionCursor(gappy, BLOCK))
+        err = self.expect_api_error(self.dbx.files_upload_session_finish, b"", files.UploadSessionCursor(gappy, 2 * BLOCK), files.CommitInfo(ROOT + "/gap.bin"))
+        assert err.is_concurrent_session_not_closed(), err
+        self.dbx.files_upload_session_append_v2(b"end", files.UploadSessionCursor(gappy, 2 * BLOCK), close=True)
+        err = self.expect_api_error(self.dbx.files_upload_session_append_v2, b"z" * BLOCK, files.UploadSessionCursor(gappy, 3 * BLOCK))
+        assert err.is_closed(), err
+        err = self.expect_api_error(self.dbx.files_upload_session_finish, b"", files.UploadSessionCursor(gappy, 2 * BLOCK + 3), files.CommitInfo(ROOT + "/gap.bin"))
+        assert err.is_concurrent_session_missing_data(), err
 
         def piece(path, offset):
             data = wanted[path]

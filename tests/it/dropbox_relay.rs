@@ -5,8 +5,12 @@
 //!
 //! The tree has non-ASCII names (which the `Dropbox-API-Arg` header must carry as
 //! `\uXXXX` escapes), an empty file, small files that go up with `files/upload`, and
-//! one of 20 MiB + 5 bytes that goes up through an upload session (the multipart cutoff
-//! is lowered to 8 MiB) and comes back as ranged downloads.
+//! one of 20 MiB + 5 bytes that goes up in parallel parts through a concurrent upload
+//! session (the multipart cutoff is lowered to 8 MiB) and comes back as ranged
+//! downloads. Re-runs from a local tree, S3 and Dropbox itself copy nothing, through
+//! the provenance record Laminar keeps in a file property group, and a changed file is
+//! copied exactly once. A 200 MiB file goes up in 8 MiB parts through the faulty
+//! wrapper, and only the part whose answer was lost is sent twice.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -287,7 +291,11 @@ fn a_rerun_into_dropbox_copies_nothing_and_a_changed_file_exactly_once() {
     assert_eq!(first["objects_copied"], n, "{first}");
     assert_hashes(&s.emu, "rerun", &s.files);
     let again = s.relay(&s.src_url(), "dbx:rerun", "epoll");
-    assert_eq!((again["objects_copied"].as_u64(), again["objects_skipped"].as_u64()), (Some(0), Some(n as u64)), "{again}");
+    assert_eq!(
+        (again["objects_copied"].as_u64(), again["objects_skipped"].as_u64()),
+        (Some(0), Some(n as u64)),
+        "{again}"
+    );
 
     // One file changes (same size, other bytes): exactly that one is copied.
     change_one(&mut s, "small/d1/f04.bin");
@@ -344,4 +352,81 @@ fn a_rerun_from_s3_into_dropbox_copies_nothing() {
     let changed = s.relay("s3:bkt/tree/", "dbx:from-s3", "epoll");
     assert_eq!(changed["objects_copied"], 1, "{changed}");
     assert_hashes(&s.emu, "from-s3", &s.files);
+}
+
+/// Laminar's Dropbox backend on the emulator, built in this process (so that the
+/// faulty wrapper can go around it).
+fn engine_backend(emu: &DropboxEmulator) -> laminar_engine::backend::dropbox::DropboxBackend {
+    use laminar_engine::backend::dropbox::{Credentials, DropboxBackend, DropboxConfig};
+    use laminar_engine::http::Endpoint;
+    let endpoint = |url: String| Endpoint::parse(&url).expect("an emulator URL");
+    DropboxBackend::new(DropboxConfig {
+        remote: "dbx".into(),
+        root: ROOT.into(),
+        api: endpoint(emu.api_url()),
+        content: endpoint(emu.content_url()),
+        token_endpoint: endpoint(emu.api_url()),
+        token_path: "/oauth2/token".into(),
+        credentials: Credentials::Refresh {
+            refresh_token: emu.refresh_token().into(),
+            app_key: emu.app_key().into(),
+            app_secret: Some(emu.app_secret().into()),
+        },
+    })
+}
+
+#[test]
+fn a_large_file_goes_up_in_parallel_parts_and_a_failed_part_is_sent_again_alone() {
+    use std::sync::Arc;
+
+    use laminar_engine::backend::faulty::{self, Fault, FaultOp, Faulty, Rule};
+    use laminar_engine::backend::mem::{MemBackend, MemOptions};
+    use laminar_engine::relay::{relay, Location, Progress, RelayOptions};
+    use laminar_engine::runtime::DriverChoice;
+
+    const SIZE: usize = 200 * MIB + 12_345;
+    const PART_BYTES: u64 = 8 << 20;
+    const KEY: &str = "parallel/file.bin";
+    let emu = DropboxEmulator::start(DropboxOptions { seed: 31, ..DropboxOptions::default() }).expect("start");
+    let bytes = pattern(SIZE, 41);
+    let src = MemBackend::new(MemOptions::default());
+    src.insert("big/file.bin", bytes.clone());
+    // Part 3's request never reaches Dropbox; part 7 lands, but its answer is lost.
+    let rules =
+        vec![Rule::on_key(FaultOp::Put, KEY, 3, Fault::Reset), Rule::on_key(FaultOp::Put, KEY, 7, Fault::AnswerLost)];
+    let dst = Arc::new(Faulty::new(engine_backend(&emu), faulty::Faults::script(rules)));
+    let opts = RelayOptions {
+        workers: Some(2),
+        ram_buffer_bytes: 128 << 20,
+        part_size_bytes: PART_BYTES,
+        multipart_cutoff_bytes: 16 << 20,
+        retries: 6,
+        driver: DriverChoice::Epoll,
+        ..RelayOptions::default()
+    };
+    let report = relay(
+        Location::new(Arc::new(src), "big/", "mem:big/".into()),
+        Location::new(dst.clone(), "parallel/", "dbx:parallel/".into()),
+        opts,
+        Arc::new(Progress::default()),
+        &mut |_| {},
+    )
+    .expect("the relay runs");
+    assert_eq!((report.objects_copied, report.objects_failed), (1, 0), "{report:?}");
+    assert_eq!(dst.fired().len(), 2, "both faults fired: {:?}", dst.fired());
+
+    // Byte-exact, by the emulator's own content hash and bytes.
+    let path = format!("{ROOT}/{KEY}");
+    let meta = emu.metadata(&path).expect("the file is in Dropbox");
+    assert_eq!(meta.content_hash, content_hash_hex(&bytes));
+    assert!(emu.file(&path).expect("bytes") == bytes, "the bytes differ");
+    // One concurrent session; each part appended once, but the one whose answer was
+    // lost (nothing says Dropbox has it, so it is sent again whole, replacing itself).
+    let parts = SIZE.div_ceil(PART_BYTES as usize) as u64;
+    let stats = emu.stats();
+    let calls = |route: &str| stats.requests.get(route).copied().unwrap_or(0);
+    assert_eq!(calls("files/upload_session/start"), 1, "{stats:?}");
+    assert_eq!(calls("files/upload_session/append_v2"), parts + 1, "{stats:?}");
+    assert_eq!(calls("files/upload_session/finish"), 1, "{stats:?}");
+    assert_eq!(emu.open_sessions(), 0);
 }

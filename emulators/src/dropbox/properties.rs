@@ -76,8 +76,10 @@ impl Templates {
 
     fn new_id(&mut self) -> String {
         self.serial += 1;
-        let d =
-            Sha256::new().chain_update(self.seed.to_le_bytes()).chain_update(b"ptid").chain_update(self.serial.to_le_bytes());
+        let d = Sha256::new()
+            .chain_update(self.seed.to_le_bytes())
+            .chain_update(b"ptid")
+            .chain_update(self.serial.to_le_bytes());
         let text = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&d.finalize()[..16]);
         format!("ptid:{}", text.replace(['-', '_'], "A"))
     }
@@ -201,7 +203,10 @@ pub(crate) fn parse_filter(a: &Args) -> Result<Option<Vec<String>>, ApiError> {
             if list.is_empty() {
                 return Err(u.err("filter_some", "list has 0 items, fewer than the minimum of 1"));
             }
-            list.iter().map(|v| template_id(&u, "filter_some", v).map(str::to_string)).collect::<Result<_, _>>().map(Some)
+            list.iter()
+                .map(|v| template_id(&u, "filter_some", v).map(str::to_string))
+                .collect::<Result<_, _>>()
+                .map(Some)
         }
         Some(("filter_some", None)) => Err(a.err(FIELD, "'filter_some' needs a list of template ids")),
         Some((other, _)) => Err(a.err(FIELD, format!("unknown tag '{other}'"))),

@@ -693,7 +693,12 @@ mod tests {
             token_path: "/oauth2/token".into(),
             credentials: Credentials::Refresh { refresh_token: "r".into(), app_key: "k".into(), app_secret: None },
         };
-        DropboxStore { cfg: Arc::new(cfg), tokens: Arc::default(), template: Arc::default(), http: HttpClient::default() }
+        DropboxStore {
+            cfg: Arc::new(cfg),
+            tokens: Arc::default(),
+            template: Arc::default(),
+            http: HttpClient::default(),
+        }
     }
 
     #[test]

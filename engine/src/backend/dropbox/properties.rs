@@ -95,7 +95,13 @@ pub(super) fn provenance_of(meta: &Value, template_id: &str) -> Option<String> {
         .iter()
         .find(|g| g.get("template_id").and_then(Value::as_str) == Some(template_id))?;
     let field = |name: &str| {
-        group.get("fields")?.as_array()?.iter().find(|f| f.get("name").and_then(Value::as_str) == Some(name))?.get("value")?.as_str()
+        group
+            .get("fields")?
+            .as_array()?
+            .iter()
+            .find(|f| f.get("name").and_then(Value::as_str) == Some(name))?
+            .get("value")?
+            .as_str()
     };
     let written = field(FIELD_CONTENT_HASH)?;
     let now = meta.get("content_hash").and_then(Value::as_str)?;
@@ -149,7 +155,8 @@ impl DropboxStore {
 
     async fn add_template(&self) -> Result<String> {
         let target = self.describe();
-        let field = |name: &str, description: &str| json!({ "name": name, "description": description, "type": "string" });
+        let field =
+            |name: &str, description: &str| json!({ "name": name, "description": description, "type": "string" });
         let arg = json!({
             "name": TEMPLATE_NAME,
             "description": TEMPLATE_DESCRIPTION,
@@ -166,7 +173,11 @@ impl DropboxStore {
 
     /// The commit's `property_groups` for `provenance` over bytes of `content_hash`;
     /// makes the template if the account has none yet.
-    pub(super) async fn commit_groups(&self, provenance: Option<&str>, content_hash: Option<&str>) -> Result<Option<Value>> {
+    pub(super) async fn commit_groups(
+        &self,
+        provenance: Option<&str>,
+        content_hash: Option<&str>,
+    ) -> Result<Option<Value>> {
         let (Some(provenance), Some(hash)) = (provenance, content_hash) else { return Ok(None) };
         Ok(self.template_id(true).await?.and_then(|id| groups(&id, provenance, hash)))
     }

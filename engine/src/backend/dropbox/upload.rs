@@ -152,7 +152,11 @@ impl DropboxUpload<'_> {
             part.len
         );
         if body.len() != part.len {
-            return Err(Error::protocol("upload-part", key, format!("part {} has {} bytes, not {}", part.number, body.len(), part.len)));
+            return Err(Error::protocol(
+                "upload-part",
+                key,
+                format!("part {} has {} bytes, not {}", part.number, body.len(), part.len),
+            ));
         }
         let blocks = blocks_of(&body);
         let arg = json!({
@@ -172,8 +176,10 @@ impl DropboxUpload<'_> {
         let key = self.key();
         let arg = json!({ "path": self.store.path(key) });
         match self.store.rpc("files/get_metadata", "stat", key, &arg).await {
-            Ok(meta) => Ok(meta.get("content_hash").and_then(Value::as_str).is_some_and(|h| h.eq_ignore_ascii_case(hash))
-                && meta.get("size").and_then(Value::as_u64) == Some(self.state.plan.size)),
+            Ok(meta) => {
+                Ok(meta.get("content_hash").and_then(Value::as_str).is_some_and(|h| h.eq_ignore_ascii_case(hash))
+                    && meta.get("size").and_then(Value::as_u64) == Some(self.state.plan.size))
+            }
             Err(e) if super::is_not_found(&e) => Ok(false),
             Err(e) => Err(e),
         }
@@ -211,7 +217,8 @@ impl UploadSession for DropboxUpload<'_> {
             let commit = self.commit(expected.as_deref()).await?;
             let arg = json!({ "cursor": { "session_id": id, "offset": size }, "commit": commit });
             let route = "files/upload_session/finish";
-            let answer = match self.store.content_small(route, "complete-session", key, &arg, RequestBody::Empty).await {
+            let answer = match self.store.content_small(route, "complete-session", key, &arg, RequestBody::Empty).await
+            {
                 Ok(answer) => answer,
                 // A retry after an answer that was lost: the session is committed.
                 Err(e) if matches!(&e, Error::Http { message, .. } if message.starts_with("lookup_failed/closed")) => {
@@ -224,7 +231,11 @@ impl UploadSession for DropboxUpload<'_> {
             };
             let held = answer.get("size").and_then(Value::as_u64);
             if held != Some(size) {
-                return Err(Error::protocol("complete-session", key, format!("sent {size} bytes, Dropbox holds {held:?}")));
+                return Err(Error::protocol(
+                    "complete-session",
+                    key,
+                    format!("sent {size} bytes, Dropbox holds {held:?}"),
+                ));
             }
             let got = answer.get("content_hash").and_then(Value::as_str).unwrap_or_default();
             let want = full.filter(|f| f.algo == ChecksumAlgo::DropboxContentHash).map(Checksum::to_hex).or(expected);
