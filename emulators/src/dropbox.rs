@@ -24,6 +24,7 @@ mod auth;
 mod body;
 mod content_hash;
 mod namespace;
+mod properties;
 mod routes;
 mod server;
 mod sessions;
@@ -310,6 +311,7 @@ impl DropboxControl {
             autorename: false,
             strict_conflict: false,
             client_modified_s: Some(client_s),
+            property_groups: Vec::new(),
         };
         let hash = content_hash_hex(&bytes);
         let mut store = self.shared.store();

@@ -27,7 +27,7 @@ import urllib.parse
 import requests
 
 import dropbox
-from dropbox import file_transfer, files
+from dropbox import file_properties, file_transfer, files
 from dropbox import session as dbx_session
 from dropbox.common import PathRoot
 from dropbox.content_hash import content_hash as sdk_content_hash
@@ -36,6 +36,7 @@ from dropbox.exceptions import ApiError, AuthError, BadInputError, PathRootError
 MIB = 1 << 20
 BLOCK = 4 * MIB
 ROOT = "/Conformance"
+PROPS = "/Conformance Properties"
 
 
 class EmulatorAdapter(requests.adapters.HTTPAdapter):
@@ -230,6 +231,17 @@ class Checks:
         assert err.is_concurrent_session_invalid_data_size(), err
         err = self.expect_api_error(self.dbx.files_upload_session_start, b"data", session_type=session_type)
         assert err.is_concurrent_session_data_not_allowed(), err
+        # A session finished before its close piece, or with a gap, is refused; nothing
+        # may be appended past a closed end.
+        gappy = self.dbx.files_upload_session_start(b"", session_type=session_type).session_id
+        self.dbx.files_upload_session_append_v2(b"g" * BLOCK, files.UploadSessionCursor(gappy, BLOCK))
+        err = self.expect_api_error(self.dbx.files_upload_session_finish, b"", files.UploadSessionCursor(gappy, 2 * BLOCK), files.CommitInfo(ROOT + "/gap.bin"))
+        assert err.is_concurrent_session_not_closed(), err
+        self.dbx.files_upload_session_append_v2(b"end", files.UploadSessionCursor(gappy, 2 * BLOCK), close=True)
+        err = self.expect_api_error(self.dbx.files_upload_session_append_v2, b"z" * BLOCK, files.UploadSessionCursor(gappy, 3 * BLOCK))
+        assert err.is_closed(), err
+        err = self.expect_api_error(self.dbx.files_upload_session_finish, b"", files.UploadSessionCursor(gappy, 2 * BLOCK + 3), files.CommitInfo(ROOT + "/gap.bin"))
+        assert err.is_concurrent_session_missing_data(), err
 
         def piece(path, offset):
             data = wanted[path]
@@ -397,6 +409,73 @@ class Checks:
             assert e.error.reason.is_too_many_requests() and e.backoff == 1, e
         assert self.stats()["throttled"] == before + 2
 
+    def properties(self):
+        fp = file_properties
+        string = fp.PropertyType.string
+        fields = [fp.PropertyFieldTemplate("source", "where it came from", string),
+                  fp.PropertyFieldTemplate("digest", "its hash", string)]
+        tid = self.dbx.file_properties_templates_add_for_user("Conformance", "SDK checks", fields).template_id
+        assert tid.startswith("ptid:"), tid
+        assert tid in self.dbx.file_properties_templates_list_for_user().template_ids
+        got = self.dbx.file_properties_templates_get_for_user(tid)
+        assert got.name == "Conformance" and [f.name for f in got.fields] == ["source", "digest"], got
+        assert got.fields[0].type.is_string()
+        # Templates are checked as they are made: ModifyTemplateError.
+        many = [fp.PropertyFieldTemplate("f%d" % i, "", string) for i in range(33)]
+        err = self.expect_api_error(self.dbx.file_properties_templates_add_for_user, "Many", "", many)
+        assert err.is_too_many_properties(), err
+        twice = [fp.PropertyFieldTemplate("a", "", string), fp.PropertyFieldTemplate("a", "", string)]
+        err = self.expect_api_error(self.dbx.file_properties_templates_add_for_user, "Twice", "", twice)
+        assert err.is_conflicting_property_names(), err
+        err = self.expect_api_error(self.dbx.file_properties_templates_add_for_user, "n" * 257, "", fields)
+        assert err.is_template_attribute_too_large(), err
+        err = self.expect_api_error(self.dbx.file_properties_templates_get_for_user, "ptid:nope")
+        assert err.is_template_not_found() and err.get_template_not_found() == "ptid:nope", err
+
+        # A commit carries groups (files/upload and a session's finish) ...
+        def group(**values):
+            return fp.PropertyGroup(tid, [fp.PropertyField(k, v) for k, v in values.items()])
+
+        data = pattern(5000, 7)
+        meta = self.dbx.files_upload(data, PROPS + "/a.bin", property_groups=[group(source="s3://b/a", digest="x")])
+        assert meta.size == len(data)
+        start = self.dbx.files_upload_session_start(data[:1000])
+        commit = files.CommitInfo(PROPS + "/b.bin", property_groups=[group(source="s3://b/b")])
+        self.dbx.files_upload_session_finish(data[1000:], files.UploadSessionCursor(start.session_id, 1000), commit)
+        # ... that must fit their templates: InvalidPropertyGroupError under properties_error.
+        for groups, check in [
+            ([fp.PropertyGroup("ptid:nope", [])], lambda e: e.is_template_not_found() and e.get_template_not_found() == "ptid:nope"),
+            ([group(source="v" * 1025)], lambda e: e.is_property_field_too_large()),
+            ([group(other="x")], lambda e: e.is_does_not_fit_template()),
+            ([group(source="x"), group(digest="y")], lambda e: e.is_duplicate_property_groups()),
+        ]:
+            err = self.expect_api_error(self.dbx.files_upload, b"x", PROPS + "/bad.bin", property_groups=groups)
+            assert err.is_properties_error() and check(err.get_properties_error()), err
+        start = self.dbx.files_upload_session_start(b"abc", close=True)
+        bad = files.CommitInfo(PROPS + "/bad.bin", property_groups=[fp.PropertyGroup("ptid:nope", [])])
+        err = self.expect_api_error(self.dbx.files_upload_session_finish, b"", files.UploadSessionCursor(start.session_id, 3), bad)
+        assert err.is_properties_error() and err.get_properties_error().is_template_not_found(), err
+
+        # Listings and metadata carry the groups of the templates asked for.
+        only = fp.TemplateFilterBase.filter_some([tid])
+        listed = self.dbx.files_list_folder(PROPS, include_property_groups=only).entries
+        by_name = {e.name: e for e in listed}
+        assert set(by_name) == {"a.bin", "b.bin"}, by_name
+        (ga,) = by_name["a.bin"].property_groups
+        assert ga.template_id == tid and {(f.name, f.value) for f in ga.fields} == {("source", "s3://b/a"), ("digest", "x")}
+        (gb,) = by_name["b.bin"].property_groups
+        assert [(f.name, f.value) for f in gb.fields] == [("source", "s3://b/b")], gb
+        assert self.dbx.files_list_folder(PROPS).entries[0].property_groups is None, "not asked for"
+        md = self.dbx.files_get_metadata(PROPS + "/a.bin", include_property_groups=only)
+        assert md.property_groups[0].template_id == tid, md
+        err = self.expect_api_error(self.dbx.files_list_folder, PROPS, include_property_groups=fp.TemplateFilterBase.filter_some(["ptid:nope"]))
+        assert err.is_template_error() and err.get_template_error().is_template_not_found(), err
+        # Removing the template removes its groups.
+        self.dbx.file_properties_templates_remove_for_user(tid)
+        assert tid not in self.dbx.file_properties_templates_list_for_user().template_ids
+        err = self.expect_api_error(self.dbx.files_list_folder, PROPS, include_property_groups=only)
+        assert err.is_template_error(), err
+
 
 def main():
     cfg = json.loads(sys.argv[1])
@@ -415,6 +494,7 @@ def main():
         c.seeded_file,
         c.path_root,
         c.rate_limits,
+        c.properties,
     ]
     for step in steps:
         step()

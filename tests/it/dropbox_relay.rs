@@ -5,13 +5,17 @@
 //!
 //! The tree has non-ASCII names (which the `Dropbox-API-Arg` header must carry as
 //! `\uXXXX` escapes), an empty file, small files that go up with `files/upload`, and
-//! one of 20 MiB + 5 bytes that goes up through an upload session (the multipart cutoff
-//! is lowered to 8 MiB) and comes back as ranged downloads.
+//! one of 20 MiB + 5 bytes that goes up in parallel parts through a concurrent upload
+//! session (the multipart cutoff is lowered to 8 MiB) and comes back as ranged
+//! downloads. Re-runs from a local tree, S3 and Dropbox itself copy nothing, through
+//! the provenance record Laminar keeps in a file property group, and a changed file is
+//! copied exactly once. A 200 MiB file goes up in 8 MiB parts through the faulty
+//! wrapper, and only the part whose answer was lost is sent twice.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use laminar_emulators::dropbox::{DropboxEmulator, DropboxOptions, Faults};
+use laminar_emulators::dropbox::{content_hash_hex, DropboxEmulator, DropboxOptions, Faults};
 use laminar_tests::laminar_with;
 
 const MIB: usize = 1 << 20;
@@ -143,11 +147,11 @@ fn a_tree_into_dropbox_and_back_on_both_drivers() {
         let first = s.relay(&s.src_url(), &format!("dbx:{driver}"), driver);
         assert_eq!(first["objects_copied"], n, "{first}");
         assert_same(&held(&s.emu, driver), &s.files, "Dropbox after the relay");
-        // Dropbox keeps no user metadata, so Laminar's record of what it copied cannot
-        // be kept there, and a local tree has no content hash: the tree is copied again,
-        // the bytes stay right, and no upload session is left open.
+        // Laminar's record of what it copied rides in a file property group that the
+        // listing brings back: a re-run copies nothing.
         let again = s.relay(&s.src_url(), &format!("dbx:{driver}"), driver);
-        assert_eq!(again["objects_failed"], 0, "{again}");
+        assert_eq!(again["objects_copied"], 0, "a re-run copies nothing: {again}");
+        assert_eq!(again["objects_skipped"], n, "{again}");
         assert_same(&held(&s.emu, driver), &s.files, "Dropbox after the re-run");
         assert_eq!(s.emu.open_sessions(), 0, "every session finished");
 
@@ -255,4 +259,174 @@ fn server_errors_and_dropped_connections_end_with_everything_copied() {
     let stats = s.emu.stats();
     assert!(stats.server_errors + stats.dropped_connections > 0, "faults were sent: {stats:?}");
     assert_eq!(stats.open_sessions, 0, "{stats:?}");
+}
+
+/// Each file under `ROOT/folder` has the content hash of the bytes `want` gives it, by
+/// the emulator's own record.
+fn assert_hashes(emu: &DropboxEmulator, folder: &str, want: &BTreeMap<String, Vec<u8>>) {
+    for (rel, bytes) in want {
+        let meta = emu.metadata(&format!("{ROOT}/{folder}/{rel}")).unwrap_or_else(|| panic!("{rel} is in Dropbox"));
+        assert_eq!(meta.content_hash, content_hash_hex(bytes), "{rel}: content_hash");
+        assert_eq!(meta.size, bytes.len() as u64, "{rel}: size");
+    }
+}
+
+/// Rewrites one source file with other bytes of the same length and another mtime.
+fn change_one(s: &mut Setup, rel: &str) {
+    let bytes = s.files.get_mut(rel).expect("in the tree");
+    for b in bytes.iter_mut() {
+        *b ^= 0x5a;
+    }
+    let path = s.dir.path().join("src").join(rel);
+    std::fs::write(&path, &*bytes).expect("rewrite");
+    let file = std::fs::File::options().write(true).open(&path).expect("open");
+    file.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000)).expect("set mtime");
+}
+
+#[test]
+fn a_rerun_into_dropbox_copies_nothing_and_a_changed_file_exactly_once() {
+    let mut s = setup(DropboxOptions { seed: 21, ..DropboxOptions::default() });
+    let n = s.files.len();
+    let first = s.relay(&s.src_url(), "dbx:rerun", "epoll");
+    assert_eq!(first["objects_copied"], n, "{first}");
+    assert_hashes(&s.emu, "rerun", &s.files);
+    let again = s.relay(&s.src_url(), "dbx:rerun", "epoll");
+    assert_eq!(
+        (again["objects_copied"].as_u64(), again["objects_skipped"].as_u64()),
+        (Some(0), Some(n as u64)),
+        "{again}"
+    );
+
+    // One file changes (same size, other bytes): exactly that one is copied.
+    change_one(&mut s, "small/d1/f04.bin");
+    let changed = s.relay(&s.src_url(), "dbx:rerun", "epoll");
+    assert_eq!(changed["objects_copied"], 1, "{changed}");
+    assert_eq!(changed["objects_skipped"], n - 1, "{changed}");
+    assert_hashes(&s.emu, "rerun", &s.files);
+    assert_same(&held(&s.emu, "rerun"), &s.files, "Dropbox after the change");
+
+    // A file changed in Dropbox by something else keeps its old property group, but
+    // not the content hash it was written with: it is copied again, not skipped.
+    let tampered = format!("{ROOT}/rerun/Mixed Case/Grüße.TXT");
+    s.emu.insert(&tampered, vec![0u8; s.files["Mixed Case/Grüße.TXT"].len()]).expect("overwrite in Dropbox");
+    let repaired = s.relay(&s.src_url(), "dbx:rerun", "epoll");
+    assert_eq!(repaired["objects_copied"], 1, "{repaired}");
+    assert_hashes(&s.emu, "rerun", &s.files);
+
+    // Dropbox into Dropbox: the source's revisions are the versions recorded.
+    let inner = s.relay("dbx:rerun", "dbx:copy", "epoll");
+    assert_eq!(inner["objects_copied"], n, "{inner}");
+    let inner_again = s.relay("dbx:rerun", "dbx:copy", "epoll");
+    assert_eq!(inner_again["objects_copied"], 0, "{inner_again}");
+    assert_hashes(&s.emu, "copy", &s.files);
+    // One template for the account, made once.
+    assert_eq!(s.emu.stats().requests.get("file_properties/templates/add_for_user"), Some(&1));
+    assert_eq!(s.emu.open_sessions(), 0);
+}
+
+#[test]
+fn a_rerun_from_s3_into_dropbox_copies_nothing() {
+    use laminar_bench::servers::{find_tool, require_servers, Weed};
+    if find_tool("weed").is_none() && !require_servers() {
+        eprintln!("skipping: SeaweedFS not installed (tests/run.sh installs it)");
+        return;
+    }
+    let mut s = setup(DropboxOptions { seed: 23, ..DropboxOptions::default() });
+    let weed = Weed::start().expect("start SeaweedFS");
+    weed.create_bucket("bkt").expect("bucket");
+    let mut text = std::fs::read_to_string(&s.config).expect("config");
+    text.push('\n');
+    text.push_str(&weed.remote_toml("s3"));
+    std::fs::write(&s.config, text).expect("config");
+    let n = s.files.len();
+    assert_eq!(s.relay(&s.src_url(), "s3:bkt/tree/", "epoll")["objects_copied"], n);
+    let first = s.relay("s3:bkt/tree/", "dbx:from-s3", "epoll");
+    assert_eq!(first["objects_copied"], n, "{first}");
+    assert_hashes(&s.emu, "from-s3", &s.files);
+    let again = s.relay("s3:bkt/tree/", "dbx:from-s3", "epoll");
+    assert_eq!(again["objects_copied"], 0, "a re-run copies nothing: {again}");
+    assert_eq!(again["objects_skipped"], n, "{again}");
+    // One object changes in S3: exactly that one is copied.
+    change_one(&mut s, "ünïcødé/файл 文件 😀.txt");
+    assert_eq!(s.relay(&s.src_url(), "s3:bkt/tree/", "epoll")["objects_copied"], 1);
+    let changed = s.relay("s3:bkt/tree/", "dbx:from-s3", "epoll");
+    assert_eq!(changed["objects_copied"], 1, "{changed}");
+    assert_hashes(&s.emu, "from-s3", &s.files);
+}
+
+/// Laminar's Dropbox backend on the emulator, built in this process (so that the
+/// faulty wrapper can go around it).
+fn engine_backend(emu: &DropboxEmulator) -> laminar_engine::backend::dropbox::DropboxBackend {
+    use laminar_engine::backend::dropbox::{Credentials, DropboxBackend, DropboxConfig};
+    use laminar_engine::http::Endpoint;
+    let endpoint = |url: String| Endpoint::parse(&url).expect("an emulator URL");
+    DropboxBackend::new(DropboxConfig {
+        remote: "dbx".into(),
+        root: ROOT.into(),
+        api: endpoint(emu.api_url()),
+        content: endpoint(emu.content_url()),
+        token_endpoint: endpoint(emu.api_url()),
+        token_path: "/oauth2/token".into(),
+        credentials: Credentials::Refresh {
+            refresh_token: emu.refresh_token().into(),
+            app_key: emu.app_key().into(),
+            app_secret: Some(emu.app_secret().into()),
+        },
+    })
+}
+
+#[test]
+fn a_large_file_goes_up_in_parallel_parts_and_a_failed_part_is_sent_again_alone() {
+    use std::sync::Arc;
+
+    use laminar_engine::backend::faulty::{self, Fault, FaultOp, Faulty, Rule};
+    use laminar_engine::backend::mem::{MemBackend, MemOptions};
+    use laminar_engine::relay::{relay, Location, Progress, RelayOptions};
+    use laminar_engine::runtime::DriverChoice;
+
+    const SIZE: usize = 200 * MIB + 12_345;
+    const PART_BYTES: u64 = 8 << 20;
+    const KEY: &str = "parallel/file.bin";
+    let emu = DropboxEmulator::start(DropboxOptions { seed: 31, ..DropboxOptions::default() }).expect("start");
+    let bytes = pattern(SIZE, 41);
+    let src = MemBackend::new(MemOptions::default());
+    src.insert("big/file.bin", bytes.clone());
+    // Part 3's request never reaches Dropbox; part 7 lands, but its answer is lost.
+    let rules =
+        vec![Rule::on_key(FaultOp::Put, KEY, 3, Fault::Reset), Rule::on_key(FaultOp::Put, KEY, 7, Fault::AnswerLost)];
+    let dst = Arc::new(Faulty::new(engine_backend(&emu), faulty::Faults::script(rules)));
+    let opts = RelayOptions {
+        workers: Some(2),
+        ram_buffer_bytes: 128 << 20,
+        part_size_bytes: PART_BYTES,
+        multipart_cutoff_bytes: 16 << 20,
+        retries: 6,
+        driver: DriverChoice::Epoll,
+        ..RelayOptions::default()
+    };
+    let report = relay(
+        Location::new(Arc::new(src), "big/", "mem:big/".into()),
+        Location::new(dst.clone(), "parallel/", "dbx:parallel/".into()),
+        opts,
+        Arc::new(Progress::default()),
+        &mut |_| {},
+    )
+    .expect("the relay runs");
+    assert_eq!((report.objects_copied, report.objects_failed), (1, 0), "{report:?}");
+    assert_eq!(dst.fired().len(), 2, "both faults fired: {:?}", dst.fired());
+
+    // Byte-exact, by the emulator's own content hash and bytes.
+    let path = format!("{ROOT}/{KEY}");
+    let meta = emu.metadata(&path).expect("the file is in Dropbox");
+    assert_eq!(meta.content_hash, content_hash_hex(&bytes));
+    assert!(emu.file(&path).expect("bytes") == bytes, "the bytes differ");
+    // One concurrent session; each part appended once, but the one whose answer was
+    // lost (nothing says Dropbox has it, so it is sent again whole, replacing itself).
+    let parts = SIZE.div_ceil(PART_BYTES as usize) as u64;
+    let stats = emu.stats();
+    let calls = |route: &str| stats.requests.get(route).copied().unwrap_or(0);
+    assert_eq!(calls("files/upload_session/start"), 1, "{stats:?}");
+    assert_eq!(calls("files/upload_session/append_v2"), parts + 1, "{stats:?}");
+    assert_eq!(calls("files/upload_session/finish"), 1, "{stats:?}");
+    assert_eq!(emu.open_sessions(), 0);
 }

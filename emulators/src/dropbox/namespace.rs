@@ -24,6 +24,7 @@ use sha2::{Digest as _, Sha256};
 
 pub(crate) use listing::ListCursor;
 
+use super::properties::{groups_json, merged, PropertyGroup, Templates};
 use super::wire::{format_timestamp, ApiError, ArgSource};
 
 /// How many `name (n)` candidates autorename tries before giving up with the conflict.
@@ -250,6 +251,8 @@ pub(crate) struct Commit {
     pub autorename: bool,
     pub strict_conflict: bool,
     pub client_modified_s: Option<i64>,
+    /// `property_groups`, checked against the templates before the commit.
+    pub property_groups: Vec<PropertyGroup>,
 }
 
 #[derive(Debug)]
@@ -259,6 +262,8 @@ pub(crate) struct FileData {
     pub rev: String,
     pub client_modified_s: i64,
     pub server_modified_s: i64,
+    /// Its property groups (templates removed since are filtered out when shown).
+    pub properties: Vec<PropertyGroup>,
 }
 
 #[derive(Debug)]
@@ -554,11 +559,15 @@ impl Namespace {
             }
         };
         if let Plan::Unchanged = plan {
+            // No new revision, but the groups the commit names are set.
+            if let Some(Entry { kind: Kind::File(f), .. }) = self.entries.get_mut(&p.lower) {
+                f.properties = merged(&f.properties, &c.property_groups);
+            }
             return Ok(p.lower);
         }
-        let old_len = match (&plan, self.entries.get(&p.lower)) {
-            (Plan::Replace, Some(Entry { kind: Kind::File(f), .. })) => f.content.len(),
-            _ => 0,
+        let (old_len, old_groups) = match (&plan, self.entries.get(&p.lower)) {
+            (Plan::Replace, Some(Entry { kind: Kind::File(f), .. })) => (f.content.len(), f.properties.clone()),
+            _ => (0, Vec::new()),
         };
         if self.used_bytes - old_len + content.len() > self.quota_bytes {
             return Err(WriteErr::InsufficientSpace);
@@ -577,6 +586,7 @@ impl Namespace {
             rev,
             client_modified_s: c.client_modified_s.unwrap_or(now_s),
             server_modified_s: now_s,
+            properties: merged(&old_groups, &c.property_groups),
         };
         self.put_entry(p.lower.clone(), display, None, Kind::File(data));
         Ok(p.lower)
@@ -685,6 +695,16 @@ impl Namespace {
         v
     }
 
+    /// Adds `property_groups` to a file's metadata (from [`Namespace::metadata_json`])
+    /// for the templates in `filter`, when it has groups of any of them.
+    pub(crate) fn add_groups(&self, meta: &mut Value, filter: &[String], templates: &Templates) {
+        let Some(lower) = meta.get("path_lower").and_then(Value::as_str) else { return };
+        let Some(Entry { kind: Kind::File(f), .. }) = self.entries.get(lower) else { return };
+        if let Some(groups) = groups_json(&f.properties, filter, templates) {
+            meta["property_groups"] = groups;
+        }
+    }
+
     /// Every file, by display path.
     pub(crate) fn files(&self) -> impl Iterator<Item = (&str, &FileData)> {
         self.entries.values().filter_map(|e| match &e.kind {
@@ -712,7 +732,14 @@ mod tests {
     }
 
     fn commit(s: &str, mode: WriteMode) -> Commit {
-        Commit { target: path(s), mode, autorename: false, strict_conflict: false, client_modified_s: Some(1000) }
+        Commit {
+            target: path(s),
+            mode,
+            autorename: false,
+            strict_conflict: false,
+            client_modified_s: Some(1000),
+            property_groups: Vec::new(),
+        }
     }
 
     fn bytes(b: &'static [u8]) -> (Arc<Content>, String) {

@@ -12,6 +12,7 @@ use super::content_hash::is_hash_shaped;
 use super::namespace::{
     parse_target, Commit, Content, Kind, ListCursor, LookupErr, PathKind, Target, WriteErr, WriteMode,
 };
+use super::properties::{parse_filter, parse_groups, template_route};
 use super::server::Shared;
 use super::sessions::{Plan, Received, SessionType};
 use super::wire::{now_unix_s, ApiError, ArgSource, Args};
@@ -72,6 +73,10 @@ pub(crate) const ROUTES: &[Route] = &[
     rpc_route("files/upload_session/finish_batch_v2", true),
     rpc_route("files/upload_session/finish_batch", true),
     rpc_route("files/upload_session/finish_batch/check", false),
+    rpc_route("file_properties/templates/add_for_user", false),
+    rpc_route("file_properties/templates/list_for_user", false),
+    rpc_route("file_properties/templates/get_for_user", false),
+    rpc_route("file_properties/templates/remove_for_user", false),
     rpc_route("users/get_current_account", false),
     rpc_route("users/get_space_usage", false),
     upload_route("files/upload", true),
@@ -133,7 +138,17 @@ fn parse_commit(shared: &Shared, a: &Args) -> Result<Commit, ApiError> {
         autorename: a.bool("autorename", false)?,
         strict_conflict: a.bool("strict_conflict", false)?,
         client_modified_s: a.opt_timestamp("client_modified")?,
+        property_groups: parse_groups(a)?,
     })
+}
+
+/// Checks a commit's property groups against the templates: a `properties_error`
+/// (`InvalidPropertyGroupError`) when one does not fit.
+fn check_groups(store: &super::server::Store, commit: &Commit) -> Result<(), ApiError> {
+    store
+        .templates
+        .check_groups(&commit.property_groups)
+        .map_err(|v| ApiError::Route(json!({ ".tag": "properties_error", "properties_error": v })))
 }
 
 fn content_hash_arg<'a>(a: &Args<'a>) -> Result<Option<&'a str>, ApiError> {
@@ -204,6 +219,10 @@ pub(crate) fn rpc(shared: &Shared, route: &Route, arg: &Value) -> Result<Value, 
             }
             Ok(json!({ ".tag": "complete", "entries": entries.clone() }))
         }
+        "file_properties/templates/add_for_user"
+        | "file_properties/templates/list_for_user"
+        | "file_properties/templates/get_for_user"
+        | "file_properties/templates/remove_for_user" => template_route(&mut shared.store().templates, route.name, &a),
         "users/get_current_account" => Ok(account(shared)),
         "users/get_space_usage" => {
             let store = shared.store();
@@ -233,18 +252,33 @@ fn list_folder(shared: &Shared, a: &Args, route: &str) -> Result<Value, ApiError
         Some(l) if (1..=u64::from(LIST_LIMIT_MAX)).contains(&l) => l as u32,
         Some(l) => return Err(a.err("limit", format!("{l} is not between 1 and {LIST_LIMIT_MAX}"))),
     };
+    let groups = parse_filter(a)?.unwrap_or_default();
     let store = shared.store();
     let scope = store.ns.resolve(&t).map_err(|l| path_err("path", l.value()))?;
+    store.templates.check_filter(&groups).map_err(|v| path_err("template_error", v))?;
     if !scope.is_empty() && !matches!(store.ns.entry(&scope).map(|e| &e.kind), Some(Kind::Folder)) {
         return Err(path_err("path", LookupErr::NotFolder.value()));
     }
     if route == "files/list_folder/get_latest_cursor" {
-        let cur = store.ns.latest_cursor(scope, recursive, include_deleted, limit, shared.epoch);
+        let mut cur = store.ns.latest_cursor(scope, recursive, include_deleted, limit, shared.epoch);
+        cur.set_groups(groups);
         return Ok(json!({ "cursor": cur.encode() }));
     }
     let mut cur = store.ns.list_start(scope, recursive, include_deleted, limit, shared.epoch);
-    let (entries, has_more) = store.ns.list_page(&mut cur).expect("a new listing is never reset");
+    cur.set_groups(groups);
+    let (mut entries, has_more) = store.ns.list_page(&mut cur).expect("a new listing is never reset");
+    add_groups(&store, &mut entries, cur.groups());
     Ok(json!({ "entries": entries, "cursor": cur.encode(), "has_more": has_more }))
+}
+
+/// Adds the property groups a listing asked for to its file entries.
+fn add_groups(store: &super::server::Store, entries: &mut [Value], groups: &[String]) {
+    if groups.is_empty() {
+        return;
+    }
+    for e in entries.iter_mut().filter(|e| e[".tag"] == "file") {
+        store.ns.add_groups(e, groups, &store.templates);
+    }
 }
 
 fn list_continue(shared: &Shared, a: &Args) -> Result<Value, ApiError> {
@@ -253,16 +287,23 @@ fn list_continue(shared: &Shared, a: &Args) -> Result<Value, ApiError> {
         return Err(ApiError::BadInput(format!("Invalid \"cursor\" parameter: {raw:?}")));
     };
     let store = shared.store();
-    let (entries, has_more) = store.ns.list_page(&mut cur).map_err(|_| ApiError::tag("reset"))?;
+    let (mut entries, has_more) = store.ns.list_page(&mut cur).map_err(|_| ApiError::tag("reset"))?;
+    add_groups(&store, &mut entries, cur.groups());
     Ok(json!({ "entries": entries, "cursor": cur.encode(), "has_more": has_more }))
 }
 
 fn get_metadata(shared: &Shared, a: &Args) -> Result<Value, ApiError> {
     let t = target(shared, a, "path", PathKind::Read)?;
     let include_deleted = a.bool("include_deleted", false)?;
+    // GetMetadataError has no template error: ids no template has show nothing.
+    let groups = parse_filter(a)?.unwrap_or_default();
     let store = shared.store();
     match store.ns.resolve(&t) {
-        Ok(lower) => Ok(store.ns.metadata_json(&lower, true)),
+        Ok(lower) => {
+            let mut meta = store.ns.metadata_json(&lower, true);
+            store.ns.add_groups(&mut meta, &groups, &store.templates);
+            Ok(meta)
+        }
         Err(LookupErr::NotFound) if include_deleted => {
             store.ns.deleted_json(&t).ok_or_else(|| path_err("path", LookupErr::NotFound.value()))
         }
@@ -312,6 +353,10 @@ fn finish_batch(shared: &Shared, a: &Args) -> Result<Vec<Value>, ApiError> {
             ApiError::Route(v) => json!({ ".tag": "failure", "failure": v }),
             other => unreachable!("a batch entry fails only with a route error, not {other:?}"),
         };
+        if let Err(e) = check_groups(&store, &commit) {
+            out.push(failure(e));
+            continue;
+        }
         let assembled = match store.sessions.assemble(&id, offset, None, true) {
             Ok(a) => a,
             Err(e) => {
@@ -401,6 +446,7 @@ pub(crate) fn upload_complete(shared: &Shared, job: UploadJob, body: Received) -
                 .clone()
                 .unwrap_or_else(|| body.continued.clone().expect("uploads hash from offset 0").finish_hex());
             let mut store = shared.store();
+            check_groups(&store, &commit)?;
             let content = Arc::new(Content::from_segments(vec![body.data.clone()]));
             match store.ns.commit_file(&commit, content, file_hash, now) {
                 Ok(lower) => Ok(store.ns.metadata_json(&lower, false)),
@@ -422,6 +468,8 @@ pub(crate) fn upload_complete(shared: &Shared, job: UploadJob, body: Received) -
             check_call_hash(hash.as_deref(), &body)?;
             let mut store = shared.store();
             let assembled = store.sessions.assemble(&id, offset, Some(body), false)?;
+            // After assembling: the call's data joins the session even when the commit fails.
+            check_groups(&store, &commit)?;
             let lower = store
                 .ns
                 .commit_file(&commit, Arc::new(assembled.content), assembled.hash, now)

@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 use super::auth::Auth;
 use super::body::{drain, read_body, read_small, EmuBody, ReadError, Throttled};
 use super::namespace::Namespace;
+use super::properties::Templates;
 use super::routes::{self, Host, Jobs, Route, Style};
 use super::sessions::{BodyHasher, Sessions};
 use super::wire::{ascii_json, error_answer, parse_header_arg, parse_range, ApiError, ArgSource, RangeSpec};
@@ -42,6 +43,7 @@ pub(crate) struct Store {
     pub ns: Namespace,
     pub sessions: Sessions,
     pub jobs: Jobs,
+    pub templates: Templates,
 }
 
 #[derive(Default)]
@@ -94,7 +96,7 @@ impl Shared {
         Shared {
             ns_id: format!("{}", 1_000_000 + opts.seed % 9_000_000),
             epoch,
-            store: Mutex::new(Store { ns, sessions, jobs: Jobs::default() }),
+            store: Mutex::new(Store { ns, sessions, jobs: Jobs::default(), templates: Templates::new(opts.seed) }),
             auth: Mutex::new(auth),
             throughput: Arc::new(AtomicU64::new(opts.faults.throughput_bytes_per_s)),
             faults: Mutex::new(opts.faults.clone()),

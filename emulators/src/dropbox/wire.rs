@@ -297,6 +297,15 @@ impl<'a> Args<'a> {
         }
     }
 
+    /// An optional list.
+    pub(crate) fn opt_list(&self, field: &str) -> Result<Option<&'a Vec<Value>>, ApiError> {
+        match self.get(field) {
+            None => Ok(None),
+            Some(Value::Array(a)) => Ok(Some(a)),
+            Some(other) => Err(self.err(field, format!("expected list, got {}", kind(other)))),
+        }
+    }
+
     /// An element of a list read with [`Args::list`], as a struct.
     pub(crate) fn element(&self, field: &str, index: usize, v: &'a Value) -> Result<Args<'a>, ApiError> {
         let at = format!("{}[{index}]", self.name(field));

@@ -3,12 +3,15 @@
 //! Dropbox is a file system, not an object store, and the module is shaped by that:
 //! paths are case-insensitive and case-preserving (keys are listed as `path_display`
 //! gives them, and the store says `case_sensitive: false`), a recursive listing comes
-//! in no order (`ListOrder::Unordered`: the relay sorts it), and large files go up as
-//! one ordered stream (an upload session, each append at the offset the session
-//! holds), so the capabilities say `UploadMode::Ordered` with 4 MiB-aligned parts.
+//! in no order (`ListOrder::Unordered`: the relay sorts it), and large files go up in
+//! parallel parts through a concurrent upload session, so the capabilities say
+//! `UploadMode::Parallel` with 4 MiB-aligned parts.
 //! Files carry Dropbox's `content_hash`, reported as a whole-object checksum so the
 //! relay checks what it reads end to end; each upload call carries the content hash
-//! of its own bytes, which Dropbox checks.
+//! of its own bytes, which Dropbox checks. Dropbox keeps no user metadata, but it keeps
+//! file properties: Laminar's provenance record goes into a property group of its own
+//! template and comes back with listings ([`properties`]), so a re-run skips what it
+//! copied before.
 //!
 //! RPC calls (listings, metadata) go to the api host with a JSON body; content calls
 //! (uploads, downloads) to the content host with their argument as JSON in the
@@ -23,6 +26,7 @@ use serde_json::{json, Value};
 
 mod auth;
 mod config;
+mod properties;
 mod upload;
 
 pub use auth::Credentials;
@@ -85,16 +89,22 @@ impl std::fmt::Debug for DropboxConfig {
 pub struct DropboxBackend {
     cfg: Arc<DropboxConfig>,
     tokens: Arc<auth::TokenCache>,
+    template: Arc<properties::TemplateCache>,
 }
 
 impl DropboxBackend {
     /// A backend for one account.
     pub fn new(cfg: DropboxConfig) -> DropboxBackend {
-        DropboxBackend { cfg: Arc::new(cfg), tokens: Arc::default() }
+        DropboxBackend { cfg: Arc::new(cfg), tokens: Arc::default(), template: Arc::default() }
     }
 
     fn store(&self, ctx: &WorkerCtx) -> DropboxStore {
-        DropboxStore { cfg: self.cfg.clone(), tokens: self.tokens.clone(), http: ctx.http.clone() }
+        DropboxStore {
+            cfg: self.cfg.clone(),
+            tokens: self.tokens.clone(),
+            template: self.template.clone(),
+            http: ctx.http.clone(),
+        }
     }
 }
 
@@ -109,7 +119,8 @@ impl Backend for DropboxBackend {
 }
 
 const CAPABILITIES: Capabilities = Capabilities {
-    upload: UploadMode::Ordered,
+    // Concurrent upload sessions (see `upload`): parts on 4 MiB boundaries, in any order.
+    upload: UploadMode::Parallel,
     parts: PartLimits {
         min_part_bytes: DROPBOX_BLOCK_BYTES,
         max_part_bytes: PART_BYTES_MAX,
@@ -130,6 +141,8 @@ const CAPABILITIES: Capabilities = Capabilities {
 pub struct DropboxStore {
     cfg: Arc<DropboxConfig>,
     tokens: Arc<auth::TokenCache>,
+    /// Laminar's property template, shared by every worker's handle.
+    template: Arc<properties::TemplateCache>,
     http: HttpClient,
 }
 
@@ -143,6 +156,8 @@ fn classify(status: u16, tags: &[String]) -> ErrorClass {
         409 if has("too_many_write_operations") || has("too_many_requests") => ErrorClass::Throttled,
         409 if has("insufficient_space") => ErrorClass::FatalRelay,
         409 if has("incorrect_offset") => ErrorClass::Retryable,
+        // Laminar's template was removed: it is forgotten, and found or made again.
+        409 if has("template_not_found") => ErrorClass::Retryable,
         409 if has("conflict") => ErrorClass::Conflict,
         s if s >= 500 => ErrorClass::Retryable,
         401 | 403 => ErrorClass::FatalRelay,
@@ -182,16 +197,6 @@ fn error_tags(body: &Value) -> Vec<String> {
 fn is_not_found(e: &Error) -> bool {
     matches!(e, Error::Http { status: 409, message, .. }
         if ["path/not_found", "path/not_folder", "path/not_file"].iter().any(|p| message.starts_with(p)))
-}
-
-/// `correct_offset` anywhere in an error answer (`incorrect_offset`'s).
-fn correct_offset(body: &Value) -> Option<u64> {
-    match body {
-        Value::Object(map) => {
-            map.get("correct_offset").and_then(Value::as_u64).or_else(|| map.values().find_map(correct_offset))
-        }
-        _ => None,
-    }
 }
 
 /// Text in one line, cut to a readable length.
@@ -328,6 +333,9 @@ impl DropboxStore {
         let code = tags.first().cloned().unwrap_or_else(|| head.status.to_string());
         let remote = &self.cfg.remote;
         let mut class = classify(head.status, &tags);
+        if tags.iter().any(|t| t == "template_not_found") {
+            self.template.forget();
+        }
         let mut hint = String::new();
         if head.status == 401 {
             let expired = tags.iter().any(|t| t == "expired_access_token");
@@ -470,12 +478,15 @@ impl DropboxStore {
             }
             None => {
                 let folder = prefix.rfind('/').map_or("", |i| &prefix[..i]);
-                let arg = json!({
+                let mut arg = json!({
                     "path": self.path(folder),
                     "recursive": true,
                     "limit": LIST_LIMIT,
                     "include_deleted": false,
                 });
+                if let Some(id) = self.template_id(false).await? {
+                    arg["include_property_groups"] = properties::filter(&id);
+                }
                 match self.rpc("files/list_folder", "list", &target, &arg).await {
                     Ok(v) => v,
                     // Nothing there yet: an empty listing.
@@ -484,6 +495,8 @@ impl DropboxStore {
                 }
             }
         };
+        // The cursor carries the filter; the id reads the groups back.
+        let template = self.template_id(false).await?;
         let prefix_lower = prefix.to_lowercase();
         let mut entries = Vec::new();
         for e in answer.get("entries").and_then(Value::as_array).into_iter().flatten() {
@@ -502,7 +515,8 @@ impl DropboxStore {
             let version =
                 e.get("rev").or_else(|| e.get("content_hash")).and_then(Value::as_str).map(|v| format!("dropbox:{v}"));
             let size = e.get("size").and_then(Value::as_u64).unwrap_or(0);
-            entries.push(Entry { key, size, etag: None, provenance: None, version });
+            let provenance = template.as_deref().and_then(|id| properties::provenance_of(e, id));
+            entries.push(Entry { key, size, etag: None, provenance, version });
         }
         let more = answer.get("has_more").and_then(Value::as_bool).unwrap_or(false);
         let next = if more { answer.get("cursor").and_then(Value::as_str).map(str::to_string) } else { None };
@@ -517,9 +531,16 @@ impl Store for DropboxStore {
 
     fn stat<'a>(&'a self, key: &'a str) -> LocalFuture<'a, Result<Option<ObjectInfo>>> {
         Box::pin(async move {
-            match self.rpc("files/get_metadata", "stat", key, &json!({ "path": self.path(key) })).await {
+            let template = self.template_id(false).await?;
+            let mut arg = json!({ "path": self.path(key) });
+            if let Some(id) = &template {
+                arg["include_property_groups"] = properties::filter(id);
+            }
+            match self.rpc("files/get_metadata", "stat", key, &arg).await {
                 Ok(meta) if meta.get(".tag").and_then(Value::as_str) == Some("file") => {
-                    Ok(Some(info_from_metadata(&meta)))
+                    let mut info = info_from_metadata(&meta);
+                    info.provenance = template.as_deref().and_then(|id| properties::provenance_of(&meta, id));
+                    Ok(Some(info))
                 }
                 Ok(_) => Ok(None),
                 Err(e) if is_not_found(&e) => Ok(None),
@@ -564,6 +585,16 @@ impl Store for DropboxStore {
 
 impl DropboxStore {
     async fn check_once(&self, writable: bool) -> Result<()> {
+        self.check_root(writable).await?;
+        if writable {
+            // Found or made once, here, before any worker writes: every upload then
+            // carries Laminar's record in the template's property group.
+            self.template_id(true).await?;
+        }
+        Ok(())
+    }
+
+    async fn check_root(&self, writable: bool) -> Result<()> {
         {
             let target = self.describe();
             if self.cfg.root.is_empty() {
@@ -662,7 +693,12 @@ mod tests {
             token_path: "/oauth2/token".into(),
             credentials: Credentials::Refresh { refresh_token: "r".into(), app_key: "k".into(), app_secret: None },
         };
-        DropboxStore { cfg: Arc::new(cfg), tokens: Arc::default(), http: HttpClient::default() }
+        DropboxStore {
+            cfg: Arc::new(cfg),
+            tokens: Arc::default(),
+            template: Arc::default(),
+            http: HttpClient::default(),
+        }
     }
 
     #[test]
@@ -720,9 +756,9 @@ mod tests {
         assert!(full.is_fatal());
         let offset = r#"{"error_summary": "incorrect_offset/..", "error": {".tag": "incorrect_offset", "correct_offset": 4194304}}"#;
         assert_eq!(err(409, offset, &[]).class(), ErrorClass::Retryable);
-        assert_eq!(correct_offset(&serde_json::from_str(offset).unwrap()), Some(4_194_304));
-        let nested = r#"{"error": {".tag": "lookup_failed", "lookup_failed": {".tag": "incorrect_offset", "correct_offset": 7}}}"#;
-        assert_eq!(correct_offset(&serde_json::from_str(nested).unwrap()), Some(7));
+        s.template.forget();
+        let gone = r#"{"error_summary": "properties_error/template_not_found/..", "error": {".tag": "properties_error", "properties_error": {".tag": "template_not_found", "template_not_found": "ptid:x"}}}"#;
+        assert_eq!(err(409, gone, &[]).class(), ErrorClass::Retryable, "the template is found or made again");
         let throttled = err(
             429,
             r#"{"error_summary": "too_many_requests/..", "error": {"reason": {".tag": "too_many_requests"}, "retry_after": 3}}"#,

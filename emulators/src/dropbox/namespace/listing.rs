@@ -44,6 +44,9 @@ pub(crate) struct ListCursor {
     since: Option<u64>,
     #[serde(rename = "e")]
     epoch: u64,
+    /// `include_property_groups`: the templates whose groups file entries carry.
+    #[serde(rename = "g", default, skip_serializing_if = "Vec::is_empty")]
+    groups: Vec<String>,
 }
 
 /// A change cursor whose history is gone (`ListFolderContinueError.reset`).
@@ -51,6 +54,16 @@ pub(crate) struct ListCursor {
 pub(crate) struct Reset;
 
 impl ListCursor {
+    /// The templates whose property groups the listing's file entries carry.
+    pub(crate) fn groups(&self) -> &[String] {
+        &self.groups
+    }
+
+    /// Sets them (`include_property_groups` of the call that made the cursor).
+    pub(crate) fn set_groups(&mut self, groups: Vec<String>) {
+        self.groups = groups;
+    }
+
     pub(crate) fn encode(&self) -> String {
         let json = serde_json::to_vec(self).expect("cursors serialise");
         format!("{CURSOR_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json))
@@ -89,7 +102,17 @@ impl Namespace {
         epoch: u64,
     ) -> ListCursor {
         assert!(limit > 0);
-        ListCursor { scope, recursive, include_deleted, limit, snapshot: self.seq, after: None, since: None, epoch }
+        ListCursor {
+            scope,
+            recursive,
+            include_deleted,
+            limit,
+            snapshot: self.seq,
+            after: None,
+            since: None,
+            epoch,
+            groups: Vec::new(),
+        }
     }
 
     /// A cursor that reports only changes after now (`list_folder/get_latest_cursor`).
@@ -193,6 +216,7 @@ mod tests {
             autorename: false,
             strict_conflict: false,
             client_modified_s: None,
+            property_groups: Vec::new(),
         };
         let body = Bytes::copy_from_slice(p.as_bytes());
         let hash = crate::dropbox::content_hash_hex(&body);

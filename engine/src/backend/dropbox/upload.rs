@@ -1,23 +1,33 @@
-//! Dropbox uploads as sessions: `files/upload` for a session of one part, an upload
-//! session otherwise (`upload_session/start`, one `append_v2` per part at the offset
-//! the session holds, `finish` with the commit). The session's state is its id, so
-//! any worker can send the next part and a later run can reopen it.
+//! Dropbox uploads: `files/upload` for a session of one part, and otherwise a
+//! concurrent upload session, whose parts go up in parallel from any worker:
+//! `upload_session/start` with `session_type: concurrent` (no data), one `append_v2`
+//! per part at its own offset (every part starts on a 4 MiB boundary and all but the
+//! last are a multiple of 4 MiB long; the last carries `close: true`), then `finish` at
+//! the full length with the commit. The session's state is its id, so any worker can
+//! send any part and a later run can reopen it.
 //!
-//! Dropbox has no call that says what a session holds; `committed` asks with an empty
-//! append at the offset this handle believes in, which Dropbox takes when it is right
-//! and answers `incorrect_offset` with the `correct_offset` when it is not. Every call
-//! carries the `content_hash` of its own bytes, which Dropbox checks.
-
-use std::cell::Cell;
+//! Why every session is concurrent: the relay plans and schedules the parts of an
+//! object from the store's capabilities alone, one mode per store, so a sequential
+//! session (whose appends must come in order) could only be had by sending every large
+//! file as one ordered stream. A sequential session would save one call on a file only
+//! a bit over the single-upload limit (its `start` and `finish` can carry data, a
+//! concurrent one's cannot), which is not worth giving up parallel parts for the rest.
+//!
+//! Each call carries the `content_hash` of its own bytes, which Dropbox checks. A
+//! part's receipt is its blocks' SHA-256 digests, so that `finish` knows the file's
+//! content hash before it commits (for the provenance record, see
+//! [`super::properties`]) and checks Dropbox's answer against it. Dropbox has no call
+//! that lists what a concurrent session holds: `committed` answers with the parts the
+//! relay recorded, and a part resent whole replaces its earlier copy.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{correct_offset, format_time, DropboxStore};
+use super::{format_time, DropboxStore};
 use crate::backend::{
     Committed, LocalFuture, PartRecord, PartSpec, PutArgs, Session, SessionState, UploadPlan, UploadSession,
 };
-use crate::checksum::{Checksum, ChecksumAlgo, DropboxHasher};
+use crate::checksum::{dropbox_combine, Checksum, ChecksumAlgo, DropboxBlocks, DropboxPart, DROPBOX_BLOCK_BYTES};
 use crate::error::{Error, Result};
 use crate::http::RequestBody;
 use crate::pool::Body;
@@ -25,7 +35,7 @@ use crate::pool::Body;
 /// The Dropbox part of a session's state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct DropboxSession {
-    /// The upload session's id; None for a single `files/upload`.
+    /// The concurrent upload session's id; None for a single `files/upload`.
     session_id: Option<String>,
 }
 
@@ -33,10 +43,8 @@ struct DropboxUpload<'a> {
     store: &'a DropboxStore,
     state: SessionState,
     session: DropboxSession,
-    /// The bytes this handle believes the session holds.
-    offset: Cell<u64>,
     /// A single upload that went through: aborting deletes the file it made.
-    put_done: Cell<bool>,
+    put_done: std::cell::Cell<bool>,
 }
 
 pub(super) async fn begin<'a>(
@@ -48,15 +56,9 @@ pub(super) async fn begin<'a>(
     let session = if plan.single {
         DropboxSession { session_id: None }
     } else {
-        let answer = store
-            .content_small(
-                "files/upload_session/start",
-                "create-session",
-                key,
-                &json!({ "close": false }),
-                RequestBody::Empty,
-            )
-            .await?;
+        let arg = json!({ "close": false, "session_type": "concurrent" });
+        let answer =
+            store.content_small("files/upload_session/start", "create-session", key, &arg, RequestBody::Empty).await?;
         let id = answer
             .get("session_id")
             .and_then(Value::as_str)
@@ -65,28 +67,37 @@ pub(super) async fn begin<'a>(
     };
     let store_state = serde_json::to_value(&session).expect("serialisable");
     let state = SessionState { key: key.to_string(), plan, args: args.clone(), store: store_state, parts: Vec::new() };
-    Ok(Box::new(DropboxUpload { store, state, session, offset: Cell::new(0), put_done: Cell::new(false) }))
+    Ok(Box::new(DropboxUpload { store, state, session, put_done: std::cell::Cell::new(false) }))
 }
 
 pub(super) fn resume(store: &DropboxStore, state: SessionState) -> Result<Session<'_>> {
     let session: DropboxSession = serde_json::from_value(state.store.clone()).map_err(|e| {
         Error::protocol("resume", &state.key, format!("the session's state is not a Dropbox upload's: {e}"))
     })?;
-    let offset = state.parts.iter().map(|p| p.offset + p.len).max().unwrap_or(0);
-    Ok(Box::new(DropboxUpload { store, state, session, offset: Cell::new(offset), put_done: Cell::new(false) }))
+    Ok(Box::new(DropboxUpload { store, state, session, put_done: std::cell::Cell::new(false) }))
 }
 
-/// The content hash of `body`: the one among `sums` when the relay computed it, else
-/// computed here.
-fn content_hash(body: &Body, sums: &[Checksum]) -> String {
-    if let Some(sum) = sums.iter().find(|c| c.algo == ChecksumAlgo::DropboxContentHash) {
-        return sum.to_hex();
-    }
-    let mut hasher = DropboxHasher::new();
+/// The block digests of `body` (which starts on a block boundary of its file).
+fn blocks_of(body: &Body) -> DropboxPart {
+    let mut blocks = DropboxBlocks::with_capacity(body.len());
     for slice in body.slices() {
-        hasher.update(slice);
+        blocks.update(slice);
     }
-    hex::encode(hasher.finish())
+    blocks.finish()
+}
+
+/// The content hash of bytes whose block digests are `part`'s.
+fn hash_of(part: &DropboxPart) -> String {
+    dropbox_combine(std::slice::from_ref(part)).expect("one part always combines").to_hex()
+}
+
+/// The file's content hash from its parts' receipts; None when a receipt is not one
+/// of this module's (a session begun by another version).
+fn file_hash(parts: &[PartRecord]) -> Option<Checksum> {
+    let mut sorted: Vec<&PartRecord> = parts.iter().collect();
+    sorted.sort_by_key(|p| p.offset);
+    let blocks: Option<Vec<DropboxPart>> = sorted.iter().map(|p| serde_json::from_str(&p.token).ok()).collect();
+    dropbox_combine(&blocks?)
 }
 
 impl DropboxUpload<'_> {
@@ -94,15 +105,9 @@ impl DropboxUpload<'_> {
         &self.state.key
     }
 
-    fn session_id(&self, op: &'static str) -> Result<&str> {
-        self.session
-            .session_id
-            .as_deref()
-            .ok_or_else(|| Error::protocol(op, self.key(), "a single upload has no parts to add to"))
-    }
-
-    /// The commit: overwrite, with the source's modification time.
-    fn commit(&self) -> Value {
+    /// The commit: overwrite, with the source's modification time and Laminar's
+    /// provenance record for bytes of `content_hash`.
+    async fn commit(&self, content_hash: Option<&str>) -> Result<Value> {
         let mut commit = json!({
             "path": self.store.path(self.key()),
             "mode": "overwrite",
@@ -112,33 +117,72 @@ impl DropboxUpload<'_> {
         if let Some((secs, _)) = self.state.args.meta.mtime {
             commit["client_modified"] = Value::String(format_time(secs));
         }
-        commit
+        if let Some(groups) = self.store.commit_groups(self.state.args.provenance.as_deref(), content_hash).await? {
+            commit["property_groups"] = groups;
+        }
+        Ok(commit)
     }
 
-    /// Appends `body` at `offset` (an empty body asks what the session holds). Returns
-    /// the session's offset afterwards, or, for `incorrect_offset`, the retryable error
-    /// with the offset Dropbox holds.
-    async fn append(&self, offset: u64, body: Body, hash: Option<String>) -> Result<u64, (Error, Option<u64>)> {
+    /// A single `files/upload` of the whole file.
+    async fn upload(&self, part: PartSpec, body: Body) -> Result<String> {
         let key = self.key();
-        let id = self.session_id("append").map_err(|e| (e, None))?;
-        let len = body.len();
-        let mut arg = json!({ "cursor": { "session_id": id, "offset": offset }, "close": false });
-        if let Some(hash) = hash {
-            arg["content_hash"] = Value::String(hash);
+        let hash = hash_of(&blocks_of(&body));
+        let mut arg = self.commit(Some(&hash)).await?;
+        arg["content_hash"] = Value::String(hash);
+        let answer = self.store.content_small("files/upload", "put", key, &arg, RequestBody::Chunks(body)).await?;
+        let size = answer.get("size").and_then(Value::as_u64);
+        if size != Some(part.len) {
+            return Err(Error::protocol("put", key, format!("sent {} bytes, Dropbox holds {size:?}", part.len)));
         }
-        let route = "files/upload_session/append_v2";
-        let (response, token) = self
-            .store
-            .content(route, "upload-part", key, &arg, RequestBody::Chunks(body), None)
-            .await
-            .map_err(|e| (e, None))?;
-        let head = response.head.clone();
-        let bytes = response.read_to_vec().await.map_err(|e| (e, None))?;
-        if head.status < 300 {
-            return Ok(offset + len);
+        self.put_done.set(true);
+        Ok(answer.get("rev").and_then(Value::as_str).unwrap_or_default().to_string())
+    }
+
+    /// One part into the concurrent session, at its own offset; the last closes it.
+    async fn append(&self, id: &str, part: PartSpec, body: Body) -> Result<String> {
+        let key = self.key();
+        let size = self.state.plan.size;
+        let last = part.offset + part.len == size;
+        // The relay plans parts from the capabilities' alignment; anything else is a bug.
+        assert!(
+            part.offset.is_multiple_of(DROPBOX_BLOCK_BYTES) && (last || part.len.is_multiple_of(DROPBOX_BLOCK_BYTES)),
+            "part {} of {key} at {}+{} breaks the 4 MiB alignment of concurrent sessions",
+            part.number,
+            part.offset,
+            part.len
+        );
+        if body.len() != part.len {
+            return Err(Error::protocol(
+                "upload-part",
+                key,
+                format!("part {} has {} bytes, not {}", part.number, body.len(), part.len),
+            ));
         }
-        let held = serde_json::from_slice::<Value>(&bytes).ok().as_ref().and_then(correct_offset);
-        Err((self.store.http_error("upload-part", key, &head, &bytes, Some(&token)), held))
+        let blocks = blocks_of(&body);
+        let arg = json!({
+            "cursor": { "session_id": id, "offset": part.offset },
+            "close": last,
+            "content_hash": hash_of(&blocks),
+        });
+        self.store
+            .content_small("files/upload_session/append_v2", "upload-part", key, &arg, RequestBody::Chunks(body))
+            .await?;
+        Ok(serde_json::to_string(&blocks).expect("serialisable"))
+    }
+
+    /// Whether the file Dropbox holds at the key has `hash` (a finish whose answer was
+    /// lost, retried against a session already committed).
+    async fn holds(&self, hash: &str) -> Result<bool> {
+        let key = self.key();
+        let arg = json!({ "path": self.store.path(key) });
+        match self.store.rpc("files/get_metadata", "stat", key, &arg).await {
+            Ok(meta) => {
+                Ok(meta.get("content_hash").and_then(Value::as_str).is_some_and(|h| h.eq_ignore_ascii_case(hash))
+                    && meta.get("size").and_then(Value::as_u64) == Some(self.state.plan.size))
+            }
+            Err(e) if super::is_not_found(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -147,60 +191,21 @@ impl UploadSession for DropboxUpload<'_> {
         &self.state
     }
 
-    fn put<'a>(&'a self, part: PartSpec, body: Body, sums: &'a [Checksum]) -> LocalFuture<'a, Result<String>> {
+    fn put<'a>(&'a self, part: PartSpec, body: Body, _sums: &'a [Checksum]) -> LocalFuture<'a, Result<String>> {
         Box::pin(async move {
-            let key = self.key();
-            let hash = content_hash(&body, sums);
-            if self.session.session_id.is_none() {
-                let mut arg = self.commit();
-                arg["content_hash"] = Value::String(hash);
-                let answer =
-                    self.store.content_small("files/upload", "put", key, &arg, RequestBody::Chunks(body)).await?;
-                let size = answer.get("size").and_then(Value::as_u64);
-                if size != Some(part.len) {
-                    return Err(Error::protocol(
-                        "put",
-                        key,
-                        format!("sent {} bytes, Dropbox holds {size:?}", part.len),
-                    ));
-                }
-                self.put_done.set(true);
-                return Ok(answer.get("rev").and_then(Value::as_str).unwrap_or_default().to_string());
-            }
-            match self.append(part.offset, body, Some(hash)).await {
-                Ok(end) => {
-                    self.offset.set(end);
-                    Ok(String::new())
-                }
-                Err((e, held)) => {
-                    if let Some(held) = held {
-                        self.offset.set(held);
-                    }
-                    Err(e)
-                }
+            match self.session.session_id.as_deref() {
+                None => self.upload(part, body).await,
+                Some(id) => self.append(id, part, body).await,
             }
         })
     }
 
     fn committed(&self) -> LocalFuture<'_, Result<Committed>> {
-        Box::pin(async move {
-            if self.session.session_id.is_none() {
-                return Ok(Committed::Offset(0));
-            }
-            // Bounded: the second probe is at the offset Dropbox named.
-            for _ in 0..2 {
-                let guess = self.offset.get();
-                match self.append(guess, Body::new(Vec::new()), None).await {
-                    Ok(_) => return Ok(Committed::Offset(guess)),
-                    Err((_, Some(held))) => self.offset.set(held),
-                    Err((e, None)) => return Err(e),
-                }
-            }
-            Ok(Committed::Offset(self.offset.get()))
-        })
+        // Dropbox says nothing of a concurrent session's pieces: what the relay recorded.
+        Box::pin(async move { Ok(Committed::Parts(self.state.parts.clone())) })
     }
 
-    fn finish<'a>(&'a self, _parts: &'a [PartRecord], full: Option<&'a Checksum>) -> LocalFuture<'a, Result<()>> {
+    fn finish<'a>(&'a self, parts: &'a [PartRecord], full: Option<&'a Checksum>) -> LocalFuture<'a, Result<()>> {
         Box::pin(async move {
             let Some(id) = self.session.session_id.as_deref() else {
                 // A single upload is complete once it is sent.
@@ -208,11 +213,22 @@ impl UploadSession for DropboxUpload<'_> {
             };
             let key = self.key();
             let size = self.state.plan.size;
-            let arg = json!({ "cursor": { "session_id": id, "offset": size }, "commit": self.commit() });
-            let answer = self
-                .store
-                .content_small("files/upload_session/finish", "complete-session", key, &arg, RequestBody::Empty)
-                .await?;
+            let expected = file_hash(parts).map(|c| c.to_hex());
+            let commit = self.commit(expected.as_deref()).await?;
+            let arg = json!({ "cursor": { "session_id": id, "offset": size }, "commit": commit });
+            let route = "files/upload_session/finish";
+            let answer = match self.store.content_small(route, "complete-session", key, &arg, RequestBody::Empty).await
+            {
+                Ok(answer) => answer,
+                // A retry after an answer that was lost: the session is committed.
+                Err(e) if matches!(&e, Error::Http { message, .. } if message.starts_with("lookup_failed/closed")) => {
+                    return match &expected {
+                        Some(hash) if self.holds(hash).await? => Ok(()),
+                        _ => Err(e),
+                    };
+                }
+                Err(e) => return Err(e),
+            };
             let held = answer.get("size").and_then(Value::as_u64);
             if held != Some(size) {
                 return Err(Error::protocol(
@@ -221,15 +237,14 @@ impl UploadSession for DropboxUpload<'_> {
                     format!("sent {size} bytes, Dropbox holds {held:?}"),
                 ));
             }
-            if let Some(full) = full.filter(|f| f.algo == ChecksumAlgo::DropboxContentHash) {
-                let got = answer.get("content_hash").and_then(Value::as_str).unwrap_or_default();
-                if !got.eq_ignore_ascii_case(&full.to_hex()) {
-                    return Err(Error::Integrity {
-                        op: "complete-session",
-                        target: key.to_string(),
-                        detail: format!("Dropbox holds content_hash {got}, the relay sent {}", full.to_hex()),
-                    });
-                }
+            let got = answer.get("content_hash").and_then(Value::as_str).unwrap_or_default();
+            let want = full.filter(|f| f.algo == ChecksumAlgo::DropboxContentHash).map(Checksum::to_hex).or(expected);
+            if let Some(want) = want.filter(|w| !got.eq_ignore_ascii_case(w)) {
+                return Err(Error::Integrity {
+                    op: "complete-session",
+                    target: key.to_string(),
+                    detail: format!("Dropbox holds content_hash {got}, the parts sent make {want}"),
+                });
             }
             Ok(())
         })
@@ -266,7 +281,28 @@ mod tests {
 
     #[test]
     fn content_hash_of_nothing() {
-        let empty = content_hash(&Body::new(Vec::new()), &[]);
+        let empty = hash_of(&blocks_of(&Body::new(Vec::new())));
         assert_eq!(empty, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    }
+
+    #[test]
+    fn the_file_hash_comes_from_the_receipts_in_any_order() {
+        let block = DROPBOX_BLOCK_BYTES as usize;
+        let data: Vec<u8> = (0..2 * block + 77).map(|i| (i % 251) as u8).collect();
+        let mut whole = crate::checksum::DropboxHasher::new();
+        whole.update(&data);
+        let want = hex::encode(whole.finish());
+        let record = |number: u32, offset: usize, len: usize| {
+            let mut blocks = DropboxBlocks::new();
+            blocks.update(&data[offset..offset + len]);
+            let token = serde_json::to_string(&blocks.finish()).unwrap();
+            let spec = PartSpec { number, offset: offset as u64, len: len as u64 };
+            PartRecord::new(spec, token, Checksum { algo: ChecksumAlgo::Crc32c, bytes: Vec::new() })
+        };
+        let parts = [record(2, block, block + 77), record(1, 0, block)];
+        assert_eq!(file_hash(&parts).unwrap().to_hex(), want);
+        let mut foreign = parts.clone();
+        foreign[0].token = String::new();
+        assert!(file_hash(&foreign).is_none());
     }
 }
