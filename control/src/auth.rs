@@ -225,7 +225,10 @@ pub fn run(args: AuthArgs) -> Result<u8, Fail> {
     match args.provider {
         Provider::Dropbox(a) => {
             let key = sourced("--app-key", &a.app_key, &a.app_key_file, &a.app_key_env)?.ok_or_else(|| {
-                usage("give --app-key (or --app-key-file, --app-key-env): the app key from the Dropbox App Console".into())
+                usage(
+                    "give --app-key (or --app-key-file, --app-key-env): the app key from the Dropbox App Console"
+                        .into(),
+                )
             })?;
             let secret = sourced("--app-secret", &a.app_secret, &a.app_secret_file, &a.app_secret_env)?;
             authorize(&DROPBOX, key, secret, &a.common)
@@ -272,10 +275,7 @@ fn save_pending(path: &Path, pending: &Pending) -> Result<(), Fail> {
     use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
     let dir = path.parent().expect("the pending file is in a directory");
     let cannot = |what: &str, e: std::io::Error| {
-        usage(format!(
-            "cannot {what} {}: {e}; set LAMINAR_DATA_DIR to a directory you can write",
-            dir.display()
-        ))
+        usage(format!("cannot {what} {}: {e}; set LAMINAR_DATA_DIR to a directory you can write", dir.display()))
     };
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| cannot("create", e))?;
     let tmp = path.with_extension("json.tmp");
@@ -303,10 +303,8 @@ const QUERY_VALUE: &percent_encoding::AsciiSet =
     &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 fn with_query(base: &str, pairs: &[(&str, &str)]) -> String {
-    let query: Vec<String> = pairs
-        .iter()
-        .map(|(k, v)| format!("{k}={}", percent_encoding::utf8_percent_encode(v, QUERY_VALUE)))
-        .collect();
+    let query: Vec<String> =
+        pairs.iter().map(|(k, v)| format!("{k}={}", percent_encoding::utf8_percent_encode(v, QUERY_VALUE))).collect();
     let sep = if base.contains('?') { '&' } else { '?' };
     format!("{base}{sep}{}", query.join("&"))
 }
@@ -470,10 +468,7 @@ fn code_from(spec: &Spec, pasted: &str, state: &str) -> Result<String, Fail> {
         let get = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
         if let Some(error) = get("error") {
             let what = if error == "access_denied" { "access was not allowed" } else { "the authorization failed" };
-            return Err(refused(format!(
-                "the address says error={}: {what}; {again}, and allow access",
-                clip(error)
-            )));
+            return Err(refused(format!("the address says error={}: {what}; {again}, and allow access", clip(error))));
         }
         if let Some(got) = get("state") {
             if got != state {
@@ -485,7 +480,9 @@ fn code_from(spec: &Spec, pasted: &str, state: &str) -> Result<String, Fail> {
             }
         }
         get("code").map(str::to_string).ok_or_else(|| {
-            usage("the address has no code= in it: paste the whole address the browser ended on, or only the code".into())
+            usage(
+                "the address has no code= in it: paste the whole address the browser ended on, or only the code".into(),
+            )
         })?
     } else if pasted.contains('%') {
         decode(pasted)
@@ -648,7 +645,10 @@ fn print_block(
     token_url: Option<&str>,
 ) {
     let mut out = String::new();
-    out.push_str(&format!("# From `laminar auth {}`: paste into laminar.toml (the refresh_token is a secret)\n", spec.name));
+    out.push_str(&format!(
+        "# From `laminar auth {}`: paste into laminar.toml (the refresh_token is a secret)\n",
+        spec.name
+    ));
     out.push_str(&format!("[remotes.{remote}]\ntype = {}\n", quoted(spec.name)));
     // The config takes the client id only inline: it is not a secret.
     out.push_str(&format!("{} = {}\n", spec.client_key, quoted(&client.value)));
@@ -678,7 +678,8 @@ mod tests {
         let state = "st";
         assert_eq!(code_from(&DRIVE, "  4/0Aabc \n", state).ok(), Some("4/0Aabc".to_string()));
         assert_eq!(code_from(&DRIVE, "4%2F0Aabc", state).ok(), Some("4/0Aabc".to_string()));
-        let url = "http://127.0.0.1:50000/?state=st&code=4%2F0Aabc&scope=https%3A%2F%2Fwww.googleapis.com%2Fauth%2Fdrive";
+        let url =
+            "http://127.0.0.1:50000/?state=st&code=4%2F0Aabc&scope=https%3A%2F%2Fwww.googleapis.com%2Fauth%2Fdrive";
         assert_eq!(code_from(&DRIVE, url, state).ok(), Some("4/0Aabc".to_string()));
         assert_eq!(code_from(&DRIVE, "code=xyz#frag", state).ok(), Some("xyz".to_string()));
         let other = code_from(&DRIVE, "http://127.0.0.1:1/?state=no&code=x", state).err().unwrap();

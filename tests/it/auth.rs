@@ -167,11 +167,7 @@ fn dropbox_code_to_a_working_remote() {
     let config = dir.path().join("laminar.toml");
     std::fs::write(
         &config,
-        format!(
-            "{block}api_url = {:?}\ncontent_url = {:?}\nroot = \"/From auth\"\n",
-            emu.api_url(),
-            emu.content_url()
-        ),
+        format!("{block}api_url = {:?}\ncontent_url = {:?}\nroot = \"/From auth\"\n", emu.api_url(), emu.content_url()),
     )
     .expect("laminar.toml");
     let config_arg = config.display().to_string();
@@ -249,8 +245,12 @@ fn drive_address_to_a_working_remote() {
 
     // Interactive: the whole address the browser ended on, pasted into stdin.
     let (done, url) = drive_interactive(&data, &begin, &secret_env);
-    for part in ["access_type=offline", "prompt=consent", "code_challenge_method=S256", "redirect_uri=http%3A%2F%2F127.0.0.1%3A"]
-    {
+    for part in [
+        "access_type=offline",
+        "prompt=consent",
+        "code_challenge_method=S256",
+        "redirect_uri=http%3A%2F%2F127.0.0.1%3A",
+    ] {
         assert!(url.contains(part), "{part} in {url}");
     }
     assert_eq!(done.status.code(), Some(0), "{}", stderr(&done));

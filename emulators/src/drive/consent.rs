@@ -348,7 +348,10 @@ mod tests {
         let err = |g: &mut Grants, q: Vec<(String, String)>| g.authorize(&q, &a).unwrap_err();
         assert_eq!(err(&mut g, with("client_id", "other")).0, StatusCode::UNAUTHORIZED);
         assert_eq!(err(&mut g, with("redirect_uri", "https://example.com/cb")).1["error"], "redirect_uri_mismatch");
-        assert_eq!(err(&mut g, with("redirect_uri", "http://127.0.0.1.example.com/")).1["error"], "redirect_uri_mismatch");
+        assert_eq!(
+            err(&mut g, with("redirect_uri", "http://127.0.0.1.example.com/")).1["error"],
+            "redirect_uri_mismatch"
+        );
         assert!(err(&mut g, with("redirect_uri", "urn:ietf:wg:oauth:2.0:oob")).1["error_description"]
             .as_str()
             .unwrap()
@@ -374,9 +377,15 @@ mod tests {
         let code = code_of(&g.authorize(&consent_query(r), &a).unwrap());
         assert!(code.starts_with("4/0A"));
         let wrong = "x".repeat(43);
-        assert_eq!(g.exchange(&exchange_form(&code, &wrong, r), &a).unwrap_err().1["error_description"], "Invalid code verifier.");
+        assert_eq!(
+            g.exchange(&exchange_form(&code, &wrong, r), &a).unwrap_err().1["error_description"],
+            "Invalid code verifier."
+        );
         // The failed exchange used the code up.
-        assert_eq!(g.exchange(&exchange_form(&code, VERIFIER, r), &a).unwrap_err().1["error_description"], "Bad Request");
+        assert_eq!(
+            g.exchange(&exchange_form(&code, VERIFIER, r), &a).unwrap_err().1["error_description"],
+            "Bad Request"
+        );
 
         let code = code_of(&g.authorize(&consent_query(r), &a).unwrap());
         let mut no_secret = exchange_form(&code, VERIFIER, r);

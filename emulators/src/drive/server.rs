@@ -19,8 +19,8 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 
 use super::auth::{self, Accounts, Grant, Tokens};
-use super::consent::Grants;
 use super::conn::{ConnIo, ConnShared};
+use super::consent::Grants;
 use super::errors::ApiError;
 use super::faults::{Class, FaultState, Faults};
 use super::store::Store;

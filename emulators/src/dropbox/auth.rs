@@ -179,9 +179,11 @@ impl Auth {
             (Some(_), Some(m)) => return Err(format!("Invalid code_challenge_method: {m}")),
         };
         if challenge.as_ref().is_some_and(|(_, c)| !pkce_shaped(c)) {
-            return Err("Invalid code_challenge: it must be 43 to 128 characters of A-Z, a-z, 0-9, \"-\", \".\", \"_\" \
+            return Err(
+                "Invalid code_challenge: it must be 43 to 128 characters of A-Z, a-z, 0-9, \"-\", \".\", \"_\" \
                         and \"~\""
-                .into());
+                    .into(),
+            );
         }
         if let Some(r) = q.get("redirect_uri") {
             if !self.redirect_uris.contains(r) {
