@@ -62,6 +62,8 @@ enum Command {
     Serve(crate::serve::ServeArgs),
     /// Drive a running appliance: submit, list, show, pause, resume, cancel, scale, verify
     Job(crate::client::JobArgs),
+    /// Get a Dropbox or Google Drive refresh token without a browser here, and print the remote's block
+    Auth(crate::auth::AuthArgs),
 }
 
 /// Engine flags shared by `relay` and `demo`.
@@ -195,6 +197,7 @@ pub fn main() -> ExitCode {
         Command::Tune(args) => crate::tune::run(args),
         Command::Serve(args) => crate::serve::run(cli.config.as_deref(), args),
         Command::Job(args) => crate::client::run(args),
+        Command::Auth(args) => crate::auth::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod auth;
 mod cli;
 mod client;
 mod config;

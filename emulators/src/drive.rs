@@ -4,7 +4,9 @@
 //! [`DriveEmulator::start`] binds 127.0.0.1 on a free port and serves, on its own thread
 //! and tokio runtime (hyper, HTTP/1.1, plain http):
 //!
-//! - `POST {token_url}`: OAuth 2.0, the refresh-token and JWT-bearer (service account) flows;
+//! - `POST {token_url}`: OAuth 2.0, the refresh-token and JWT-bearer (service account) flows
+//!   and the installed-app authorization-code flow with PKCE, whose consent page is
+//!   `GET {authorize_url}` (approved at once, redirecting with the code);
 //! - `{api_url}/drive/v3/`: `files.list` (a `q` subset, `fields`, paging of at most 1000),
 //!   `files.get` (metadata, `alt=media` with `Range`), `files.export`, `files.create`
 //!   (metadata only), `files.update` (metadata), `files.delete`, `about.get`,
@@ -23,6 +25,7 @@
 
 mod auth;
 mod conn;
+mod consent;
 mod errors;
 mod faults;
 mod fields;
@@ -225,6 +228,8 @@ pub struct DriveStats {
     pub refresh_grants: u64,
     /// Access tokens granted by the JWT flow.
     pub jwt_grants: u64,
+    /// Authorization codes exchanged.
+    pub code_grants: u64,
     /// Token requests refused.
     pub refused_grants: u64,
     /// Upload bytes committed today (towards the daily budget).
@@ -244,6 +249,8 @@ pub struct DriveEndpoints {
     pub api_url: String,
     /// The OAuth token URL.
     pub token_url: String,
+    /// The consent page, in place of `https://accounts.google.com/o/oauth2/v2/auth`.
+    pub authorize_url: String,
     /// Base of the control endpoints (`/stats`, `/faults`, `/expire_tokens`, ...).
     pub control_url: String,
     /// OAuth client id.
@@ -352,6 +359,12 @@ impl DriveHandle {
         &self.state.accounts.token_url
     }
 
+    /// The consent page (approves at once), in place of Google's
+    /// `https://accounts.google.com/o/oauth2/v2/auth`.
+    pub fn authorize_url(&self) -> String {
+        format!("{}{}", self.state.api_url, consent::AUTHORIZE_PATH)
+    }
+
     /// Base of the control endpoints.
     pub fn control_url(&self) -> String {
         format!("{}/_emulator", self.state.api_url)
@@ -363,6 +376,7 @@ impl DriveHandle {
         DriveEndpoints {
             api_url: self.api_url().to_string(),
             token_url: a.token_url.clone(),
+            authorize_url: self.authorize_url(),
             control_url: self.control_url(),
             client_id: a.client_id.clone(),
             client_secret: a.client_secret.clone(),
@@ -504,6 +518,11 @@ impl DriveHandle {
     /// Expires every access token now: the next API request with one gets 401.
     pub fn expire_tokens(&self) {
         self.state.tokens().0.expire_all();
+    }
+
+    /// Expires every authorization code not yet exchanged: exchanging one is `invalid_grant`.
+    pub fn expire_codes(&self) {
+        self.state.grants().expire_codes();
     }
 
     /// Expires every resumable session now: their next request gets 404.

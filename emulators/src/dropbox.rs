@@ -129,6 +129,9 @@ pub struct DropboxOptions {
     pub app_secret: String,
     /// A refresh token issued to the app (refreshing it needs the secret).
     pub refresh_token: String,
+    /// The redirect URIs registered for the app (none by default, as for a new app:
+    /// the code flow then works only without a `redirect_uri`, the code shown to the user).
+    pub redirect_uris: Vec<String>,
     /// The account's space: committing past it is `insufficient_space`.
     pub quota_bytes: u64,
     /// The most bytes open upload sessions may hold together (the emulator's memory
@@ -160,6 +163,7 @@ impl Default for DropboxOptions {
             app_key: "laminar-emulator-app-key".into(),
             app_secret: "laminar-emulator-app-secret".into(),
             refresh_token: "laminar-emulator-refresh-token".into(),
+            redirect_uris: Vec::new(),
             quota_bytes: 8 << 30,
             session_bytes_max: 8 << 30,
             sessions_max: 20_000,
@@ -384,6 +388,11 @@ impl DropboxControl {
     /// Every access token issued so far expires now.
     pub fn expire_tokens(&self) {
         self.shared.auth().expire_all();
+    }
+
+    /// Every authorization code not yet exchanged expires now (`invalid_grant`).
+    pub fn expire_codes(&self) {
+        self.shared.auth().expire_codes();
     }
 
     /// A fresh access token (for clients that do not refresh).

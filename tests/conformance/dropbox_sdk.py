@@ -159,10 +159,39 @@ class Checks:
         flow.requests_session = self.session
         url = flow.start()
         assert url.startswith("https://%s/oauth2/authorize?" % dbx_session.WEB_HOST), url
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+        assert query["code_challenge_method"] == ["S256"] and query["token_access_type"] == ["offline"], query
         page = self.session.get(url, timeout=30)
         assert page.status_code == 200, page.text
-        result = flow.finish(page.text.strip())
+        code = page.text.strip()
+        result = flow.finish(code)
         assert result.refresh_token and result.access_token, result
+        # A code works once: finishing again is Dropbox's 400 invalid_grant.
+        try:
+            flow.finish(code)
+            raise AssertionError("a used code was exchanged again")
+        except requests.HTTPError as e:
+            assert e.response.status_code == 400, e.response.text
+            assert e.response.json() == {
+                "error": "invalid_grant",
+                "error_description": "code doesn't exist or has expired",
+            }, e.response.text
+        # A code approved for another flow's challenge, finished with this flow's verifier.
+        other = dropbox.DropboxOAuth2FlowNoRedirect(self.cfg["app_key"], use_pkce=True, token_access_type="offline")
+        other.requests_session = self.session
+        stray = self.session.get(other.start(), timeout=30).text.strip()
+        try:
+            flow.finish(stray)
+            raise AssertionError("a code was exchanged with another flow's verifier")
+        except requests.HTTPError as e:
+            assert e.response.status_code == 400, e.response.text
+            assert e.response.json() == {"error": "invalid_grant", "error_description": "invalid code verifier"}
+        # Codes are single use: the failed exchange spent the stray one.
+        try:
+            other.finish(stray)
+            raise AssertionError("a code survived a failed exchange")
+        except requests.HTTPError as e:
+            assert e.response.json()["error"] == "invalid_grant", e.response.text
         # A PKCE refresh token refreshes with the app key alone.
         pkce_dbx = dropbox.Dropbox(
             oauth2_refresh_token=result.refresh_token, app_key=self.cfg["app_key"], session=self.session

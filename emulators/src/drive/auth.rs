@@ -1,7 +1,10 @@
-//! OAuth 2.0 as Google's token endpoint does it, for the two flows a relay uses:
+//! OAuth 2.0 as Google's token endpoint does it, for the flows a relay uses:
 //!
 //! - `grant_type=refresh_token` with `client_id`, `client_secret` and `refresh_token`
-//!   (an installed app's user credentials);
+//!   (an installed app's user credentials: the seeded refresh token, or one issued by
+//!   the authorization-code flow);
+//! - `grant_type=authorization_code` (the installed-app flow with PKCE; the consent page
+//!   and the codes are in `consent`);
 //! - `grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer` with an RS256 JWT
 //!   `assertion` signed by a service account. The emulator parses the JWT and checks its
 //!   claims (issuer, audience = Google's token URL or the emulator's, scope, a lifetime of
@@ -21,6 +24,7 @@ use base64::Engine as _;
 use http::StatusCode;
 use serde_json::{json, Value};
 
+use super::consent::Grants;
 use super::errors::oauth_error;
 
 /// Most live access tokens; the oldest is forgotten past it (its holder gets 401 and
@@ -47,6 +51,22 @@ pub(crate) const DRIVE_SCOPE: &str = "https://www.googleapis.com/auth/drive";
 pub(crate) enum Grant {
     Refresh,
     Jwt,
+    Code,
+}
+
+/// A grant the token endpoint made.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Granted {
+    pub(crate) grant: Grant,
+    pub(crate) scope: String,
+    /// Issued by an authorization-code exchange.
+    pub(crate) refresh_token: Option<String>,
+}
+
+impl Granted {
+    fn new(grant: Grant, scope: &str) -> Granted {
+        Granted { grant, scope: scope.to_string(), refresh_token: None }
+    }
 }
 
 /// The seeded credentials a grant is checked against.
@@ -122,8 +142,9 @@ fn grant_error(description: &str) -> Refusal {
 pub(crate) fn check_grant(
     form: &[(String, String)],
     accounts: &Accounts,
+    grants: &mut Grants,
     now_s: i64,
-) -> Result<(Grant, String), Refusal> {
+) -> Result<Granted, Refusal> {
     match field(form, "grant_type") {
         Some("refresh_token") => {
             let client = field(form, "client_id").unwrap_or("");
@@ -141,13 +162,22 @@ pub(crate) fn check_grant(
                     StatusCode::BAD_REQUEST,
                     oauth_error("invalid_request", "Missing required parameter: refresh_token"),
                 )),
-                Some(t) if t != accounts.refresh_token => Err(grant_error("Token has been expired or revoked.")),
-                Some(_) => Ok((Grant::Refresh, field(form, "scope").unwrap_or(DRIVE_SCOPE).to_string())),
+                Some(t) if t == accounts.refresh_token => {
+                    Ok(Granted::new(Grant::Refresh, field(form, "scope").unwrap_or(DRIVE_SCOPE)))
+                }
+                Some(t) => match grants.refresh_scope(t) {
+                    Some(scope) => Ok(Granted::new(Grant::Refresh, field(form, "scope").unwrap_or(scope))),
+                    None => Err(grant_error("Token has been expired or revoked.")),
+                },
             }
+        }
+        Some("authorization_code") => {
+            let e = grants.exchange(form, accounts)?;
+            Ok(Granted { grant: Grant::Code, scope: e.scope, refresh_token: e.refresh_token })
         }
         Some(JWT_GRANT) => {
             let assertion = field(form, "assertion").ok_or_else(|| grant_error("Missing assertion."))?;
-            check_jwt(assertion, accounts, now_s).map(|scope| (Grant::Jwt, scope))
+            check_jwt(assertion, accounts, now_s).map(|scope| Granted::new(Grant::Jwt, &scope))
         }
         Some(other) => Err((
             StatusCode::BAD_REQUEST,
@@ -236,12 +266,16 @@ mod tests {
         format!("{header}.{}.{}", e(claims.to_string().as_bytes()), e(&[7u8; 256]))
     }
 
+    fn check_grant(form: &[(String, String)], a: &Accounts, now_s: i64) -> Result<Granted, Refusal> {
+        super::check_grant(form, a, &mut Grants::new(0), now_s)
+    }
+
     #[test]
     fn refresh_grant() {
         let a = accounts();
         let ok =
             check_grant(&form("grant_type=refresh_token&client_id=cid&client_secret=secret&refresh_token=rt"), &a, 0);
-        assert_eq!(ok.unwrap(), (Grant::Refresh, DRIVE_SCOPE.to_string()));
+        assert_eq!(ok.unwrap(), Granted::new(Grant::Refresh, DRIVE_SCOPE));
         let e =
             check_grant(&form("grant_type=refresh_token&client_id=cid&client_secret=secret&refresh_token=x"), &a, 0)
                 .unwrap_err();
@@ -260,7 +294,7 @@ mod tests {
         let good = json!({"iss": a.service_account_email, "aud": a.token_url, "scope": DRIVE_SCOPE, "iat": now, "exp": now + 3600});
         let assertion = jwt(good.clone());
         let body = format!("grant_type={}&assertion={assertion}", JWT_GRANT.replace(':', "%3A"));
-        assert_eq!(check_grant(&form(&body), &a, now).unwrap(), (Grant::Jwt, DRIVE_SCOPE.to_string()));
+        assert_eq!(check_grant(&form(&body), &a, now).unwrap(), Granted::new(Grant::Jwt, DRIVE_SCOPE));
         let mut expired = good.clone();
         expired["exp"] = json!(now - 1);
         expired["iat"] = json!(now - 3601);

@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 
 use super::auth::{self, Accounts, Grant, Tokens};
 use super::conn::{ConnIo, ConnShared};
+use super::consent::Grants;
 use super::errors::ApiError;
 use super::faults::{Class, FaultState, Faults};
 use super::store::Store;
@@ -40,6 +41,7 @@ pub(crate) const SEGMENT_BYTES_MAX: usize = 1 << 20;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Op {
     Token,
+    Authorize,
     AboutGet,
     DrivesList,
     DrivesGet,
@@ -61,8 +63,9 @@ pub(crate) enum Op {
     Unknown,
 }
 
-const OPS: [(Op, &str); 20] = [
+const OPS: [(Op, &str); 21] = [
     (Op::Token, "token"),
+    (Op::Authorize, "authorize"),
     (Op::AboutGet, "about.get"),
     (Op::DrivesList, "drives.list"),
     (Op::DrivesGet, "drives.get"),
@@ -118,6 +121,7 @@ pub(crate) struct Stats {
     pub(crate) dropped: AtomicU64,
     refresh_grants: AtomicU64,
     jwt_grants: AtomicU64,
+    code_grants: AtomicU64,
     refused_grants: AtomicU64,
 }
 
@@ -166,6 +170,7 @@ pub(crate) struct State {
     /// Bytes held by open sessions (counted against the storage limit).
     pub(crate) session_bytes: Arc<AtomicU64>,
     tokens: Mutex<(Tokens, fastrand::Rng)>,
+    grants: Mutex<Grants>,
     pub(crate) rng: Mutex<fastrand::Rng>,
     pub(crate) faults: Arc<FaultState>,
     pub(crate) stats: Stats,
@@ -198,6 +203,7 @@ impl State {
             sessions: Mutex::new(HashMap::new()),
             session_bytes: Arc::new(AtomicU64::new(0)),
             tokens: Mutex::new((Tokens::default(), fastrand::Rng::with_seed(opts.seed ^ 0x70c3))),
+            grants: Mutex::new(Grants::new(opts.seed)),
             rng: Mutex::new(fastrand::Rng::with_seed(opts.seed ^ 0x9a9e)),
             faults: Arc::new(FaultState::new(opts.faults, opts.seed)),
             stats: Stats::default(),
@@ -211,6 +217,10 @@ impl State {
 
     pub(crate) fn tokens(&self) -> MutexGuard<'_, (Tokens, fastrand::Rng)> {
         self.tokens.lock().expect("no handler panics holding the tokens")
+    }
+
+    pub(crate) fn grants(&self) -> MutexGuard<'_, Grants> {
+        self.grants.lock().expect("no handler panics holding the grants")
     }
 
     pub(crate) fn sessions(&self) -> MutexGuard<'_, HashMap<String, SessionEntry>> {
@@ -261,6 +271,7 @@ impl State {
             dropped_connections: self.stats.dropped.load(Ordering::Relaxed),
             refresh_grants: self.stats.refresh_grants.load(Ordering::Relaxed),
             jwt_grants: self.stats.jwt_grants.load(Ordering::Relaxed),
+            code_grants: self.stats.code_grants.load(Ordering::Relaxed),
             refused_grants: self.stats.refused_grants.load(Ordering::Relaxed),
             uploaded_today_bytes: self.faults.uploaded_today(),
             stored_bytes,
@@ -534,6 +545,10 @@ async fn handle(state: Arc<State>, conn: Arc<ConnShared>, req: Request<Incoming>
     if op == Op::Token {
         return Ok(token(&state, &mut req).await);
     }
+    if op == Op::Authorize {
+        req.drain().await;
+        return Ok(authorize(&state, &req));
+    }
     if op == Op::Unknown {
         req.drain().await;
         return Ok(error_response(&state, &ApiError::no_such_method()));
@@ -568,7 +583,7 @@ async fn handle(state: Arc<State>, conn: Arc<ConnShared>, req: Request<Incoming>
             uploads::one_request(&state, &mut req, op).await
         }
         Op::FilesCreateResumable | Op::FilesUpdateResumable => Ok(uploads::start(&state, &mut req, op).await),
-        Op::Token | Op::Control | Op::Unknown => unreachable!("answered above"),
+        Op::Token | Op::Authorize | Op::Control | Op::Unknown => unreachable!("answered above"),
     }
 }
 
@@ -579,6 +594,7 @@ fn route(req: &Req) -> Op {
     let session = req.param("upload_id").is_some();
     match (m.as_str(), s.as_slice()) {
         ("POST", ["token"]) => Op::Token,
+        ("GET", ["o", "oauth2", "v2", "auth"]) => Op::Authorize,
         (_, ["_emulator", ..]) => Op::Control,
         ("GET", ["drive", "v3", "about"]) => Op::AboutGet,
         ("GET", ["drive", "v3", "drives"]) => Op::DrivesList,
@@ -630,8 +646,12 @@ async fn token(state: &State, req: &mut Req) -> Resp {
     };
     let form = auth::parse_urlencoded(&String::from_utf8_lossy(&body));
     let now_s = super::time::now_ms() / 1000;
-    match auth::check_grant(&form, &state.accounts, now_s) {
-        Ok((grant, scope)) => {
+    let granted = {
+        let mut grants = state.grants();
+        auth::check_grant(&form, &state.accounts, &mut grants, now_s)
+    };
+    match granted {
+        Ok(auth::Granted { grant, scope, refresh_token }) => {
             let lifetime = state.faults.token_lifetime();
             let token = {
                 let mut t = state.tokens();
@@ -641,17 +661,32 @@ async fn token(state: &State, req: &mut Req) -> Resp {
             let counter = match grant {
                 Grant::Refresh => &state.stats.refresh_grants,
                 Grant::Jwt => &state.stats.jwt_grants,
+                Grant::Code => &state.stats.code_grants,
             };
             counter.fetch_add(1, Ordering::Relaxed);
-            json_response(
-                StatusCode::OK,
-                &json!({"access_token": token, "expires_in": lifetime.as_secs(), "scope": scope, "token_type": "Bearer"}),
-            )
+            let mut body = json!({"access_token": token, "expires_in": lifetime.as_secs(), "scope": scope, "token_type": "Bearer"});
+            if let Some(rt) = refresh_token {
+                body["refresh_token"] = rt.into();
+            }
+            json_response(StatusCode::OK, &body)
         }
         Err((status, body)) => {
             state.stats.refused_grants.fetch_add(1, Ordering::Relaxed);
             json_response(status, &body)
         }
+    }
+}
+
+/// The consent page, approved at once: a redirect carrying the code, or Google's error.
+fn authorize(state: &State, req: &Req) -> Resp {
+    let answer = state.grants().authorize(&req.query, &state.accounts);
+    match answer {
+        Ok(location) => {
+            let mut r = empty_response(StatusCode::FOUND);
+            r.headers_mut().insert(http::header::LOCATION, HeaderValue::from_str(&location).expect("an encoded URL"));
+            r
+        }
+        Err((status, body)) => json_response(status, &body),
     }
 }
 
@@ -713,6 +748,10 @@ async fn control(state: &State, req: &mut Req) -> Resp {
         }
         ("POST", ["expire_tokens"]) => {
             state.tokens().0.expire_all();
+            empty_response(StatusCode::NO_CONTENT)
+        }
+        ("POST", ["expire_codes"]) => {
+            state.grants().expire_codes();
             empty_response(StatusCode::NO_CONTENT)
         }
         ("POST", ["expire_sessions"]) => {

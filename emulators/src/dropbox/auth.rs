@@ -1,5 +1,7 @@
-//! OAuth 2 as Dropbox runs it: one app (key and secret), `/oauth2/authorize` (approved
-//! at once: there is no user to ask), and `/oauth2/token` for
+//! OAuth 2 as Dropbox runs it: one app (key, secret and the redirect URIs registered for
+//! it), `/oauth2/authorize` (approved at once: there is no user to ask; the parameters
+//! are checked: the app key, `response_type=code`, a `redirect_uri` that is exactly one
+//! registered, a PKCE challenge of 43 to 128 unreserved characters), and `/oauth2/token` for
 //! `grant_type=authorization_code` (with the app secret, or a PKCE `code_verifier`
 //! against the `S256` or `plain` challenge) and `grant_type=refresh_token`. Client
 //! credentials come in the form or as HTTP Basic. A refresh token from a PKCE grant
@@ -49,6 +51,11 @@ pub(crate) struct OAuthError {
     pub body: Value,
 }
 
+/// A PKCE verifier or challenge: 43 to 128 of `A-Z a-z 0-9 - . _ ~` (RFC 7636).
+fn pkce_shaped(s: &str) -> bool {
+    (43..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+}
+
 fn oauth_err(error: &str, description: &str) -> OAuthError {
     OAuthError { status: 400, body: json!({ "error": error, "error_description": description }) }
 }
@@ -57,6 +64,7 @@ fn oauth_err(error: &str, description: &str) -> OAuthError {
 pub(crate) struct Auth {
     app_key: String,
     app_secret: String,
+    redirect_uris: Vec<String>,
     seed: u64,
     serial: u64,
     access: HashMap<String, Instant>,
@@ -68,16 +76,24 @@ pub(crate) struct Auth {
 }
 
 /// What `/oauth2/authorize` decided: the code, and where to send the browser.
+#[derive(Debug)]
 pub(crate) struct Authorized {
     pub code: String,
     pub redirect: Option<String>,
 }
 
 impl Auth {
-    pub(crate) fn new(seed: u64, app_key: &str, app_secret: &str, refresh_token: &str) -> Auth {
+    pub(crate) fn new(
+        seed: u64,
+        app_key: &str,
+        app_secret: &str,
+        refresh_token: &str,
+        redirect_uris: &[String],
+    ) -> Auth {
         let mut a = Auth {
             app_key: app_key.to_string(),
             app_secret: app_secret.to_string(),
+            redirect_uris: redirect_uris.to_vec(),
             seed,
             serial: 0,
             access: HashMap::new(),
@@ -142,6 +158,12 @@ impl Auth {
         }
     }
 
+    /// Every authorization code not yet exchanged expires now.
+    pub(crate) fn expire_codes(&mut self) {
+        self.codes.clear();
+        self.codes_order.clear();
+    }
+
     /// `/oauth2/authorize`, approved at once.
     pub(crate) fn authorize(&mut self, q: &HashMap<String, String>) -> Result<Authorized, String> {
         if q.get("client_id").map(String::as_str) != Some(self.app_key.as_str()) {
@@ -156,6 +178,20 @@ impl Auth {
             (Some(c), Some("S256")) => Some(("S256".to_string(), c.clone())),
             (Some(_), Some(m)) => return Err(format!("Invalid code_challenge_method: {m}")),
         };
+        if challenge.as_ref().is_some_and(|(_, c)| !pkce_shaped(c)) {
+            return Err(
+                "Invalid code_challenge: it must be 43 to 128 characters of A-Z, a-z, 0-9, \"-\", \".\", \"_\" \
+                        and \"~\""
+                    .into(),
+            );
+        }
+        if let Some(r) = q.get("redirect_uri") {
+            if !self.redirect_uris.contains(r) {
+                return Err("Invalid redirect_uri. It must exactly match one of the redirect URIs you've \
+                            pre-configured for your app (including the path)."
+                    .into());
+            }
+        }
         let offline = q.get("token_access_type").map(String::as_str) == Some("offline");
         while self.codes.len() >= CODES_MAX {
             let old = self.codes_order.pop_front().expect("order tracks the map");
@@ -240,7 +276,7 @@ impl Auth {
                         } else {
                             verifier.clone()
                         };
-                        if derived != *challenge {
+                        if !pkce_shaped(verifier) || derived != *challenge {
                             return Err(oauth_err("invalid_grant", "invalid code verifier"));
                         }
                         true
@@ -287,7 +323,7 @@ mod tests {
 
     #[test]
     fn refresh_with_secret_and_expiry() {
-        let mut a = Auth::new(1, "key", "secret", "rt");
+        let mut a = Auth::new(1, "key", "secret", "rt", &[]);
         let ok = a
             .token(
                 &form(&[
@@ -349,7 +385,7 @@ mod tests {
 
     #[test]
     fn pkce_code_flow() {
-        let mut a = Auth::new(1, "key", "secret", "rt");
+        let mut a = Auth::new(1, "key", "secret", "rt", &["http://127.0.0.1:9/cb".to_string()]);
         let verifier = "a".repeat(64);
         let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
         let q = form(&[
@@ -361,6 +397,12 @@ mod tests {
             ("redirect_uri", "http://127.0.0.1:9/cb"),
             ("state", "s t"),
         ]);
+        let mut other = q.clone();
+        other.insert("redirect_uri".into(), "http://127.0.0.1:9/other".into());
+        assert!(a.authorize(&other).unwrap_err().starts_with("Invalid redirect_uri"));
+        let mut short = q.clone();
+        short.insert("code_challenge".into(), "abc".into());
+        assert!(a.authorize(&short).unwrap_err().starts_with("Invalid code_challenge"));
         let auth = a.authorize(&q).unwrap();
         assert_eq!(auth.redirect.unwrap(), format!("http://127.0.0.1:9/cb?code={}&state=s+t", auth.code));
         let exchange = |a: &mut Auth, code: &str, verifier: &str| {
@@ -381,7 +423,13 @@ mod tests {
         let auth = a.authorize(&q).unwrap();
         let got = exchange(&mut a, &auth.code, &verifier).unwrap();
         assert_eq!(got["account_id"], ACCOUNT_ID);
-        assert!(exchange(&mut a, &auth.code, &verifier).is_err());
+        assert_eq!(
+            exchange(&mut a, &auth.code, &verifier).unwrap_err().body,
+            json!({"error": "invalid_grant", "error_description": "code doesn't exist or has expired"})
+        );
+        let auth = a.authorize(&q).unwrap();
+        a.expire_codes();
+        assert_eq!(exchange(&mut a, &auth.code, &verifier).unwrap_err().body["error"], "invalid_grant");
         // A PKCE refresh token refreshes with the app key alone.
         let rt = got["refresh_token"].as_str().unwrap();
         assert!(a

@@ -90,7 +90,7 @@ impl Shared {
             Duration::from_secs(opts.session_lifetime_s),
             opts.session_bytes_max,
         );
-        let auth = Auth::new(opts.seed, &opts.app_key, &opts.app_secret, &opts.refresh_token);
+        let auth = Auth::new(opts.seed, &opts.app_key, &opts.app_secret, &opts.refresh_token, &opts.redirect_uris);
         // Relaxed: a counter only has to be unique.
         let epoch = opts.seed.rotate_left(17) ^ EPOCHS.fetch_add(1, Ordering::Relaxed);
         Shared {
@@ -625,6 +625,10 @@ async fn admin(shared: &Shared, cmd: &str, req: Request<Incoming>) -> Response<E
         }
         (Method::POST, "expire_tokens") => {
             shared.auth().expire_all();
+            json_response(&json!({}))
+        }
+        (Method::POST, "expire_codes") => {
+            shared.auth().expire_codes();
             json_response(&json!({}))
         }
         (Method::POST, "throttle") => {
