@@ -426,6 +426,7 @@ struct JsonReport<'a> {
     objects_deferred: u64,
     bytes_deferred: u64,
     waiting: Option<&'a relay::Waiting>,
+    bytes_resumed: u64,
 }
 
 /// Prints the summary (or JSON) for a finished relay.
@@ -458,6 +459,7 @@ pub fn print_report(report: &Report, json: bool, dry_run: bool) {
             objects_deferred: report.objects_deferred,
             bytes_deferred: report.bytes_deferred,
             waiting: report.waiting.as_ref(),
+            bytes_resumed: report.bytes_resumed,
         };
         println!("{}", serde_json::to_string(&out).expect("report serialises"));
         return;
@@ -485,6 +487,12 @@ pub fn print_report(report: &Report, json: bool, dry_run: bool) {
         report.driver.map(|d| d.to_string()).unwrap_or_default(),
         HumanBytes(report.ram_buffer_bytes),
     );
+    if report.bytes_resumed > 0 {
+        println!(
+            "resumed: {} that the destination held from failed attempts was not sent again",
+            HumanBytes(report.bytes_resumed)
+        );
+    }
     if let Some(lowest) = report.transfers_lowest {
         println!(
             "a store throttled: objects in flight were halved {} times, down to {lowest}, and climbed back as copies succeeded",

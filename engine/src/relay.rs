@@ -247,6 +247,10 @@ pub struct Report {
     pub objects_deferred: u64,
     /// Bytes of the deferred objects.
     pub bytes_deferred: u64,
+    /// Bytes a retried upload found the destination already held from the failed
+    /// attempt (a part whose answer was lost, what a dropped resumable upload had
+    /// committed), and did not send again.
+    pub bytes_resumed: u64,
     /// Set when the relay ended early because the destination's allowance for a
     /// period is spent (Google Drive's daily upload limit): uploads in progress
     /// finished, nothing new started, and the rest can go on at `retry_at_unix_s`.
@@ -399,6 +403,9 @@ pub(crate) struct Stats {
     pub(crate) dst_bound_score: std::sync::atomic::AtomicI32,
     /// Bytes of this relay's parts written to the stage.
     pub(crate) stage_bytes_written: std::sync::atomic::AtomicU64,
+    /// Bytes a retried upload found the destination already held from the failed
+    /// attempt, and did not send again.
+    pub(crate) bytes_resumed: std::sync::atomic::AtomicU64,
     /// Large objects begun (session begun, parts queued) and not yet finished.
     pub(crate) large_open: std::sync::atomic::AtomicUsize,
     /// Route decisions, for the report.

@@ -119,6 +119,12 @@ async fn step(ctx: &Ctx, job: &ObjectJob, session: &dyn UploadSession, spec: Par
     let skip = std::cell::Cell::new(skip);
     let attempts = std::cell::Cell::new(0u32);
     let sent_sum = std::cell::RefCell::new(None);
+    // What the store kept of a failed attempt beyond what the attempt skipped: bytes
+    // not sent again.
+    let resumed = |from: u64, held: u64| {
+        let kept = held.saturating_sub(spec.offset).min(spec.len).saturating_sub(from);
+        ctx.shared.stats.bytes_resumed.fetch_add(kept, std::sync::atomic::Ordering::Relaxed);
+    };
     ctx.retry(|| async {
         if attempts.replace(attempts.get() + 1) > 0 {
             if let Committed::Offset(held) = session.committed().await? {
@@ -128,10 +134,12 @@ async fn step(ctx: &Ctx, job: &ObjectJob, session: &dyn UploadSession, spec: Par
                 }
                 if held >= end {
                     if let Some(sum) = sent_sum.borrow().clone() {
+                        resumed(skip.get(), held);
                         return Ok(Step::Sent(PartRecord::new(spec, String::new(), sum)));
                     }
                     return Ok(Step::Back(spec.offset));
                 }
+                resumed(skip.get(), held);
                 skip.set(held - spec.offset);
             }
         }
@@ -151,6 +159,7 @@ async fn step(ctx: &Ctx, job: &ObjectJob, session: &dyn UploadSession, spec: Par
                     if held < spec.offset {
                         return Ok(Step::Back(held));
                     }
+                    resumed(0, held);
                     if held >= spec.offset + spec.len {
                         return Ok(Step::Sent(PartRecord::new(spec, String::new(), sum)));
                     }

@@ -170,6 +170,7 @@ async fn part(ctx: &Ctx, job: &ObjectJob, session: &dyn UploadSession, spec: Par
         if attempt > 0 {
             let known = read_sum.borrow().clone();
             if let Some(record) = committed_part(session, spec, known.as_ref()).await {
+                ctx.shared.stats.bytes_resumed.fetch_add(spec.len, Ordering::Relaxed);
                 return Ok(record);
             }
         }
