@@ -459,6 +459,15 @@ impl DriveHandle {
         self.insert_body(&root, path, store::SHORTCUT_MIME, body)
     }
 
+    /// What files.export answers for file `id` as `mime` (None for a file that is not
+    /// a Docs Editors file, or a format its type lacks), bounds aside.
+    pub fn export(&self, id: &str, mime: &str) -> Option<Vec<u8>> {
+        match &self.state.store().get(id)?.body {
+            Body::Doc { kind, text } => store::export(*kind, text, mime).map(|b| b.to_vec()),
+            _ => None,
+        }
+    }
+
     /// Every file under My Drive's root, by path.
     pub fn tree(&self) -> Vec<TreeEntry> {
         let root = self.root_id();

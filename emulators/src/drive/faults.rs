@@ -123,6 +123,9 @@ pub struct ShortCommit {
     pub keep_bytes: u64,
     /// How many chunks.
     pub next: u32,
+    /// Also flip a bit of the first byte kept, as if it changed on the way up (Drive
+    /// checks no checksum of an upload; only a client comparing `md5Checksum` finds out).
+    pub corrupt: bool,
 }
 
 /// Every fault and profile switch. `Default` is a healthy Drive.
@@ -297,12 +300,13 @@ impl FaultState {
         Some(d.after_bytes)
     }
 
-    /// If the next chunk is to be committed short, how many of its bytes are kept.
-    pub(crate) fn take_short_commit(&self) -> Option<u64> {
+    /// If the next chunk is to be committed short: how many of its bytes are kept,
+    /// and whether the first is corrupted.
+    pub(crate) fn take_short_commit(&self) -> Option<(u64, bool)> {
         let mut f = self.lock();
         let c = f.short_commits.as_mut().filter(|c| c.next > 0)?;
         c.next -= 1;
-        Some(c.keep_bytes)
+        Some((c.keep_bytes, c.corrupt))
     }
 
     /// Whether the answer to an upload that just completed a file is to be lost.
@@ -426,13 +430,13 @@ mod tests {
         assert_eq!(s.take_drop(true), None);
         let s = FaultState::new(
             Faults {
-                short_commits: Some(ShortCommit { keep_bytes: 5, next: 1 }),
+                short_commits: Some(ShortCommit { keep_bytes: 5, next: 1, corrupt: false }),
                 lose_completion_answers: 1,
                 ..Faults::default()
             },
             1,
         );
-        assert_eq!((s.take_short_commit(), s.take_short_commit()), (Some(5), None));
+        assert_eq!((s.take_short_commit(), s.take_short_commit()), (Some((5, false)), None));
         assert_eq!((s.take_lost_answer(), s.take_lost_answer()), (true, false));
     }
 }

@@ -543,7 +543,13 @@ pub(crate) async fn chunk(state: &State, req: &mut Req) -> Answer {
             let committed = session.committed();
             match read_body(req, skip, take, cut_after, &count, false).await {
                 Ok((segments, n)) if n == take => {
-                    if let Some(keep) = state.faults.take_short_commit() {
+                    if let Some((keep, corrupt)) = state.faults.take_short_commit() {
+                        let mut segments = segments;
+                        if let Some(first) = segments.first_mut().filter(|s| corrupt && !s.is_empty()) {
+                            let mut changed = BytesMut::from(&first[..]);
+                            changed[0] ^= 0x01;
+                            *first = changed.freeze();
+                        }
                         // Committed short: kept down to a 256 KiB boundary of the file.
                         let kept = commit_aligned(&mut session, committed, keep.min(n), segments);
                         counters.committed.store(session.committed(), Ordering::Relaxed);

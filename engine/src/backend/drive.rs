@@ -360,7 +360,13 @@ impl DriveStore {
         let mut headers = call.headers;
         headers.push(("authorization".to_string(), format!("Bearer {token}")));
         let req = Request { method: call.method, path: &call.path, headers, op: call.op, target: call.target };
-        let (response, _) = self.http.send(endpoint, &req, body).await?;
+        // A create (POST) or an update (PATCH) whose answer was lost may have been made:
+        // it is never sent again unasked; the caller looks before it tries again.
+        let (response, _) = if matches!(call.method, "POST" | "PATCH") {
+            self.http.send_once(endpoint, &req, body).await?
+        } else {
+            self.http.send(endpoint, &req, body).await?
+        };
         if response.head.status == 401 {
             self.shared.tokens.drop_token(&token);
             let head = response.head.clone();

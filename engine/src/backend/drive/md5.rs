@@ -37,6 +37,8 @@ enum Track {
     Lost,
     /// The completed file's MD5 was compared with the bytes sent.
     Checked,
+    /// The completed file was refused (and deleted), for this reason.
+    Refused(String),
 }
 
 /// Every session's track, by session URI.
@@ -66,7 +68,7 @@ impl Tracks {
             let Some(track) = map.get_mut(uri) else { return };
             let found = match track {
                 Track::Running(points) => points.iter().find(|(at, _)| *at == offset).map(|(_, h)| h.clone()),
-                Track::Lost | Track::Checked => return,
+                Track::Lost | Track::Checked | Track::Refused(_) => return,
             };
             match found {
                 Some(h) => h,
@@ -123,7 +125,22 @@ impl Tracks {
             Some(Track::Running(points)) => {
                 points.iter().find(|(at, _)| *at == total).map(|(_, h)| Some(h.clone().finish())).ok_or(())
             }
-            Some(Track::Lost) | None => Err(()),
+            Some(Track::Lost | Track::Refused(_)) | None => Err(()),
+        }
+    }
+
+    /// Why the completed file was refused, if it was.
+    pub(super) fn refused(&self, uri: &str) -> Option<String> {
+        match self.lock().get(uri) {
+            Some(Track::Refused(why)) => Some(why.clone()),
+            _ => None,
+        }
+    }
+
+    /// The completed file was refused for `why`.
+    pub(super) fn refuse(&self, uri: &str, why: &str) {
+        if let Some(track) = self.lock().get_mut(uri) {
+            *track = Track::Refused(why.to_string());
         }
     }
 

@@ -223,11 +223,12 @@ impl DriveUpload<'_> {
         };
         if let Some(why) = refused {
             let _ = self.store.delete_file(&file.id, key).await;
-            return Err(Error::Integrity {
-                op,
-                target: key.to_string(),
-                detail: format!("{why}; the file was deleted, and a re-run sends it again"),
-            });
+            let why = format!("{why}; the file was deleted, and a re-run sends it again");
+            if let Some(uri) = &self.session.uri {
+                // The session now answers a file that is gone: say why, not that it was lost.
+                self.store.shared.md5.refuse(uri, &why);
+            }
+            return Err(Error::Integrity { op, target: key.to_string(), detail: why });
         }
         self.store.forget(key);
         *self.file.borrow_mut() = Some(file);
@@ -330,16 +331,15 @@ impl UploadSession for DriveUpload<'_> {
             if self.file.borrow().is_some() {
                 return Ok(Committed::Offset(total));
             }
-            if self.session.uri.is_none() {
-                return Ok(Committed::Offset(0));
+            let Some(uri) = &self.session.uri else { return Ok(Committed::Offset(0)) };
+            if let Some(why) = self.store.shared.md5.refused(uri) {
+                return Err(Error::Integrity { op: "upload-status", target: self.key().to_string(), detail: why });
             }
             let (head, bytes) =
                 self.to_session("upload-status", format!("bytes */{total}"), RequestBody::Empty).await?;
             if head.status == 308 {
                 let held = held_of(&head);
-                if let Some(uri) = &self.session.uri {
-                    self.store.shared.md5.confirm(uri, held);
-                }
+                self.store.shared.md5.confirm(uri, held);
                 return Ok(Committed::Offset(held));
             }
             self.completed("upload-status", &bytes, None).await?;
