@@ -176,6 +176,12 @@ fn docs_are_exported_and_duplicate_names_kept_apart() {
     assert!(now.ends_with(b"edited"), "the new text");
     assert_eq!(read_tree(back.path()).get("notes.docx"), Some(&now));
 
+    // A URL naming one export copies that one.
+    let one = tempfile::tempdir().expect("download dir");
+    let (single, _) = g.relay("gd:Share/notes.docx", &format!("file://{}", one.path().display()));
+    assert_eq!(single["objects_copied"], 1, "{single}");
+    assert_eq!(read_tree(one.path()).get("notes.docx"), Some(&now));
+
     // Other formats, or none.
     let pdf = tempfile::tempdir().expect("download dir");
     let out = laminar_with(

@@ -89,7 +89,7 @@ impl Tracks {
                 h.update(&slice[..n]);
                 at += n as u64;
                 slice = &slice[n..];
-                if at % CHUNK_ALIGNMENT_BYTES == 0 {
+                if at.is_multiple_of(CHUNK_ALIGNMENT_BYTES) {
                     points.push((at, h.clone()));
                 }
             }
