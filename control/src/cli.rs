@@ -136,6 +136,12 @@ struct RelayArgs {
     /// Never use server-side copy, even within one store
     #[arg(long)]
     no_server_side_copy: bool,
+    /// Google Drive: export Docs, Sheets, Slides and Drawings in the first of these formats that suits each (e.g. docx,xlsx,pptx,pdf), or none to skip them [default: docx,xlsx,pptx]
+    #[arg(long, value_name = "FORMATS")]
+    drive_export: Option<String>,
+    /// Google Drive: follow shortcuts (one to a file copies the target's bytes under the shortcut's name, one to a folder is walked)
+    #[arg(long)]
+    drive_follow_shortcuts: bool,
 }
 
 #[derive(Args)]
@@ -282,7 +288,14 @@ pub fn options(engine: &EngineArgs) -> Result<RelayOptions, Fail> {
 }
 
 fn run_relay(config: Option<&std::path::Path>, args: RelayArgs) -> Result<u8, Fail> {
-    let config = Config::load(config)?;
+    let mut config = Config::load(config)?;
+    // Flags for one kind of store become its remotes' keys (`export`, `follow_shortcuts`).
+    if let Some(formats) = &args.drive_export {
+        config.set_for_type("drive", "export", formats.clone().into());
+    }
+    if args.drive_follow_shortcuts {
+        config.set_for_type("drive", "follow_shortcuts", true.into());
+    }
     let src = config.location(&args.src)?;
     let dst = config.location(&args.dst)?;
     let mut opts = options(&args.engine)?;
