@@ -440,6 +440,8 @@ struct JsonReport<'a> {
     bytes_deferred: u64,
     waiting: Option<&'a relay::Waiting>,
     bytes_resumed: u64,
+    hashes_compared: &'a std::collections::BTreeMap<String, u64>,
+    checks: &'a [relay::ObjectChecks],
 }
 
 /// Prints the summary (or JSON) for a finished relay.
@@ -473,6 +475,8 @@ pub fn print_report(report: &Report, json: bool, dry_run: bool) {
             bytes_deferred: report.bytes_deferred,
             waiting: report.waiting.as_ref(),
             bytes_resumed: report.bytes_resumed,
+            hashes_compared: &report.hashes_compared,
+            checks: &report.checks,
         };
         println!("{}", serde_json::to_string(&out).expect("report serialises"));
         return;

@@ -125,6 +125,7 @@ const CAPABILITIES: Capabilities = Capabilities {
     case_sensitive: true,
     reports: &[HashFamily::Md5, HashFamily::Sha256],
     verifies: &[],
+    checks_after_upload: &[ChecksumAlgo::Md5],
     server_side_copy: false,
     metadata: MetaSupport { content_headers: false, user: false, mtime: true },
 };

@@ -185,6 +185,9 @@ async fn send_from(
 ) -> Result<PartRecord> {
     let algo = ctx.shared.opts.checksum;
     let mut whole = Hashers::new(algo, false);
+    if super::parts::keeps_source_blocks(job) {
+        whole.keep_dropbox_blocks(spec.len);
+    }
     let key = job.src_key();
     if skip > 0 {
         // The bytes the store holds are read again only to be hashed.
@@ -207,6 +210,7 @@ async fn send_from(
             format!("part {} came back short: {} of {} bytes", spec.number, body.len(), rest.len),
         ));
     }
+    super::parts::record_source_blocks(job, spec.offset, whole.take_dropbox_part());
     let (part_sum, _) = whole.finish();
     *sent_sum.borrow_mut() = Some(part_sum.clone());
     let sent = if skip == 0 {
