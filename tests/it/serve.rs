@@ -609,3 +609,45 @@ fn a_job_at_drives_daily_limit_waits_and_goes_on_by_itself_or_when_resumed() {
         assert_eq!(held(&emu, "in"), files, "Drive holds exactly the source");
     }
 }
+
+/// `laminar job verify` between two providers that share no hash: a job Dropbox ->
+/// Drive is checked by listings (sizes and Laminar's provenance) and by content (both
+/// sides read again and their checksums recomputed), and a source object rewritten
+/// after the relay (same size, other bytes) is named by both.
+#[test]
+fn a_dropbox_to_drive_job_verifies_by_listing_and_by_content() {
+    use laminar_emulators::drive::{DriveEmulator, DriveOptions};
+    use laminar_emulators::dropbox::{DropboxEmulator, DropboxOptions};
+    let dbx = DropboxEmulator::start(DropboxOptions::default()).expect("start the Dropbox emulator");
+    let gd = DriveEmulator::start(DriveOptions::default()).expect("start the Drive emulator");
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), format!("{}\n{}", dbx.remote_toml("dbx"), gd.remote_toml("gd"))).unwrap();
+    let mut rng = fastrand::Rng::with_seed(14);
+    let mut bytes = |len: usize| -> Vec<u8> { std::iter::repeat_with(|| rng.u8(..)).take(len).collect() };
+    let files = [("a.txt", bytes(10 * KIB)), ("Fotos/été.jpg", bytes(300 * KIB)), ("big.bin", bytes(40 * MIB + 7))];
+    for (name, data) in &files {
+        dbx.insert(&format!("/V/{name}"), data.clone()).unwrap();
+    }
+    let app = Appliance::start(config.path(), &[]);
+    let id = app.submit(json!({ "source": "dbx:V", "destination": "gd:V" }));
+    let job = app.wait(&id, &["succeeded", "failed"]);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    for download in [false, true] {
+        let (status, _) =
+            app.call("POST", &format!("/v1/jobs/{id}/verify"), Some(&json!({ "download": download }).to_string()));
+        assert_eq!(status, 202);
+        let job = app.wait_for(&id, "verified", |j| j["verify"]["state"] == "done");
+        assert_eq!(job["verify"]["objects_matched"], files.len(), "{job}");
+    }
+    // Rewritten at the source after the relay: the destination no longer matches it.
+    dbx.insert("/V/Fotos/été.jpg", vec![7u8; 300 * KIB]).unwrap();
+    for download in [false, true] {
+        let (status, _) =
+            app.call("POST", &format!("/v1/jobs/{id}/verify"), Some(&json!({ "download": download }).to_string()));
+        assert_eq!(status, 202);
+        let job = app.wait_for(&id, "verified", |j| j["verify"]["state"] == "done");
+        let v = &job["verify"];
+        assert_eq!((v["objects_matched"].as_u64(), v["objects_mismatched"].as_u64()), (Some(2), Some(1)), "{v}");
+        assert_eq!(v["problems"][0]["key"], "V/Fotos/été.jpg", "{v}");
+    }
+}
