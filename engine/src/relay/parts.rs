@@ -30,6 +30,16 @@ pub(super) const RING_CHUNKS: usize = 4;
 pub(super) async fn plan_large(ctx: &Ctx, job: &ObjectJob) -> Result<u32> {
     let limits = ctx.dst.capabilities().parts;
     let pool_bytes = (ctx.pool.chunk_count() * ctx.pool.chunk_bytes()) as u64;
+    // A source that vouches with Dropbox's content_hash is checked by combining the
+    // parts' 4 MiB block digests, which needs parts on 4 MiB boundaries (where a
+    // worker's share of the RAM tier holds such a part).
+    let mut alignment_bytes = limits.part_alignment_bytes.max(1);
+    if ctx.src.capabilities().reports.contains(&crate::backend::HashFamily::DropboxContentHash) {
+        let aligned = lcm(alignment_bytes, crate::checksum::DROPBOX_BLOCK_BYTES);
+        if aligned <= pool_bytes {
+            alignment_bytes = aligned;
+        }
+    }
     // Prefer parts that fit a worker's share of the RAM tier, so small buffers still work.
     let part_size = choose_part_size(
         job.size(),
@@ -37,7 +47,7 @@ pub(super) async fn plan_large(ctx: &Ctx, job: &ObjectJob) -> Result<u32> {
         limits.min_part_bytes,
         limits.max_part_bytes,
         limits.max_parts,
-        limits.part_alignment_bytes,
+        alignment_bytes,
     )
     .ok_or_else(|| Error::InvalidKey {
         op: "plan",
@@ -290,6 +300,17 @@ async fn part_streamed(
 async fn copy_part(ctx: &Ctx, session: &dyn UploadSession, spec: PartSpec, source: &CopySource) -> Result<PartRecord> {
     let token = ctx.retry(|| timed(ctx.dst_label(), Op::Copy, session.copy_part(source, spec))).await?;
     Ok(PartRecord::new(spec, token, Checksum { algo: ChecksumAlgo::Crc32c, bytes: Vec::new() }))
+}
+
+fn lcm(a: u64, b: u64) -> u64 {
+    fn gcd(a: u64, b: u64) -> u64 {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    a / gcd(a, b) * b
 }
 
 /// Whether the parts read from the source keep Dropbox block digests: the source
