@@ -1,5 +1,7 @@
-//! Listing: a walk of the folder tree below the prefix, one folder per page, and the
-//! names files are listed under.
+//! Listing: a walk of the folder tree below the prefix, [`FOLDERS_PER_PAGE`] folders
+//! read at once per page (each read whole, its pages one after the other), and the
+//! names files are listed under. A tree of many small folders is then listed at that
+//! many requests in flight rather than one.
 //!
 //! A key is the path of names from the remote's root. What a file is listed as:
 //!
@@ -32,6 +34,9 @@ use crate::error::{Error, ErrorClass, Result};
 /// Most folders one listing walks through shortcuts (a bound on a shortcut graph
 /// that would make the walk explode, short of a cycle).
 const FOLLOWED_FOLDERS_MAX: u64 = 100_000;
+/// Folders read at once by one listing step: enough to hide the round trip of
+/// `files.list`, few enough to stay well under Drive's per-user request rate.
+pub(super) const FOLDERS_PER_PAGE: usize = 8;
 
 /// What a file of a folder is listed as.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,7 +183,7 @@ impl DriveStore {
         eprintln!("laminar: skipping {}:{key}: {why}", self.cfg().remote);
     }
 
-    /// One listing step: the next folder of the walk, read whole.
+    /// One listing step: the next folders of the walk, read whole and at once.
     pub(super) async fn list_page(&self, prefix: &str, token: Option<String>) -> Result<ListPage> {
         let target = format!("{}:{prefix}", self.cfg().remote);
         let follow = self.cfg().follow_shortcuts;
@@ -202,11 +207,31 @@ impl DriveStore {
                 }
             }
         };
-        let Some(here) = walk.folders.pop() else { return Ok(ListPage::default()) };
-        let files = self.folder_contents(&here.id, LIST_FIELDS, &target).await?;
+        let take = walk.folders.len().min(FOLDERS_PER_PAGE);
+        let batch = walk.folders.split_off(walk.folders.len() - take);
+        let read = batch.iter().map(|here| self.folder_contents(&here.id, LIST_FIELDS, &target));
+        let contents = futures_util::future::join_all(read).await;
+        let mut entries = Vec::new();
+        for (here, files) in batch.into_iter().zip(contents) {
+            self.take_folder(prefix, here, files?, &mut walk, &mut entries).await?;
+        }
+        let next = (!walk.folders.is_empty()).then(|| serde_json::to_string(&walk).expect("serialisable"));
+        Ok(ListPage { entries, next })
+    }
+
+    /// The entries of one folder read whole; its subfolders join the walk.
+    async fn take_folder(
+        &self,
+        prefix: &str,
+        here: Pending,
+        files: Vec<FileRes>,
+        walk: &mut Walk,
+        entries: &mut Vec<crate::backend::Entry>,
+    ) -> Result<()> {
+        let follow = self.cfg().follow_shortcuts;
         let kinds: Vec<Listed> = files.iter().map(|f| listed(self.cfg(), f)).collect();
         let names = unique_names(&files, &kinds);
-        let mut entries = Vec::with_capacity(files.len());
+        entries.reserve(files.len());
         for ((f, kind), name) in files.iter().zip(kinds).zip(names) {
             let key = format!("{}{}", here.at, name.as_deref().unwrap_or(&f.name));
             let wanted = if kind.is_dir() {
@@ -255,8 +280,7 @@ impl DriveStore {
                 },
             }
         }
-        let next = (!walk.folders.is_empty()).then(|| serde_json::to_string(&walk).expect("serialisable"));
-        Ok(ListPage { entries, next })
+        Ok(())
     }
 }
 
