@@ -136,6 +136,12 @@ struct RelayArgs {
     /// Never use server-side copy, even within one store
     #[arg(long)]
     no_server_side_copy: bool,
+    /// Google Drive: export Docs, Sheets, Slides and Drawings in the first of these formats that suits each (e.g. docx,xlsx,pptx,pdf), or none to skip them [default: docx,xlsx,pptx]
+    #[arg(long, value_name = "FORMATS")]
+    drive_export: Option<String>,
+    /// Google Drive: follow shortcuts (one to a file copies the target's bytes under the shortcut's name, one to a folder is walked)
+    #[arg(long)]
+    drive_follow_shortcuts: bool,
 }
 
 #[derive(Args)]
@@ -282,7 +288,14 @@ pub fn options(engine: &EngineArgs) -> Result<RelayOptions, Fail> {
 }
 
 fn run_relay(config: Option<&std::path::Path>, args: RelayArgs) -> Result<u8, Fail> {
-    let config = Config::load(config)?;
+    let mut config = Config::load(config)?;
+    // Flags for one kind of store become its remotes' keys (`export`, `follow_shortcuts`).
+    if let Some(formats) = &args.drive_export {
+        config.set_for_type("drive", "export", formats.clone().into());
+    }
+    if args.drive_follow_shortcuts {
+        config.set_for_type("drive", "follow_shortcuts", true.into());
+    }
     let src = config.location(&args.src)?;
     let dst = config.location(&args.dst)?;
     let mut opts = options(&args.engine)?;
@@ -426,6 +439,9 @@ struct JsonReport<'a> {
     objects_deferred: u64,
     bytes_deferred: u64,
     waiting: Option<&'a relay::Waiting>,
+    bytes_resumed: u64,
+    hashes_compared: &'a std::collections::BTreeMap<String, u64>,
+    checks: &'a [relay::ObjectChecks],
 }
 
 /// Prints the summary (or JSON) for a finished relay.
@@ -458,6 +474,9 @@ pub fn print_report(report: &Report, json: bool, dry_run: bool) {
             objects_deferred: report.objects_deferred,
             bytes_deferred: report.bytes_deferred,
             waiting: report.waiting.as_ref(),
+            bytes_resumed: report.bytes_resumed,
+            hashes_compared: &report.hashes_compared,
+            checks: &report.checks,
         };
         println!("{}", serde_json::to_string(&out).expect("report serialises"));
         return;
@@ -485,6 +504,12 @@ pub fn print_report(report: &Report, json: bool, dry_run: bool) {
         report.driver.map(|d| d.to_string()).unwrap_or_default(),
         HumanBytes(report.ram_buffer_bytes),
     );
+    if report.bytes_resumed > 0 {
+        println!(
+            "resumed: {} that the destination held from failed attempts was not sent again",
+            HumanBytes(report.bytes_resumed)
+        );
+    }
     if let Some(lowest) = report.transfers_lowest {
         println!(
             "a store throttled: objects in flight were halved {} times, down to {lowest}, and climbed back as copies succeeded",

@@ -98,6 +98,17 @@ impl Config {
         Ok(Config { remotes: file.remotes, path: None })
     }
 
+    /// Sets `key` in the table of every remote of type `kind`, over what the file
+    /// says: how a command-line flag for one kind of store (`--drive-export`) reaches
+    /// its backend, as the same key the file takes and the backend checks.
+    pub fn set_for_type(&mut self, kind: &str, key: &str, value: toml::Value) {
+        for table in self.remotes.values_mut() {
+            if table.get("type").and_then(toml::Value::as_str) == Some(kind) {
+                table.insert(key.to_string(), value.clone());
+            }
+        }
+    }
+
     /// Turns a URL into a location.
     pub fn location(&self, url: &str) -> Result<Location> {
         if let Some(rest) = url.strip_prefix("file://") {
@@ -199,6 +210,18 @@ mod tests {
         let typo = c_err("[remotes.r]\ntype = \"s3\"\nendpiont = \"x\"\n");
         assert!(typo.contains("endpiont") && typo.contains("expected one of"), "{typo}");
         assert!(Config::parse("[remote.r]\ntype = \"s3\"\n").unwrap_err().contains("remote"));
+    }
+
+    #[test]
+    fn flags_set_keys_of_one_type() {
+        let mut c =
+            config("[remotes.g]\ntype = \"drive\"\ntoken = \"t\"\n[remotes.d]\ntype = \"file\"\nroot = \"/x\"\n");
+        c.set_for_type("drive", "export", "pdf".into());
+        assert_eq!(c.remotes["g"].get("export").and_then(toml::Value::as_str), Some("pdf"));
+        assert!(!c.remotes["d"].contains_key("export"));
+        c.set_for_type("drive", "export", "docz".into());
+        let e = c.location("g:x").err().expect("a bad format").to_string();
+        assert!(e.contains("\"docz\""), "{e}");
     }
 
     fn c_err(text: &str) -> String {

@@ -48,7 +48,7 @@ use anyhow::{bail, Context as _, Result};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-pub use faults::{DropAfter, Faults, Scope, ServerErrors, Throttle, ThrottleKind};
+pub use faults::{DropAfter, Faults, Scope, ServerErrors, ShortCommit, Throttle, ThrottleKind};
 pub use store::TreeEntry;
 
 use server::State;
@@ -443,7 +443,24 @@ impl DriveHandle {
         self.insert_body(&root, path, kind.mime_type(), body)
     }
 
-    /// Adds a shortcut at `path` to the file `target_id`.
+    /// Edits Doc `id`: its exports derive from `text` from now on, and its `version`
+    /// and `modifiedTime` move on, as an edit in the Docs editor does.
+    pub fn edit_doc(&self, id: &str, text: &str) -> Result<()> {
+        let mut s = self.state.store();
+        let kind = match s.get(id).map(|f| &f.body) {
+            Some(Body::Doc { kind, .. }) => *kind,
+            Some(_) => bail!("edit_doc {id}: not a Google Docs Editors file"),
+            None => bail!("edit_doc {id}: no such file"),
+        };
+        s.modify(id, |f| {
+            f.body = Body::Doc { kind, text: Bytes::copy_from_slice(text.as_bytes()) };
+            f.modified_ms = time::now_ms().max(f.modified_ms + 1);
+            f.version += 1;
+        });
+        Ok(())
+    }
+
+    /// Adds a shortcut at `path` to the file (or folder) `target_id`.
     pub fn insert_shortcut(&self, path: &str, target_id: &str) -> Result<String> {
         let target_mime = self
             .state
@@ -454,6 +471,15 @@ impl DriveHandle {
         let root = self.root_id();
         let body = Body::Shortcut { target_id: target_id.to_string(), target_mime };
         self.insert_body(&root, path, store::SHORTCUT_MIME, body)
+    }
+
+    /// What files.export answers for file `id` as `mime` (None for a file that is not
+    /// a Docs Editors file, or a format its type lacks), bounds aside.
+    pub fn export(&self, id: &str, mime: &str) -> Option<Vec<u8>> {
+        match &self.state.store().get(id)?.body {
+            Body::Doc { kind, text } => store::export(*kind, text, mime).map(|b| b.to_vec()),
+            _ => None,
+        }
     }
 
     /// Every file under My Drive's root, by path.

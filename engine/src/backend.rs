@@ -196,6 +196,11 @@ pub struct Capabilities {
     pub reports: &'static [HashFamily],
     /// Checksums the store verifies when they come with an upload.
     pub verifies: &'static [ChecksumAlgo],
+    /// Checksums the backend computes over the bytes it sends and compares, once the
+    /// upload is done, with what the store reports for the object (Drive: MD5;
+    /// Dropbox: content_hash): a check on the destination's side for stores that take
+    /// no checksum with an upload.
+    pub checks_after_upload: &'static [ChecksumAlgo],
     /// Whether objects can be copied within the store without moving their bytes.
     pub server_side_copy: bool,
     /// Metadata kept.

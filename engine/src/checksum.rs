@@ -448,6 +448,8 @@ pub struct Hashers {
     md5: Option<md5::Md5>,
     sha1: Option<sha1::Sha1>,
     dropbox: Option<DropboxHasher>,
+    /// A part's Dropbox block digests, kept to combine parts hashed apart.
+    dropbox_blocks: Option<DropboxBlocks>,
 }
 
 impl Hashers {
@@ -474,6 +476,7 @@ impl Hashers {
             md5: None,
             sha1: None,
             dropbox: None,
+            dropbox_blocks: None,
         };
         for algo in set.iter() {
             hashers.add(algo);
@@ -495,6 +498,18 @@ impl Hashers {
             ChecksumAlgo::Sha1 => self.sha1 = Some(sha1::Sha1::new()),
             ChecksumAlgo::DropboxContentHash => self.dropbox = Some(DropboxHasher::new()),
         }
+    }
+
+    /// Also keeps the Dropbox block digests of the bytes, a part of `len_bytes` that
+    /// starts on a 4 MiB boundary, for [`dropbox_combine`]; before the first byte.
+    pub fn keep_dropbox_blocks(&mut self, len_bytes: u64) {
+        assert_eq!(self.fed_bytes, 0, "block digests kept after bytes were hashed");
+        self.dropbox_blocks = Some(DropboxBlocks::with_capacity(len_bytes));
+    }
+
+    /// The block digests kept by [`keep_dropbox_blocks`](Self::keep_dropbox_blocks).
+    pub fn take_dropbox_part(&mut self) -> Option<DropboxPart> {
+        self.dropbox_blocks.take().map(DropboxBlocks::finish)
     }
 
     /// The primary algorithm, when made by [`new`](Self::new).
@@ -575,6 +590,9 @@ impl Hashers {
         }
         if let Some(d) = &mut self.dropbox {
             d.update(bytes);
+        }
+        if let Some(b) = &mut self.dropbox_blocks {
+            b.update(bytes);
         }
     }
 

@@ -247,10 +247,44 @@ pub struct Report {
     pub objects_deferred: u64,
     /// Bytes of the deferred objects.
     pub bytes_deferred: u64,
+    /// Bytes a retried upload found the destination already held from the failed
+    /// attempt (a part whose answer was lost, what a dropped resumable upload had
+    /// committed), and did not send again.
+    pub bytes_resumed: u64,
+    /// Objects checked by each hash, by side: `source:content_hash`,
+    /// `destination:md5`, ... (`source:none` where the source reports no hash the
+    /// relay could compare).
+    pub hashes_compared: std::collections::BTreeMap<String, u64>,
+    /// Which hashes checked each copied object on each side, for the first
+    /// [`DECISIONS_KEPT_MAX`] objects.
+    pub checks: Vec<ObjectChecks>,
     /// Set when the relay ended early because the destination's allowance for a
     /// period is spent (Google Drive's daily upload limit): uploads in progress
     /// finished, nothing new started, and the rest can go on at `retry_at_unix_s`.
     pub waiting: Option<Waiting>,
+}
+
+/// Which hashes checked one object's bytes: on the way in, those the source reported
+/// that were computed over the bytes read; on the way out, those the destination (or
+/// its backend, after the upload) compared with the bytes sent. Names are
+/// [`check_name`]s.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ObjectChecks {
+    /// Source key.
+    pub key: String,
+    /// Compared with what the source reports.
+    pub source: Vec<&'static str>,
+    /// Compared by or with the destination.
+    pub destination: Vec<&'static str>,
+}
+
+/// A checksum's name in reports: `crc32c`, `md5`, `sha256`, `content_hash` (Dropbox),
+/// and `etag-md5` for an S3 ETag that is the MD5 of the object.
+pub fn check_name(algo: crate::checksum::ChecksumAlgo) -> &'static str {
+    match algo {
+        crate::checksum::ChecksumAlgo::DropboxContentHash => "content_hash",
+        other => other.name(),
+    }
 }
 
 /// Why a relay stopped short and when it can go on.
@@ -399,8 +433,14 @@ pub(crate) struct Stats {
     pub(crate) dst_bound_score: std::sync::atomic::AtomicI32,
     /// Bytes of this relay's parts written to the stage.
     pub(crate) stage_bytes_written: std::sync::atomic::AtomicU64,
+    /// Bytes a retried upload found the destination already held from the failed
+    /// attempt, and did not send again.
+    pub(crate) bytes_resumed: std::sync::atomic::AtomicU64,
     /// Large objects begun (session begun, parts queued) and not yet finished.
     pub(crate) large_open: std::sync::atomic::AtomicUsize,
+    /// Which hashes checked each object, for the report: counts by side and name, and
+    /// the first [`DECISIONS_KEPT_MAX`] objects.
+    pub(crate) checks: std::sync::Mutex<(std::collections::BTreeMap<String, u64>, Vec<ObjectChecks>)>,
     /// Route decisions, for the report.
     pub(crate) decisions: std::sync::Mutex<(std::collections::BTreeMap<&'static str, u64>, Vec<RouteDecision>, u64)>,
 }
@@ -449,6 +489,45 @@ impl Shared {
     }
 
     /// Records an object's route (and logs it with `LAMINAR_LOG=debug`).
+    /// Records which hashes checked an object's bytes on each side.
+    pub(crate) fn checked(&self, key: &str, source: Vec<&'static str>, destination: Vec<&'static str>) {
+        let mut c = self.stats.checks.lock().expect("checks lock");
+        for (side, names) in [("source", &source), ("destination", &destination)] {
+            if names.is_empty() {
+                *c.0.entry(format!("{side}:none")).or_default() += 1;
+            }
+            for name in names.iter() {
+                *c.0.entry(format!("{side}:{name}")).or_default() += 1;
+            }
+        }
+        if c.1.len() < DECISIONS_KEPT_MAX {
+            c.1.push(ObjectChecks { key: key.to_string(), source, destination });
+        }
+    }
+
+    /// What the destination compares for an upload whose parts carried `sent` (and,
+    /// for a single put, MD5 too when `md5` was computed).
+    pub(crate) fn destination_checks(
+        &self,
+        caps: &crate::backend::Capabilities,
+        sent: crate::checksum::ChecksumAlgo,
+        md5: bool,
+    ) -> Vec<&'static str> {
+        let mut names = Vec::new();
+        if caps.verifies(sent) {
+            names.push(check_name(sent));
+        }
+        if md5 && caps.reports.contains(&crate::backend::HashFamily::EtagMd5) {
+            names.push("etag-md5");
+        }
+        for algo in caps.checks_after_upload {
+            if !names.contains(&check_name(*algo)) {
+                names.push(check_name(*algo));
+            }
+        }
+        names
+    }
+
     pub(crate) fn decided(&self, decision: RouteDecision) {
         if debug_log() {
             eprintln!(

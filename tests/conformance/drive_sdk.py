@@ -9,7 +9,9 @@ discovery document's https scheme for the upload URL and replaces only its host.
 Usage: drive_sdk.py CONFIG_JSON, where CONFIG_JSON is the line `laminar-emulator drive`
 prints (api_url, token_url, control_url, client_id, client_secret, refresh_token,
 service_account_email, root_id) plus the seeds the caller made: doc_id and doc_text (a
-Google Doc), shortcut_id and shortcut_target (a shortcut and its target).
+Google Doc), big_doc_id (a Doc whose export is over 10 MB), shortcut_id and
+shortcut_target (a shortcut and its target file), folder_shortcut_id and
+folder_shortcut_target (a shortcut to a folder).
 
 Prints one JSON line (the ids and sizes of what it uploaded, for the caller to check
 against the emulator's store) and exits 0; exits 1 on a failed check, 3 when the client
@@ -339,6 +341,53 @@ def main():
     check("text/plain" in doc["exportLinks"] and "md5Checksum" not in doc, "a Doc has export links and no md5Checksum")
     sc = drive.files().get(fileId=CFG["shortcut_id"], fields="mimeType,shortcutDetails").execute()
     check(sc["shortcutDetails"]["targetId"] == CFG["shortcut_target"], "a shortcut names its target")
+    sc = drive.files().get(fileId=CFG["folder_shortcut_id"], fields="shortcutDetails").execute()
+    check(sc["shortcutDetails"] == {"targetId": CFG["folder_shortcut_target"], "targetMimeType": FOLDER}, "a shortcut to a folder says so")
+    # export_media, in chunks, gives the bytes export gives; past 10 MB Drive refuses.
+    docx = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+    fh = io.BytesIO()
+    dl = MediaIoBaseDownload(fh, drive.files().export_media(fileId=CFG["doc_id"], mimeType=docx), chunksize=16)
+    done = False
+    while not done:
+        _, done = dl.next_chunk()
+    whole = drive.files().export(fileId=CFG["doc_id"], mimeType=docx).execute()
+    check(fh.getvalue() == whole and CFG["doc_text"].encode() in whole, "export_media downloads the export")
+    expect_http_error(
+        lambda: drive.files().export_media(fileId=CFG["big_doc_id"], mimeType=docx).execute(),
+        403,
+        "exportSizeLimitExceeded",
+        "an export over 10 MB",
+    )
+    expect_http_error(
+        lambda: drive.files().export_media(fileId=CFG["shortcut_target"], mimeType=docx).execute(),
+        403,
+        "fileNotExportable",
+        "export of a binary file",
+    )
+
+    # Drive keeps less of a chunk than it carried: the client resumes from its Range.
+    data = pattern(3 * UNIT + 5, 9)
+    faults(short_commits={"keep_bytes": UNIT + 100, "next": 1})
+    req = resumable(drive, "short.bin", folder["id"], data, 2 * UNIT)
+    resp = None
+    while resp is None:
+        _, resp = req.next_chunk()
+    hashes_match(resp, data, "an upload whose first chunk was kept short")
+    # The answer that the upload is complete is lost: the client asks the session
+    # (bytes */TOTAL) and finds the file, one file.
+    faults(lose_completion_answers=1)
+    req = resumable(drive, "lost.bin", folder["id"], data, 2 * UNIT)
+    resp, broken = None, 0
+    while resp is None:
+        try:
+            _, resp = req.next_chunk()
+        except TRANSPORT_ERRORS:
+            broken += 1
+            check(broken <= 1, "one lost answer")
+    check(broken == 1, "the last chunk's answer was lost")
+    hashes_match(resp, data, "an upload whose last answer was lost")
+    named = drive.files().list(q=f"name = 'lost.bin' and '{folder['id']}' in parents", fields="files(id)").execute()
+    check(named["files"] == [{"id": resp["id"]}], "the status query made no second file")
 
     # Throttling: the reasons the client itself treats as retryable.
     faults(throttle={"kind": "user_rate_limit", "next": 1, "rate": 0.0, "scope": "all"})

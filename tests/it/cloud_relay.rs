@@ -105,6 +105,22 @@ fn dropbox_into_drive_and_back_byte_for_byte_then_a_rerun_copies_nothing() {
         "{first}"
     );
     assert_same(&c.in_drive("Backup/Account"), &files, "Dropbox -> Drive");
+    // Each object was checked against Dropbox's content_hash on the way in (the large
+    // one from its parts' block digests) and against Drive's MD5 on the way out.
+    let checks = first["checks"].as_array().expect("per-object checks");
+    assert_eq!(checks.len(), n, "{first}");
+    for c in checks {
+        assert_eq!(
+            (&c["source"], &c["destination"]),
+            (&serde_json::json!(["content_hash"]), &serde_json::json!(["md5"])),
+            "{c}"
+        );
+    }
+    assert_eq!(
+        first["hashes_compared"],
+        serde_json::json!({"source:content_hash": n, "destination:md5": n}),
+        "{first}"
+    );
     let again = c.relay("dbx:Account", "gd:Backup/Account");
     assert_eq!(again["objects_copied"], 0, "a re-run copies nothing: {again}");
     assert_eq!(again["objects_skipped"].as_u64(), Some(n as u64), "{again}");

@@ -50,11 +50,17 @@ fn google_client_conforms() {
     let doc_id = emu.insert_doc("seed/notes", DocKind::Document, DOC_TEXT).expect("seed a Doc");
     let target = emu.insert("seed/target.bin", b"target".to_vec()).expect("seed a file");
     let shortcut = emu.insert_shortcut("seed/link", &target).expect("seed a shortcut");
+    let big_doc = emu.insert_doc("seed/big", DocKind::Document, &"x".repeat(10 << 20)).expect("seed a big Doc");
+    let album = emu.mkdir("seed/album").expect("seed a folder");
+    let folder_shortcut = emu.insert_shortcut("seed/album link", &album).expect("seed a folder shortcut");
     let mut config = serde_json::to_value(emu.endpoints()).expect("endpoints serialise");
     config["doc_id"] = doc_id.into();
     config["doc_text"] = DOC_TEXT.into();
     config["shortcut_id"] = shortcut.into();
     config["shortcut_target"] = target.into();
+    config["big_doc_id"] = big_doc.into();
+    config["folder_shortcut_id"] = folder_shortcut.into();
+    config["folder_shortcut_target"] = album.into();
 
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("conformance/drive_sdk.py");
     let mut cmd = Command::new(python());

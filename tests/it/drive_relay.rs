@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Output;
 
 use laminar_emulators::drive::{
-    DocKind, DriveEmulator, DriveOptions, DropAfter, Faults, Scope, Throttle, ThrottleKind,
+    DocKind, DriveEmulator, DriveOptions, DropAfter, Faults, Scope, ShortCommit, Throttle, ThrottleKind,
 };
 use laminar_tests::proxy::{Fault, Proxy};
 use laminar_tests::{laminar_bin, laminar_with};
@@ -130,27 +130,140 @@ fn a_tree_goes_to_drive_and_comes_back() {
     assert_eq!(paths.len(), folders.len(), "{folders:?}");
 }
 
+const DOCX: &str = "application/vnd.openxmlformats-officedocument.wordprocessingml.document";
+const XLSX: &str = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet";
+const PPTX: &str = "application/vnd.openxmlformats-officedocument.presentationml.presentation";
+
 #[test]
-fn docs_are_skipped_and_duplicate_names_kept_apart() {
+fn docs_are_exported_and_duplicate_names_kept_apart() {
     let g = gd(DriveOptions::default());
     g.emu.insert("Share/x.txt", b"first".to_vec()).expect("insert");
     g.emu.insert("Share/x.txt", b"second".to_vec()).expect("insert");
     g.emu.insert("Share/deep/y.bin", pattern(1000, 4)).expect("insert");
-    g.emu.insert_doc("Share/notes", DocKind::Document, "some text").expect("insert doc");
+    let doc = g.emu.insert_doc("Share/notes", DocKind::Document, "some text").expect("insert doc");
+    let sheet = g.emu.insert_doc("Share/deep/sums", DocKind::Spreadsheet, "1,2\n3,4").expect("insert sheet");
+    let slides = g.emu.insert_doc("Share/talk", DocKind::Presentation, "slide one").expect("insert slides");
+    g.emu.insert_doc("Share/sketch", DocKind::Drawing, "lines").expect("insert drawing");
     let mut ids = g.emu.ids_at("Share/x.txt");
     assert_eq!(ids.len(), 2, "two files of one name");
     ids.sort();
     let back = tempfile::tempdir().expect("download dir");
-    let (down, stderr) = g.relay("gd:Share", &format!("file://{}", back.path().display()));
-    assert_eq!(down["objects_copied"], 3, "{down}");
-    assert!(stderr.contains("skipping gd:Share/notes") && stderr.contains("Google Docs"), "{stderr}");
+    let to = format!("file://{}", back.path().display());
+    let (down, stderr) = g.relay("gd:Share", &to);
+    assert_eq!(down["objects_copied"], 6, "{down}");
+    assert!(stderr.contains("skipping gd:Share/sketch") && stderr.contains("Google Drawing"), "{stderr}");
     let got = read_tree(back.path());
     let first = g.emu.read_id(&ids[0]).expect("bytes");
     let second = g.emu.read_id(&ids[1]).expect("bytes");
     assert_eq!(got.get("x.txt"), Some(&first), "the smallest id keeps the name");
     assert_eq!(got.get(&format!("x ({}).txt", ids[1])), Some(&second), "{:?}", got.keys());
     assert_eq!(got.get("deep/y.bin"), Some(&pattern(1000, 4)));
-    assert_eq!(got.len(), 3, "{:?}", got.keys());
+    // Each Google file as its export, under its name with the format's extension.
+    assert_eq!(got.get("notes.docx"), g.emu.export(&doc, DOCX).as_ref());
+    assert_eq!(got.get("deep/sums.xlsx"), g.emu.export(&sheet, XLSX).as_ref());
+    assert_eq!(got.get("talk.pptx"), g.emu.export(&slides, PPTX).as_ref());
+    assert_eq!(got.len(), 6, "{:?}", got.keys());
+    let exports = g.emu.stats().requests.get("files.export").copied();
+    assert_eq!(exports, Some(3), "each Doc exported once, listing and reading alike");
+
+    // Unchanged Docs are not copied again; an edited one is.
+    let (again, _) = g.relay("gd:Share", &to);
+    assert_eq!((again["objects_copied"].as_u64(), again["objects_failed"].as_u64()), (Some(0), Some(0)), "{again}");
+    g.emu.edit_doc(&doc, "some text, edited").expect("edit");
+    let (edited, _) = g.relay("gd:Share", &to);
+    assert_eq!(edited["objects_copied"], 1, "{edited}");
+    let now = g.emu.export(&doc, DOCX).expect("an export");
+    assert!(now.ends_with(b"edited"), "the new text");
+    assert_eq!(read_tree(back.path()).get("notes.docx"), Some(&now));
+
+    // A URL naming one export copies that one.
+    let one = tempfile::tempdir().expect("download dir");
+    let (single, _) = g.relay("gd:Share/notes.docx", &format!("file://{}", one.path().display()));
+    assert_eq!(single["objects_copied"], 1, "{single}");
+    assert_eq!(read_tree(one.path()).get("notes.docx"), Some(&now));
+
+    // Other formats, or none.
+    let pdf = tempfile::tempdir().expect("download dir");
+    let out = laminar_with(
+        g.config.path(),
+        &["relay", "gd:Share", &format!("file://{}", pdf.path().display()), "--drive-export", "pdf", "--json"],
+    );
+    let rep = report(&out, "relay with --drive-export pdf");
+    assert_eq!(rep["objects_copied"], 7, "the Drawing too: {rep}");
+    let got = read_tree(pdf.path());
+    assert_eq!(got.get("notes.pdf"), g.emu.export(&doc, "application/pdf").as_ref());
+    assert!(got.contains_key("sketch.pdf") && got.contains_key("deep/sums.pdf"), "{:?}", got.keys());
+    let none = tempfile::tempdir().expect("download dir");
+    let out = laminar_with(
+        g.config.path(),
+        &["relay", "gd:Share", &format!("file://{}", none.path().display()), "--drive-export", "none", "--json"],
+    );
+    let rep = report(&out, "relay with --drive-export none");
+    assert_eq!(rep["objects_copied"], 3, "{rep}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("skipping gd:Share/notes") && stderr.contains("exports are off"), "{stderr}");
+    assert_eq!(read_tree(none.path()).len(), 3);
+    let out = laminar_with(g.config.path(), &["relay", "gd:Share", &to, "--drive-export", "docx,doc"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unknown format \"doc\"") && stderr.contains("pptx"), "{stderr}");
+}
+
+#[test]
+fn a_doc_too_large_to_export_is_skipped_with_the_reason() {
+    let g = gd(DriveOptions { export_bytes_max: 4096, ..DriveOptions::default() });
+    g.emu.insert("d/a.bin", pattern(5000, 6)).expect("insert");
+    let small = g.emu.insert_doc("d/small", DocKind::Document, "short").expect("insert doc");
+    g.emu.insert_doc("d/huge", DocKind::Document, &"x".repeat(5000)).expect("insert doc");
+    let back = tempfile::tempdir().expect("download dir");
+    let (rep, stderr) = g.relay("gd:d", &format!("file://{}", back.path().display()));
+    assert_eq!((rep["objects_copied"].as_u64(), rep["objects_failed"].as_u64()), (Some(2), Some(0)), "{rep}");
+    assert!(stderr.contains("skipping gd:d/huge.docx") && stderr.contains("too large to export"), "{stderr}");
+    let got = read_tree(back.path());
+    assert_eq!(got.get("small.docx"), g.emu.export(&small, DOCX).as_ref());
+    assert_eq!(got.get("a.bin"), Some(&pattern(5000, 6)));
+    assert_eq!(got.len(), 2, "{:?}", got.keys());
+}
+
+#[test]
+fn shortcuts_are_skipped_or_followed() {
+    let g = gd(DriveOptions::default());
+    let target = g.emu.insert("elsewhere/photo.jpg", pattern(9000, 7)).expect("insert");
+    let folder = g.emu.mkdir("elsewhere/album").expect("mkdir");
+    g.emu.insert("elsewhere/album/one.jpg", pattern(3000, 8)).expect("insert");
+    let doc = g.emu.insert_doc("elsewhere/plan", DocKind::Document, "the plan").expect("insert doc");
+    g.emu.insert("src/own.txt", b"mine".to_vec()).expect("insert");
+    g.emu.insert_shortcut("src/link.jpg", &target).expect("shortcut to a file");
+    g.emu.insert_shortcut("src/album", &folder).expect("shortcut to a folder");
+    g.emu.insert_shortcut("src/plan", &doc).expect("shortcut to a Doc");
+    let src = g.emu.ids_at("src");
+    g.emu.insert_shortcut("src/sub/up", &src[0]).expect("shortcut back up: a cycle");
+    g.emu.insert("src/sub/leaf.txt", b"leaf".to_vec()).expect("insert");
+
+    let plain = tempfile::tempdir().expect("download dir");
+    let (rep, stderr) = g.relay("gd:src", &format!("file://{}", plain.path().display()));
+    assert_eq!(rep["objects_copied"], 2, "{rep}");
+    assert!(stderr.contains("skipping gd:src/link.jpg") && stderr.contains("--drive-follow-shortcuts"), "{stderr}");
+    assert_eq!(read_tree(plain.path()).len(), 2);
+
+    let followed = tempfile::tempdir().expect("download dir");
+    let to = format!("file://{}", followed.path().display());
+    let out = laminar_with(g.config.path(), &["relay", "gd:src", &to, "--drive-follow-shortcuts", "--json"]);
+    let rep = report(&out, "relay following shortcuts");
+    assert_eq!((rep["objects_copied"].as_u64(), rep["objects_failed"].as_u64()), (Some(5), Some(0)), "{rep}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("skipping gd:src/sub/up") && stderr.contains("cycle"), "{stderr}");
+    let got = read_tree(followed.path());
+    assert_eq!(got.get("link.jpg"), Some(&pattern(9000, 7)), "the target's bytes under the shortcut's name");
+    assert_eq!(got.get("album/one.jpg"), Some(&pattern(3000, 8)), "a folder shortcut is walked");
+    assert_eq!(got.get("plan.docx"), g.emu.export(&doc, DOCX).as_ref(), "a shortcut to a Doc is its export");
+    assert_eq!(got.get("own.txt").map(Vec::as_slice), Some(&b"mine"[..]));
+    assert_eq!(got.get("sub/leaf.txt").map(Vec::as_slice), Some(&b"leaf"[..]));
+    assert_eq!(got.len(), 5, "{:?}", got.keys());
+    // A re-run copies nothing: the shortcut's target is the version.
+    let out = laminar_with(g.config.path(), &["relay", "gd:src", &to, "--drive-follow-shortcuts", "--json"]);
+    let again = report(&out, "relay following shortcuts again");
+    assert_eq!(again["objects_copied"], 0, "{again}");
 }
 
 #[test]
@@ -173,6 +286,64 @@ fn a_dropped_upload_goes_on_from_what_drive_holds() {
     // boundary Drive kept, never the bytes it had committed.
     let resent = s.received_bytes - LARGE_BYTES;
     assert!(resent < 256 << 10, "{resent} bytes sent twice: {s:?} {:?}", stats.requests);
+}
+
+#[test]
+fn a_chunk_drive_kept_short_is_sent_again_and_the_whole_md5_checked() {
+    let mut tree = Tree::new();
+    tree.insert("big.bin".into(), pattern(LARGE_BYTES, 12));
+    let src = tempfile::tempdir().expect("source dir");
+    write_tree(src.path(), &tree);
+    let from = format!("file://{}", src.path().display());
+    // Drive keeps 256 KiB of the first chunk, and the answer that the file is whole
+    // is lost: the relay steps back, resends, asks, and finds the file done.
+    let short = |corrupt| ShortCommit { keep_bytes: 300_000, next: 1, corrupt };
+    let faults = Faults { short_commits: Some(short(false)), lose_completion_answers: 1, ..Faults::default() };
+    let g = gd(DriveOptions { faults, ..DriveOptions::default() });
+    let relay = |to: &str| {
+        let out = laminar_with(g.config.path(), &["relay", &from, to, "--part-size", "4MiB", "--json"]);
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let rep: serde_json::Value = serde_json::from_str(text.lines().last().unwrap_or("")).expect("a report");
+        (rep, said)
+    };
+    let (rep, said) = relay("gd:k");
+    assert_eq!((rep["objects_copied"].as_u64(), rep["objects_failed"].as_u64()), (Some(1), Some(0)), "{rep} {said}");
+    assert_eq!(g.emu.read("k/big.bin").as_deref(), Some(&tree["big.bin"][..]));
+    assert_eq!(g.emu.ids_at("k/big.bin").len(), 1, "one file, not a second after the lost answer");
+    let stats = g.emu.stats();
+    assert_eq!(stats.sessions.len(), 1, "the session was asked, not started again: {:?}", stats.sessions);
+    assert!(stats.sessions[0].received_bytes > LARGE_BYTES, "the rest of the first chunk was sent again");
+    assert_eq!(stats.dropped_connections, 1, "{stats:?}");
+
+    // The same, with the bytes Drive kept changed on the way: the MD5 of the whole
+    // object, followed across the step back, catches it, and nothing is left.
+    g.emu.update_faults(|f| {
+        f.short_commits = Some(short(true));
+        f.lose_completion_answers = 1;
+    });
+    let (rep, said) = relay("gd:bad");
+    assert_eq!(rep["objects_failed"], 1, "{rep} {said}");
+    assert!(rep["failures"][0]["reason"].as_str().is_some_and(|r| r.contains("MD5")), "{rep}");
+    assert!(g.emu.ids_at("bad/big.bin").is_empty(), "the corrupted file was deleted");
+    let (rep, said) = relay("gd:bad");
+    assert_eq!(rep["objects_copied"], 1, "{rep} {said}");
+    assert_eq!(g.emu.read("bad/big.bin").as_deref(), Some(&tree["big.bin"][..]));
+}
+
+#[test]
+fn a_lost_answer_to_a_single_put_leaves_one_file() {
+    let faults = Faults { lose_completion_answers: 1, ..Faults::default() };
+    let g = gd(DriveOptions { faults, ..DriveOptions::default() });
+    let mut tree = Tree::new();
+    tree.insert("small.bin".into(), pattern(100_000, 13));
+    let src = tempfile::tempdir().expect("source dir");
+    write_tree(src.path(), &tree);
+    let (rep, _) = g.relay(&format!("file://{}", src.path().display()), "gd:p");
+    assert_eq!(rep["objects_copied"], 1, "{rep}");
+    assert_eq!(g.emu.read("p/small.bin").as_deref(), Some(&tree["small.bin"][..]));
+    assert_eq!(g.emu.ids_at("p/small.bin").len(), 1, "the retry updated the file the lost answer made");
+    assert_eq!(g.emu.stats().dropped_connections, 1);
 }
 
 #[test]

@@ -112,6 +112,22 @@ pub struct DropAfter {
     pub next: u32,
 }
 
+/// Chunks committed short: the next `next` chunks of resumable uploads keep only their
+/// first `keep_bytes` (down to a 256 KiB boundary of the file) and are answered 308
+/// with the `Range` of what is kept, as Google's upload servers may persist less of a
+/// chunk than it carried. A last chunk so cut does not complete the upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShortCommit {
+    /// Bytes of the chunk kept (then rounded down to a 256 KiB boundary of the file).
+    pub keep_bytes: u64,
+    /// How many chunks.
+    pub next: u32,
+    /// Also flip a bit of the first byte kept, as if it changed on the way up (Drive
+    /// checks no checksum of an upload; only a client comparing `md5Checksum` finds out).
+    pub corrupt: bool,
+}
+
 /// Every fault and profile switch. `Default` is a healthy Drive.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -135,6 +151,12 @@ pub struct Faults {
     pub drop_downloads: Option<DropAfter>,
     /// Uploads (one-request bodies and resumable chunks) cut mid-body.
     pub drop_uploads: Option<DropAfter>,
+    /// Resumable chunks committed short of what they carried.
+    pub short_commits: Option<ShortCommit>,
+    /// The next N uploads that complete a file (a one-request upload, the last chunk
+    /// of a session, or a status query that completes one) make the file, then close
+    /// the connection without answering, as when an answer is lost on the way back.
+    pub lose_completion_answers: u32,
     /// The day's upload budget (Drive: 750 GB per user per day); once spent, new uploads
     /// get 403 `userRateLimitExceeded` "User rate limit exceeded." Uploads already under
     /// way complete, as on Drive. None: no budget.
@@ -155,6 +177,8 @@ impl Default for Faults {
             creates_per_s_max: 0,
             drop_downloads: None,
             drop_uploads: None,
+            short_commits: None,
+            lose_completion_answers: 0,
             daily_upload_bytes_max: None,
             short_pages: false,
         }
@@ -276,6 +300,25 @@ impl FaultState {
         Some(d.after_bytes)
     }
 
+    /// If the next chunk is to be committed short: how many of its bytes are kept,
+    /// and whether the first is corrupted.
+    pub(crate) fn take_short_commit(&self) -> Option<(u64, bool)> {
+        let mut f = self.lock();
+        let c = f.short_commits.as_mut().filter(|c| c.next > 0)?;
+        c.next -= 1;
+        Some((c.keep_bytes, c.corrupt))
+    }
+
+    /// Whether the answer to an upload that just completed a file is to be lost.
+    pub(crate) fn take_lost_answer(&self) -> bool {
+        let mut f = self.lock();
+        if f.lose_completion_answers == 0 {
+            return false;
+        }
+        f.lose_completion_answers -= 1;
+        true
+    }
+
     /// Whether a create is allowed now.
     pub(crate) fn allow_create(&self) -> bool {
         let max = self.lock().creates_per_s_max;
@@ -385,5 +428,15 @@ mod tests {
         assert_eq!(s.take_drop(false), None);
         assert_eq!(s.take_drop(true), Some(10));
         assert_eq!(s.take_drop(true), None);
+        let s = FaultState::new(
+            Faults {
+                short_commits: Some(ShortCommit { keep_bytes: 5, next: 1, corrupt: false }),
+                lose_completion_answers: 1,
+                ..Faults::default()
+            },
+            1,
+        );
+        assert_eq!((s.take_short_commit(), s.take_short_commit()), (Some((5, false)), None));
+        assert_eq!((s.take_lost_answer(), s.take_lost_answer()), (true, false));
     }
 }

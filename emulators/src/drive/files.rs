@@ -372,7 +372,9 @@ pub(crate) fn get(state: &Arc<State>, req: &Req) -> Resp {
 }
 
 pub(crate) fn export(state: &Arc<State>, req: &Req) -> Resp {
-    let supports = req.flag("supportsAllDrives") || req.flag("supportsTeamDrives");
+    // files.export has no supportsAllDrives parameter (Google's client refuses one):
+    // files in shared drives export as they are.
+    let supports = true;
     let Some(mime) = req.param("mimeType") else {
         return error_response(state, &ApiError::required_parameter("mimeType", "Required parameter: mimeType"));
     };

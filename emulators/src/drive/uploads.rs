@@ -289,12 +289,20 @@ pub(crate) async fn one_request(state: &State, req: &mut Req, op: Op) -> Answer 
         Ok(id)
     })();
     Ok(match r {
+        Ok(_) if state.faults.take_lost_answer() => return Err(lose_answer(state, req)),
         Ok(id) => {
             let f = state.store().get(&id).expect("just written").clone();
             files::file_response(state, &f, req.param("fields"))
         }
         Err(e) => refuse(state, e),
     })
+}
+
+/// The file is made, and the answer is lost: the connection closes without one.
+fn lose_answer(state: &State, req: &Req) -> Dropped {
+    req.conn.kill();
+    state.stats.dropped.fetch_add(1, Ordering::Relaxed);
+    Dropped
 }
 
 /// A fresh `upload_id`.
@@ -441,6 +449,23 @@ fn finish(state: &State, session: &mut Session, counters: &SessionCounters, supp
     }
 }
 
+/// Commits the first `n` bytes of `segments` (which follow `committed`), cut down to
+/// a 256 KiB boundary of the file; returns the bytes committed.
+fn commit_aligned(session: &mut Session, committed: u64, n: u64, segments: Vec<Bytes>) -> u64 {
+    let aligned = (committed + n) / CHUNK_UNIT_BYTES * CHUNK_UNIT_BYTES;
+    let mut keep = aligned.saturating_sub(committed);
+    for mut s in segments {
+        if keep == 0 {
+            break;
+        }
+        let k = usize::try_from(keep.min(s.len() as u64)).expect("a segment");
+        s.truncate(k);
+        keep -= k as u64;
+        session.commit(s);
+    }
+    session.committed() - committed
+}
+
 /// A request to a session's URI: a chunk, or a status query.
 pub(crate) async fn chunk(state: &State, req: &mut Req) -> Answer {
     let id = req.param("upload_id").unwrap_or("").to_string();
@@ -496,7 +521,11 @@ pub(crate) async fn chunk(state: &State, req: &mut Req) -> Answer {
         Step::Finish { total } => {
             session.total = Some(total);
             counters.total.store(total, Ordering::Relaxed);
-            Ok(finish(state, &mut session, &counters, supports_all_drives))
+            let answer = finish(state, &mut session, &counters, supports_all_drives);
+            if session.done.is_some() && state.faults.take_lost_answer() {
+                return Err(lose_answer(state, req));
+            }
+            Ok(answer)
         }
         Step::Append { skip, take, total, last } => {
             if take > state.storage_room() {
@@ -514,13 +543,33 @@ pub(crate) async fn chunk(state: &State, req: &mut Req) -> Answer {
             let committed = session.committed();
             match read_body(req, skip, take, cut_after, &count, false).await {
                 Ok((segments, n)) if n == take => {
+                    if let Some((keep, corrupt)) = state.faults.take_short_commit() {
+                        let mut segments = segments;
+                        if let Some(first) = segments.first_mut().filter(|s| corrupt && !s.is_empty()) {
+                            let mut changed = BytesMut::from(&first[..]);
+                            changed[0] ^= 0x01;
+                            *first = changed.freeze();
+                        }
+                        // Committed short: kept down to a 256 KiB boundary of the file.
+                        let kept = commit_aligned(&mut session, committed, keep.min(n), segments);
+                        counters.committed.store(session.committed(), Ordering::Relaxed);
+                        state.faults.count_uploaded(kept);
+                        if !last || kept < n {
+                            return Ok(resume_incomplete(session.committed()));
+                        }
+                        return Ok(finish(state, &mut session, &counters, supports_all_drives));
+                    }
                     for s in segments {
                         session.commit(s);
                     }
                     counters.committed.store(session.committed(), Ordering::Relaxed);
                     state.faults.count_uploaded(n);
                     if last {
-                        Ok(finish(state, &mut session, &counters, supports_all_drives))
+                        let answer = finish(state, &mut session, &counters, supports_all_drives);
+                        if session.done.is_some() && state.faults.take_lost_answer() {
+                            return Err(lose_answer(state, req));
+                        }
+                        Ok(answer)
                     } else {
                         Ok(resume_incomplete(session.committed()))
                     }
@@ -530,18 +579,7 @@ pub(crate) async fn chunk(state: &State, req: &mut Req) -> Answer {
                 Ok((segments, n)) | Err((_, segments, n)) => {
                     let cut = matches!(cut_after, Some(c) if c < skip + take);
                     // Keep what arrived, down to a 256 KiB boundary of the file.
-                    let aligned = (committed + n) / CHUNK_UNIT_BYTES * CHUNK_UNIT_BYTES;
-                    let mut keep = aligned.saturating_sub(committed);
-                    for mut s in segments {
-                        if keep == 0 {
-                            break;
-                        }
-                        let k = usize::try_from(keep.min(s.len() as u64)).expect("a segment");
-                        s.truncate(k);
-                        keep -= k as u64;
-                        session.commit(s);
-                    }
-                    let kept = session.committed() - committed;
+                    let kept = commit_aligned(&mut session, committed, n, segments);
                     counters.committed.store(session.committed(), Ordering::Relaxed);
                     state.faults.count_uploaded(kept);
                     if cut {

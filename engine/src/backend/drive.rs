@@ -3,21 +3,28 @@
 //! Drive has no keys, only files with ids in folders with ids, and names that may
 //! repeat within a folder. This backend maps a key (`Backup/Photos/a.jpg`, below the
 //! remote's root folder) to a folder path and a name. What every worker shares lives
-//! in the [`DriveBackend`]: the OAuth token cache (`auth.rs`) and the path → folder-id
+//! in the [`DriveBackend`]: the OAuth token cache (`auth.rs`), the path → folder-id
 //! cache (`folders.rs`, which makes sure two workers never create two folders of one
-//! name). Uploads are one request (`uploadType=multipart`) up to 5 MiB and resumable
-//! sessions above, declared as one ordered stream (`upload.rs`).
+//! name) and the export spool (`export.rs`). Uploads are one request
+//! (`uploadType=multipart`) up to 5 MiB and resumable sessions above, declared as one
+//! ordered stream (`upload.rs`, the MD5 kept in flight in `md5.rs`).
 //!
-//! Duplicate names: within one folder, among the files (or the folders) that share a
-//! name, the one with the smallest id keeps the name and each other gets ` (ID)`
-//! inserted before its extension (`a.txt`, `a (1xYz).txt`), so every key is unique
-//! and the same listing always gives the same keys. Google Docs, Sheets, Slides and
-//! other editor files, and shortcuts, have no bytes to copy and are skipped with one
-//! line on stderr each; exporting them is not done yet.
+//! As a source: a listing walks folders (`list.rs`, where duplicate names, Google
+//! Docs and shortcuts are named or skipped), and a read resolves its key to a file,
+//! a followed shortcut's target or an export (`read.rs`). Google Docs, Sheets,
+//! Slides and Drawings are exported (`export`, default `docx,xlsx,pptx`; `none`
+//! skips them with the reason); shortcuts are skipped with the reason unless
+//! `follow_shortcuts` is set. `laminar relay --drive-export` and
+//! `--drive-follow-shortcuts` set these two keys of every Drive remote the relay
+//! opens.
 
 mod auth;
 mod config;
+mod export;
 mod folders;
+mod list;
+mod md5;
+mod read;
 mod upload;
 
 use std::collections::HashMap;
@@ -29,6 +36,7 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Deserialize;
 
 pub use config::{DriveConfig, DriveRemoteConfig, TYPE};
+pub use export::Format;
 
 use super::{
     Backend, Capabilities, CopySource, Entry, HashFamily, ListOrder, ListPage, LocalFuture, MetaSupport, ObjectInfo,
@@ -48,9 +56,11 @@ const SHORTCUT_MIME: &str = "application/vnd.google-apps.shortcut";
 const GOOGLE_APPS_PREFIX: &str = "application/vnd.google-apps.";
 const PROVENANCE_PROPERTY: &str = "laminar-provenance";
 /// Fields of a listed file.
-const LIST_FIELDS: &str = "nextPageToken,files(id,name,mimeType,size,md5Checksum,sha256Checksum,modifiedTime)";
+const LIST_FIELDS: &str =
+    "nextPageToken,files(id,name,mimeType,size,md5Checksum,sha256Checksum,modifiedTime,version,shortcutDetails)";
 /// Fields of one file looked up for stat and read.
-const FILE_FIELDS: &str = "id,name,mimeType,size,md5Checksum,sha256Checksum,modifiedTime,parents,appProperties";
+const FILE_FIELDS: &str = "id,name,mimeType,size,md5Checksum,sha256Checksum,modifiedTime,version,parents,\
+                           appProperties,trashed,shortcutDetails";
 /// Pages of one folder read in one `list` call: 1,000 files each.
 const FOLDER_PAGES_MAX: usize = 10_000;
 /// Lookups a worker remembers (key → file), cleared when full.
@@ -72,13 +82,21 @@ struct Shared {
     cfg: DriveConfig,
     tokens: auth::TokenCache,
     folders: folders::FolderCache,
+    spool: export::Spool,
+    md5: md5::Tracks,
 }
 
 impl DriveBackend {
     /// A backend for one Drive remote.
     pub fn new(cfg: DriveConfig) -> DriveBackend {
         DriveBackend {
-            shared: Arc::new(Shared { cfg, tokens: auth::TokenCache::default(), folders: Default::default() }),
+            shared: Arc::new(Shared {
+                cfg,
+                tokens: auth::TokenCache::default(),
+                folders: Default::default(),
+                spool: export::Spool::new(laminar_tuning::plan::default_data_dir()),
+                md5: Default::default(),
+            }),
         }
     }
 }
@@ -107,6 +125,7 @@ const CAPABILITIES: Capabilities = Capabilities {
     case_sensitive: true,
     reports: &[HashFamily::Md5, HashFamily::Sha256],
     verifies: &[],
+    checks_after_upload: &[ChecksumAlgo::Md5],
     server_side_copy: false,
     metadata: MetaSupport { content_headers: false, user: false, mtime: true },
 };
@@ -124,10 +143,24 @@ struct FileRes {
     md5_checksum: Option<String>,
     sha256_checksum: Option<String>,
     modified_time: Option<String>,
+    /// Drive's version number of the file (an int64 as a string), which every change raises.
+    version: Option<String>,
     #[serde(default)]
     parents: Vec<String>,
     #[serde(default)]
     app_properties: HashMap<String, String>,
+    #[serde(default)]
+    trashed: bool,
+    shortcut_details: Option<ShortcutDetails>,
+}
+
+/// What a shortcut points to.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ShortcutDetails {
+    target_id: String,
+    #[serde(default)]
+    target_mime_type: String,
 }
 
 impl FileRes {
@@ -137,17 +170,6 @@ impl FileRes {
 
     fn is_folder(&self) -> bool {
         self.mime_type == FOLDER_MIME
-    }
-
-    /// Why a file that is no folder has no bytes to copy, if it has none.
-    fn skip_reason(&self) -> Option<&'static str> {
-        if self.mime_type == SHORTCUT_MIME {
-            Some("it is a shortcut (following shortcuts is not supported yet)")
-        } else if self.mime_type.starts_with(GOOGLE_APPS_PREFIX) {
-            Some("it is a Google Docs, Sheets or Slides file, which has no bytes to copy (exporting is not supported yet)")
-        } else {
-            None
-        }
     }
 
     fn checksums(&self) -> Vec<Checksum> {
@@ -240,45 +262,6 @@ fn hint(remote: &str, status: u16, reason: &str, message: &str) -> String {
     }
 }
 
-/// The name a duplicate gets: ` (ID)` before the extension.
-fn duplicate_name(name: &str, id: &str) -> String {
-    match name.rfind('.') {
-        Some(dot) if dot > 0 => format!("{} ({id}){}", &name[..dot], &name[dot..]),
-        _ => format!("{name} ({id})"),
-    }
-}
-
-/// The id in a name that [`duplicate_name`] made, if it is one.
-fn duplicate_id(name: &str) -> Option<&str> {
-    let open = name.rfind(" (")?;
-    let close = open + name[open..].find(')')?;
-    let id = &name[open + 2..close];
-    let rest = &name[close + 1..];
-    let plausible = !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    (plausible && (rest.is_empty() || rest.starts_with('.'))).then_some(id)
-}
-
-/// Names the files of one folder (files and folders apart): the smallest id keeps a
-/// repeated name, the others get [`duplicate_name`]s.
-fn unique_names(files: &mut [FileRes]) -> Vec<String> {
-    let mut groups: HashMap<(bool, &str), Vec<&str>> = HashMap::new();
-    for f in files.iter() {
-        groups.entry((f.is_folder(), f.name.as_str())).or_default().push(f.id.as_str());
-    }
-    files
-        .iter()
-        .map(|f| {
-            let ids = &groups[&(f.is_folder(), f.name.as_str())];
-            let smallest = ids.iter().min().expect("a group has its file");
-            if ids.len() == 1 || *smallest == f.id {
-                f.name.clone()
-            } else {
-                duplicate_name(&f.name, &f.id)
-            }
-        })
-        .collect()
-}
-
 fn from_hex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
@@ -347,18 +330,12 @@ fn with_query(path: &str, query: &[(&str, &str)]) -> String {
     out
 }
 
-/// Where a listing goes on: the folders still to read, as (id, key prefix).
-#[derive(Debug, Default, serde::Serialize, Deserialize)]
-struct Walk {
-    folders: Vec<(String, String)>,
-}
-
 /// One worker's handle on a Drive.
 pub struct DriveStore {
     shared: Arc<Shared>,
     http: HttpClient,
-    /// Files this worker looked up, by key (a large file is read in many ranges).
-    lookups: std::cell::RefCell<HashMap<String, FileRes>>,
+    /// Keys this worker resolved (a large file is read in many ranges).
+    lookups: std::cell::RefCell<HashMap<String, read::Resolved>>,
 }
 
 /// One request.
@@ -387,7 +364,13 @@ impl DriveStore {
         let mut headers = call.headers;
         headers.push(("authorization".to_string(), format!("Bearer {token}")));
         let req = Request { method: call.method, path: &call.path, headers, op: call.op, target: call.target };
-        let (response, _) = self.http.send(endpoint, &req, body).await?;
+        // A create (POST) or an update (PATCH) whose answer was lost may have been made:
+        // it is never sent again unasked; the caller looks before it tries again.
+        let (response, _) = if matches!(call.method, "POST" | "PATCH") {
+            self.http.send_once(endpoint, &req, body).await?
+        } else {
+            self.http.send(endpoint, &req, body).await?
+        };
         if response.head.status == 401 {
             self.shared.tokens.drop_token(&token);
             let head = response.head.clone();
@@ -526,8 +509,11 @@ impl DriveStore {
         for _ in 0..FOLDER_PAGES_MAX {
             let list = self.list_query(&q, &fields, page.as_deref(), target).await?;
             for f in list.files {
-                // `name =` may not be exact everywhere: keep exact matches only.
-                if f.name == name && found.as_ref().is_none_or(|g| f.id < g.id) {
+                // `name =` may not be exact everywhere: keep exact matches only. A file
+                // that is not a folder is a binary one: a Doc or a shortcut of the name
+                // is never what an upload replaces.
+                let kind_fits = folder || !f.mime_type.starts_with(GOOGLE_APPS_PREFIX);
+                if f.name == name && kind_fits && found.as_ref().is_none_or(|g| f.id < g.id) {
                     found = Some(f);
                 }
             }
@@ -539,141 +525,19 @@ impl DriveStore {
         if found.is_some() {
             return Ok(found);
         }
-        let Some(id) = duplicate_id(name) else { return Ok(None) };
+        let Some(id) = list::duplicate_id(name) else { return Ok(None) };
         let path = with_query(
             &format!("/drive/v3/files/{}", utf8_percent_encode(id, QUERY_SET)),
             &[("fields", FILE_FIELDS), ("supportsAllDrives", "true")],
         );
         match self.get_json::<FileRes>("stat", target, path).await {
             Ok(f) if f.parents.iter().any(|p| p == parent) && f.is_folder() == folder => {
-                Ok((duplicate_name(&f.name, &f.id) == name).then_some(f))
+                Ok((list::duplicate_name(&f.name, &f.id) == name).then_some(f))
             }
             Ok(_) => Ok(None),
             Err(Error::Http { status: 404, .. }) => Ok(None),
             Err(e) => Err(e),
         }
-    }
-
-    /// The file `key` names, if there is one with bytes.
-    async fn lookup(&self, key: &str) -> Result<Option<FileRes>> {
-        if let Some(f) = self.lookups.borrow().get(key) {
-            return Ok(Some(f.clone()));
-        }
-        let (dir, name) = key.rsplit_once('/').unwrap_or(("", key));
-        if name.is_empty() {
-            return Ok(None);
-        }
-        let Some(parent) = self.folder(dir, false, key).await? else { return Ok(None) };
-        let found = self.find_child(&parent, name, false, key).await?.filter(|f| f.skip_reason().is_none());
-        if let Some(f) = &found {
-            let mut lookups = self.lookups.borrow_mut();
-            if lookups.len() >= LOOKUPS_MAX {
-                lookups.clear();
-            }
-            lookups.insert(key.to_string(), f.clone());
-        }
-        Ok(found)
-    }
-
-    fn forget(&self, key: &str) {
-        self.lookups.borrow_mut().remove(key);
-    }
-
-    /// One listing step: the next folder of the walk, read whole.
-    async fn list_page(&self, prefix: &str, token: Option<String>) -> Result<ListPage> {
-        let target = format!("{}:{prefix}", self.cfg().remote);
-        let mut walk: Walk = match token {
-            Some(t) => {
-                serde_json::from_str(&t).map_err(|e| Error::protocol("list", &target, format!("bad token: {e}")))?
-            }
-            None => {
-                // Start at the deepest folder the prefix names whole.
-                let dir = match prefix.rfind('/') {
-                    Some(i) => &prefix[..i],
-                    None => "",
-                };
-                match self.folder(dir, false, &target).await? {
-                    Some(id) => {
-                        let at = if dir.is_empty() { String::new() } else { format!("{dir}/") };
-                        Walk { folders: vec![(id, at)] }
-                    }
-                    None => return Ok(ListPage::default()),
-                }
-            }
-        };
-        let Some((id, at)) = walk.folders.pop() else { return Ok(ListPage::default()) };
-        let mut files = self.folder_contents(&id, LIST_FIELDS, &target).await?;
-        let names = unique_names(&mut files);
-        let mut entries = Vec::with_capacity(files.len());
-        for (f, name) in files.iter().zip(names) {
-            let key = format!("{at}{name}");
-            if f.is_folder() {
-                let sub = format!("{key}/");
-                self.shared.folders.remember(&key, &f.id);
-                if sub.starts_with(prefix) || prefix.starts_with(&sub) {
-                    walk.folders.push((f.id.clone(), sub));
-                }
-                continue;
-            }
-            if !key.starts_with(prefix) {
-                continue;
-            }
-            if let Some(why) = f.skip_reason() {
-                eprintln!("laminar: skipping {}:{key}: {why}", self.cfg().remote);
-                continue;
-            }
-            entries.push(f.entry(key));
-        }
-        let next = (!walk.folders.is_empty()).then(|| serde_json::to_string(&walk).expect("serialisable"));
-        Ok(ListPage { entries, next })
-    }
-
-    /// Reads `range` of `key`: the response, checked, and the file.
-    async fn get_media(&self, key: &str, range: Option<(u64, u64)>) -> Result<(Response, FileRes)> {
-        let file = self.lookup(key).await?.ok_or_else(|| Error::Http {
-            op: "get",
-            target: key.to_string(),
-            status: 404,
-            code: "notFound".into(),
-            message: "no such file".into(),
-            hint: String::new(),
-            retry_after: None,
-            class: ErrorClass::FatalObject,
-        })?;
-        let path = with_query(
-            &format!("/drive/v3/files/{}", utf8_percent_encode(&file.id, QUERY_SET)),
-            &[("alt", "media"), ("supportsAllDrives", "true")],
-        );
-        let mut headers = Vec::with_capacity(1);
-        if let Some((start, end)) = range {
-            assert!(end > start, "empty range");
-            headers.push(("range".to_string(), format!("bytes={}-{}", start, end - 1)));
-        }
-        let call = Call { method: "GET", path, headers, op: "get", target: key };
-        let response = self.send(call, RequestBody::Empty).await?;
-        let head = response.head.clone();
-        if head.status >= 300 {
-            let bytes = response.read_to_vec().await.unwrap_or_default();
-            if head.status == 404 {
-                self.forget(key);
-            }
-            return Err(self.http_error("get", key, &head, &bytes));
-        }
-        let want = match range {
-            Some((start, end)) => end - start,
-            None => file.size(),
-        };
-        if head.content_length() != Some(want) || (range.is_some() && head.status != 206 && want != file.size()) {
-            self.forget(key);
-            let detail = format!(
-                "expected {want} bytes, Drive answered {} with {:?}; the file may have changed during the relay: \
-                 run it again",
-                head.status_text(),
-                head.content_length()
-            );
-            return Err(Error::protocol("get", key, detail));
-        }
-        Ok((response, file))
     }
 }
 
@@ -685,7 +549,10 @@ impl Store for DriveStore {
     fn stat<'a>(&'a self, key: &'a str) -> LocalFuture<'a, Result<Option<ObjectInfo>>> {
         Box::pin(async move {
             self.forget(key);
-            Ok(self.lookup(key).await?.map(|f| f.info()))
+            match self.lookup(key).await? {
+                Some(r) => self.info_of(&r, key).await.map(Some),
+                None => Ok(None),
+            }
         })
     }
 
@@ -728,20 +595,7 @@ impl Source for DriveStore {
         body: Body,
         hashers: &'a mut Hashers,
     ) -> LocalFuture<'a, Result<(Body, ObjectInfo)>> {
-        Box::pin(async move {
-            let (response, file) = self.get_media(key, range).await?;
-            let mut info = file.info();
-            let whole = match range {
-                None => true,
-                Some((start, end)) => start == 0 && end == file.size(),
-            };
-            if !whole {
-                info.checksums.clear();
-            }
-            hashers.check_against(&info.checksums);
-            let body = response.read_into(body, hashers).await?;
-            Ok((body, info))
-        })
+        Box::pin(self.read_key(key, range, body, hashers))
     }
 
     fn read_stream<'a>(
@@ -751,13 +605,7 @@ impl Source for DriveStore {
         filler: &'a Filler,
         hashers: &'a mut Hashers,
     ) -> LocalFuture<'a, Result<()>> {
-        Box::pin(async move {
-            let (response, file) = self.get_media(key, Some(range)).await?;
-            if range == (0, file.size()) {
-                hashers.check_against(&file.checksums());
-            }
-            response.read_stream(filler, hashers).await.map(drop)
-        })
+        Box::pin(self.read_stream_key(key, range, filler, hashers))
     }
 
     fn copy_source(&self, _key: &str) -> Option<CopySource> {
@@ -790,34 +638,6 @@ impl Sink for DriveStore {
 mod tests {
     use super::*;
     use crate::backend::registry;
-
-    fn file(id: &str, name: &str, folder: bool) -> FileRes {
-        FileRes {
-            id: id.into(),
-            name: name.into(),
-            mime_type: if folder { FOLDER_MIME.into() } else { "text/plain".into() },
-            ..FileRes::default()
-        }
-    }
-
-    #[test]
-    fn duplicate_names_get_their_ids() {
-        let mut files = vec![
-            file("b2", "a.txt", false),
-            file("a1", "a.txt", false),
-            file("c3", "a.txt", true),
-            file("d", "x", false),
-        ];
-        let names = unique_names(&mut files);
-        assert_eq!(names, ["a (b2).txt", "a.txt", "a.txt", "x"]);
-        assert_eq!(duplicate_name("notes", "Z9"), "notes (Z9)");
-        assert_eq!(duplicate_name(".profile", "Z9"), ".profile (Z9)");
-        assert_eq!(duplicate_name("a.tar.gz", "Z9"), "a.tar (Z9).gz");
-        assert_eq!(duplicate_id("a (b2).txt"), Some("b2"));
-        assert_eq!(duplicate_id("notes (Z9)"), Some("Z9"));
-        assert_eq!(duplicate_id("holiday (2019) photos.jpg"), None);
-        assert_eq!(duplicate_id("plain.txt"), None);
-    }
 
     #[test]
     fn errors_are_classified() {

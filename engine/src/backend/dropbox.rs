@@ -133,6 +133,7 @@ const CAPABILITIES: Capabilities = Capabilities {
     case_sensitive: false,
     reports: &[HashFamily::DropboxContentHash],
     verifies: &[],
+    checks_after_upload: &[ChecksumAlgo::DropboxContentHash],
     server_side_copy: false,
     metadata: MetaSupport { content_headers: false, user: false, mtime: true },
 };

@@ -101,6 +101,7 @@ const CAPABILITIES: Capabilities = Capabilities {
     case_sensitive: true,
     reports: &[],
     verifies: &[ChecksumAlgo::Crc32c, ChecksumAlgo::Crc64nvme, ChecksumAlgo::Sha256, ChecksumAlgo::Md5],
+    checks_after_upload: &[],
     server_side_copy: false,
     metadata: MetaSupport { content_headers: true, user: true, mtime: true },
 };

@@ -60,7 +60,8 @@ pub struct MemOptions {
     pub list_provenance: bool,
     /// Hash families reported for each object: `EtagMd5` is the entry's and
     /// the stat's ETag (the MD5 of the whole object); `Crc32c`, `Crc64nvme`,
-    /// `Sha256` and `Md5` are whole-object checksums in [`ObjectInfo::checksums`].
+    /// `Sha256`, `Md5` and `DropboxContentHash` are whole-object checksums in
+    /// [`ObjectInfo::checksums`].
     pub reports: Vec<HashFamily>,
     /// Checksums verified when they come with a put, a part or a finish.
     pub verifies: Vec<ChecksumAlgo>,
@@ -125,6 +126,7 @@ impl MemOptions {
             case_sensitive: self.case_sensitive,
             reports: intern_families(&self.reports),
             verifies: intern_algos(&self.verifies),
+            checks_after_upload: &[],
             server_side_copy: self.server_side_copy,
             metadata: self.metadata,
         }
@@ -367,8 +369,9 @@ impl MemShared {
                 HashFamily::Crc64nvme => Some(ChecksumAlgo::Crc64nvme),
                 HashFamily::Sha256 => Some(ChecksumAlgo::Sha256),
                 HashFamily::Md5 => Some(ChecksumAlgo::Md5),
-                // An ETag, not a checksum; Dropbox's content hash has no algorithm here.
-                HashFamily::EtagMd5 | HashFamily::DropboxContentHash => None,
+                HashFamily::DropboxContentHash => Some(ChecksumAlgo::DropboxContentHash),
+                // An ETag, not a checksum.
+                HashFamily::EtagMd5 => None,
             })
             .map(|algo| checksum_of(algo, &bytes))
             .collect();

@@ -119,6 +119,9 @@ const CAPABILITIES: Capabilities = Capabilities {
         ChecksumAlgo::Sha256,
         ChecksumAlgo::Md5,
     ],
+    // The MD5 of a single put is checked against its plain-MD5 ETag: the relay counts
+    // that through `reports` (EtagMd5).
+    checks_after_upload: &[],
     server_side_copy: true,
     metadata: MetaSupport { content_headers: true, user: true, mtime: true },
 };

@@ -188,7 +188,30 @@ impl HttpClient {
         &self,
         endpoint: &Endpoint,
         req: &Request<'_>,
+        body: RequestBody,
+    ) -> Result<(Response, RequestBody)> {
+        self.send_with(endpoint, req, body, true).await
+    }
+
+    /// As [`HttpClient::send`], but never sent twice: for a request that is not
+    /// idempotent (one that creates something), a pooled connection closed before any
+    /// response byte may have been closed after the server acted on it, so that is an
+    /// error for the caller, who can find out what the server holds before trying again.
+    pub async fn send_once(
+        &self,
+        endpoint: &Endpoint,
+        req: &Request<'_>,
+        body: RequestBody,
+    ) -> Result<(Response, RequestBody)> {
+        self.send_with(endpoint, req, body, false).await
+    }
+
+    async fn send_with(
+        &self,
+        endpoint: &Endpoint,
+        req: &Request<'_>,
         mut body: RequestBody,
+        resend_stale: bool,
     ) -> Result<(Response, RequestBody)> {
         loop {
             let mut conn = self.checkout(endpoint, req.op, req.target).await?;
@@ -208,7 +231,7 @@ impl HttpClient {
                     };
                     return Ok((response, body));
                 }
-                Err(StaleOr::Stale) if reused => continue,
+                Err(StaleOr::Stale) if reused && resend_stale => continue,
                 Err(StaleOr::Stale) => {
                     return Err(Error::io(
                         req.op,

@@ -312,6 +312,9 @@ impl Engine {
         report.route_decisions = decisions;
         report.objects_compressed = compressed;
         report.stage_bytes_written = shared.stats.stage_bytes_written.load(Ordering::Relaxed);
+        report.bytes_resumed = shared.stats.bytes_resumed.load(Ordering::Relaxed);
+        (report.hashes_compared, report.checks) =
+            std::mem::take(&mut *shared.stats.checks.lock().expect("checks lock"));
         report.throttle_cuts = shared.progress.throttle.cuts();
         report.transfers_lowest = shared.progress.throttle.lowest();
         report.waiting = shared.waiting.lock().expect("waiting lock").take();

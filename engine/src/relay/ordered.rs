@@ -119,6 +119,12 @@ async fn step(ctx: &Ctx, job: &ObjectJob, session: &dyn UploadSession, spec: Par
     let skip = std::cell::Cell::new(skip);
     let attempts = std::cell::Cell::new(0u32);
     let sent_sum = std::cell::RefCell::new(None);
+    // What the store kept of a failed attempt beyond what the attempt skipped: bytes
+    // not sent again.
+    let resumed = |from: u64, held: u64| {
+        let kept = held.saturating_sub(spec.offset).min(spec.len).saturating_sub(from);
+        ctx.shared.stats.bytes_resumed.fetch_add(kept, std::sync::atomic::Ordering::Relaxed);
+    };
     ctx.retry(|| async {
         if attempts.replace(attempts.get() + 1) > 0 {
             if let Committed::Offset(held) = session.committed().await? {
@@ -128,10 +134,12 @@ async fn step(ctx: &Ctx, job: &ObjectJob, session: &dyn UploadSession, spec: Par
                 }
                 if held >= end {
                     if let Some(sum) = sent_sum.borrow().clone() {
+                        resumed(skip.get(), held);
                         return Ok(Step::Sent(PartRecord::new(spec, String::new(), sum)));
                     }
                     return Ok(Step::Back(spec.offset));
                 }
+                resumed(skip.get(), held);
                 skip.set(held - spec.offset);
             }
         }
@@ -151,6 +159,7 @@ async fn step(ctx: &Ctx, job: &ObjectJob, session: &dyn UploadSession, spec: Par
                     if held < spec.offset {
                         return Ok(Step::Back(held));
                     }
+                    resumed(0, held);
                     if held >= spec.offset + spec.len {
                         return Ok(Step::Sent(PartRecord::new(spec, String::new(), sum)));
                     }
@@ -176,6 +185,9 @@ async fn send_from(
 ) -> Result<PartRecord> {
     let algo = ctx.shared.opts.checksum;
     let mut whole = Hashers::new(algo, false);
+    if super::parts::keeps_source_blocks(job) {
+        whole.keep_dropbox_blocks(spec.len);
+    }
     let key = job.src_key();
     if skip > 0 {
         // The bytes the store holds are read again only to be hashed.
@@ -198,6 +210,7 @@ async fn send_from(
             format!("part {} came back short: {} of {} bytes", spec.number, body.len(), rest.len),
         ));
     }
+    super::parts::record_source_blocks(job, spec.offset, whole.take_dropbox_part());
     let (part_sum, _) = whole.finish();
     *sent_sum.borrow_mut() = Some(part_sum.clone());
     let sent = if skip == 0 {

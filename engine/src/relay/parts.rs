@@ -170,6 +170,7 @@ async fn part(ctx: &Ctx, job: &ObjectJob, session: &dyn UploadSession, spec: Par
         if attempt > 0 {
             let known = read_sum.borrow().clone();
             if let Some(record) = committed_part(session, spec, known.as_ref()).await {
+                ctx.shared.stats.bytes_resumed.fetch_add(spec.len, Ordering::Relaxed);
                 return Ok(record);
             }
         }
@@ -208,6 +209,9 @@ async fn part_whole(
     // No MD5 here: each part carries its checksum, which the store verifies, and a
     // ranged read has no ETag to check against.
     let mut hashers = Hashers::new(algo, false);
+    if keeps_source_blocks(job) {
+        hashers.keep_dropbox_blocks(spec.len);
+    }
     let started = Instant::now();
     let read = ctx.src.read(job.src_key(), Some(spec.range()), Body::new(chunks), &mut hashers);
     let (body, _) = timed(ctx.src_label(), Op::Get, read).await?;
@@ -218,6 +222,7 @@ async fn part_whole(
             format!("part {} came back short: {} of {} bytes", spec.number, body.len(), spec.len),
         ));
     }
+    record_source_blocks(job, spec.offset, hashers.take_dropbox_part());
     let source_busy = started.elapsed();
     let (sum, _) = hashers.finish();
     *read_sum.borrow_mut() = Some(sum.clone());
@@ -247,9 +252,13 @@ async fn part_streamed(
     let source_busy = std::cell::Cell::new(Duration::ZERO);
     let read = async {
         let mut hashers = Hashers::new(algo, false);
+        if keeps_source_blocks(job) {
+            hashers.keep_dropbox_blocks(spec.len);
+        }
         let read = ctx.src.read_stream(job.src_key(), spec.range(), &filler, &mut hashers);
         match timed(ctx.src_label(), Op::Get, read).await {
             Ok(()) => {
+                record_source_blocks(job, spec.offset, hashers.take_dropbox_part());
                 let sum = hashers.finish().0;
                 // Time the source was busy: reading, not waiting for ring space.
                 source_busy.set(started.elapsed().saturating_sub(waits.reader()));
@@ -281,6 +290,37 @@ async fn part_streamed(
 async fn copy_part(ctx: &Ctx, session: &dyn UploadSession, spec: PartSpec, source: &CopySource) -> Result<PartRecord> {
     let token = ctx.retry(|| timed(ctx.dst_label(), Op::Copy, session.copy_part(source, spec))).await?;
     Ok(PartRecord::new(spec, token, Checksum { algo: ChecksumAlgo::Crc32c, bytes: Vec::new() }))
+}
+
+/// Whether the parts read from the source keep Dropbox block digests: the source
+/// reports a content_hash, which parts on 4 MiB boundaries combine into.
+pub(super) fn keeps_source_blocks(job: &ObjectJob) -> bool {
+    job.large().source.checksums.iter().any(|c| c.algo == ChecksumAlgo::DropboxContentHash)
+}
+
+/// Records the block digests of the part read at `offset`, as soon as its bytes are
+/// read (a retry that finds the part committed reads nothing again).
+pub(super) fn record_source_blocks(job: &ObjectJob, offset: u64, blocks: Option<crate::checksum::DropboxPart>) {
+    let Some(blocks) = blocks else { return };
+    let mut m = job.large();
+    let index = m.progress.part_of(offset) as usize;
+    let count = m.progress.part_count() as usize;
+    if m.source_blocks.len() < count {
+        m.source_blocks.resize(count, None);
+    }
+    m.source_blocks[index] = Some(blocks);
+}
+
+/// The source's content_hash checked against the parts' block digests: `Some(Ok)`
+/// when it matches, `Some(Err((reported, received)))` when it differs, None when it
+/// could not be checked (parts off 4 MiB boundaries, or a part not read in this run).
+fn source_content_hash(job: &ObjectJob) -> Option<Result<(), (Checksum, Checksum)>> {
+    let m = job.large();
+    let reported = m.source.checksums.iter().find(|c| c.algo == ChecksumAlgo::DropboxContentHash)?;
+    let parts: Option<Vec<_>> = m.source_blocks.iter().cloned().collect();
+    let parts = parts.filter(|p| p.len() == m.progress.part_count() as usize)?;
+    let full = crate::checksum::dropbox_combine(&parts)?;
+    Some(if &full == reported { Ok(()) } else { Err((reported.clone(), full)) })
 }
 
 /// The whole object's checksum from its parts, when the algorithm combines.
@@ -344,6 +384,7 @@ async fn complete(ctx: &Ctx, job: &ObjectJob, session: &dyn UploadSession, parts
         (m.source.clone(), m.copy.is_some())
     };
     let full = if is_copy { None } else { combined(parts) };
+    let mut source_checks = Vec::new();
     if let Some(full) = &full {
         if let Some(reported) = source.checksums.iter().find(|c| c.algo == full.algo) {
             if reported != full {
@@ -353,7 +394,19 @@ async fn complete(ctx: &Ctx, job: &ObjectJob, session: &dyn UploadSession, parts
                     detail: format!("the source reports {reported}, the bytes received have {full}"),
                 });
             }
+            source_checks.push(crate::relay::check_name(full.algo));
         }
+    }
+    match if is_copy { None } else { source_content_hash(job) } {
+        Some(Ok(())) => source_checks.push("content_hash"),
+        Some(Err((reported, got))) => {
+            return Err(Error::Integrity {
+                op: "get",
+                target: job.src_key().to_string(),
+                detail: format!("the source reports {reported}, the bytes received have {got}"),
+            })
+        }
+        None => {}
     }
     let expected: u64 = parts.iter().map(|p| p.len).sum();
     if expected != job.size() {
@@ -363,5 +416,11 @@ async fn complete(ctx: &Ctx, job: &ObjectJob, session: &dyn UploadSession, parts
             format!("parts add up to {expected} bytes, the object has {}", job.size()),
         ));
     }
-    ctx.retry(|| timed(ctx.dst_label(), Op::Complete, session.finish(parts, full.as_ref()))).await
+    ctx.retry(|| timed(ctx.dst_label(), Op::Complete, session.finish(parts, full.as_ref()))).await?;
+    if !is_copy {
+        let caps = ctx.dst.capabilities();
+        let sent = parts.first().map_or(ctx.shared.opts.checksum, |p| p.checksum.algo);
+        ctx.shared.checked(job.src_key(), source_checks, ctx.shared.destination_checks(&caps, sent, false));
+    }
+    Ok(())
 }

@@ -106,6 +106,9 @@ pub(super) struct Large {
     /// Whether every part is filled into the stage before it is sent (the object
     /// was routed through the stage, not spilled part by part).
     pub(super) fill_first: bool,
+    /// Per part, when the source reports a Dropbox content_hash: the block digests of
+    /// the bytes read, combined at the end to check the whole object against it.
+    pub(super) source_blocks: Vec<Option<crate::checksum::DropboxPart>>,
 }
 
 impl Large {
@@ -250,8 +253,8 @@ impl Ctx {
 
 /// Checks the bytes read against what the source vouched for: every whole-object
 /// checksum it reported that was computed on the way, or else its plain-MD5 ETag.
-fn verify_source(job_key: &str, info: &ObjectInfo, digests: &Digests) -> Result<()> {
-    let mut checked = false;
+fn verify_source(job_key: &str, info: &ObjectInfo, digests: &Digests) -> Result<Vec<&'static str>> {
+    let mut checked = Vec::new();
     for reported in &info.checksums {
         if let Some(sum) = digests.get(reported.algo) {
             if reported != sum {
@@ -261,11 +264,11 @@ fn verify_source(job_key: &str, info: &ObjectInfo, digests: &Digests) -> Result<
                     detail: format!("the source reports {reported}, the bytes received have {sum}"),
                 });
             }
-            checked = true;
+            checked.push(crate::relay::check_name(reported.algo));
         }
     }
-    if checked {
-        return Ok(());
+    if !checked.is_empty() {
+        return Ok(checked);
     }
     if let (Some(etag), Some(md5)) = (&info.etag, digests.get(ChecksumAlgo::Md5)) {
         let md5 = md5.to_hex();
@@ -276,8 +279,11 @@ fn verify_source(job_key: &str, info: &ObjectInfo, digests: &Digests) -> Result<
                 detail: format!("the source's ETag is MD5 {etag}, the bytes received have MD5 {md5}"),
             });
         }
+        if etag_is_md5(etag) {
+            checked.push("etag-md5");
+        }
     }
-    Ok(())
+    Ok(checked)
 }
 
 pub(super) fn put_args(info: &ObjectInfo, version: &str, sum: Option<&Checksum>) -> PutArgs {
@@ -392,7 +398,7 @@ async fn small(ctx: &Ctx, job: &ObjectJob) -> Result<()> {
                 ));
             }
             let digests = hashers.finish_all();
-            verify_source(&job.src_key, &info, &digests)?;
+            let source_checks = verify_source(&job.src_key, &info, &digests)?;
             let sum = digests.get(algo).cloned().expect("the relay's checksum is computed");
             format.set(body.chunks.first().and_then(|c| crate::sniff::sniff(c.as_slice())));
             let args = put_args(&info, &job.src_version, Some(&sum));
@@ -408,7 +414,12 @@ async fn small(ctx: &Ctx, job: &ObjectJob) -> Result<()> {
                 session.finish(&[PartRecord::new(part, token, sum.clone())], Some(&sum)).await
             };
             match put.await {
-                Ok(()) => Ok(()),
+                Ok(()) => {
+                    let caps = ctx.dst.capabilities();
+                    let dest_checks = ctx.shared.destination_checks(&caps, algo, sums.len() > 1);
+                    ctx.shared.checked(&job.src_key, source_checks, dest_checks);
+                    Ok(())
+                }
                 Err(e) => {
                     let _ = session.abort().await;
                     Err(e)

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+use super::export::{parse_formats, Format, DEFAULT_EXPORT};
 use super::DriveBackend;
 use crate::backend::registry::{self, BackendType, Opened};
 use crate::error::{Error, Result};
@@ -53,6 +54,13 @@ pub struct DriveRemoteConfig {
     pub api_url: Option<String>,
     /// Where tokens are refreshed (default https://oauth2.googleapis.com/token).
     pub token_url: Option<String>,
+    /// Formats Google Docs, Sheets, Slides and Drawings are exported in when read, as a
+    /// comma-separated list of extensions (`docx,xlsx,pptx`, the default), or `none` to
+    /// skip them. `laminar relay --drive-export` overrides it.
+    pub export: Option<String>,
+    /// Whether shortcuts are followed (default false: skipped with the reason).
+    /// `laminar relay --drive-follow-shortcuts` sets it.
+    pub follow_shortcuts: Option<bool>,
 }
 
 /// How requests are authorised.
@@ -113,6 +121,11 @@ pub struct DriveConfig {
     pub root_folder_id: String,
     /// The shared drive, if any.
     pub shared_drive_id: Option<String>,
+    /// The export formats, in the order given: a Google file is exported in the first
+    /// one its type has. Empty: Google files are skipped.
+    pub export: Vec<&'static Format>,
+    /// Whether shortcuts are followed.
+    pub follow_shortcuts: bool,
     pub(super) credential: Credential,
 }
 
@@ -124,6 +137,8 @@ impl std::fmt::Debug for DriveConfig {
             .field("token_endpoint", &self.token_endpoint.url())
             .field("root_folder_id", &self.root_folder_id)
             .field("shared_drive_id", &self.shared_drive_id)
+            .field("export", &self.export.iter().map(|f| f.ext).collect::<Vec<_>>())
+            .field("follow_shortcuts", &self.follow_shortcuts)
             .finish_non_exhaustive()
     }
 }
@@ -210,6 +225,8 @@ impl DriveRemoteConfig {
             (None, Some(drive)) => drive.clone(),
             (None, None) => "root".to_string(),
         };
+        let export = parse_formats(self.export.as_deref().unwrap_or(DEFAULT_EXPORT))
+            .map_err(|why| Error::Usage(format!("remote {name:?}: export: {why}")))?;
         Ok(DriveConfig {
             remote: name.to_string(),
             api,
@@ -217,6 +234,8 @@ impl DriveRemoteConfig {
             token_path,
             root_folder_id,
             shared_drive_id: self.shared_drive_id.clone(),
+            export,
+            follow_shortcuts: self.follow_shortcuts.unwrap_or(false),
             credential,
         })
     }
@@ -254,6 +273,13 @@ mod tests {
         assert_eq!(cfg.root_folder_id, "0AD");
         let cfg = resolve("token = \"ya29.x\"\nshared_drive_id = \"0AD\"\nroot_folder_id = \"F1\"").unwrap();
         assert_eq!(cfg.root_folder_id, "F1");
+        let exts = |cfg: &DriveConfig| cfg.export.iter().map(|f| f.ext).collect::<Vec<_>>();
+        assert_eq!(exts(&cfg), ["docx", "xlsx", "pptx"], "the default exports");
+        assert!(!cfg.follow_shortcuts);
+        let cfg = resolve("token = \"ya29.x\"\nexport = \"none\"\nfollow_shortcuts = true").unwrap();
+        assert!(cfg.export.is_empty() && cfg.follow_shortcuts);
+        let cfg = resolve("token = \"ya29.x\"\nexport = \" PDF, odt \"").unwrap();
+        assert_eq!(exts(&cfg), ["pdf", "odt"]);
     }
 
     #[test]
@@ -276,6 +302,8 @@ mod tests {
         assert!(e.contains("not an RSA key") && !e.contains("c2VjcmV0"), "{e}");
         let e = err(&format!("service_account_file = {:?}\ntoken = \"t\"", key.display().to_string()));
         assert!(e.contains("only one"), "{e}");
+        let e = err("token = \"t\"\nexport = \"docx,docz\"");
+        assert!(e.contains("export") && e.contains("\"docz\"") && e.contains("xlsx"), "{e}");
         let e = err("client_id = \"c\"\nclient_secret = \"s3cr3t\"\nrefresh_token = \"r\"\napi_url = \"ftp://x\"");
         assert!(e.contains("api_url") && !e.contains("s3cr3t"), "{e}");
     }

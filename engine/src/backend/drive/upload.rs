@@ -3,13 +3,16 @@
 //! keeps the folder, the name, the file it replaces (an existing file of that name is
 //! updated, never duplicated) and the session URI, so another worker or a later run
 //! can go on with it. `committed` asks the session what it holds
-//! (`Content-Range: bytes */TOTAL`).
+//! (`Content-Range: bytes */TOTAL`); when the answer to the last chunk was lost after
+//! Drive completed the file, that query answers the file (200/201), and the upload is
+//! done: nothing is sent again, no second file is made.
 //!
 //! Drive checks no checksum sent with an upload, so the MD5 of what was sent is
-//! compared with the `md5Checksum` Drive computed: from the relay's sums for a single
-//! put, and for a resumable session from a running MD5 kept while the bytes go out in
-//! order from 0 (after a session went back to an offset inside a part, the bytes
-//! before it are not all in this worker's hands and the comparison is left out).
+//! compared with the `md5Checksum` Drive computed, whichever request brought the
+//! answer that the file is complete: from the relay's sums for a single put, and for
+//! a resumable session from the running MD5 of `md5.rs`, which follows the stream
+//! back when Drive keeps less than it was sent. A file whose MD5 differs, or cannot
+//! be known, is deleted and the object fails, so a re-run sends it again.
 
 use std::cell::RefCell;
 
@@ -46,10 +49,8 @@ struct DriveUpload<'a> {
     store: &'a DriveStore,
     state: SessionState,
     session: DriveSession,
-    /// The file, once Drive has it whole.
+    /// The file, once Drive has it whole and its MD5 was checked.
     file: RefCell<Option<FileRes>>,
-    /// MD5 of the bytes sent so far, while they went out in order from 0.
-    md5: RefCell<Option<(u64, Hasher)>>,
 }
 
 pub(super) async fn begin<'a>(
@@ -64,8 +65,7 @@ pub(super) async fn begin<'a>(
     }
     let parent = store.folder(dir, true, key).await?.expect("made when missing");
     store.forget(key);
-    let existing =
-        store.find_child(&parent, name, false, key).await?.filter(|f| f.skip_reason().is_none()).map(|f| f.id);
+    let existing = store.find_child(&parent, name, false, key).await?.map(|f| f.id);
     let mut session = DriveSession { parent, name: name.to_string(), existing, uri: None };
     let mut upload = DriveUpload {
         store,
@@ -78,10 +78,11 @@ pub(super) async fn begin<'a>(
         },
         session: session.clone(),
         file: RefCell::new(None),
-        md5: RefCell::new(Some((0, Hasher::new(ChecksumAlgo::Md5)))),
     };
     if !plan.single {
-        session.uri = Some(upload.start().await?);
+        let uri = upload.start().await?;
+        store.shared.md5.start(&uri);
+        session.uri = Some(uri);
         upload.session = session;
     }
     upload.state.store = serde_json::to_value(&upload.session).expect("serialisable");
@@ -92,8 +93,7 @@ pub(super) fn resume(store: &DriveStore, state: SessionState) -> Result<Session<
     let session: DriveSession = serde_json::from_value(state.store.clone()).map_err(|e| {
         Error::protocol("resume", &state.key, format!("the session's state is not a Drive upload's: {e}"))
     })?;
-    let md5 = state.parts.is_empty().then(|| (0, Hasher::new(ChecksumAlgo::Md5)));
-    Ok(Box::new(DriveUpload { store, state, session, file: RefCell::new(None), md5: RefCell::new(md5) }))
+    Ok(Box::new(DriveUpload { store, state, session, file: RefCell::new(None) }))
 }
 
 /// The end (exclusive) of what a 308 says the session holds.
@@ -193,23 +193,42 @@ impl DriveUpload<'_> {
         }
     }
 
-    /// Takes the file Drive answered with once it holds the whole upload; checks its
-    /// MD5 against `sent_md5` when known.
-    async fn completed(&self, op: &'static str, bytes: &[u8], sent_md5: Option<String>) -> Result<()> {
+    /// Takes the file Drive answered with once it holds the whole upload, after
+    /// checking its MD5: against `single_md5` for a single put, against the running
+    /// MD5 of the session otherwise.
+    async fn completed(&self, op: &'static str, bytes: &[u8], single_md5: Option<String>) -> Result<()> {
         let key = self.key();
         let file: FileRes = serde_json::from_slice(bytes)
             .map_err(|e| Error::protocol(op, key, format!("unreadable Drive answer: {e}")))?;
-        if let (Some(sent), Some(got)) = (sent_md5, file.md5_checksum.as_deref()) {
-            if !sent.eq_ignore_ascii_case(got) {
-                let _ = self.store.delete_file(&file.id, key).await;
-                return Err(Error::Integrity {
-                    op,
-                    target: key.to_string(),
-                    detail: format!(
-                        "Drive computed MD5 {got}, the relay sent bytes with MD5 {sent}; the file was deleted"
-                    ),
-                });
+        let got = file.md5_checksum.as_deref().unwrap_or("none");
+        let refused = match (&self.session.uri, single_md5) {
+            (None, Some(sent)) => (!sent.eq_ignore_ascii_case(got))
+                .then(|| format!("Drive computed MD5 {got}, the relay sent bytes with MD5 {sent}")),
+            (None, None) => None,
+            (Some(uri), _) => match self.store.shared.md5.whole(uri, self.state.plan.size) {
+                Ok(None) => None,
+                Ok(Some(sent)) if sent.to_hex().eq_ignore_ascii_case(got) => {
+                    self.store.shared.md5.checked(uri);
+                    None
+                }
+                Ok(Some(sent)) => {
+                    Some(format!("Drive computed MD5 {got}, the relay sent bytes with MD5 {}", sent.to_hex()))
+                }
+                Err(()) => Some(
+                    "Drive lost bytes of the upload that it had acknowledged, so the MD5 of what it holds cannot \
+                     be checked against the bytes sent"
+                        .to_string(),
+                ),
+            },
+        };
+        if let Some(why) = refused {
+            let _ = self.store.delete_file(&file.id, key).await;
+            let why = format!("{why}; the file was deleted, and a re-run sends it again");
+            if let Some(uri) = &self.session.uri {
+                // The session now answers a file that is gone: say why, not that it was lost.
+                self.store.shared.md5.refuse(uri, &why);
             }
+            return Err(Error::Integrity { op, target: key.to_string(), detail: why });
         }
         self.store.forget(key);
         *self.file.borrow_mut() = Some(file);
@@ -253,18 +272,15 @@ impl DriveUpload<'_> {
         let total = self.state.plan.size;
         let end = part.offset + part.len;
         assert!(end <= total, "part past the end of the object");
-        let next_md5 = self.md5.borrow().as_ref().filter(|(at, _)| *at == part.offset).map(|(_, h)| {
-            let mut h = h.clone();
-            for slice in body.slices() {
-                h.update(slice);
-            }
-            (end, h)
-        });
+        let uri = self.session.uri.clone().expect("a resumable session");
+        // Before sending: if the answer is lost, a status query may find the file
+        // complete, and its MD5 is checked against this.
+        self.store.shared.md5.feed(&uri, part.offset, body.slices());
         let range = format!("bytes {}-{}/{total}", part.offset, end - 1);
         let (head, bytes) = self.to_session("upload-part", range, RequestBody::Chunks(body)).await?;
         if head.status == 308 {
             let held = held_of(&head);
-            *self.md5.borrow_mut() = next_md5;
+            self.store.shared.md5.confirm(&uri, held);
             if held < end {
                 return Err(Error::protocol(
                     "upload-part",
@@ -274,8 +290,7 @@ impl DriveUpload<'_> {
             }
             return Ok(String::new());
         }
-        let sent = next_md5.filter(|(at, _)| *at == total).map(|(_, h)| h.finish().to_hex());
-        self.completed("upload-part", &bytes, sent).await?;
+        self.completed("upload-part", &bytes, None).await?;
         Ok(String::new())
     }
 }
@@ -316,13 +331,16 @@ impl UploadSession for DriveUpload<'_> {
             if self.file.borrow().is_some() {
                 return Ok(Committed::Offset(total));
             }
-            if self.session.uri.is_none() {
-                return Ok(Committed::Offset(0));
+            let Some(uri) = &self.session.uri else { return Ok(Committed::Offset(0)) };
+            if let Some(why) = self.store.shared.md5.refused(uri) {
+                return Err(Error::Integrity { op: "upload-status", target: self.key().to_string(), detail: why });
             }
             let (head, bytes) =
                 self.to_session("upload-status", format!("bytes */{total}"), RequestBody::Empty).await?;
             if head.status == 308 {
-                return Ok(Committed::Offset(held_of(&head)));
+                let held = held_of(&head);
+                self.store.shared.md5.confirm(uri, held);
+                return Ok(Committed::Offset(held));
             }
             self.completed("upload-status", &bytes, None).await?;
             Ok(Committed::Offset(total))
@@ -331,11 +349,16 @@ impl UploadSession for DriveUpload<'_> {
 
     fn finish<'a>(&'a self, _parts: &'a [PartRecord], _full: Option<&'a Checksum>) -> LocalFuture<'a, Result<()>> {
         Box::pin(async move {
-            if self.file.borrow().is_some() || self.session.uri.is_none() {
+            let Some(uri) = &self.session.uri else { return Ok(()) };
+            if self.file.borrow().is_some() {
+                self.store.shared.md5.forget(uri);
                 return Ok(());
             }
             match self.committed().await? {
-                _ if self.file.borrow().is_some() => Ok(()),
+                _ if self.file.borrow().is_some() => {
+                    self.store.shared.md5.forget(uri);
+                    Ok(())
+                }
                 Committed::Offset(held) => Err(Error::protocol(
                     "finish",
                     self.key(),
@@ -349,6 +372,9 @@ impl UploadSession for DriveUpload<'_> {
     fn abort(&self) -> LocalFuture<'_, Result<()>> {
         Box::pin(async move {
             let key = self.key();
+            if let Some(uri) = &self.session.uri {
+                self.store.shared.md5.forget(uri);
+            }
             let made = self.file.borrow().as_ref().map(|f| f.id.clone());
             if let Some(id) = made {
                 // Only a file this upload created goes; one it replaced keeps its name.
