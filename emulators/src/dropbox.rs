@@ -69,6 +69,8 @@ pub struct Faults {
     pub drop_download_rate: f64,
     /// Uploads whose connection is dropped after a random part of the body has arrived.
     pub drop_upload_rate: f64,
+    /// Uploads dropped at a set point, for deterministic tests: see [`DropUploads`].
+    pub drop_uploads: Option<DropUploads>,
     /// Added before each API call is handled.
     pub latency_ms: u64,
     /// Per-connection cap, each direction, in bytes a second; 0 is none.
@@ -89,6 +91,7 @@ impl Default for Faults {
             server_error_rate: 0.0,
             drop_download_rate: 0.0,
             drop_upload_rate: 0.0,
+            drop_uploads: None,
             latency_ms: 0,
             throughput_bytes_per_s: 0,
             commits_concurrent_max: 0,
@@ -112,6 +115,19 @@ impl Faults {
         }
         Ok(())
     }
+}
+
+/// Upload calls cut at a set point: the next `next` upload calls (`files/upload`, or any
+/// call into an upload session) whose body is longer than `after_bytes` are dropped, with
+/// no answer, once `after_bytes` of the body have arrived. Shorter bodies pass and are not
+/// counted, so the cut lands in a body that carries data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DropUploads {
+    /// Bytes of the body that arrive before the cut (at least 1).
+    pub after_bytes: u64,
+    /// How many upload calls are cut.
+    pub next: u32,
 }
 
 /// How an emulator starts (also as JSON: `laminar-emulator dropbox '{"seed": 7}'`; fields

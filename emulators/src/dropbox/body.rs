@@ -133,12 +133,16 @@ pub(crate) async fn read_body(
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|_| ReadError::Broken)?;
         let Ok(data) = frame.into_data() else { continue };
+        let before = total;
         total += data.len() as u64;
-        // Relaxed: a statistic.
-        received.fetch_add(data.len() as u64, Ordering::Relaxed);
-        if drop_at.is_some_and(|d| total >= d) {
+        if let Some(d) = drop_at.filter(|&d| total >= d) {
+            // What came past the cut in this frame is dropped unread: the counter says
+            // exactly how much of the body arrived. Relaxed: a statistic.
+            received.fetch_add(d.saturating_sub(before), Ordering::Relaxed);
             return Err(ReadError::Dropped);
         }
+        // Relaxed: a statistic.
+        received.fetch_add(data.len() as u64, Ordering::Relaxed);
         if too_large || buf.len() as u64 + data.len() as u64 > max {
             too_large = true;
             continue;

@@ -139,6 +139,19 @@ impl Shared {
         p > 0.0 && self.rng.lock().expect("no panics holding the rng").f64() < p
     }
 
+    /// If this upload body (of `content_length` bytes) is the next one `drop_uploads`
+    /// cuts, after how many bytes; counts it down.
+    fn take_drop_upload(&self, content_length: Option<u64>) -> Option<u64> {
+        let mut f = self.faults.lock().expect("no handler panics holding the faults lock");
+        let d = f.drop_uploads.as_mut().filter(|d| d.next > 0)?;
+        let after = d.after_bytes.max(1);
+        if content_length? <= after {
+            return None;
+        }
+        d.next -= 1;
+        Some(after)
+    }
+
     fn below(&self, n: u64) -> u64 {
         assert!(n > 0);
         self.rng.lock().expect("no panics holding the rng").u64(..n)
@@ -501,9 +514,11 @@ async fn upload(
         }
     };
     let content_length = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    let drop_at = shared.chance(faults.drop_upload_rate).then(|| match content_length {
-        Some(n) if n > 1 => 1 + shared.below(n - 1),
-        _ => 1,
+    let drop_at = shared.take_drop_upload(content_length).or_else(|| {
+        shared.chance(faults.drop_upload_rate).then(|| match content_length {
+            Some(n) if n > 1 => 1 + shared.below(n - 1),
+            _ => 1,
+        })
     });
     let mut hasher = BodyHasher::new(plan, want_call_hash);
     let data =
