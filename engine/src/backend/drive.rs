@@ -253,6 +253,10 @@ fn hint(remote: &str, status: u16, reason: &str, message: &str) -> String {
              can start until it resets, about 24 hours after it was reached (uploads in progress finish); run the \
              relay again then, and what is already copied is skipped"
         ),
+        (403 | 429, "userRateLimitExceeded" | "rateLimitExceeded") => format!(
+            "; Drive is limiting the request rate of remote {remote:?}: the relay sends fewer requests at once and \
+             tries again"
+        ),
         (403, "storageQuotaExceeded") => {
             format!("; the Drive of remote {remote:?} is full: free space or raise its storage quota, then run again")
         }

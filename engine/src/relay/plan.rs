@@ -142,9 +142,15 @@ pub(super) async fn scope(
     })
 }
 
+/// Retries the check of each side gets at least.
+const CHECK_RETRIES_MIN: u32 = 8;
+
 pub(super) async fn check_locations(shared: &Shared) -> Result<()> {
     let ctx = WorkerCtx { http: HttpClient::default() };
-    let retries = shared.opts.retries;
+    // One request per side, before anything starts: a store already throttling (a 429
+    // storm, a rate limit left by another client) is waited out, about 20 s with the
+    // backoff's doubling, rather than ending the relay on its first answers.
+    let retries = shared.opts.retries.max(CHECK_RETRIES_MIN);
     let src = shared.src.backend.open_source(&ctx)?;
     super::retry(retries, &shared.progress.stop, || src.check(false)).await?;
     if !shared.opts.dry_run {
