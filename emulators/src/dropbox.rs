@@ -186,6 +186,9 @@ pub struct DropboxStats {
     pub throttled: u64,
     /// Of those, `too_many_write_operations` (the commit limit).
     pub write_throttled: u64,
+    /// `finish_batch*` entries answered `too_many_write_operations`
+    /// ([`DropboxControl::busy_batch_entries_next`]).
+    pub batch_entries_busy: u64,
     /// Injected 500 and 503 answers.
     pub server_errors: u64,
     /// Connections dropped on purpose (mid-upload or mid-download).
@@ -383,6 +386,13 @@ impl DropboxControl {
     /// The next `n` API calls are answered 429 `too_many_requests` (a storm).
     pub fn throttle_next(&self, n: u64) {
         self.shared.throttle_next(n);
+    }
+
+    /// The next `n` entries of `finish_batch_v2` (or v1) calls fail, each on its own,
+    /// with `too_many_write_operations`, as when other writes hold the namespace; their
+    /// sessions stay as they were, ready to be finished again.
+    pub fn busy_batch_entries_next(&self, n: u64) {
+        self.shared.busy_batch_entries_next(n);
     }
 
     /// Every access token issued so far expires now.

@@ -468,6 +468,49 @@ fn the_commit_limit_answers_too_many_write_operations() {
 }
 
 #[test]
+fn batch_entries_need_closed_sessions_and_a_busy_entry_can_be_finished_again() {
+    let c = Client::new(DropboxOptions::default());
+    let start = |data: &[u8], close: bool| {
+        let arg = json!({ "close": close, "content_hash": content_hash_hex(data) });
+        let r = c.content("files/upload_session/start", arg, data);
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["session_id"].as_str().unwrap().to_string()
+    };
+    let entry = |id: &str, len: usize, path: &str| {
+        json!({ "cursor": { "session_id": id, "offset": len }, "commit": { "path": path, "mode": "overwrite" } })
+    };
+    let (a, b, open) = (start(b"alpha", true), start(b"bravo!", true), start(b"open", false));
+    c.emu.busy_batch_entries_next(1);
+    let batch = c.rpc(
+        "files/upload_session/finish_batch_v2",
+        json!({ "entries": [entry(&a, 5, "/b/a"), entry(&b, 6, "/b/b"), entry(&open, 4, "/b/open")] }),
+    );
+    assert_eq!(batch.status, 200, "{}", batch.text());
+    let entries = batch.json()["entries"].clone();
+    assert_eq!(entries[0], json!({ ".tag": "failure", "failure": { ".tag": "too_many_write_operations" } }));
+    assert_eq!(entries[1][".tag"], "success");
+    assert_eq!(entries[1]["content_hash"], content_hash_hex(b"bravo!"));
+    assert_eq!(
+        entries[2],
+        json!({ ".tag": "failure", "failure": { ".tag": "lookup_failed", "lookup_failed": { ".tag": "not_closed" } } })
+    );
+    assert_eq!(c.emu.file("/b/a"), None, "a busy entry commits nothing");
+    assert_eq!(c.emu.stats().batch_entries_busy, 1);
+    // The busy entry's session is as it was: the next batch finishes it.
+    let again = c.rpc("files/upload_session/finish_batch_v2", json!({ "entries": [entry(&a, 5, "/b/a")] }));
+    assert_eq!(again.json()["entries"][0][".tag"], "success", "{}", again.text());
+    assert_eq!(c.emu.file("/b/a").unwrap(), b"alpha");
+    let repeat = c.rpc("files/upload_session/finish_batch_v2", json!({ "entries": [entry(&a, 5, "/b/a")] }));
+    assert_eq!(repeat.json()["entries"][0]["failure"]["lookup_failed"][".tag"], "closed");
+    // The control switch over HTTP.
+    let admin = send(&c.emu.api_url(), "POST", "/_emulator/busy_batch_entries", &[], br#"{"entries": 2}"#).unwrap();
+    assert_eq!(admin.status, 200, "{}", admin.text());
+    let batch = c.rpc("files/upload_session/finish_batch_v2", json!({ "entries": [entry(&open, 4, "/b/open")] }));
+    assert_eq!(batch.json()["entries"][0]["failure"][".tag"], "too_many_write_operations");
+    assert_eq!(c.emu.stats().batch_entries_busy, 2);
+}
+
+#[test]
 fn a_capped_connection_still_carries_every_byte() {
     let c = Client::new(DropboxOptions::default());
     let data: Vec<u8> = (0..300_000).map(|i| (i % 241) as u8).collect();
