@@ -288,7 +288,9 @@ fn server_errors_and_dropped_connections_end_with_everything_copied() {
     assert_same(&read_tree(&s.dir.path().join("out/faulty")), &s.files, "the tree back from Dropbox");
     let stats = s.emu.stats();
     assert!(stats.server_errors + stats.dropped_connections > 0, "faults were sent: {stats:?}");
-    assert_eq!(stats.open_sessions, 0, "{stats:?}");
+    // Sessions may be left open: those of a commit batch whose call failed, closed and
+    // never committed (their files went up again in new ones). Dropbox has no call to
+    // end a session; they expire.
 }
 
 /// Each file under `ROOT/folder` has the content hash of the bytes `want` gives it, by
