@@ -77,6 +77,10 @@ pub struct Faults {
     /// from arrival to answer) past which a new one is answered 429
     /// `too_many_write_operations`; 0 is no limit.
     pub commits_concurrent_max: u32,
+    /// How long each commit holds its slot (the namespace's lock) once its work is
+    /// done, before it answers: a `finish_batch*` call holds it once for all its
+    /// entries. With `commits_concurrent_max`, commits that overlap collide.
+    pub commit_hold_ms: u64,
     /// Lifetime of the access tokens issued from now on (Dropbox's: 4 hours).
     pub token_lifetime_s: u64,
 }
@@ -92,6 +96,7 @@ impl Default for Faults {
             latency_ms: 0,
             throughput_bytes_per_s: 0,
             commits_concurrent_max: 0,
+            commit_hold_ms: 0,
             token_lifetime_s: 14_400,
         }
     }

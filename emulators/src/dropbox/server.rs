@@ -482,7 +482,17 @@ async fn rpc(shared: &Shared, route: &Route, parts: &Parts, body: Incoming) -> R
     } else {
         serde_json::from_slice(&raw).map_err(|_| ApiError::arg(ArgSource::Body, "could not decode input as JSON"))?
     };
-    Ok(json_response(&routes::rpc(shared, route, &arg)?))
+    let answer = routes::rpc(shared, route, &arg)?;
+    hold_commit(shared, route).await;
+    Ok(json_response(&answer))
+}
+
+/// A commit keeps its slot `commit_hold_ms` after its work (see [`Faults`]).
+async fn hold_commit(shared: &Shared, route: &Route) {
+    let hold_ms = shared.faults().commit_hold_ms;
+    if route.commits && hold_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(hold_ms)).await;
+    }
 }
 
 /// A content route's argument: the `Dropbox-API-Arg` header, or the `arg` parameter.
@@ -538,6 +548,7 @@ async fn upload(
             Err(ReadError::Broken) => return Err(Fail::Drop { injected: false }),
         };
     let out = routes::upload_complete(shared, job, hasher.finish(data))?;
+    hold_commit(shared, route).await;
     drop(slot);
     Ok(json_response(&out))
 }

@@ -468,6 +468,37 @@ fn the_commit_limit_answers_too_many_write_operations() {
 }
 
 #[test]
+fn a_commit_holds_its_slot_for_commit_hold_ms() {
+    let c = Client::new(DropboxOptions::default());
+    let faults = Faults { commits_concurrent_max: 1, commit_hold_ms: 60_000, retry_after_s: 0, ..Faults::default() };
+    c.emu.set_faults(faults).unwrap();
+    let (content, token) = (c.emu.content_url(), c.token.clone());
+    let first = std::thread::spawn(move || {
+        let auth = format!("Bearer {token}");
+        let headers: [(&str, &[u8]); 3] = [
+            ("Authorization", auth.as_bytes()),
+            ("Dropbox-API-Arg", br#"{"path": "/held"}"#),
+            ("Content-Type", b"application/octet-stream"),
+        ];
+        // Unanswered when the emulator stops first: the hold outlasts the test.
+        send(&content, "POST", "/2/files/upload", &headers, b"hello").map(|r| r.status)
+    });
+    // The first upload has committed and holds the slot (the namespace's lock).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.emu.file("/held").is_none() {
+        assert!(Instant::now() < deadline, "the first upload never committed");
+        std::thread::yield_now();
+    }
+    assert_eq!(c.emu.stats().commits_in_flight, 1);
+    let r = c.content("files/upload", json!({ "path": "/second" }), b"x");
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["error"]["reason"][".tag"], "too_many_write_operations");
+    assert_eq!(c.emu.file("/second"), None);
+    assert_eq!(c.emu.stats().write_throttled, 1);
+    drop((c, first));
+}
+
+#[test]
 fn batch_entries_need_closed_sessions_and_a_busy_entry_can_be_finished_again() {
     let c = Client::new(DropboxOptions::default());
     let start = |data: &[u8], close: bool| {
