@@ -507,9 +507,7 @@ fn batch_entries_need_closed_sessions_and_a_busy_entry_can_be_finished_again() {
         assert_eq!(r.status, 200, "{}", r.text());
         r.json()["session_id"].as_str().unwrap().to_string()
     };
-    let entry = |id: &str, len: usize, path: &str| {
-        json!({ "cursor": { "session_id": id, "offset": len }, "commit": { "path": path, "mode": "overwrite" } })
-    };
+    let entry = |id: &str, len: usize, path: &str| json!({ "cursor": { "session_id": id, "offset": len }, "commit": { "path": path, "mode": "overwrite" } });
     let (a, b, open) = (start(b"alpha", true), start(b"bravo!", true), start(b"open", false));
     c.emu.busy_batch_entries_next(1);
     let batch = c.rpc(

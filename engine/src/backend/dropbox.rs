@@ -101,12 +101,7 @@ pub struct DropboxBackend {
 impl DropboxBackend {
     /// A backend for one account.
     pub fn new(cfg: DropboxConfig) -> DropboxBackend {
-        DropboxBackend {
-            cfg: Arc::new(cfg),
-            tokens: Arc::default(),
-            template: Arc::default(),
-            batcher: Arc::default(),
-        }
+        DropboxBackend { cfg: Arc::new(cfg), tokens: Arc::default(), template: Arc::default(), batcher: Arc::default() }
     }
 
     fn store(&self, ctx: &WorkerCtx) -> DropboxStore {
