@@ -79,6 +79,10 @@ pub struct Faults {
     /// from arrival to answer) past which a new one is answered 429
     /// `too_many_write_operations`; 0 is no limit.
     pub commits_concurrent_max: u32,
+    /// How long each commit holds its slot (the namespace's lock) once its work is
+    /// done, before it answers: a `finish_batch*` call holds it once for all its
+    /// entries. With `commits_concurrent_max`, commits that overlap collide.
+    pub commit_hold_ms: u64,
     /// Lifetime of the access tokens issued from now on (Dropbox's: 4 hours).
     pub token_lifetime_s: u64,
 }
@@ -95,6 +99,7 @@ impl Default for Faults {
             latency_ms: 0,
             throughput_bytes_per_s: 0,
             commits_concurrent_max: 0,
+            commit_hold_ms: 0,
             token_lifetime_s: 14_400,
         }
     }
@@ -202,6 +207,9 @@ pub struct DropboxStats {
     pub throttled: u64,
     /// Of those, `too_many_write_operations` (the commit limit).
     pub write_throttled: u64,
+    /// `finish_batch*` entries answered `too_many_write_operations`
+    /// ([`DropboxControl::busy_batch_entries_next`]).
+    pub batch_entries_busy: u64,
     /// Injected 500 and 503 answers.
     pub server_errors: u64,
     /// Connections dropped on purpose (mid-upload or mid-download).
@@ -399,6 +407,13 @@ impl DropboxControl {
     /// The next `n` API calls are answered 429 `too_many_requests` (a storm).
     pub fn throttle_next(&self, n: u64) {
         self.shared.throttle_next(n);
+    }
+
+    /// The next `n` entries of `finish_batch_v2` (or v1) calls fail, each on its own,
+    /// with `too_many_write_operations`, as when other writes hold the namespace; their
+    /// sessions stay as they were, ready to be finished again.
+    pub fn busy_batch_entries_next(&self, n: u64) {
+        self.shared.busy_batch_entries_next(n);
     }
 
     /// Every access token issued so far expires now.

@@ -320,6 +320,41 @@ class Checks:
         assert only.is_success(), only
         self.check_file(only.get_success(), path, data)
 
+    def small_files_in_one_batch(self):
+        # Each file's bytes in a session of its own, closed at start with the bytes'
+        # content hash, then one finish_batch_v2 for all: each entry answers for itself.
+        # A session not closed is refused (not_closed); an entry the namespace is too
+        # busy for fails alone (too_many_write_operations) and can be sent again.
+        wanted = {ROOT + "/Small/s%d.txt" % i: pattern(100 + i, 20 + i) for i in range(3)}
+        ids = {}
+        for path, data in wanted.items():
+            start = self.dbx.files_upload_session_start(data, close=True, content_hash=sdk_content_hash(data))
+            ids[path] = start.session_id
+        still_open = self.dbx.files_upload_session_start(b"open").session_id
+
+        def entry(path, session, length):
+            commit = files.CommitInfo(path, mode=files.WriteMode.overwrite)
+            return files.UploadSessionFinishArg(files.UploadSessionCursor(session, length), commit)
+
+        entries = [entry(p, ids[p], len(d)) for p, d in wanted.items()]
+        entries.append(entry(ROOT + "/Small/open.txt", still_open, 4))
+        self.admin("POST", "busy_batch_entries", {"entries": 1})
+        result = self.dbx.files_upload_session_finish_batch_v2(entries)
+        assert len(result.entries) == 4
+        busy, ok1, ok2, not_closed = result.entries
+        assert busy.is_failure() and busy.get_failure().is_too_many_write_operations(), busy
+        for (path, data), e in list(zip(wanted.items(), result.entries))[1:]:
+            assert e.is_success(), e
+            self.check_file(e.get_success(), path, data)
+        assert not_closed.is_failure() and not_closed.get_failure().is_lookup_failed(), not_closed
+        assert not_closed.get_failure().get_lookup_failed().is_not_closed(), not_closed
+        first = next(iter(wanted))
+        again = self.dbx.files_upload_session_finish_batch_v2([entry(first, ids[first], len(wanted[first]))])
+        (only,) = again.entries
+        assert only.is_success(), only
+        self.check_file(only.get_success(), first, wanted[first])
+        assert self.stats()["batch_entries_busy"] >= 1
+
     def sdk_transfer_helpers(self):
         # The SDK's own parallel uploader (concurrent session, 8 MiB pieces) and
         # parallel ranged downloader.
@@ -516,6 +551,7 @@ def main():
         c.sequential_session,
         c.concurrent_sessions,
         c.finish_batch_and_check,
+        c.small_files_in_one_batch,
         c.sdk_transfer_helpers,
         c.list_folder,
         c.downloads_and_metadata,

@@ -76,6 +76,8 @@ fn dropbox_sdk_conforms() {
         ("/Conformance/Conc/b.bin", pattern(3 * block, 4)),
         ("/Conformance/Helpers/parallel.bin", pattern(2 * 8 * (1 << 20) + 99, 6)),
         ("/Conformance/Batch/v1.bin", pattern(1000, 5)),
+        ("/Conformance/Small/s0.txt", pattern(100, 20)),
+        ("/Conformance/Small/s2.txt", pattern(102, 22)),
     ] {
         let got = emu.file(path).unwrap_or_else(|| panic!("{path} is missing"));
         assert!(got == want, "{path}: {} bytes, want {}", got.len(), want.len());
@@ -90,6 +92,7 @@ fn dropbox_sdk_conforms() {
     let stats = emu.stats();
     assert_eq!(stats.throttled, 2, "{stats:?}");
     assert!(stats.auth_rejected >= 2, "an expired and a made-up token: {stats:?}");
-    assert_eq!(stats.requests.get("files/upload_session/finish_batch_v2"), Some(&1), "{stats:?}");
+    assert_eq!(stats.requests.get("files/upload_session/finish_batch_v2"), Some(&3), "{stats:?}");
+    assert_eq!(stats.batch_entries_busy, 1, "{stats:?}");
     assert!(stats.requests.get("oauth2/token").is_some_and(|&n| n >= 3), "{stats:?}");
 }

@@ -353,6 +353,10 @@ fn finish_batch(shared: &Shared, a: &Args) -> Result<Vec<Value>, ApiError> {
             ApiError::Route(v) => json!({ ".tag": "failure", "failure": v }),
             other => unreachable!("a batch entry fails only with a route error, not {other:?}"),
         };
+        if shared.batch_entry_busy() {
+            out.push(failure(ApiError::tag("too_many_write_operations")));
+            continue;
+        }
         if let Err(e) = check_groups(&store, &commit) {
             out.push(failure(e));
             continue;

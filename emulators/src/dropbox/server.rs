@@ -53,6 +53,7 @@ pub(crate) struct Counters {
     // All Relaxed: statistics, each read on its own.
     throttled: AtomicU64,
     write_throttled: AtomicU64,
+    batch_entries_busy: AtomicU64,
     server_errors: AtomicU64,
     dropped: AtomicU64,
     auth_rejected: AtomicU64,
@@ -73,6 +74,8 @@ pub(crate) struct Shared {
     rng: Mutex<fastrand::Rng>,
     /// API calls still to answer 429 in the current storm.
     storm_left: AtomicU64,
+    /// `finish_batch*` entries still to answer `too_many_write_operations`.
+    busy_entries_left: AtomicU64,
     /// The live per-connection cap, read by every connection's IO.
     throughput: Arc<AtomicU64>,
     commits_in_flight: AtomicU32,
@@ -102,6 +105,7 @@ impl Shared {
             faults: Mutex::new(opts.faults.clone()),
             rng: Mutex::new(fastrand::Rng::with_seed(opts.seed)),
             storm_left: AtomicU64::new(0),
+            busy_entries_left: AtomicU64::new(0),
             commits_in_flight: AtomicU32::new(0),
             counters: Counters::default(),
             opts,
@@ -129,6 +133,23 @@ impl Shared {
     pub(crate) fn throttle_next(&self, n: u64) {
         // Relaxed: a count, read on its own.
         self.storm_left.store(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn busy_batch_entries_next(&self, n: u64) {
+        // Relaxed: a count, read on its own.
+        self.busy_entries_left.store(n, Ordering::Relaxed);
+    }
+
+    /// Whether the next `finish_batch*` entry is one of a storm's: it fails with
+    /// `too_many_write_operations`, its session left as it was.
+    pub(crate) fn batch_entry_busy(&self) -> bool {
+        // Relaxed: a count, read on its own.
+        let busy =
+            self.busy_entries_left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok();
+        if busy {
+            self.counters.batch_entries_busy.fetch_add(1, Ordering::Relaxed);
+        }
+        busy
     }
 
     pub(crate) fn token_lifetime(&self) -> Duration {
@@ -176,6 +197,7 @@ impl Shared {
             requests,
             throttled: r(&c.throttled),
             write_throttled: r(&c.write_throttled),
+            batch_entries_busy: r(&c.batch_entries_busy),
             server_errors: r(&c.server_errors),
             dropped_connections: r(&c.dropped),
             auth_rejected: r(&c.auth_rejected),
@@ -473,7 +495,17 @@ async fn rpc(shared: &Shared, route: &Route, parts: &Parts, body: Incoming) -> R
     } else {
         serde_json::from_slice(&raw).map_err(|_| ApiError::arg(ArgSource::Body, "could not decode input as JSON"))?
     };
-    Ok(json_response(&routes::rpc(shared, route, &arg)?))
+    let answer = routes::rpc(shared, route, &arg)?;
+    hold_commit(shared, route).await;
+    Ok(json_response(&answer))
+}
+
+/// A commit keeps its slot `commit_hold_ms` after its work (see [`Faults`]).
+async fn hold_commit(shared: &Shared, route: &Route) {
+    let hold_ms = shared.faults().commit_hold_ms;
+    if route.commits && hold_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(hold_ms)).await;
+    }
 }
 
 /// A content route's argument: the `Dropbox-API-Arg` header, or the `arg` parameter.
@@ -531,6 +563,7 @@ async fn upload(
             Err(ReadError::Broken) => return Err(Fail::Drop { injected: false }),
         };
     let out = routes::upload_complete(shared, job, hasher.finish(data))?;
+    hold_commit(shared, route).await;
     drop(slot);
     Ok(json_response(&out))
 }
@@ -653,6 +686,15 @@ async fn admin(shared: &Shared, cmd: &str, req: Request<Incoming>) -> Response<E
                     json_response(&json!({ "requests": n }))
                 }
                 None => text(400, "throttle: expected {\"requests\": N}"),
+            }
+        }
+        (Method::POST, "busy_batch_entries") => {
+            match serde_json::from_slice::<Value>(&raw).ok().and_then(|v| v["entries"].as_u64()) {
+                Some(n) => {
+                    shared.busy_batch_entries_next(n);
+                    json_response(&json!({ "entries": n }))
+                }
+                None => text(400, "busy_batch_entries: expected {\"entries\": N}"),
             }
         }
         (Method::POST, "access_token") => {

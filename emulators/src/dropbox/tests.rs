@@ -468,6 +468,78 @@ fn the_commit_limit_answers_too_many_write_operations() {
 }
 
 #[test]
+fn a_commit_holds_its_slot_for_commit_hold_ms() {
+    let c = Client::new(DropboxOptions::default());
+    let faults = Faults { commits_concurrent_max: 1, commit_hold_ms: 60_000, retry_after_s: 0, ..Faults::default() };
+    c.emu.set_faults(faults).unwrap();
+    let (content, token) = (c.emu.content_url(), c.token.clone());
+    let first = std::thread::spawn(move || {
+        let auth = format!("Bearer {token}");
+        let headers: [(&str, &[u8]); 3] = [
+            ("Authorization", auth.as_bytes()),
+            ("Dropbox-API-Arg", br#"{"path": "/held"}"#),
+            ("Content-Type", b"application/octet-stream"),
+        ];
+        // Unanswered when the emulator stops first: the hold outlasts the test.
+        send(&content, "POST", "/2/files/upload", &headers, b"hello").map(|r| r.status)
+    });
+    // The first upload has committed and holds the slot (the namespace's lock).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.emu.file("/held").is_none() {
+        assert!(Instant::now() < deadline, "the first upload never committed");
+        std::thread::yield_now();
+    }
+    assert_eq!(c.emu.stats().commits_in_flight, 1);
+    let r = c.content("files/upload", json!({ "path": "/second" }), b"x");
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["error"]["reason"][".tag"], "too_many_write_operations");
+    assert_eq!(c.emu.file("/second"), None);
+    assert_eq!(c.emu.stats().write_throttled, 1);
+    drop((c, first));
+}
+
+#[test]
+fn batch_entries_need_closed_sessions_and_a_busy_entry_can_be_finished_again() {
+    let c = Client::new(DropboxOptions::default());
+    let start = |data: &[u8], close: bool| {
+        let arg = json!({ "close": close, "content_hash": content_hash_hex(data) });
+        let r = c.content("files/upload_session/start", arg, data);
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["session_id"].as_str().unwrap().to_string()
+    };
+    let entry = |id: &str, len: usize, path: &str| json!({ "cursor": { "session_id": id, "offset": len }, "commit": { "path": path, "mode": "overwrite" } });
+    let (a, b, open) = (start(b"alpha", true), start(b"bravo!", true), start(b"open", false));
+    c.emu.busy_batch_entries_next(1);
+    let batch = c.rpc(
+        "files/upload_session/finish_batch_v2",
+        json!({ "entries": [entry(&a, 5, "/b/a"), entry(&b, 6, "/b/b"), entry(&open, 4, "/b/open")] }),
+    );
+    assert_eq!(batch.status, 200, "{}", batch.text());
+    let entries = batch.json()["entries"].clone();
+    assert_eq!(entries[0], json!({ ".tag": "failure", "failure": { ".tag": "too_many_write_operations" } }));
+    assert_eq!(entries[1][".tag"], "success");
+    assert_eq!(entries[1]["content_hash"], content_hash_hex(b"bravo!"));
+    assert_eq!(
+        entries[2],
+        json!({ ".tag": "failure", "failure": { ".tag": "lookup_failed", "lookup_failed": { ".tag": "not_closed" } } })
+    );
+    assert_eq!(c.emu.file("/b/a"), None, "a busy entry commits nothing");
+    assert_eq!(c.emu.stats().batch_entries_busy, 1);
+    // The busy entry's session is as it was: the next batch finishes it.
+    let again = c.rpc("files/upload_session/finish_batch_v2", json!({ "entries": [entry(&a, 5, "/b/a")] }));
+    assert_eq!(again.json()["entries"][0][".tag"], "success", "{}", again.text());
+    assert_eq!(c.emu.file("/b/a").unwrap(), b"alpha");
+    let repeat = c.rpc("files/upload_session/finish_batch_v2", json!({ "entries": [entry(&a, 5, "/b/a")] }));
+    assert_eq!(repeat.json()["entries"][0]["failure"]["lookup_failed"][".tag"], "closed");
+    // The control switch over HTTP.
+    let admin = send(&c.emu.api_url(), "POST", "/_emulator/busy_batch_entries", &[], br#"{"entries": 2}"#).unwrap();
+    assert_eq!(admin.status, 200, "{}", admin.text());
+    let batch = c.rpc("files/upload_session/finish_batch_v2", json!({ "entries": [entry(&open, 4, "/b/open")] }));
+    assert_eq!(batch.json()["entries"][0]["failure"][".tag"], "too_many_write_operations");
+    assert_eq!(c.emu.stats().batch_entries_busy, 2);
+}
+
+#[test]
 fn a_capped_connection_still_carries_every_byte() {
     let c = Client::new(DropboxOptions::default());
     let data: Vec<u8> = (0..300_000).map(|i| (i % 241) as u8).collect();

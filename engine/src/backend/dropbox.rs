@@ -25,6 +25,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 mod auth;
+mod batch;
 mod config;
 mod properties;
 mod upload;
@@ -69,6 +70,9 @@ pub struct DropboxConfig {
     pub token_path: String,
     /// Where access tokens come from; never printed.
     pub credentials: Credentials,
+    /// Small files are committed many at once (`upload_session/finish_batch_v2`)
+    /// rather than one `files/upload` each.
+    pub batch_commits: bool,
 }
 
 impl std::fmt::Debug for DropboxConfig {
@@ -80,22 +84,24 @@ impl std::fmt::Debug for DropboxConfig {
             .field("content", &self.content.url())
             .field("token_url", &format!("{}{}", self.token_endpoint.url(), self.token_path))
             .field("credentials", &self.credentials)
+            .field("batch_commits", &self.batch_commits)
             .finish()
     }
 }
 
 /// A configured account; each worker opens its own [`DropboxStore`], all sharing one
-/// token cache.
+/// token cache, one property-template cache and one commit batcher.
 pub struct DropboxBackend {
     cfg: Arc<DropboxConfig>,
     tokens: Arc<auth::TokenCache>,
     template: Arc<properties::TemplateCache>,
+    batcher: Arc<batch::Batcher>,
 }
 
 impl DropboxBackend {
     /// A backend for one account.
     pub fn new(cfg: DropboxConfig) -> DropboxBackend {
-        DropboxBackend { cfg: Arc::new(cfg), tokens: Arc::default(), template: Arc::default() }
+        DropboxBackend { cfg: Arc::new(cfg), tokens: Arc::default(), template: Arc::default(), batcher: Arc::default() }
     }
 
     fn store(&self, ctx: &WorkerCtx) -> DropboxStore {
@@ -103,6 +109,7 @@ impl DropboxBackend {
             cfg: self.cfg.clone(),
             tokens: self.tokens.clone(),
             template: self.template.clone(),
+            batcher: self.batcher.clone(),
             http: ctx.http.clone(),
         }
     }
@@ -144,6 +151,8 @@ pub struct DropboxStore {
     tokens: Arc<auth::TokenCache>,
     /// Laminar's property template, shared by every worker's handle.
     template: Arc<properties::TemplateCache>,
+    /// The account's commit batches, shared by every worker's handle.
+    batcher: Arc<batch::Batcher>,
     http: HttpClient,
 }
 
@@ -693,11 +702,13 @@ mod tests {
             token_endpoint: Endpoint::parse("http://127.0.0.1:1").unwrap(),
             token_path: "/oauth2/token".into(),
             credentials: Credentials::Refresh { refresh_token: "r".into(), app_key: "k".into(), app_secret: None },
+            batch_commits: true,
         };
         DropboxStore {
             cfg: Arc::new(cfg),
             tokens: Arc::default(),
             template: Arc::default(),
+            batcher: Arc::default(),
             http: HttpClient::default(),
         }
     }

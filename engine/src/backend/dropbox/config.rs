@@ -51,6 +51,9 @@ pub struct DropboxRemoteConfig {
     pub content_url: Option<String>,
     /// The OAuth token endpoint (default `https://api.dropboxapi.com/oauth2/token`).
     pub token_url: Option<String>,
+    /// Commit small files many at once through `upload_session/finish_batch_v2`
+    /// (default true); false sends each with one `files/upload`.
+    pub batch_commits: Option<bool>,
 }
 
 fn open(remote: &str, table: toml::Table, path: &str) -> Result<Opened> {
@@ -121,6 +124,7 @@ impl DropboxRemoteConfig {
             token_endpoint,
             token_path,
             credentials,
+            batch_commits: r.batch_commits.unwrap_or(true),
         })
     }
 }
@@ -154,6 +158,8 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.root, "");
         assert_eq!(cfg.content.port, 2);
+        assert!(cfg.batch_commits, "small files are batched by default");
+        assert!(!parse("token = \"t\"\nbatch_commits = false").unwrap().batch_commits);
         let shown = format!("{cfg:?}");
         assert!(!shown.contains("RT-SECRET") && !shown.contains("AS-SECRET"), "{shown}");
         // A PKCE app has no secret.

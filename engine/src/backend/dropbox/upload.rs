@@ -1,4 +1,7 @@
-//! Dropbox uploads: `files/upload` for a session of one part, and otherwise a
+//! Dropbox uploads. A session of one part (a small file, up to 150 MiB) goes up as
+//! `upload_session/start` with its bytes and `close: true`, and is committed with
+//! others through the account's commit batches ([`super::batch`]); with
+//! `batch_commits = false`, as one `files/upload`. Anything larger goes through a
 //! concurrent upload session, whose parts go up in parallel from any worker:
 //! `upload_session/start` with `session_type: concurrent` (no data), one `append_v2`
 //! per part at its own offset (every part starts on a 4 MiB boundary and all but the
@@ -6,7 +9,14 @@
 //! the full length with the commit. The session's state is its id, so any worker can
 //! send any part and a later run can reopen it.
 //!
-//! Why every session is concurrent: the relay plans and schedules the parts of an
+//! Why small files are batched whatever their number: a commit of its own costs one
+//! call fewer (`files/upload` carries bytes and commit together), which a relay of one
+//! small file would notice as a round trip and the batcher's 2 ms window; but each such
+//! commit takes the namespace's lock, and many of them at once are what Dropbox
+//! answers with `too_many_write_operations`. The backend cannot tell a lone file from
+//! the first of thousands when it sends the bytes, and one path is simpler to trust.
+//!
+//! Why every large session is concurrent: the relay plans and schedules the parts of an
 //! object from the store's capabilities alone, one mode per store, so a sequential
 //! session (whose appends must come in order) could only be had by sending every large
 //! file as one ordered stream. A sequential session would save one call on a file only
@@ -18,7 +28,8 @@
 //! content hash before it commits (for the provenance record, see
 //! [`super::properties`]) and checks Dropbox's answer against it. Dropbox has no call
 //! that lists what a concurrent session holds: `committed` answers with the parts the
-//! relay recorded, and a part resent whole replaces its earlier copy.
+//! relay recorded, and a part resent whole replaces its earlier copy. A small file's
+//! receipt is its closed session and content hash ([`Staged`]).
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -35,15 +46,23 @@ use crate::pool::Body;
 /// The Dropbox part of a session's state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct DropboxSession {
-    /// The concurrent upload session's id; None for a single `files/upload`.
+    /// The concurrent upload session's id; None for a session of one part.
     session_id: Option<String>,
+}
+
+/// The receipt of a small file's bytes: the closed session that holds them, waiting
+/// for its commit, and their content hash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Staged {
+    staged_session_id: String,
+    content_hash: String,
 }
 
 struct DropboxUpload<'a> {
     store: &'a DropboxStore,
     state: SessionState,
     session: DropboxSession,
-    /// A single upload that went through: aborting deletes the file it made.
+    /// A small file that was committed: aborting deletes the file it made.
     put_done: std::cell::Cell<bool>,
 }
 
@@ -100,6 +119,30 @@ fn file_hash(parts: &[PartRecord]) -> Option<Checksum> {
     dropbox_combine(&blocks?)
 }
 
+/// The content hash a commit must come back with: the relay's own when it computed
+/// Dropbox's, else what the bytes sent make.
+fn want_hash(full: Option<&Checksum>, sent: Option<String>) -> Option<String> {
+    full.filter(|f| f.algo == ChecksumAlgo::DropboxContentHash).map(Checksum::to_hex).or(sent)
+}
+
+/// Checks a commit's answer (the file's metadata) against the size and content hash
+/// sent.
+fn check_held(op: &'static str, key: &str, meta: &Value, size: u64, want: &Option<String>) -> Result<()> {
+    let held = meta.get("size").and_then(Value::as_u64);
+    if held != Some(size) {
+        return Err(Error::protocol(op, key, format!("sent {size} bytes, Dropbox holds {held:?}")));
+    }
+    let got = meta.get("content_hash").and_then(Value::as_str).unwrap_or_default();
+    if let Some(want) = want.as_ref().filter(|w| !got.eq_ignore_ascii_case(w)) {
+        return Err(Error::Integrity {
+            op,
+            target: key.to_string(),
+            detail: format!("Dropbox holds content_hash {got}, the bytes sent make {want}"),
+        });
+    }
+    Ok(())
+}
+
 impl DropboxUpload<'_> {
     fn key(&self) -> &str {
         &self.state.key
@@ -136,6 +179,36 @@ impl DropboxUpload<'_> {
         }
         self.put_done.set(true);
         Ok(answer.get("rev").and_then(Value::as_str).unwrap_or_default().to_string())
+    }
+
+    /// A small file's bytes into a session of their own, closed, for a commit batch.
+    async fn stage(&self, part: PartSpec, body: Body) -> Result<String> {
+        let key = self.key();
+        if body.len() != part.len {
+            return Err(Error::protocol("put", key, format!("sent {} bytes, not {}", body.len(), part.len)));
+        }
+        let hash = hash_of(&blocks_of(&body));
+        let arg = json!({ "close": true, "content_hash": hash });
+        let answer =
+            self.store.content_small("files/upload_session/start", "put", key, &arg, RequestBody::Chunks(body)).await?;
+        let id = answer
+            .get("session_id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::protocol("put", key, "upload_session/start answered no session_id"))?;
+        let staged = Staged { staged_session_id: id.to_string(), content_hash: hash };
+        Ok(serde_json::to_string(&staged).expect("serialisable"))
+    }
+
+    /// Commits a staged small file through the account's next batch, and checks what
+    /// Dropbox holds then against what was sent.
+    async fn commit_staged(&self, staged: &Staged, full: Option<&Checksum>) -> Result<()> {
+        let key = self.key();
+        let size = self.state.plan.size;
+        let commit = self.commit(Some(&staged.content_hash)).await?;
+        let entry = json!({ "cursor": { "session_id": staged.staged_session_id, "offset": size }, "commit": commit });
+        let meta = self.store.batcher.commit(self.store, key, entry).await?;
+        self.put_done.set(true);
+        check_held("commit-batch", key, &meta, size, &want_hash(full, Some(staged.content_hash.clone())))
     }
 
     /// One part into the concurrent session, at its own offset; the last closes it.
@@ -194,6 +267,7 @@ impl UploadSession for DropboxUpload<'_> {
     fn put<'a>(&'a self, part: PartSpec, body: Body, _sums: &'a [Checksum]) -> LocalFuture<'a, Result<String>> {
         Box::pin(async move {
             match self.session.session_id.as_deref() {
+                None if self.store.cfg.batch_commits => self.stage(part, body).await,
                 None => self.upload(part, body).await,
                 Some(id) => self.append(id, part, body).await,
             }
@@ -208,8 +282,12 @@ impl UploadSession for DropboxUpload<'_> {
     fn finish<'a>(&'a self, parts: &'a [PartRecord], full: Option<&'a Checksum>) -> LocalFuture<'a, Result<()>> {
         Box::pin(async move {
             let Some(id) = self.session.session_id.as_deref() else {
-                // A single upload is complete once it is sent.
-                return Ok(());
+                // A small file: staged for a batch, or sent whole (complete once sent).
+                let staged = parts.first().and_then(|p| serde_json::from_str::<Staged>(&p.token).ok());
+                return match staged {
+                    Some(staged) => self.commit_staged(&staged, full).await,
+                    None => Ok(()),
+                };
             };
             let key = self.key();
             let size = self.state.plan.size;
@@ -229,24 +307,7 @@ impl UploadSession for DropboxUpload<'_> {
                 }
                 Err(e) => return Err(e),
             };
-            let held = answer.get("size").and_then(Value::as_u64);
-            if held != Some(size) {
-                return Err(Error::protocol(
-                    "complete-session",
-                    key,
-                    format!("sent {size} bytes, Dropbox holds {held:?}"),
-                ));
-            }
-            let got = answer.get("content_hash").and_then(Value::as_str).unwrap_or_default();
-            let want = full.filter(|f| f.algo == ChecksumAlgo::DropboxContentHash).map(Checksum::to_hex).or(expected);
-            if let Some(want) = want.filter(|w| !got.eq_ignore_ascii_case(w)) {
-                return Err(Error::Integrity {
-                    op: "complete-session",
-                    target: key.to_string(),
-                    detail: format!("Dropbox holds content_hash {got}, the parts sent make {want}"),
-                });
-            }
-            Ok(())
+            check_held("complete-session", key, &answer, size, &want_hash(full, expected))
         })
     }
 
@@ -277,6 +338,25 @@ mod tests {
         let s = DropboxSession { session_id: Some("sid".into()) };
         let back: DropboxSession = serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
         assert_eq!(back.session_id.as_deref(), Some("sid"));
+    }
+
+    #[test]
+    fn a_staged_receipt_is_told_from_a_rev() {
+        let staged = Staged { staged_session_id: "pid_upload_session:x".into(), content_hash: "ab".repeat(32) };
+        let token = serde_json::to_string(&staged).unwrap();
+        assert_eq!(serde_json::from_str::<Staged>(&token).unwrap(), staged);
+        assert!(serde_json::from_str::<Staged>("015f3a0e6b2b6c1000000021b3c1a60").is_err(), "a rev is no receipt");
+        assert!(serde_json::from_str::<Staged>(r#"[{"offset":0}]"#).is_err());
+    }
+
+    #[test]
+    fn answers_are_checked_for_size_and_hash() {
+        let hash = "ab".repeat(32);
+        let meta = json!({ "size": 5, "content_hash": hash });
+        assert!(check_held("put", "k", &meta, 5, &Some(hash.clone())).is_ok());
+        assert!(matches!(check_held("put", "k", &meta, 6, &None), Err(Error::Protocol { .. })));
+        let other = Some("cd".repeat(32));
+        assert!(matches!(check_held("put", "k", &meta, 5, &other), Err(Error::Integrity { .. })));
     }
 
     #[test]
