@@ -438,7 +438,7 @@ fn the_daily_upload_limit_stops_new_uploads_exits_75_with_when_and_a_rerun_copie
     let daily = Faults { daily_upload_bytes_max: Some(1), ..Faults::default() };
     let g = gd(DriveOptions { faults: daily, ..DriveOptions::default() });
     let started = std::time::SystemTime::now();
-    let out = laminar_with(g.config.path(), &["relay", &from, "gd:t", "--transfers", "1", "--json"]);
+    let out = laminar_with(g.config.path(), &["relay", &from, "gd:t", "--workers", "1", "--transfers", "1", "--json"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(75), "a distinct status for 'go on later': {stderr}");
     assert!(stderr.contains("daily upload limit") && stderr.contains("run the same relay again"), "{stderr}");
