@@ -142,6 +142,14 @@ pub(super) async fn scope(
     })
 }
 
+/// Whether a store reports hashes for its objects and none of them combines from
+/// parts hashed apart (CRC32C, CRC64NVME and Dropbox's content_hash do).
+fn reports_only_uncombinable(reports: &[crate::backend::HashFamily]) -> bool {
+    use crate::backend::HashFamily::*;
+    let combines = reports.iter().any(|f| matches!(f, Crc32c | Crc64nvme | DropboxContentHash));
+    !combines && reports.iter().any(|f| matches!(f, Md5 | Sha256))
+}
+
 /// Retries the check of each side gets at least.
 const CHECK_RETRIES_MIN: u32 = 8;
 
@@ -412,8 +420,17 @@ pub(super) async fn plan(
     let dst_store = shared.dst.backend.open_source(&ctx)?;
     let pool_bytes_per_worker = (shared.policy.pool_chunks_per_worker * shared.opts.chunk_bytes) as u64;
     let single_put_max = dst_store.capabilities().parts.max_single_put_bytes;
+    // A source that vouches for its objects only with hashes that do not combine
+    // across ranges read apart (Drive's MD5 and SHA-256) has them read whole, up to
+    // what one upload and a worker's share of the RAM tier hold, whatever the cutoff
+    // says: then its own hash checks every byte read.
+    let preferred_cutoff_bytes = if reports_only_uncombinable(src_store.capabilities().reports) {
+        u64::MAX
+    } else {
+        shared.opts.multipart_cutoff_bytes
+    };
     let multipart_cutoff_bytes =
-        shared.opts.multipart_cutoff_bytes.min(pool_bytes_per_worker).min(single_put_max.saturating_add(1));
+        preferred_cutoff_bytes.min(pool_bytes_per_worker).min(single_put_max.saturating_add(1));
     let order = KeyOrder::for_destination(&*dst_store);
     let mut src = Cursor::new(src_store, shared.src.remote_label(), scope.src_list.clone(), retries, order);
     let mut dst = Cursor::new(dst_store, shared.dst.remote_label(), scope.dst_list.clone(), retries, order);
