@@ -88,6 +88,7 @@ pub(super) async fn plan_large(ctx: &Ctx, job: &ObjectJob) -> Result<u32> {
     progress.session = Some(state.clone());
     progress.parts = vec![None; progress.part_count() as usize];
     let count = progress.part_count();
+    large.source_blocks = vec![None; count as usize];
     large.advance(Phase::Uploading);
     drop(large);
     ctx.shared.emit(job.src_key(), Outcome::SessionBegun(Box::new(state)));
@@ -325,10 +326,6 @@ pub(super) fn record_source_blocks(job: &ObjectJob, offset: u64, blocks: Option<
     let Some(blocks) = blocks else { return };
     let mut m = job.large();
     let index = m.progress.part_of(offset) as usize;
-    let count = m.progress.part_count() as usize;
-    if m.source_blocks.len() < count {
-        m.source_blocks.resize(count, None);
-    }
     m.source_blocks[index] = Some(blocks);
 }
 
@@ -338,8 +335,7 @@ pub(super) fn record_source_blocks(job: &ObjectJob, offset: u64, blocks: Option<
 fn source_content_hash(job: &ObjectJob) -> Option<Result<(), (Checksum, Checksum)>> {
     let m = job.large();
     let reported = m.source.checksums.iter().find(|c| c.algo == ChecksumAlgo::DropboxContentHash)?;
-    let parts: Option<Vec<_>> = m.source_blocks.iter().cloned().collect();
-    let parts = parts.filter(|p| p.len() == m.progress.part_count() as usize)?;
+    let parts: Vec<_> = m.source_blocks.iter().cloned().collect::<Option<_>>()?;
     let full = crate::checksum::dropbox_combine(&parts)?;
     Some(if &full == reported { Ok(()) } else { Err((reported.clone(), full)) })
 }
