@@ -4,12 +4,13 @@
 //! request heads written by hand, response heads parsed with `httparse`, and bodies
 //! read straight into pool chunks and written from them, so no bytes are copied
 //! through intermediate heap buffers and nothing is allocated per chunk. TLS (rustls)
-//! wraps the same stream for `https` endpoints. Metadata calls (listings, multipart
+//! wraps the same stream for `https` endpoints, through an `HTTPS_PROXY` tunnel when one is set. Metadata calls (listings, multipart
 //! control) reuse it with small `Vec` bodies.
 
 pub(crate) mod client;
 mod conn;
 mod head;
+mod proxy;
 
 pub use client::{HttpClient, Request, RequestBody, Response, StreamBody};
 pub use conn::{set_socket_policy, socket_policy, Endpoint};

@@ -135,7 +135,13 @@ pub(crate) enum Stream {
 
 impl Stream {
     pub(crate) async fn connect(endpoint: &Endpoint, tls: &Arc<rustls::ClientConfig>) -> std::io::Result<Stream> {
-        let addr = endpoint.resolve()?;
+        let proxy = super::proxy::configured()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?
+            .filter(|p| p.covers(endpoint));
+        let addr = match proxy {
+            Some(p) => p.endpoint.resolve()?,
+            None => endpoint.resolve()?,
+        };
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         apply_policy(&socket, &socket_policy());
         socket.set_nonblocking(true)?;
@@ -145,13 +151,16 @@ impl Stream {
             Err(e) => return Err(e),
         }
         let std_stream: std::net::TcpStream = socket.into();
-        let stream = TcpStream::from_std(std_stream)?;
+        let mut stream = TcpStream::from_std(std_stream)?;
         stream.writable(false).await?;
         let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
         // SAFETY: `stream` owns `fd` and outlives this borrow.
         let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
         if let Some(err) = socket2::SockRef::from(&borrowed).take_error()? {
             return Err(err);
+        }
+        if let Some(proxy) = proxy {
+            proxy.tunnel(&mut stream, endpoint).await?;
         }
         if !endpoint.tls {
             return Ok(Stream::Plain(stream));
