@@ -420,6 +420,15 @@ impl DriveHandle {
         s.create(NewFile::new(name, &parent, mime, body)).map_err(|e| anyhow::anyhow!("insert {path}: {}", e.message))
     }
 
+    /// Deletes, for good, every file or folder at `path` under My Drive's root and
+    /// everything under them (a fresh destination for the next benchmark run); returns
+    /// how many files went.
+    pub fn remove(&self, path: &str) -> Result<usize> {
+        let ids = self.ids_at(path);
+        let mut s = self.state.store();
+        Ok(ids.iter().map(|id| s.delete(id)).sum())
+    }
+
     /// Adds a binary file at `path` under My Drive's root, creating folders on the way.
     /// A file already there is kept: Drive allows duplicate names in one folder, and
     /// inserting twice makes two files. Returns the new file's id.

@@ -357,6 +357,13 @@ impl DropboxControl {
         Ok(())
     }
 
+    /// Deletes the file or folder at `path` and everything under it (a fresh destination
+    /// for the next benchmark run); false when nothing is there.
+    pub fn remove(&self, path: &str) -> anyhow::Result<bool> {
+        let t = self.path(path)?;
+        Ok(self.shared.store().ns.delete(&t).is_ok())
+    }
+
     /// Every file's bytes, by display path.
     pub fn files(&self) -> BTreeMap<String, Vec<u8>> {
         self.shared.store().ns.files().map(|(p, f)| (p.to_string(), f.content.to_vec())).collect()

@@ -8,6 +8,7 @@
 //! with it; the last part to finish completes the upload. Results come back on a
 //! channel; the planner turns them into the report.
 
+mod chain;
 mod engine;
 mod ordered;
 mod parts;

@@ -632,3 +632,82 @@ fn a_byte_changed_in_a_large_read_from_drive_is_caught() {
     assert_eq!(counts(&report).0, Some(1), "{report}");
     assert_same(&in_dropbox(&m.dbx, "Flip"), &tree, "Drive -> Dropbox with a byte changed on the way");
 }
+
+/// A file from Drive too large to read whole (more than a worker's RAM share here):
+/// its parts are read in parallel and hashed in order into one MD5, which Drive's
+/// `md5Checksum` checks before the Dropbox session is finished.
+#[test]
+fn a_file_from_drive_too_large_to_read_whole_is_checked_by_drive_md5() {
+    const SIZE: usize = 40 * MIB + 7;
+    let m = Matrix::start(DropboxOptions::default(), DriveOptions::default());
+    let mut tree = Tree::new();
+    tree.insert("big.bin".into(), pattern(SIZE, 47));
+    m.seed_drive("Big", &tree);
+    let small_ram = ["--ram-buffer", "64MiB", "--workers", "2", "--part-size", "8MiB"];
+    let report = m.relay("gd:Big", "dbx:Big", &small_ram);
+    assert_eq!(counts(&report).0, Some(1), "{report}");
+    assert_checked(&report, "gd:Big", "dbx:Big", 1);
+    assert_eq!(report["hashes_compared"]["source:md5"], 1, "{report}");
+    assert_same(&in_dropbox(&m.dbx, "Big"), &tree, "Drive -> Dropbox, a file read in parts");
+    // Into a local tree too (another store that takes parts in parallel).
+    let dst = tempfile::tempdir().expect("destination dir");
+    let to = format!("file://{}", dst.path().display());
+    let report = m.relay("gd:Big", &to, &small_ram);
+    assert_eq!(report["hashes_compared"]["source:md5"], 1, "{report}");
+    assert_same(&read_tree(dst.path()), &tree, "Drive -> file, a file read in parts");
+}
+
+/// A large file from Drive routed through the NVMe stage: its parts are filled into the
+/// stage out of order, so the in-order MD5 cannot be kept on the way; the file is read
+/// once more in order before the session is finished, and still checked by Drive's MD5
+/// (Drive -> Drive takes this route, one ordered stream).
+#[test]
+fn a_large_file_from_drive_through_the_stage_is_still_checked_by_drive_md5() {
+    const SIZE: usize = 40 * MIB + 7;
+    let m = Matrix::start(DropboxOptions::default(), DriveOptions::default());
+    let mut tree = Tree::new();
+    tree.insert("big.bin".into(), pattern(SIZE, 53));
+    m.seed_drive("Staged", &tree);
+    let stage = tempfile::tempdir_in(std::env::temp_dir()).expect("stage dir");
+    let stage_dir = stage.path().to_str().expect("a UTF-8 path");
+    let args = ["--ram-buffer", "64MiB", "--workers", "2", "--part-size", "8MiB", "--route", "stage"];
+    let report = m.relay("gd:Staged", "dbx:Staged", &[&args[..], &["--stage-dir", stage_dir]].concat());
+    assert_eq!(report["routes"]["stage"], 1, "{report}");
+    assert_eq!(report["hashes_compared"]["source:md5"], 1, "{report}");
+    assert_same(&in_dropbox(&m.dbx, "Staged"), &tree, "Drive -> Dropbox through the stage");
+    let parts = SIZE.div_ceil(8 * MIB) as u64;
+    let reads = m.gd.stats().requests.get("files.get_media").copied().unwrap_or(0);
+    assert!(reads >= 2 * parts, "{reads} reads: each part read into the stage, then all once more in order");
+}
+
+/// A byte changed on the way from Drive in a file read in parts: the in-order MD5 does
+/// not match Drive's, the object fails with the reason, and nothing is left in Dropbox
+/// (the session is never finished). A run without the fault then copies it.
+#[test]
+fn a_byte_changed_in_a_file_from_drive_read_in_parts_fails_it_and_leaves_nothing() {
+    const SIZE: usize = 40 * MIB + 7;
+    let m = Matrix::start(DropboxOptions::default(), DriveOptions::default());
+    let mut tree = Tree::new();
+    tree.insert("big.bin".into(), pattern(SIZE, 59));
+    m.seed_drive("Flip", &tree);
+    let upstream: std::net::SocketAddr =
+        m.gd.api_url().trim_start_matches("http://").trim_end_matches('/').parse().expect("the emulator's address");
+    let proxy = Proxy::start(upstream, Fault::FlipResponseByte { after_bytes: 12 * MIB as u64 });
+    let clean = std::fs::read_to_string(&m.config).expect("config");
+    let faulty =
+        clean.replace(&format!("api_url = {:?}", m.gd.api_url()), &format!("api_url = {:?}", proxy.endpoint()));
+    std::fs::write(&m.config, faulty).expect("config");
+    let small_ram = ["--ram-buffer", "64MiB", "--workers", "2", "--part-size", "8MiB"];
+    let out = laminar_with(&m.config, &Matrix::args("gd:Flip", "dbx:Flip", &small_ram));
+    assert!(proxy.fault_fired(), "the byte was flipped");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_ne!(out.status.code(), Some(0), "{said}");
+    assert!(said.contains("the source reports md5"), "{said}");
+    assert!(m.dbx.files().is_empty(), "nothing in Dropbox: {:?}", m.dbx.files().keys().collect::<Vec<_>>());
+    // Dropbox has no call to cancel an upload session: the unfinished one expires,
+    // never visible as a file.
+    std::fs::write(&m.config, clean).expect("config");
+    let report = m.relay("gd:Flip", "dbx:Flip", &small_ram);
+    assert_eq!(report["hashes_compared"]["source:md5"], 1, "{report}");
+    assert_same(&in_dropbox(&m.dbx, "Flip"), &tree, "Drive -> Dropbox after the fault");
+}

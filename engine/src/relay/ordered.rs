@@ -194,6 +194,8 @@ async fn send_from(
         let chunks = ctx.pool.acquire(ctx.pool.chunks_for(skip)).await;
         let range = (spec.offset, spec.offset + skip);
         let read = ctx.src.read(key, Some(range), Body::new(chunks), &mut whole);
+        // Dropped before the rest is read: a stream must not hold chunks while it
+        // waits for more.
         let (held, _) = timed(ctx.src_label(), Op::Get, read).await?;
         if held.len() != skip {
             return Err(Error::protocol("get", key, format!("part {} came back short", spec.number)));
@@ -213,6 +215,11 @@ async fn send_from(
     super::parts::record_source_blocks(job, spec.offset, whole.take_dropbox_part());
     let (part_sum, _) = whole.finish();
     *sent_sum.borrow_mut() = Some(part_sum.clone());
+    if skip == 0 {
+        super::chain::feed(job, spec, &body, &part_sum, false).await;
+    } else {
+        super::chain::recheck(job, spec, &part_sum);
+    }
     let sent = if skip == 0 {
         part_sum.clone()
     } else {

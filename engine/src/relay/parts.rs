@@ -11,6 +11,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use super::chain;
 use super::progress::choose_part_size;
 use super::spill::{part_from_stage, spill, vote_destination_slower};
 use super::transfer::{gone, put_args, queue_next_part, server_side, Ctx, ObjectJob, PartTask, Phase};
@@ -89,6 +90,9 @@ pub(super) async fn plan_large(ctx: &Ctx, job: &ObjectJob) -> Result<u32> {
     progress.parts = vec![None; progress.part_count() as usize];
     let count = progress.part_count();
     large.source_blocks = vec![None; count as usize];
+    if large.copy.is_none() {
+        large.chain = chain::wanted(&large.source.checksums).map(|reported| chain::Chain::new(reported, count));
+    }
     large.advance(Phase::Uploading);
     drop(large);
     ctx.shared.emit(job.src_key(), Outcome::SessionBegun(Box::new(state)));
@@ -112,6 +116,7 @@ pub(crate) async fn run_part(ctx: Rc<Ctx>, task: PartTask) {
         Err(e) => Err(e),
     };
     part_done(&ctx, job, task.index, result);
+    chain::part_ended(job, task.index);
     queue_next_part(&ctx, job);
     // Pairs with the Release store in `begin_large`; the last part finishes the object.
     if job.parts_left.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -157,6 +162,7 @@ async fn part(ctx: &Ctx, job: &ObjectJob, session: &dyn UploadSession, spec: Par
         m.stage.clone().zip(m.staged.get(index as usize).cloned().flatten())
     };
     if let Some((file, (sum, source_busy))) = staged {
+        chain::break_chain(job);
         match part_from_stage(ctx, job, session, spec, &file, &sum).await {
             Ok((record, destination_busy)) => {
                 vote_destination_slower(ctx, destination_busy, source_busy);
@@ -185,14 +191,15 @@ async fn part(ctx: &Ctx, job: &ObjectJob, session: &dyn UploadSession, spec: Par
                 return Ok(record);
             }
         }
-        if session.streams(algo) {
+        // A chained part is read whole, to be hashed in its turn.
+        if session.streams(algo) && !chain::active(job) {
             match part_streamed(ctx, job, session, spec, &read_sum).await {
                 // The store refused the streamed form: send this part whole, now.
                 Err(Error::Http { status: 400 | 501, .. }) if !session.streams(algo) => {}
                 other => return other,
             }
         }
-        part_whole(ctx, job, session, spec, &read_sum).await
+        part_whole(ctx, job, session, spec, &read_sum, attempt == 0).await
     })
     .await
 }
@@ -214,9 +221,18 @@ async fn part_whole(
     session: &dyn UploadSession,
     spec: PartSpec,
     read_sum: &std::cell::RefCell<Option<Checksum>>,
+    first: bool,
 ) -> Result<PartRecord> {
     let algo = ctx.shared.opts.checksum;
+    let index = spec.number - 1;
+    let chained = chain::active(job);
+    if chained && first {
+        chain::wait_turn_to_acquire(job, index).await;
+    }
     let chunks = ctx.pool.acquire(ctx.pool.chunks_for(spec.len)).await;
+    if chained && first {
+        chain::acquired(job, index);
+    }
     // No MD5 here: each part carries its checksum, which the store verifies, and a
     // ranged read has no ETag to check against.
     let mut hashers = Hashers::new(algo, false);
@@ -225,18 +241,26 @@ async fn part_whole(
     }
     let started = Instant::now();
     let read = ctx.src.read(job.src_key(), Some(spec.range()), Body::new(chunks), &mut hashers);
-    let (body, _) = timed(ctx.src_label(), Op::Get, read).await?;
-    if body.len() != spec.len {
-        return Err(Error::protocol(
-            "get",
-            job.src_key(),
-            format!("part {} came back short: {} of {} bytes", spec.number, body.len(), spec.len),
-        ));
-    }
+    let body = match timed(ctx.src_label(), Op::Get, read).await {
+        Ok((body, _)) if body.len() == spec.len => body,
+        Ok((body, _)) => {
+            chain::read_failed(job, index);
+            return Err(Error::protocol(
+                "get",
+                job.src_key(),
+                format!("part {} came back short: {} of {} bytes", spec.number, body.len(), spec.len),
+            ));
+        }
+        Err(e) => {
+            chain::read_failed(job, index);
+            return Err(e);
+        }
+    };
     record_source_blocks(job, spec.offset, hashers.take_dropbox_part());
     let source_busy = started.elapsed();
     let (sum, _) = hashers.finish();
     *read_sum.borrow_mut() = Some(sum.clone());
+    chain::feed(job, spec, &body, &sum, true).await;
     let started = Instant::now();
     let token = timed(ctx.dst_label(), Op::PutPart, session.put(spec, body, std::slice::from_ref(&sum))).await?;
     // One after the other, so each side's time is its own.
@@ -424,6 +448,20 @@ async fn complete(ctx: &Ctx, job: &ObjectJob, session: &dyn UploadSession, parts
             })
         }
         None => {}
+    }
+    if !is_copy {
+        match chain::check(job, parts) {
+            chain::ChainCheck::None => {}
+            chain::ChainCheck::Matched(name) => source_checks.push(name),
+            chain::ChainCheck::Differs(reported, got) => {
+                return Err(Error::Integrity {
+                    op: "get",
+                    target: job.src_key().to_string(),
+                    detail: format!("the source reports {reported}, the bytes received have {got}"),
+                })
+            }
+            chain::ChainCheck::Broken => source_checks.push(chain::verify_by_reading(ctx, job, parts).await?),
+        }
     }
     let expected: u64 = parts.iter().map(|p| p.len).sum();
     if expected != job.size() {

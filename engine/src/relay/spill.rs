@@ -69,7 +69,14 @@ pub(super) fn spill(ctx: &Ctx, task: &PartTask) -> bool {
     let index = task.index as usize;
     let mut m = job.large();
     let filled = m.staged.get(index).is_some_and(Option::is_some);
-    if m.copy.is_some() || m.failure.is_some() || m.no_stage_room || filled || m.spilled.get(index).is_none_or(|s| *s) {
+    // A chained object's parts are hashed in order from RAM (see `super::chain`).
+    if m.copy.is_some()
+        || m.chain.is_some()
+        || m.failure.is_some()
+        || m.no_stage_room
+        || filled
+        || m.spilled.get(index).is_none_or(|s| *s)
+    {
         return false;
     }
     if m.stage.is_none() {

@@ -44,6 +44,8 @@ pub(crate) struct ObjectJob {
     pub(super) parts_left: AtomicU32,
     /// The next part not yet queued (see [`queue_next_part`]).
     next_part: AtomicU32,
+    /// Notified when the object's chain moves on (see [`super::chain`]).
+    pub(super) chain_changed: event_listener::Event,
 }
 
 /// Where a large object is: one state machine, whose every step is a [`Phase`].
@@ -109,6 +111,9 @@ pub(super) struct Large {
     /// Per part, when the source reports a Dropbox content_hash: the block digests of
     /// the bytes read, combined at the end to check the whole object against it.
     pub(super) source_blocks: Vec<Option<crate::checksum::DropboxPart>>,
+    /// The running whole-object hash, when the source vouches only with hashes that do
+    /// not combine from parts (see [`super::chain`]).
+    pub(super) chain: Option<super::chain::Chain>,
 }
 
 impl Large {
@@ -193,6 +198,7 @@ impl ObjectJob {
             kind,
             parts_left: AtomicU32::new(0),
             next_part: AtomicU32::new(0),
+            chain_changed: event_listener::Event::new(),
         }
     }
 }
@@ -461,6 +467,10 @@ async fn begin_large(ctx: Rc<Ctx>, job: Arc<ObjectJob>) {
     match plan_large(&ctx, &job).await {
         Ok(count) => {
             let staged = route_large(&ctx, &job, count).await;
+            if staged {
+                // Parts filled into the stage are not hashed in order.
+                super::chain::break_chain(&job);
+            }
             // Pairs with the AcqRel decrement in `run_part`.
             job.parts_left.store(count, Ordering::Release);
             if ctx.dst.capabilities().upload == UploadMode::Ordered {
