@@ -7,10 +7,13 @@
 //! rclone), [`limit`] (a bare relay, the ceiling), [`scale`] (workers), [`stage`] (the
 //! NVMe stage beside fio), [`sort`] (the external sorter for unordered listings) and
 //! [`micro`] (hot paths); [`report`] turns their raw JSON into `bench/RESULTS.md`. The
-//! integration tests in `tests/` use the servers too.
+//! integration tests in `tests/` use the servers too. [`cloud`] runs rclone's real
+//! `dropbox` and `drive` backends against Laminar's emulators through a TLS-terminating
+//! proxy that routes only the providers' API hosts, and only to loopback.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod cloud;
 pub mod compare;
 pub mod limit;
 pub mod micro;

@@ -112,6 +112,16 @@ impl DocKind {
         }
     }
 
+    /// The path of its editor under `https://docs.google.com/` (`webViewLink`).
+    pub(crate) fn web_path(self) -> &'static str {
+        match self {
+            DocKind::Document => "document",
+            DocKind::Spreadsheet => "spreadsheets",
+            DocKind::Presentation => "presentation",
+            DocKind::Drawing => "drawings",
+        }
+    }
+
     /// Every kind.
     pub const ALL: [DocKind; 4] = [DocKind::Document, DocKind::Spreadsheet, DocKind::Presentation, DocKind::Drawing];
 

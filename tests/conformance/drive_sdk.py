@@ -236,6 +236,12 @@ def main():
     check(m["modifiedTime"] == "2020-01-02T03:04:05.678Z", "modifiedTime is kept as given")
     check(m["parents"] == [folder["id"]], "the file is in the folder")
     out["small"] = {"id": m["id"], "size": len(small), "seed": 1}
+    links = drive.files().get(fileId=m["id"], fields="webViewLink,webContentLink").execute()
+    check(
+        links["webViewLink"].startswith("https://drive.google.com/file/d/" + m["id"])
+        and links["webContentLink"].startswith("https://drive.google.com/uc?id=" + m["id"]),
+        "a binary file has viewer and download links",
+    )
 
     # Resumable upload in chunks, the first chunk's connection dropped mid-body; the
     # client asks what was committed (bytes */total) and resumes from there.
@@ -339,6 +345,8 @@ def main():
     )
     doc = drive.files().get(fileId=CFG["doc_id"], fields="mimeType,exportLinks,md5Checksum").execute()
     check("text/plain" in doc["exportLinks"] and "md5Checksum" not in doc, "a Doc has export links and no md5Checksum")
+    links = drive.files().get(fileId=CFG["doc_id"], fields="webViewLink,webContentLink").execute()
+    check(links == {"webViewLink": f"https://docs.google.com/document/d/{CFG['doc_id']}/edit?usp=drivesdk"}, "a Doc has a viewer link, no download link")
     sc = drive.files().get(fileId=CFG["shortcut_id"], fields="mimeType,shortcutDetails").execute()
     check(sc["shortcutDetails"]["targetId"] == CFG["shortcut_target"], "a shortcut names its target")
     sc = drive.files().get(fileId=CFG["folder_shortcut_id"], fields="shortcutDetails").execute()

@@ -388,6 +388,13 @@ class Checks:
         for folder in [ROOT, ROOT + "/Seq", ROOT + "/Conc", ROOT + "/Empty Folder"]:
             assert folder in got_folders, (folder, got_folders)
         assert len(entries) == len(got_files) + len(got_folders), "each entry once"
+        # A root-relative join, "//name" (how rclone lists a folder of the root), is "/name".
+        joined = self.dbx.files_list_folder("/" + ROOT, limit=2000).entries
+        assert {e.path_display for e in joined} == {
+            e.path_display for e in self.dbx.files_list_folder(ROOT, limit=2000).entries
+        }, joined
+        err = self.expect_api_error(self.dbx.files_list_folder, ROOT + "//Seq")
+        assert err.is_path() and err.get_path().is_malformed_path(), err
         # Nothing new since: the cursor reports no changes; then one file is deleted.
         assert self.dbx.files_list_folder_continue(result.cursor).entries == []
         deleted = self.dbx.files_delete_v2(ROOT + "/empty.txt")
@@ -427,12 +434,22 @@ class Checks:
         got, resp = self.dbx.files_download(path)
         assert resp.content == data and got.name == "файл 文件 😀.txt", got
         assert self.dbx.files_get_metadata(path.lower()).path_display == path
-        # Raw UTF-8 in Dropbox-API-Arg (the SDK always escapes) is refused as Dropbox does.
+        # The SDK always escapes Dropbox-API-Arg; Dropbox also reads it as raw UTF-8 (as
+        # Dropbox's Go SDK sends it), but not as bytes in another encoding.
         token = self.dbx._oauth2_access_token  # the SDK's current token, read only
         raw = json.dumps({"path": path}, ensure_ascii=False).encode("utf-8")
         r = self.session.post(
             "https://%s/2/files/download" % dbx_session.API_CONTENT_HOST,
             headers={"Authorization": "Bearer " + token, "Dropbox-API-Arg": raw},
+            timeout=30,
+        )
+        assert r.status_code == 200 and r.content == data, r.status_code
+        result = r.headers["Dropbox-API-Result"]
+        assert result.isascii() and json.loads(result)["path_display"] == path, result
+        latin1 = json.dumps({"path": "/caf\u00e9.txt"}, ensure_ascii=False).encode("latin-1")
+        r = self.session.post(
+            "https://%s/2/files/download" % dbx_session.API_CONTENT_HOST,
+            headers={"Authorization": "Bearer " + token, "Dropbox-API-Arg": latin1},
             timeout=30,
         )
         assert r.status_code == 400, r.status_code

@@ -41,6 +41,8 @@ const READ_ONLY_FIELDS: &[&str] = &[
     "spaces",
     "ownedByMe",
     "resourceKey",
+    "webViewLink",
+    "webContentLink",
 ];
 /// about.get's fields.
 const ABOUT_FIELDS: &[&str] = &[
@@ -105,7 +107,7 @@ fn file_id(req: &Req) -> &str {
 }
 
 pub(crate) fn about(state: &State, req: &Req) -> Resp {
-    let Some(fields) = req.param("fields") else {
+    let Some(fields) = req.fields() else {
         return error_response(
             state,
             &ApiError::required_parameter("fields", "The 'fields' parameter is required for this method."),
@@ -218,7 +220,7 @@ fn list_inner(state: &State, req: &Req) -> Result<Value, ApiError> {
             }
         },
     };
-    let mask = match req.param("fields") {
+    let mask = match req.fields() {
         None => Mask::parse("kind,incompleteSearch,nextPageToken,files(kind,id,name,mimeType)")?,
         Some(f) => Mask::parse(f)?,
     };
@@ -338,7 +340,7 @@ pub(crate) fn get(state: &Arc<State>, req: &Req) -> Resp {
         Err(e) => return error_response(state, &e),
     };
     if req.param("alt") != Some("media") {
-        return file_response(state, file, req.param("fields"));
+        return file_response(state, file, req.fields());
     }
     let Body::Blob { content, .. } = &file.body else {
         return error_response(state, &ApiError::not_downloadable());
@@ -552,7 +554,7 @@ pub(crate) async fn create(state: &State, req: &mut Req) -> Resp {
         let id = s.create(new_file(&meta, parent, mime, body))?;
         Ok(s.get(&id).expect("just created").clone())
     })();
-    one(state, r, |f| file_response(state, &f, req.param("fields")))
+    one(state, r, |f| file_response(state, &f, req.fields()))
 }
 
 /// Checks an update's metadata (before any content is read).
@@ -692,7 +694,7 @@ pub(crate) async fn update(state: &State, req: &mut Req) -> Resp {
         apply_patch(&mut s, &id, &v, req.param("addParents"), req.param("removeParents"), supports)?;
         Ok(s.get(&id).expect("still there").clone())
     })();
-    one(state, r, |f| file_response(state, &f, req.param("fields")))
+    one(state, r, |f| file_response(state, &f, req.fields()))
 }
 
 /// files.delete: for good, with everything under a folder.

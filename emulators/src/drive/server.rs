@@ -460,6 +460,12 @@ impl Req {
         self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
+    /// The `fields` selection; an empty one (`fields=`, as Google's Go client sends
+    /// `Fields("")`) selects what no `fields` selects.
+    pub(crate) fn fields(&self) -> Option<&str> {
+        self.param("fields").filter(|f| !f.trim().is_empty())
+    }
+
     /// A boolean parameter: `true` is true, anything else false.
     pub(crate) fn flag(&self, name: &str) -> bool {
         self.param(name) == Some("true")

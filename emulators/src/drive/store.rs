@@ -62,6 +62,8 @@ pub(crate) const FILE_FIELDS: &[&str] = &[
     "spaces",
     "ownedByMe",
     "resourceKey",
+    "webViewLink",
+    "webContentLink",
 ];
 
 /// A file's bytes: segments in order.
@@ -306,6 +308,24 @@ impl File {
             }
         }
         m.insert("quotaBytesUsed".into(), json!(quota_bytes.to_string()));
+        // Links to Google's web pages, shaped as Drive's (the emulator serves no viewer):
+        // every item has a viewer link, a binary file also a download link.
+        let view = match &self.body {
+            Body::Folder => format!("https://drive.google.com/drive/folders/{}", self.id),
+            Body::Doc { kind, .. } => {
+                format!("https://docs.google.com/{}/d/{}/edit?usp=drivesdk", kind.web_path(), self.id)
+            }
+            Body::Blob { .. } | Body::Shortcut { .. } => {
+                format!("https://drive.google.com/file/d/{}/view?usp=drivesdk", self.id)
+            }
+        };
+        m.insert("webViewLink".into(), json!(view));
+        if let Body::Blob { .. } = self.body {
+            m.insert(
+                "webContentLink".into(),
+                json!(format!("https://drive.google.com/uc?id={}&export=download", self.id)),
+            );
+        }
         let blob = matches!(self.body, Body::Blob { .. });
         m.insert(
             "capabilities".into(),

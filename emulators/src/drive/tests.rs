@@ -232,6 +232,16 @@ fn listing_paging_fields_and_shared_drives() {
     let bad_fields = call(emu.api_url(), "GET", "/drive/v3/files?fields=files(bogus)", &h, b"").unwrap();
     assert_eq!((bad_fields.status, bad_fields.reason().as_str()), (400, "invalidParameter"));
     assert_eq!(call(emu.api_url(), "GET", "/drive/v3/files?pageSize=0", &h, b"").unwrap().status, 400);
+    // An empty selection (`fields=`, Google's Go client's `Fields("")`) is the default one.
+    let file = emu.insert("links/a.bin", b"a".to_vec()).unwrap();
+    let empty = call(emu.api_url(), "GET", &format!("/drive/v3/files/{file}?fields="), &h, b"").unwrap().json();
+    let default = call(emu.api_url(), "GET", &format!("/drive/v3/files/{file}"), &h, b"").unwrap().json();
+    assert_eq!(empty, default);
+    assert_eq!(empty["kind"], "drive#file");
+    let links = format!("/drive/v3/files/{file}?fields=webViewLink,webContentLink");
+    let links = call(emu.api_url(), "GET", &links, &h, b"").unwrap().json();
+    assert_eq!(links["webViewLink"], format!("https://drive.google.com/file/d/{file}/view?usp=drivesdk").as_str());
+    assert_eq!(links["webContentLink"], format!("https://drive.google.com/uc?id={file}&export=download").as_str());
 
     let team = emu.shared_drive_id("Team").unwrap();
     let id = emu.insert_at(&team, "t.txt", b"team".to_vec()).unwrap();

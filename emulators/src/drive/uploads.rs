@@ -292,7 +292,7 @@ pub(crate) async fn one_request(state: &State, req: &mut Req, op: Op) -> Answer 
         Ok(_) if state.faults.take_lost_answer() => return Err(lose_answer(state, req)),
         Ok(id) => {
             let f = state.store().get(&id).expect("just written").clone();
-            files::file_response(state, &f, req.param("fields"))
+            files::file_response(state, &f, req.fields())
         }
         Err(e) => refuse(state, e),
     })
@@ -366,7 +366,7 @@ async fn start_inner(state: &State, req: &mut Req, op: Op) -> Result<Resp, ApiEr
         (target, id.clone(), Some(id))
     };
     let id = session_id(state);
-    let session = Session::new(target, req.param("fields").map(str::to_string), declared, state.session_bytes.clone());
+    let session = Session::new(target, req.fields().map(str::to_string), declared, state.session_bytes.clone());
     let now = Instant::now();
     let counters = SessionCounters::default();
     counters.total.store(u64::MAX, Ordering::Relaxed);

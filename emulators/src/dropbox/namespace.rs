@@ -183,6 +183,11 @@ pub(crate) fn parse_target(
     } else {
         return Err(no_match());
     };
+    // Dropbox reads a path that starts with two slashes, `//a`, as `/a`: rclone's
+    // dropbox backend lists a subfolder of the root as `//name`, and has for years,
+    // which is how every recursive listing of a whole Dropbox starts. Empty parts
+    // elsewhere (`/a//b`, `/a/`) stay malformed.
+    let rest = rest.strip_prefix('/').filter(|r| r.starts_with('/') && !r.starts_with("//")).unwrap_or(&rest);
     let parts: Vec<&str> = rest[1..].split('/').collect();
     if parts.iter().any(|p| p.is_empty() || *p == "." || *p == "..") || parts.len() > DEPTH_MAX {
         return Ok(Target::Malformed { disallowed: false });
@@ -752,6 +757,10 @@ mod tests {
         assert!(matches!(p("/a/B"), Ok(Target::Path(DbxPath { ref lower, .. })) if lower == "/a/b"));
         assert_eq!(p("/a/").unwrap(), Target::Malformed { disallowed: false });
         assert_eq!(p("/a//b").unwrap(), Target::Malformed { disallowed: false });
+        // A root-relative join (`/` + `/a`), as rclone makes them, is `/a`.
+        assert!(matches!(p("//a/B"), Ok(Target::Path(DbxPath { ref lower, .. })) if lower == "/a/b"));
+        assert_eq!(p("///a").unwrap(), Target::Malformed { disallowed: false });
+        assert_eq!(p("//").unwrap(), Target::Malformed { disallowed: false });
         assert_eq!(p("/a/../b").unwrap(), Target::Malformed { disallowed: false });
         assert_eq!(p("/a\\b").unwrap(), Target::Malformed { disallowed: true });
         assert!(matches!(p("ns:7/x"), Ok(Target::Path(_))));

@@ -43,6 +43,11 @@ pub(crate) struct Route {
     pub style: Style,
     /// Holds one of the namespace's commit slots while it runs.
     pub commits: bool,
+    /// Takes no argument (Dropbox's `Void`): besides `null` as JSON, it may be called
+    /// with no body and no `Content-Type`, as Dropbox's documentation calls it (`curl -X
+    /// POST .../2/users/get_current_account --header "Authorization: Bearer ..."`) and
+    /// as Dropbox's Go SDK sends it.
+    pub void_arg: bool,
 }
 
 impl Route {
@@ -55,11 +60,15 @@ impl Route {
 }
 
 const fn rpc_route(name: &'static str, commits: bool) -> Route {
-    Route { name, style: Style::Rpc, commits }
+    Route { name, style: Style::Rpc, commits, void_arg: false }
+}
+
+const fn void_rpc_route(name: &'static str) -> Route {
+    Route { name, style: Style::Rpc, commits: false, void_arg: true }
 }
 
 const fn upload_route(name: &'static str, commits: bool) -> Route {
-    Route { name, style: Style::Upload, commits }
+    Route { name, style: Style::Upload, commits, void_arg: false }
 }
 
 pub(crate) const ROUTES: &[Route] = &[
@@ -74,16 +83,16 @@ pub(crate) const ROUTES: &[Route] = &[
     rpc_route("files/upload_session/finish_batch", true),
     rpc_route("files/upload_session/finish_batch/check", false),
     rpc_route("file_properties/templates/add_for_user", false),
-    rpc_route("file_properties/templates/list_for_user", false),
+    void_rpc_route("file_properties/templates/list_for_user"),
     rpc_route("file_properties/templates/get_for_user", false),
     rpc_route("file_properties/templates/remove_for_user", false),
-    rpc_route("users/get_current_account", false),
-    rpc_route("users/get_space_usage", false),
+    void_rpc_route("users/get_current_account"),
+    void_rpc_route("users/get_space_usage"),
     upload_route("files/upload", true),
     upload_route("files/upload_session/start", false),
     upload_route("files/upload_session/append_v2", false),
     upload_route("files/upload_session/finish", true),
-    Route { name: "files/download", style: Style::Download, commits: false },
+    Route { name: "files/download", style: Style::Download, commits: false, void_arg: false },
 ];
 
 pub(crate) fn find(name: &str) -> Option<&'static Route> {

@@ -154,20 +154,27 @@ fn upload_metadata_and_ranged_download() {
 }
 
 #[test]
-fn dropbox_api_arg_must_be_ascii() {
+fn dropbox_api_arg_is_utf8_json() {
     let c = Client::new(DropboxOptions::default());
-    let raw = "{\"path\": \"/caf\u{e9}.txt\"}";
-    let r = c.content_raw("files/upload", raw.as_bytes(), &[], b"x").unwrap();
+    // Latin-1 bytes are not UTF-8: Dropbox cannot read them.
+    let r = c.content_raw("files/upload", b"{\"path\": \"/caf\xe9.txt\"}", &[], b"x").unwrap();
     assert_eq!(r.status, 400);
     assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
     assert_eq!(
         r.text(),
         "Error in call to API function \"files/upload\": HTTP header \"Dropbox-API-Arg\": could not decode input as JSON"
     );
-    // Escaped, it is the same path.
+    // Escaped, as Dropbox asks, or raw UTF-8, as Dropbox's Go SDK sends it, it is the same path.
     let r = c.content_raw("files/upload", br#"{"path": "/caf\u00e9.txt"}"#, &[], b"x").unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["name"], "caf\u{e9}.txt");
+    let raw = "{\"path\": \"/CAF\u{c9}.txt\", \"mode\": \"overwrite\"}";
+    let r = c.content_raw("files/upload", raw.as_bytes(), &[], b"x").unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["path_lower"], "/caf\u{e9}.txt");
+    // DEL must be escaped.
+    let r = c.content_raw("files/upload", b"{\"path\": \"/a\x7f.txt\"}", &[], b"x").unwrap();
+    assert_eq!(r.status, 400);
     // The result header is ASCII, with the same escapes.
     let d = c.content_raw("files/download", br#"{"path": "/CAF\u00c9.txt"}"#, &[], b"").unwrap();
     let result = d.header("dropbox-api-result").unwrap();
@@ -378,6 +385,16 @@ fn hosts_content_types_and_path_root() {
     .unwrap();
     assert_eq!(form.status, 400);
     assert!(form.text().contains("Bad HTTP \"Content-Type\" header: \"text/plain\""), "{}", form.text());
+    // A route without an argument takes a bare POST (no body, no Content-Type); one with an
+    // argument does not.
+    let bare = |route: &str| send(&c.emu.api_url(), "POST", &format!("/2/{route}"), &[("Authorization", &auth)], b"");
+    let usage = bare("users/get_space_usage").unwrap();
+    assert_eq!(usage.status, 200, "{}", usage.text());
+    assert!(usage.json()["used"].is_u64(), "{}", usage.text());
+    assert_eq!(bare("users/get_current_account").unwrap().status, 200);
+    let list = bare("files/list_folder").unwrap();
+    assert_eq!(list.status, 400);
+    assert!(list.text().contains("Bad HTTP \"Content-Type\" header: \"\""), "{}", list.text());
     let root = format!("{{\".tag\": \"root\", \"root\": \"{}\"}}", c.emu.namespace_id());
     let ok = send(
         &c.emu.api_url(),

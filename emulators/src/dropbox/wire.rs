@@ -167,11 +167,15 @@ pub(crate) fn ascii_json(v: &Value) -> String {
     out
 }
 
-/// Parses a `Dropbox-API-Arg` header: only bytes below 0x7F (anything else must be
-/// a `\uXXXX` escape), then JSON.
+/// Parses a `Dropbox-API-Arg` header: JSON in UTF-8, without DEL. Dropbox asks for
+/// `\uXXXX` escapes of DEL and of every non-ASCII character, but reads raw UTF-8 as
+/// UTF-8: Dropbox's Go SDK (and so rclone's `files/upload` and `upload_session/finish`)
+/// has always sent paths raw (rclone#3609 shows one on the wire, 2019), and Dropbox
+/// answers them. What it cannot read is bytes that are not UTF-8 (a client that wrote
+/// the header as Latin-1), which is Dropbox's "could not decode input as JSON".
 pub(crate) fn parse_header_arg(raw: &[u8]) -> Result<Value, ApiError> {
     const BAD: &str = "could not decode input as JSON";
-    if raw.iter().any(|&b| b >= 0x7F) {
+    if raw.contains(&0x7F) || std::str::from_utf8(raw).is_err() {
         return Err(ApiError::arg(ArgSource::Header, BAD));
     }
     serde_json::from_slice(raw).map_err(|_| ApiError::arg(ArgSource::Header, BAD))
@@ -455,10 +459,12 @@ mod tests {
     }
 
     #[test]
-    fn header_arg_refuses_raw_non_ascii_and_del() {
+    fn header_arg_takes_escapes_and_utf8_and_refuses_latin1_and_del() {
         let ok = parse_header_arg(br#"{"path": "/caf\u00e9"}"#).unwrap();
         assert_eq!(ok["path"], "/caf\u{e9}");
-        for raw in ["{\"path\": \"/caf\u{e9}\"}".as_bytes(), b"{\"path\": \"/a\x7f\"}", b"{\"path\": \"/caf\xe9\"}"] {
+        let raw = parse_header_arg("{\"path\": \"/caf\u{e9} \u{1F600}\"}".as_bytes()).unwrap();
+        assert_eq!(raw["path"], "/caf\u{e9} \u{1F600}");
+        for raw in [&b"{\"path\": \"/a\x7f\"}"[..], b"{\"path\": \"/caf\xe9\"}", b"{\"path\": \"/\xc3\"}"] {
             let err = parse_header_arg(raw).unwrap_err();
             let a = error_answer("files/upload", &err, 0);
             assert_eq!(a.status, 400);
