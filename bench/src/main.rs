@@ -57,9 +57,19 @@ enum Cmd {
         /// small, large, mixed, pareto, or tiny (for tests)
         #[arg(long, default_value = "mixed")]
         workload: String,
-        /// weed (two SeaweedFS servers) or synthetic (two synthetic endpoints)
+        /// weed (two SeaweedFS servers), synthetic (two synthetic endpoints) or cloud (the
+        /// Dropbox and Drive emulators; workloads small, mixed, large, photos, tiny)
         #[arg(long, default_value = "weed")]
         endpoints: String,
+        /// With cloud: the emulators' profile, none or real
+        #[arg(long, default_value = "none")]
+        profile: String,
+        /// With cloud: dropbox-to-drive or drive-to-dropbox
+        #[arg(long, default_value = "dropbox-to-drive")]
+        direction: String,
+        /// With cloud: a factor (0 to 1) on every object's size, for a smaller machine
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
         /// Runs per tool
         #[arg(long, default_value_t = 3)]
         runs: usize,
@@ -221,7 +231,25 @@ fn write_results(out: &std::path::Path) -> Result<()> {
 
 fn run() -> Result<()> {
     match Cli::parse().command {
-        Cmd::Compare { workload, endpoints, runs, laminar, out, write_results: write } => {
+        Cmd::Compare { workload, endpoints, profile, direction, scale, runs, laminar, out, write_results: write }
+            if endpoints == "cloud" =>
+        {
+            let opts = laminar_bench::cloud::compare::CloudOptions {
+                workload,
+                scale,
+                profile,
+                direction: laminar_bench::cloud::compare::Direction::parse(&direction)?,
+                runs,
+                laminar: laminar_binary(laminar)?,
+                out_dir: out.clone(),
+            };
+            let c = laminar_bench::cloud::compare::cloud_compare(&opts)?;
+            println!("{}", laminar_bench::cloud::compare::cloud_table(&c));
+            if write {
+                write_results(&out)?;
+            }
+        }
+        Cmd::Compare { workload, endpoints, runs, laminar, out, write_results: write, .. } => {
             let opts = CompareOptions {
                 workload,
                 endpoints: Endpoints::parse(&endpoints)?,

@@ -367,10 +367,13 @@ pub fn write(out: &Path) -> Result<std::path::PathBuf> {
     let mut scale: Option<ScaleReport> = None;
     let mut micro: Option<String> = None;
     let mut stage: Option<crate::stage::StageReport> = None;
+    let mut clouds: Vec<crate::cloud::compare::CloudComparison> = Vec::new();
     for p in &paths {
         let n = name(p);
         if n.starts_with("compare-") {
             comparisons.push(read_json(p)?);
+        } else if n.starts_with("cloud-") {
+            clouds.push(read_json(p)?);
         } else if n.starts_with("limit-") {
             limits.push(read_json(p)?);
         } else if n == "scale.json" {
@@ -425,6 +428,9 @@ pub fn write(out: &Path) -> Result<std::path::PathBuf> {
             md.push_str(&limit_section(l));
             md.push('\n');
         }
+    }
+    if !clouds.is_empty() {
+        md.push_str(&crate::cloud::compare::cloud_section(&clouds));
     }
     if let Some(s) = &scale {
         md.push_str("## Scaling with workers\n\n");

@@ -184,3 +184,38 @@ fn the_sort_benchmark_runs_in_tiny_mode() {
     let text = summary(&report);
     assert!(text.contains("runs spilled") && text.contains(&report.checksum), "{text}");
 }
+
+/// The cloud comparison in tiny mode, both ways, under the `real` profile (latency,
+/// per-connection caps, Drive's create limit, Dropbox's commit limit, tokens expiring):
+/// every tool's destination is checked by the emulator's own hash of every file, and the
+/// section for RESULTS.md renders.
+#[test]
+fn cloud_compare_runs_in_tiny_mode_both_ways_under_the_real_profile() {
+    use laminar_bench::cloud::compare::{cloud_compare, cloud_section, CloudOptions, Direction, CLOUD_TOOLS};
+    if !tools_or_skip(&["rclone"]) {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let mut done = Vec::new();
+    for direction in [Direction::DropboxToDrive, Direction::DriveToDropbox] {
+        let opts = CloudOptions {
+            workload: "tiny".into(),
+            scale: 1.0,
+            profile: "real".into(),
+            direction,
+            runs: 1,
+            laminar: release_binary("laminar"),
+            out_dir: out.path().to_path_buf(),
+        };
+        let c = cloud_compare(&opts).expect("the tiny cloud comparison runs and every destination verifies");
+        assert_eq!(c.runs.len(), CLOUD_TOOLS.len());
+        assert!(c.runs.iter().all(|r| r.run.wall_seconds > 0.0 && r.requests > 0), "{:?}", c.runs);
+        assert!(out.path().join(format!("cloud-real-{}-tiny.json", direction.name())).is_file());
+        done.push(c);
+    }
+    let md = cloud_section(&done);
+    assert!(
+        md.contains("| laminar-direct |") && md.contains("drive-to-dropbox") && md.contains("Profile `real`"),
+        "{md}"
+    );
+}
