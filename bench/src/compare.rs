@@ -164,7 +164,32 @@ pub fn measured(tool: &str, cmd: &mut Command, bytes: u64) -> Result<Run> {
         let _ = std::io::Read::read_to_string(&mut stdout, &mut s);
         s
     });
-    let (code, usage) = laminar_tuning::wait_with_usage(child)?;
+    // The peak RSS from `wait4` counts the memory of the process that spawned the child
+    // (Linux carries it across exec), which is wrong when this process is large (the
+    // cloud comparison holds both emulators' files): the child's own high-water mark is
+    // sampled from /proc while it runs.
+    let pid = child.id();
+    let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let running = running.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0u64;
+            while running.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(hwm) = vm_hwm_bytes(pid) {
+                    peak = peak.max(hwm);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            peak
+        })
+    };
+    let waited = laminar_tuning::wait_with_usage(child);
+    running.store(false, std::sync::atomic::Ordering::Relaxed);
+    let sampled_peak = sampler.join().unwrap_or(0);
+    let (code, mut usage) = waited?;
+    if sampled_peak > 0 {
+        usage.max_rss_bytes = sampled_peak;
+    }
     let wall = started.elapsed().as_secs_f64();
     let err = reader.join().unwrap_or_default();
     let out = out_reader.join().unwrap_or_default();
@@ -185,6 +210,14 @@ pub fn measured(tool: &str, cmd: &mut Command, bytes: u64) -> Result<Run> {
         ram_buffer_bytes,
         server_cpu_seconds: None,
     })
+}
+
+/// `VmHWM` of process `pid` (its peak RSS so far), from /proc.
+fn vm_hwm_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// `rclone copy` of the workload at the source to `dst`, with the default flags or the
