@@ -70,6 +70,9 @@ enum Cmd {
         /// With cloud: a factor (0 to 1) on every object's size, for a smaller machine
         #[arg(long, default_value_t = 1.0)]
         scale: f64,
+        /// With cloud: a factor (0 to 1) on every group's object count
+        #[arg(long, default_value_t = 1.0)]
+        objects: f64,
         /// Runs per tool
         #[arg(long, default_value_t = 3)]
         runs: usize,
@@ -231,12 +234,22 @@ fn write_results(out: &std::path::Path) -> Result<()> {
 
 fn run() -> Result<()> {
     match Cli::parse().command {
-        Cmd::Compare { workload, endpoints, profile, direction, scale, runs, laminar, out, write_results: write }
-            if endpoints == "cloud" =>
-        {
+        Cmd::Compare {
+            workload,
+            endpoints,
+            profile,
+            direction,
+            scale,
+            objects,
+            runs,
+            laminar,
+            out,
+            write_results: write,
+        } if endpoints == "cloud" => {
             let opts = laminar_bench::cloud::compare::CloudOptions {
                 workload,
                 scale,
+                objects,
                 profile,
                 direction: laminar_bench::cloud::compare::Direction::parse(&direction)?,
                 runs,

@@ -270,6 +270,43 @@ impl std::fmt::Display for Checksum {
     }
 }
 
+/// Whether this CPU computes SHA-256 in hardware (x86 SHA extensions, ARMv8 SHA2), where
+/// it runs several times faster than MD5 (about 1.9 GiB/s against 0.55 per core).
+pub fn sha256_in_hardware() -> bool {
+    static CACHED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CACHED.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("sha") && std::arch::is_x86_feature_detected!("sse4.1")
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            std::arch::is_aarch64_feature_detected!("sha2")
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        {
+            false
+        }
+    })
+}
+
+/// Every algorithm, cheapest first at the CPU cost per byte on this machine: the CRCs,
+/// then SHA-256 before MD5 where the CPU hashes SHA-256 in hardware, MD5 before it
+/// where it does not.
+pub fn cheapest_first() -> [ChecksumAlgo; 6] {
+    use ChecksumAlgo::*;
+    if sha256_in_hardware() {
+        [Crc32c, Crc64nvme, Sha256, Sha1, Md5, DropboxContentHash]
+    } else {
+        [Crc32c, Crc64nvme, Md5, Sha1, Sha256, DropboxContentHash]
+    }
+}
+
+/// The checksum among `reported` that is cheapest to compute here.
+pub fn cheapest_of(reported: &[Checksum]) -> Option<&Checksum> {
+    cheapest_first().into_iter().find_map(|a| reported.iter().find(|c| c.algo == a))
+}
+
 /// Combines the CRC32C of two adjacent byte ranges; `len_b` is the second's length.
 pub fn crc32c_combine(crc_a: u32, crc_b: u32, len_b: u64) -> u32 {
     crc32c::crc32c_combine(crc_a, crc_b, len_b as usize)
@@ -538,20 +575,11 @@ impl Hashers {
     /// otherwise the cheapest algorithm it reports is added (a common checksum across
     /// hash families), and MD5 for a plain-MD5 ETag is kept only when it reports none.
     pub fn check_against(&mut self, reported: &[Checksum]) {
-        /// Cheapest first, at the CPU cost per byte on this class of machine.
-        const CHEAPEST_FIRST: [ChecksumAlgo; 6] = [
-            ChecksumAlgo::Crc32c,
-            ChecksumAlgo::Crc64nvme,
-            ChecksumAlgo::Md5,
-            ChecksumAlgo::Sha1,
-            ChecksumAlgo::Sha256,
-            ChecksumAlgo::DropboxContentHash,
-        ];
         if reported.iter().any(|c| Some(c.algo) == self.primary) {
             self.skip_md5();
             return;
         }
-        if let Some(algo) = CHEAPEST_FIRST.into_iter().find(|a| reported.iter().any(|c| c.algo == *a)) {
+        if let Some(algo) = cheapest_of(reported).map(|c| c.algo) {
             if algo != ChecksumAlgo::Md5 {
                 self.skip_md5();
             }
@@ -699,6 +727,17 @@ mod tests {
         let mut h = Hashers::new(ChecksumAlgo::Crc32c, true);
         h.check_against(&[]);
         assert!(h.set().contains(ChecksumAlgo::Md5));
+    }
+
+    #[test]
+    fn drive_s_two_hashes_are_checked_by_the_one_cheaper_here() {
+        let md5 = Checksum { algo: ChecksumAlgo::Md5, bytes: vec![0; 16] };
+        let sha = Checksum { algo: ChecksumAlgo::Sha256, bytes: vec![0; 32] };
+        let want = if sha256_in_hardware() { ChecksumAlgo::Sha256 } else { ChecksumAlgo::Md5 };
+        assert_eq!(cheapest_of(&[md5.clone(), sha.clone()]).map(|c| c.algo), Some(want));
+        let mut h = Hashers::new(ChecksumAlgo::Crc32c, false);
+        h.check_against(&[md5, sha]);
+        assert_eq!(h.set(), DigestSet::of(ChecksumAlgo::Crc32c).with(want));
     }
     use proptest::prelude::*;
 

@@ -201,6 +201,7 @@ fn cloud_compare_runs_in_tiny_mode_both_ways_under_the_real_profile() {
         let opts = CloudOptions {
             workload: "tiny".into(),
             scale: 1.0,
+            objects: 1.0,
             profile: "real".into(),
             direction,
             runs: 1,

@@ -143,43 +143,50 @@ pub fn profile(name: &str) -> Result<Profile> {
 /// The workloads of the cloud comparisons (not those of the S3 ones): `small` (5,000 ×
 /// 64 KiB), `mixed` (1,000 × 16 KiB + 4 × 256 MiB), `large` (4 × 2 GiB), `photos` (a
 /// photo library: 1,000 Pareto sizes, α = 1.3, 256 KiB to 64 MiB, in year/month/day
-/// folders) and `tiny` (the test suite's). `scale` multiplies every size (to fit a
-/// smaller machine; RESULTS.md says when it was used).
-pub fn cloud_workload(name: &str, scale: f64) -> Result<Workload> {
+/// folders) and `tiny` (the test suite's). `scale` multiplies every size and `objects`
+/// every group's count (to fit a smaller machine, or rclone's pace on Drive into a
+/// session; RESULTS.md says when either was used).
+pub fn cloud_workload(name: &str, scale: f64, objects: f64) -> Result<Workload> {
+    if !(scale > 0.0 && scale <= 1.0) {
+        bail!("--scale {scale} must be above 0 and at most 1");
+    }
+    if !(objects > 0.0 && objects <= 1.0) {
+        bail!("--objects {objects} must be above 0 and at most 1");
+    }
     let sized = |objects: Vec<ObjectSpec>| {
         objects
             .into_iter()
             .map(|o| ObjectSpec { size_bytes: ((o.size_bytes as f64) * scale) as u64, ..o })
             .collect::<Vec<_>>()
     };
+    let kept = |count: usize| ((count as f64 * objects).round() as usize).max(1);
     let groups = |groups: &[(usize, u64)]| {
         let mut objects = Vec::new();
         for (g, (count, size)) in groups.iter().enumerate() {
-            for i in 0..*count {
+            for i in 0..kept(*count) {
                 objects.push(ObjectSpec { key: format!("g{g}-{size}/obj-{i:06}"), size_bytes: *size });
             }
         }
         objects
     };
-    let objects = match name {
+    let specs = match name {
         "small" => groups(&[(5000, 64 << 10)]),
         "mixed" => groups(&[(1000, 16 << 10), (4, 256 << 20)]),
         "large" => groups(&[(4, 2 << 30)]),
         "tiny" => groups(&[(12, 64 << 10), (1, 24 << 20)]),
-        "photos" => photo_library(),
+        "photos" => photo_library(kept(PHOTOS)),
         other => bail!("unknown cloud workload {other:?}: use small, mixed, large, photos or tiny"),
     };
-    if !(scale > 0.0 && scale <= 1.0) {
-        bail!("--scale {scale} must be above 0 and at most 1");
-    }
-    Ok(Workload::from_objects(name, sized(objects)))
+    Ok(Workload::from_objects(name, sized(specs)))
 }
 
 /// A photo library: sizes from a Pareto distribution (most a few MiB, a tail of
 /// videos), in `YYYY/MM/DD/` folders.
-fn photo_library() -> Vec<ObjectSpec> {
+const PHOTOS: usize = 1000;
+
+fn photo_library(count: usize) -> Vec<ObjectSpec> {
     let mut rng = fastrand::Rng::with_seed(11);
-    (0..1000)
+    (0..count)
         .map(|i| {
             let u = 1.0 - rng.f64();
             let size = ((256.0 * 1024.0) * u.powf(-1.0 / 1.3)).min((64u64 << 20) as f64) as u64;
@@ -190,12 +197,18 @@ fn photo_library() -> Vec<ObjectSpec> {
         .collect()
 }
 
+fn one() -> f64 {
+    1.0
+}
+
 /// Options of the cloud comparison.
 pub struct CloudOptions {
     /// Workload name ([`cloud_workload`]).
     pub workload: String,
     /// Size factor.
     pub scale: f64,
+    /// Object count factor.
+    pub objects: f64,
     /// Profile name ([`profile`]).
     pub profile: String,
     /// Which way.
@@ -220,6 +233,9 @@ pub struct CloudRun {
     pub requests: u64,
     /// Throttled answers (429, 403 rate limits) both sent.
     pub throttled: u64,
+    /// The requests by emulator and call (`dropbox:files/download`, `drive:upload.chunk`).
+    #[serde(default)]
+    pub requests_by_call: BTreeMap<String, u64>,
 }
 
 /// The whole comparison, as kept in the raw JSON.
@@ -233,6 +249,9 @@ pub struct CloudComparison {
     pub workload: Workload,
     /// The size factor.
     pub scale: f64,
+    /// The object count factor.
+    #[serde(default = "one")]
+    pub objects: f64,
     /// Runs in the order they happened.
     pub runs: Vec<CloudRun>,
     /// The machine.
@@ -322,11 +341,17 @@ impl Clouds {
         Ok(Clouds { dbx, gd, proxy, dir, rclone_env, direct_config, proxied_config, expected })
     }
 
-    /// Requests and throttled answers both emulators have counted so far.
-    fn counters(&self) -> (u64, u64) {
+    /// Requests by call and throttled answers both emulators have counted so far.
+    fn counters(&self) -> (BTreeMap<String, u64>, u64) {
         let (d, g) = (self.dbx.stats(), self.gd.stats());
-        let requests = d.requests.values().sum::<u64>() + g.requests.values().sum::<u64>();
-        (requests, d.throttled + g.throttled.values().sum::<u64>())
+        let mut calls = BTreeMap::new();
+        for (k, v) in d.requests {
+            calls.insert(format!("dropbox:{k}"), v);
+        }
+        for (k, v) in g.requests {
+            calls.insert(format!("drive:{k}"), v);
+        }
+        (calls, d.throttled + g.throttled.values().sum::<u64>())
     }
 
     /// Checks `folder` at the destination holds every file with its hash, then removes it.
@@ -392,7 +417,7 @@ fn dest_url(direction: Direction, folder: &str) -> String {
 /// Runs the comparison and writes its raw JSON to `out_dir`.
 pub fn cloud_compare(opts: &CloudOptions) -> Result<CloudComparison> {
     let rclone = find_tool("rclone").context("rclone not found: run tests/run.sh once, or set LAMINAR_RCLONE")?;
-    let workload = cloud_workload(&opts.workload, opts.scale)?;
+    let workload = cloud_workload(&opts.workload, opts.scale, opts.objects)?;
     let p = profile(&opts.profile)?;
     let direction = opts.direction;
     let clouds = Clouds::start(&p, direction, &workload)?;
@@ -414,6 +439,10 @@ pub fn cloud_compare(opts: &CloudOptions) -> Result<CloudComparison> {
                     let mut c = Command::new(&opts.laminar);
                     let config = if tool == "laminar" { &clouds.proxied_config } else { &clouds.direct_config };
                     c.arg("--config").arg(config).args(["relay", &src, &dst, "--json"]);
+                    // Extra flags for tuning studies (RESULTS.md names any used).
+                    if let Ok(extra) = std::env::var("LAMINAR_BENCH_LAMINAR_ARGS") {
+                        c.args(extra.split_whitespace());
+                    }
                     c.env("LAMINAR_DATA_DIR", clouds.dir.path().join("laminar-data"));
                     if tool == "laminar" {
                         c.env("HTTPS_PROXY", clouds.proxy.url()).env("SSL_CERT_FILE", clouds.proxy.ca_pem());
@@ -423,6 +452,11 @@ pub fn cloud_compare(opts: &CloudOptions) -> Result<CloudComparison> {
                 _ => {
                     let mut c = Command::new(&rclone);
                     c.envs(clouds.rclone_env.iter().cloned()).arg("copy");
+                    // A log of every rclone run, for finding out what it waited on.
+                    if let Some(dir) = std::env::var_os("LAMINAR_BENCH_RCLONE_LOG_DIR") {
+                        let log = PathBuf::from(dir).join(format!("{folder}.log"));
+                        c.arg("-vv").arg("--log-file").arg(log);
+                    }
                     if tool == "rclone-tuned" {
                         c.args(&tuned);
                     }
@@ -432,7 +466,12 @@ pub fn cloud_compare(opts: &CloudOptions) -> Result<CloudComparison> {
             };
             let (requests_before, throttled_before) = clouds.counters();
             let run = measured(tool, &mut cmd, workload.total_bytes)?;
-            let (requests_after, throttled_after) = clouds.counters();
+            let (calls_after, throttled_after) = clouds.counters();
+            let requests_by_call: BTreeMap<String, u64> = calls_after
+                .iter()
+                .map(|(k, v)| (k.clone(), v - requests_before.get(k).copied().unwrap_or(0)))
+                .filter(|(_, n)| *n > 0)
+                .collect();
             clouds.verify_and_clear(direction, &folder).with_context(|| format!("checking {tool}'s run {i}"))?;
             eprintln!(
                 "{tool} run {i}: {:.2} s, {:.1} MiB/s",
@@ -441,8 +480,9 @@ pub fn cloud_compare(opts: &CloudOptions) -> Result<CloudComparison> {
             );
             runs.push(CloudRun {
                 objects_per_second: workload.object_count as f64 / run.wall_seconds,
-                requests: requests_after - requests_before,
+                requests: requests_by_call.values().sum(),
                 throttled: throttled_after - throttled_before,
+                requests_by_call,
                 run,
             });
         }
@@ -454,6 +494,7 @@ pub fn cloud_compare(opts: &CloudOptions) -> Result<CloudComparison> {
         direction,
         workload,
         scale: opts.scale,
+        objects: opts.objects,
         runs,
         machine: machine(&opts.laminar, &rclone, servers),
         commands,
@@ -524,6 +565,9 @@ pub fn cloud_section(clouds: &[CloudComparison]) -> String {
          the emulators. These are emulators of the providers' documented APIs, not the services; the profiles \
          model their limits with the figures below.\n\n",
     );
+    md.push_str("Targets:\n\n");
+    md.push_str(&cloud_targets(clouds));
+    md.push('\n');
     let mut seen = Vec::new();
     for c in clouds {
         if seen.contains(&c.profile) {
@@ -539,7 +583,10 @@ pub fn cloud_section(clouds: &[CloudComparison]) -> String {
         }
     }
     for c in clouds {
-        let scale = if c.scale < 1.0 { format!(", sizes x{}", c.scale) } else { String::new() };
+        let mut scale = if c.scale < 1.0 { format!(", sizes x{}", c.scale) } else { String::new() };
+        if c.objects < 1.0 {
+            scale.push_str(&format!(", counts x{}", c.objects));
+        }
         md.push_str(&format!(
             "### `{}` {} under `{}` ({} files, {:.2} GiB{scale})\n\n",
             c.workload.name,
@@ -554,6 +601,107 @@ pub fn cloud_section(clouds: &[CloudComparison]) -> String {
             md.push_str(&format!("    {cmd}\n"));
         }
         md.push('\n');
+    }
+    md
+}
+
+/// Median of `f` over `tool`'s runs in `c`.
+fn median_of(c: &CloudComparison, tool: &str, f: impl Fn(&CloudRun) -> f64) -> Option<f64> {
+    let mut v: Vec<f64> = c.runs.iter().filter(|r| r.run.tool == tool).map(f).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    Some(v[v.len() / 2])
+}
+
+/// rclone's better median of `f` (higher is better when `higher`), and which flags.
+fn rclone_best(c: &CloudComparison, f: impl Fn(&CloudRun) -> f64 + Copy, higher: bool) -> Option<(f64, &'static str)> {
+    let a = median_of(c, "rclone-default", f).map(|v| (v, "default"));
+    let b = median_of(c, "rclone-tuned", f).map(|v| (v, "tuned"));
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if (a.0 >= b.0) == higher { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The issue's targets, each against the comparisons that measure it: one row per
+/// target and comparison, with the figure and whether it holds.
+pub fn cloud_targets(clouds: &[CloudComparison]) -> String {
+    let mut md = String::from("| target | comparison | measured | holds |\n|---|---|---|---|\n");
+    let mut row = |target: &str, c: &CloudComparison, measured: String, holds: bool| {
+        md.push_str(&format!(
+            "| {target} | `{}` {} `{}` | {measured} | {} |\n",
+            c.workload.name,
+            c.direction.name(),
+            c.profile,
+            if holds { "yes" } else { "**no**" }
+        ));
+    };
+    let tput = |r: &CloudRun| r.run.throughput_bytes_per_second;
+    let ops = |r: &CloudRun| r.objects_per_second;
+    for c in clouds {
+        let gib = c.workload.total_bytes as f64 / (1u64 << 30) as f64;
+        let lam_t = median_of(c, "laminar", tput);
+        match (c.workload.name.as_str(), c.direction) {
+            ("large", Direction::DriveToDropbox) => {
+                if let (Some(l), Some((r, which))) = (lam_t, rclone_best(c, tput, true)) {
+                    row(">= 4x rclone's best throughput", c, format!("{:.2}x (rclone {which})", l / r), l >= 4.0 * r);
+                }
+            }
+            ("large", Direction::DropboxToDrive) => {
+                let d = median_of(c, "rclone-default", tput);
+                let t = median_of(c, "rclone-tuned", tput);
+                if let (Some(l), Some(d), Some(t)) = (lam_t, d, t) {
+                    row(
+                        ">= 2x rclone default, ahead of tuned",
+                        c,
+                        format!("{:.2}x, {:.2}x", l / d, l / t),
+                        l >= 2.0 * d && l > t,
+                    );
+                }
+                if let (Ok(p), Some(l)) = (profile(&c.profile), lam_t) {
+                    let cap = p.drive.throughput_bytes_per_s as f64;
+                    if cap > 0.0 {
+                        let streams = c.workload.object_count.min(4) as f64;
+                        let share = l / (cap * streams);
+                        row(
+                            ">= 90% of the cap per Drive stream",
+                            c,
+                            format!("{:.0}% of {streams} x cap", share * 100.0),
+                            share >= 0.9,
+                        );
+                    }
+                }
+            }
+            _ => {
+                if let (Some(l), Some((r, which))) = (median_of(c, "laminar", ops), rclone_best(c, ops, true)) {
+                    row(">= 2x rclone's best files/s", c, format!("{:.2}x (rclone {which})", l / r), l >= 2.0 * r);
+                }
+                let thr = |r: &CloudRun| r.throttled as f64;
+                if let (Some(l), Some((r, _))) = (median_of(c, "laminar", thr), rclone_best(c, thr, false)) {
+                    row(
+                        "fewer throttled answers than rclone",
+                        c,
+                        format!("{l:.0} vs {r:.0}"),
+                        l < r || (l == 0.0 && r == 0.0),
+                    );
+                }
+            }
+        }
+        let cpu = |r: &CloudRun| r.run.cpu_seconds / gib;
+        if let (Some(l), Some((r, which))) = (median_of(c, "laminar", cpu), rclone_best(c, cpu, false)) {
+            row("CPU per GiB <= 0.25x rclone's", c, format!("{:.2}x (rclone {which})", l / r), l <= 0.25 * r);
+        }
+        let over = c.runs.iter().filter(|r| r.run.tool.starts_with("laminar")).find_map(|r| {
+            let bound = r.run.ram_buffer_bytes? + (64 << 20);
+            (r.run.max_rss_bytes > bound).then_some(r.run.max_rss_bytes)
+        });
+        let peak = c.runs.iter().filter(|r| r.run.tool.starts_with("laminar")).map(|r| r.run.max_rss_bytes).max();
+        if let Some(peak) = peak {
+            let measured = format!("peak {:.0} MiB", peak as f64 / (1u64 << 20) as f64);
+            row("peak RSS under the RAM buffer + 64 MiB", c, measured, over.is_none());
+        }
     }
     md
 }

@@ -48,13 +48,15 @@ pub(super) enum ChainCheck {
     Broken,
 }
 
-/// The hash a chain checks an object by: MD5 (the faster) or SHA-256, when the source
-/// reports one of them and nothing that combines from parts.
+/// The hash a chain checks an object by: whichever of MD5 and SHA-256 the source reports
+/// is cheaper here, when it reports nothing that combines from parts.
 pub(super) fn wanted(reported: &[Checksum]) -> Option<Checksum> {
     if reported.iter().any(|c| c.algo.combinable() || c.algo == ChecksumAlgo::DropboxContentHash) {
         return None;
     }
-    [ChecksumAlgo::Md5, ChecksumAlgo::Sha256].iter().find_map(|a| reported.iter().find(|c| c.algo == *a).cloned())
+    let hashes: Vec<Checksum> =
+        reported.iter().filter(|c| matches!(c.algo, ChecksumAlgo::Md5 | ChecksumAlgo::Sha256)).cloned().collect();
+    crate::checksum::cheapest_of(&hashes).cloned()
 }
 
 impl Chain {

@@ -24,10 +24,16 @@ enum Step {
     Back(u64),
 }
 
+/// Parts read ahead into the stage, in parallel, while a part is sent: the stream never
+/// waits for the source.
+const READ_AHEAD_PARTS: u32 = 2;
+
 pub(super) async fn run(ctx: Rc<Ctx>, job: Arc<ObjectJob>, staged: bool) {
     let (state, _) = session_and_spec(&job, 0);
     let count = job.large().progress.part_count();
     let mut index = 0u32;
+    // Parts before this one were filled into the stage (or tried).
+    let mut filled = 0u32;
     // Bytes of the current part the store already holds.
     let mut skip = 0u64;
     // Steps back allowed: each is a store losing what it acknowledged, which the
@@ -48,10 +54,17 @@ pub(super) async fn run(ctx: Rc<Ctx>, job: Arc<ObjectJob>, staged: bool) {
             break;
         }
         let spec = job.large().progress.part_spec(index);
-        if staged && skip == 0 {
+        if staged && skip == 0 && index >= filled {
             fill(&ctx, &PartTask::new(job.clone(), index)).await;
+            filled = index + 1;
         }
-        match step(&ctx, &job, session, spec, skip).await {
+        // The next parts are read into the stage while this one is sent.
+        let ahead_end = if staged { (index + 1 + READ_AHEAD_PARTS).min(count) } else { 0 };
+        let ahead: Vec<PartTask> = (filled.max(index + 1)..ahead_end).map(|i| PartTask::new(job.clone(), i)).collect();
+        filled = filled.max(ahead_end);
+        let fills = futures_util::future::join_all(ahead.iter().map(|t| fill(&ctx, t)));
+        let (sent, _) = monoio::join!(step(&ctx, &job, session, spec, skip), fills);
+        match sent {
             Ok(Step::Sent(record)) => {
                 part_done(&ctx, &job, index, Ok(record));
                 index += 1;

@@ -14,11 +14,15 @@ use super::config::{Credential, DriveConfig};
 use crate::error::{Error, ErrorClass, Result};
 use crate::http::{HttpClient, Request, RequestBody};
 
-/// Refresh this long before the token's stated expiry.
+/// Refresh at most this long before the token's stated expiry (a tenth of its life
+/// when that is shorter, so a short-lived token is not refreshed on every call).
 const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
 
 struct Token {
     access: String,
+    /// When to get a new one.
+    refresh_at: Instant,
+    /// When Google says it expires.
     expires: Instant,
 }
 
@@ -26,6 +30,17 @@ struct Token {
 #[derive(Default)]
 pub(super) struct TokenCache {
     token: Mutex<Option<Token>>,
+    /// A worker is refreshing: the others go on with the current token while it holds.
+    refreshing: std::sync::atomic::AtomicBool,
+}
+
+/// Clears [`TokenCache::refreshing`] when the refresh ends, however it ends.
+struct Refreshing<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for Refreshing<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Release);
+    }
 }
 
 #[derive(Deserialize)]
@@ -86,11 +101,18 @@ impl TokenCache {
         {
             let cached = self.token.lock().expect("token lock");
             if let Some(t) = cached.as_ref() {
-                if t.expires > Instant::now() + EXPIRY_MARGIN {
+                let now = Instant::now();
+                if t.refresh_at > now {
                     return Ok(t.access.clone());
                 }
+                // Due for a refresh, still valid, and another worker is at it.
+                if t.expires > now && self.refreshing.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                    return Ok(t.access.clone());
+                }
+                self.refreshing.store(true, std::sync::atomic::Ordering::Release);
             }
         }
+        let _refreshing = Refreshing(&self.refreshing);
         let target = cfg.token_endpoint.url();
         let body = match &cfg.credential {
             Credential::Static(_) => unreachable!("returned above"),
@@ -139,9 +161,12 @@ impl TokenCache {
         }
         let answer: TokenAnswer = serde_json::from_slice(&bytes)
             .map_err(|e| Error::protocol("token", &target, format!("unreadable token answer: {e}")))?;
-        let expires = Instant::now() + Duration::from_secs(answer.expires_in.unwrap_or(3600));
+        let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(3600));
+        let now = Instant::now();
+        let refresh_at = now + lifetime - (lifetime / 10).min(EXPIRY_MARGIN);
         let access = answer.access_token;
-        *self.token.lock().expect("token lock") = Some(Token { access: access.clone(), expires });
+        *self.token.lock().expect("token lock") =
+            Some(Token { access: access.clone(), refresh_at, expires: now + lifetime });
         Ok(access)
     }
 
