@@ -431,6 +431,11 @@ pub fn write(out: &Path) -> Result<std::path::PathBuf> {
     }
     if !clouds.is_empty() {
         md.push_str(&crate::cloud::compare::cloud_section(&clouds));
+        let notes = out.join("cloud-notes.md");
+        if notes.is_file() {
+            md.push_str(&std::fs::read_to_string(&notes)?);
+            md.push('\n');
+        }
     }
     if let Some(s) = &scale {
         md.push_str("## Scaling with workers\n\n");
