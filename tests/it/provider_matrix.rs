@@ -230,7 +230,7 @@ fn assert_checked(report: &serde_json::Value, from: &str, to: &str, n: u64) {
     };
     let (src, dst) = (side("source:"), side("destination:"));
     let want_dst = match to.split(':').next() {
-        Some("gd") => "destination:md5",
+        Some("gd") => drive_destination_check(),
         Some("dbx") => "destination:content_hash",
         _ => "destination:crc32c",
     };
@@ -631,6 +631,16 @@ fn a_byte_changed_in_a_large_read_from_drive_is_caught() {
     assert!(proxy.fault_fired(), "the byte was flipped");
     assert_eq!(counts(&report).0, Some(1), "{report}");
     assert_same(&in_dropbox(&m.dbx, "Flip"), &tree, "Drive -> Dropbox with a byte changed on the way");
+}
+
+/// The report's name for the check of what was written to Drive: the hash Drive
+/// computed, MD5 or SHA-256, whichever is cheaper here.
+fn drive_destination_check() -> &'static str {
+    if laminar_engine::checksum::sha256_in_hardware() {
+        "destination:sha256"
+    } else {
+        "destination:md5"
+    }
 }
 
 /// The report's name for the check of what was read from Drive: Drive reports MD5 and

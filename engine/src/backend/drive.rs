@@ -587,7 +587,7 @@ impl Store for DriveStore {
     }
 
     fn capabilities(&self) -> Capabilities {
-        CAPABILITIES
+        Capabilities { checks_after_upload: upload::check_algos(), ..CAPABILITIES }
     }
 }
 

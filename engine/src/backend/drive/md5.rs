@@ -1,4 +1,5 @@
-//! The MD5 of what a resumable upload sent, kept while it is sent, so that the file
+//! The hash of what a resumable upload sent (MD5, or SHA-256 where the CPU computes it
+//! in hardware: [`super::upload::check_algo`]; "MD5" below stands for either), kept while it is sent, so that the file
 //! Drive completes is always checked against it (Drive checks no checksum sent with
 //! an upload; its `md5Checksum` is the only end-to-end check there is).
 //!
@@ -23,7 +24,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use super::upload::CHUNK_ALIGNMENT_BYTES;
-use crate::checksum::{Checksum, ChecksumAlgo, Hasher};
+use crate::checksum::{Checksum, Hasher};
 
 /// Most sessions tracked at once; a session past it is not tracked, and its file is
 /// refused when it completes.
@@ -56,7 +57,7 @@ impl Tracks {
     pub(super) fn start(&self, uri: &str) {
         let mut map = self.lock();
         if map.len() < TRACKS_MAX {
-            map.insert(uri.to_string(), Track::Running(vec![(0, Hasher::new(ChecksumAlgo::Md5))]));
+            map.insert(uri.to_string(), Track::Running(vec![(0, Hasher::new(super::upload::check_algo()))]));
         }
     }
 
@@ -162,7 +163,7 @@ mod tests {
     use super::*;
 
     fn md5(bytes: &[u8]) -> Checksum {
-        let mut h = Hasher::new(ChecksumAlgo::Md5);
+        let mut h = Hasher::new(super::super::upload::check_algo());
         h.update(bytes);
         h.finish()
     }
