@@ -201,6 +201,11 @@ pub struct Capabilities {
     /// Dropbox: content_hash): a check on the destination's side for stores that take
     /// no checksum with an upload.
     pub checks_after_upload: &'static [ChecksumAlgo],
+    /// Parts each worker keeps in flight into this store unless `--part-streams` says
+    /// otherwise; 0 is the engine's default (4). More for a store far away (Dropbox),
+    /// whose round trip and per-connection rate leave each part stream idle much of the
+    /// time, and whose parts are read whole before they are sent.
+    pub part_streams_per_worker: usize,
     /// Whether objects can be copied within the store without moving their bytes.
     pub server_side_copy: bool,
     /// Metadata kept.

@@ -126,6 +126,7 @@ const CAPABILITIES: Capabilities = Capabilities {
     reports: &[HashFamily::Md5, HashFamily::Sha256],
     verifies: &[],
     checks_after_upload: &[ChecksumAlgo::Md5],
+    part_streams_per_worker: 0,
     server_side_copy: false,
     metadata: MetaSupport { content_headers: false, user: false, mtime: true },
 };

@@ -127,6 +127,7 @@ impl MemOptions {
             reports: intern_families(&self.reports),
             verifies: intern_algos(&self.verifies),
             checks_after_upload: &[],
+            part_streams_per_worker: 0,
             server_side_copy: self.server_side_copy,
             metadata: self.metadata,
         }

@@ -122,6 +122,7 @@ const CAPABILITIES: Capabilities = Capabilities {
     // The MD5 of a single put is checked against its plain-MD5 ETag: the relay counts
     // that through `reports` (EtagMd5).
     checks_after_upload: &[],
+    part_streams_per_worker: 0,
     server_side_copy: true,
     metadata: MetaSupport { content_headers: true, user: true, mtime: true },
 };

@@ -230,7 +230,14 @@ impl Engine {
         if progress.transfers.load(Ordering::Relaxed) == 0 {
             progress.transfers.store(opts.transfers.max(1), Ordering::Relaxed);
         }
-        let parts_in_flight_per_worker = opts.part_streams.map_or(4, |n| n.div_ceil(workers)).max(1);
+        // The destination may ask for more part streams than the default (a store far
+        // away); `--part-streams` decides when given.
+        let preferred = {
+            let ctx = crate::backend::WorkerCtx { http: crate::http::HttpClient::default() };
+            dst.backend.open_sink(&ctx).map(|s| s.capabilities().part_streams_per_worker).unwrap_or(0)
+        };
+        let default_per_worker = if preferred > 0 { preferred } else { 4 };
+        let parts_in_flight_per_worker = opts.part_streams.map_or(default_per_worker, |n| n.div_ceil(workers)).max(1);
         let (tx, rx) = crossbeam_channel::unbounded();
         let policy = Policy {
             workers,
