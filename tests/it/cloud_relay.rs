@@ -110,7 +110,7 @@ fn dropbox_into_drive_and_back_byte_for_byte_then_a_rerun_copies_nothing() {
     let checks = first["checks"].as_array().expect("per-object checks");
     assert_eq!(checks.len(), n, "{first}");
     // Drive's MD5, or its SHA-256 where this CPU computes SHA-256 in hardware.
-    let drive_check = if laminar_engine::checksum::sha256_in_hardware() { "sha256" } else { "md5" };
+    let drive_check = laminar_tests::drive_check_name();
     for c in checks {
         assert_eq!(
             (&c["source"], &c["destination"]),

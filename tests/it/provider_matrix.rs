@@ -231,10 +231,10 @@ fn assert_checked(report: &serde_json::Value, from: &str, to: &str, n: u64) {
     let (src, dst) = (side("source:"), side("destination:"));
     let want_dst = match to.split(':').next() {
         Some("gd") => drive_destination_check(),
-        Some("dbx") => "destination:content_hash",
-        _ => "destination:crc32c",
+        Some("dbx") => "destination:content_hash".to_string(),
+        _ => "destination:crc32c".to_string(),
     };
-    assert_eq!(dst, BTreeMap::from([(want_dst.to_string(), n)]), "{from} -> {to}: {hashes}");
+    assert_eq!(dst, BTreeMap::from([(want_dst, n)]), "{from} -> {to}: {hashes}");
     if from.starts_with("dbx:") {
         assert_eq!(src, BTreeMap::from([("source:content_hash".to_string(), n)]), "{from} -> {to}: {hashes}");
     }
@@ -635,22 +635,14 @@ fn a_byte_changed_in_a_large_read_from_drive_is_caught() {
 
 /// The report's name for the check of what was written to Drive: the hash Drive
 /// computed, MD5 or SHA-256, whichever is cheaper here.
-fn drive_destination_check() -> &'static str {
-    if laminar_engine::checksum::sha256_in_hardware() {
-        "destination:sha256"
-    } else {
-        "destination:md5"
-    }
+fn drive_destination_check() -> String {
+    format!("destination:{}", laminar_tests::drive_check_name())
 }
 
 /// The report's name for the check of what was read from Drive: Drive reports MD5 and
 /// SHA-256, and the cheaper here is computed (SHA-256 where the CPU has it in hardware).
-fn drive_source_check() -> &'static str {
-    if laminar_engine::checksum::sha256_in_hardware() {
-        "source:sha256"
-    } else {
-        "source:md5"
-    }
+fn drive_source_check() -> String {
+    format!("source:{}", laminar_tests::drive_check_name())
 }
 
 /// A file from Drive too large to read whole (more than a worker's RAM share here):

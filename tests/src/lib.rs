@@ -83,3 +83,13 @@ pub fn laminar_with(config: &std::path::Path, args: &[&str]) -> std::process::Ou
     );
     out
 }
+
+/// The hash Laminar checks Drive's files by, as the report names it: SHA-256 where this
+/// CPU computes it in hardware, MD5 otherwise (Drive reports both).
+pub fn drive_check_name() -> &'static str {
+    if laminar_engine::checksum::sha256_in_hardware() {
+        "sha256"
+    } else {
+        "md5"
+    }
+}

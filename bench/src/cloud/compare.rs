@@ -515,13 +515,8 @@ pub fn cloud_compare(opts: &CloudOptions) -> Result<CloudComparison> {
 /// and the ratios to rclone's best.
 pub fn cloud_table(c: &CloudComparison) -> String {
     let gib = c.workload.total_bytes as f64 / (1u64 << 30) as f64;
-    let median = |mut v: Vec<f64>| -> (f64, f64, f64) {
-        v.sort_by(|a, b| a.total_cmp(b));
-        if v.is_empty() {
-            return (0.0, 0.0, 0.0);
-        }
-        (v[v.len() / 2], v[0], v[v.len() - 1])
-    };
+    // An empty series (a tool with no runs) has no figures.
+    let median = |v: Vec<f64>| if v.is_empty() { (0.0, 0.0, 0.0) } else { crate::report::stats(&v) };
     let of = |tool: &str| c.runs.iter().filter(|r| r.run.tool == tool).collect::<Vec<_>>();
     let best_rclone = ["rclone-default", "rclone-tuned"]
         .iter()
@@ -607,12 +602,8 @@ pub fn cloud_section(clouds: &[CloudComparison]) -> String {
 
 /// Median of `f` over `tool`'s runs in `c`.
 fn median_of(c: &CloudComparison, tool: &str, f: impl Fn(&CloudRun) -> f64) -> Option<f64> {
-    let mut v: Vec<f64> = c.runs.iter().filter(|r| r.run.tool == tool).map(f).collect();
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    Some(v[v.len() / 2])
+    let v: Vec<f64> = c.runs.iter().filter(|r| r.run.tool == tool).map(f).collect();
+    (!v.is_empty()).then(|| crate::report::stats(&v).0)
 }
 
 /// rclone's better median of `f` (higher is better when `higher`), and which flags.
