@@ -418,6 +418,7 @@ struct JsonReport<'a> {
     objects_copied: u64,
     objects_skipped: u64,
     objects_failed: u64,
+    objects_left_out: u64,
     bytes_copied: u64,
     bytes_skipped: u64,
     seconds: f64,
@@ -430,6 +431,7 @@ struct JsonReport<'a> {
     objects_planned: u64,
     peak_rss_bytes: Option<u64>,
     failures: &'a [relay::Failure],
+    left_out: &'a [laminar_engine::backend::LeftOut],
     routes: &'a std::collections::BTreeMap<&'static str, u64>,
     route_decisions: &'a [relay::RouteDecision],
     objects_compressed: u64,
@@ -453,6 +455,7 @@ pub fn print_report(report: &Report, json: bool, dry_run: bool) {
             objects_copied: report.objects_copied,
             objects_skipped: report.objects_skipped,
             objects_failed: report.objects_failed,
+            objects_left_out: report.objects_left_out,
             bytes_copied: report.bytes_copied,
             bytes_skipped: report.bytes_skipped,
             seconds: report.seconds,
@@ -465,6 +468,7 @@ pub fn print_report(report: &Report, json: bool, dry_run: bool) {
             objects_planned: report.objects_planned,
             peak_rss_bytes: laminar_tuning::peak_rss_bytes(),
             failures: &report.failures,
+            left_out: &report.left_out,
             routes: &report.routes,
             route_decisions: &report.route_decisions,
             objects_compressed: report.objects_compressed,
@@ -490,6 +494,15 @@ pub fn print_report(report: &Report, json: bool, dry_run: bool) {
     }
     for f in &report.failures {
         eprintln!("laminar: failed: {}: {}", f.key, f.reason);
+    }
+    for l in &report.left_out {
+        eprintln!("laminar: left out: {}: {}", l.key, l.reason);
+    }
+    if report.objects_left_out > report.left_out.len() as u64 {
+        eprintln!(
+            "laminar: left out: {} more, not listed here",
+            report.objects_left_out - report.left_out.len() as u64
+        );
     }
     println!(
         "{} objects: {} copied ({}), {} skipped, {} failed in {:.2}s, {}/s ({} workers, {}, {} RAM buffer)",

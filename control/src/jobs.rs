@@ -261,6 +261,8 @@ struct Inner {
     history: Vec<Transition>,
     error: Option<String>,
     failures: Vec<Failure>,
+    /// What the source's listing left out, with why.
+    left_out: Vec<laminar_engine::backend::LeftOut>,
     objects_planned: u64,
     finished_at: Option<String>,
     verify: Option<VerifyView>,
@@ -399,6 +401,7 @@ impl Job {
             "throughput_bytes_per_second": Job::throughput(&inner),
             "seconds": inner.report_seconds,
             "failures": inner.failures,
+            "left_out": inner.left_out,
             "error": inner.error,
             "waiting": inner.waiting.as_ref().map(|w| serde_json::json!({
                 "reason": w.reason,
@@ -534,6 +537,7 @@ impl Jobs {
                 history: vec![Transition { state: State::Pending, at: created_at.clone() }],
                 error: None,
                 failures: Vec::new(),
+                left_out: Vec::new(),
                 objects_planned: 0,
                 finished_at: None,
                 verify: None,
@@ -620,6 +624,7 @@ impl Jobs {
             match result {
                 Ok(report) => {
                     inner.failures = report.failures.into_iter().take(FAILURES_SHOWN_MAX).collect();
+                    inner.left_out = report.left_out.into_iter().take(FAILURES_SHOWN_MAX).collect();
                     inner.report_seconds = Some(report.seconds);
                     if report.objects_failed > 0 {
                         inner.error =

@@ -64,6 +64,18 @@ pub struct ListPage {
     pub entries: Vec<Entry>,
     /// Token for the next page; None at the end.
     pub next: Option<String>,
+    /// What the store holds under the prefix but leaves out of the listing, with why
+    /// (Drive: a Doc with no export format, a shortcut not followed).
+    pub left_out: Vec<LeftOut>,
+}
+
+/// Something a listing left out, with why: the relay reports it and copies nothing.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LeftOut {
+    /// The key it would have had.
+    pub key: String,
+    /// Why it was left out, one line.
+    pub reason: String,
 }
 
 /// Metadata that travels with an object where both stores can hold it.

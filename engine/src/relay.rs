@@ -211,6 +211,11 @@ pub struct Report {
     pub objects_skipped: u64,
     /// Objects that failed.
     pub objects_failed: u64,
+    /// Objects the source holds in scope but has no bytes to give for (Drive: a Doc
+    /// with no export format, a shortcut not followed); nothing is copied for them.
+    pub objects_left_out: u64,
+    /// Those objects with why, at most [`FAILURES_KEPT_MAX`].
+    pub left_out: Vec<crate::backend::LeftOut>,
     /// Bytes copied.
     pub bytes_copied: u64,
     /// Bytes of skipped objects.

@@ -523,7 +523,8 @@ class Checks:
         start = self.dbx.files_upload_session_start(data[:1000])
         commit = files.CommitInfo(PROPS + "/b.bin", property_groups=[group(source="s3://b/b")])
         self.dbx.files_upload_session_finish(data[1000:], files.UploadSessionCursor(start.session_id, 1000), commit)
-        # ... that must fit their templates: InvalidPropertyGroupError under properties_error.
+        # ... that must fit their templates: InvalidPropertyGroupError under properties_error,
+        # and "the file has uploaded without property groups".
         for groups, check in [
             ([fp.PropertyGroup("ptid:nope", [])], lambda e: e.is_template_not_found() and e.get_template_not_found() == "ptid:nope"),
             ([group(source="v" * 1025)], lambda e: e.is_property_field_too_large()),
@@ -533,15 +534,18 @@ class Checks:
             err = self.expect_api_error(self.dbx.files_upload, b"x", PROPS + "/bad.bin", property_groups=groups)
             assert err.is_properties_error() and check(err.get_properties_error()), err
         start = self.dbx.files_upload_session_start(b"abc", close=True)
-        bad = files.CommitInfo(PROPS + "/bad.bin", property_groups=[fp.PropertyGroup("ptid:nope", [])])
+        bad = files.CommitInfo(PROPS + "/bad2.bin", property_groups=[fp.PropertyGroup("ptid:nope", [])])
         err = self.expect_api_error(self.dbx.files_upload_session_finish, b"", files.UploadSessionCursor(start.session_id, 3), bad)
         assert err.is_properties_error() and err.get_properties_error().is_template_not_found(), err
+        for name, size in [("bad.bin", 1), ("bad2.bin", 3)]:
+            md = self.dbx.files_get_metadata(PROPS + "/" + name, include_property_groups=fp.TemplateFilterBase.filter_some([tid]))
+            assert md.size == size and not md.property_groups, md
 
         # Listings and metadata carry the groups of the templates asked for.
         only = fp.TemplateFilterBase.filter_some([tid])
         listed = self.dbx.files_list_folder(PROPS, include_property_groups=only).entries
         by_name = {e.name: e for e in listed}
-        assert set(by_name) == {"a.bin", "b.bin"}, by_name
+        assert set(by_name) == {"a.bin", "b.bin", "bad.bin", "bad2.bin"}, by_name
         (ga,) = by_name["a.bin"].property_groups
         assert ga.template_id == tid and {(f.name, f.value) for f in ga.fields} == {("source", "s3://b/a"), ("digest", "x")}
         (gb,) = by_name["b.bin"].property_groups

@@ -151,13 +151,18 @@ fn parse_commit(shared: &Shared, a: &Args) -> Result<Commit, ApiError> {
     })
 }
 
-/// Checks a commit's property groups against the templates: a `properties_error`
-/// (`InvalidPropertyGroupError`) when one does not fit.
-fn check_groups(store: &super::server::Store, commit: &Commit) -> Result<(), ApiError> {
-    store
-        .templates
-        .check_groups(&commit.property_groups)
-        .map_err(|v| ApiError::Route(json!({ ".tag": "properties_error", "properties_error": v })))
+/// Checks a commit's property groups against the templates. When one does not fit,
+/// the file is committed without any (as the API's `properties_error` says: "the file
+/// has uploaded without property groups") and the call still answers that error
+/// (`InvalidPropertyGroupError`): returns the commit to make and that error.
+fn check_groups(store: &super::server::Store, commit: Commit) -> (Commit, Option<ApiError>) {
+    match store.templates.check_groups(&commit.property_groups) {
+        Ok(()) => (commit, None),
+        Err(v) => {
+            let bare = Commit { property_groups: Vec::new(), ..commit };
+            (bare, Some(ApiError::Route(json!({ ".tag": "properties_error", "properties_error": v }))))
+        }
+    }
 }
 
 fn content_hash_arg<'a>(a: &Args<'a>) -> Result<Option<&'a str>, ApiError> {
@@ -366,10 +371,7 @@ fn finish_batch(shared: &Shared, a: &Args) -> Result<Vec<Value>, ApiError> {
             out.push(failure(ApiError::tag("too_many_write_operations")));
             continue;
         }
-        if let Err(e) = check_groups(&store, &commit) {
-            out.push(failure(e));
-            continue;
-        }
+        let (commit, groups_err) = check_groups(&store, commit);
         let assembled = match store.sessions.assemble(&id, offset, None, true) {
             Ok(a) => a,
             Err(e) => {
@@ -385,6 +387,10 @@ fn finish_batch(shared: &Shared, a: &Args) -> Result<Vec<Value>, ApiError> {
         match store.ns.commit_file(&commit, Arc::new(assembled.content), assembled.hash, now) {
             Ok(lower) => {
                 store.sessions.finished(&id);
+                if let Some(e) = groups_err {
+                    out.push(failure(e));
+                    continue;
+                }
                 let mut meta = store.ns.metadata_json(&lower, false);
                 meta[".tag"] = "success".into();
                 out.push(meta);
@@ -459,9 +465,10 @@ pub(crate) fn upload_complete(shared: &Shared, job: UploadJob, body: Received) -
                 .clone()
                 .unwrap_or_else(|| body.continued.clone().expect("uploads hash from offset 0").finish_hex());
             let mut store = shared.store();
-            check_groups(&store, &commit)?;
+            let (commit, groups_err) = check_groups(&store, commit);
             let content = Arc::new(Content::from_segments(vec![body.data.clone()]));
             match store.ns.commit_file(&commit, content, file_hash, now) {
+                Ok(_) if groups_err.is_some() => Err(groups_err.expect("checked")),
                 Ok(lower) => Ok(store.ns.metadata_json(&lower, false)),
                 Err(w) => Err(upload_failed(&mut store, w, body)),
             }
@@ -482,13 +489,16 @@ pub(crate) fn upload_complete(shared: &Shared, job: UploadJob, body: Received) -
             let mut store = shared.store();
             let assembled = store.sessions.assemble(&id, offset, Some(body), false)?;
             // After assembling: the call's data joins the session even when the commit fails.
-            check_groups(&store, &commit)?;
+            let (commit, groups_err) = check_groups(&store, commit);
             let lower = store
                 .ns
                 .commit_file(&commit, Arc::new(assembled.content), assembled.hash, now)
                 .map_err(|w| path_err("path", w.value()))?;
             store.sessions.finished(&id);
-            Ok(store.ns.metadata_json(&lower, false))
+            match groups_err {
+                Some(e) => Err(e),
+                None => Ok(store.ns.metadata_json(&lower, false)),
+            }
         }
     }
 }

@@ -533,7 +533,7 @@ impl DropboxStore {
         }
         let more = answer.get("has_more").and_then(Value::as_bool).unwrap_or(false);
         let next = if more { answer.get("cursor").and_then(Value::as_str).map(str::to_string) } else { None };
-        Ok(ListPage { entries, next })
+        Ok(ListPage { entries, next, left_out: Vec::new() })
     }
 }
 

@@ -247,7 +247,7 @@ impl FileStore {
             self.walks.borrow_mut().insert(id, walk);
             Some(id.to_string())
         };
-        Ok(ListPage { entries: page, next })
+        Ok(ListPage { entries: page, next, left_out: Vec::new() })
     }
 
     fn stat_sync(&self, key: &str) -> Result<Option<ObjectInfo>> {

@@ -457,7 +457,7 @@ impl MemShared {
                 })
             }
         };
-        Ok(ListPage { entries, next })
+        Ok(ListPage { entries, next, left_out: Vec::new() })
     }
 }
 

@@ -427,7 +427,7 @@ impl S3Store {
             entries.sort_by(|a, b| a.key.cmp(&b.key));
         }
         let next = if parsed.is_truncated.unwrap_or(false) { parsed.next_continuation_token } else { None };
-        Ok(ListPage { entries, next })
+        Ok(ListPage { entries, next, left_out: Vec::new() })
     }
 }
 

@@ -259,6 +259,8 @@ pub(super) struct Cursor {
     token: Option<String>,
     started: bool,
     last: Option<String>,
+    /// What the pages fetched so far left out, not yet taken by [`Cursor::take_left_out`].
+    left_out: Vec<crate::backend::LeftOut>,
 }
 
 impl Cursor {
@@ -280,6 +282,7 @@ impl Cursor {
             token: None,
             started: false,
             last: None,
+            left_out: Vec::new(),
         }
     }
 
@@ -341,10 +344,17 @@ impl Cursor {
     async fn fetch_page(&mut self) -> Result<crate::backend::ListPage> {
         let token = self.token.take();
         let never = std::sync::atomic::AtomicBool::new(false);
-        super::retry(self.retries, &never, || {
+        let mut page = super::retry(self.retries, &never, || {
             crate::metrics::timed(&self.label, crate::metrics::Op::List, self.store.list(&self.prefix, token.clone()))
         })
-        .await
+        .await?;
+        self.left_out.append(&mut page.left_out);
+        Ok(page)
+    }
+
+    /// What the listing left out since the last call.
+    pub(super) fn take_left_out(&mut self) -> Vec<crate::backend::LeftOut> {
+        std::mem::take(&mut self.left_out)
     }
 
     /// Reads the whole listing of a store that lists in no order into a sorter.
@@ -439,6 +449,7 @@ pub(super) async fn plan(
     // would hold as one object.
     let mut last_rel: Option<String> = None;
     while let Some(entry) = src.next().await? {
+        note_left_out(report, &scope, &shared.opts.filter, &mut src);
         // Once the destination's allowance is spent, the rest waits for a later run.
         if shared.stopped() || shared.quota_spent() {
             break;
@@ -542,5 +553,20 @@ pub(super) async fn plan(
             record(report, r);
         }
     }
+    note_left_out(report, &scope, &shared.opts.filter, &mut src);
     Ok(())
+}
+
+/// Counts what the source's listing left out within the relay's scope, and keeps the
+/// first [`FAILURES_KEPT_MAX`] with their reasons.
+fn note_left_out(report: &mut Report, scope: &Scope, filter: &Filter, src: &mut Cursor) {
+    for left in src.take_left_out() {
+        if scope.relative(&left.key, filter).is_none() {
+            continue;
+        }
+        report.objects_left_out += 1;
+        if report.left_out.len() < FAILURES_KEPT_MAX {
+            report.left_out.push(left);
+        }
+    }
 }

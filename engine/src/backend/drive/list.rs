@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use super::export::{self, Format};
 use super::{DriveConfig, DriveStore, FileRes, FOLDER_MIME, GOOGLE_APPS_PREFIX, LIST_FIELDS, SHORTCUT_MIME};
-use crate::backend::ListPage;
+use crate::backend::{LeftOut, ListPage};
 use crate::error::{Error, ErrorClass, Result};
 
 /// Most folders one listing walks through shortcuts (a bound on a shortcut graph
@@ -179,10 +179,6 @@ struct Walk {
 }
 
 impl DriveStore {
-    fn say_skipped(&self, key: &str, why: &str) {
-        eprintln!("laminar: skipping {}:{key}: {why}", self.cfg().remote);
-    }
-
     /// One listing step: the next folders of the walk, read whole and at once.
     pub(super) async fn list_page(&self, prefix: &str, token: Option<String>) -> Result<ListPage> {
         let target = format!("{}:{prefix}", self.cfg().remote);
@@ -211,12 +207,12 @@ impl DriveStore {
         let batch = walk.folders.split_off(walk.folders.len() - take);
         let read = batch.iter().map(|here| self.folder_contents(&here.id, LIST_FIELDS, &target));
         let contents = futures_util::future::join_all(read).await;
-        let mut entries = Vec::new();
+        let mut page = ListPage::default();
         for (here, files) in batch.into_iter().zip(contents) {
-            self.take_folder(prefix, here, files?, &mut walk, &mut entries).await?;
+            self.take_folder(prefix, here, files?, &mut walk, &mut page).await?;
         }
-        let next = (!walk.folders.is_empty()).then(|| serde_json::to_string(&walk).expect("serialisable"));
-        Ok(ListPage { entries, next })
+        page.next = (!walk.folders.is_empty()).then(|| serde_json::to_string(&walk).expect("serialisable"));
+        Ok(page)
     }
 
     /// The entries of one folder read whole; its subfolders join the walk.
@@ -226,12 +222,12 @@ impl DriveStore {
         here: Pending,
         files: Vec<FileRes>,
         walk: &mut Walk,
-        entries: &mut Vec<crate::backend::Entry>,
+        page: &mut ListPage,
     ) -> Result<()> {
         let follow = self.cfg().follow_shortcuts;
         let kinds: Vec<Listed> = files.iter().map(|f| listed(self.cfg(), f)).collect();
         let names = unique_names(&files, &kinds);
-        entries.reserve(files.len());
+        page.entries.reserve(files.len());
         for ((f, kind), name) in files.iter().zip(kinds).zip(names) {
             let key = format!("{}{}", here.at, name.as_deref().unwrap_or(&f.name));
             let wanted = if kind.is_dir() {
@@ -251,12 +247,12 @@ impl DriveStore {
                     };
                     if let Listed::Linked { .. } = kind {
                         if here.chain.contains(&id) {
-                            self.say_skipped(&key, "it is a shortcut to a folder it is in (a cycle)");
+                            leave_out(page, &key, "it is a shortcut to a folder it is in (a cycle)");
                             continue;
                         }
                         if walk.followed >= FOLLOWED_FOLDERS_MAX {
                             let why = format!("more than {FOLLOWED_FOLDERS_MAX} folders were reached by shortcuts");
-                            self.say_skipped(&key, &why);
+                            leave_out(page, &key, &why);
                             continue;
                         }
                         walk.followed += 1;
@@ -268,20 +264,25 @@ impl DriveStore {
                     }
                     walk.folders.push(Pending { id, at: format!("{key}/"), chain });
                 }
-                Listed::Skip(why) => self.say_skipped(&key, &why),
+                Listed::Skip(why) => leave_out(page, &key, &why),
                 Listed::File { export, .. } => match self.resolve(f, export, &key).await {
                     Ok(Some(resolved)) => match self.listed_entry(&resolved, key.clone()).await {
-                        Ok(entry) => entries.push(entry),
-                        Err(e) if e.class() == ErrorClass::FatalObject => self.say_skipped(&key, &skip_reason(&e)),
+                        Ok(entry) => page.entries.push(entry),
+                        Err(e) if e.class() == ErrorClass::FatalObject => leave_out(page, &key, &skip_reason(&e)),
                         Err(e) => return Err(e),
                     },
-                    Ok(None) => self.say_skipped(&key, "it is a shortcut whose target is gone or not visible"),
+                    Ok(None) => leave_out(page, &key, "it is a shortcut whose target is gone or not visible"),
                     Err(e) => return Err(e),
                 },
             }
         }
         Ok(())
     }
+}
+
+/// Records that `key` is not listed, and why.
+fn leave_out(page: &mut ListPage, key: &str, why: &str) {
+    page.left_out.push(LeftOut { key: key.to_string(), reason: why.to_string() });
 }
 
 /// Why a file whose export (or target) failed is skipped.
