@@ -114,6 +114,13 @@ export LAMINAR_S5CMD="$S5CMD_BIN"
 export LAMINAR_PYTHON="$VENV/bin/python"
 export LAMINAR_REQUIRE_SERVERS=1
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
+# The relays the tests run keep their journal, sort runs and export spools here, not
+# in this machine's own data directory; removed when the tests end.
+if [ -z "${LAMINAR_DATA_DIR:-}" ]; then
+    LAMINAR_DATA_DIR="$(mktemp -d /tmp/laminar-tests-data.XXXXXX)"
+    export LAMINAR_DATA_DIR
+    trap 'rm -rf "$LAMINAR_DATA_DIR"' EXIT
+fi
 
 log "weed: $("$LAMINAR_WEED" version 2>&1 | head -n 1)"
 log "rclone: $("$LAMINAR_RCLONE" version 2>&1 | head -n 1)"

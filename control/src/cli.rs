@@ -142,6 +142,15 @@ struct RelayArgs {
     /// Google Drive: follow shortcuts (one to a file copies the target's bytes under the shortcut's name, one to a folder is walked)
     #[arg(long)]
     drive_follow_shortcuts: bool,
+    /// Start over the objects a killed or stopped run of this relay left half-copied (their uploads are aborted) instead of going on from what the destination holds
+    #[arg(long)]
+    no_resume: bool,
+    /// Abort the uploads an earlier relay to this destination left open this long ago, or longer
+    #[arg(long, value_name = "DURATION", default_value = "7d")]
+    orphan_age: String,
+    /// Keep no journal (in $LAMINAR_DATA_DIR/laminar.db): a killed relay then starts its half-copied objects over
+    #[arg(long)]
+    no_journal: bool,
 }
 
 #[derive(Args)]
@@ -302,6 +311,12 @@ fn run_relay(config: Option<&std::path::Path>, args: RelayArgs) -> Result<u8, Fa
     opts.filter = Filter::new(&args.include, &args.exclude)?;
     opts.dry_run = args.dry_run;
     opts.server_side_copy = !args.no_server_side_copy;
+    opts.resume = !args.no_resume;
+    opts.orphan_age = humantime::parse_duration(&args.orphan_age)
+        .map_err(|e| usage(format!("--orphan-age {:?}: {e}; give a duration such as 7d or 12h", args.orphan_age)))?;
+    if !args.no_journal && !args.dry_run {
+        opts.journal = Some(laminar_engine::journal::Journal::open(&laminar_tuning::plan::default_data_dir())?);
+    }
     let json = args.json;
     let dry_run = args.dry_run;
     let report = relay_with_progress(src, dst, opts, !json, &mut |p| {
@@ -442,6 +457,7 @@ struct JsonReport<'a> {
     bytes_deferred: u64,
     waiting: Option<&'a relay::Waiting>,
     bytes_resumed: u64,
+    objects_resumed: u64,
     hashes_compared: &'a std::collections::BTreeMap<String, u64>,
     checks: &'a [relay::ObjectChecks],
 }
@@ -479,6 +495,7 @@ pub fn print_report(report: &Report, json: bool, dry_run: bool) {
             bytes_deferred: report.bytes_deferred,
             waiting: report.waiting.as_ref(),
             bytes_resumed: report.bytes_resumed,
+            objects_resumed: report.objects_resumed,
             hashes_compared: &report.hashes_compared,
             checks: &report.checks,
         };
@@ -517,9 +534,15 @@ pub fn print_report(report: &Report, json: bool, dry_run: bool) {
         report.driver.map(|d| d.to_string()).unwrap_or_default(),
         HumanBytes(report.ram_buffer_bytes),
     );
+    if report.objects_resumed > 0 {
+        println!(
+            "resumed: {} objects an earlier run left half-copied went on from what the destination held",
+            report.objects_resumed
+        );
+    }
     if report.bytes_resumed > 0 {
         println!(
-            "resumed: {} that the destination held from failed attempts was not sent again",
+            "resumed: {} that the destination held from failed attempts or an earlier run was not sent again",
             HumanBytes(report.bytes_resumed)
         );
     }

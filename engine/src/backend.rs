@@ -359,6 +359,19 @@ pub trait UploadSession {
         let key = &self.state().key;
         Box::pin(async move { Err(Error::protocol("upload-part", key, "this store takes no streamed parts")) })
     }
+    /// Whether the backend checks the upload by a hash of every byte sent, and so
+    /// must see again the bytes the store already holds of an upload an earlier run
+    /// began ([`UploadSession::held`]) before it goes on with it (Drive).
+    fn wants_held_bytes(&self) -> bool {
+        false
+    }
+    /// Bytes `offset..offset + body.len()` of the object, which the store holds of this
+    /// upload from an earlier run, read again from the source in order from 0: nothing
+    /// is sent. Only called when [`UploadSession::wants_held_bytes`] says so.
+    fn held(&self, offset: u64, body: &Body) -> Result<()> {
+        let _ = (offset, body);
+        Ok(())
+    }
     /// Copies a byte range of another object in the same store as one part.
     fn copy_part<'a>(&'a self, source: &'a CopySource, part: PartSpec) -> LocalFuture<'a, Result<String>> {
         let _ = (source, part);

@@ -15,6 +15,7 @@ pub mod backend;
 pub mod checksum;
 pub mod error;
 pub mod http;
+pub mod journal;
 pub mod listing;
 pub mod metrics;
 pub mod pool;

@@ -112,7 +112,18 @@ pub struct RelayOptions {
     pub stage: Option<crate::stage::StageOptions>,
     /// What every connection gets (engine-wide).
     pub sockets: Option<laminar_tuning::socket::SocketPolicy>,
+    /// Where uploads are recorded as they go, to be resumed after a crash; None: not
+    /// recorded.
+    pub journal: Option<crate::journal::Journal>,
+    /// Go on with the uploads that a relay from the same source to the same
+    /// destination left open (`false`: abort them and start those objects over).
+    pub resume: bool,
+    /// Uploads left open by a relay that died this long ago are aborted as orphans.
+    pub orphan_age: std::time::Duration,
 }
+
+/// Default of [`RelayOptions::orphan_age`]: 7 days.
+pub const DEFAULT_ORPHAN_AGE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
 /// Which path large objects take (`--route`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -187,6 +198,9 @@ impl Default for RelayOptions {
             spill_wait: DEFAULT_SPILL_WAIT,
             stage: None,
             sockets: None,
+            journal: None,
+            resume: true,
+            orphan_age: DEFAULT_ORPHAN_AGE,
         }
     }
 }
@@ -255,8 +269,11 @@ pub struct Report {
     pub bytes_deferred: u64,
     /// Bytes a retried upload found the destination already held from the failed
     /// attempt (a part whose answer was lost, what a dropped resumable upload had
-    /// committed), and did not send again.
+    /// committed), or a resumed upload from an earlier run, and did not send again.
     pub bytes_resumed: u64,
+    /// Objects whose upload an earlier run began (and left open when it was killed or
+    /// stopped) that this relay went on with.
+    pub objects_resumed: u64,
     /// Objects checked by each hash, by side: `source:content_hash`,
     /// `destination:md5`, ... (`source:none` where the source reports no hash the
     /// relay could compare).
@@ -374,6 +391,11 @@ pub(crate) struct Shared {
     pub(crate) queues: Queues,
     pub(crate) policy: Policy,
     pub(crate) stats: Stats,
+    /// Where this relay records its uploads, if anywhere.
+    pub(crate) journal: Option<crate::journal::RelayJournal>,
+    /// Uploads an earlier run left open that this relay may go on with, by source key;
+    /// each is taken by its object's start, and what is left at the end is aborted.
+    pub(crate) resumable: std::sync::Mutex<std::collections::HashMap<String, crate::journal::Resumable>>,
 }
 
 /// The work of a relay in hand, every queue bounded.
@@ -442,6 +464,8 @@ pub(crate) struct Stats {
     /// Bytes a retried upload found the destination already held from the failed
     /// attempt, and did not send again.
     pub(crate) bytes_resumed: std::sync::atomic::AtomicU64,
+    /// Objects whose upload was resumed from the journal.
+    pub(crate) objects_resumed: std::sync::atomic::AtomicU64,
     /// Large objects begun (session begun, parts queued) and not yet finished.
     pub(crate) large_open: std::sync::atomic::AtomicUsize,
     /// Which hashes checked each object, for the report: counts by side and name, and
@@ -568,6 +592,11 @@ impl Shared {
     pub(crate) fn finished(&self) -> bool {
         // Pair with the Release store after planning and the AcqRel decrement in `finish`.
         self.queues.listing_done.load(Ordering::Acquire) && self.queues.outstanding.load(Ordering::Acquire) == 0
+    }
+
+    /// The upload an earlier run left open for `src_key`, if the journal has one.
+    pub(crate) fn take_resumable(&self, src_key: &str) -> Option<crate::journal::Resumable> {
+        self.resumable.lock().expect("resumable lock").remove(src_key)
     }
 
     /// Reports a step on an object's way that does not end it.

@@ -71,7 +71,7 @@ impl Chain {
         }
     }
 
-    fn break_off(&mut self) {
+    pub(super) fn break_off(&mut self) {
         self.broken = true;
     }
 

@@ -247,7 +247,14 @@ impl Engine {
             health: inner.health.clone(),
         };
         let parts_queued_max = policy.parts_queued_max();
+        let (journal, claimed) = open_journal(&src, &dst, &opts)?;
+        let mut claimed = claimed.unwrap_or_default();
+        if !opts.resume {
+            claimed.orphans.extend(claimed.resumable.drain().map(|(_, r)| r));
+        }
         let shared = Arc::new(Shared {
+            journal,
+            resumable: Mutex::new(std::mem::take(&mut claimed.resumable)),
             queues: Queues {
                 objects: crossbeam_queue::ArrayQueue::new(opts.queue_depth.max(1)),
                 parts: crossbeam_queue::ArrayQueue::new(parts_queued_max),
@@ -277,6 +284,10 @@ impl Engine {
         // Check both sides before starting anything, so a wrong URL or key fails fast.
         crate::runtime::block_on(inner.driver, plan::check_locations(&shared))
             .map_err(|e| Error::io("start", "runtime", e))??;
+        if !claimed.orphans.is_empty() {
+            crate::runtime::block_on(inner.driver, abort_uploads(&shared, std::mem::take(&mut claimed.orphans)))
+                .map_err(|e| Error::io("start", "runtime", e))?;
+        }
 
         let dry_run = shared.opts.dry_run;
         if !dry_run {
@@ -307,6 +318,27 @@ impl Engine {
         if !dry_run {
             inner.set_jobs(|jobs| jobs.retain(|j| !Arc::ptr_eq(j, &shared)));
         }
+        if let Some(journal) = &shared.journal {
+            let finished = matches!(planned, Ok(Ok(())))
+                && !shared.stopped()
+                && shared.fatal.lock().expect("fatal lock").is_none();
+            if finished {
+                // Uploads an earlier run left that this one had no use for (the object
+                // was complete, changed or gone): nothing will go on with them.
+                let left: Vec<_> = shared.resumable.lock().expect("resumable lock").drain().map(|(_, r)| r).collect();
+                if !left.is_empty() {
+                    crate::runtime::block_on(inner.driver, abort_uploads(&shared, left))
+                        .map_err(|e| Error::io("end", "runtime", e))?;
+                }
+            }
+            journal.finish(if finished {
+                "done"
+            } else if shared.stopped() {
+                "stopped"
+            } else {
+                "failed"
+            });
+        }
         planned??;
         if let Some(fatal) = shared.fatal.lock().expect("fatal lock").clone() {
             return Err(Error::Usage(fatal));
@@ -320,6 +352,7 @@ impl Engine {
         report.objects_compressed = compressed;
         report.stage_bytes_written = shared.stats.stage_bytes_written.load(Ordering::Relaxed);
         report.bytes_resumed = shared.stats.bytes_resumed.load(Ordering::Relaxed);
+        report.objects_resumed = shared.stats.objects_resumed.load(Ordering::Relaxed);
         (report.hashes_compared, report.checks) =
             std::mem::take(&mut *shared.stats.checks.lock().expect("checks lock"));
         report.throttle_cuts = shared.progress.throttle.cuts();
@@ -385,6 +418,54 @@ impl Drop for Engine {
     fn drop(&mut self) {
         if !std::thread::panicking() {
             self.shutdown();
+        }
+    }
+}
+
+/// Starts this relay's record in the journal, if it has one (not for a dry run), and
+/// claims what earlier runs left open at its destination.
+fn open_journal(
+    src: &Location,
+    dst: &Location,
+    opts: &RelayOptions,
+) -> Result<(Option<crate::journal::RelayJournal>, Option<crate::journal::Claimed>)> {
+    let Some(journal) = opts.journal.as_ref().filter(|_| !opts.dry_run) else { return Ok((None, None)) };
+    let options = serde_json::json!({
+        "part_size_bytes": opts.part_size_bytes,
+        "checksum": opts.checksum.name(),
+        "route": opts.route.name(),
+        "resume": opts.resume,
+    });
+    let relay = journal.start_relay(&src.display, &dst.display, &options.to_string())?;
+    let claimed = relay.claim(opts.orphan_age)?;
+    Ok((Some(relay), Some(claimed)))
+}
+
+/// Aborts uploads the journal recorded and nothing will go on with, at this relay's
+/// destination; each that is gone from the store, or aborted, leaves the journal.
+async fn abort_uploads(shared: &Shared, uploads: Vec<crate::journal::Resumable>) {
+    let ctx = crate::backend::WorkerCtx { http: crate::http::HttpClient::default() };
+    let sink = match shared.dst.backend.open_sink(&ctx) {
+        Ok(sink) => sink,
+        Err(e) => {
+            eprintln!("laminar: warning: uploads left by an earlier run were not aborted: {e}");
+            return;
+        }
+    };
+    let never = AtomicBool::new(false);
+    for upload in uploads {
+        let key = upload.dst_key.clone();
+        let aborted = match sink.resume(upload.state) {
+            Ok(session) => super::retry(shared.opts.retries, &never, || session.abort()).await,
+            Err(e) => Err(e),
+        };
+        match aborted {
+            Ok(()) => {
+                if let Some(journal) = &shared.journal {
+                    journal.ended(&key);
+                }
+            }
+            Err(e) => eprintln!("laminar: warning: the upload of {key} left by an earlier run was not aborted: {e}"),
         }
     }
 }

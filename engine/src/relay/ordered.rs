@@ -30,16 +30,27 @@ const READ_AHEAD_PARTS: u32 = 2;
 
 pub(super) async fn run(ctx: Rc<Ctx>, job: Arc<ObjectJob>, staged: bool) {
     let (state, _) = session_and_spec(&job, 0);
-    let count = job.large().progress.part_count();
-    let mut index = 0u32;
+    let (count, resumed) = {
+        let large = job.large();
+        (large.progress.part_count(), large.resumed_offset)
+    };
+    // From the start, or from what the store held of an upload an earlier run began.
+    let held = resumed.unwrap_or(0);
+    let mut index = if held >= job.size() { count } else { job.large().progress.part_of(held) };
     // Parts before this one were filled into the stage (or tried).
-    let mut filled = 0u32;
+    let mut filled = index;
     // Bytes of the current part the store already holds.
-    let mut skip = 0u64;
+    let mut skip = if index < count { held - job.large().progress.part_spec(index).offset } else { 0 };
     // Steps back allowed: each is a store losing what it acknowledged, which the
     // retries bound like any other failure.
     let mut backs_left = ctx.shared.opts.retries + 1;
     let session = ctx.dst.resume(state.clone());
+    if let (Ok(s), true) = (&session, held > 0) {
+        if let Err(e) = rehash_held(&ctx, &job, s.as_ref(), held).await {
+            part_done(&ctx, &job, index.min(count - 1), Err(e));
+            index = count;
+        }
+    }
     while index < count {
         let session = match &session {
             Ok(s) => s.as_ref(),
@@ -124,6 +135,37 @@ pub(super) async fn run(ctx: Rc<Ctx>, job: Arc<ObjectJob>, staged: bool) {
         }
     }
     finish_large(&ctx, &job, state).await;
+}
+
+/// Reads the first `held` bytes again, which the store holds of an upload an earlier
+/// run began, for a backend that checks the upload by a hash of everything sent
+/// (Drive): nothing is sent.
+async fn rehash_held(ctx: &Ctx, job: &ObjectJob, session: &dyn UploadSession, held: u64) -> Result<()> {
+    if !session.wants_held_bytes() {
+        return Ok(());
+    }
+    let algo = ctx.shared.opts.checksum;
+    let step = job.large().progress.part_size.max(1);
+    let mut offset = 0;
+    while offset < held {
+        let len = step.min(held - offset);
+        let body = ctx
+            .retry(|| async {
+                let chunks = ctx.pool.acquire(ctx.pool.chunks_for(len)).await;
+                let mut hashers = Hashers::new(algo, false);
+                let read = ctx.src.read(job.src_key(), Some((offset, offset + len)), Body::new(chunks), &mut hashers);
+                let (body, _) = timed(ctx.src_label(), Op::Get, read).await?;
+                if body.len() != len {
+                    let detail = "the source came back short while reading again what the store holds";
+                    return Err(Error::protocol("get", job.src_key(), detail));
+                }
+                Ok(body)
+            })
+            .await?;
+        session.held(offset, &body)?;
+        offset += len;
+    }
+    Ok(())
 }
 
 /// Sends part `spec` from byte `skip` of it on, retrying; before each retry asks the

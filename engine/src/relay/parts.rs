@@ -75,12 +75,26 @@ pub(super) async fn plan_large(ctx: &Ctx, job: &ObjectJob) -> Result<u32> {
     let args = put_args(&info, job.src_version(), None);
     let checksum = copy.is_none().then_some(ctx.shared.opts.checksum);
     let plan = UploadPlan { size: job.size(), single: false, checksum };
-    let state = ctx
-        .retry(|| async {
-            let session = timed(ctx.dst_label(), Op::Create, ctx.dst.begin(job.dst_key(), plan, &args)).await?;
-            Ok(session.state().clone())
-        })
-        .await?;
+    let resumed = match ctx.shared.take_resumable(job.src_key()) {
+        Some(r) => resume(ctx, job, r, part_size, plan).await,
+        None => None,
+    };
+    let resumed_any = resumed.is_some();
+    let (state, done) = match resumed {
+        Some(r) => (r.state.clone(), Some(r)),
+        None => {
+            let state = ctx
+                .retry(|| async {
+                    let session = timed(ctx.dst_label(), Op::Create, ctx.dst.begin(job.dst_key(), plan, &args)).await?;
+                    Ok(session.state().clone())
+                })
+                .await?;
+            if let Some(journal) = &ctx.shared.journal {
+                journal.begun(job.src_key(), job.src_version(), job.size(), part_size, &state);
+            }
+            (state, None)
+        }
+    };
     let mut large = job.large();
     large.source = info;
     large.copy = copy;
@@ -93,10 +107,129 @@ pub(super) async fn plan_large(ctx: &Ctx, job: &ObjectJob) -> Result<u32> {
     if large.copy.is_none() {
         large.chain = chain::wanted(&large.source.checksums).map(|reported| chain::Chain::new(reported, count));
     }
+    if let Some(done) = done {
+        let mut bytes = 0;
+        for record in done.parts {
+            let index = record.number as usize - 1;
+            bytes += record.len;
+            if let Some(blocks) = done.blocks.get(&record.number) {
+                large.source_blocks[index] = Some(blocks.clone());
+            }
+            large.progress.parts[index] = Some(record);
+        }
+        large.resumed_offset = done.held;
+        // Parts sent by an earlier run were not hashed in this one, in order or at all.
+        if let Some(chain) = large.chain.as_mut() {
+            chain.break_off();
+        }
+        // An ordered stream's store may hold more than the parts recorded: a part in part.
+        let held = done.held.unwrap_or(bytes).max(bytes);
+        ctx.shared.stats.bytes_resumed.fetch_add(held, Ordering::Relaxed);
+        ctx.shared.stats.objects_resumed.fetch_add(1, Ordering::Relaxed);
+    }
     large.advance(Phase::Uploading);
     drop(large);
-    ctx.shared.emit(job.src_key(), Outcome::SessionBegun(Box::new(state)));
+    if !resumed_any {
+        ctx.shared.emit(job.src_key(), Outcome::SessionBegun(Box::new(state)));
+    }
     Ok(count)
+}
+
+/// An upload an earlier run left, reopened: its session, the parts the store still
+/// holds as the journal recorded them, and (an ordered stream) how many bytes it holds.
+struct Resumed {
+    state: SessionState,
+    parts: Vec<PartRecord>,
+    blocks: std::collections::HashMap<u32, crate::checksum::DropboxPart>,
+    held: Option<u64>,
+}
+
+/// Reopens the upload `r` an earlier run left for `job`, when it is of this very
+/// object (source version, size, key, part size, plan) and its session is still open:
+/// the parts the journal recorded are kept where the store still holds them. Otherwise
+/// the old upload is aborted, and None says to begin a new one.
+async fn resume(
+    ctx: &Ctx,
+    job: &ObjectJob,
+    r: crate::journal::Resumable,
+    part_size: u64,
+    plan: UploadPlan,
+) -> Option<Resumed> {
+    let same = r.version == job.src_version()
+        && r.size == job.size()
+        && r.dst_key == job.dst_key()
+        && r.part_size == part_size
+        && r.state.plan == plan;
+    let session = ctx.dst.resume(r.state.clone()).ok()?;
+    let committed = if same { ctx.retry(|| session.committed()).await.ok() } else { None };
+    let progress = crate::relay::ObjectProgress {
+        src_key: job.src_key().to_string(),
+        dst_key: job.dst_key().to_string(),
+        size: job.size(),
+        src_version: job.src_version().to_string(),
+        part_size,
+        session: None,
+        parts: Vec::new(),
+    };
+    let fits = |p: &PartRecord| {
+        p.number >= 1 && p.number <= progress.part_count() && {
+            let spec = progress.part_spec(p.number - 1);
+            spec.offset == p.offset && spec.len == p.len
+        }
+    };
+    let kept = match committed {
+        Some(Committed::Parts(held)) => {
+            let parts: Vec<PartRecord> = r
+                .state
+                .parts
+                .iter()
+                .filter(|p| fits(p))
+                .filter(|p| {
+                    held.iter().any(|h| {
+                        h.number == p.number
+                            && h.len == p.len
+                            && (h.checksum.bytes.is_empty() || h.checksum == p.checksum)
+                    })
+                })
+                .cloned()
+                .collect();
+            Some((parts, None))
+        }
+        Some(Committed::Offset(held)) => {
+            // The parts recorded from the first on, up to what the store holds; the
+            // stream goes on inside the part after them, or the object starts over.
+            let mut parts: Vec<PartRecord> = r.state.parts.iter().filter(|p| fits(p)).cloned().collect();
+            parts.sort_by_key(|p| p.number);
+            let contiguous = parts.iter().enumerate().take_while(|(i, p)| p.number as usize == i + 1).count();
+            parts.truncate(contiguous);
+            parts.retain(|p| p.offset + p.len <= held);
+            let next = parts.len() as u32;
+            let goes_on = if next == progress.part_count() {
+                held == job.size()
+            } else {
+                let spec = progress.part_spec(next);
+                held >= spec.offset && held < spec.offset + spec.len
+            };
+            goes_on.then_some((parts, Some(held)))
+        }
+        None => None,
+    };
+    match kept {
+        Some((parts, held)) => {
+            let mut state = r.state.clone();
+            state.parts = parts.clone();
+            Some(Resumed { state, parts, blocks: r.blocks, held })
+        }
+        None => {
+            let never = std::sync::atomic::AtomicBool::new(false);
+            if super::retry(ctx.shared.opts.retries, &never, || session.abort()).await.is_ok() {
+                if let Some(journal) = &ctx.shared.journal {
+                    journal.ended(&r.dst_key);
+                }
+            }
+            None
+        }
+    }
 }
 
 /// The session's state and part `index`'s place, from the object's progress.
@@ -129,7 +262,14 @@ pub(super) fn part_done(ctx: &Ctx, job: &ObjectJob, index: u32, result: Result<P
     match result {
         Ok(record) => {
             ctx.landed(record.len);
-            job.large().progress.parts[index as usize] = Some(record.clone());
+            let blocks = {
+                let mut large = job.large();
+                large.progress.parts[index as usize] = Some(record.clone());
+                large.source_blocks.get(index as usize).cloned().flatten()
+            };
+            if let Some(journal) = &ctx.shared.journal {
+                journal.part(job.dst_key(), &record, blocks.as_ref());
+            }
             ctx.shared.emit(job.src_key(), Outcome::PartCommitted(Box::new(record)));
         }
         Err(e) => {
@@ -405,14 +545,25 @@ pub(super) async fn finish_large(ctx: &Ctx, job: &ObjectJob, state: SessionState
     ctx.shared.progress.changed.notify(usize::MAX);
     job.large().advance(if result.is_ok() { Phase::Done } else { Phase::Failed });
     match result {
-        Ok(()) => ctx.shared.finish(job.src_key().to_string(), Outcome::Copied { bytes: job.size() }),
+        Ok(()) => {
+            if let Some(journal) = &ctx.shared.journal {
+                journal.ended(job.dst_key());
+            }
+            ctx.shared.finish(job.src_key().to_string(), Outcome::Copied { bytes: job.size() })
+        }
         Err(e) => {
             // Never leave a half-made object: the session is aborted, nothing completes.
             // Retried even when the relay is stopping: an upload left open is never
             // visible as an object, but it holds storage until the store expires it.
+            // One that could not be aborted stays in the journal, for a later run to
+            // go on with or abort.
             if let Ok(session) = &session {
                 let never = std::sync::atomic::AtomicBool::new(false);
-                let _ = super::retry(ctx.shared.opts.retries, &never, || session.abort()).await;
+                if super::retry(ctx.shared.opts.retries, &never, || session.abort()).await.is_ok() {
+                    if let Some(journal) = &ctx.shared.journal {
+                        journal.ended(job.dst_key());
+                    }
+                }
             }
             ctx.fail(job, e);
         }

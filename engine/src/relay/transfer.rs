@@ -114,6 +114,8 @@ pub(super) struct Large {
     /// The running whole-object hash, when the source vouches only with hashes that do
     /// not combine from parts (see [`super::chain`]).
     pub(super) chain: Option<super::chain::Chain>,
+    /// An ordered stream resumed from an earlier run: the bytes the store held then.
+    pub(super) resumed_offset: Option<u64>,
 }
 
 impl Large {
@@ -471,16 +473,24 @@ async fn begin_large(ctx: Rc<Ctx>, job: Arc<ObjectJob>) {
                 // Parts filled into the stage are not hashed in order.
                 super::chain::break_chain(&job);
             }
+            // Parts an earlier run sent (a resumed upload) are done already.
+            let done = job.large().progress.parts.iter().filter(|p| p.is_some()).count() as u32;
+            let left = count - done;
             // Pairs with the AcqRel decrement in `run_part`.
-            job.parts_left.store(count, Ordering::Release);
+            job.parts_left.store(left, Ordering::Release);
             if ctx.dst.capabilities().upload == UploadMode::Ordered {
                 // One ordered stream (e.g. a resumable upload): this task sends the
                 // parts itself, in order.
                 return super::ordered::run(ctx, job, staged).await;
             }
+            if left == 0 {
+                // Every part was sent before: only the completion is left.
+                let state = job.large().progress.session.clone().expect("session begun before parts");
+                return super::parts::finish_large(&ctx, &job, state).await;
+            }
             job.large().fill_first = staged;
             // The first window of parts; each part that ends queues the next.
-            for _ in 0..ctx.shared.policy.part_window().min(count) {
+            for _ in 0..ctx.shared.policy.part_window().min(left) {
                 queue_next_part(&ctx, &job);
             }
         }
@@ -502,10 +512,16 @@ pub(super) fn queue_next_part(ctx: &Ctx, job: &Arc<ObjectJob>) {
         let large = job.large();
         (large.progress.part_count(), large.fill_first)
     };
-    let index = job.next_part.fetch_add(1, Ordering::Relaxed);
-    if index >= count {
-        return;
-    }
+    // Past the parts an earlier run sent (a resumed upload): each is done already.
+    let index = loop {
+        let index = job.next_part.fetch_add(1, Ordering::Relaxed);
+        if index >= count {
+            return;
+        }
+        if job.large().progress.parts[index as usize].is_none() {
+            break index;
+        }
+    };
     let queues = &ctx.shared.queues;
     let queue = if fill_first { &queues.stage_fills } else { &queues.parts };
     if queue.push(PartTask { job: job.clone(), index }).is_err() {

@@ -351,6 +351,21 @@ impl UploadSession for DriveUpload<'_> {
         })
     }
 
+    fn wants_held_bytes(&self) -> bool {
+        self.session.uri.is_some()
+    }
+
+    fn held(&self, offset: u64, body: &Body) -> Result<()> {
+        let Some(uri) = &self.session.uri else { return Ok(()) };
+        let md5 = &self.store.shared.md5;
+        if offset == 0 {
+            md5.start(uri);
+        }
+        md5.feed(uri, offset, body.slices());
+        md5.confirm(uri, offset + body.len());
+        Ok(())
+    }
+
     fn committed(&self) -> LocalFuture<'_, Result<Committed>> {
         Box::pin(async move {
             let total = self.state.plan.size;
