@@ -218,6 +218,10 @@ pub struct Capabilities {
     /// whose round trip and per-connection rate leave each part stream idle much of the
     /// time, and whose parts are read whole before they are sent.
     pub part_streams_per_worker: usize,
+    /// Objects a second to start a relay into this store at, for a store that limits
+    /// how many objects are created a second (Drive): the pace rises from there until
+    /// the store refuses, instead of opening with a burst it refuses. 0: no pace.
+    pub objects_per_s_at_start: f64,
     /// Whether objects can be copied within the store without moving their bytes.
     pub server_side_copy: bool,
     /// Metadata kept.

@@ -741,6 +741,11 @@ where
                 e.retry_after(),
             );
             backoff(delay, stop, throttle).await;
+            // A retry of a refused attempt takes its turn under the pace too, as a new
+            // start would: refused for too many a second, it is one more of them.
+            if let Some(p) = throttle.filter(|_| e.is_throttle()) {
+                p.throttle.wait_turn(stop).await;
+            }
         }
         tries += 1;
         if free {

@@ -62,8 +62,11 @@ impl Setup {
         c
     }
 
+    /// Starts a relay in the background with two part streams, so that parts go up a
+    /// pair at a time and the relay is well inside the large file when it is killed.
     fn spawn(&self, from: &str, to: &str) -> Child {
-        self.command(from, to, &[]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run laminar")
+        let mut c = self.command(from, to, &["--part-streams", "2"]);
+        c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run laminar")
     }
 
     fn relay(&self, from: &str, to: &str, extra: &[&str]) -> serde_json::Value {
@@ -71,15 +74,15 @@ impl Setup {
         report_of(&out, &format!("relay {from} -> {to} {extra:?}"))
     }
 
-    /// Parts the journal holds of the upload of a key ending in `name`.
-    fn journaled_parts(&self, name: &str) -> u64 {
+    /// Bytes of the parts the journal holds of the upload of a key ending in `name`.
+    fn journaled_bytes(&self, name: &str) -> u64 {
         let path = self.data_dir().join("laminar.db");
         let Ok(conn) = rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY) else {
             return 0;
         };
         let pattern = format!("%{name}");
-        conn.query_row("SELECT COUNT(*) FROM parts WHERE dst_key LIKE ?1", [pattern], |r| r.get::<_, i64>(0))
-            .map_or(0, |n| n as u64)
+        let sum = "SELECT COALESCE(SUM(json_extract(record, '$.len')), 0) FROM parts WHERE dst_key LIKE ?1";
+        conn.query_row(sum, [pattern], |r| r.get::<_, i64>(0)).map_or(0, |n| n as u64)
     }
 
     /// Uploads the journal holds open.
@@ -88,12 +91,12 @@ impl Setup {
         conn.query_row("SELECT COUNT(*) FROM uploads", [], |r| r.get::<_, i64>(0)).expect("count") as u64
     }
 
-    /// Starts the relay, waits until the journal holds two parts of `big.bin`, and kills
-    /// it with SIGKILL.
+    /// Starts the relay, waits until the journal holds two parts' worth of `big.bin`,
+    /// and kills it with SIGKILL.
     fn kill_mid_object(&self, from: &str, to: &str) {
         let mut child = self.spawn(from, to);
         let deadline = Instant::now() + Duration::from_secs(60);
-        while self.journaled_parts("big.bin") < 2 {
+        while self.journaled_bytes("big.bin") < 2 * PART_BYTES {
             if let Ok(Some(status)) = child.try_wait() {
                 let out = child.wait_with_output().expect("output");
                 panic!("the relay ended before it was killed ({status}): {}", String::from_utf8_lossy(&out.stderr));

@@ -112,6 +112,12 @@ impl Backend for DriveBackend {
 }
 
 /// What Drive can do.
+/// Files a second a relay into Drive starts at: what rclone's Drive backend paces its
+/// calls to by default (`--drive-pacer-min-sleep` 100 ms). Drive limits the files one
+/// user creates a second (403 `userRateLimitExceeded`); the pace rises from here
+/// until Drive refuses.
+const DRIVE_OBJECTS_PER_S_AT_START: f64 = 10.0;
+
 const CAPABILITIES: Capabilities = Capabilities {
     upload: UploadMode::Ordered,
     parts: PartLimits {
@@ -127,6 +133,7 @@ const CAPABILITIES: Capabilities = Capabilities {
     verifies: &[],
     checks_after_upload: &[ChecksumAlgo::Md5],
     part_streams_per_worker: 0,
+    objects_per_s_at_start: DRIVE_OBJECTS_PER_S_AT_START,
     server_side_copy: false,
     metadata: MetaSupport { content_headers: false, user: false, mtime: true },
 };

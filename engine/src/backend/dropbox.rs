@@ -144,6 +144,7 @@ const CAPABILITIES: Capabilities = Capabilities {
     // Measured on the emulators under the `real` profile (bench/RESULTS.md): 4 part
     // streams a worker left Drive -> Dropbox at 1.1x rclone, 8 at 1.5x.
     part_streams_per_worker: 8,
+    objects_per_s_at_start: 0.0,
     server_side_copy: false,
     metadata: MetaSupport { content_headers: false, user: false, mtime: true },
 };

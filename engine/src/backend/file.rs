@@ -103,6 +103,7 @@ const CAPABILITIES: Capabilities = Capabilities {
     verifies: &[ChecksumAlgo::Crc32c, ChecksumAlgo::Crc64nvme, ChecksumAlgo::Sha256, ChecksumAlgo::Md5],
     checks_after_upload: &[],
     part_streams_per_worker: 0,
+    objects_per_s_at_start: 0.0,
     server_side_copy: false,
     metadata: MetaSupport { content_headers: true, user: true, mtime: true },
 };

@@ -128,6 +128,7 @@ impl MemOptions {
             verifies: intern_algos(&self.verifies),
             checks_after_upload: &[],
             part_streams_per_worker: 0,
+            objects_per_s_at_start: 0.0,
             server_side_copy: self.server_side_copy,
             metadata: self.metadata,
         }

@@ -123,6 +123,7 @@ const CAPABILITIES: Capabilities = Capabilities {
     // that through `reports` (EtagMd5).
     checks_after_upload: &[],
     part_streams_per_worker: 0,
+    objects_per_s_at_start: 0.0,
     server_side_copy: true,
     metadata: MetaSupport { content_headers: true, user: true, mtime: true },
 };

@@ -232,10 +232,16 @@ impl Engine {
         }
         // The destination may ask for more part streams than the default (a store far
         // away); `--part-streams` decides when given.
-        let preferred = {
+        let (preferred, objects_per_s_at_start) = {
             let ctx = crate::backend::WorkerCtx { http: crate::http::HttpClient::default() };
-            dst.backend.open_sink(&ctx).map(|s| s.capabilities().part_streams_per_worker).unwrap_or(0)
+            dst.backend
+                .open_sink(&ctx)
+                .map(|s| (s.capabilities().part_streams_per_worker, s.capabilities().objects_per_s_at_start))
+                .unwrap_or((0, 0.0))
         };
+        if objects_per_s_at_start > 0.0 && progress.throttle.pace_per_s().is_none() {
+            progress.throttle.start_paced(objects_per_s_at_start);
+        }
         let default_per_worker = if preferred > 0 { preferred } else { 4 };
         let parts_in_flight_per_worker = opts.part_streams.map_or(default_per_worker, |n| n.div_ceil(workers)).max(1);
         let (tx, rx) = crossbeam_channel::unbounded();

@@ -322,6 +322,8 @@ pub(crate) async fn run_object(ctx: Rc<Ctx>, job: Arc<ObjectJob>) {
             Err(e) => return ctx.fail(&job, e),
         }
     }
+    // A store that limits objects a second paces the uploads (not the checks above).
+    ctx.shared.progress.throttle.wait_turn(&ctx.shared.progress.stop).await;
     let result = match job.kind {
         Kind::DirMarker => dir_marker(&ctx, &job).await,
         Kind::Small => match server_side(&ctx, &job) {
