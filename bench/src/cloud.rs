@@ -22,6 +22,7 @@
 //! Both tools pay the proxy's TLS (ECDSA P-256 leaf certificates, TLS 1.3 by default)
 //! when a benchmark relays through it, so compare them through the same proxy.
 
+pub mod chart;
 pub mod compare;
 pub mod proxy;
 pub mod rclone;

@@ -253,6 +253,7 @@ pub fn compare(opts: &CompareOptions) -> Result<Comparison> {
             let mut cmd = if tool == "laminar" {
                 let mut c = Command::new(&opts.laminar);
                 c.arg("--config").arg(config.path()).args(["relay", "--json", SRC_PATH, &dst]);
+                c.args(crate::laminar_extra_args());
                 c
             } else {
                 rclone_command(&rclone, &pair, tool == "rclone-tuned", &workload.name, &dst)

@@ -25,3 +25,12 @@ pub mod sort;
 pub mod stage;
 pub mod synthetic;
 pub mod workload;
+
+/// Extra `laminar relay` flags for tuning studies, from `LAMINAR_BENCH_LAMINAR_ARGS`
+/// (split on whitespace; RESULTS.md names any used): the comparisons pass them to
+/// every Laminar run.
+pub fn laminar_extra_args() -> Vec<String> {
+    std::env::var("LAMINAR_BENCH_LAMINAR_ARGS")
+        .map(|extra| extra.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default()
+}

@@ -431,6 +431,8 @@ pub fn write(out: &Path) -> Result<std::path::PathBuf> {
     }
     if !clouds.is_empty() {
         md.push_str(&crate::cloud::compare::cloud_section(&clouds));
+        crate::cloud::chart::chart(&clouds, &out.join("cloud.svg"))?;
+        md.push_str("![Laminar's median throughput over rclone's best, per cloud comparison](results/cloud.svg)\n\n");
         let notes = out.join("cloud-notes.md");
         if notes.is_file() {
             md.push_str(&std::fs::read_to_string(&notes)?);

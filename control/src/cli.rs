@@ -307,6 +307,9 @@ fn run_relay(config: Option<&std::path::Path>, args: RelayArgs) -> Result<u8, Fa
     }
     let src = config.location(&args.src)?;
     let dst = config.location(&args.dst)?;
+    for note in [config.note(&args.src), config.note(&args.dst)].into_iter().flatten() {
+        eprintln!("laminar: note: {note}");
+    }
     let mut opts = options(&args.engine)?;
     opts.filter = Filter::new(&args.include, &args.exclude)?;
     opts.dry_run = args.dry_run;

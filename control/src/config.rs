@@ -109,8 +109,30 @@ impl Config {
         }
     }
 
+    /// What the operator should know about the remote `url` names before a relay
+    /// reaches it: an S3 remote that sets no `endpoint` talks to AWS.
+    pub fn note(&self, url: &str) -> Option<String> {
+        let (name, _) = url.split_once(':').filter(|(n, _)| !n.is_empty() && !url.contains("://"))?;
+        let table = self.remotes.get(name)?;
+        let is_s3 = table.get("type").and_then(toml::Value::as_str) == Some("s3");
+        if !is_s3 || table.contains_key("endpoint") {
+            return None;
+        }
+        let region = table.get("region").and_then(toml::Value::as_str).unwrap_or("us-east-1");
+        Some(format!(
+            "remote {name:?} sets no endpoint, so it is AWS S3 (https://s3.{region}.amazonaws.com); write \
+             endpoint = \"aws\" to say so, or the URL of your S3 service"
+        ))
+    }
+
     /// Turns a URL into a location.
     pub fn location(&self, url: &str) -> Result<Location> {
+        if let Some(c) = url.chars().find(|c| c.is_control()) {
+            return Err(Error::Usage(format!(
+                "{url:?} holds the control character U+{:04X}, which no key or path may hold: remove it",
+                c as u32
+            )));
+        }
         if let Some(rest) = url.strip_prefix("file://") {
             if !rest.starts_with('/') {
                 return Err(Error::Usage(format!(
@@ -206,10 +228,35 @@ mod tests {
         assert!(err("src:bucket").contains("has no access_key_id"));
         assert!(err("src:/x").contains("names no bucket"));
         assert!(err("src:Bad_Bucket!").contains("not a valid bucket"));
+        assert!(err("src:bkt/a\u{0}b").contains("control character U+0000"));
+        assert!(err("file:///tmp/a\nb").contains("control character U+000A"));
         assert!(Config::parse("[remotes.r]\ntype = \"gopher\"\n").unwrap_err().contains("unknown type"));
         let typo = c_err("[remotes.r]\ntype = \"s3\"\nendpiont = \"x\"\n");
         assert!(typo.contains("endpiont") && typo.contains("expected one of"), "{typo}");
         assert!(Config::parse("[remote.r]\ntype = \"s3\"\n").unwrap_err().contains("remote"));
+    }
+
+    #[test]
+    fn an_s3_remote_without_an_endpoint_is_named_as_aws() {
+        let c = config(
+            "[remotes.bare]\ntype = \"s3\"\nregion = \"eu-west-1\"\naccess_key_id = \"AK\"\nsecret_access_key = \"S\"\n\
+             [remotes.aws]\ntype = \"s3\"\nendpoint = \"aws\"\naccess_key_id = \"AK\"\nsecret_access_key = \"S\"\n\
+             [remotes.mine]\ntype = \"s3\"\nendpoint = \"http://127.0.0.1:9000\"\n",
+        );
+        let note = c.note("bare:bkt/x").expect("a note");
+        assert!(
+            note.contains("AWS S3")
+                && note.contains("s3.eu-west-1.amazonaws.com")
+                && note.contains("endpoint = \"aws\"")
+        );
+        assert_eq!(c.note("aws:bkt"), None, "said explicitly");
+        assert_eq!(c.note("mine:bkt"), None);
+        assert_eq!(c.note("file:///tmp/x"), None);
+        // `endpoint = "aws"` is AWS, virtual-hosted.
+        let loc = c.location("aws:bkt/p").unwrap();
+        let ctx = laminar_engine::backend::WorkerCtx { http: laminar_engine::http::HttpClient::default() };
+        let said = loc.backend.open_source(&ctx).unwrap().describe();
+        assert!(said.contains("s3.us-east-1.amazonaws.com"), "{said}");
     }
 
     #[test]

@@ -353,6 +353,14 @@ fn bad_requests_get_clear_json_errors_and_every_documented_route_answers() {
         ("POST", "/v1/jobs", Some(r#"{"source":"nope:bkt","destination":"b:bkt-b"}"#), 422, "unknown remote \"nope\""),
         ("POST", "/v1/jobs", Some(r#"{"source":"/tmp/x","destination":"b:bkt-b"}"#), 422, "not a URL"),
         ("POST", "/v1/jobs", Some(r#"{"source":"a:bkt-a"}"#), 422, "missing field `destination`"),
+        ("POST", "/v1/jobs", Some(r#"{"source":"a:bkt-a/\u0000x","destination":"b:bkt-b"}"#), 422, "U+0000"),
+        (
+            "POST",
+            "/v1/jobs",
+            Some(r#"{"source":"a:bkt-a","destination":"b:bkt-b","include":["a\u0007"]}"#),
+            422,
+            "U+0007",
+        ),
         ("POST", "/v1/jobs", Some(r#"{"source":"a:bkt-a","destination":"b:bkt-b","transfers":0}"#), 422, "transfers 0"),
         ("POST", "/v1/jobs", Some(r#"{"source":"a:bkt-a","destination":"b:bkt-b","checksum":"crc99"}"#), 422, "crc99"),
         (

@@ -439,10 +439,7 @@ pub fn cloud_compare(opts: &CloudOptions) -> Result<CloudComparison> {
                     let mut c = Command::new(&opts.laminar);
                     let config = if tool == "laminar" { &clouds.proxied_config } else { &clouds.direct_config };
                     c.arg("--config").arg(config).args(["relay", &src, &dst, "--json"]);
-                    // Extra flags for tuning studies (RESULTS.md names any used).
-                    if let Ok(extra) = std::env::var("LAMINAR_BENCH_LAMINAR_ARGS") {
-                        c.args(extra.split_whitespace());
-                    }
+                    c.args(crate::laminar_extra_args());
                     c.env("LAMINAR_DATA_DIR", clouds.dir.path().join("laminar-data"));
                     if tool == "laminar" {
                         c.env("HTTPS_PROXY", clouds.proxy.url()).env("SSL_CERT_FILE", clouds.proxy.ca_pem());

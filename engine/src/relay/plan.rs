@@ -29,6 +29,12 @@ impl Filter {
             }
             let mut b = GlobSetBuilder::new();
             for g in globs {
+                if let Some(c) = g.chars().find(|c| c.is_control()) {
+                    let code = c as u32;
+                    return Err(Error::Usage(format!(
+                        "{flag} {g:?} holds the control character U+{code:04X}: remove it"
+                    )));
+                }
                 b.add(Glob::new(g).map_err(|e| Error::Usage(format!("{flag} {g:?} is not a valid glob: {e}")))?);
             }
             Ok(Some(b.build().map_err(|e| Error::Usage(format!("{flag}: {e}")))?))

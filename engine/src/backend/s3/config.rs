@@ -57,7 +57,9 @@ impl S3RemoteConfig {
     pub fn resolve(&self, name: &str, bucket: &str) -> Result<S3Config> {
         let r = self;
         let region = r.region.clone().unwrap_or_else(|| "us-east-1".to_string());
-        let endpoint_url = r.endpoint.clone().unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
+        // `endpoint = "aws"` (or none) is AWS S3 in the remote's region.
+        let custom = r.endpoint.clone().filter(|e| !e.eq_ignore_ascii_case("aws"));
+        let endpoint_url = custom.clone().unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
         let endpoint = Endpoint::parse(&endpoint_url).map_err(|e| Error::Usage(format!("remote {name:?}: {e}")))?;
         let missing = |field: &str| {
             Error::Usage(format!(
@@ -80,7 +82,7 @@ impl S3RemoteConfig {
             secret(name, "session_token", &r.session_token, &r.session_token_file, &r.session_token_env)?;
         Ok(S3Config {
             remote: name.to_string(),
-            path_style: r.path_style.unwrap_or(r.endpoint.is_some()),
+            path_style: r.path_style.unwrap_or(custom.is_some()),
             endpoint,
             region,
             access_key_id,
