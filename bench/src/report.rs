@@ -279,6 +279,17 @@ fn targets(comparisons: &[Comparison], limits: &[LimitReport]) -> String {
     out
 }
 
+/// The label of the bar group centred at `x` (group `i` spans `i..i + 1`), and none
+/// between groups.
+pub(crate) fn group_label(labels: &[String], x: f64) -> String {
+    let i = x.floor() as usize;
+    if (x - i as f64 - 0.5).abs() < 0.01 {
+        labels.get(i).cloned().unwrap_or_default()
+    } else {
+        String::new()
+    }
+}
+
 /// Draws median throughput per workload and tool as grouped bars.
 pub fn chart(comparisons: &[Comparison], path: &Path) -> Result<()> {
     let groups: Vec<(String, Vec<(&str, f64)>)> = comparisons
@@ -308,14 +319,7 @@ pub fn chart(comparisons: &[Comparison], path: &Path) -> Result<()> {
         .disable_x_mesh()
         .y_max_light_lines(0)
         .x_labels(groups.len().max(1) * 2 + 1)
-        .x_label_formatter(&|x| {
-            let i = x.floor() as usize;
-            if (x - i as f64 - 0.5).abs() < 0.01 {
-                labels.get(i).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
-        })
+        .x_label_formatter(&|x| group_label(&labels, *x))
         .y_desc("MiB/s")
         .draw()
         .map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -53,14 +53,7 @@ pub fn chart(clouds: &[CloudComparison], path: &Path) -> Result<()> {
         .disable_x_mesh()
         .x_labels(n * 2 + 1)
         .x_label_style(("sans-serif", 11).into_font().transform(FontTransform::Rotate90))
-        .x_label_formatter(&|x| {
-            let i = x.floor() as usize;
-            if (x - i as f64 - 0.5).abs() < 0.01 {
-                labels.get(i).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
-        })
+        .x_label_formatter(&|x| crate::report::group_label(&labels, *x))
         .y_desc("x rclone's best")
         .draw()
         .map_err(|e| draw_err(&e))?;
