@@ -160,7 +160,13 @@ async fn resume(
         && r.dst_key == job.dst_key()
         && r.part_size == part_size
         && r.state.plan == plan;
-    let session = ctx.dst.resume(r.state.clone()).ok()?;
+    let Ok(session) = ctx.dst.resume(r.state.clone()) else {
+        // A record this store cannot reopen: there is nothing to go on with or abort.
+        if let Some(journal) = &ctx.shared.journal {
+            journal.ended(&r.dst_key);
+        }
+        return None;
+    };
     let committed = if same { ctx.retry(|| session.committed()).await.ok() } else { None };
     let progress = crate::relay::ObjectProgress {
         src_key: job.src_key().to_string(),
