@@ -30,17 +30,21 @@ const READ_AHEAD_PARTS: u32 = 2;
 
 pub(super) async fn run(ctx: Rc<Ctx>, job: Arc<ObjectJob>, staged: bool) {
     let (state, _) = session_and_spec(&job, 0);
-    let (count, resumed) = {
+    // From the start, or from what the store held of an upload an earlier run began:
+    // the part that holds that point, and the bytes of it the store already holds.
+    let (count, held, mut index, mut skip) = {
         let large = job.large();
-        (large.progress.part_count(), large.resumed_offset)
+        let (count, held) = (large.progress.part_count(), large.resumed_offset.unwrap_or(0));
+        match held < job.size() {
+            true => {
+                let index = large.progress.part_of(held);
+                (count, held, index, held - large.progress.part_spec(index).offset)
+            }
+            false => (count, held, count, 0),
+        }
     };
-    // From the start, or from what the store held of an upload an earlier run began.
-    let held = resumed.unwrap_or(0);
-    let mut index = if held >= job.size() { count } else { job.large().progress.part_of(held) };
     // Parts before this one were filled into the stage (or tried).
     let mut filled = index;
-    // Bytes of the current part the store already holds.
-    let mut skip = if index < count { held - job.large().progress.part_spec(index).offset } else { 0 };
     // Steps back allowed: each is a store losing what it acknowledged, which the
     // retries bound like any other failure.
     let mut backs_left = ctx.shared.opts.retries + 1;
