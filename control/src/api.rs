@@ -7,7 +7,24 @@
 //! field, unknown remote, bad URL, bad value), 401 a missing or wrong token, 404 an
 //! unknown job or route, 405 a wrong method, 409 an action the job's state does not
 //! allow (naming the state), 503 while shutting down. A client's mistake is never a 500.
+//!
+//! Before any route, one guard refuses what a browser could be tricked into sending
+//! (CSRF, DNS rebinding) and what exceeds the listener's limits:
+//! - a request whose `Origin` is not this appliance (`403`), or `Sec-Fetch-Site:
+//!   cross-site`;
+//! - without a token, a `Host` that is not a loopback name or the listen address
+//!   (`403`): a page on another name that resolves to 127.0.0.1 cannot reach the API;
+//! - a body that is not `Content-Type: application/json` (`415`); a POST with no body
+//!   and no type (`curl -X POST .../pause`) is fine;
+//! - more header fields or bytes than allowed (`431`), a body over the limit (`413`),
+//!   a request slower than the request timeout (`408`), each naming the limit.
+//!
+//! With a token, every route but `/healthz` and the dashboard's page needs it; the page
+//! holds no data (what it shows comes through the API, with the token the operator
+//! pastes), and a browser cannot send a header on navigation. `/metrics` names jobs and
+//! remotes, so it needs the token too unless `--metrics-public`.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -21,6 +38,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::jobs::{JobError, JobSpec, Jobs};
+use crate::listen::Limits;
 
 /// The OpenAPI document, served at `/v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -34,6 +52,18 @@ pub struct App {
     pub jobs: Arc<Jobs>,
     /// The bearer token, when the API requires one.
     pub token: Option<Arc<String>>,
+    /// What the guard checks requests against.
+    pub guard: Arc<Guard>,
+}
+
+/// What the guard in front of every route knows.
+pub struct Guard {
+    /// The listener's limits.
+    pub limits: Limits,
+    /// The address the API listens on (a `Host` naming its IP is this appliance).
+    pub listen: SocketAddr,
+    /// Whether `/metrics` is open without the token.
+    pub metrics_public: bool,
 }
 
 /// An error answer.
@@ -90,7 +120,8 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
 
 /// The router, with auth where it applies.
 pub fn router(app: App) -> Router {
-    let api = Router::new()
+    let mut api = Router::new()
+        .route("/readyz", get(readyz))
         .route("/v1/jobs", get(list_jobs).post(submit))
         .route("/v1/jobs/{id}", get(show).patch(patch))
         .route("/v1/jobs/{id}/pause", post(pause))
@@ -98,18 +129,124 @@ pub fn router(app: App) -> Router {
         .route("/v1/jobs/{id}/cancel", post(cancel))
         .route("/v1/jobs/{id}/verify", post(verify))
         .route("/v1/workers", get(workers))
-        .route("/v1/openapi.json", get(openapi))
-        .route_layer(axum::middleware::from_fn_with_state(app.clone(), require_token));
-    Router::new()
-        .route("/", get(dashboard))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .merge(api)
+        .route("/v1/openapi.json", get(openapi));
+    let mut open = Router::new().route("/", get(dashboard)).route("/healthz", get(healthz));
+    if app.guard.metrics_public {
+        open = open.route("/metrics", get(metrics));
+    } else {
+        api = api.route("/metrics", get(metrics));
+    }
+    let api = api.route_layer(axum::middleware::from_fn_with_state(app.clone(), require_token));
+    open.merge(api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::map_response(json_errors))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), guard))
+        .layer(axum::extract::DefaultBodyLimit::max(app.guard.limits.max_body_bytes))
         .with_state(app)
+}
+
+/// The checks before any route (see the module's docs).
+async fn guard(State(app): State<App>, request: Request, next: Next) -> Response {
+    let limits = app.guard.limits;
+    if let Err(e) = screen(&app, &request) {
+        return e.into_response();
+    }
+    match tokio::time::timeout(limits.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request was not complete within {} (the control API's request timeout)",
+                humantime::format_duration(limits.request_timeout)
+            ),
+        )
+        .into_response(),
+    }
+}
+
+/// The guard's checks on a request's head.
+fn screen(app: &App, request: &Request) -> Result<(), ApiError> {
+    let limits = app.guard.limits;
+    let headers = request.headers();
+    if headers.len() > limits.max_headers {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!("the request has {} header fields; the control API allows {}", headers.len(), limits.max_headers),
+        ));
+    }
+    let header_bytes: usize = headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    if header_bytes > limits.max_header_bytes {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!(
+                "the request's header fields are {header_bytes} bytes; the control API allows {}",
+                limits.max_header_bytes
+            ),
+        ));
+    }
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if app.token.is_none() {
+        if let Some(host) = host.filter(|h| !is_local_host(h, app.guard.listen)) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "Host {host:?} is not this appliance: without a token the API answers only requests to \
+                     {} or a loopback name such as localhost (a guard against DNS rebinding); \
+                     give --token-file to serve other names",
+                    app.guard.listen
+                ),
+            ));
+        }
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        let authority = origin.split_once("://").map(|(_, rest)| rest).unwrap_or("");
+        if host.is_none_or(|h| !authority.eq_ignore_ascii_case(h)) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("cross-origin requests are refused (Origin {origin:?}); use the dashboard this appliance serves, or a client that is not a browser"),
+            ));
+        }
+    }
+    if headers.get("sec-fetch-site").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site")) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "cross-site requests are refused (Sec-Fetch-Site: cross-site)",
+        ));
+    }
+    if matches!(*request.method(), Method::POST | Method::PATCH | Method::PUT | Method::DELETE) {
+        let content_type = headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("?"));
+        let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+            || headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim() != "0");
+        let json = content_type
+            .is_some_and(|t| t.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json"));
+        if !json && (content_type.is_some() || has_body) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "the body must be JSON sent as Content-Type: application/json (got {}); with curl, use --json",
+                    content_type.map_or("no Content-Type".to_string(), |t| format!("{t:?}"))
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a `Host` header names this appliance on loopback: `localhost` (or a name
+/// under it), a loopback IP, or the listen address's IP.
+fn is_local_host(host: &str, listen: SocketAddr) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split_once(']').map_or(rest, |(ip, _)| ip)
+    } else {
+        host.rsplit_once(':').filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(n, _)| n)
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    if name == "localhost" || name.ends_with(".localhost") {
+        return true;
+    }
+    name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback() || ip == listen.ip())
 }
 
 /// Turns any error answer that is not JSON yet (axum's own rejections: a path that is
@@ -126,7 +263,9 @@ async fn json_errors(response: Response) -> Response {
     }
     let body = axum::body::to_bytes(response.into_body(), 64 * 1024).await.unwrap_or_default();
     let text = String::from_utf8_lossy(&body);
-    let message = if text.trim().is_empty() {
+    let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        format!("the request body is over the control API's limit of {} bytes", crate::listen::MAX_BODY_BYTES)
+    } else if text.trim().is_empty() {
         status.canonical_reason().unwrap_or("error").to_string()
     } else {
         text.trim().to_string()
@@ -207,7 +346,6 @@ async fn list_jobs(State(app): State<App>) -> ApiResult {
 }
 
 async fn submit(State(app): State<App>, body: Bytes) -> ApiResult {
-    // The body is read as JSON whatever its Content-Type, so `curl -d` works.
     let spec: JobSpec = parse(&body)?;
     let job = app.jobs.submit(spec)?;
     let location = format!("/v1/jobs/{}", job.id);

@@ -25,6 +25,10 @@ pub struct JobArgs {
     /// File holding the bearer token, when the appliance requires one
     #[arg(long, env = "LAMINAR_TOKEN_FILE", value_name = "PATH", global = true)]
     token_file: Option<PathBuf>,
+    /// PEM certificate of the CA that signed an https appliance's certificate (the
+    /// system's roots are trusted too)
+    #[arg(long, env = "LAMINAR_CA_CERT", value_name = "PATH", global = true)]
+    ca_cert: Option<PathBuf>,
     /// Print the server's JSON
     #[arg(long, global = true)]
     json: bool,
@@ -123,10 +127,15 @@ impl Client {
             return Err(fail(2, format!("--server {:?}: give a URL such as http://127.0.0.1:7070", args.server)));
         }
         let token = args.token_file.as_deref().map(crate::serve::read_token).transpose()?;
-        let http = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| fail(2, format!("cannot make an HTTP client: {e}")))?;
+        let mut http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30));
+        if let Some(path) = &args.ca_cert {
+            let pem = std::fs::read(path)
+                .map_err(|e| fail(2, format!("--ca-cert {}: cannot read it: {e}", path.display())))?;
+            let ca = reqwest::Certificate::from_pem(&pem)
+                .map_err(|e| fail(2, format!("--ca-cert {}: not a PEM certificate: {e}", path.display())))?;
+            http = http.add_root_certificate(ca);
+        }
+        let http = http.build().map_err(|e| fail(2, format!("cannot make an HTTP client: {e}")))?;
         Ok(Client { http, base, token })
     }
 

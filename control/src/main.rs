@@ -15,6 +15,7 @@ mod client;
 mod config;
 mod demo;
 mod jobs;
+mod listen;
 mod metrics;
 mod plan;
 mod serve;

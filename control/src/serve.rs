@@ -21,6 +21,7 @@ use laminar_tuning::HumanBytes;
 use crate::api::{self, App};
 use crate::cli::{EngineArgs, Fail};
 use crate::jobs::Jobs;
+use crate::listen::{self, Limits};
 
 /// Flags of `laminar serve`.
 #[derive(Args)]
@@ -28,9 +29,26 @@ pub struct ServeArgs {
     /// Address of the control API; anything but loopback needs --token-file
     #[arg(long, default_value = "127.0.0.1:7070", value_name = "HOST:PORT")]
     listen: String,
-    /// File holding the bearer token the API requires (required off loopback)
+    /// File holding the bearer token the API requires (required off loopback; at least
+    /// 32 bytes, e.g. from `openssl rand -hex 32`)
     #[arg(long, value_name = "PATH")]
     token_file: Option<PathBuf>,
+    /// PEM certificate chain: serve the API over HTTPS (with --tls-key)
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve /metrics without the token (it names jobs and remotes)
+    #[arg(long)]
+    metrics_public: bool,
+    /// Connections the API holds open at once; one more is answered 429
+    #[arg(long, default_value_t = Limits::default().max_connections, value_name = "N")]
+    max_connections: usize,
+    /// Time a client has to send a request's headers (and how long an idle
+    /// connection stays open), e.g. 10s
+    #[arg(long, default_value = "10s", value_name = "DURATION")]
+    header_timeout: String,
     /// How long to wait for jobs to wind down after SIGTERM, e.g. 30s
     #[arg(long, default_value = "30s", value_name = "DURATION")]
     shutdown_grace: String,
@@ -47,7 +65,11 @@ fn usage(message: String) -> Fail {
     Fail { code: 2, message }
 }
 
-/// Reads the token: one line, not empty.
+/// The shortest token accepted: 32 bytes, e.g. `openssl rand -hex 16` and up.
+pub const TOKEN_BYTES_MIN: usize = 32;
+
+/// Reads the token: one line, no spaces, at least [`TOKEN_BYTES_MIN`] bytes. A file
+/// that others can read gets a warning (the token is the appliance's only key).
 pub fn read_token(path: &Path) -> Result<String, Fail> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| usage(format!("--token-file {}: cannot read it: {e}", path.display())))?;
@@ -57,6 +79,23 @@ pub fn read_token(path: &Path) -> Result<String, Fail> {
             "--token-file {}: it must hold one token (no spaces), e.g. from `openssl rand -hex 32`",
             path.display()
         )));
+    }
+    if token.len() < TOKEN_BYTES_MIN {
+        return Err(usage(format!(
+            "--token-file {}: the token is {} bytes; it must be at least {TOKEN_BYTES_MIN} (e.g. `openssl rand -hex 32` writes 64)",
+            path.display(),
+            token.len()
+        )));
+    }
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            eprintln!(
+                "laminar: warning: --token-file {} can be read by other users (mode {mode:03o}); `chmod 600` it",
+                path.display()
+            );
+        }
     }
     Ok(token)
 }
@@ -72,6 +111,18 @@ pub fn run(config: Option<&Path>, args: ServeArgs) -> Result<u8, Fail> {
             "--listen {addr} is not a loopback address: give --token-file so that the API requires a bearer token"
         )));
     }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(listen::tls_acceptor(cert, key).map_err(usage)?),
+        _ => None,
+    };
+    if args.max_connections == 0 {
+        return Err(usage("--max-connections 0: give at least 1".into()));
+    }
+    let header_timeout = humantime::parse_duration(&args.header_timeout)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| usage(format!("--header-timeout {:?}: give a duration such as 10s", args.header_timeout)))?;
+    let limits = Limits { max_connections: args.max_connections, header_timeout, ..Limits::default() };
     let grace = humantime::parse_duration(&args.shutdown_grace)
         .map_err(|e| usage(format!("--shutdown-grace {:?}: {e}; write e.g. 30s", args.shutdown_grace)))?;
     let opts = crate::cli::options(&args.engine)?;
@@ -86,7 +137,8 @@ pub fn run(config: Option<&Path>, args: ServeArgs) -> Result<u8, Fail> {
         })
         .transpose()?;
     let jobs = Jobs::new(engine.clone(), config, opts, waiting_retry);
-    let app = App { jobs: jobs.clone(), token: token.map(Arc::new) };
+    let guard = Arc::new(api::Guard { limits, listen: addr, metrics_public: args.metrics_public });
+    let app = App { jobs: jobs.clone(), token: token.map(Arc::new), guard };
 
     let stop_sampler = Arc::new(AtomicBool::new(false));
     let sampler = {
@@ -100,9 +152,10 @@ pub fn run(config: Option<&Path>, args: ServeArgs) -> Result<u8, Fail> {
 
     let (bound_tx, bound_rx) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let sidecar = std::thread::Builder::new()
         .name("laminar-sidecar".into())
-        .spawn(move || sidecar(addr, app, bound_tx, stop_rx))
+        .spawn(move || sidecar(addr, app, tls, bound_tx, stop_rx))
         .expect("spawn sidecar thread");
     let bound = match bound_rx.recv() {
         Ok(Ok(bound)) => bound,
@@ -114,14 +167,14 @@ pub fn run(config: Option<&Path>, args: ServeArgs) -> Result<u8, Fail> {
         Err(_) => return Err(usage("the control sidecar thread ended before it listened".into())),
     };
     eprintln!(
-        "laminar: serving on http://{bound} ({} workers, {}, {} RAM buffer{})",
+        "laminar: serving on {scheme}://{bound} ({} workers, {}, {} RAM buffer{})",
         engine.workers().len(),
         engine.driver(),
         HumanBytes(engine.ram_buffer_bytes()),
         if args.token_file.is_some() { ", bearer token required" } else { "" }
     );
     // One line on stdout with the bound address, for scripts that asked for port 0.
-    println!("listening on http://{bound}");
+    println!("listening on {scheme}://{bound}");
 
     while !interrupted.load(Ordering::Acquire) {
         std::thread::park_timeout(Duration::from_millis(100));
@@ -155,6 +208,7 @@ pub fn run(config: Option<&Path>, args: ServeArgs) -> Result<u8, Fail> {
 fn sidecar(
     addr: SocketAddr,
     app: App,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     bound: std::sync::mpsc::Sender<Result<SocketAddr, String>>,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) {
@@ -182,11 +236,7 @@ fn sidecar(
         };
         let local = listener.local_addr().unwrap_or(addr);
         let _ = bound.send(Ok(local));
-        let serve = axum::serve(listener, api::router(app)).with_graceful_shutdown(async {
-            let _ = stop.await;
-        });
-        if let Err(e) = serve.await {
-            eprintln!("laminar: control sidecar stopped: {e}");
-        }
+        let limits = app.guard.limits;
+        listen::serve(listener, api::router(app), tls, limits, stop).await;
     });
 }

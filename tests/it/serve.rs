@@ -42,6 +42,11 @@ struct Appliance {
 
 impl Appliance {
     fn start(config: &Path, extra: &[&str]) -> Appliance {
+        Appliance::start_with(config, extra, None)
+    }
+
+    /// Starts it, trusting `ca_pem` for an https API.
+    fn start_with(config: &Path, extra: &[&str], ca_pem: Option<&str>) -> Appliance {
         let dir = tempfile::tempdir().unwrap();
         let stderr = dir.path().join("stderr");
         let mut child = Command::new(laminar_bin())
@@ -58,7 +63,11 @@ impl Appliance {
         let url = line.trim().strip_prefix("listening on ").unwrap_or_else(|| {
             panic!("laminar serve did not start: {:?}\n{}", line, std::fs::read_to_string(&stderr).unwrap())
         });
-        let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+        let mut http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(60));
+        if let Some(pem) = ca_pem {
+            http = http.add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap());
+        }
+        let http = http.build().unwrap();
         Appliance { url: url.to_string(), child, http, token: None, stderr, _dir: dir }
     }
 
@@ -130,6 +139,24 @@ impl Appliance {
             String::from_utf8_lossy(&out.stderr)
         );
         out
+    }
+
+    /// The API's address, for raw connections.
+    fn addr(&self) -> std::net::SocketAddr {
+        self.url.rsplit("//").next().unwrap().parse().unwrap()
+    }
+
+    /// Sends `request` as written on a fresh connection; the status and body.
+    fn raw(&self, request: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(self.addr()).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        conn.write_all(request.as_bytes()).unwrap();
+        let mut answer = Vec::new();
+        let _ = conn.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer).to_string();
+        let status = answer.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        (status, answer.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
     }
 
     fn stderr(&self) -> String {
@@ -421,35 +448,53 @@ fn bad_requests_get_clear_json_errors_and_every_documented_route_answers() {
     }
 }
 
+/// A token long enough for the appliance.
+const TOKEN: &str = "s3cr3t-0123456789abcdef0123456789abcdef";
+
 #[test]
 fn a_token_guards_the_api_and_off_loopback_needs_one() {
     let Some(c) = clouds() else { return };
+    let serve = |args: &[&str]| {
+        let out = Command::new(laminar_bin()).arg("--config").arg(c.config.path()).arg("serve").args(args).output();
+        let out = out.unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
     // Off loopback without a token: refused before binding anything.
-    let out = Command::new(laminar_bin())
-        .arg("--config")
-        .arg(c.config.path())
-        .args(["serve", "--listen", "0.0.0.0:0"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = serve(&["--listen", "0.0.0.0:0"]);
+    assert_eq!(code, Some(2));
     assert!(err.contains("--token-file") && err.lines().count() == 1, "{err}");
-
+    // A short token is refused, naming the rule.
     let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short");
+    std::fs::write(&short, "s3cr3t\n").unwrap();
+    let (code, err) = serve(&["--listen", "127.0.0.1:0", "--token-file", short.to_str().unwrap()]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("at least 32") && err.lines().count() == 1, "{err}");
+
     let token_file = dir.path().join("token");
-    std::fs::write(&token_file, "s3cr3t-token\n").unwrap();
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
     let mut app = Appliance::start(c.config.path(), &["--token-file", token_file.to_str().unwrap()]);
-    for path in ["/healthz", "/readyz", "/metrics"] {
-        assert_eq!(app.call("GET", path, None).0, 200, "{path} stays open");
+    assert!(app.stderr().contains("chmod 600"), "a token others can read is warned about: {}", app.stderr());
+    assert_eq!(app.call("GET", "/healthz", None).0, 200, "/healthz stays open");
+    assert_eq!(app.call("GET", "/", None).0, 200, "the dashboard's page (no data in it) stays open");
+    for path in ["/readyz", "/metrics", "/v1/jobs", "/v1/workers", "/v1/openapi.json"] {
+        let (status, value) = app.call("GET", path, None);
+        assert_eq!(status, 401, "{path}: {value}");
+        assert!(value["error"].as_str().unwrap().contains("Bearer"), "{value}");
     }
-    let (status, value) = app.call("GET", "/v1/jobs", None);
-    assert_eq!(status, 401);
-    assert!(value["error"].as_str().unwrap().contains("Bearer"), "{value}");
     app.token = Some("wrong".into());
     assert_eq!(app.call("GET", "/v1/jobs", None).0, 401);
-    app.token = Some("s3cr3t-token".into());
-    assert_eq!(app.call("GET", "/v1/jobs", None).0, 200);
-    assert_eq!(app.call("GET", "/v1/workers", None).0, 200);
+    app.token = Some(TOKEN.into());
+    for path in ["/readyz", "/metrics", "/v1/jobs", "/v1/workers"] {
+        assert_eq!(app.call("GET", path, None).0, 200, "{path}");
+    }
+    // With a token, any Host is served (the token is the guard): a name behind a proxy.
+    let (status, _) = app.raw(&format!(
+        "GET /v1/jobs HTTP/1.1\r\nHost: relay.example.internal\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
+    ));
+    assert_eq!(status, 200);
     // The CLI client with and without the token file.
     let out = app.laminar_job(&["list"]);
     assert_eq!(out.status.code(), Some(2));
@@ -459,6 +504,165 @@ fn a_token_guards_the_api_and_off_loopback_needs_one() {
     // The token never shows in logs or metrics.
     let metrics = app.call("GET", "/metrics", None).1.to_string();
     assert!(!metrics.contains("s3cr3t") && !app.stderr().contains("s3cr3t"));
+    drop(app);
+
+    // --metrics-public opens /metrics alone.
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let app = Appliance::start(c.config.path(), &["--token-file", token_file.to_str().unwrap(), "--metrics-public"]);
+    assert!(!app.stderr().contains("chmod"), "{}", app.stderr());
+    assert_eq!(app.call("GET", "/metrics", None).0, 200);
+    assert_eq!(app.call("GET", "/v1/jobs", None).0, 401);
+}
+
+#[test]
+fn the_api_refuses_cross_origin_requests_foreign_hosts_and_bodies_that_are_not_json() {
+    let Some(c) = clouds() else { return };
+    let app = Appliance::start(c.config.path(), &[]);
+    let port = app.addr().port();
+    let spec = r#"{"source":"a:bkt-a","destination":"b:bkt-b/x","dry_run":true}"#;
+    let post = |headers: &str, body: &str| {
+        app.raw(&format!(
+            "POST /v1/jobs HTTP/1.1\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ))
+    };
+    let host = format!("Host: 127.0.0.1:{port}\r\n");
+    // What a web page can send without a preflight: text/plain, forms, no type at all.
+    for kind in ["Content-Type: text/plain\r\n", "Content-Type: application/x-www-form-urlencoded\r\n", ""] {
+        let (status, body) = post(&format!("{host}{kind}"), spec);
+        assert_eq!(status, 415, "{kind:?}: {body}");
+        assert!(body.contains("application/json") && body.contains("--json"), "{body}");
+    }
+    // Another origin, even with a JSON body (a CORS request that skipped its preflight).
+    let (status, body) =
+        post(&format!("{host}Content-Type: application/json\r\nOrigin: http://evil.example\r\n"), spec);
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("cross-origin"), "{body}");
+    let (status, _) = post(&format!("{host}Content-Type: application/json\r\nSec-Fetch-Site: cross-site\r\n"), spec);
+    assert_eq!(status, 403);
+    // DNS rebinding: a foreign name that resolved to 127.0.0.1.
+    let (status, body) = post(&format!("Host: evil.example:{port}\r\nContent-Type: application/json\r\n"), spec);
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("evil.example") && body.contains("DNS rebinding"), "{body}");
+    let (status, _) =
+        app.raw(&format!("GET /v1/jobs HTTP/1.1\r\nHost: rebind.example:{port}\r\nConnection: close\r\n\r\n"));
+    assert_eq!(status, 403, "reads too: a rebinding page must not see the jobs");
+    // None of those made a job.
+    assert_eq!(app.ok("GET", "/v1/jobs", None)["jobs"].as_array().unwrap().len(), 0);
+
+    // The same origin, loopback names and a POST with no body are served.
+    let (status, body) = post(
+        &format!("{host}Content-Type: application/json; charset=utf-8\r\nOrigin: http://127.0.0.1:{port}\r\n"),
+        spec,
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = post(&format!("Host: localhost:{port}\r\nContent-Type: application/json\r\n"), spec);
+    assert_eq!(status, 201, "{body}");
+    let (status, body) =
+        app.raw(&format!("POST /v1/jobs/j-00000000/pause HTTP/1.1\r\nHost: [::1]:{port}\r\nConnection: close\r\n\r\n"));
+    assert_eq!(status, 404, "a bodiless POST reaches its route: {body}");
+
+    // Limits, each named in the answer.
+    let many: String = (0..70).map(|i| format!("X-Filler-{i}: x\r\n")).collect();
+    let (status, body) = app.raw(&format!("GET /v1/jobs HTTP/1.1\r\n{host}{many}Connection: close\r\n\r\n"));
+    assert_eq!(status, 431, "{body}");
+    assert!(body.contains("72 header fields") && body.contains("64"), "{body}");
+    let big = "y".repeat(20 * 1024);
+    let (status, body) = app.raw(&format!("GET /v1/jobs HTTP/1.1\r\n{host}X-Big: {big}\r\nConnection: close\r\n\r\n"));
+    assert_eq!(status, 431, "{body}");
+    assert!(body.contains("16384"), "{body}");
+    let huge = format!(r#"{{"source":"a:bkt-a","destination":"b:bkt-b","include":["{}"]}}"#, "z".repeat(2 << 20));
+    let (status, body) = post(&format!("{host}Content-Type: application/json\r\n"), &huge);
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("1048576 bytes"), "{body}");
+    assert_eq!(app.ok("GET", "/v1/jobs", None)["jobs"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn slow_clients_are_closed_and_connections_beyond_the_limit_are_answered_429() {
+    use std::io::{Read, Write};
+    let Some(c) = clouds() else { return };
+    let app = Appliance::start(c.config.path(), &["--max-connections", "4", "--header-timeout", "1s"]);
+    // Four clients that never finish their headers hold every connection.
+    let slow: Vec<std::net::TcpStream> = (0..4)
+        .map(|_| {
+            let mut conn = std::net::TcpStream::connect(app.addr()).unwrap();
+            conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ").unwrap();
+            conn
+        })
+        .collect();
+    // One more is answered at once, naming the limit. (The accept loop takes the four
+    // slow ones first: they connected first.)
+    let (status, body) = app.raw("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("--max-connections") && body.contains('4'), "{body}");
+    // The slow ones are closed by the header timeout (the read ends; a hang would fail
+    // the read's own 60 s bound).
+    for mut conn in slow {
+        conn.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut rest = Vec::new();
+        let read = conn.read_to_end(&mut rest);
+        assert!(read.is_ok() || rest.is_empty(), "{read:?}");
+    }
+    // And the API answers again.
+    assert_eq!(app.ok("GET", "/healthz", None)["status"], "ok");
+}
+
+#[test]
+fn the_api_serves_https_with_the_given_certificate() {
+    let Some(c) = clouds() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(rcgen::DnType::CommonName, "laminar test CA");
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let (cert_path, key_path, ca_path) =
+        (dir.path().join("cert.pem"), dir.path().join("key.pem"), dir.path().join("ca.pem"));
+    std::fs::write(&cert_path, leaf.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+
+    // A key that is not PEM: one line naming the flag.
+    let out = Command::new(laminar_bin())
+        .arg("--config")
+        .arg(c.config.path())
+        .args(["serve", "--listen", "127.0.0.1:0", "--tls-cert", cert_path.to_str().unwrap(), "--tls-key"])
+        .arg(&token_file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--tls-key") && err.lines().count() == 1, "{err}");
+
+    let tls = ["--tls-cert", cert_path.to_str().unwrap(), "--tls-key", key_path.to_str().unwrap()];
+    let mut args = tls.to_vec();
+    args.extend(["--token-file", token_file.to_str().unwrap()]);
+    let mut app = Appliance::start_with(c.config.path(), &args, Some(&ca.pem()));
+    assert!(app.url.starts_with("https://127.0.0.1:"), "{}", app.url);
+    app.token = Some(TOKEN.into());
+    assert_eq!(app.ok("GET", "/v1/jobs", None)["jobs"], json!([]));
+    // The CLI client trusts the CA it is given, and refuses the server without it.
+    let out = app.laminar_job(&[
+        "list",
+        "--token-file",
+        token_file.to_str().unwrap(),
+        "--ca-cert",
+        ca_path.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let out = app.laminar_job(&["list", "--token-file", token_file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "an unknown CA is not trusted");
+    // Plain HTTP on the TLS port gets no answer.
+    let (status, _) = app.raw("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    assert_eq!(status, 0);
 }
 
 #[test]
