@@ -151,6 +151,9 @@ struct RelayArgs {
     /// Keep no journal (in $LAMINAR_DATA_DIR/laminar.db): a killed relay then starts its half-copied objects over
     #[arg(long)]
     no_journal: bool,
+    /// Local sources: follow symbolic links (copy what they point at) instead of leaving them out with a note
+    #[arg(long, short = 'L')]
+    copy_links: bool,
 }
 
 #[derive(Args)]
@@ -304,6 +307,10 @@ fn run_relay(config: Option<&std::path::Path>, args: RelayArgs) -> Result<u8, Fa
     }
     if args.drive_follow_shortcuts {
         config.set_for_type("drive", "follow_shortcuts", true.into());
+    }
+    if args.copy_links {
+        config.set_for_type("file", "copy_links", true.into());
+        config.copy_links = true;
     }
     let src = config.location(&args.src)?;
     let dst = config.location(&args.dst)?;

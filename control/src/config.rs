@@ -37,6 +37,9 @@ pub struct Config {
     pub remotes: BTreeMap<String, toml::Table>,
     /// Where it was read from; None when no file was found.
     pub path: Option<PathBuf>,
+    /// `file://` URLs follow symbolic links as sources (`--copy-links`; a file remote
+    /// says so with its own `copy_links` key).
+    pub copy_links: bool,
 }
 
 #[derive(serde::Deserialize)]
@@ -95,7 +98,7 @@ impl Config {
                 _ => return Err(format!("remote {name:?} has no type: add type = one of {}", registry::names())),
             }
         }
-        Ok(Config { remotes: file.remotes, path: None })
+        Ok(Config { remotes: file.remotes, path: None, copy_links: false })
     }
 
     /// Sets `key` in the table of every remote of type `kind`, over what the file
@@ -144,10 +147,12 @@ impl Config {
             if path.is_file() {
                 if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
                     let name = name.to_string_lossy();
-                    return Ok(Location::new(Arc::new(FileBackend::new(dir.to_path_buf())), &name, url.to_string()));
+                    let backend = FileBackend::new(dir.to_path_buf()).copy_links(self.copy_links);
+                    return Ok(Location::new(Arc::new(backend), &name, url.to_string()));
                 }
             }
-            return Ok(Location::new(Arc::new(FileBackend::new(path)), "", url.to_string()));
+            let backend = FileBackend::new(path).copy_links(self.copy_links);
+            return Ok(Location::new(Arc::new(backend), "", url.to_string()));
         }
         if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, prefix) = s3::split_bucket(url, rest)?;

@@ -465,6 +465,13 @@ pub trait Sink: Store {
         let _ = (source, args);
         Box::pin(async move { Err(Error::protocol("copy", key, "this store has no server-side copy")) })
     }
+    /// Removes what relays of Laminar's that died left under `prefix` and no run can
+    /// go on with, outside any journal (a file tree's temporary files whose writer is
+    /// gone). Never touches anything Laminar did not write. Returns how many it removed.
+    fn sweep<'a>(&'a self, prefix: &'a str) -> LocalFuture<'a, Result<u64>> {
+        let _ = prefix;
+        Box::pin(async move { Ok(0) })
+    }
 }
 
 /// What a worker gives a backend when opening it.

@@ -131,15 +131,6 @@ fn now_s() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
-/// When process `pid` started (clock ticks after boot), if it is running.
-fn process_start(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may hold anything: fields follow the last `)`.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    // Field 22 of the line, the 20th after the name.
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
 fn open_conn(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path).map_err(|e| db_error(path, e))?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| db_error(path, e))?;
@@ -172,8 +163,7 @@ impl Journal {
             .name("laminar-journal".into())
             .spawn(move || write_loop(writer, &thread_path, &rx))
             .map_err(|e| Error::io("journal", path.display().to_string(), e))?;
-        let pid = std::process::id();
-        let pid_start = process_start(pid).unwrap_or(0);
+        let crate::owner::Owner { pid, start: pid_start } = crate::owner::Owner::me();
         Ok(Journal { inner: Arc::new(Inner { path, conn: Mutex::new(conn), tx, pid, pid_start }) })
     }
 
@@ -284,7 +274,8 @@ impl RelayJournal {
             let old_before = now_s() - orphan_age.as_secs() as i64;
             for row in rows {
                 let (id, pid, pid_start, started_at, state) = row.map_err(err)?;
-                let alive = state == "running" && process_start(pid).is_some_and(|s| s as i64 == pid_start);
+                let alive =
+                    state == "running" && crate::owner::process_start(pid).is_some_and(|s| s as i64 == pid_start);
                 if alive {
                     continue;
                 }
@@ -601,12 +592,5 @@ mod tests {
         let parts: i64 = j.conn().query_row("SELECT COUNT(*) FROM parts", [], |row| row.get(0)).unwrap();
         assert_eq!(parts, 0);
         assert_eq!(open_uploads(&j).unwrap(), 0);
-    }
-
-    #[test]
-    fn this_process_is_seen_alive_and_a_made_up_one_not() {
-        let me = std::process::id();
-        assert!(process_start(me).is_some());
-        assert!(process_start(u32::MAX).is_none());
     }
 }

@@ -18,6 +18,7 @@ pub mod http;
 pub mod journal;
 pub mod listing;
 pub mod metrics;
+pub mod owner;
 pub mod pool;
 pub mod relay;
 pub mod runtime;

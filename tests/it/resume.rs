@@ -261,3 +261,51 @@ fn a_killed_relay_into_dropbox_goes_on_with_its_concurrent_session_or_starts_ove
     assert_eq!(held, Some(pattern(BIG_BYTES, 3)));
     assert_eq!(setup.open_uploads(), 0);
 }
+
+/// Every path under `root` whose name is one of Laminar's temporary files.
+fn temporaries(root: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read dir").flatten() {
+            if entry.file_type().expect("type").is_dir() {
+                dirs.push(entry.path());
+            } else if entry.file_name().to_string_lossy().contains(".laminar-") {
+                found.push(entry.path());
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn a_killed_relay_into_a_local_tree_leaves_no_temporary_file_behind() {
+    let dbx = DropboxEmulator::start(DropboxOptions::default()).expect("start the Dropbox emulator");
+    let setup = Setup::new(&dbx.remote_toml("dbx"));
+    let big = pattern(BIG_BYTES, 3);
+    dbx.insert("/photos/big.bin", big.clone()).expect("seed");
+    dbx.insert("/photos/a.txt", b"small".to_vec()).expect("seed");
+    let dst_dir = tempfile::tempdir().expect("destination dir");
+    let to = format!("file://{}", dst_dir.path().display());
+    let mut faults = dbx.faults();
+    faults.throughput_bytes_per_s = SLOW_BYTES_PER_S;
+    dbx.set_faults(faults).expect("slow Dropbox down");
+    setup.kill_mid_object("dbx:/photos", &to);
+    // The killed relay left its temporary file, and nothing that looks complete.
+    assert!(!dst_dir.path().join("big.bin").exists(), "nothing of the large file looks complete");
+    let left = temporaries(dst_dir.path());
+    assert!(!left.is_empty(), "the kill left a temporary file to clean up");
+
+    dbx.set_faults(laminar_emulators::dropbox::Faults::default()).expect("full speed");
+    let out = setup.command("dbx:/photos", &to, &[]).output().expect("run laminar");
+    let report = report_of(&out, "the run after the kill");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("removed") && stderr.contains("temporary file"), "{stderr}");
+    // The large file again from the start (a local tree vouches for no part it holds);
+    // the small one was copied before the kill, or now.
+    assert!(report["objects_copied"].as_u64() >= Some(1), "{report}");
+    assert_eq!(std::fs::read(dst_dir.path().join("big.bin")).expect("big.bin"), big);
+    assert_eq!(std::fs::read(dst_dir.path().join("a.txt")).expect("a.txt"), b"small");
+    assert_eq!(temporaries(dst_dir.path()), Vec::<PathBuf>::new(), "no temporary file is left");
+    assert_eq!(setup.open_uploads(), 0, "no upload left open in the journal");
+}

@@ -7,6 +7,20 @@
 //! checked by reading them back against the checksum computed in flight, and renamed
 //! into place only then. A key that would escape the root is refused.
 //!
+//! **Temporary files** are named `.NAME.laminar-PID-START-RANDOM.tmp`, naming the
+//! process that writes them (pid and start time). Listings never show them; a relay
+//! starting at a destination removes those whose writer is gone ([`Sink::sweep`]),
+//! and never any other file.
+//!
+//! **Symbolic links.** As a destination, nothing is written through a link: a key
+//! whose directory is (or passes through) a link below the root is refused, so a link
+//! planted in the tree cannot send writes outside it. As a source, links are left out
+//! of listings with a note (the report's `left_out`) unless `copy_links` (`--copy-links`,
+//! rclone's flag) is set; then links to files are read as the files and links to
+//! directories are walked, except one that leads back to a directory being walked.
+//! Sockets, FIFOs and devices are left out with a note, and so is a directory that
+//! cannot be read, while the rest of the tree is listed.
+//!
 //! Metadata that a file can't hold natively (Content-Type and friends, user
 //! metadata) and Laminar's provenance record live in `user.laminar.*` xattrs; the
 //! mtime is the file's own.
@@ -25,8 +39,8 @@ use serde::Deserialize;
 
 use super::registry::{self, BackendType, Opened};
 use super::{
-    Backend, Capabilities, CopySource, Entry, ListOrder, ListPage, LocalFuture, MetaSupport, ObjectInfo, ObjectMeta,
-    PartLimits, PutArgs, Session, SessionState, Sink, Source, Store, UploadMode, UploadPlan, WorkerCtx,
+    Backend, Capabilities, CopySource, Entry, LeftOut, ListOrder, ListPage, LocalFuture, MetaSupport, ObjectInfo,
+    ObjectMeta, PartLimits, PutArgs, Session, SessionState, Sink, Source, Store, UploadMode, UploadPlan, WorkerCtx,
 };
 use crate::checksum::{Checksum, ChecksumAlgo, Hasher, Hashers};
 use crate::error::{Error, Result};
@@ -40,26 +54,39 @@ const PAGE_ENTRIES: usize = 1000;
 /// Bytes read per syscall when reading a file back for verification.
 const VERIFY_READ_BYTES: usize = 1 << 20;
 
+/// Temporary files of an unknown writer (named before they named it) older than this
+/// are removed by a sweep.
+const UNOWNED_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+/// Directories a sweep walks at most (a bound on a tree of any size).
+const SWEEP_DIRS_MAX: usize = 1_000_000;
+
 /// A configured local tree.
 pub struct FileBackend {
     root: Arc<PathBuf>,
+    copy_links: bool,
 }
 
 impl FileBackend {
     /// A tree rooted at `root` (absolute).
     pub fn new(root: PathBuf) -> FileBackend {
         assert!(root.is_absolute(), "file backend root must be absolute");
-        FileBackend { root: Arc::new(root) }
+        FileBackend { root: Arc::new(root), copy_links: false }
+    }
+
+    /// Follows symbolic links when listing and reading it as a source.
+    pub fn copy_links(mut self, follow: bool) -> FileBackend {
+        self.copy_links = follow;
+        self
     }
 }
 
 impl Backend for FileBackend {
     fn open_source(&self, _ctx: &WorkerCtx) -> Result<Rc<dyn Source>> {
-        Ok(Rc::new(FileStore::new(self.root.clone())))
+        Ok(Rc::new(FileStore::new(self.root.clone(), self.copy_links)))
     }
 
     fn open_sink(&self, _ctx: &WorkerCtx) -> Result<Rc<dyn Sink>> {
-        Ok(Rc::new(FileStore::new(self.root.clone())))
+        Ok(Rc::new(FileStore::new(self.root.clone(), false)))
     }
 }
 
@@ -72,6 +99,9 @@ pub const TYPE: BackendType = BackendType { name: "file", url_form: "path/below/
 pub struct FileRemoteConfig {
     /// The root directory (absolute).
     pub root: Option<PathBuf>,
+    /// Follow symbolic links as a source (default: leave them out with a note).
+    #[serde(default)]
+    pub copy_links: bool,
 }
 
 fn open(remote: &str, table: toml::Table, path: &str) -> Result<Opened> {
@@ -82,7 +112,7 @@ fn open(remote: &str, table: toml::Table, path: &str) -> Result<Opened> {
     if !root.is_absolute() {
         return Err(Error::Usage(format!("remote {remote:?}: root {} must be an absolute path", root.display())));
     }
-    Ok(Opened { backend: Arc::new(FileBackend::new(root)), path: path.to_string() })
+    Ok(Opened { backend: Arc::new(FileBackend::new(root).copy_links(config.copy_links)), path: path.to_string() })
 }
 
 /// What a local tree can do: any part size, parts written in place in parallel,
@@ -111,6 +141,7 @@ const CAPABILITIES: Capabilities = Capabilities {
 /// One worker's handle on the tree.
 pub struct FileStore {
     root: Arc<PathBuf>,
+    copy_links: bool,
     walks: RefCell<HashMap<u64, Walk>>,
     next_walk: std::cell::Cell<u64>,
 }
@@ -122,14 +153,36 @@ struct Walk {
     stack: Vec<DirCursor>,
 }
 
-/// (key prefix of the directory, its entries sorted as keys, next index).
-type DirCursor = (String, Vec<DirEntry>, usize);
+/// One directory of a walk.
+struct DirCursor {
+    /// The key prefix of the directory (`a/b/`, or empty for the root).
+    key: String,
+    /// Its entries, sorted as keys.
+    entries: Vec<DirEntry>,
+    /// The next entry.
+    index: usize,
+    /// The directory's (device, inode), to catch a followed link leading back to it.
+    id: (u64, u64),
+}
+
 /// (name bytes, is a directory).
 type DirEntry = (Vec<u8>, bool);
 
+/// What a directory's read yields: its entries, and what it leaves out.
+struct DirRead {
+    entries: Vec<DirEntry>,
+    left_out: Vec<LeftOut>,
+    id: (u64, u64),
+}
+
+fn dir_id(md: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (md.dev(), md.ino())
+}
+
 impl FileStore {
-    fn new(root: Arc<PathBuf>) -> FileStore {
-        FileStore { root, walks: RefCell::new(HashMap::new()), next_walk: std::cell::Cell::new(0) }
+    fn new(root: Arc<PathBuf>, copy_links: bool) -> FileStore {
+        FileStore { root, copy_links, walks: RefCell::new(HashMap::new()), next_walk: std::cell::Cell::new(0) }
     }
 
     /// Maps a key to a path under the root, refusing anything that could escape it.
@@ -137,24 +190,51 @@ impl FileStore {
         resolve(&self.root, op, key)
     }
 
-    fn read_dir_sorted(&self, dir: &Path) -> Result<Vec<DirEntry>> {
-        let read = match std::fs::read_dir(dir) {
-            Ok(r) => r,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Error::io("list", dir.display().to_string(), e)),
-        };
+    /// Reads directory `dir` (keys under `dir_key`), sorted as keys; what cannot be
+    /// listed is in `left_out`. An error reading the directory itself is the caller's.
+    fn read_dir_sorted(&self, dir: &Path, dir_key: &str) -> std::io::Result<DirRead> {
+        let id = std::fs::metadata(dir).map(|md| dir_id(&md))?;
         let mut entries = Vec::new();
-        for entry in read {
-            let entry = entry.map_err(|e| Error::io("list", dir.display().to_string(), e))?;
+        let mut left_out = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
             let name = entry.file_name().as_bytes().to_vec();
-            if std::str::from_utf8(&name).is_err() {
-                eprintln!("laminar: skipping {:?}: its name is not UTF-8, so it has no key", entry.path());
+            let Ok(utf8) = std::str::from_utf8(&name) else {
+                left_out.push(LeftOut {
+                    key: format!("{dir_key}{}", String::from_utf8_lossy(&name)),
+                    reason: "its name is not UTF-8, so it has no key".into(),
+                });
                 continue;
+            };
+            let key = format!("{dir_key}{utf8}");
+            let mut file_type = match entry.file_type() {
+                Ok(t) => t,
+                Err(e) => {
+                    left_out.push(LeftOut { key, reason: format!("cannot be read: {e}") });
+                    continue;
+                }
+            };
+            if file_type.is_symlink() {
+                let target = std::fs::read_link(entry.path()).map(|t| t.display().to_string()).unwrap_or_default();
+                if !self.copy_links {
+                    left_out.push(LeftOut {
+                        key,
+                        reason: format!("a symbolic link (to {target}); --copy-links follows links"),
+                    });
+                    continue;
+                }
+                match std::fs::metadata(entry.path()) {
+                    Ok(md) => file_type = md.file_type(),
+                    Err(e) => {
+                        left_out
+                            .push(LeftOut { key, reason: format!("a symbolic link to {target}, which is gone: {e}") });
+                        continue;
+                    }
+                }
             }
-            let file_type = entry.file_type().map_err(|e| Error::io("list", entry.path().display().to_string(), e))?;
-            // Follow symlinks to files; never into directories (no loops).
             let is_dir = file_type.is_dir();
-            if !is_dir && !entry.path().is_file() {
+            if !is_dir && !file_type.is_file() {
+                left_out.push(LeftOut { key, reason: "not a regular file (a socket, FIFO or device)".into() });
                 continue;
             }
             if !is_dir && is_temp_name(&name) {
@@ -171,7 +251,7 @@ impl FileStore {
             k
         };
         entries.sort_by_cached_key(sort_key);
-        Ok(entries)
+        Ok(DirRead { entries, left_out, id })
     }
 
     fn entry_for(&self, key: &str, path: &Path) -> Result<Option<Entry>> {
@@ -190,6 +270,7 @@ impl FileStore {
     }
 
     fn list_sync(&self, prefix: &str, token: Option<String>) -> Result<ListPage> {
+        let mut left_out = Vec::new();
         let mut walk = match token {
             Some(t) => {
                 let id: u64 = t.parse().map_err(|_| Error::protocol("list", prefix, "bad listing token"))?;
@@ -205,41 +286,62 @@ impl FileStore {
                     None => "",
                 };
                 let dir = if dir_key.is_empty() { (*self.root).clone() } else { self.resolve("list", dir_key)? };
-                let entries = self.read_dir_sorted(&dir)?;
-                Walk { prefix: prefix.to_string(), stack: vec![(dir_key.to_string(), entries, 0)] }
+                let stack = match self.read_dir_sorted(&dir, dir_key) {
+                    Ok(read) => {
+                        left_out.extend(read.left_out);
+                        vec![DirCursor { key: dir_key.to_string(), entries: read.entries, index: 0, id: read.id }]
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                    Err(e) => return Err(Error::io("list", dir.display().to_string(), e)),
+                };
+                Walk { prefix: prefix.to_string(), stack }
             }
         };
         let mut page = Vec::with_capacity(PAGE_ENTRIES);
         while page.len() < PAGE_ENTRIES {
-            let Some((dir_key, entries, index)) = walk.stack.last_mut() else { break };
-            if *index >= entries.len() {
+            let Some(cursor) = walk.stack.last_mut() else { break };
+            if cursor.index >= cursor.entries.len() {
                 walk.stack.pop();
                 continue;
             }
-            let (name, is_dir) = entries[*index].clone();
-            *index += 1;
+            let (name, is_dir) = cursor.entries[cursor.index].clone();
+            cursor.index += 1;
             let name = String::from_utf8(name).expect("names were checked to be UTF-8");
-            let key = format!("{dir_key}{name}");
+            let key = format!("{}{name}", cursor.key);
             if is_dir {
                 let sub = format!("{key}/");
                 if !(sub.starts_with(&walk.prefix) || walk.prefix.starts_with(&sub)) {
                     continue;
                 }
                 let path = self.resolve("list", &sub)?;
-                let children = self.read_dir_sorted(&path)?;
-                if children.is_empty() {
+                let read = match self.read_dir_sorted(&path, &sub) {
+                    Ok(read) => read,
+                    Err(e) => {
+                        left_out.push(LeftOut { key: sub, reason: format!("a directory that cannot be read: {e}") });
+                        continue;
+                    }
+                };
+                if let Some(ancestor) = walk.stack.iter().find(|c| c.id == read.id) {
+                    let ancestor = if ancestor.key.is_empty() { "the root".to_string() } else { ancestor.key.clone() };
+                    left_out
+                        .push(LeftOut { key: sub, reason: format!("a symbolic link that leads back to {ancestor}") });
+                    continue;
+                }
+                left_out.extend(read.left_out);
+                if read.entries.is_empty() {
                     // An empty directory is listed as a directory marker.
                     if sub.starts_with(&walk.prefix) {
                         page.push(Entry { key: sub, size: 0, etag: None, provenance: None, version: None });
                     }
                 } else {
-                    walk.stack.push((sub, children, 0));
+                    walk.stack.push(DirCursor { key: sub, entries: read.entries, index: 0, id: read.id });
                 }
             } else if key.starts_with(&walk.prefix) {
                 let path = self.resolve("list", &key)?;
                 page.extend(self.entry_for(&key, &path)?);
             }
         }
+        left_out.retain(|l| l.key.starts_with(&walk.prefix));
         let next = if walk.stack.is_empty() {
             None
         } else {
@@ -248,7 +350,7 @@ impl FileStore {
             self.walks.borrow_mut().insert(id, walk);
             Some(id.to_string())
         };
-        Ok(ListPage { entries: page, next, left_out: Vec::new() })
+        Ok(ListPage { entries: page, next, left_out })
     }
 
     fn stat_sync(&self, key: &str) -> Result<Option<ObjectInfo>> {
@@ -267,12 +369,43 @@ impl FileStore {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         // Keep the temp name short enough for NAME_MAX even when the key's name is long.
         let short: String = name.chars().take(64).collect();
-        let temp = format!(".{short}{TEMP_MARK}{:016x}.tmp", fastrand::u64(..));
+        let me = crate::owner::Owner::me();
+        let temp = format!(".{short}{TEMP_MARK}{:x}-{:x}-{:016x}.tmp", me.pid, me.start, fastrand::u64(..));
         Ok(path.with_file_name(temp))
+    }
+
+    /// Refuses a path whose directories below the root include a symbolic link: a
+    /// destination is never written through one. (A link that appears between this
+    /// check and the write is not caught; the tree is the operator's.)
+    fn refuse_links(&self, op: &'static str, key: &str, dir: &Path) -> Result<()> {
+        let Ok(below) = dir.strip_prefix(&*self.root) else { return Ok(()) };
+        let mut at = (*self.root).clone();
+        for part in below.components() {
+            at.push(part);
+            match std::fs::symlink_metadata(&at) {
+                Ok(md) if md.file_type().is_symlink() => {
+                    let target = std::fs::read_link(&at).map(|t| t.display().to_string()).unwrap_or_default();
+                    return Err(Error::InvalidKey {
+                        op,
+                        key: key.to_string(),
+                        reason: format!(
+                            "{} is a symbolic link (to {target}) and Laminar does not write through links at a \
+                             destination: replace it with a directory or pick another destination",
+                            at.display()
+                        ),
+                    });
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(Error::io(op, key, e)),
+            }
+        }
+        Ok(())
     }
 
     fn ensure_parent(&self, op: &'static str, key: &str, path: &Path) -> Result<()> {
         let parent = path.parent().expect("resolved paths have a parent");
+        self.refuse_links(op, key, parent)?;
         std::fs::create_dir_all(parent).map_err(|e| {
             Error::io(
                 op,
@@ -385,6 +518,56 @@ fn is_temp_name(name: &[u8]) -> bool {
     name.starts_with(b".")
         && name.ends_with(b".tmp")
         && name.windows(TEMP_MARK.len()).any(|w| w == TEMP_MARK.as_bytes())
+}
+
+/// The writer a temporary file's name gives (`...laminar-PID-START-RANDOM.tmp`); `None`
+/// for a name from before names said so.
+fn temp_owner(name: &str) -> Option<crate::owner::Owner> {
+    let tail = &name[name.rfind(TEMP_MARK)? + TEMP_MARK.len()..];
+    let mut fields = tail.strip_suffix(".tmp")?.split('-');
+    let (pid, start, _random) = (fields.next()?, fields.next()?, fields.next()?);
+    if fields.next().is_some() {
+        return None;
+    }
+    Some(crate::owner::Owner { pid: u32::from_str_radix(pid, 16).ok()?, start: u64::from_str_radix(start, 16).ok()? })
+}
+
+/// Removes, under `dir`, Laminar's temporary files whose writer is gone (or, for names
+/// that do not say, older than [`UNOWNED_TEMP_AGE`]); never follows links. Returns how
+/// many it removed.
+fn sweep_tree(dir: &Path) -> u64 {
+    let mut removed = 0;
+    let mut dirs = vec![dir.to_path_buf()];
+    let mut walked = 0;
+    while let Some(dir) = dirs.pop() {
+        walked += 1;
+        if walked > SWEEP_DIRS_MAX {
+            break;
+        }
+        let Ok(read) = std::fs::read_dir(&dir) else { continue };
+        for entry in read.flatten() {
+            let Ok(file_type) = entry.file_type() else { continue };
+            if file_type.is_dir() {
+                dirs.push(entry.path());
+                continue;
+            }
+            let name = entry.file_name();
+            if !file_type.is_file() || !is_temp_name(name.as_bytes()) {
+                continue;
+            }
+            let dead = match temp_owner(&name.to_string_lossy()) {
+                Some(owner) => !owner.alive(),
+                None => entry
+                    .metadata()
+                    .and_then(|md| md.modified())
+                    .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > UNOWNED_TEMP_AGE)),
+            };
+            if dead && std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    removed
 }
 
 fn version_token(md: &std::fs::Metadata) -> String {
@@ -553,6 +736,15 @@ async fn fill_from(
 }
 
 impl Sink for FileStore {
+    fn sweep<'a>(&'a self, prefix: &'a str) -> LocalFuture<'a, Result<u64>> {
+        Box::pin(async move {
+            // The deepest directory the prefix names in full.
+            let dir_key = prefix.rfind('/').map_or("", |i| &prefix[..=i]);
+            let dir = self.resolve("sweep", dir_key)?;
+            Ok(sweep_tree(&dir))
+        })
+    }
+
     fn begin<'a>(&'a self, key: &'a str, plan: UploadPlan, args: &'a PutArgs) -> LocalFuture<'a, Result<Session<'a>>> {
         Box::pin(upload::begin(self, key, plan, args))
     }
@@ -601,7 +793,7 @@ mod tests {
         }
         std::fs::create_dir_all(dir.path().join("empty")).unwrap();
         std::fs::write(dir.path().join(".x.laminar-0000000000000000.tmp"), b"").unwrap();
-        let store = FileStore::new(Arc::new(dir.path().to_path_buf()));
+        let store = FileStore::new(Arc::new(dir.path().to_path_buf()), false);
         let keys: Vec<String> = store.list_sync("", None).unwrap().entries.into_iter().map(|e| e.key).collect();
         let mut sorted = keys.clone();
         sorted.sort();
@@ -617,7 +809,7 @@ mod tests {
         for i in 0..2500 {
             std::fs::write(dir.path().join(format!("{i:05}")), b"x").unwrap();
         }
-        let store = FileStore::new(Arc::new(dir.path().to_path_buf()));
+        let store = FileStore::new(Arc::new(dir.path().to_path_buf()), false);
         let mut token = None;
         let mut total = 0;
         loop {
@@ -629,5 +821,18 @@ mod tests {
             }
         }
         assert_eq!(total, 2500);
+    }
+
+    #[test]
+    fn temporary_names_say_who_writes_them() {
+        let me = crate::owner::Owner::me();
+        let store = FileStore::new(Arc::new(PathBuf::from("/tmp/x")), false);
+        let temp = store.temp_path("dir/name.bin").unwrap();
+        let name = temp.file_name().unwrap().to_str().unwrap();
+        assert!(is_temp_name(name.as_bytes()), "{name}");
+        assert_eq!(temp_owner(name), Some(me));
+        assert_eq!(temp_owner(".a.laminar-00000000000000ff.tmp"), None, "a name from before names said");
+        assert_eq!(temp_owner(".a.laminar-zz-1-2.tmp"), None);
+        assert_eq!(temp_owner(".a.laminar-1-2-3-4.tmp"), None);
     }
 }

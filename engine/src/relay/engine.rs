@@ -297,6 +297,7 @@ impl Engine {
 
         let dry_run = shared.opts.dry_run;
         if !dry_run {
+            crate::runtime::block_on(inner.driver, sweep(&shared)).map_err(|e| Error::io("start", "runtime", e))?;
             let mut refused = false;
             inner.set_jobs(|jobs| {
                 // Checked under the lock `shutdown` takes to stop every relay, so a
@@ -445,6 +446,27 @@ fn open_journal(
     let relay = journal.start_relay(&src.display, &dst.display, &options.to_string())?;
     let claimed = relay.claim(opts.orphan_age)?;
     Ok((Some(relay), Some(claimed)))
+}
+
+/// Removes what killed relays left at this relay's destination outside the journal
+/// (see [`crate::backend::Sink::sweep`]), with a note of how much.
+async fn sweep(shared: &Shared) {
+    let ctx = crate::backend::WorkerCtx { http: crate::http::HttpClient::default() };
+    let swept = match shared.dst.backend.open_sink(&ctx) {
+        Ok(sink) => sink.sweep(&shared.dst.prefix).await,
+        Err(e) => Err(e),
+    };
+    match swept {
+        Ok(0) => {}
+        Ok(n) => eprintln!(
+            "laminar: removed {n} temporary file{} that a killed relay left at {}",
+            if n == 1 { "" } else { "s" },
+            shared.dst.display
+        ),
+        Err(e) => {
+            eprintln!("laminar: warning: what killed relays left at {} was not cleaned up: {e}", shared.dst.display)
+        }
+    }
 }
 
 /// Aborts uploads the journal recorded and nothing will go on with, at this relay's

@@ -56,6 +56,11 @@ pub(super) fn resume(store: &FileStore, state: SessionState) -> Result<Session<'
         return Err(Error::protocol("resume", &state.key, "the session names no temporary file of Laminar's"));
     }
     let temp = store.resolve("resume", &state.key)?.with_file_name(&session.temp);
+    // A parted upload writes into a file made at its start: if that is gone (a sweep
+    // removed what a killed relay left), there is nothing to go on with.
+    if !state.plan.single && !temp.is_file() {
+        return Err(Error::protocol("resume", &state.key, format!("its temporary file {} is gone", temp.display())));
+    }
     Ok(Box::new(FileUpload { store, state, temp }))
 }
 
