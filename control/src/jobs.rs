@@ -5,6 +5,19 @@
 //! in turn. The lifecycle is the explicit state machine in [`next_state`]: an action
 //! that does not apply in the job's state is refused with the state named, and no
 //! thread changes a job's state except through it.
+//!
+//! Jobs outlive the process ([`store`]): every change is written to the appliance's
+//! database before the API answers, and `laminar serve` started again lists every job
+//! as it was. Jobs that were running go on (their relays resume half-copied objects
+//! from the engine's journal), paused ones stay paused, waiting ones wait for the
+//! same time, and terminal ones keep their results. A shutdown stops relays without
+//! cancelling their jobs, so that they go on at the next start.
+
+mod store;
+
+pub use store::SavedCounters;
+use store::{JobRecord, SavedJob};
+pub use store::{JobStore, ServeLock};
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,7 +38,7 @@ pub const TRANSFERS_MAX: usize = 4096;
 const RATE_WINDOW: Duration = Duration::from_secs(3);
 
 /// A job's state. Lowercase on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     /// Accepted, not started yet.
@@ -223,10 +236,10 @@ pub struct JobOptions {
 }
 
 /// A check's state and result, as shown on the job.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct VerifyView {
-    /// running, done or failed (could not run).
-    pub state: &'static str,
+    /// running, done, stopped, or failed (could not run).
+    pub state: String,
     /// Whether contents are re-read.
     pub download: bool,
     /// Objects checked so far.
@@ -248,12 +261,15 @@ pub struct VerifyView {
 }
 
 /// A state change and when it happened.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Transition {
     /// The state entered.
     pub state: State,
     /// RFC 3339, UTC, milliseconds.
     pub at: String,
+    /// Why, when it was not an operator's action (the appliance restarting).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 struct Inner {
@@ -272,22 +288,39 @@ struct Inner {
     report_seconds: Option<f64>,
     /// Why the job waits and until when, while it is waiting.
     waiting: Option<relay::Waiting>,
+    /// The state a running check started from.
+    verify_before: Option<State>,
 }
 
 /// One job.
 pub struct Job {
     /// Short unique id, `j-` and 8 hex digits.
     pub id: String,
+    /// Its place in the order of submission, across restarts.
+    seq: u64,
     spec: JobSpec,
     opts: RelayOptions,
-    src: Location,
-    dst: Location,
+    /// Where it relays; an error when a restored job's remote no longer resolves.
+    ends: Result<(Location, Location), String>,
     created_at: String,
+    /// What runs before this process counted (restored jobs); zero for new ones.
+    baseline: Baseline,
+    /// Where the job is kept (None: in memory only).
+    store: Option<Arc<JobStore>>,
     /// The engine's handle on the relay: counters and controls.
     pub progress: Arc<Progress>,
     inner: Mutex<Inner>,
     /// Wakes a waiting job's thread when it is resumed or cancelled.
     woken: std::sync::Condvar,
+}
+
+/// Counters a restored job had, to which this process's counts are added.
+#[derive(Debug, Clone, Copy, Default)]
+struct Baseline {
+    counters: SavedCounters,
+    /// Whether its relay runs again in this process (then it lists the source again,
+    /// and what it copied before is now skipped).
+    rerun: bool,
 }
 
 fn unix_s(t: SystemTime) -> u64 {
@@ -325,13 +358,80 @@ impl Job {
         }
         if next != was {
             inner.state = next;
-            inner.history.push(Transition { state: next, at: now() });
+            inner.history.push(Transition { state: next, at: now(), note: None });
         }
         // The relay has ended when its thread says so, or at once when it never started.
         if matches!(action, Action::Finish { .. }) || (was == State::Pending && next == State::Cancelled) {
             inner.finished_at.get_or_insert_with(now);
         }
+        self.persist(&inner);
         Ok(next)
+    }
+
+    /// The job's counters: this process's counts over what earlier runs counted.
+    pub fn counters(&self) -> SavedCounters {
+        let p = &self.progress;
+        let base = self.baseline.counters;
+        let done = p.objects_done.load(Ordering::Relaxed);
+        let skipped = p.objects_skipped.load(Ordering::Relaxed);
+        let copied = done.saturating_sub(skipped);
+        if !self.baseline.rerun {
+            return SavedCounters {
+                objects_total: base.objects_total.max(p.objects_total.load(Ordering::Relaxed)),
+                objects_copied: base.objects_copied + copied,
+                objects_skipped: base.objects_skipped + skipped,
+                objects_failed: base.objects_failed + p.objects_failed.load(Ordering::Relaxed),
+                bytes_total: base.bytes_total.max(p.bytes_total.load(Ordering::Relaxed)),
+                bytes_copied: base.bytes_copied + p.bytes_done.load(Ordering::Relaxed),
+                throttle_cuts: base.throttle_cuts + p.throttle.cuts(),
+            };
+        }
+        // Run again: what earlier runs copied is skipped now, so only skips beyond
+        // those are new; failures are retried, so only this run's count.
+        let skipped_before = base.objects_copied + base.objects_skipped;
+        SavedCounters {
+            objects_total: p.objects_total.load(Ordering::Relaxed),
+            objects_copied: base.objects_copied + copied,
+            objects_skipped: base.objects_skipped + skipped.saturating_sub(skipped_before),
+            objects_failed: p.objects_failed.load(Ordering::Relaxed),
+            bytes_total: p.bytes_total.load(Ordering::Relaxed),
+            bytes_copied: base.bytes_copied + p.bytes_done.load(Ordering::Relaxed),
+            throttle_cuts: base.throttle_cuts + p.throttle.cuts(),
+        }
+    }
+
+    /// The job's row as kept.
+    fn record(&self, inner: &Inner) -> JobRecord {
+        JobRecord {
+            created_at: self.created_at.clone(),
+            history: inner.history.clone(),
+            error: inner.error.clone(),
+            failures: inner.failures.clone(),
+            left_out: inner.left_out.clone(),
+            objects_planned: inner.objects_planned,
+            finished_at: inner.finished_at.clone(),
+            verify: inner.verify.clone(),
+            verify_before: inner.verify_before,
+            report_seconds: inner.report_seconds,
+            waiting: inner.waiting.clone(),
+            counters: self.counters(),
+            transfers: self.progress.transfers.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Writes the job through to its store (called with its lock held, so that rows
+    /// are written in the order of the changes).
+    fn persist(&self, inner: &Inner) {
+        if let Some(store) = &self.store {
+            let finished = inner.state.is_terminal().then(|| unix_s(SystemTime::now()));
+            store.save(&self.id, self.seq, &self.spec, inner.state, &self.record(inner), finished);
+        }
+    }
+
+    /// Writes the job's counters through, with the rest of its row.
+    fn save(&self) {
+        let inner = self.lock();
+        self.persist(&inner);
     }
 
     /// The job's state now.
@@ -365,8 +465,7 @@ impl Job {
     pub fn view(&self) -> serde_json::Value {
         let inner = self.lock();
         let p = &self.progress;
-        let done = p.objects_done.load(Ordering::Relaxed);
-        let skipped = p.objects_skipped.load(Ordering::Relaxed);
+        let c = self.counters();
         let mut verify = inner.verify.clone();
         if let (Some(v), Some(vp)) = (verify.as_mut(), inner.verify_progress.as_ref()) {
             if v.state == "running" {
@@ -388,14 +487,14 @@ impl Job {
                 spill_wait: humantime::format_duration(self.opts.spill_wait).to_string(),
             },
             "counters": {
-                "objects_total": p.objects_total.load(Ordering::Relaxed),
-                "objects_copied": done.saturating_sub(skipped),
-                "objects_skipped": skipped,
-                "objects_failed": p.objects_failed.load(Ordering::Relaxed),
+                "objects_total": c.objects_total,
+                "objects_copied": c.objects_copied,
+                "objects_skipped": c.objects_skipped,
+                "objects_failed": c.objects_failed,
                 "objects_planned": inner.objects_planned,
-                "bytes_total": p.bytes_total.load(Ordering::Relaxed),
-                "bytes_copied": p.bytes_done.load(Ordering::Relaxed),
-                "throttle_cuts": p.throttle.cuts(),
+                "bytes_total": c.bytes_total,
+                "bytes_copied": c.bytes_copied,
+                "throttle_cuts": c.throttle_cuts,
             },
             "transfers_allowed": p.throttle.limit(p.transfers.load(Ordering::Relaxed)),
             "throughput_bytes_per_second": Job::throughput(&inner),
@@ -433,6 +532,18 @@ pub struct Jobs {
     /// The longest a waiting job waits before trying again (None: until the time the
     /// store gave).
     waiting_retry_max: Option<Duration>,
+    /// Where jobs are kept across restarts (None: in memory only).
+    store: Option<Arc<JobStore>>,
+    /// How long terminal jobs are kept (`--keep-jobs`).
+    keep_jobs: Duration,
+}
+
+/// How jobs are kept.
+pub struct Keeping {
+    /// The store (None: in memory only, `--no-journal`).
+    pub store: Option<Arc<JobStore>>,
+    /// How long terminal jobs are kept.
+    pub keep_jobs: Duration,
 }
 
 /// Counters of jobs no longer listed.
@@ -456,9 +567,12 @@ impl Jobs {
         config: Config,
         defaults: RelayOptions,
         waiting_retry_max: Option<Duration>,
+        keeping: Keeping,
     ) -> Arc<Jobs> {
         let seed = fastrand::u64(..) & 0xffff_ff00;
         Arc::new(Jobs {
+            store: keeping.store,
+            keep_jobs: keeping.keep_jobs,
             engine,
             config,
             defaults,
@@ -486,11 +600,8 @@ impl Jobs {
         self.list().into_iter().find(|j| j.id == id).ok_or_else(|| JobError::NotFound(id.to_string()))
     }
 
-    /// Validates a spec and starts its job.
-    pub fn submit(self: &Arc<Self>, spec: JobSpec) -> Result<Arc<Job>, JobError> {
-        if self.closing.load(Ordering::Acquire) {
-            return Err(JobError::ShuttingDown);
-        }
+    /// Validates a spec: where it relays and with which options.
+    fn build(&self, spec: &JobSpec) -> Result<(RelayOptions, Location, Location), JobError> {
         let src = self.config.location(&spec.source).map_err(|e| JobError::Invalid(format!("source: {e}")))?;
         let dst =
             self.config.location(&spec.destination).map_err(|e| JobError::Invalid(format!("destination: {e}")))?;
@@ -523,18 +634,34 @@ impl Jobs {
             opts.spill_wait = humantime::parse_duration(w)
                 .map_err(|e| JobError::Invalid(format!("spill_wait {w:?}: {e}; give a duration such as \"5s\"")))?;
         }
-        let id = format!("j-{:08x}", self.next_id.fetch_add(1, Ordering::Relaxed) as u32);
+        if opts.dry_run {
+            // A plan writes nothing: nothing to journal.
+            opts.journal = None;
+        }
+        Ok((opts, src, dst))
+    }
+
+    /// Validates a spec and starts its job.
+    pub fn submit(self: &Arc<Self>, spec: JobSpec) -> Result<Arc<Job>, JobError> {
+        if self.closing.load(Ordering::Acquire) {
+            return Err(JobError::ShuttingDown);
+        }
+        let (opts, src, dst) = self.build(&spec)?;
+        let seq = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = format!("j-{:08x}", seq as u32);
         let created_at = now();
         let job = Arc::new(Job {
             id,
+            seq,
             spec,
             opts,
-            src,
-            dst,
+            ends: Ok((src, dst)),
+            baseline: Baseline::default(),
+            store: self.store.clone(),
             progress: Arc::new(Progress::default()),
             inner: Mutex::new(Inner {
                 state: State::Pending,
-                history: vec![Transition { state: State::Pending, at: created_at.clone() }],
+                history: vec![Transition { state: State::Pending, at: created_at.clone(), note: None }],
                 error: None,
                 failures: Vec::new(),
                 left_out: Vec::new(),
@@ -545,6 +672,7 @@ impl Jobs {
                 samples: VecDeque::new(),
                 report_seconds: None,
                 waiting: None,
+                verify_before: None,
             }),
             woken: std::sync::Condvar::new(),
             created_at,
@@ -555,14 +683,119 @@ impl Jobs {
         // transition happens here, not on the job's thread, so that an action sent
         // right after the 201 finds the job running.
         job.apply(Action::Start).map_err(|_| JobError::ShuttingDown)?;
+        self.spawn_run(&job, None);
+        Ok(job)
+    }
+
+    fn spawn_run(self: &Arc<Self>, job: &Arc<Job>, waiting: Option<relay::Waiting>) {
         let me = self.clone();
         let runner = job.clone();
         let handle = std::thread::Builder::new()
             .name(format!("laminar-{}", job.id))
-            .spawn(move || me.run(&runner))
+            .spawn(move || me.run(&runner, waiting))
             .expect("spawn job thread");
         self.keep_thread(handle);
-        Ok(job)
+    }
+
+    /// Lists the jobs the store kept and sets them going again: running ones run,
+    /// paused ones run paused, waiting ones wait out the same time, a check that was
+    /// under way is marked stopped; terminal ones are only listed. Returns how many
+    /// jobs were restored and how many go on.
+    pub fn restore(self: &Arc<Self>) -> Result<(usize, usize), String> {
+        let Some(store) = &self.store else { return Ok((0, 0)) };
+        let pruned = store.prune(unix_s(SystemTime::now()).saturating_sub(self.keep_jobs.as_secs()));
+        if !pruned.is_empty() {
+            let n = pruned.len();
+            eprintln!("laminar: pruned {n} job{} that ended over --keep-jobs ago", if n == 1 { "" } else { "s" });
+        }
+        let saved = store.load()?;
+        let restored = saved.len();
+        let mut going_on = 0;
+        if let Some(last) = saved.iter().map(|j| j.seq).max() {
+            self.next_id.fetch_max(last + 1, Ordering::Relaxed);
+        }
+        for saved in saved {
+            let job = self.revive(saved);
+            self.remember(job.clone());
+            let state = job.state();
+            if state.is_terminal() {
+                continue;
+            }
+            going_on += 1;
+            let waiting = job.lock().waiting.clone();
+            self.spawn_run(&job, if state == State::Waiting { waiting } else { None });
+        }
+        Ok((restored, going_on))
+    }
+
+    /// A job from its row.
+    fn revive(&self, saved: SavedJob) -> Arc<Job> {
+        let SavedJob { id, seq, spec, mut state, record: r } = saved;
+        let built = self.build(&spec);
+        let mut error = r.error;
+        let mut history = r.history;
+        let mut finished_at = r.finished_at;
+        let mut verify = r.verify;
+        let restart = "the appliance restarted".to_string();
+        if state == State::Verifying {
+            // The check ended with the process: the job is as it was before it.
+            if let Some(v) = verify.as_mut() {
+                v.state = "stopped".into();
+                v.finished_at = Some(now());
+                v.error = Some("stopped: the appliance restarted; ask for the check again".into());
+            }
+            state = r.verify_before.unwrap_or(State::Failed);
+            history.push(Transition { state, at: now(), note: Some(restart.clone()) });
+        }
+        let (opts, ends) = match built {
+            Ok((opts, src, dst)) => (opts, Ok((src, dst))),
+            Err(e) => (self.defaults.clone(), Err(e.to_string())),
+        };
+        if let (Err(why), false) = (&ends, state.is_terminal()) {
+            // It cannot run here any more (its remote is gone from laminar.toml).
+            error = Some(format!("cannot go on after the appliance restarted: {why}"));
+            state = State::Failed;
+            finished_at = Some(now());
+            history.push(Transition { state, at: now(), note: Some(restart.clone()) });
+        } else if !state.is_terminal() {
+            if state == State::Pending {
+                state = State::Running;
+            }
+            history.push(Transition { state, at: now(), note: Some(restart) });
+        }
+        let job = Arc::new(Job {
+            id,
+            seq,
+            opts,
+            ends: ends.map_err(|e| e.to_string()),
+            baseline: Baseline { counters: r.counters, rerun: !state.is_terminal() },
+            store: self.store.clone(),
+            progress: Arc::new(Progress::default()),
+            inner: Mutex::new(Inner {
+                state,
+                history,
+                error,
+                failures: if state.is_terminal() { r.failures } else { Vec::new() },
+                left_out: r.left_out,
+                objects_planned: r.objects_planned,
+                finished_at,
+                verify,
+                verify_progress: None,
+                samples: VecDeque::new(),
+                report_seconds: r.report_seconds,
+                waiting: if state == State::Waiting { r.waiting } else { None },
+                verify_before: None,
+            }),
+            woken: std::sync::Condvar::new(),
+            created_at: r.created_at,
+            spec,
+        });
+        job.progress.transfers.store(r.transfers.max(1), Ordering::Relaxed);
+        if state == State::Paused {
+            job.progress.paused.store(true, Ordering::Release);
+        }
+        job.save();
+        job
     }
 
     fn remember(&self, job: Arc<Job>) {
@@ -572,14 +805,15 @@ impl Jobs {
         if finished > FINISHED_JOBS_KEPT_MAX {
             if let Some(i) = jobs.iter().position(|j| j.state().is_terminal()) {
                 let old = jobs.remove(i);
-                let p = &old.progress;
+                let c = old.counters();
                 let mut f = self.forgotten.lock().expect("forgotten lock");
-                let done = p.objects_done.load(Ordering::Relaxed);
-                let skipped = p.objects_skipped.load(Ordering::Relaxed);
-                f.bytes += p.bytes_done.load(Ordering::Relaxed);
-                f.copied += done.saturating_sub(skipped);
-                f.skipped += skipped;
-                f.failed += p.objects_failed.load(Ordering::Relaxed);
+                f.bytes += c.bytes_copied;
+                f.copied += c.objects_copied;
+                f.skipped += c.objects_skipped;
+                f.failed += c.objects_failed;
+                if let Some(store) = &self.store {
+                    store.forget(&old.id);
+                }
             }
         }
     }
@@ -593,19 +827,25 @@ impl Jobs {
     /// The job's thread: runs the relay and records how it ended. A relay that stops
     /// at the destination's allowance for the period waits, then runs again (what it
     /// copied is skipped), until it ends otherwise.
-    fn run(&self, job: &Job) {
+    fn run(&self, job: &Job, waiting_at_start: Option<relay::Waiting>) {
+        let Ok((src, dst)) = job.ends.clone() else { return };
+        if let Some(waiting) = waiting_at_start {
+            if !self.wait(job, waiting, false) {
+                self.wound_down(job);
+                return;
+            }
+        }
         let mut planned = 0u64;
         let result = loop {
-            let result =
-                self.engine.run(job.src.clone(), job.dst.clone(), job.opts.clone(), job.progress.clone(), &mut |_| {
-                    planned += 1
-                });
+            let result = self
+                .engine
+                .run(src.clone(), dst.clone(), job.opts.clone(), job.progress.clone(), &mut |_| planned += 1);
             let waiting = match &result {
                 Ok(report) if report.objects_failed == 0 && !report.stopped => report.waiting.clone(),
                 _ => None,
             };
             let Some(waiting) = waiting else { break result };
-            if !self.wait(job, waiting) {
+            if !self.wait(job, waiting, true) {
                 break result;
             }
             // The next run plans the whole source again; the counters of what was
@@ -618,6 +858,12 @@ impl Jobs {
             Ok(report) => report.objects_failed == 0 && !report.stopped && report.waiting.is_none(),
             Err(_) => false,
         };
+        if self.closing() && !job.state().is_terminal() {
+            // Stopped by the appliance's shutdown, not by its operator: the job stays
+            // as it is and goes on at the next start.
+            self.wound_down(job);
+            return;
+        }
         {
             let mut inner = job.lock();
             inner.objects_planned = planned;
@@ -639,10 +885,16 @@ impl Jobs {
         let _ = job.apply(Action::Finish { ok });
     }
 
+    /// A job whose relay the shutdown stopped: its row keeps its state and counters.
+    fn wound_down(&self, job: &Job) {
+        job.save();
+    }
+
     /// Waits out `waiting`: the job shows it, and its thread sleeps until the retry
-    /// time (at most the appliance's `--waiting-retry`), a resume or a cancel. Returns
-    /// whether to run the relay again.
-    fn wait(&self, job: &Job, waiting: relay::Waiting) -> bool {
+    /// time (at most the appliance's `--waiting-retry`), a resume, a cancel or the
+    /// shutdown. `enter` is false for a job restored while waiting (it is in that
+    /// state already). Returns whether to run the relay again.
+    fn wait(&self, job: &Job, waiting: relay::Waiting, enter: bool) -> bool {
         let retry_at = UNIX_EPOCH + Duration::from_secs(waiting.retry_at_unix_s);
         let until = match self.waiting_retry_max {
             Some(max) => retry_at.min(SystemTime::now() + max),
@@ -654,12 +906,13 @@ impl Jobs {
             humantime::format_rfc3339_seconds(until),
             waiting.reason
         );
-        if job.apply(Action::Wait).is_err() {
+        if enter && job.apply(Action::Wait).is_err() {
             return false; // Cancelled meanwhile.
         }
         let mut inner = job.lock();
         inner.waiting = Some(relay::Waiting { retry_at_unix_s: unix_s(until), ..waiting });
-        while inner.state == State::Waiting {
+        job.persist(&inner);
+        while inner.state == State::Waiting && !self.closing() {
             let left = until.duration_since(SystemTime::now()).unwrap_or_default();
             if left.is_zero() {
                 break;
@@ -667,6 +920,9 @@ impl Jobs {
             inner = job.woken.wait_timeout(inner, left).expect("job lock").0;
         }
         drop(inner);
+        if self.closing() {
+            return false;
+        }
         job.apply(Action::Retry).is_ok_and(|state| state == State::Running) && !job.progress.stopping()
     }
 
@@ -701,6 +957,7 @@ impl Jobs {
         let job = self.get(id)?;
         job.apply(Action::Scale)?;
         job.progress.transfers.store(transfers, Ordering::Release);
+        job.save();
         self.engine.wake();
         Ok(job)
     }
@@ -711,6 +968,9 @@ impl Jobs {
             return Err(JobError::ShuttingDown);
         }
         let job = self.get(id)?;
+        if let Err(why) = &job.ends {
+            return Err(JobError::Invalid(format!("job {}: its locations no longer resolve: {why}", job.id)));
+        }
         let before = job.state();
         if before.is_terminal() && job.lock().finished_at.is_none() {
             // Cancelled, but its transfers are still winding down: the destination is
@@ -725,8 +985,9 @@ impl Jobs {
         let progress = Arc::new(VerifyProgress::default());
         {
             let mut inner = job.lock();
+            inner.verify_before = Some(before);
             inner.verify = Some(VerifyView {
-                state: "running",
+                state: "running".into(),
                 download,
                 objects_checked: 0,
                 objects_matched: 0,
@@ -738,12 +999,15 @@ impl Jobs {
                 finished_at: None,
             });
             inner.verify_progress = Some(progress.clone());
+            job.persist(&inner);
         }
         let runner = job.clone();
+        let me = self.clone();
         let handle = std::thread::Builder::new()
             .name(format!("laminar-{}-verify", job.id))
             .spawn(move || {
-                let result = relay::verify(&runner.src, &runner.dst, &runner.opts, download, &progress);
+                let (src, dst) = runner.ends.as_ref().expect("checked before the check started");
+                let result = relay::verify(src, dst, &runner.opts, download, &progress);
                 let ok = matches!(&result, Ok(r) if r.ok());
                 {
                     let mut inner = runner.lock();
@@ -751,7 +1015,7 @@ impl Jobs {
                     view.finished_at = Some(now());
                     match result {
                         Ok(r) => {
-                            view.state = if r.stopped { "stopped" } else { "done" };
+                            view.state = if r.stopped { "stopped" } else { "done" }.into();
                             view.objects_checked = r.objects_checked;
                             view.objects_matched = r.objects_matched;
                             view.objects_missing = r.objects_missing;
@@ -768,12 +1032,18 @@ impl Jobs {
                             }
                         }
                         Err(e) => {
-                            view.state = "failed";
+                            view.state = "failed".into();
                             view.error = Some(e.to_string());
                             inner.error = Some(format!("verification could not run: {e}"));
                         }
                     }
                     inner.verify_progress = None;
+                    inner.verify_before = None;
+                }
+                if me.closing() {
+                    // Stopped by the shutdown: the row still says verifying, and the
+                    // next start puts the job back as it was before the check.
+                    return;
                 }
                 let _ = runner.apply(Action::Verified { ok, before });
             })
@@ -783,14 +1053,35 @@ impl Jobs {
     }
 
     /// Takes throughput samples of running jobs until `stop` is set.
+    /// Takes throughput samples of running jobs until `stop` is set; writes the
+    /// counters of jobs in flight through about once a second, and prunes jobs past
+    /// `--keep-jobs` once an hour.
     pub fn sample_loop(&self, stop: &AtomicBool) {
+        let mut tick = 0u64;
         while !stop.load(Ordering::Acquire) {
+            tick += 1;
             for job in self.list() {
-                if job.state() == State::Running {
+                let state = job.state();
+                if state == State::Running {
                     job.sample();
                 }
+                if tick.is_multiple_of(2) && matches!(state, State::Running | State::Paused | State::Verifying) {
+                    job.save();
+                }
+            }
+            if tick.is_multiple_of(7200) {
+                self.prune();
             }
             std::thread::park_timeout(Duration::from_millis(500));
+        }
+    }
+
+    /// Forgets terminal jobs that ended longer than `--keep-jobs` ago.
+    fn prune(&self) {
+        let Some(store) = &self.store else { return };
+        let pruned = store.prune(unix_s(SystemTime::now()).saturating_sub(self.keep_jobs.as_secs()));
+        if !pruned.is_empty() {
+            self.jobs.lock().expect("jobs lock").retain(|j| !pruned.contains(&j.id));
         }
     }
 
@@ -806,8 +1097,14 @@ impl Jobs {
         self.closing.store(true, Ordering::Release);
         for job in self.list() {
             if matches!(job.state(), State::Pending | State::Running | State::Paused | State::Waiting) {
-                let _ = job.apply(Action::Cancel);
-                job.lock().error.get_or_insert_with(|| "cancelled: the appliance shut down".to_string());
+                if self.store.is_none() {
+                    // Kept nowhere: the job ends with the process.
+                    let _ = job.apply(Action::Cancel);
+                    job.lock().error.get_or_insert_with(|| "cancelled: the appliance shut down".to_string());
+                } else {
+                    // Kept: it goes on at the next start, so it is stopped, not cancelled.
+                    job.woken.notify_all();
+                }
             }
             job.progress.request_stop();
             if let Some(vp) = &job.lock().verify_progress {

@@ -113,12 +113,11 @@ pub fn render(jobs: &Jobs) -> String {
     }
     for job in &list {
         let p = &job.progress;
-        let done = p.objects_done.load(Ordering::Relaxed);
-        let skipped = p.objects_skipped.load(Ordering::Relaxed);
-        bytes.push(&[("job", &job.id)], p.bytes_done.load(Ordering::Relaxed) as f64);
-        objects.push(&[("job", &job.id), ("outcome", "copied")], (done.saturating_sub(skipped)) as f64);
-        objects.push(&[("job", &job.id), ("outcome", "skipped")], skipped as f64);
-        objects.push(&[("job", &job.id), ("outcome", "failed")], p.objects_failed.load(Ordering::Relaxed) as f64);
+        let c = job.counters();
+        bytes.push(&[("job", &job.id)], c.bytes_copied as f64);
+        objects.push(&[("job", &job.id), ("outcome", "copied")], c.objects_copied as f64);
+        objects.push(&[("job", &job.id), ("outcome", "skipped")], c.objects_skipped as f64);
+        objects.push(&[("job", &job.id), ("outcome", "failed")], c.objects_failed as f64);
         in_flight_jobs.push(&[("job", &job.id)], p.transfers.load(Ordering::Relaxed) as f64);
         allowed.push(&[("job", &job.id)], p.throttle.limit(p.transfers.load(Ordering::Relaxed)) as f64);
     }

@@ -1,11 +1,18 @@
 //! `laminar serve`: the appliance. The engine's workers, plus the HTTP control
 //! sidecar on a thread of its own (tokio and axum; the sidecar is not the byte path).
 //!
-//! Shutdown on SIGTERM or SIGINT: new jobs are refused, every job is cancelled (no
-//! new object starts, transfers in flight finish, unfinished multipart uploads are
-//! aborted, so nothing partial looks complete), and the process waits up to
-//! `--shutdown-grace` for that before it exits. A second signal exits at once; an
-//! upload cut that way was never completed, so it is not visible either.
+//! Jobs live in the data directory's database (`$LAMINAR_DATA_DIR/laminar.db`, beside
+//! the engine's journal): started again, the appliance lists every job as before and
+//! sets the unfinished ones going (see `jobs`). One appliance at a time uses a data
+//! directory (`serve.lock`).
+//!
+//! Shutdown on SIGTERM or SIGINT: new jobs are refused, every relay is stopped (no
+//! new object starts, transfers in flight finish; nothing partial looks complete, and
+//! what is half-copied stays in the journal for the next start), and the process waits
+//! up to `--shutdown-grace` for that before it exits. Jobs are not cancelled: they go
+//! on when the appliance starts again (with `--no-journal`, kept nowhere, they are
+//! cancelled). A second signal exits at once; an upload cut that way was never
+//! completed, so it is not visible either.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,7 +27,7 @@ use laminar_tuning::HumanBytes;
 
 use crate::api::{self, App};
 use crate::cli::{EngineArgs, Fail};
-use crate::jobs::Jobs;
+use crate::jobs::{JobStore, Jobs, Keeping, ServeLock};
 use crate::listen::{self, Limits};
 
 /// Flags of `laminar serve`.
@@ -57,6 +64,13 @@ pub struct ServeArgs {
     /// store gives, 24 hours for Drive)
     #[arg(long, value_name = "DURATION")]
     waiting_retry: Option<String>,
+    /// How long jobs that ended are kept (listed, and in the database), e.g. 30d
+    #[arg(long, default_value = "30d", value_name = "DURATION")]
+    keep_jobs: String,
+    /// Keep jobs in memory only and no journal: a restart forgets every job, and
+    /// half-copied objects start over
+    #[arg(long)]
+    no_journal: bool,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -125,7 +139,25 @@ pub fn run(config: Option<&Path>, args: ServeArgs) -> Result<u8, Fail> {
     let limits = Limits { max_connections: args.max_connections, header_timeout, ..Limits::default() };
     let grace = humantime::parse_duration(&args.shutdown_grace)
         .map_err(|e| usage(format!("--shutdown-grace {:?}: {e}; write e.g. 30s", args.shutdown_grace)))?;
-    let opts = crate::cli::options(&args.engine)?;
+    let mut opts = crate::cli::options(&args.engine)?;
+    let keep_jobs = humantime::parse_duration(&args.keep_jobs)
+        .map_err(|e| usage(format!("--keep-jobs {:?}: {e}; give a duration such as 30d", args.keep_jobs)))?;
+    let (store, _lock) = if args.no_journal {
+        (None, None)
+    } else {
+        let dir = laminar_tuning::plan::default_data_dir();
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            usage(format!(
+                "cannot create the data directory {}: {e}; set LAMINAR_DATA_DIR to a directory you can write",
+                dir.display()
+            ))
+        })?;
+        let lock = ServeLock::take(&dir).map_err(usage)?;
+        let journal = laminar_engine::journal::Journal::open(&dir)?;
+        let store = JobStore::open(journal.path()).map_err(usage)?;
+        opts.journal = Some(journal);
+        (Some(Arc::new(store)), Some(lock))
+    };
     let interrupted = laminar_tuning::catch_interrupts();
     let engine = Arc::new(Engine::start(&EngineOptions::from(&opts))?);
     let waiting_retry = args
@@ -136,7 +168,12 @@ pub fn run(config: Option<&Path>, args: ServeArgs) -> Result<u8, Fail> {
                 .map_err(|e| usage(format!("--waiting-retry {w:?}: {e}; give a duration such as \"1h\"")))
         })
         .transpose()?;
-    let jobs = Jobs::new(engine.clone(), config, opts, waiting_retry);
+    let jobs = Jobs::new(engine.clone(), config, opts, waiting_retry, Keeping { store, keep_jobs });
+    let (restored, going_on) = jobs.restore().map_err(usage)?;
+    if restored > 0 {
+        let jobs = if restored == 1 { "job" } else { "jobs" };
+        eprintln!("laminar: restored {restored} {jobs} from the data directory; {going_on} go on");
+    }
     let guard = Arc::new(api::Guard { limits, listen: addr, metrics_public: args.metrics_public });
     let app = App { jobs: jobs.clone(), token: token.map(Arc::new), guard };
 
@@ -180,7 +217,12 @@ pub fn run(config: Option<&Path>, args: ServeArgs) -> Result<u8, Fail> {
         std::thread::park_timeout(Duration::from_millis(100));
     }
     eprintln!(
-        "laminar: shutting down: no new jobs; cancelling running jobs (waiting up to {}; a second signal exits at once)",
+        "laminar: shutting down: no new jobs; {} (waiting up to {}; a second signal exits at once)",
+        if args.no_journal {
+            "cancelling running jobs"
+        } else {
+            "stopping running jobs, which go on at the next start"
+        },
         humantime::format_duration(grace)
     );
     // A second signal now ends the process at once.

@@ -70,7 +70,7 @@ pub struct ListPage {
 }
 
 /// Something a listing left out, with why: the relay reports it and copies nothing.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LeftOut {
     /// The key it would have had.
     pub key: String,

@@ -206,7 +206,7 @@ impl Default for RelayOptions {
 }
 
 /// One object that failed, and why.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Failure {
     /// Source key.
     pub key: String,

@@ -45,11 +45,18 @@ impl Appliance {
         Appliance::start_with(config, extra, None)
     }
 
-    /// Starts it, trusting `ca_pem` for an https API.
+    /// Starts it, trusting `ca_pem` for an https API, with a data directory of its own.
     fn start_with(config: &Path, extra: &[&str], ca_pem: Option<&str>) -> Appliance {
         let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        Appliance::start_in(config, extra, ca_pem, &data, dir)
+    }
+
+    /// Starts it on data directory `data` (jobs kept there across restarts).
+    fn start_in(config: &Path, extra: &[&str], ca_pem: Option<&str>, data: &Path, dir: tempfile::TempDir) -> Appliance {
         let stderr = dir.path().join("stderr");
         let mut child = Command::new(laminar_bin())
+            .env("LAMINAR_DATA_DIR", data)
             .arg("--config")
             .arg(config)
             .args(["serve", "--listen", "127.0.0.1:0", "--ram-buffer", "128MiB", "--shutdown-grace", "60s"])
@@ -862,4 +869,111 @@ fn a_dropbox_to_drive_job_verifies_by_listing_and_by_content() {
         assert_eq!((v["objects_matched"].as_u64(), v["objects_mismatched"].as_u64()), (Some(2), Some(1)), "{v}");
         assert_eq!(v["problems"][0]["key"], "V/Fotos/été.jpg", "{v}");
     }
+}
+
+/// Checks that `bkt-b/PREFIX` holds exactly what `source` holds, byte for byte.
+fn assert_same_tree(c: &Clouds, prefix: &str, source: &Path) {
+    let got = tempfile::tempdir().unwrap();
+    c.b.download_dir(&format!("bkt-b/{prefix}"), got.path()).unwrap();
+    let names = |dir: &Path| {
+        let mut n: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(got.path()), names(source), "bkt-b/{prefix} holds every object");
+    for name in names(source) {
+        let same = std::fs::read(got.path().join(&name)).unwrap() == std::fs::read(source.join(&name)).unwrap();
+        assert!(same, "bkt-b/{prefix}/{name:?} differs from its source");
+    }
+}
+
+#[test]
+fn jobs_survive_a_restart_killed_or_clean_and_old_ones_are_pruned() {
+    let Some(c) = clouds() else { return };
+    let small = load(&c, "keep-small", 5, 20 * KIB);
+    let slow = load(&c, "keep-slow", 8, 9 * MIB);
+    let held = load(&c, "keep-held", 4, 9 * MIB);
+    let home = tempfile::tempdir().unwrap();
+    let data = home.path().join("data");
+    let start = |extra: &[&str]| Appliance::start_in(c.config.path(), extra, None, &data, tempfile::tempdir().unwrap());
+    let big = |src: &str, dst: &str| {
+        let mut s = spec(src, dst);
+        s["transfers"] = json!(1);
+        s["part_size"] = json!("5MiB");
+        s
+    };
+
+    let app = start(&[]);
+    // A: done and checked. B: running when the appliance is killed. C: paused.
+    let a = app.submit(spec("keep-small", "keep-small"));
+    app.wait(&a, &["succeeded"]);
+    app.ok("POST", &format!("/v1/jobs/{a}/verify"), Some(json!({})));
+    let a_before = app.wait_for(&a, "checked", |j| j["verify"]["state"] == "done");
+    let c_id = app.submit(big("keep-held", "keep-held"));
+    app.ok("POST", &format!("/v1/jobs/{c_id}/pause"), None);
+    let b = app.submit(big("keep-slow", "keep-slow"));
+    app.wait_for(&b, "copied any bytes", |j| j["counters"]["bytes_copied"].as_u64().unwrap() > 0);
+    // A second appliance on the same data directory is refused while this one runs.
+    let out = Command::new(laminar_bin())
+        .env("LAMINAR_DATA_DIR", &data)
+        .arg("--config")
+        .arg(c.config.path())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another laminar serve") && err.lines().count() == 1, "{err}");
+    drop(app); // SIGKILL
+
+    let app = start(&[]);
+    assert!(app.stderr().contains("restored 3 jobs"), "{}", app.stderr());
+    let listed: Vec<String> = app.ok("GET", "/v1/jobs", None)["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().into())
+        .collect();
+    assert_eq!(listed, [a.clone(), c_id.clone(), b.clone()], "every job, in order");
+    // A is as it was: its state, counters and check.
+    let a_after = app.job(&a);
+    for field in ["state", "counters", "verify", "history", "created_at", "finished_at"] {
+        assert_eq!(a_after[field], a_before[field], "{field} of the finished job");
+    }
+    // C stays paused; B goes on by itself, noting the restart, and ends with every byte.
+    assert_eq!(app.job(&c_id)["state"], "paused");
+    let b_job = app.wait(&b, &["succeeded", "failed"]);
+    assert_eq!(b_job["state"], "succeeded", "{b_job}");
+    assert!(b_job["history"].as_array().unwrap().iter().any(|t| t["note"] == "the appliance restarted"), "{b_job}");
+    assert_eq!(
+        b_job["counters"]["objects_copied"].as_u64().unwrap() + b_job["counters"]["objects_skipped"].as_u64().unwrap(),
+        8,
+        "{b_job}"
+    );
+    assert_same_tree(&c, "keep-slow", slow.path());
+    app.ok("POST", &format!("/v1/jobs/{c_id}/resume"), None);
+    assert_eq!(app.wait(&c_id, &["succeeded", "failed"])["state"], "succeeded");
+    assert_same_tree(&c, "keep-held", held.path());
+    // New ids never repeat old ones.
+    let d = app.submit(spec("keep-small", "keep-small-2"));
+    assert!(![&a, &b, &c_id].contains(&&d), "{d}");
+    app.wait(&d, &["succeeded"]);
+
+    // A clean stop mid-job does not cancel it: it goes on at the next start.
+    let e = app.submit(big("keep-slow", "keep-slow-2"));
+    app.wait_for(&e, "copied any bytes", |j| j["counters"]["bytes_copied"].as_u64().unwrap() > 0);
+    let (code, stderr) = app.terminate();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("go on at the next start"), "{stderr}");
+    let app = start(&[]);
+    let e_job = app.wait(&e, &["succeeded", "failed", "cancelled"]);
+    assert_eq!(e_job["state"], "succeeded", "{e_job}");
+    assert_same_tree(&c, "keep-slow-2", slow.path());
+    assert_same_tree(&c, "keep-small", small.path());
+    drop(app);
+
+    // Terminal jobs older than --keep-jobs are pruned at start.
+    let app = start(&["--keep-jobs", "0s"]);
+    assert!(app.stderr().contains("pruned 5 jobs"), "{}", app.stderr());
+    assert_eq!(app.ok("GET", "/v1/jobs", None)["jobs"], json!([]));
 }
