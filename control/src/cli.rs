@@ -468,6 +468,7 @@ struct JsonReport<'a> {
     waiting: Option<&'a relay::Waiting>,
     bytes_resumed: u64,
     objects_resumed: u64,
+    objects_restarted: u64,
     hashes_compared: &'a std::collections::BTreeMap<String, u64>,
     checks: &'a [relay::ObjectChecks],
 }
@@ -506,6 +507,7 @@ pub fn print_report(report: &Report, json: bool, dry_run: bool) {
             waiting: report.waiting.as_ref(),
             bytes_resumed: report.bytes_resumed,
             objects_resumed: report.objects_resumed,
+            objects_restarted: report.objects_restarted,
             hashes_compared: &report.hashes_compared,
             checks: &report.checks,
         };
@@ -544,6 +546,12 @@ pub fn print_report(report: &Report, json: bool, dry_run: bool) {
         report.driver.map(|d| d.to_string()).unwrap_or_default(),
         HumanBytes(report.ram_buffer_bytes),
     );
+    if report.objects_restarted > 0 {
+        println!(
+            "started over: {} objects whose bytes disagreed with the source's whole-object hash were read and sent again",
+            report.objects_restarted
+        );
+    }
     if report.objects_resumed > 0 {
         println!(
             "resumed: {} objects an earlier run left half-copied went on from what the destination held",

@@ -274,6 +274,9 @@ pub struct Report {
     /// Objects whose upload an earlier run began (and left open when it was killed or
     /// stopped) that this relay went on with.
     pub objects_resumed: u64,
+    /// Objects read and sent again from the start because the bytes read disagreed
+    /// with the source's whole-object hash (a byte corrupted on the way).
+    pub objects_restarted: u64,
     /// Objects checked by each hash, by side: `source:content_hash`,
     /// `destination:md5`, ... (`source:none` where the source reports no hash the
     /// relay could compare).
@@ -466,6 +469,8 @@ pub(crate) struct Stats {
     pub(crate) bytes_resumed: std::sync::atomic::AtomicU64,
     /// Objects whose upload was resumed from the journal.
     pub(crate) objects_resumed: std::sync::atomic::AtomicU64,
+    /// Objects started over after their whole-object check against the source failed.
+    pub(crate) objects_restarted: std::sync::atomic::AtomicU64,
     /// Large objects begun (session begun, parts queued) and not yet finished.
     pub(crate) large_open: std::sync::atomic::AtomicUsize,
     /// Which hashes checked each object, for the report: counts by side and name, and

@@ -270,6 +270,7 @@ pub(super) fn part_done(ctx: &Ctx, job: &ObjectJob, index: u32, result: Result<P
             ctx.landed(record.len);
             let blocks = {
                 let mut large = job.large();
+                large.landed_bytes += record.len;
                 large.progress.parts[index as usize] = Some(record.clone());
                 large.source_blocks.get(index as usize).cloned().flatten()
             };
@@ -521,7 +522,7 @@ fn combined(parts: &[PartRecord]) -> Option<Checksum> {
 
 /// Ends a large object: completes its session when every part landed, aborts it
 /// otherwise, and reports the object.
-pub(super) async fn finish_large(ctx: &Ctx, job: &ObjectJob, state: SessionState) {
+pub(super) async fn finish_large(ctx: &Rc<Ctx>, job: &ObjectJob, state: SessionState) {
     let (failure, parts) = {
         let mut large = job.large();
         let failure = large.failure.take();
@@ -571,9 +572,36 @@ pub(super) async fn finish_large(ctx: &Ctx, job: &ObjectJob, state: SessionState
                     }
                 }
             }
+            if start_over(ctx, job, &e) {
+                return;
+            }
             ctx.fail(job, e);
         }
     }
+}
+
+/// The most times an object is started over after its whole-object check against the
+/// source failed (each costs the whole object again).
+const RESTARTS_MAX: u32 = 2;
+
+/// Starts an object over when the bytes read disagreed with what the source vouches
+/// for the whole object (its MD5, Dropbox's content_hash, a Drive hash): a byte
+/// corrupted on the way from the source shows only at the end, and nothing says which
+/// part it was in, so every part is read and sent again, in a fresh upload (the old
+/// one is aborted). A mismatch seen part by part is retried with its part instead.
+/// Returns whether the object was started over.
+fn start_over(ctx: &Rc<Ctx>, job: &ObjectJob, e: &Error) -> bool {
+    let source_mismatch = matches!(e, Error::Integrity { op: "get", .. });
+    let allowed = job.restarts < RESTARTS_MAX.min(ctx.shared.opts.retries);
+    if !source_mismatch || !allowed || ctx.stopped() {
+        return false;
+    }
+    eprintln!("laminar: {}: {e}; reading and sending it again from the start", job.src_key());
+    ctx.unlanded(std::mem::take(&mut job.large().landed_bytes));
+    ctx.shared.stats.objects_restarted.fetch_add(1, Ordering::Relaxed);
+    let again = std::sync::Arc::new(job.started_over());
+    monoio::spawn(super::transfer::run_object(ctx.clone(), again));
+    true
 }
 
 async fn complete(ctx: &Ctx, job: &ObjectJob, session: &dyn UploadSession, parts: &[PartRecord]) -> Result<()> {

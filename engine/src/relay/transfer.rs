@@ -46,6 +46,9 @@ pub(crate) struct ObjectJob {
     next_part: AtomicU32,
     /// Notified when the object's chain moves on (see [`super::chain`]).
     pub(super) chain_changed: event_listener::Event,
+    /// Times this object was started over after its whole-object check against the
+    /// source failed (see [`super::parts::finish_large`]).
+    pub(super) restarts: u32,
 }
 
 /// Where a large object is: one state machine, whose every step is a [`Phase`].
@@ -116,6 +119,9 @@ pub(super) struct Large {
     pub(super) chain: Option<super::chain::Chain>,
     /// An ordered stream resumed from an earlier run: the bytes the store held then.
     pub(super) resumed_offset: Option<u64>,
+    /// Bytes of this attempt's parts that landed (counted in the progress), taken back
+    /// if the object starts over.
+    pub(super) landed_bytes: u64,
 }
 
 impl Large {
@@ -201,7 +207,22 @@ impl ObjectJob {
             parts_left: AtomicU32::new(0),
             next_part: AtomicU32::new(0),
             chain_changed: event_listener::Event::new(),
+            restarts: 0,
         }
+    }
+
+    /// The same object, to be sent again from its first byte.
+    pub(super) fn started_over(&self) -> ObjectJob {
+        let mut again = ObjectJob::new(
+            self.src_key.clone(),
+            self.dst_key.clone(),
+            self.size,
+            self.src_version.clone(),
+            false,
+            self.kind,
+        );
+        again.restarts = self.restarts + 1;
+        again
     }
 }
 
@@ -231,6 +252,16 @@ impl Ctx {
     pub(super) fn landed(&self, bytes: u64) {
         self.shared.progress.bytes_done.fetch_add(bytes, Ordering::Relaxed);
         crate::metrics::record_written(bytes);
+    }
+
+    /// Takes back bytes counted as landed of an attempt that is thrown away (the
+    /// destination wrote them, so the metrics keep them; the relay's progress does not).
+    pub(super) fn unlanded(&self, bytes: u64) {
+        let _ = self
+            .shared
+            .progress
+            .bytes_done
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some(b.saturating_sub(bytes)));
     }
 
     /// Label of the source remote, for latency metrics.
