@@ -469,6 +469,7 @@ struct JsonReport<'a> {
     bytes_resumed: u64,
     objects_resumed: u64,
     objects_restarted: u64,
+    restarted: &'a [relay::Failure],
     hashes_compared: &'a std::collections::BTreeMap<String, u64>,
     checks: &'a [relay::ObjectChecks],
 }
@@ -508,6 +509,7 @@ pub fn print_report(report: &Report, json: bool, dry_run: bool) {
             bytes_resumed: report.bytes_resumed,
             objects_resumed: report.objects_resumed,
             objects_restarted: report.objects_restarted,
+            restarted: &report.restarted,
             hashes_compared: &report.hashes_compared,
             checks: &report.checks,
         };
@@ -548,7 +550,8 @@ pub fn print_report(report: &Report, json: bool, dry_run: bool) {
     );
     if report.objects_restarted > 0 {
         println!(
-            "started over: {} objects whose bytes disagreed with the source's whole-object hash were read and sent again",
+            "started over: {} objects (their bytes disagreed with the source's whole-object hash, or they changed at \
+             the source while read) were read and sent again",
             report.objects_restarted
         );
     }

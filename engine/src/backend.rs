@@ -144,6 +144,17 @@ pub struct ObjectInfo {
     /// Laminar's provenance record: the source's version token and checksum at the
     /// time Laminar wrote this object, so a re-run can skip it.
     pub provenance: Option<String>,
+    /// The version token, as the store's listing gives it ([`Entry::version`]), where
+    /// the store has one besides the ETag; for a read, of the bytes it returned.
+    pub version: Option<String>,
+}
+
+impl ObjectInfo {
+    /// The token the relay pins a source object's reads to: the ETag, else the
+    /// version (as a listing's entry gives it). None when the store says neither.
+    pub fn version_token(&self) -> Option<&str> {
+        self.etag.as_deref().or(self.version.as_deref())
+    }
 }
 
 /// A store's rules for the sizes of parts.
@@ -430,13 +441,15 @@ pub trait Source: Store {
     ) -> LocalFuture<'a, Result<(Body, ObjectInfo)>>;
     /// Reads `range` through a ring, feeding `hashers`: each chunk goes to the ring's
     /// writer as soon as it is full, so the bytes can be sent on while they are read.
+    /// Returns the version token of the bytes read ([`ObjectInfo::version_token`]),
+    /// where the store says.
     fn read_stream<'a>(
         &'a self,
         key: &'a str,
         range: (u64, u64),
         filler: &'a Filler,
         hashers: &'a mut Hashers,
-    ) -> LocalFuture<'a, Result<()>>;
+    ) -> LocalFuture<'a, Result<Option<String>>>;
     /// A reference for server-side copies, when the store supports them.
     fn copy_source(&self, key: &str) -> Option<CopySource>;
 }

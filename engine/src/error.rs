@@ -123,6 +123,17 @@ pub enum Error {
         /// Expected and actual values.
         detail: String,
     },
+    /// The source object changed while it was read: the bytes read so far are of
+    /// another version than the one the relay started from.
+    #[error("{op} {target}: the object changed at the source while it was read ({detail})")]
+    Changed {
+        /// The operation.
+        op: &'static str,
+        /// The key.
+        target: String,
+        /// Which versions.
+        detail: String,
+    },
     /// A key that this store cannot hold safely (e.g. `..` on the file backend).
     #[error("{op} {key:?}: {reason}")]
     InvalidKey {
@@ -162,7 +173,9 @@ impl Error {
     pub fn class(&self) -> ErrorClass {
         match self {
             Error::Usage(_) | Error::Tls { .. } => ErrorClass::FatalRelay,
-            Error::InvalidKey { .. } => ErrorClass::FatalObject,
+            // The same read would meet the same change: the relay starts the object
+            // over from its new version instead of retrying the read.
+            Error::InvalidKey { .. } | Error::Changed { .. } => ErrorClass::FatalObject,
             Error::Connect { .. } | Error::Io { .. } | Error::Timeout { .. } => ErrorClass::Retryable,
             Error::Protocol { .. } | Error::Integrity { .. } => ErrorClass::Retryable,
             Error::Http { class, .. } => *class,

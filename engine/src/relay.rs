@@ -275,8 +275,11 @@ pub struct Report {
     /// stopped) that this relay went on with.
     pub objects_resumed: u64,
     /// Objects read and sent again from the start because the bytes read disagreed
-    /// with the source's whole-object hash (a byte corrupted on the way).
+    /// with the source's whole-object hash (a byte corrupted on the way), or because
+    /// they changed at the source while they were read (then from their new version).
     pub objects_restarted: u64,
+    /// Which objects were started over, and why.
+    pub restarted: Vec<Failure>,
     /// Objects checked by each hash, by side: `source:content_hash`,
     /// `destination:md5`, ... (`source:none` where the source reports no hash the
     /// relay could compare).
@@ -469,8 +472,14 @@ pub(crate) struct Stats {
     pub(crate) bytes_resumed: std::sync::atomic::AtomicU64,
     /// Objects whose upload was resumed from the journal.
     pub(crate) objects_resumed: std::sync::atomic::AtomicU64,
-    /// Objects started over after their whole-object check against the source failed.
+    /// Objects started over after their whole-object check against the source failed,
+    /// or because they changed at the source while read.
     pub(crate) objects_restarted: std::sync::atomic::AtomicU64,
+    /// Which objects were started over and why (the first [`DECISIONS_KEPT_MAX`]).
+    pub(crate) restarted: std::sync::Mutex<Vec<Failure>>,
+    /// The size from which an object goes in parts (set when the listing starts), for
+    /// an object started over at a new size.
+    pub(crate) multipart_cutoff_bytes: std::sync::atomic::AtomicU64,
     /// Large objects begun (session begun, parts queued) and not yet finished.
     pub(crate) large_open: std::sync::atomic::AtomicUsize,
     /// Which hashes checked each object, for the report: counts by side and name, and

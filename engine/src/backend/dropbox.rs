@@ -291,9 +291,19 @@ fn parse_time(text: &str) -> Option<i64> {
     Some(days_from_civil(i64::from(y), m, d) * 86_400 + i64::from(h * 3600 + min * 60 + s))
 }
 
+/// A file's version token: its `rev` (a revision id, new on every change), else its
+/// content hash.
+fn version_of(meta: &Value) -> Option<String> {
+    meta.get("rev").or_else(|| meta.get("content_hash")).and_then(Value::as_str).map(|v| format!("dropbox:{v}"))
+}
+
 /// What a file's metadata says, as the relay takes it.
 fn info_from_metadata(meta: &Value) -> ObjectInfo {
-    let mut info = ObjectInfo { size: meta.get("size").and_then(Value::as_u64).unwrap_or(0), ..ObjectInfo::default() };
+    let mut info = ObjectInfo {
+        size: meta.get("size").and_then(Value::as_u64).unwrap_or(0),
+        version: version_of(meta),
+        ..ObjectInfo::default()
+    };
     if let Some(secs) = meta.get("client_modified").and_then(Value::as_str).and_then(parse_time) {
         info.meta.mtime = Some((secs, 0));
     }
@@ -526,8 +536,7 @@ impl DropboxStore {
             if key.is_char_boundary(prefix.len()) && key[..prefix.len()].to_lowercase() == prefix_lower {
                 key = format!("{prefix}{}", &key[prefix.len()..]);
             }
-            let version =
-                e.get("rev").or_else(|| e.get("content_hash")).and_then(Value::as_str).map(|v| format!("dropbox:{v}"));
+            let version = version_of(e);
             let size = e.get("size").and_then(Value::as_u64).unwrap_or(0);
             let provenance = template.as_deref().and_then(|id| properties::provenance_of(e, id));
             entries.push(Entry { key, size, etag: None, provenance, version });
@@ -655,10 +664,11 @@ impl Source for DropboxStore {
         range: (u64, u64),
         filler: &'a Filler,
         hashers: &'a mut Hashers,
-    ) -> LocalFuture<'a, Result<()>> {
+    ) -> LocalFuture<'a, Result<Option<String>>> {
         Box::pin(async move {
-            let (response, _) = self.download(key, Some(range)).await?;
-            response.read_stream(filler, hashers).await.map(drop)
+            let (response, info) = self.download(key, Some(range)).await?;
+            response.read_stream(filler, hashers).await?;
+            Ok(info.version)
         })
     }
 

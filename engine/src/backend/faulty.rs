@@ -545,7 +545,7 @@ impl Source for FaultySource {
         range: (u64, u64),
         filler: &'a Filler,
         hashers: &'a mut Hashers,
-    ) -> LocalFuture<'a, Result<()>> {
+    ) -> LocalFuture<'a, Result<Option<String>>> {
         Box::pin(async move {
             let call = Call { at: range.0, len: range.1 - range.0, ..Call::new(FaultOp::ReadStream, key) };
             match self.plan.decide(&call) {
@@ -556,7 +556,7 @@ impl Source for FaultySource {
                         self.inner.read_stream(key, (range.0, range.0 + half), filler, hashers).await?;
                     }
                     if fault == Fault::ShortEnd {
-                        return Ok(());
+                        return Ok(None);
                     }
                     Err(short(&call, half))
                 }

@@ -570,6 +570,20 @@ fn sweep_tree(dir: &Path) -> u64 {
     removed
 }
 
+/// The file's version token after a read, which must be the one it had before: a
+/// file written in place while it was read gives a mix of old and new bytes.
+fn unchanged_since(path: &Path, key: &str, before: &str) -> Result<String> {
+    let after = std::fs::metadata(path).map(|md| version_token(&md)).map_err(|e| Error::io("get", key, e))?;
+    if after != before {
+        return Err(Error::Changed {
+            op: "get",
+            target: key.to_string(),
+            detail: format!("it was {before} when the read began and {after} when it ended"),
+        });
+    }
+    Ok(after)
+}
+
 fn version_token(md: &std::fs::Metadata) -> String {
     use std::os::unix::fs::MetadataExt;
     format!("file:{}:{}.{:09}", md.len(), md.mtime(), md.mtime_nsec())
@@ -587,6 +601,7 @@ fn info_for(path: &Path, md: &std::fs::Metadata) -> ObjectInfo {
         meta,
         checksums: Vec::new(),
         provenance: get_xattr(path, XATTR_PROVENANCE),
+        version: Some(version_token(md)),
     }
 }
 
@@ -664,7 +679,7 @@ impl Source for FileStore {
         Box::pin(async move {
             let path = self.resolve("get", key)?;
             let md = std::fs::metadata(&path).map_err(|e| Error::io("get", key, e))?;
-            let info = info_for(&path, &md);
+            let mut info = info_for(&path, &md);
             let (start, end) = range.unwrap_or((0, md.len()));
             if end > md.len() {
                 return Err(Error::protocol("get", key, format!("file shrank to {} bytes while being read", md.len())));
@@ -679,6 +694,7 @@ impl Source for FileStore {
             if at != end {
                 return Err(Error::protocol("get", key, "the buffers reserved for the read were too small"));
             }
+            info.version = Some(unchanged_since(&path, key, &version_token(&md))?);
             Ok((Body::new(filled), info))
         })
     }
@@ -689,10 +705,11 @@ impl Source for FileStore {
         range: (u64, u64),
         filler: &'a Filler,
         hashers: &'a mut Hashers,
-    ) -> LocalFuture<'a, Result<()>> {
+    ) -> LocalFuture<'a, Result<Option<String>>> {
         Box::pin(async move {
             let path = self.resolve("get", key)?;
             let (start, end) = range;
+            let before = std::fs::metadata(&path).map_err(|e| Error::io("get", key, e))?;
             let file = monoio::fs::File::open(&path).await.map_err(|e| Error::io("get", key, e))?;
             let mut at = start;
             while at < end {
@@ -702,7 +719,7 @@ impl Source for FileStore {
                 filler.send(fill_from(&file, chunk, &mut at, end, hashers, key).await?);
             }
             let _ = file.close().await;
-            Ok(())
+            unchanged_since(&path, key, &version_token(&before)).map(Some)
         })
     }
 

@@ -411,6 +411,7 @@ impl MemShared {
             meta: o.meta.clone(),
             checksums: o.checksums.clone(),
             provenance: o.provenance.clone(),
+            version: Some(format!("mem:{}", o.generation)),
         }
     }
 
@@ -636,12 +637,13 @@ impl Source for MemStore {
         range: (u64, u64),
         filler: &'a Filler,
         hashers: &'a mut Hashers,
-    ) -> LocalFuture<'a, Result<()>> {
+    ) -> LocalFuture<'a, Result<Option<String>>> {
         Box::pin(async move {
-            let bytes = {
+            let (bytes, version) = {
                 let state = self.shared.request("get");
                 let held = self.shared.resolve(&state, key);
-                state.objects.get(&held).ok_or_else(|| no_such_key("get", key))?.bytes.clone()
+                let o = state.objects.get(&held).ok_or_else(|| no_such_key("get", key))?;
+                (o.bytes.clone(), self.shared.info(o).version_token().map(str::to_string))
             };
             let (start, end) = checked_range("get", key, Some(range), bytes.len() as u64)?;
             let mut rest = &bytes[start as usize..end as usize];
@@ -655,7 +657,7 @@ impl Source for MemStore {
                 rest = &rest[n..];
                 filler.send(chunk);
             }
-            Ok(())
+            Ok(version)
         })
     }
 

@@ -732,7 +732,7 @@ impl Source for S3Store {
         range: (u64, u64),
         filler: &'a Filler,
         hashers: &'a mut Hashers,
-    ) -> LocalFuture<'a, Result<()>> {
+    ) -> LocalFuture<'a, Result<Option<String>>> {
         Box::pin(async move {
             let (start, end) = range;
             assert!(end > start, "empty range");
@@ -745,7 +745,8 @@ impl Source for S3Store {
                 return Err(self.http_error("get", key, &head, &bytes));
             }
             check_range_answer(key, range, &head)?;
-            response.read_stream(filler, hashers).await.map(drop)
+            response.read_stream(filler, hashers).await?;
+            Ok(head.header("etag").map(|e| e.trim_matches('"').to_string()))
         })
     }
 

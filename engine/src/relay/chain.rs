@@ -226,7 +226,8 @@ pub(super) async fn verify_by_reading(ctx: &Ctx, job: &ObjectJob, parts: &[PartR
                 let chunks = ctx.pool.acquire(ctx.pool.chunks_for(spec.len)).await;
                 let mut hashers = Hashers::new(algo, false);
                 let read = ctx.src.read(key, Some(spec.range()), Body::new(chunks), &mut hashers);
-                let (body, _) = timed(ctx.src_label(), Op::Get, read).await?;
+                let (body, info) = timed(ctx.src_label(), Op::Get, read).await?;
+                super::transfer::pinned(job, info.version_token())?;
                 if body.len() != spec.len {
                     return Err(Error::protocol("get", key, format!("part {} came back short", spec.number)));
                 }

@@ -158,7 +158,8 @@ async fn rehash_held(ctx: &Ctx, job: &ObjectJob, session: &dyn UploadSession, he
                 let chunks = ctx.pool.acquire(ctx.pool.chunks_for(len)).await;
                 let mut hashers = Hashers::new(algo, false);
                 let read = ctx.src.read(job.src_key(), Some((offset, offset + len)), Body::new(chunks), &mut hashers);
-                let (body, _) = timed(ctx.src_label(), Op::Get, read).await?;
+                let (body, info) = timed(ctx.src_label(), Op::Get, read).await?;
+                super::transfer::pinned(job, info.version_token())?;
                 if body.len() != len {
                     let detail = "the source came back short while reading again what the store holds";
                     return Err(Error::protocol("get", job.src_key(), detail));
@@ -255,7 +256,8 @@ async fn send_from(
         let read = ctx.src.read(key, Some(range), Body::new(chunks), &mut whole);
         // Dropped before the rest is read: a stream must not hold chunks while it
         // waits for more.
-        let (held, _) = timed(ctx.src_label(), Op::Get, read).await?;
+        let (held, info) = timed(ctx.src_label(), Op::Get, read).await?;
+        super::transfer::pinned(job, info.version_token())?;
         if held.len() != skip {
             return Err(Error::protocol("get", key, format!("part {} came back short", spec.number)));
         }
@@ -263,7 +265,8 @@ async fn send_from(
     let rest = PartSpec { number: spec.number, offset: spec.offset + skip, len: spec.len - skip };
     let chunks = ctx.pool.acquire(ctx.pool.chunks_for(rest.len)).await;
     let read = ctx.src.read(key, Some(rest.range()), Body::new(chunks), &mut whole);
-    let (body, _) = timed(ctx.src_label(), Op::Get, read).await?;
+    let (body, info) = timed(ctx.src_label(), Op::Get, read).await?;
+    super::transfer::pinned(job, info.version_token())?;
     if body.len() != rest.len {
         return Err(Error::protocol(
             "get",

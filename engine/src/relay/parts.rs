@@ -388,7 +388,10 @@ async fn part_whole(
     }
     let started = Instant::now();
     let read = ctx.src.read(job.src_key(), Some(spec.range()), Body::new(chunks), &mut hashers);
-    let body = match timed(ctx.src_label(), Op::Get, read).await {
+    let body = match timed(ctx.src_label(), Op::Get, read).await.and_then(|(body, info)| {
+        super::transfer::pinned(job, info.version_token())?;
+        Ok((body, info))
+    }) {
         Ok((body, _)) if body.len() == spec.len => body,
         Ok((body, _)) => {
             chain::read_failed(job, index);
@@ -438,7 +441,10 @@ async fn part_streamed(
             hashers.keep_dropbox_blocks(spec.len);
         }
         let read = ctx.src.read_stream(job.src_key(), spec.range(), &filler, &mut hashers);
-        match timed(ctx.src_label(), Op::Get, read).await {
+        // The part is finished (and so can complete at the store) only once its bytes
+        // are known to be of the object's version.
+        match timed(ctx.src_label(), Op::Get, read).await.and_then(|seen| super::transfer::pinned(job, seen.as_deref()))
+        {
             Ok(()) => {
                 record_source_blocks(job, spec.offset, hashers.take_dropbox_part());
                 let sum = hashers.finish().0;
@@ -572,36 +578,12 @@ pub(super) async fn finish_large(ctx: &Rc<Ctx>, job: &ObjectJob, state: SessionS
                     }
                 }
             }
-            if start_over(ctx, job, &e) {
+            if super::transfer::start_over(ctx, job, &e).await {
                 return;
             }
             ctx.fail(job, e);
         }
     }
-}
-
-/// The most times an object is started over after its whole-object check against the
-/// source failed (each costs the whole object again).
-const RESTARTS_MAX: u32 = 2;
-
-/// Starts an object over when the bytes read disagreed with what the source vouches
-/// for the whole object (its MD5, Dropbox's content_hash, a Drive hash): a byte
-/// corrupted on the way from the source shows only at the end, and nothing says which
-/// part it was in, so every part is read and sent again, in a fresh upload (the old
-/// one is aborted). A mismatch seen part by part is retried with its part instead.
-/// Returns whether the object was started over.
-fn start_over(ctx: &Rc<Ctx>, job: &ObjectJob, e: &Error) -> bool {
-    let source_mismatch = matches!(e, Error::Integrity { op: "get", .. });
-    let allowed = job.restarts < RESTARTS_MAX.min(ctx.shared.opts.retries);
-    if !source_mismatch || !allowed || ctx.stopped() {
-        return false;
-    }
-    eprintln!("laminar: {}: {e}; reading and sending it again from the start", job.src_key());
-    ctx.unlanded(std::mem::take(&mut job.large().landed_bytes));
-    ctx.shared.stats.objects_restarted.fetch_add(1, Ordering::Relaxed);
-    let again = std::sync::Arc::new(job.started_over());
-    monoio::spawn(super::transfer::run_object(ctx.clone(), again));
-    true
 }
 
 async fn complete(ctx: &Ctx, job: &ObjectJob, session: &dyn UploadSession, parts: &[PartRecord]) -> Result<()> {

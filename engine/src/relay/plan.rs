@@ -447,6 +447,7 @@ pub(super) async fn plan(
     };
     let multipart_cutoff_bytes =
         preferred_cutoff_bytes.min(pool_bytes_per_worker).min(single_put_max.saturating_add(1));
+    shared.stats.multipart_cutoff_bytes.store(multipart_cutoff_bytes, Ordering::Relaxed);
     let order = KeyOrder::for_destination(&*dst_store);
     let mut src = Cursor::new(src_store, shared.src.remote_label(), scope.src_list.clone(), retries, order);
     let mut dst = Cursor::new(dst_store, shared.dst.remote_label(), scope.dst_list.clone(), retries, order);

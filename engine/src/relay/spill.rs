@@ -166,7 +166,9 @@ async fn fill_part(ctx: &Ctx, job: &ObjectJob, file: &StageFile, range: (u64, u6
         if super::parts::keeps_source_blocks(job) {
             hashers.keep_dropbox_blocks(len);
         }
-        timed(ctx.src_label(), Op::Get, ctx.src.read_stream(job.src_key(), range, &filler, &mut hashers)).await?;
+        let seen =
+            timed(ctx.src_label(), Op::Get, ctx.src.read_stream(job.src_key(), range, &filler, &mut hashers)).await?;
+        super::transfer::pinned(job, seen.as_deref())?;
         super::parts::record_source_blocks(job, range.0, hashers.take_dropbox_part());
         // As for a streamed part: the source's time ends with its last byte, not
         // when the stage has written it.

@@ -211,16 +211,10 @@ impl ObjectJob {
         }
     }
 
-    /// The same object, to be sent again from its first byte.
-    pub(super) fn started_over(&self) -> ObjectJob {
-        let mut again = ObjectJob::new(
-            self.src_key.clone(),
-            self.dst_key.clone(),
-            self.size,
-            self.src_version.clone(),
-            false,
-            self.kind,
-        );
+    /// The same object, to be sent again from its first byte: of `size` bytes and
+    /// version `version`, of `kind`.
+    fn started_over(&self, size: u64, version: String, kind: Kind) -> ObjectJob {
+        let mut again = ObjectJob::new(self.src_key.clone(), self.dst_key.clone(), size, version, false, kind);
         again.restarts = self.restarts + 1;
         again
     }
@@ -371,7 +365,11 @@ pub(crate) async fn run_object(ctx: Rc<Ctx>, job: Arc<ObjectJob>) {
             ctx.landed(job.size);
             ctx.shared.finish(job.src_key.clone(), Outcome::Copied { bytes: job.size });
         }
-        Err(e) => ctx.fail(&job, e),
+        Err(e) => {
+            if !start_over(&ctx, &job, &e).await {
+                ctx.fail(&job, e);
+            }
+        }
     }
 }
 
@@ -392,6 +390,79 @@ async fn copy_small(ctx: &Ctx, job: &ObjectJob, source: CopySource) -> Result<()
         ctx.retry(|| timed(ctx.src_label(), Op::Stat, ctx.src.stat(&job.src_key))).await?.ok_or_else(|| gone(job))?;
     let args = put_args(&info, &job.src_version, info.checksums.first());
     ctx.retry(|| timed(ctx.dst_label(), Op::Copy, ctx.dst.copy_object(&source, &job.dst_key, &args))).await
+}
+
+/// Checks that a read's bytes are of the version the object was started from (`seen`:
+/// the version token the store gave with them, where it gives one): a source object
+/// overwritten during the relay must not land as a mix of two versions.
+pub(super) fn pinned(job: &ObjectJob, seen: Option<&str>) -> Result<()> {
+    match seen {
+        Some(seen) if !job.src_version.is_empty() && seen != job.src_version => Err(Error::Changed {
+            op: "get",
+            target: job.src_key.clone(),
+            detail: format!("it was {} when the relay began, {seen} now", job.src_version),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The most times an object is started over (each costs the whole object again).
+const RESTARTS_MAX: u32 = 2;
+
+/// Starts an object over after `e`, when that is what can fix it, and returns whether
+/// it did (the object is then not finished here: its new attempt finishes it):
+/// - the bytes read disagreed with what the source vouches for the whole object (its
+///   MD5, Dropbox's content_hash, a Drive hash): a byte corrupted on the way shows
+///   only at the end and nothing says which part held it, so every part is read and
+///   sent again, in a fresh upload (the failed one was aborted);
+/// - the object changed at the source while it was read: it is sent again from its
+///   new version (size and version asked of the source again).
+///
+/// At most [`RESTARTS_MAX`] times (fewer with fewer `--retries`), and not once the
+/// relay is stopping. A mismatch seen part by part is retried with its part instead.
+pub(super) async fn start_over(ctx: &Rc<Ctx>, job: &ObjectJob, e: &Error) -> bool {
+    let changed = matches!(e, Error::Changed { .. });
+    let source_mismatch = matches!(e, Error::Integrity { op: "get", .. });
+    let allowed = job.restarts < RESTARTS_MAX.min(ctx.shared.opts.retries);
+    if !(changed || source_mismatch) || !allowed || ctx.stopped() {
+        return false;
+    }
+    let (size, version, kind) = if changed {
+        let Ok(Some(info)) = ctx.retry(|| timed(ctx.src_label(), Op::Stat, ctx.src.stat(&job.src_key))).await else {
+            return false;
+        };
+        let cutoff = ctx.shared.stats.multipart_cutoff_bytes.load(Ordering::Relaxed);
+        let kind = match job.kind {
+            Kind::DirMarker => Kind::DirMarker,
+            _ if info.size >= cutoff && info.size > 0 => Kind::Large,
+            _ => Kind::Small,
+        };
+        (info.size, info.version_token().unwrap_or_default().to_string(), kind)
+    } else {
+        (job.size, job.src_version.clone(), job.kind)
+    };
+    let why = if changed {
+        format!("{e}; sending its new version")
+    } else {
+        format!("{e}; reading and sending it again from the start")
+    };
+    eprintln!("laminar: {}: {why}", job.src_key);
+    ctx.unlanded(std::mem::take(&mut job.large().landed_bytes));
+    if size != job.size {
+        let p = &ctx.shared.progress;
+        p.bytes_total.fetch_add(size, Ordering::Relaxed);
+        let _ = p.bytes_total.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some(b.saturating_sub(job.size)));
+    }
+    ctx.shared.stats.objects_restarted.fetch_add(1, Ordering::Relaxed);
+    {
+        let mut restarted = ctx.shared.stats.restarted.lock().expect("restarted lock");
+        if restarted.len() < super::DECISIONS_KEPT_MAX {
+            restarted.push(super::Failure { key: job.src_key.clone(), reason: why });
+        }
+    }
+    let again = Arc::new(job.started_over(size, version, kind));
+    monoio::spawn(run_object(ctx.clone(), again));
+    true
 }
 
 pub(super) fn gone(job: &ObjectJob) -> Error {
@@ -427,6 +498,7 @@ async fn small(ctx: &Ctx, job: &ObjectJob) -> Result<()> {
             let (body, info) =
                 timed(ctx.src_label(), Op::Get, ctx.src.read(&job.src_key, None, Body::new(chunks), &mut hashers))
                     .await?;
+            pinned(job, info.version_token())?;
             if body.len() != job.size {
                 return Err(Error::protocol(
                     "get",
