@@ -111,6 +111,12 @@ pub struct EngineArgs {
     /// Skip the MD5 computed to check plain-MD5 ETags (saves CPU; CRC checks remain)
     #[arg(long)]
     pub no_md5: bool,
+    /// A request in which no byte moves this long is retried (also the grace before --min-rate counts), e.g. 60s
+    #[arg(long, value_name = "DURATION", default_value = "60s")]
+    pub idle_timeout: String,
+    /// Slowest average rate a request may move at, once past --idle-timeout, before it is retried as stalled, e.g. 1KiB
+    #[arg(long, value_name = "SIZE", default_value = "1KiB")]
+    pub min_rate: String,
 }
 
 #[derive(Args)]
@@ -283,6 +289,18 @@ pub fn options(engine: &EngineArgs) -> Result<RelayOptions, Fail> {
     opts.multipart_cutoff_bytes = size_flag("--multipart-cutoff", &engine.multipart_cutoff)?;
     opts.retries = engine.retries;
     opts.verify_md5 = !engine.no_md5;
+    let idle_timeout = humantime::parse_duration(&engine.idle_timeout)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| usage(format!("--idle-timeout {:?}: give a duration such as 60s", engine.idle_timeout)))?;
+    let min_rate_bytes_per_s = laminar_tuning::parse_size(engine.min_rate.trim_end_matches("/s"))
+        .map_err(|_| usage(format!("--min-rate {:?}: give bytes per second such as 1KiB", engine.min_rate)))?;
+    // The process's HTTP clients are made after this, by the workers.
+    laminar_engine::http::set_limits(laminar_engine::http::Limits {
+        idle_timeout,
+        min_rate_bytes_per_s,
+        ..laminar_engine::http::Limits::default()
+    });
     opts.route = relay::Route::parse(&engine.route)
         .ok_or_else(|| usage(format!("--route {:?}: use auto, ram or stage", engine.route)))?;
     opts.spill_wait = humantime::parse_duration(&engine.spill_wait).map_err(|e| {

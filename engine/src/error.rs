@@ -156,6 +156,24 @@ pub enum Error {
         /// What rustls said.
         detail: String,
     },
+    /// A peer that moves bytes, but slower than the slowest rate accepted: a trickle
+    /// that no idle timeout catches.
+    #[error(
+        "{op} {target}: {bytes} bytes moved in {seconds}s, under the minimum of {min_rate_bytes_per_s} bytes/s \
+         (--min-rate); given up as stalled"
+    )]
+    TooSlow {
+        /// The operation.
+        op: &'static str,
+        /// The key or endpoint.
+        target: String,
+        /// Bytes moved both ways so far.
+        bytes: u64,
+        /// Seconds since the request began.
+        seconds: u64,
+        /// The slowest rate accepted.
+        min_rate_bytes_per_s: u64,
+    },
     /// An operation took longer than its deadline.
     #[error("{op} {target}: timed out after {seconds}s")]
     Timeout {
@@ -176,7 +194,9 @@ impl Error {
             // The same read would meet the same change: the relay starts the object
             // over from its new version instead of retrying the read.
             Error::InvalidKey { .. } | Error::Changed { .. } => ErrorClass::FatalObject,
-            Error::Connect { .. } | Error::Io { .. } | Error::Timeout { .. } => ErrorClass::Retryable,
+            Error::Connect { .. } | Error::Io { .. } | Error::Timeout { .. } | Error::TooSlow { .. } => {
+                ErrorClass::Retryable
+            }
             Error::Protocol { .. } | Error::Integrity { .. } => ErrorClass::Retryable,
             Error::Http { class, .. } => *class,
         }

@@ -12,6 +12,6 @@ mod conn;
 mod head;
 mod proxy;
 
-pub use client::{HttpClient, Request, RequestBody, Response, StreamBody};
+pub use client::{limits, set_limits, HttpClient, Limits, Request, RequestBody, Response, StreamBody};
 pub use conn::{set_socket_policy, socket_policy, Endpoint};
 pub use head::{ContentRange, ResponseHead};

@@ -34,7 +34,7 @@ pub fn error_kind(e: &Error) -> usize {
         Error::Protocol { .. } => 6,
         Error::Integrity { .. } | Error::Changed { .. } => 7,
         Error::Tls { .. } => 8,
-        Error::Timeout { .. } => 9,
+        Error::Timeout { .. } | Error::TooSlow { .. } => 9,
     }
 }
 

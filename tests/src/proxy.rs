@@ -87,6 +87,16 @@ pub enum Fault {
         /// Requests awaiting their responses at once.
         requests: usize,
     },
+    /// Relay the response stream faithfully up to offset `after_bytes` (counted over all
+    /// connections); from there the connection that reached it trickles one byte every
+    /// `interval_ms` for as long as it lives, which no idle timeout notices. Other
+    /// connections are relayed faithfully: a peer that stalls without stopping.
+    TrickleResponse {
+        /// Offset in the combined response stream where the trickle starts.
+        after_bytes: u64,
+        /// Time between the trickled bytes.
+        interval_ms: u64,
+    },
     /// Relay faithfully, but pace client-to-server bytes (all connections together)
     /// to `bytes_per_second`: a destination slower than its source.
     PaceRequests {
@@ -373,6 +383,8 @@ fn start_connection(client: TcpStream, server: TcpStream, shared: &Arc<Shared>) 
 /// Copies `from` to `to` until end-of-file, an error, or a cut, applying the fault.
 fn pump(direction: Direction, mut from: TcpStream, mut to: TcpStream, shared: &Shared, awaiting: &AtomicBool) {
     let mut buffer = vec![0u8; BUFFER_BYTES];
+    // Set once this connection trickles (see `Fault::TrickleResponse`).
+    let mut trickling = false;
     let counter = match direction {
         Direction::Request => &shared.request_bytes,
         Direction::Response => &shared.response_bytes,
@@ -440,6 +452,23 @@ fn pump(direction: Direction, mut from: TcpStream, mut to: TcpStream, shared: &S
                 cut_now = true;
             }
             _ => {}
+        }
+        if let (Fault::TrickleResponse { after_bytes, interval_ms }, Direction::Response) = (shared.fault, direction) {
+            let starts_here = (start..end).contains(&after_bytes) && !shared.fired.swap(true, Ordering::AcqRel);
+            if starts_here || trickling {
+                let from_byte = if trickling { 0 } else { (after_bytes - start) as usize };
+                trickling = true;
+                if to.write_all(&chunk[..from_byte]).is_err() {
+                    break;
+                }
+                for byte in &chunk[from_byte..] {
+                    thread::sleep(Duration::from_millis(interval_ms));
+                    if shared.stopping.load(Ordering::Acquire) || to.write_all(std::slice::from_ref(byte)).is_err() {
+                        return;
+                    }
+                }
+                continue;
+            }
         }
         if let (Fault::PaceRequests { bytes_per_second }, Direction::Request) = (shared.fault, direction) {
             // Wait until the bytes so far fit the rate since the proxy started.

@@ -70,8 +70,22 @@ pub fn open(remote: &str, mut table: toml::Table, path: &str) -> Result<Opened> 
 /// key is a usage error naming the remote and listing the valid keys.
 pub fn parse<T: DeserializeOwned>(remote: &str, kind: &str, table: toml::Table) -> Result<T> {
     toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
-        Error::Usage(format!("remote {remote:?} (type {kind:?}): {}", e.message().trim()))
+        Error::Usage(format!("remote {remote:?} (type {kind:?}): {}", without_value(e.message().trim())))
     })
+}
+
+/// Serde's message about a value of the wrong type (`invalid type: string "...",
+/// expected a boolean`) without the value it quotes, which may be a secret written as a
+/// number or under the wrong key: `invalid type: string, expected a boolean`.
+fn without_value(message: &str) -> String {
+    for lead in ["invalid type: ", "invalid value: "] {
+        // The last ", expected ": the value quoted before it may hold one.
+        if let Some((found, expected)) = message.strip_prefix(lead).and_then(|m| m.rsplit_once(", expected ")) {
+            let kind = found.split(['`', '"']).next().unwrap_or("").trim();
+            return format!("{lead}{kind}, expected {expected}");
+        }
+    }
+    message.to_string()
 }
 
 /// A secret given inline, in a file, or in an environment variable (`NAME`,
@@ -118,6 +132,16 @@ mod tests {
         assert!(e.contains("endpiont") && e.contains("endpoint"), "{e}");
         let e = err("type = \"file\"\nroot = \"/tmp\"\nrot = 1", "x");
         assert!(e.contains("rot"), "{e}");
+    }
+
+    #[test]
+    fn values_of_the_wrong_type_are_not_quoted() {
+        let err = |t: &str| open("r", table(t), "bkt").err().expect(t).to_string();
+        let e = err("type = \"s3\"\nendpoint = \"http://h:1\"\nsecret_access_key = 735711131719232931");
+        assert!(e.contains("invalid type: integer, expected a string") && !e.contains("7357111317"), "{e}");
+        let e = err("type = \"s3\"\nendpoint = \"http://h:1\"\npath_style = \"SECRET, expected x\"");
+        assert!(e.contains("invalid type: string, expected a boolean") && !e.contains("SECRET"), "{e}");
+        assert_eq!(without_value("missing field `remote`"), "missing field `remote`");
     }
 
     #[test]

@@ -107,6 +107,74 @@ pub struct Request<'a> {
     pub target: &'a str,
 }
 
+/// The bounds every request of the process works under, so that no peer can hold a
+/// request forever: a stall (no byte for `idle_timeout`) and a trickle (fewer than
+/// `min_rate_bytes_per_s` on average once `idle_timeout` has passed since the request
+/// began, both directions counted) each end the request with a retryable error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Time to connect (TCP and TLS).
+    pub connect_timeout: Duration,
+    /// Longest wait for any byte to move, and the grace before the rate counts.
+    pub idle_timeout: Duration,
+    /// Slowest average rate accepted after the grace.
+    pub min_rate_bytes_per_s: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            min_rate_bytes_per_s: 1024,
+        }
+    }
+}
+
+static LIMITS: std::sync::OnceLock<Limits> = std::sync::OnceLock::new();
+
+/// Sets the process's limits (from the command line), before any client is made.
+/// Returns false if they were set already (the first setting stands).
+pub fn set_limits(limits: Limits) -> bool {
+    LIMITS.set(limits).is_ok()
+}
+
+/// The process's limits: those set, else the defaults.
+pub fn limits() -> Limits {
+    LIMITS.get().copied().unwrap_or_default()
+}
+
+/// One request's bytes moved (both ways) against [`Limits::min_rate_bytes_per_s`].
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    started: std::time::Instant,
+    bytes: u64,
+}
+
+impl Pace {
+    fn start() -> Pace {
+        Pace { started: std::time::Instant::now(), bytes: 0 }
+    }
+
+    /// Counts `n` bytes moved; an error once the request is past its grace and under
+    /// the rate.
+    fn moved(&mut self, n: usize, limits: &Limits, op: &'static str, target: &str) -> Result<()> {
+        self.bytes += n as u64;
+        let elapsed = self.started.elapsed();
+        let Some(counted) = elapsed.checked_sub(limits.idle_timeout) else { return Ok(()) };
+        if (self.bytes as f64) < limits.min_rate_bytes_per_s as f64 * counted.as_secs_f64() {
+            return Err(Error::TooSlow {
+                op,
+                target: target.to_string(),
+                bytes: self.bytes,
+                seconds: elapsed.as_secs(),
+                min_rate_bytes_per_s: limits.min_rate_bytes_per_s,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// A per-worker HTTP client. Cheap to clone.
 #[derive(Clone)]
 pub struct HttpClient {
@@ -118,23 +186,31 @@ struct ClientInner {
     tls: Arc<rustls::ClientConfig>,
     connect_timeout: Duration,
     io_timeout: Duration,
+    limits: Limits,
 }
 
 impl Default for HttpClient {
     fn default() -> Self {
-        HttpClient::new(Duration::from_secs(10), Duration::from_secs(60))
+        HttpClient::with_limits(limits())
     }
 }
 
 impl HttpClient {
-    /// A client with the given connect and per-read/write idle timeouts.
+    /// A client with the given connect and per-read/write idle timeouts (and the
+    /// process's minimum rate).
     pub fn new(connect_timeout: Duration, io_timeout: Duration) -> HttpClient {
+        HttpClient::with_limits(Limits { connect_timeout, idle_timeout: io_timeout, ..limits() })
+    }
+
+    /// A client under `limits`.
+    pub fn with_limits(limits: Limits) -> HttpClient {
         HttpClient {
             inner: Rc::new(ClientInner {
                 idle: RefCell::new(HashMap::new()),
                 tls: tls_config(),
-                connect_timeout,
-                io_timeout,
+                connect_timeout: limits.connect_timeout,
+                io_timeout: limits.idle_timeout,
+                limits,
             }),
         }
     }
@@ -216,13 +292,15 @@ impl HttpClient {
         loop {
             let mut conn = self.checkout(endpoint, req.op, req.target).await?;
             let reused = conn.reused;
-            let (result, returned) = self.exchange(&mut conn, endpoint, req, body).await;
+            let mut pace = Pace::start();
+            let (result, returned) = self.exchange(&mut conn, endpoint, req, body, &mut pace).await;
             body = returned;
             match result {
                 Ok((head, framing)) => {
                     let response = Response {
                         head,
                         conn: Some(conn),
+                        pace,
                         framing,
                         client: self.clone(),
                         endpoint: endpoint.clone(),
@@ -250,7 +328,9 @@ impl HttpClient {
         endpoint: &Endpoint,
         req: &Request<'_>,
         body: RequestBody,
+        pace: &mut Pace,
     ) -> (std::result::Result<(ResponseHead, Framing), StaleOr>, RequestBody) {
+        let limits = self.inner.limits;
         let mut head = Vec::with_capacity(512);
         head.extend_from_slice(req.method.as_bytes());
         head.push(b' ');
@@ -281,9 +361,14 @@ impl HttpClient {
             other => other,
         };
         let io_timeout = self.inner.io_timeout;
+        let head_len = head.len();
         let wrote = monoio::time::timeout(io_timeout, conn.stream.write_all(head)).await;
         match wrote {
-            Ok((Ok(_), _)) => {}
+            Ok((Ok(_), _)) => {
+                if let Err(e) = pace.moved(head_len, &limits, req.op, req.target) {
+                    return (Err(StaleOr::Error(e)), body);
+                }
+            }
             Ok((Err(_), _)) => return (Err(StaleOr::Stale), body),
             Err(_) => return (Err(StaleOr::Error(timeout(req, io_timeout))), body),
         }
@@ -296,7 +381,12 @@ impl HttpClient {
                         continue;
                     }
                     match monoio::time::timeout(io_timeout, conn.stream.write_all(chunk)).await {
-                        Ok((Ok(_), chunk)) => sent.push(chunk),
+                        Ok((Ok(_), chunk)) => {
+                            if let Err(e) = pace.moved(chunk.len(), &limits, req.op, req.target) {
+                                return (Err(StaleOr::Error(e)), RequestBody::Empty);
+                            }
+                            sent.push(chunk)
+                        }
                         Ok((Err(e), _)) => {
                             return (Err(StaleOr::Error(Error::io(req.op, req.target, e))), RequestBody::Empty)
                         }
@@ -307,7 +397,7 @@ impl HttpClient {
             }
             RequestBody::Stream(stream) => {
                 // Past this point nothing can be sent again: errors are final.
-                if let Err(e) = send_stream(conn, io_timeout, req, &stream).await {
+                if let Err(e) = send_stream(conn, io_timeout, req, &stream, pace, &limits).await {
                     return (Err(StaleOr::Error(e)), RequestBody::Empty);
                 }
                 RequestBody::Empty
@@ -318,7 +408,7 @@ impl HttpClient {
             return (Err(StaleOr::Error(Error::io(req.op, req.target, e))), body);
         }
         let is_head = req.method == "HEAD";
-        let result = read_head(conn, io_timeout, req).await.map(|head| {
+        let result = read_head(conn, io_timeout, req, pace, &limits).await.map(|head| {
             let framing = head.framing(is_head);
             (head, framing)
         });
@@ -327,7 +417,14 @@ impl HttpClient {
 }
 
 /// Writes a streamed body's data as the ring delivers it, then its trailer.
-async fn send_stream(conn: &mut Conn, io_timeout: Duration, req: &Request<'_>, stream: &StreamBody) -> Result<()> {
+async fn send_stream(
+    conn: &mut Conn,
+    io_timeout: Duration,
+    req: &Request<'_>,
+    stream: &StreamBody,
+    pace: &mut Pace,
+    limits: &Limits,
+) -> Result<()> {
     let mut sent = 0u64;
     loop {
         match stream.drain.next().await {
@@ -337,7 +434,10 @@ async fn send_stream(conn: &mut Conn, io_timeout: Duration, req: &Request<'_>, s
                     return Err(Error::protocol(req.op, req.target, "the source sent more bytes than the part holds"));
                 }
                 match monoio::time::timeout(io_timeout, conn.stream.write_all(chunk)).await {
-                    Ok((Ok(_), chunk)) => stream.drain.recycle(chunk),
+                    Ok((Ok(_), chunk)) => {
+                        pace.moved(chunk.len(), limits, req.op, req.target)?;
+                        stream.drain.recycle(chunk)
+                    }
                     Ok((Err(e), _)) => return Err(Error::io(req.op, req.target, e)),
                     Err(_) => return Err(timeout(req, io_timeout)),
                 }
@@ -380,6 +480,8 @@ async fn read_head(
     conn: &mut Conn,
     io_timeout: Duration,
     req: &Request<'_>,
+    pace: &mut Pace,
+    limits: &Limits,
 ) -> std::result::Result<ResponseHead, StaleOr> {
     // Move unread bytes to the front; a previous response may have left none.
     if conn.start > 0 {
@@ -422,7 +524,10 @@ async fn read_head(
                     "connection closed in the response head",
                 )))
             }
-            Ok(_) => first_read = false,
+            Ok(n) => {
+                first_read = false;
+                pace.moved(n, limits, req.op, req.target).map_err(StaleOr::Error)?;
+            }
             Err(e) if first_read && conn.buf.is_empty() && is_reset(&e) => return Err(StaleOr::Stale),
             Err(e) => return Err(StaleOr::Error(Error::io(req.op, req.target, e))),
         }
@@ -442,6 +547,8 @@ pub struct Response {
     /// Status and headers.
     pub head: ResponseHead,
     conn: Option<Conn>,
+    /// The request's bytes moved so far, for the minimum rate.
+    pace: Pace,
     framing: Framing,
     client: HttpClient,
     endpoint: Endpoint,
@@ -475,7 +582,9 @@ impl Response {
             .await
             .map_err(|_| Error::Timeout { op: self.op, target: self.target.clone(), seconds: io_timeout.as_secs() })?;
         conn.buf = slice.into_inner();
-        res.map_err(|e| Error::io(self.op, self.target.clone(), e))
+        let n = res.map_err(|e| Error::io(self.op, self.target.clone(), e))?;
+        self.pace.moved(n, &self.client.inner.limits, self.op, &self.target)?;
+        Ok(n)
     }
 
     /// Reads the whole body into memory, up to `METADATA_BODY_MAX_BYTES`.
@@ -628,6 +737,7 @@ impl Response {
                 Ok(n) => {
                     hashers.update(&chunk.as_slice()[before..before + n]);
                     *left -= n as u64;
+                    self.pace.moved(n, &self.client.inner.limits, self.op, &self.target)?;
                 }
                 Err(e) => return Err(Error::io(self.op, self.target.clone(), e)),
             }

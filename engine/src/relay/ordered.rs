@@ -78,7 +78,7 @@ pub(super) async fn run(ctx: Rc<Ctx>, job: Arc<ObjectJob>, staged: bool) {
         let ahead: Vec<PartTask> = (filled.max(index + 1)..ahead_end).map(|i| PartTask::new(job.clone(), i)).collect();
         filled = filled.max(ahead_end);
         let fills = futures_util::future::join_all(ahead.iter().map(|t| fill(&ctx, t)));
-        let (sent, _) = monoio::join!(step(&ctx, &job, session, spec, skip), fills);
+        let (sent, _) = monoio::join!(ctx.unless_stopped(job.src_key(), step(&ctx, &job, session, spec, skip)), fills);
         match sent {
             Ok(Step::Sent(record)) => {
                 part_done(&ctx, &job, index, Ok(record));

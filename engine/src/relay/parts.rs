@@ -251,7 +251,7 @@ pub(crate) async fn run_part(ctx: Rc<Ctx>, task: PartTask) {
     let job = &task.job;
     let (state, spec) = session_and_spec(job, task.index);
     let result = match ctx.dst.resume(state.clone()) {
-        Ok(session) => send_part(&ctx, job, session.as_ref(), spec).await,
+        Ok(session) => ctx.unless_stopped(job.src_key(), send_part(&ctx, job, session.as_ref(), spec)).await,
         Err(e) => Err(e),
     };
     part_done(&ctx, job, task.index, result);

@@ -233,6 +233,37 @@ impl Ctx {
         self.shared.stopped()
     }
 
+    /// Runs `work` (a part's requests) unless the relay stops first: then the requests
+    /// in flight are dropped (their connections closed, so a peer that stalls or
+    /// trickles holds nothing) and the part fails, which aborts its object's upload.
+    pub(super) async fn unless_stopped<T>(
+        &self,
+        key: &str,
+        work: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let progress = &self.shared.progress;
+        let stopped = async {
+            loop {
+                if self.stopped() {
+                    return;
+                }
+                let listener = progress.changed.listen();
+                if self.stopped() {
+                    return;
+                }
+                listener.await;
+            }
+        };
+        monoio::select! {
+            done = work => done,
+            () = stopped => Err(Error::io(
+                "upload-part",
+                key,
+                std::io::Error::new(std::io::ErrorKind::Interrupted, "cut short: the relay was stopped"),
+            )),
+        }
+    }
+
     /// Runs `op` until it succeeds, fails for good, or runs out of retries.
     pub(super) async fn retry<T, F, Fut>(&self, op: F) -> Result<T>
     where
