@@ -7,9 +7,9 @@
 //! directory (`serve.lock`).
 //!
 //! Shutdown on SIGTERM or SIGINT: new jobs are refused, every relay is stopped (no
-//! new object starts, transfers in flight finish; nothing partial looks complete, and
-//! what is half-copied stays in the journal for the next start), and the process waits
-//! up to `--shutdown-grace` for that before it exits. Jobs are not cancelled: they go
+//! new object starts, small transfers in flight finish, parts of large ones are cut and
+//! their uploads aborted, so nothing partial looks complete), and the process waits up
+//! to `--shutdown-grace` for that before it exits. Jobs are not cancelled: they go
 //! on when the appliance starts again (with `--no-journal`, kept nowhere, they are
 //! cancelled). A second signal exits at once; an upload cut that way was never
 //! completed, so it is not visible either.
