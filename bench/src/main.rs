@@ -150,6 +150,28 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Kill a relay with SIGKILL at random points, resume it each time, and check that
+    /// nothing was lost, corrupted or sent twice
+    Chaos {
+        /// Kills before the run that is let finish
+        #[arg(long, default_value_t = 20)]
+        kills: usize,
+        /// The test suite's small run
+        #[arg(long)]
+        tiny: bool,
+        /// Seed of the kill points and the data
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// The laminar binary (default: next to this one)
+        #[arg(long)]
+        laminar: Option<PathBuf>,
+        /// Where raw JSON goes
+        #[arg(long, default_value = "bench/results")]
+        out: PathBuf,
+        /// Rewrite bench/RESULTS.md from all raw JSON in --out
+        #[arg(long)]
+        write_results: bool,
+    },
     /// Regenerate bench/RESULTS.md and the chart from the raw JSON
     Report {
         /// Where raw JSON is
@@ -299,6 +321,21 @@ fn run() -> Result<()> {
             if write {
                 write_results(&out)?;
             }
+        }
+        Cmd::Chaos { kills, tiny, seed, laminar, out, write_results: write } => {
+            let opts = laminar_bench::chaos::ChaosOptions {
+                kills,
+                tiny,
+                laminar: laminar_binary(laminar)?,
+                seed,
+                out_dir: Some(out.clone()),
+            };
+            let report = laminar_bench::chaos::run(&opts)?;
+            println!("{}", report.summary());
+            if write {
+                write_results(&out)?;
+            }
+            anyhow::ensure!(report.clean(), "something was lost, corrupted or sent twice: {}", report.summary());
         }
         Cmd::Report { out } => write_results(&out)?,
         Cmd::Sort { keys, budget, dir, seed, no_baseline, json } => {

@@ -372,6 +372,7 @@ pub fn write(out: &Path) -> Result<std::path::PathBuf> {
     let mut micro: Option<String> = None;
     let mut stage: Option<crate::stage::StageReport> = None;
     let mut clouds: Vec<crate::cloud::compare::CloudComparison> = Vec::new();
+    let mut chaos: Option<crate::chaos::ChaosReport> = None;
     for p in &paths {
         let n = name(p);
         if n.starts_with("compare-") {
@@ -382,6 +383,8 @@ pub fn write(out: &Path) -> Result<std::path::PathBuf> {
             limits.push(read_json(p)?);
         } else if n == "scale.json" {
             scale = Some(read_json(p)?);
+        } else if n == "chaos.json" {
+            chaos = Some(read_json(p)?);
         } else if n == "stage.json" {
             stage = Some(read_json(p)?);
         } else if n == "micro.json" {
@@ -449,6 +452,9 @@ pub fn write(out: &Path) -> Result<std::path::PathBuf> {
         md.push('\n');
         md.push_str(&scale_section(s));
         md.push('\n');
+    }
+    if let Some(c) = &chaos {
+        md.push_str(&crate::chaos::section(c));
     }
     if let Some(s) = &stage {
         md.push_str("## The stage beside fio\n\n");

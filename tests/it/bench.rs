@@ -220,3 +220,26 @@ fn cloud_compare_runs_in_tiny_mode_both_ways_under_the_real_profile() {
         "{md}"
     );
 }
+
+/// `laminar-bench chaos --tiny`: a relay killed at random points and resumed each time;
+/// nothing lost, nothing corrupt, nothing committed sent again beyond the parts in
+/// flight at the kills, and its section renders.
+#[test]
+fn the_chaos_benchmark_runs_in_tiny_mode() {
+    use laminar_bench::chaos::{run, section, ChaosOptions};
+
+    let out = tempfile::tempdir().unwrap();
+    let opts = ChaosOptions {
+        kills: 4,
+        tiny: true,
+        laminar: release_binary("laminar"),
+        seed: 7,
+        out_dir: Some(out.path().to_path_buf()),
+    };
+    let report = run(&opts).expect("the chaos run completes");
+    eprintln!("{}", report.summary());
+    assert!(report.kills > 0 && report.resumes == report.kills, "{report:?}");
+    assert!(report.clean(), "{}: {report:?}", report.summary());
+    assert!(out.path().join("chaos-tiny.json").is_file());
+    assert!(section(&report).contains("kills") && section(&report).contains("0 corrupt"));
+}

@@ -153,7 +153,7 @@ async fn rehash_held(ctx: &Ctx, job: &ObjectJob, session: &dyn UploadSession, he
     let mut offset = 0;
     while offset < held {
         let len = step.min(held - offset);
-        let body = ctx
+        let (body, sum) = ctx
             .retry(|| async {
                 let chunks = ctx.pool.acquire(ctx.pool.chunks_for(len)).await;
                 let mut hashers = Hashers::new(algo, false);
@@ -164,10 +164,26 @@ async fn rehash_held(ctx: &Ctx, job: &ObjectJob, session: &dyn UploadSession, he
                     let detail = "the source came back short while reading again what the store holds";
                     return Err(Error::protocol("get", job.src_key(), detail));
                 }
-                Ok(body)
+                Ok((body, hashers.finish().0))
             })
             .await?;
         session.held(offset, &body)?;
+        // A whole part the store holds that the journal had no record of (acknowledged
+        // just before a kill): its record, from the bytes just read.
+        let rebuilt = {
+            let mut large = job.large();
+            let index = large.progress.part_of(offset);
+            let spec = large.progress.part_spec(index);
+            let missing = large.progress.parts[index as usize].is_none();
+            (missing && spec.offset == offset && spec.len == len).then(|| {
+                let record = PartRecord::new(spec, String::new(), sum);
+                large.progress.parts[index as usize] = Some(record.clone());
+                record
+            })
+        };
+        if let (Some(record), Some(journal)) = (rebuilt, &ctx.shared.journal) {
+            journal.part(job.dst_key(), &record, None);
+        }
         offset += len;
     }
     Ok(())

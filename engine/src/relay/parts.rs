@@ -210,7 +210,13 @@ async fn resume(
             parts.truncate(contiguous);
             parts.retain(|p| p.offset + p.len <= held);
             let next = parts.len() as u32;
-            let goes_on = if next == progress.part_count() {
+            let recorded_end = parts.last().map_or(0, |p| p.offset + p.len);
+            let goes_on = if session.wants_held_bytes() {
+                // All the store holds is read again from the source to be hashed, which
+                // also rebuilds the records of parts it acknowledged that the journal
+                // had not written yet when the relay was killed.
+                held >= recorded_end && held <= job.size()
+            } else if next == progress.part_count() {
                 held == job.size()
             } else {
                 let spec = progress.part_spec(next);
