@@ -114,6 +114,9 @@ pub struct EngineArgs {
     /// A request in which no byte moves this long is retried (also the grace before --min-rate counts), e.g. 60s
     #[arg(long, value_name = "DURATION", default_value = "60s")]
     pub idle_timeout: String,
+    /// Fail objects that nothing at the source vouches for (a multipart ETag and no checksum) instead of landing them checked hop by hop
+    #[arg(long)]
+    pub require_end_to_end: bool,
     /// Slowest average rate a request may move at, once past --idle-timeout, before it is retried as stalled, e.g. 1KiB
     #[arg(long, value_name = "SIZE", default_value = "1KiB")]
     pub min_rate: String,
@@ -289,6 +292,7 @@ pub fn options(engine: &EngineArgs) -> Result<RelayOptions, Fail> {
     opts.multipart_cutoff_bytes = size_flag("--multipart-cutoff", &engine.multipart_cutoff)?;
     opts.retries = engine.retries;
     opts.verify_md5 = !engine.no_md5;
+    opts.require_end_to_end = engine.require_end_to_end;
     let idle_timeout = humantime::parse_duration(&engine.idle_timeout)
         .ok()
         .filter(|d| !d.is_zero())
@@ -488,6 +492,7 @@ struct JsonReport<'a> {
     objects_resumed: u64,
     objects_restarted: u64,
     restarted: &'a [relay::Failure],
+    objects_hop_by_hop: u64,
     hashes_compared: &'a std::collections::BTreeMap<String, u64>,
     checks: &'a [relay::ObjectChecks],
 }
@@ -528,6 +533,7 @@ pub fn print_report(report: &Report, json: bool, dry_run: bool) {
             objects_resumed: report.objects_resumed,
             objects_restarted: report.objects_restarted,
             restarted: &report.restarted,
+            objects_hop_by_hop: report.objects_hop_by_hop,
             hashes_compared: &report.hashes_compared,
             checks: &report.checks,
         };
@@ -566,6 +572,14 @@ pub fn print_report(report: &Report, json: bool, dry_run: bool) {
         report.driver.map(|d| d.to_string()).unwrap_or_default(),
         HumanBytes(report.ram_buffer_bytes),
     );
+    if report.objects_hop_by_hop > 0 {
+        println!(
+            "hop by hop: {} objects had nothing at the source to vouch for their bytes (e.g. a multipart ETag and no \
+             checksum), so each read and upload was checked, not the object end to end; --require-end-to-end fails \
+             such objects",
+            report.objects_hop_by_hop
+        );
+    }
     if report.objects_restarted > 0 {
         println!(
             "started over: {} objects (their bytes disagreed with the source's whole-object hash, or they changed at \

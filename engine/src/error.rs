@@ -134,6 +134,18 @@ pub enum Error {
         /// Which versions.
         detail: String,
     },
+    /// Nothing at the source vouches for the object's bytes, and the relay was told to
+    /// land only objects checked end to end.
+    #[error(
+        "{target}: nothing at the source vouches for its bytes ({detail}), and --require-end-to-end refuses \
+         objects checked only hop by hop"
+    )]
+    Unvouched {
+        /// The key.
+        target: String,
+        /// What the source reports.
+        detail: String,
+    },
     /// A key that this store cannot hold safely (e.g. `..` on the file backend).
     #[error("{op} {key:?}: {reason}")]
     InvalidKey {
@@ -193,7 +205,7 @@ impl Error {
             Error::Usage(_) | Error::Tls { .. } => ErrorClass::FatalRelay,
             // The same read would meet the same change: the relay starts the object
             // over from its new version instead of retrying the read.
-            Error::InvalidKey { .. } | Error::Changed { .. } => ErrorClass::FatalObject,
+            Error::InvalidKey { .. } | Error::Changed { .. } | Error::Unvouched { .. } => ErrorClass::FatalObject,
             Error::Connect { .. } | Error::Io { .. } | Error::Timeout { .. } | Error::TooSlow { .. } => {
                 ErrorClass::Retryable
             }

@@ -32,7 +32,7 @@ pub fn error_kind(e: &Error) -> usize {
         Error::Http { status, .. } if *status < 500 => 4,
         Error::Http { .. } => 5,
         Error::Protocol { .. } => 6,
-        Error::Integrity { .. } | Error::Changed { .. } => 7,
+        Error::Integrity { .. } | Error::Changed { .. } | Error::Unvouched { .. } => 7,
         Error::Tls { .. } => 8,
         Error::Timeout { .. } | Error::TooSlow { .. } => 9,
     }

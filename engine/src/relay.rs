@@ -90,6 +90,9 @@ pub struct RelayOptions {
     pub checksum: ChecksumAlgo,
     /// Also compute MD5 to check plain-MD5 ETags on both sides.
     pub verify_md5: bool,
+    /// Fail an object that nothing at the source vouches for (no checksum, no MD5
+    /// ETag, no provider hash) instead of landing it checked hop by hop only.
+    pub require_end_to_end: bool,
     /// Attempts after the first, per object or part.
     pub retries: u32,
     /// Key filters.
@@ -188,6 +191,7 @@ impl Default for RelayOptions {
             part_streams: None,
             checksum: ChecksumAlgo::Crc32c,
             verify_md5: true,
+            require_end_to_end: false,
             retries: 4,
             filter: Filter::default(),
             dry_run: false,
@@ -280,6 +284,10 @@ pub struct Report {
     pub objects_restarted: u64,
     /// Which objects were started over, and why.
     pub restarted: Vec<Failure>,
+    /// Objects landed that nothing at the source vouched for: checked hop by hop (each
+    /// read and each upload by its own checksum), not end to end. `--require-end-to-end`
+    /// fails them instead.
+    pub objects_hop_by_hop: u64,
     /// Objects checked by each hash, by side: `source:content_hash`,
     /// `destination:md5`, ... (`source:none` where the source reports no hash the
     /// relay could compare).
@@ -305,6 +313,10 @@ pub struct ObjectChecks {
     pub source: Vec<&'static str>,
     /// Compared by or with the destination.
     pub destination: Vec<&'static str>,
+    /// `end-to-end` when the bytes were checked against what the source vouches for,
+    /// `hop-by-hop` when the source vouches for nothing (a multipart upload by another
+    /// tool, with no checksum): then each hop's checksum was checked, not the object.
+    pub verified: &'static str,
 }
 
 /// A checksum's name in reports: `crc32c`, `md5`, `sha256`, `content_hash` (Dropbox),
@@ -472,6 +484,8 @@ pub(crate) struct Stats {
     pub(crate) bytes_resumed: std::sync::atomic::AtomicU64,
     /// Objects whose upload was resumed from the journal.
     pub(crate) objects_resumed: std::sync::atomic::AtomicU64,
+    /// Objects landed that nothing at the source vouched for.
+    pub(crate) objects_hop_by_hop: std::sync::atomic::AtomicU64,
     /// Objects started over after their whole-object check against the source failed,
     /// or because they changed at the source while read.
     pub(crate) objects_restarted: std::sync::atomic::AtomicU64,
@@ -544,8 +558,12 @@ impl Shared {
                 *c.0.entry(format!("{side}:{name}")).or_default() += 1;
             }
         }
+        if source.is_empty() {
+            self.stats.objects_hop_by_hop.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         if c.1.len() < DECISIONS_KEPT_MAX {
-            c.1.push(ObjectChecks { key: key.to_string(), source, destination });
+            let verified = if source.is_empty() { "hop-by-hop" } else { "end-to-end" };
+            c.1.push(ObjectChecks { key: key.to_string(), source, destination, verified });
         }
     }
 

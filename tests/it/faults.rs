@@ -109,3 +109,48 @@ fn ctrl_c_while_a_part_trickles_ends_it_and_aborts_the_upload() {
     let text = String::from_utf8_lossy(&uploads.stdout);
     assert!(uploads.status.success() && !text.contains("faults/big.bin"), "the upload was aborted: {text}");
 }
+
+/// A multipart object written by another tool (rclone, 5 MiB parts: ETag `...-5`, no
+/// checksum) has nothing at its source that vouches for its bytes as a whole. It is
+/// reported as checked hop by hop (each read and upload by its own checksum), and
+/// `--require-end-to-end` fails it before anything is written.
+#[test]
+fn an_object_nothing_vouches_for_is_reported_hop_by_hop_or_refused_when_told() {
+    let Some(c) = clouds() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("big.bin");
+    let bytes = pattern(SIZE, 9);
+    std::fs::write(&local, &bytes).unwrap();
+    let rclone = c.a.rclone(&[
+        "copyto",
+        local.to_str().unwrap(),
+        "a:bkt-a/hbh/big.bin",
+        "--s3-upload-cutoff",
+        "5M",
+        "--s3-chunk-size",
+        "5M",
+    ]);
+    assert!(rclone.unwrap().status.success());
+    let run = |extra: &[&str]| {
+        let mut args = vec!["relay", "a:bkt-a/hbh", "b:bkt-b/hbh", "--json", "--multipart-cutoff", "8MiB"];
+        args.extend(extra);
+        c.laminar(&args)
+    };
+    let refused = run(&["--require-end-to-end"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let report: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&refused.stdout).lines().last().unwrap()).unwrap();
+    let reason = report["failures"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("nothing at the source vouches") && reason.contains("multipart"), "{reason}");
+    assert_eq!(c.laminar(&["ls", "b:bkt-b/hbh"]).stdout, b"", "nothing was written");
+
+    let landed = run(&[]);
+    assert_eq!(landed.status.code(), Some(0), "{}", String::from_utf8_lossy(&landed.stderr));
+    let report: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&landed.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(report["objects_hop_by_hop"], 1, "{report}");
+    assert_eq!(report["checks"][0]["verified"], "hop-by-hop", "{report}");
+    let got = tempfile::tempdir().unwrap();
+    c.b.download_dir("bkt-b/hbh", got.path()).unwrap();
+    assert!(std::fs::read(got.path().join("big.bin")).unwrap() == bytes);
+}

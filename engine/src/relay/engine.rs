@@ -361,6 +361,7 @@ impl Engine {
         report.bytes_resumed = shared.stats.bytes_resumed.load(Ordering::Relaxed);
         report.objects_resumed = shared.stats.objects_resumed.load(Ordering::Relaxed);
         report.objects_restarted = shared.stats.objects_restarted.load(Ordering::Relaxed);
+        report.objects_hop_by_hop = shared.stats.objects_hop_by_hop.load(Ordering::Relaxed);
         report.restarted = std::mem::take(&mut *shared.stats.restarted.lock().expect("restarted lock"));
         (report.hashes_compared, report.checks) =
             std::mem::take(&mut *shared.stats.checks.lock().expect("checks lock"));

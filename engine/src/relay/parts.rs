@@ -636,6 +636,9 @@ async fn complete(ctx: &Ctx, job: &ObjectJob, session: &dyn UploadSession, parts
             chain::ChainCheck::Broken => source_checks.push(chain::verify_by_reading(ctx, job, parts).await?),
         }
     }
+    if !is_copy {
+        super::transfer::vouched_for(ctx, job.src_key(), &source_checks, source.etag.as_deref())?;
+    }
     let expected: u64 = parts.iter().map(|p| p.len).sum();
     if expected != job.size() {
         return Err(Error::protocol(

@@ -496,6 +496,20 @@ pub(super) async fn start_over(ctx: &Rc<Ctx>, job: &ObjectJob, e: &Error) -> boo
     true
 }
 
+/// With `--require-end-to-end`, refuses an object that nothing at the source vouched
+/// for (checked before anything is written).
+pub(super) fn vouched_for(ctx: &Ctx, key: &str, source_checks: &[&'static str], etag: Option<&str>) -> Result<()> {
+    if !ctx.shared.opts.require_end_to_end || !source_checks.is_empty() {
+        return Ok(());
+    }
+    let detail = match etag {
+        Some(e) if e.contains('-') => format!("its ETag {e} is of a multipart upload, and it has no checksum"),
+        Some(e) => format!("its ETag {e} is not an MD5 of its bytes, and it has no checksum"),
+        None => "it reports no hash".to_string(),
+    };
+    Err(Error::Unvouched { target: key.to_string(), detail })
+}
+
 pub(super) fn gone(job: &ObjectJob) -> Error {
     Error::protocol("get", &job.src_key, "the object was deleted at the source during the relay")
 }
@@ -543,6 +557,7 @@ async fn small(ctx: &Ctx, job: &ObjectJob) -> Result<()> {
             }
             let digests = hashers.finish_all();
             let source_checks = verify_source(&job.src_key, &info, &digests)?;
+            vouched_for(ctx, &job.src_key, &source_checks, info.etag.as_deref())?;
             let sum = digests.get(algo).cloned().expect("the relay's checksum is computed");
             format.set(body.chunks.first().and_then(|c| crate::sniff::sniff(c.as_slice())));
             let args = put_args(&info, &job.src_version, Some(&sum));
