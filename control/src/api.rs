@@ -104,10 +104,10 @@ impl From<JobError> for ApiError {
 type ApiResult = Result<Response, ApiError>;
 
 /// Parses a JSON body: 400 if it is not JSON, 422 if it is JSON of the wrong shape.
-/// An empty body reads as `{}`.
+/// No body reads as `{}`; a body of whitespace alone is not JSON.
 fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { body };
-    serde_json::from_slice(body).map_err(|e| {
+    let body: &[u8] = if body.is_empty() { b"{}" } else { body };
+    let refused = |e: serde_json::Error| {
         use serde_json::error::Category;
         match e.classify() {
             Category::Syntax | Category::Eof | Category::Io => {
@@ -115,7 +115,16 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
             }
             Category::Data => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("invalid request: {e}")),
         }
-    })
+    };
+    // serde also reads a struct from a JSON array (`[64]` as `{"transfers": 64}`); every
+    // body the API takes is an object. (JSON's whitespace is these four bytes, not
+    // `is_ascii_whitespace`, which takes a form feed too.)
+    let is_space = |b: &&u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    if body.iter().find(|b| !is_space(b)) != Some(&b'{') {
+        serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(refused)?;
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid request: the body must be a JSON object"));
+    }
+    serde_json::from_slice(body).map_err(refused)
 }
 
 /// The router, with auth where it applies.
@@ -416,4 +425,36 @@ async fn workers(State(app): State<App>) -> ApiResult {
         })
         .collect();
     Ok(axum::Json(json!({ "workers": workers })).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        #[serde(default)]
+        n: u32,
+    }
+
+    fn parsed(body: &str) -> Result<u32, StatusCode> {
+        parse::<Body>(&Bytes::from(body.to_string())).map(|b| b.n).map_err(|e| e.status)
+    }
+
+    #[test]
+    fn a_body_is_a_json_object_or_nothing() {
+        const BAD: StatusCode = StatusCode::BAD_REQUEST;
+        const UNPROCESSABLE: StatusCode = StatusCode::UNPROCESSABLE_ENTITY;
+        assert_eq!(parsed(""), Ok(0));
+        assert_eq!(parsed(" {\"n\": 3}\r\n"), Ok(3));
+        assert_eq!(parsed("[3]"), Err(UNPROCESSABLE), "serde alone reads it as {{\"n\": 3}}");
+        assert_eq!(parsed("[]"), Err(UNPROCESSABLE));
+        assert_eq!(parsed("null"), Err(UNPROCESSABLE));
+        assert_eq!(parsed("{\"m\": 1}"), Err(UNPROCESSABLE));
+        assert_eq!(parsed(" \r\n\t"), Err(BAD), "whitespace alone is not JSON");
+        assert_eq!(parsed("\x0c{}"), Err(BAD), "a form feed is not JSON's whitespace");
+        assert_eq!(parsed("[1,"), Err(BAD));
+        assert_eq!(parsed("{\"n\": 3"), Err(BAD));
+    }
 }
