@@ -458,10 +458,14 @@ pub(super) async fn start_over(ctx: &Rc<Ctx>, job: &ObjectJob, e: &Error) -> boo
     if !(changed || source_mismatch) || !allowed || ctx.stopped() {
         return false;
     }
+    // A mismatch with the whole-object hash may also be a change the reads could not
+    // see (Drive says nothing of the revision it serves): the source is asked again.
+    let info = match ctx.retry(|| timed(ctx.src_label(), Op::Stat, ctx.src.stat(&job.src_key))).await {
+        Ok(Some(info)) => info,
+        _ => return false,
+    };
+    let changed = changed || info.version_token().is_some_and(|v| !job.src_version.is_empty() && v != job.src_version);
     let (size, version, kind) = if changed {
-        let Ok(Some(info)) = ctx.retry(|| timed(ctx.src_label(), Op::Stat, ctx.src.stat(&job.src_key))).await else {
-            return false;
-        };
         let cutoff = ctx.shared.stats.multipart_cutoff_bytes.load(Ordering::Relaxed);
         let kind = match job.kind {
             Kind::DirMarker => Kind::DirMarker,
