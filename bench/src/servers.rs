@@ -130,11 +130,20 @@ pub struct WeedConfig {
     pub volume_max: u32,
     /// How long to wait for the S3 gateway to answer.
     pub start_timeout_ms: u64,
+    /// More `(access key, secret key)` pairs the admin identity accepts, besides the
+    /// random pair in [`Weed::access_key`] and [`Weed::secret_key`] (for a test that
+    /// plants credentials of its own).
+    pub extra_credentials: Vec<(String, String)>,
 }
 
 impl Default for WeedConfig {
     fn default() -> Self {
-        WeedConfig { volume_size_limit_mb: 256, volume_max: 100, start_timeout_ms: START_TIMEOUT_MS }
+        WeedConfig {
+            volume_size_limit_mb: 256,
+            volume_max: 100,
+            start_timeout_ms: START_TIMEOUT_MS,
+            extra_credentials: Vec::new(),
+        }
     }
 }
 
@@ -236,10 +245,14 @@ impl Weed {
 
         let access_key = random_key(20, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789");
         let secret_key = random_key(40, b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789");
+        let mut credentials = vec![serde_json::json!({ "accessKey": access_key, "secretKey": secret_key })];
+        for (key, secret) in &config.extra_credentials {
+            credentials.push(serde_json::json!({ "accessKey": key, "secretKey": secret }));
+        }
         let identities = serde_json::json!({
             "identities": [{
                 "name": "laminar-admin",
-                "credentials": [{ "accessKey": access_key, "secretKey": secret_key }],
+                "credentials": credentials,
                 "actions": ["Admin", "Read", "Write", "List", "Tagging"],
             }]
         });

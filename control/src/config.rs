@@ -280,3 +280,137 @@ mod tests {
         config(text).location("r:bkt").err().expect("an error").to_string()
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    //! `laminar.toml` as an operator might write it, mistakes included: any text
+    //! parses or gives an error of one line, never a panic; what parses names remotes
+    //! whose URLs resolve or give one-line errors. Remotes of type `mem` and `rclone`
+    //! are not opened (one names a process-wide store, the other starts a server).
+
+    use proptest::prelude::*;
+    use proptest::test_runner::RngSeed;
+
+    use super::*;
+
+    fn proptest_config(cases: u32) -> ProptestConfig {
+        ProptestConfig {
+            cases,
+            failure_persistence: None,
+            rng_seed: RngSeed::Fixed(0xc0f),
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// Lines of TOML, well- and ill-formed.
+    fn line() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("[remotes.src]".to_string()),
+            Just("[remotes.\"a b\"]".to_string()),
+            Just("[remotes]".to_string()),
+            Just("[[remotes]]".to_string()),
+            Just("[remote.x]".to_string()),
+            Just("[remotes.src".to_string()),
+            Just("type = \"s3\"".to_string()),
+            Just("type = \"file\"".to_string()),
+            Just("type = \"drive\"".to_string()),
+            Just("type = \"dropbox\"".to_string()),
+            Just("type = \"gopher\"".to_string()),
+            Just("type = 3".to_string()),
+            Just("endpoint = \"http://127.0.0.1:9000\"".to_string()),
+            Just("access_key_id = \"AK\"".to_string()),
+            Just("secret_access_key = \"SK\"".to_string()),
+            Just("root = \"/tmp\"".to_string()),
+            Just("token = \"t\"".to_string()),
+            Just("a = ".to_string()),
+            Just("= 1".to_string()),
+            Just("a = \"unclosed".to_string()),
+            Just("a = \"\"\"".to_string()),
+            Just("a = \"\\u{110000}\"".to_string()),
+            Just("a = \"\\q\"".to_string()),
+            Just("a = 1979-05-27T07:32:00Z".to_string()),
+            Just("a = { b = 1, c = [1, \"x\"] }".to_string()),
+            Just("a.b.c = 1".to_string()),
+            Just("a = 1\na = 2".to_string()),
+            Just("# comment".to_string()),
+            Just("a = 99999999999999999999".to_string()),
+            "[a-z_]{1,8} = \"[ -~]{0,12}\"",
+            "[ -~]{0,30}",
+            "\\PC{0,20}",
+        ]
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        (prop::collection::vec(line(), 0..14), prop::sample::select(&["\n", "\r\n"][..]))
+            .prop_map(|(lines, end)| lines.join(end))
+    }
+
+    proptest! {
+        #![proptest_config(proptest_config(512))]
+
+        /// Parse errors are checked in `parse_errors_are_one_line` and
+        /// `parse_errors_say_what_is_wrong`.
+        #[test]
+        fn any_text_parses_or_fails_and_remotes_resolve_or_say_why_in_one_line(text in text()) {
+            match Config::parse(&text) {
+                // What the error says is checked in the ignored tests below.
+                Err(_) => {}
+                Ok(config) => {
+                    for (name, table) in &config.remotes {
+                        let kind = table.get("type").and_then(toml::Value::as_str).unwrap_or("");
+                        if matches!(kind, "mem" | "rclone") {
+                            continue;
+                        }
+                        for url in [format!("{name}:bkt/p"), format!("{name}:"), format!("{name}:/x")] {
+                            let _ = config.note(&url);
+                            if let Err(e) = config.location(&url) {
+                                let e = e.to_string();
+                                prop_assert!(!e.contains('\n'), "{:?} at {:?} gave {:?}", text, url, e);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            let _ = Config::parse(&String::from_utf8_lossy(&bytes));
+        }
+    }
+
+    proptest! {
+        #![proptest_config(proptest_config(64))]
+
+        /// The TOML parser's message for a syntax error is two lines (what it found,
+        /// then `expected ...`), and `parse` passes it on as it is, without the line
+        /// and column it was at: `[remotes.src` gives "invalid table header\nexpected
+        /// `.`, `]`", and `laminar` prints "config laminar.toml is invalid: invalid
+        /// table header" with the rest on a line of its own (control/src/config.rs,
+        /// `Config::parse`).
+        #[test]
+        #[ignore = "bug: TOML syntax errors are two lines, and say not where the mistake is"]
+        fn parse_errors_are_one_line(text in text()) {
+            if let Err(e) = Config::parse(&text) {
+                prop_assert!(!e.contains('\n'), "{:?} gave {:?}", text, e);
+            }
+        }
+    }
+
+    /// Some syntax errors come with an empty message: `a = ` (a key with no value)
+    /// gives "", so `laminar` says only "config laminar.toml is invalid: "
+    /// (control/src/config.rs, `Config::parse`, which keeps `message()` alone and drops
+    /// the line and column the TOML error has).
+    #[test]
+    #[ignore = "bug: some TOML syntax errors give an empty message"]
+    fn parse_errors_say_what_is_wrong() {
+        let mut empty = Vec::new();
+        for text in ["a = ", "a =", "[remotes.src]\ntype = ", "= 1", "a = \"\\q\"", "a = 1\na = 2", "[remotes.src"] {
+            match Config::parse(text) {
+                Err(e) if e.trim().is_empty() => empty.push(text),
+                _ => {}
+            }
+        }
+        assert!(empty.is_empty(), "{empty:?}");
+    }
+}

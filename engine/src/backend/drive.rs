@@ -729,3 +729,336 @@ mod tests {
         assert_eq!(with_query("/f", &[("q", "'x' in parents"), ("n", "1")]), "/f?q=%27x%27%20in%20parents&n=1");
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    //! Drive's JSON as the API writes it, and as a broken or hostile peer might:
+    //! arbitrary values, truncated and garbled bodies never panic the readers of
+    //! files, listings and errors; generated file resources read back to what they
+    //! say; timestamps round-trip; a folder's names stay unique.
+
+    use proptest::prelude::*;
+    use proptest::test_runner::RngSeed;
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::backend::registry;
+
+    fn config(cases: u32) -> ProptestConfig {
+        ProptestConfig {
+            cases,
+            failure_persistence: None,
+            rng_seed: RngSeed::Fixed(0xd12e),
+            ..ProptestConfig::default()
+        }
+    }
+
+    fn store(follow_shortcuts: bool) -> DriveStore {
+        let table: toml::Table =
+            toml::from_str("client_id = \"c\"\nclient_secret = \"s\"\nrefresh_token = \"r\"").unwrap();
+        let mut cfg = registry::parse::<DriveRemoteConfig>("gd", "drive", table).unwrap().resolve("gd").unwrap();
+        cfg.follow_shortcuts = follow_shortcuts;
+        DriveStore::new(DriveBackend::new(cfg).shared, HttpClient::default())
+    }
+
+    const WORDS: &[&str] = &[
+        "id",
+        "name",
+        "mimeType",
+        "size",
+        "md5Checksum",
+        "sha256Checksum",
+        "modifiedTime",
+        "version",
+        "parents",
+        "appProperties",
+        "laminar-provenance",
+        "trashed",
+        "shortcutDetails",
+        "targetId",
+        "targetMimeType",
+        "files",
+        "nextPageToken",
+        "error",
+        "errors",
+        "message",
+        "reason",
+        "code",
+        "userRateLimitExceeded",
+        "User rate limit exceeded.",
+        "storageQuotaExceeded",
+        "application/vnd.google-apps.folder",
+        "application/vnd.google-apps.shortcut",
+        "application/vnd.google-apps.document",
+        "application/vnd.google-apps.spreadsheet",
+        "application/vnd.google-apps.form",
+        "application/pdf",
+        "2024-01-02T03:04:05.678Z",
+        "d41d8cd98f00b204e9800998ecf8427e",
+        "12345",
+    ];
+
+    fn word() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => prop::sample::select(WORDS).prop_map(str::to_string),
+            1 => "\\PC{0,16}",
+            1 => "[0-9]{1,25}",
+        ]
+    }
+
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_filter_map("finite", |f| serde_json::Number::from_f64(f).map(Value::Number)),
+            word().prop_map(Value::String),
+        ];
+        leaf.prop_recursive(5, 96, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::vec((word(), inner), 0..10).prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// A file resource: most fields set with plausible values, some with anything.
+    fn file_value() -> impl Strategy<Value = Value> {
+        (
+            "[A-Za-z0-9_-]{1,12}",
+            prop::option::of("\\PC{0,12}"),
+            prop::option::of(prop::sample::select(WORDS).prop_map(str::to_string)),
+            prop::option::of(json()),
+            prop::option::of(json()),
+            any::<bool>(),
+        )
+            .prop_map(|(id, name, mime, size, shortcut, trashed)| {
+                let mut v = json!({ "id": id, "trashed": trashed });
+                if let Some(name) = name {
+                    v["name"] = json!(name);
+                }
+                if let Some(mime) = mime {
+                    v["mimeType"] = json!(mime);
+                }
+                if let Some(size) = size {
+                    v["size"] = size;
+                }
+                if let Some(s) = shortcut {
+                    v["shortcutDetails"] = s;
+                }
+                v
+            })
+    }
+
+    fn mutate(mut bytes: Vec<u8>, edits: &[(u8, usize, u8)]) -> Vec<u8> {
+        for &(kind, at, byte) in edits {
+            let at = at % (bytes.len() + 1);
+            match kind % 4 {
+                0 if at < bytes.len() => bytes[at] = byte,
+                1 => bytes.insert(at, byte),
+                2 if at < bytes.len() => {
+                    bytes.remove(at);
+                }
+                _ => bytes.truncate(at),
+            }
+        }
+        bytes
+    }
+
+    fn answer(status: u16) -> ResponseHead {
+        ResponseHead { status, headers: vec![("retry-after".into(), "7".into())] }
+    }
+
+    fn status() -> impl Strategy<Value = u16> {
+        prop_oneof![Just(400u16), Just(401), Just(403), Just(404), Just(429), Just(500), Just(503), 300u16..600]
+    }
+
+    /// Everything read from a file resource.
+    fn read_file(f: &FileRes) {
+        let _ = (f.size(), f.is_folder(), f.checksums(), f.info(), f.entry("k".into()));
+        for s in [store(false), store(true)] {
+            let _ = list::listed(s.cfg(), f);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config(384))]
+
+        #[test]
+        fn arbitrary_values_never_panic(v in json(), file in file_value(), status in status()) {
+            for v in [&v, &file, &json!({ "files": [&v, &file], "nextPageToken": &v })] {
+                if let Ok(f) = serde_json::from_value::<FileRes>(v.clone()) {
+                    read_file(&f);
+                }
+                if let Ok(list) = serde_json::from_value::<FileList>(v.clone()) {
+                    list.files.iter().for_each(read_file);
+                }
+                let _ = serde_json::from_value::<ErrorBody>(v.clone());
+            }
+            let s = store(false);
+            for body in [v.to_string(), json!({ "error": v }).to_string()] {
+                let e = s.http_error("get", "k", &answer(status), body.as_bytes());
+                let _ = (e.to_string(), e.class(), e.retry_after());
+            }
+        }
+
+        #[test]
+        fn garbled_bodies_never_panic(
+            v in json(),
+            edits in prop::collection::vec((any::<u8>(), any::<usize>(), any::<u8>()), 0..6),
+            status in status(),
+        ) {
+            let body = mutate(json!({ "error": v, "files": [v] }).to_string().into_bytes(), &edits);
+            let _ = serde_json::from_slice::<FileList>(&body).map(|l| l.files.iter().for_each(read_file));
+            let e = store(false).http_error("put", "k", &answer(status), &body);
+            let _ = (e.to_string(), e.class(), e.retry_after());
+            if serde_json::from_slice::<ErrorBody>(&body).is_err() {
+                prop_assert!(!e.to_string().contains('\n'), "{}", e);
+            }
+        }
+
+        #[test]
+        fn generated_files_read_back(
+            id in "[A-Za-z0-9_-]{10,44}",
+            name in "\\PC{1,40}",
+            size in any::<u64>(),
+            md5 in "[0-9a-f]{32}",
+            sha256 in prop::option::of("[0-9a-f]{64}"),
+            secs in 0i64..253_402_300_800,
+            millis in 0u32..1000,
+            provenance in prop::option::of("\\PC{0,60}"),
+        ) {
+            let mut v = json!({
+                "id": id, "name": name, "mimeType": "application/octet-stream", "size": size.to_string(),
+                "md5Checksum": md5, "modifiedTime": format_rfc3339((secs, millis * 1_000_000)),
+                "version": "17", "parents": ["root"], "trashed": false,
+            });
+            if let Some(sha) = &sha256 {
+                v["sha256Checksum"] = json!(sha);
+            }
+            if let Some(p) = &provenance {
+                v["appProperties"] = json!({ PROVENANCE_PROPERTY: p });
+            }
+            let f: FileRes = serde_json::from_value(v).unwrap();
+            let info = f.info();
+            prop_assert_eq!(info.size, size);
+            prop_assert_eq!(info.etag.as_deref(), Some(md5.as_str()));
+            prop_assert_eq!(info.meta.mtime, Some((secs, millis * 1_000_000)));
+            prop_assert_eq!(info.provenance, provenance);
+            let hexes: Vec<String> = info.checksums.iter().map(Checksum::to_hex).collect();
+            let mut want = vec![md5.clone()];
+            want.extend(sha256);
+            prop_assert_eq!(hexes, want);
+            let listed = list::listed(store(false).cfg(), &f);
+            prop_assert_eq!(listed, list::Listed::File { name, export: None });
+        }
+
+        #[test]
+        fn arbitrary_times_never_panic(text in "\\PC{0,30}|-?[0-9]{1,20}-[0-9]{1,3}-[0-9]{1,3}T[0-9:.-]{1,30}Z") {
+            let _ = parse_rfc3339(&text);
+        }
+
+        #[test]
+        fn times_round_trip(secs in -62_135_596_800i64..253_402_300_800, millis in 0u32..1000) {
+            let t = (secs, millis * 1_000_000);
+            prop_assert_eq!(parse_rfc3339(&format_rfc3339(t)), Some(t));
+        }
+
+        #[test]
+        fn hex_round_trips(bytes in prop::collection::vec(any::<u8>(), 0..40), text in "\\PC{0,40}") {
+            prop_assert_eq!(from_hex(&hex::encode(&bytes)), Some(bytes.clone()));
+            prop_assert_eq!(from_hex(&hex::encode_upper(&bytes)), Some(bytes));
+            let _ = from_hex(&text);
+        }
+
+        #[test]
+        fn duplicate_names_give_their_id_back(
+            stem in "[^ ()./][^()/]{0,12}",
+            ext in prop::option::of("\\.[a-z0-9]{1,5}"),
+            id in "[A-Za-z0-9_-]{1,44}",
+        ) {
+            let name = format!("{stem}{}", ext.unwrap_or_default());
+            let made = list::duplicate_name(&name, &id);
+            prop_assert_eq!(list::duplicate_id(&made), Some(id.as_str()));
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config(256))]
+
+        #[test]
+        fn folder_names_never_panic(
+            files in prop::collection::vec(
+                ("[a-c]{1,2}", prop::sample::select(&["a", "a.txt", "a (b)", "a (b).txt", "Doc", "x (1)"][..]), any::<bool>()),
+                0..10,
+            ),
+        ) {
+            let files: Vec<FileRes> = files
+                .into_iter()
+                .map(|(id, name, folder)| FileRes {
+                    id,
+                    name: name.to_string(),
+                    mime_type: if folder { FOLDER_MIME.to_string() } else { "text/plain".to_string() },
+                    ..FileRes::default()
+                })
+                .collect();
+            let cfg = store(false);
+            let kinds: Vec<list::Listed> = files.iter().map(|f| list::listed(cfg.cfg(), f)).collect();
+            let names = list::unique_names(&files, &kinds);
+            prop_assert_eq!(names.len(), files.len());
+        }
+    }
+
+    /// The module says every key of a folder is unique, but a duplicate's new name
+    /// ` (ID)` can be a name another file already has: files `a` (id `a0`), `a` (id
+    /// `b`) and `a (b)` (id `c`) list as `a`, `a (b)` and `a (b)`, two objects under one
+    /// key (engine/src/backend/drive/list.rs, `unique_names`).
+    #[test]
+    #[ignore = "bug: a duplicate's made-up name can collide with a real name in the folder"]
+    fn made_up_names_do_not_collide_with_real_ones() {
+        let file = |id: &str, name: &str| FileRes {
+            id: id.into(),
+            name: name.into(),
+            mime_type: "text/plain".into(),
+            ..FileRes::default()
+        };
+        let files = vec![file("a0", "a"), file("b", "a"), file("c", "a (b)")];
+        let cfg = store(false);
+        let kinds: Vec<list::Listed> = files.iter().map(|f| list::listed(cfg.cfg(), f)).collect();
+        let names: Vec<String> = list::unique_names(&files, &kinds).into_iter().flatten().collect();
+        let mut unique = names.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+    }
+
+    /// `parse_rfc3339` checks no field's range and multiplies unchecked: a month of
+    /// 13, an hour of 99 or a minute of -5 are taken (as some other time), and a year
+    /// of 9223372036854775807 overflows `i64` (a panic in a debug build, a wrapped
+    /// time in a release one). Input: a `modifiedTime` such as
+    /// `2024-13-45T99:99:99Z` (engine/src/backend/drive.rs, `parse_rfc3339`).
+    #[test]
+    #[ignore = "bug: modifiedTime fields out of range are taken, huge years overflow i64"]
+    fn out_of_range_times_are_refused() {
+        for text in [
+            "2024-13-01T00:00:00Z",
+            "2024-01-45T00:00:00Z",
+            "2024-01-01T99:00:00Z",
+            "2024-01-01T00:-5:00Z",
+            "9223372036854775807-01-01T00:00:00Z",
+        ] {
+            let got = std::panic::catch_unwind(|| parse_rfc3339(text));
+            assert!(matches!(got, Ok(None)), "{text:?} gave {got:?}");
+        }
+    }
+
+    /// The error's `message` is kept as it is: `{"error": {"message": "a\nFORGED: b"}}`
+    /// makes an error of two lines (engine/src/backend/drive.rs, `http_error`).
+    #[test]
+    #[ignore = "bug: an error message with a newline makes a two-line error"]
+    fn error_messages_stay_on_one_line() {
+        let body = br#"{"error": {"code": 500, "message": "a\nFORGED: b", "errors": []}}"#;
+        let e = store(false).http_error("get", "k", &answer(500), body).to_string();
+        assert!(!e.contains('\n'), "{e:?}");
+    }
+}

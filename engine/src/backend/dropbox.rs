@@ -844,3 +844,391 @@ mod tests {
         assert_eq!(info.checksums[0].to_hex(), hash);
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    //! Dropbox's JSON as the API writes it, and as a broken or hostile peer might:
+    //! arbitrary JSON values, truncated and garbled bodies never panic the error,
+    //! metadata and key readers; error summaries give their tags; a generated
+    //! `list_folder` answer lists back to its files through `list_page` against a
+    //! peer on loopback.
+
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    use proptest::prelude::*;
+    use proptest::test_runner::RngSeed;
+
+    use super::*;
+    use crate::runtime::{block_on, Driver};
+
+    fn config(cases: u32) -> ProptestConfig {
+        ProptestConfig { cases, failure_persistence: None, rng_seed: RngSeed::Fixed(0xdb), ..ProptestConfig::default() }
+    }
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    fn store(root: &str, port: u16) -> DropboxStore {
+        let at = Endpoint { tls: false, host: "127.0.0.1".into(), port };
+        let cfg = DropboxConfig {
+            remote: "d".into(),
+            root: root.into(),
+            api: at.clone(),
+            content: at.clone(),
+            token_endpoint: at,
+            token_path: "/oauth2/token".into(),
+            credentials: Credentials::Token("tok".into()),
+            batch_commits: true,
+        };
+        DropboxStore {
+            cfg: Arc::new(cfg),
+            tokens: Arc::default(),
+            template: Arc::default(),
+            batcher: Arc::default(),
+            http: HttpClient::new(WAIT, WAIT),
+        }
+    }
+
+    /// Words Dropbox answers with, so that arbitrary values often hit the fields read.
+    const WORDS: &[&str] = &[
+        ".tag",
+        "error",
+        "error_summary",
+        "path",
+        "reason",
+        "not_found",
+        "conflict",
+        "file",
+        "folder",
+        "deleted",
+        "too_many_write_operations",
+        "insufficient_space",
+        "template_not_found",
+        "expired_access_token",
+        "retry_after",
+        "entries",
+        "cursor",
+        "has_more",
+        "path_display",
+        "size",
+        "rev",
+        "content_hash",
+        "client_modified",
+        "property_groups",
+        "template_id",
+        "fields",
+        "name",
+        "value",
+        "provenance",
+        "/",
+        "path/not_found/..",
+        "2019-06-01T12:00:00Z",
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+    ];
+
+    fn word() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => prop::sample::select(WORDS).prop_map(str::to_string),
+            1 => "\\PC{0,16}",
+            1 => "[a-z_]{1,10}(/[a-z_]{1,10}){0,3}/?(\\.\\.)?",
+        ]
+    }
+
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_filter_map("finite", |f| serde_json::Number::from_f64(f).map(Value::Number)),
+            word().prop_map(Value::String),
+        ];
+        leaf.prop_recursive(6, 96, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::vec((word(), inner), 0..8).prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn mutate(mut bytes: Vec<u8>, edits: &[(u8, usize, u8)]) -> Vec<u8> {
+        for &(kind, at, byte) in edits {
+            let at = at % (bytes.len() + 1);
+            match kind % 4 {
+                0 if at < bytes.len() => bytes[at] = byte,
+                1 => bytes.insert(at, byte),
+                2 if at < bytes.len() => {
+                    bytes.remove(at);
+                }
+                _ => bytes.truncate(at),
+            }
+        }
+        bytes
+    }
+
+    fn answer(status: u16) -> ResponseHead {
+        ResponseHead { status, headers: vec![("content-type".into(), "application/json".into())] }
+    }
+
+    fn status() -> impl Strategy<Value = u16> {
+        prop_oneof![Just(400u16), Just(401), Just(403), Just(409), Just(429), Just(500), Just(503), 300u16..600]
+    }
+
+    /// Every reader of an answer, on one value.
+    fn read_all(s: &DropboxStore, status: u16, v: &Value) {
+        let _ = error_tags(v);
+        let _ = info_from_metadata(v);
+        let _ = version_of(v);
+        let _ = properties::provenance_of(v, "ptid:x");
+        let e = s.http_error("get", "k", &answer(status), v.to_string().as_bytes(), Some("tok"));
+        let _ = (e.to_string(), e.class(), e.retry_after(), is_not_found(&e));
+    }
+
+    proptest! {
+        #![proptest_config(config(384))]
+
+        #[test]
+        fn arbitrary_values_never_panic(v in json(), status in status()) {
+            read_all(&store("/Root", 1), status, &v);
+        }
+
+        #[test]
+        fn arbitrary_values_as_error_fields_never_panic(error in json(), summary in json(), status in status()) {
+            let v = json!({ "error_summary": summary, "error": error });
+            read_all(&store("", 1), status, &v);
+        }
+
+        #[test]
+        fn garbled_bodies_never_panic(
+            v in json(),
+            edits in prop::collection::vec((any::<u8>(), any::<usize>(), any::<u8>()), 0..6),
+            status in status(),
+        ) {
+            let body = mutate(v.to_string().into_bytes(), &edits);
+            let e = store("/Root", 1).http_error("put", "k", &answer(status), &body, Some("tok"));
+            let _ = (e.to_string(), e.class(), e.retry_after(), is_not_found(&e));
+            // A body that is not a JSON object is quoted in one line.
+            if serde_json::from_slice::<Value>(&body).ok().filter(Value::is_object).is_none() {
+                prop_assert!(!e.to_string().contains('\n'), "{}", e);
+            }
+        }
+
+        /// `error_summary` gives the tags and the message; the first tag is the code.
+        #[test]
+        fn summaries_give_their_tags(
+            tags in prop::collection::vec("[a-z][a-z_]{0,20}", 1..6),
+            tail in prop_oneof![Just(""), Just("/"), Just("/."), Just("/.."), Just("/...")],
+            status in status(),
+        ) {
+            let summary = format!("{}{tail}", tags.join("/"));
+            let body = json!({ "error_summary": summary, "error": { ".tag": tags[0] } }).to_string();
+            let e = store("", 1).http_error("get", "k", &answer(status), body.as_bytes(), None);
+            let Error::Http { code, message, .. } = &e else { panic!("{e}") };
+            prop_assert_eq!(code, &tags[0]);
+            prop_assert_eq!(message, &tags.join("/"));
+            let path_missing = status == 409 && tags[0] == "path" && tags.get(1).is_some_and(|t| t == "not_found");
+            if path_missing {
+                prop_assert!(is_not_found(&e));
+            }
+        }
+
+        #[test]
+        fn arbitrary_times_never_panic(text in "\\PC{0,24}|[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z") {
+            if let Some(secs) = parse_time(&text) {
+                prop_assert!(secs > -100_000_000_000 && secs < 300_000_000_000);
+            }
+        }
+
+        #[test]
+        fn times_round_trip(secs in -62_135_596_800i64..253_402_300_800) {
+            prop_assert_eq!(parse_time(&format_time(secs)), Some(secs));
+        }
+
+        #[test]
+        fn generated_metadata_reads_back(
+            size in any::<u64>(),
+            secs in 0i64..253_402_300_800,
+            hash in "[0-9a-f]{64}",
+            rev in prop::option::of("[0-9a-f]{9,16}"),
+        ) {
+            let mut meta = json!({
+                ".tag": "file", "name": "a", "id": "id:x", "size": size, "path_display": "/A",
+                "client_modified": format_time(secs), "server_modified": format_time(secs),
+                "content_hash": hash, "is_downloadable": true,
+            });
+            if let Some(rev) = &rev {
+                meta["rev"] = json!(rev);
+            }
+            let info = info_from_metadata(&meta);
+            prop_assert_eq!(info.size, size);
+            prop_assert_eq!(info.meta.mtime, Some((secs, 0)));
+            prop_assert_eq!(info.checksums.len(), 1);
+            prop_assert_eq!(info.checksums[0].to_hex(), hash.clone());
+            prop_assert_eq!(info.version, Some(format!("dropbox:{}", rev.unwrap_or(hash))));
+        }
+
+        #[test]
+        fn arbitrary_paths_never_panic(root in "(/\\PC{1,6}){0,2}", display in "\\PC{0,24}") {
+            if let Some(key) = store(&root, 1).key_of(&display) {
+                prop_assert!(!key.is_empty());
+            }
+        }
+
+        /// A path below the root, in any ASCII case, gives its key as displayed.
+        #[test]
+        fn keys_are_what_follows_the_root(
+            root in prop_oneof![Just(""), Just("/Photos"), Just("/Ünï Dir/Sub")],
+            key in "[a-zA-Z0-9 ._ü€😀-]{1,12}(/[a-zA-Z0-9 ._ü€😀-]{1,12}){0,2}",
+            flips in any::<u64>(),
+        ) {
+            let shown: String = root
+                .chars()
+                .enumerate()
+                .map(|(i, c)| if flips >> (i % 64) & 1 == 1 { c.to_ascii_uppercase() } else { c.to_ascii_lowercase() })
+                .collect();
+            let s = store(root, 1);
+            prop_assert_eq!(s.key_of(&format!("{shown}/{key}")), Some(key.clone()));
+            prop_assert_eq!(s.key_of(&shown), None);
+            prop_assert_eq!(s.key_of(&format!("{shown}x/{key}")), None);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config(24))]
+
+        #[test]
+        fn deep_values_never_panic(depth in prop_oneof![1usize..12, 120usize..136, Just(400)], tag in word()) {
+            let mut v = json!({ ".tag": tag });
+            for _ in 0..depth {
+                v = json!({ ".tag": "path", "path": v, "error": {".tag": "x"} });
+            }
+            read_all(&store("", 1), 409, &json!({ "error": v, "error_summary": "path/" }));
+        }
+    }
+
+    /// Answers requests in order on as many connections as the client opens,
+    /// reading each request's head and Content-Length body.
+    fn serve(answers: Vec<Vec<u8>>) -> (u16, std::thread::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let handle = std::thread::spawn(move || {
+            let mut answers = answers.into_iter();
+            for stream in listener.incoming() {
+                let mut stream = stream.unwrap();
+                stream.set_read_timeout(Some(WAIT)).unwrap();
+                loop {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if stream.read(&mut byte).unwrap_or(0) == 0 {
+                            break;
+                        }
+                        head.push(byte[0]);
+                    }
+                    if !head.ends_with(b"\r\n\r\n") {
+                        break;
+                    }
+                    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    let mut body = vec![0u8; len];
+                    stream.read_exact(&mut body).unwrap();
+                    let Some(answer) = answers.next() else { return };
+                    stream.write_all(&answer).unwrap();
+                    if answers.len() == 0 {
+                        return;
+                    }
+                }
+            }
+        });
+        (port, handle)
+    }
+
+    fn ok_json(v: &Value) -> Vec<u8> {
+        let body = v.to_string();
+        format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+            .into_bytes()
+    }
+
+    proptest! {
+        #![proptest_config(config(48))]
+
+        #[test]
+        fn generated_listings_list_back(
+            root in prop_oneof![Just(""), Just("/Photos"), Just("/Ünï Dir")],
+            upper in any::<bool>(),
+            // Kind (0 file, 1 folder, 2 deleted, 3 outside the root), key, size, rev.
+            listed in prop::collection::vec(
+                (0u8..4, "[a-zA-Z0-9 ._ü€😀-]{1,12}(/[a-zA-Z0-9 ._ü€😀-]{1,12}){0,2}", any::<u64>(), "[0-9a-f]{9,16}"),
+                0..12,
+            ),
+            cursor in prop::option::of("[A-Za-z0-9_-]{8,40}"),
+        ) {
+            let shown = if upper { root.to_uppercase() } else { root.to_string() };
+            let entries: Vec<Value> = listed
+                .iter()
+                .map(|(kind, key, size, rev)| {
+                    let (tag, path) = match kind {
+                        0 => ("file", format!("{shown}/{key}")),
+                        1 => ("folder", format!("{shown}/{key}")),
+                        2 => ("deleted", format!("{shown}/{key}")),
+                        _ => ("file", format!("{shown}x/{key}")),
+                    };
+                    json!({
+                        ".tag": tag, "name": key.rsplit('/').next(), "id": format!("id:{rev}"),
+                        "path_lower": path.to_lowercase(), "path_display": path, "size": size, "rev": rev,
+                        "client_modified": "2019-06-01T12:00:00Z", "server_modified": "2019-06-01T12:00:00Z",
+                        "content_hash": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+                        "is_downloadable": true,
+                    })
+                })
+                .collect();
+            let page = json!({ "entries": entries, "cursor": cursor.clone().unwrap_or_default(), "has_more": cursor.is_some() });
+            // The template lookup comes first: the account has none.
+            let (port, peer) = serve(vec![ok_json(&json!({ "template_ids": [] })), ok_json(&page)]);
+            let s = store(root, port);
+            let got = block_on(Driver::Epoll, s.list_page("", None)).unwrap().map_err(|e| e.to_string());
+            peer.join().unwrap();
+            // Only files below the root: `{root}x/...` is not (below the whole account it
+            // has no leading `/`, so it is no path at all).
+            let want: Vec<Entry> = listed
+                .iter()
+                .filter(|(kind, ..)| *kind == 0)
+                .map(|(_, key, size, rev)| Entry {
+                    key: key.clone(),
+                    size: *size,
+                    etag: None,
+                    provenance: None,
+                    version: Some(format!("dropbox:{rev}")),
+                })
+                .collect();
+            prop_assert_eq!(got.map(|p| (p.entries, p.next)), Ok((want, cursor)));
+        }
+    }
+
+    /// `key_of` lowers both the root and the path to compare them, then skips as many
+    /// characters of the path as the root has. Where lowering changes the number of
+    /// characters (`İ`, U+0130, lowers to `i` and a combining dot), the skip lands
+    /// elsewhere: with root `/İ`, the path `/i̇/abc` gives the key `/abc`, and with
+    /// root `/i̇` the path `/İ/a` gives none (engine/src/backend/dropbox.rs, `key_of`).
+    #[test]
+    #[ignore = "bug: key_of skips the root by its character count, which lowering can change"]
+    fn keys_follow_a_root_whose_case_changes_its_length() {
+        assert_eq!(store("/İ", 1).key_of("/i\u{307}/abc").as_deref(), Some("abc"));
+        assert_eq!(store("/i\u{307}", 1).key_of("/İ/a").as_deref(), Some("a"));
+    }
+
+    /// `error_summary` becomes the message as it is, while a body that is not JSON
+    /// is put in one line: `{"error_summary": "path/a\nFORGED: b/"}` makes an error of
+    /// two lines (engine/src/backend/dropbox.rs, `http_error`).
+    #[test]
+    #[ignore = "bug: an error_summary with a newline makes a two-line error"]
+    fn error_summaries_stay_on_one_line() {
+        let body = br#"{"error_summary": "path/a\nFORGED: b/", "error": {".tag": "path"}}"#;
+        let e = store("", 1).http_error("get", "k", &answer(409), body, None).to_string();
+        assert!(!e.contains('\n'), "{e:?}");
+    }
+}

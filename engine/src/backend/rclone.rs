@@ -34,6 +34,9 @@ pub const TYPE: BackendType = BackendType { name: "rclone", url_form: "path/in/r
 const BUCKET: &str = "laminar";
 /// The oldest rclone with `serve s3`.
 const VERSION_MIN: (u32, u32) = (1, 65);
+/// The first rclone that reads `RCLONE_AUTH_KEY` as a CSV list (serve s3's flags became
+/// options then); older ones take it as one value.
+const VERSION_CSV_ENV: (u32, u32) = (1, 70);
 /// How long `rclone serve s3` may take to listen.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long it may take to stop after SIGTERM before it is killed.
@@ -126,7 +129,7 @@ impl RcloneServer {
             .clone()
             .or_else(|| std::env::var_os("LAMINAR_RCLONE").filter(|v| !v.is_empty()).map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from("rclone"));
-        check_version(remote, &binary)?;
+        let version = check_version(remote, &binary)?;
         if config.remote.is_empty() || !config.remote.contains(':') {
             return Err(Error::Usage(format!(
                 "remote {remote:?}: remote = {:?} names no rclone remote: write it as rclone does, e.g. \"onedrive:\" or \"box:Backups\"",
@@ -143,9 +146,14 @@ impl RcloneServer {
             .map_err(|e| Error::io("rclone", remote, e))?;
         let stderr = log.reopen().map_err(|e| Error::io("rclone", remote, e))?;
         let mut cmd = Command::new(&binary);
-        cmd.args(["serve", "s3", "--addr", &addr.to_string(), "--auth-key"])
-            .arg(format!("{access_key},{secret_key}"))
-            .args(["--force-path-style=true", "--log-level", "NOTICE"]);
+        // The key pair goes in rclone's environment, not on its command line, which every
+        // local user can read (ps); quoted where rclone reads the variable as CSV, so that
+        // it stays one item.
+        let pair = format!("{access_key},{secret_key}");
+        let pair = if version >= VERSION_CSV_ENV { format!("\"{pair}\"") } else { pair };
+        cmd.args(["serve", "s3", "--addr", &addr.to_string()])
+            .args(["--force-path-style=true", "--log-level", "NOTICE"])
+            .env("RCLONE_AUTH_KEY", pair);
         if let Some(path) = &config.config {
             cmd.arg("--config").arg(path);
         }
@@ -222,8 +230,8 @@ fn served(remote: &str) -> String {
     format!(":combine,upstreams='{}':", upstream.replace('\'', "''"))
 }
 
-/// Checks that `binary` is an rclone with `serve s3`.
-fn check_version(remote: &str, binary: &std::path::Path) -> Result<()> {
+/// Checks that `binary` is an rclone with `serve s3`; its version (major, minor).
+fn check_version(remote: &str, binary: &std::path::Path) -> Result<(u32, u32)> {
     let out = Command::new(binary)
         .arg("version")
         .stdin(Stdio::null())
@@ -236,7 +244,7 @@ fn check_version(remote: &str, binary: &std::path::Path) -> Result<()> {
         Some((it.next()?.parse::<u32>().ok()?, it.next()?.parse::<u32>().ok()?))
     });
     match parsed {
-        Some(v) if v >= VERSION_MIN => Ok(()),
+        Some(v) if v >= VERSION_MIN => Ok(v),
         Some(_) => Err(Error::Usage(format!(
             "remote {remote:?}: {} is rclone v{}, and type = \"rclone\" needs v{}.{} or later (for serve s3): upgrade rclone",
             binary.display(),

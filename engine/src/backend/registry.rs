@@ -115,6 +115,24 @@ pub fn secret(
     Ok(None)
 }
 
+/// `answer` (what a token endpoint said, to be quoted in an error) without the secrets
+/// of `form`, the `application/x-www-form-urlencoded` request it answered, should it
+/// echo them: every value but `grant_type`'s and `client_id`'s, as sent and decoded,
+/// becomes `<redacted>`.
+pub fn without_sent(answer: &[u8], form: &str) -> Vec<u8> {
+    let mut text = String::from_utf8_lossy(answer).into_owned();
+    for (key, value) in form.split('&').filter_map(|pair| pair.split_once('=')) {
+        if key == "grant_type" || key == "client_id" || value.is_empty() {
+            continue;
+        }
+        let decoded = percent_encoding::percent_decode_str(value).decode_utf8_lossy().into_owned();
+        for sent in [value, decoded.as_str()] {
+            text = text.replace(sent, "<redacted>");
+        }
+    }
+    text.into_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,6 +163,17 @@ mod tests {
     }
 
     #[test]
+    fn what_was_sent_is_not_quoted_back() {
+        let form = "grant_type=refresh_token&client_id=app&refresh_token=R%2DT0K&client_secret=S3CR";
+        let said = br#"{"error_description": "bad R-T0K or R%2DT0K or S3CR for app (refresh_token)"}"#;
+        let shown = String::from_utf8(without_sent(said, form)).unwrap();
+        assert_eq!(
+            shown,
+            r#"{"error_description": "bad <redacted> or <redacted> or <redacted> for app (refresh_token)"}"#
+        );
+    }
+
+    #[test]
     fn secrets_come_from_three_places() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("s");
@@ -154,5 +183,210 @@ mod tests {
         let e = secret("r", "k", &None, &None, &Some("LAMINAR_SURELY_UNSET_VAR".into())).unwrap_err();
         assert!(e.to_string().contains("k_env names $LAMINAR_SURELY_UNSET_VAR"));
         assert_eq!(secret("r", "k", &None, &None, &None).unwrap(), None);
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    //! Remote tables as an operator might write them, mistakes included: every
+    //! backend's table reader and `open` give a remote or an error, never a panic, and
+    //! every error is one line. `mem` and `rclone` tables are only read, not opened
+    //! (opening names a process-wide store, or starts `rclone serve s3`).
+
+    use proptest::prelude::*;
+    use proptest::test_runner::RngSeed;
+
+    use super::*;
+
+    fn config(cases: u32) -> ProptestConfig {
+        ProptestConfig {
+            cases,
+            failure_persistence: None,
+            rng_seed: RngSeed::Fixed(0x7e61),
+            ..ProptestConfig::default()
+        }
+    }
+
+    const KEYS: &[&str] = &[
+        "endpoint",
+        "region",
+        "access_key_id",
+        "access_key_id_file",
+        "access_key_id_env",
+        "secret_access_key",
+        "secret_access_key_file",
+        "secret_access_key_env",
+        "session_token",
+        "session_token_env",
+        "path_style",
+        "root",
+        "copy_links",
+        "store",
+        "remote",
+        "binary",
+        "serve_args",
+        "token",
+        "token_file",
+        "token_env",
+        "refresh_token",
+        "refresh_token_env",
+        "app_key",
+        "app_secret",
+        "api_url",
+        "content_url",
+        "token_url",
+        "batch_commits",
+        "client_id",
+        "client_secret",
+        "client_secret_env",
+        "service_account_file",
+        "subject",
+        "root_folder_id",
+        "shared_drive_id",
+        "export",
+        "follow_shortcuts",
+        "type",
+    ];
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("http://127.0.0.1:9000".to_string()),
+            Just("https://h:99999".to_string()),
+            Just("http://h/path".to_string()),
+            Just("aws".to_string()),
+            Just("ftp://x".to_string()),
+            Just("/tmp".to_string()),
+            Just("relative/dir".to_string()),
+            Just("docx,xlsx,pptx".to_string()),
+            Just("none".to_string()),
+            Just("/nonexistent/laminar-proptest/secret".to_string()),
+            Just("LAMINAR_PROPTEST_SURELY_UNSET".to_string()),
+            Just(String::new()),
+            "[ -~]{0,20}",
+            "\\PC{0,12}",
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = toml::Value> {
+        let leaf = prop_oneof![
+            4 => text().prop_map(toml::Value::String),
+            1 => any::<i64>().prop_map(toml::Value::Integer),
+            1 => any::<bool>().prop_map(toml::Value::Boolean),
+            1 => any::<f64>().prop_map(toml::Value::Float),
+        ];
+        leaf.prop_recursive(2, 12, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(toml::Value::Array),
+                prop::collection::btree_map("[a-z_]{1,8}", inner, 0..3)
+                    .prop_map(|m| toml::Value::Table(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// A table of mostly known keys, without newlines in keys or values (an error
+    /// naming such a value is not one line: see `values_with_newlines_stay_on_one_line`).
+    fn table() -> impl Strategy<Value = toml::Table> {
+        let key = prop_oneof![4 => prop::sample::select(KEYS).prop_map(str::to_string), 1 => "[ -~]{1,12}"];
+        prop::collection::vec((key, value()), 0..8).prop_map(|kv| kv.into_iter().collect())
+    }
+
+    fn kind() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(&["s3", "file", "dropbox", "drive", "gopher", ""][..])
+    }
+
+    fn url_path() -> impl Strategy<Value = String> {
+        prop_oneof![Just("bkt/a/b".to_string()), Just(String::new()), Just("/x".to_string()), "\\PC{0,16}"]
+    }
+
+    fn has_newline(v: &toml::Value) -> bool {
+        match v {
+            toml::Value::String(s) => s.contains(['\n', '\r']),
+            toml::Value::Array(a) => a.iter().any(has_newline),
+            toml::Value::Table(t) => t.iter().any(|(k, v)| k.contains(['\n', '\r']) || has_newline(v)),
+            _ => false,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config(512))]
+
+        #[test]
+        fn tables_open_or_say_why_in_one_line(
+            mut table in table(),
+            kind in kind(),
+            typed in any::<bool>(),
+            path in url_path(),
+        ) {
+            if typed {
+                table.insert("type".into(), toml::Value::String(kind.into()));
+            }
+            let newline = has_newline(&toml::Value::Table(table.clone())) || path.contains(['\n', '\r']);
+            let kind = table.get("type").and_then(toml::Value::as_str).unwrap_or("").to_string();
+            // `mem` opens a process-wide store and `rclone` starts a server: read only.
+            let result = match kind.as_str() {
+                "mem" => parse::<super::super::mem::MemRemoteConfig>("r", "mem", table).map(drop),
+                "rclone" => parse::<super::super::rclone::RcloneRemoteConfig>("r", "rclone", table).map(drop),
+                _ => open("r", table, &path).map(drop),
+            };
+            if let Err(e) = result {
+                let said = e.to_string();
+                prop_assert!(!said.is_empty());
+                if !newline {
+                    prop_assert!(!said.contains('\n'), "{}", said);
+                }
+            }
+        }
+
+        #[test]
+        fn mem_and_rclone_tables_are_read_or_refused_in_one_line(table in table()) {
+            let newline = has_newline(&toml::Value::Table(table.clone()));
+            for e in [
+                parse::<super::super::mem::MemRemoteConfig>("r", "mem", table.clone()).err(),
+                parse::<super::super::rclone::RcloneRemoteConfig>("r", "rclone", table).err(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if !newline {
+                    prop_assert!(!e.to_string().contains('\n'), "{}", e);
+                }
+            }
+        }
+
+        #[test]
+        fn wrong_type_messages_never_quote_the_value(secret in "[A-Za-z0-9]{12,30}", which in 0usize..3) {
+            let table: toml::Table = match which {
+                0 => toml::from_str(&format!("type = \"s3\"\npath_style = \"{secret}\"")).unwrap(),
+                1 => toml::from_str(&format!("type = \"dropbox\"\nbatch_commits = \"{secret}\"")).unwrap(),
+                _ => toml::from_str(&format!("type = \"drive\"\nfollow_shortcuts = [\"{secret}\"]")).unwrap(),
+            };
+            let e = open("r", table, "bkt").err().expect("a boolean is wanted").to_string();
+            prop_assert!(!e.contains(&secret), "{}", e);
+        }
+    }
+
+    /// Errors quote what was written with `{:?}` where a remote or URL is named, but
+    /// `root`, `*_file` and `service_account_file` paths are shown with `display()`,
+    /// and unknown keys in serde's backticks, unescaped: a path or key holding a
+    /// newline splits the error over two lines (and lets the text after it pass for
+    /// a line of its own in logs). Input, e.g., `type = "file"` with
+    /// `root = "rel\nERROR forged"`, or `type = "s3"` with `"a\nb" = 1`.
+    #[test]
+    #[ignore = "bug: errors show paths and unknown keys unescaped, so a newline in them splits the line"]
+    fn values_with_newlines_stay_on_one_line() {
+        let mut split = Vec::new();
+        for text in [
+            "type = \"file\"\nroot = \"rel\\nERROR forged\"",
+            "type = \"s3\"\n\"a\\nb\" = 1",
+            "type = \"s3\"\nendpoint = \"http://h:1\"\naccess_key_id_file = \"/nonexistent/a\\nb\"",
+            "type = \"drive\"\nservice_account_file = \"/nonexistent/a\\nb\"",
+        ] {
+            let table: toml::Table = toml::from_str(text).unwrap();
+            let e = open("r", table, "bkt").err().expect(text).to_string();
+            if e.contains('\n') {
+                split.push(format!("{text:?} gave {e:?}"));
+            }
+        }
+        assert!(split.is_empty(), "{split:#?}");
     }
 }

@@ -1056,3 +1056,531 @@ mod tests {
         assert_eq!(info.checksums, vec![Checksum::from_crc32c(1)]);
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    //! S3's XML as servers write it: arbitrary and mutated documents give an error or
+    //! a value, never a panic; a generated listing (keys with any characters, escaped
+    //! or URL-encoded, sizes up to u64::MAX, quoted ETags) lists back to its entries
+    //! through `list_page` against a peer on loopback; error documents are found,
+    //! also in the 200 answer of a CompleteMultipartUpload.
+
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    use proptest::prelude::*;
+    use proptest::test_runner::RngSeed;
+
+    use super::*;
+    use crate::runtime::{block_on, Driver};
+
+    fn config(cases: u32) -> ProptestConfig {
+        ProptestConfig { cases, failure_persistence: None, rng_seed: RngSeed::Fixed(0x53), ..ProptestConfig::default() }
+    }
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// A store on `127.0.0.1:port`, path-style.
+    fn store_at(port: u16) -> S3Store {
+        S3Store::new(
+            Arc::new(S3Config {
+                remote: "t".into(),
+                endpoint: Endpoint { tls: false, host: "127.0.0.1".into(), port },
+                region: "us-east-1".into(),
+                access_key_id: "AK".into(),
+                secret_access_key: "SK".into(),
+                session_token: None,
+                bucket: "bkt".into(),
+                path_style: true,
+            }),
+            HttpClient::new(WAIT, WAIT),
+        )
+    }
+
+    /// Answers one request with `status` and `body`, then closes.
+    fn serve(status: u16, body: Vec<u8>) -> (u16, std::thread::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let handle = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            stream.set_read_timeout(Some(WAIT)).unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if stream.read(&mut byte).unwrap_or(0) == 0 {
+                    return;
+                }
+                head.push(byte[0]);
+            }
+            let mut answer = format!(
+                "HTTP/1.1 {status} X\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            answer.extend_from_slice(&body);
+            let _ = stream.write_all(&answer);
+        });
+        (port, handle)
+    }
+
+    /// A small deterministic choice stream, for how each character is written.
+    struct Choices(u64);
+
+    impl Choices {
+        fn next(&mut self, n: u64) -> u64 {
+            self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (self.0 >> 33) % n
+        }
+    }
+
+    /// Text as an XML element's content, each special character escaped one of the
+    /// ways servers do (named, decimal or hexadecimal references, or literally where
+    /// XML allows it).
+    fn xml_text(s: &str, choices: &mut Choices) -> String {
+        let mut out = String::new();
+        for c in s.chars() {
+            let numeric =
+                |c: char, hex: bool| if hex { format!("&#x{:X};", c as u32) } else { format!("&#{};", c as u32) };
+            match c {
+                '&' => out.push_str(["&amp;", "&#38;", "&#x26;"][choices.next(3) as usize]),
+                '<' => out.push_str(["&lt;", "&#60;", "&#x3c;"][choices.next(3) as usize]),
+                '>' => out.push_str(["&gt;", ">"][choices.next(2) as usize]),
+                '"' => out.push_str(["&quot;", "\""][choices.next(2) as usize]),
+                '\'' => out.push_str(["&apos;", "'"][choices.next(2) as usize]),
+                '\r' => out.push_str("&#13;"),
+                c if (c as u32) < 0x20 && c != '\t' && c != '\n' => out.push_str(&numeric(c, true)),
+                c if !c.is_ascii() && choices.next(4) == 0 => out.push_str(&numeric(c, choices.next(2) == 0)),
+                c => out.push(c),
+            }
+        }
+        out
+    }
+
+    /// A key as S3 writes it with `encoding-type=url`: form-style percent-encoding.
+    fn url_encoded(s: &str, choices: &mut Choices) -> String {
+        let mut out = String::new();
+        for &b in s.as_bytes() {
+            match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => out.push(b as char),
+                b' ' if choices.next(2) == 0 => out.push('+'),
+                b'/' if choices.next(2) == 0 => out.push('/'),
+                b if choices.next(2) == 0 => out.push_str(&format!("%{b:02X}")),
+                b => out.push_str(&format!("%{b:02x}")),
+            }
+        }
+        out
+    }
+
+    /// One listed object: key, size, ETag (its hex and how it is quoted).
+    type Object = (String, u64, Option<(String, u8)>);
+
+    fn etag() -> impl Strategy<Value = Option<(String, u8)>> {
+        prop::option::of(("[0-9a-f]{32}(-[1-9][0-9]{0,3})?", 0u8..3))
+    }
+
+    /// Keys without whitespace at either end: quick-xml trims element text, which
+    /// `raw_keys_keep_their_whitespace` covers.
+    fn raw_key() -> impl Strategy<Value = String> {
+        "[a-zA-Z0-9 /._+%&<>\"'=?#:;é€😀\t\n-]{1,24}".prop_filter("no whitespace at the ends", |k| k.trim() == k)
+    }
+
+    fn url_key() -> impl Strategy<Value = String> {
+        "[a-zA-Z0-9 /._+%&<>\"'=?#:;é€😀\t\n\r\u{1}\u{7f}-]{1,24}"
+    }
+
+    #[derive(Debug, Clone)]
+    struct Listing {
+        objects: Vec<Object>,
+        url: bool,
+        token: Option<String>,
+        truncated: bool,
+        declaration: bool,
+        pretty: bool,
+        seed: u64,
+    }
+
+    impl Listing {
+        fn xml(&self) -> String {
+            let mut choices = Choices(self.seed);
+            let nl = if self.pretty { "\n  " } else { "" };
+            let mut x = String::new();
+            if self.declaration {
+                x.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+            }
+            x.push_str("<ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">");
+            x.push_str(&format!(
+                "{nl}<Name>bkt</Name>{nl}<Prefix></Prefix>{nl}<KeyCount>{}</KeyCount>",
+                self.objects.len()
+            ));
+            x.push_str(&format!("{nl}<MaxKeys>1000</MaxKeys>{nl}<IsTruncated>{}</IsTruncated>", self.truncated));
+            if let Some(token) = &self.token {
+                x.push_str(&format!(
+                    "{nl}<NextContinuationToken>{}</NextContinuationToken>",
+                    xml_text(token, &mut choices)
+                ));
+            }
+            if self.url {
+                x.push_str(&format!("{nl}<EncodingType>url</EncodingType>"));
+            }
+            for (key, size, etag) in &self.objects {
+                let key = if self.url { url_encoded(key, &mut choices) } else { xml_text(key, &mut choices) };
+                x.push_str(&format!("{nl}<Contents>{nl}<Key>{key}</Key>"));
+                x.push_str(&format!("{nl}<LastModified>2024-01-02T03:04:05.000Z</LastModified>"));
+                if let Some((hex, quoting)) = etag {
+                    let etag = match quoting {
+                        0 => format!("&quot;{hex}&quot;"),
+                        1 => format!("\"{hex}\""),
+                        _ => hex.clone(),
+                    };
+                    x.push_str(&format!("{nl}<ETag>{etag}</ETag>"));
+                }
+                x.push_str(&format!("{nl}<Size>{size}</Size>{nl}<StorageClass>STANDARD</StorageClass>"));
+                x.push_str(&format!("{nl}<Owner><ID>abc</ID><DisplayName>x</DisplayName></Owner></Contents>"));
+            }
+            x.push_str(&format!("{nl}<CommonPrefixes><Prefix>p/</Prefix></CommonPrefixes>"));
+            x.push_str("</ListBucketResult>");
+            x
+        }
+
+        /// The entries `list_page` must give: decoded, unquoted, in key order.
+        fn entries(&self) -> Vec<Entry> {
+            let mut entries: Vec<Entry> = self
+                .objects
+                .iter()
+                .map(|(key, size, etag)| Entry {
+                    key: key.clone(),
+                    size: *size,
+                    etag: etag.as_ref().map(|(hex, _)| hex.clone()),
+                    provenance: None,
+                    version: None,
+                })
+                .collect();
+            entries.sort_by(|a, b| a.key.cmp(&b.key));
+            entries
+        }
+    }
+
+    fn listing() -> impl Strategy<Value = Listing> {
+        any::<bool>().prop_flat_map(|url| {
+            let key = if url { url_key().boxed() } else { raw_key().boxed() };
+            (
+                prop::collection::vec((key, prop_oneof![any::<u64>(), Just(u64::MAX), Just(0)], etag()), 0..12),
+                prop::option::of("[A-Za-z0-9+/=]{1,40}"),
+                any::<bool>(),
+                any::<bool>(),
+                any::<bool>(),
+                any::<u64>(),
+            )
+                .prop_map(move |(objects, token, truncated, declaration, pretty, seed)| Listing {
+                    objects,
+                    url,
+                    token,
+                    truncated,
+                    declaration,
+                    pretty,
+                    seed,
+                })
+        })
+    }
+
+    fn list_through_loopback(xml: &str) -> Result<ListPage> {
+        let (port, peer) = serve(200, xml.as_bytes().to_vec());
+        let store = store_at(port);
+        let page = block_on(Driver::Epoll, store.list_page("", None)).unwrap();
+        peer.join().unwrap();
+        page
+    }
+
+    fn mutate(mut bytes: Vec<u8>, edits: &[(u8, usize, u8)]) -> Vec<u8> {
+        for &(kind, at, byte) in edits {
+            let at = at % (bytes.len() + 1);
+            match kind % 5 {
+                0 if at < bytes.len() => bytes[at] = byte,
+                1 => bytes.insert(at, byte),
+                2 if at < bytes.len() => {
+                    bytes.remove(at);
+                }
+                3 => bytes.truncate(at),
+                _ => {
+                    // Repeat a stretch: elements twice, or an element inside itself.
+                    let end = (at + usize::from(byte)).min(bytes.len());
+                    let copy = bytes[at..end].to_vec();
+                    bytes.splice(at..at, copy);
+                }
+            }
+        }
+        bytes
+    }
+
+    fn edits() -> impl Strategy<Value = Vec<(u8, usize, u8)>> {
+        prop::collection::vec((any::<u8>(), any::<usize>(), any::<u8>()), 1..8)
+    }
+
+    /// Every XML document type this module reads.
+    fn parse_all(bytes: &[u8]) {
+        let _ = quick_xml::de::from_reader::<_, ListXml>(bytes);
+        let _ = quick_xml::de::from_reader::<_, ErrorXml>(bytes);
+        let _ = quick_xml::de::from_reader::<_, InitiateXml>(bytes);
+        let _ = quick_xml::de::from_reader::<_, CopyResultXml>(bytes);
+    }
+
+    fn error_document(code: &str, message: Option<&str>, choices: &mut Choices) -> String {
+        let mut x = format!("<Error><Code>{}</Code>", xml_text(code, choices));
+        if let Some(m) = message {
+            x.push_str(&format!("<Message>{}</Message>", xml_text(m, choices)));
+        }
+        x.push_str("<Resource>/bkt/k</Resource><RequestId>4442587FB7D0A2F9</RequestId><HostId>h</HostId></Error>");
+        x
+    }
+
+    fn answer(status: u16) -> crate::http::ResponseHead {
+        crate::http::ResponseHead { status, headers: vec![("content-type".into(), "application/xml".into())] }
+    }
+
+    proptest! {
+        #![proptest_config(config(512))]
+
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,300}") {
+            parse_all(text.as_bytes());
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+            parse_all(&bytes);
+            let s = store_at(1);
+            let _ = s.http_error("get", "k", &answer(500), &bytes).to_string();
+            let _ = s.error_in_ok_body("complete-multipart", "k", &answer(200), &bytes);
+        }
+
+        #[test]
+        fn xml_shaped_text_never_panics(
+            parts in prop::collection::vec(
+                prop_oneof![
+                    Just("<ListBucketResult>".to_string()),
+                    Just("</ListBucketResult>".to_string()),
+                    Just("<Contents>".to_string()),
+                    Just("</Contents>".to_string()),
+                    Just("<Key>".to_string()),
+                    Just("</Key>".to_string()),
+                    Just("<Size>".to_string()),
+                    Just("</Size>".to_string()),
+                    Just("<Error><Code>".to_string()),
+                    Just("</Code></Error>".to_string()),
+                    Just("<![CDATA[".to_string()),
+                    Just("]]>".to_string()),
+                    Just("<!--".to_string()),
+                    Just("-->".to_string()),
+                    Just("<!DOCTYPE x [<!ENTITY e \"&e;&e;\">]>".to_string()),
+                    Just("&e;".to_string()),
+                    Just("&#xFFFFFFFF;".to_string()),
+                    Just("&#0;".to_string()),
+                    Just("&unknown;".to_string()),
+                    "[0-9]{1,25}",
+                    "[ -~]{0,10}",
+                ],
+                0..40,
+            ),
+        ) {
+            parse_all(parts.concat().as_bytes());
+        }
+
+        #[test]
+        fn mutated_listings_never_panic(listing in listing(), edits in edits()) {
+            let bytes = mutate(listing.xml().into_bytes(), &edits);
+            parse_all(&bytes);
+        }
+
+        #[test]
+        fn generated_listings_parse_to_their_contents(listing in listing()) {
+            let parsed: ListXml = quick_xml::de::from_reader(listing.xml().as_bytes()).unwrap();
+            prop_assert_eq!(parsed.contents.len(), listing.objects.len());
+            prop_assert_eq!(parsed.is_truncated, Some(listing.truncated));
+            prop_assert_eq!(parsed.next_continuation_token, listing.token.clone());
+            for (c, (_, size, _)) in parsed.contents.iter().zip(&listing.objects) {
+                prop_assert_eq!(c.size, *size);
+            }
+        }
+
+        #[test]
+        fn error_documents_give_their_code_and_message(
+            code in "[A-Za-z]{1,30}",
+            message in prop::option::of("[!-~é€]([ -~é€]{0,60}[!-~é€])?"),
+            status in prop_oneof![Just(400u16), Just(403), Just(404), Just(409), Just(500), Just(503)],
+            seed in any::<u64>(),
+        ) {
+            let xml = error_document(&code, message.as_deref(), &mut Choices(seed));
+            let e = store_at(1).http_error("get", "k", &answer(status), xml.as_bytes());
+            let Error::Http { code: got_code, message: got_message, .. } = &e else {
+                panic!("not an HTTP error: {e}");
+            };
+            prop_assert_eq!(got_code, &code);
+            let want = message.clone().unwrap_or_else(|| answer(status).status_text());
+            prop_assert_eq!(got_message, &want);
+            prop_assert!(!e.to_string().contains('\n'), "{}", e);
+        }
+
+        /// What is not an error document is quoted in one line.
+        #[test]
+        fn other_error_bodies_are_one_line(body in prop::collection::vec(any::<u8>(), 0..400)) {
+            prop_assume!(quick_xml::de::from_reader::<_, ErrorXml>(&body[..]).is_err());
+            let e = store_at(1).http_error("get", "k", &answer(502), &body).to_string();
+            prop_assert!(!e.contains('\n') && !e.contains('\r'), "{}", e);
+        }
+
+        /// A CompleteMultipartUpload answered 200: a result is success, an error document
+        /// (after the whitespace S3 sends while it works) a failure with its code.
+        #[test]
+        fn completions_tell_results_from_errors(
+            key in raw_key(),
+            etag in "[0-9a-f]{32}-[1-9][0-9]{0,3}",
+            checksum in prop::option::of("[A-Za-z0-9+/]{6}=="),
+            code in "[A-Za-z]{1,30}",
+            padding in "[ \n\r\t]{0,200}",
+            padding_first in any::<bool>(),
+            seed in any::<u64>(),
+        ) {
+            let mut choices = Choices(seed);
+            let declaration = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n";
+            let mut result = format!(
+                "<CompleteMultipartUploadResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">\
+                 <Location>http://h/bkt/{k}</Location><Bucket>bkt</Bucket><Key>{k}</Key><ETag>&quot;{etag}&quot;</ETag>",
+                k = xml_text(&key, &mut choices),
+            );
+            if let Some(c) = &checksum {
+                result.push_str(&format!("<ChecksumCRC32C>{c}</ChecksumCRC32C><ChecksumType>COMPOSITE</ChecksumType>"));
+            }
+            result.push_str("</CompleteMultipartUploadResult>");
+            let error = error_document(&code, Some("We encountered an internal error. Please try again."), &mut choices);
+            let s = store_at(1);
+            for (doc, is_error) in [(result, false), (error, true)] {
+                let body =
+                    if padding_first { format!("{padding}{declaration}{doc}") } else { format!("{declaration}{padding}{doc}") };
+                let got = s.error_in_ok_body("complete-multipart", "k", &answer(200), body.as_bytes());
+                match got {
+                    Ok(()) => prop_assert!(!is_error, "an error document taken as success: {:?}", body),
+                    Err(Error::Http { code: got, .. }) => {
+                        prop_assert!(is_error, "a result taken as an error: {:?}", body);
+                        prop_assert_eq!(&got, &code);
+                    }
+                    Err(e) => prop_assert!(false, "{}", e),
+                }
+            }
+        }
+
+        #[test]
+        fn arbitrary_content_encodings_never_panic(value in "[ -~]{0,40}") {
+            if let Some(kept) = content_encoding(&value) {
+                prop_assert!(!kept.to_ascii_lowercase().split(", ").any(|t| t == "aws-chunked"));
+                prop_assert!(!kept.is_empty());
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config(48))]
+
+        #[test]
+        fn generated_listings_list_back(listing in listing()) {
+            let page = list_through_loopback(&listing.xml()).map_err(|e| e.to_string());
+            let next = if listing.truncated { listing.token.clone() } else { None };
+            let page = page.map(|p| (p.entries, p.next));
+            prop_assert_eq!(page, Ok((listing.entries(), next)));
+        }
+    }
+
+    /// Without `encoding-type=url` honoured (the request asks for it; not every
+    /// S3-compatible server applies it), keys come as XML text, which quick-xml trims
+    /// at both ends: a key ` a` or `b\n` is listed as `a` or `b`, and then read,
+    /// compared and copied as an object it is not. Input: a ListObjectsV2 answer with
+    /// no EncodingType and `<Key> a</Key>` (engine/src/backend/s3.rs, `list_page`).
+    #[test]
+    #[ignore = "bug: keys with leading or trailing whitespace lose it when the server does not URL-encode them"]
+    fn raw_keys_keep_their_whitespace() {
+        for key in [" a", "b ", "\tc", "d\n", "  "] {
+            let listing = Listing {
+                objects: vec![(key.to_string(), 1, None)],
+                url: false,
+                token: None,
+                truncated: false,
+                declaration: true,
+                pretty: false,
+                seed: 0,
+            };
+            let page = list_through_loopback(&listing.xml()).map(|p| p.entries).map_err(|e| e.to_string());
+            assert_eq!(page, Ok(listing.entries()), "{key:?}");
+        }
+    }
+
+    fn header_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "bytes [0-9]{1,21}-[0-9]{1,21}/([0-9]{1,21}|\\*)",
+            "[0-9]{1,21}",
+            "-?[0-9]{1,20}(\\.[0-9]{0,12})?",
+            "[A-Za-z0-9+/=]{0,50}",
+            "[ -~]{0,30}",
+            Just("COMPOSITE".to_string()),
+            Just("aws-chunked, gzip".to_string()),
+        ]
+    }
+
+    fn head_headers() -> impl Strategy<Value = Vec<(String, String)>> {
+        let name = prop::sample::select(
+            &[
+                "content-range",
+                "content-length",
+                "etag",
+                "content-type",
+                "content-encoding",
+                "x-amz-checksum-crc32c",
+                "x-amz-checksum-crc64nvme",
+                "x-amz-checksum-sha256",
+                "x-amz-checksum-type",
+                "x-amz-meta-mtime",
+                "x-amz-meta-laminar-provenance",
+                "x-amz-meta-",
+                "transfer-encoding",
+            ][..],
+        );
+        prop::collection::vec((name.prop_map(str::to_string), header_value()), 0..8)
+    }
+
+    proptest! {
+        #![proptest_config(config(512))]
+
+        /// The head of a GET or HEAD: metadata is read without a panic, and a range
+        /// answer is taken only when it holds exactly the bytes asked for.
+        #[test]
+        fn object_heads_never_panic_and_ranges_hold_what_was_asked(
+            status in prop_oneof![Just(200u16), Just(206), Just(204), Just(416), 100u16..600],
+            headers in head_headers(),
+            start in prop_oneof![Just(0u64), any::<u64>()],
+            len in prop_oneof![1u64..1 << 40, Just(1)],
+        ) {
+            let head = crate::http::ResponseHead { status, headers };
+            let _ = info_from_head(&head);
+            let end = start.saturating_add(len);
+            prop_assume!(end > start);
+            if check_range_answer("k", (start, end), &head).is_ok() {
+                prop_assert!(status == 200 || status == 206);
+                prop_assert_eq!(head.content_length(), Some(end - start));
+                if let Some(range) = head.content_range() {
+                    let range = range.expect("a Content-Range taken is valid");
+                    prop_assert_eq!((range.first, range.last), (start, end - 1));
+                }
+            }
+        }
+    }
+
+    /// An error document's Message is kept as it is, newlines and all, while the
+    /// error without a document is put in one line: `<Error><Code>X</Code><Message>a
+    /// \nFORGED: b</Message></Error>` makes an error of two lines
+    /// (engine/src/backend/s3.rs, `http_error`).
+    #[test]
+    #[ignore = "bug: a Message with a newline makes a two-line error"]
+    fn error_messages_stay_on_one_line() {
+        let body = b"<Error><Code>InternalError</Code><Message>a\nFORGED: b</Message></Error>";
+        let e = store_at(1).http_error("get", "k", &answer(500), body).to_string();
+        assert!(!e.contains('\n'), "{e:?}");
+    }
+}

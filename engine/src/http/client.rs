@@ -985,3 +985,347 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    //! Bodies as servers frame them, against a peer on loopback that writes the bytes
+    //! it is given in the pieces it is given and then closes: a chunked body reads
+    //! back to what was framed, and hostile framing ends in an error, not a panic or a
+    //! hang. Streamed request bodies (`aws-chunked` with a trailer) are what their
+    //! Content-Length says, and decode back to the data and its checksum. Epoll only:
+    //! the framing code is the same on both drivers.
+
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    use proptest::prelude::*;
+    use proptest::test_runner::RngSeed;
+
+    use super::*;
+    use crate::checksum::{ChecksumAlgo, Hasher};
+    use crate::pool::BufferPool;
+    use crate::runtime::{block_on, Driver};
+
+    fn config(cases: u32) -> ProptestConfig {
+        ProptestConfig {
+            cases,
+            failure_persistence: None,
+            rng_seed: RngSeed::Fixed(0xc4a2),
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// Bounds every wait of the peer and the client, so that a framing bug shows as
+    /// a failure and not as a test that never ends.
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// Reads one request head, writes `pieces`, closes.
+    fn serve(pieces: Vec<Vec<u8>>) -> (Endpoint, std::thread::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let handle = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            stream.set_read_timeout(Some(WAIT)).unwrap();
+            stream.set_nodelay(true).unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if stream.read(&mut byte).unwrap_or(0) == 0 {
+                    return;
+                }
+                head.push(byte[0]);
+            }
+            for piece in pieces {
+                // The client may stop reading (and close) at an error.
+                if stream.write_all(&piece).and_then(|()| stream.flush()).is_err() {
+                    return;
+                }
+            }
+        });
+        (Endpoint { tls: false, host: "127.0.0.1".into(), port }, handle)
+    }
+
+    /// The body of the response `bytes`, sent in pieces cut at `cuts`.
+    fn fetch(bytes: &[u8], cuts: &[usize]) -> Result<Vec<u8>> {
+        let mut at: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+        at.push(0);
+        at.push(bytes.len());
+        at.sort_unstable();
+        at.dedup();
+        let pieces = at.windows(2).map(|w| bytes[w[0]..w[1]].to_vec()).collect();
+        let (endpoint, peer) = serve(pieces);
+        let got = block_on(Driver::Epoll, async {
+            let client = HttpClient::new(WAIT, WAIT);
+            let req = Request { method: "GET", path: "/k", headers: Vec::new(), op: "get", target: "k" };
+            let (response, _) = client.send(&endpoint, &req, RequestBody::Empty).await?;
+            response.read_to_vec().await
+        })
+        .unwrap();
+        peer.join().unwrap();
+        got
+    }
+
+    const CHUNKED_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+
+    /// One chunk: its data, an extension, the case of its size and leading zeros.
+    type Chunk = (Vec<u8>, Option<String>, bool, usize);
+
+    fn chunk() -> impl Strategy<Value = Chunk> {
+        (
+            prop::collection::vec(any::<u8>(), 1..600),
+            prop::option::of(" ?;[a-z]{1,8}(=([a-z0-9]{1,8}|\"[a-z ;]{0,8}\"))?"),
+            any::<bool>(),
+            0usize..3,
+        )
+    }
+
+    /// A chunked body: the chunks, the last chunk's extension, trailers.
+    fn chunked_body(chunks: &[Chunk], last_ext: &Option<String>, trailers: &[(String, String)]) -> (Vec<u8>, Vec<u8>) {
+        let mut wire = Vec::new();
+        let mut data = Vec::new();
+        for (bytes, ext, upper, zeros) in chunks {
+            let size = if *upper { format!("{:X}", bytes.len()) } else { format!("{:x}", bytes.len()) };
+            let line = format!("{}{size}{}\r\n", "0".repeat(*zeros), ext.as_deref().unwrap_or(""));
+            wire.extend_from_slice(line.as_bytes());
+            wire.extend_from_slice(bytes);
+            wire.extend_from_slice(b"\r\n");
+            data.extend_from_slice(bytes);
+        }
+        wire.extend_from_slice(format!("0{}\r\n", last_ext.as_deref().unwrap_or("")).as_bytes());
+        for (name, value) in trailers {
+            wire.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+        }
+        wire.extend_from_slice(b"\r\n");
+        (wire, data)
+    }
+
+    fn mutate(mut bytes: Vec<u8>, edits: &[(u8, usize, u8)]) -> Vec<u8> {
+        for &(kind, at, byte) in edits {
+            let at = at % (bytes.len() + 1);
+            match kind % 4 {
+                0 if at < bytes.len() => bytes[at] = byte,
+                1 => bytes.insert(at, byte),
+                2 if at < bytes.len() => {
+                    bytes.remove(at);
+                }
+                _ => bytes.truncate(at.max(1)),
+            }
+        }
+        bytes
+    }
+
+    /// Decodes an `aws-chunked` body with one trailer: (data, trailer name, value).
+    fn decode_aws_chunked(mut wire: &[u8]) -> std::result::Result<(Vec<u8>, String, String), String> {
+        fn line<'a>(wire: &mut &'a [u8]) -> std::result::Result<&'a str, String> {
+            let end = wire.windows(2).position(|w| w == b"\r\n").ok_or("a line without CRLF")?;
+            let text = std::str::from_utf8(&wire[..end]).map_err(|e| e.to_string())?;
+            *wire = &wire[end + 2..];
+            Ok(text)
+        }
+        let mut data = Vec::new();
+        loop {
+            let size = usize::from_str_radix(line(&mut wire)?, 16).map_err(|e| e.to_string())?;
+            if size == 0 {
+                break;
+            }
+            if wire.len() < size + 2 || &wire[size..size + 2] != b"\r\n" {
+                return Err(format!("a chunk of {size} bytes is not followed by CRLF"));
+            }
+            data.extend_from_slice(&wire[..size]);
+            wire = &wire[size + 2..];
+        }
+        let (name, value) = line(&mut wire)?.split_once(':').ok_or("a trailer without ':'")?;
+        let (name, value) = (name.to_string(), value.to_string());
+        if !line(&mut wire)?.is_empty() || !wire.is_empty() {
+            return Err("more after the trailer".into());
+        }
+        Ok((data, name, value))
+    }
+
+    const TRAILERS: [(&str, ChecksumAlgo); 4] = [
+        ("x-amz-checksum-crc32c", ChecksumAlgo::Crc32c),
+        ("x-amz-checksum-crc64nvme", ChecksumAlgo::Crc64nvme),
+        ("x-amz-checksum-sha256", ChecksumAlgo::Sha256),
+        ("x-amz-checksum-sha1", ChecksumAlgo::Sha1),
+    ];
+
+    /// A drain of one (unused) chunk, for bodies whose framing alone is looked at.
+    fn idle_drain() -> Drain {
+        let pool = BufferPool::new(4096, 1);
+        let chunks = block_on(Driver::Epoll, pool.acquire(1)).unwrap();
+        crate::pool::ring::ring(chunks).1
+    }
+
+    proptest! {
+        #![proptest_config(config(96))]
+
+        #[test]
+        fn chunked_bodies_read_back_however_they_arrive(
+            chunks in prop::collection::vec(chunk(), 0..8),
+            last_ext in prop::option::of(";[a-z]{1,8}"),
+            trailers in prop::collection::vec(("x-[a-z]{1,10}", "[!-~]{1,20}"), 0..3),
+            cuts in prop::collection::vec(any::<usize>(), 0..12),
+        ) {
+            let (wire, data) = chunked_body(&chunks, &last_ext, &trailers);
+            let mut bytes = CHUNKED_HEAD.to_vec();
+            bytes.extend_from_slice(&wire);
+            let got = fetch(&bytes, &cuts);
+            prop_assert_eq!(got.map_err(|e| e.to_string()), Ok(data));
+        }
+
+        #[test]
+        fn hostile_chunked_bodies_end_in_an_error_or_a_body(
+            chunks in prop::collection::vec(chunk(), 0..4),
+            edits in prop::collection::vec((any::<u8>(), any::<usize>(), any::<u8>()), 1..6),
+            cuts in prop::collection::vec(any::<usize>(), 0..4),
+        ) {
+            let (wire, _) = chunked_body(&chunks, &None, &[]);
+            let mut bytes = CHUNKED_HEAD.to_vec();
+            bytes.extend_from_slice(&mutate(wire, &edits));
+            // The peer closes after the bytes: every read ends, so no wait may time out.
+            if let Err(e) = fetch(&bytes, &cuts) {
+                prop_assert!(!matches!(e, Error::Timeout { .. }), "{}", e);
+            }
+        }
+
+        #[test]
+        fn arbitrary_chunked_bodies_end_in_an_error_or_a_body(
+            body in prop::collection::vec(
+                prop_oneof![any::<u8>(), Just(b'\r'), Just(b'\n'), Just(b'0'), Just(b'f'), Just(b';')],
+                0..200,
+            ),
+        ) {
+            let mut bytes = CHUNKED_HEAD.to_vec();
+            bytes.extend_from_slice(&body);
+            if let Err(e) = fetch(&bytes, &[]) {
+                prop_assert!(!matches!(e, Error::Timeout { .. }), "{}", e);
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config(256))]
+
+        #[test]
+        fn aws_chunked_framing_is_its_content_length_and_decodes_back(
+            data in prop::collection::vec(any::<u8>(), 0..3000),
+            which in 0usize..TRAILERS.len(),
+        ) {
+            let (trailer, algo) = TRAILERS[which];
+            let mut hasher = Hasher::new(algo);
+            hasher.update(&data);
+            let value = hasher.finish().to_base64();
+            let body = StreamBody::new(idle_drain(), data.len() as u64, trailer, value.len());
+            let mut wire = body.prefix().into_bytes();
+            wire.extend_from_slice(&data);
+            wire.extend_from_slice(body.suffix(&value).as_bytes());
+            prop_assert_eq!(body.wire_len(), wire.len() as u64);
+            prop_assert_eq!(decode_aws_chunked(&wire), Ok((data, trailer.to_string(), value)));
+        }
+
+        #[test]
+        fn aws_chunked_lengths_add_up_for_any_size(data_len in 0u64..1 << 62, value_len in 0usize..100) {
+            // Parts are at most 5 GiB; sizes up to 2^62 leave `wire_len` room to add.
+            let body = StreamBody::new(idle_drain(), data_len, "x-amz-checksum-crc32c", value_len);
+            let value = "A".repeat(value_len);
+            let framing = body.prefix().len() as u128 + body.suffix(&value).len() as u128;
+            prop_assert_eq!(u128::from(body.wire_len()), framing + u128::from(data_len));
+            if data_len > 0 {
+                prop_assert_eq!(body.prefix(), format!("{data_len:x}\r\n"));
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config(12))]
+
+        /// Through the client to a peer that reads exactly the Content-Length.
+        #[test]
+        fn streamed_bodies_arrive_as_framed(
+            len in 0usize..40_000,
+            chunk_pages in 1usize..3,
+            piece_bytes in 1usize..8192,
+            chunk_count in 1usize..4,
+        ) {
+            // Pool chunks are whole pages; the reader fills them with pieces of any size.
+            let chunk_bytes = chunk_pages * 4096;
+            let piece_bytes = piece_bytes.min(chunk_bytes);
+            let payload: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let peer = std::thread::spawn(move || {
+                let (mut stream, _) = listener.accept().unwrap();
+                stream.set_read_timeout(Some(WAIT)).unwrap();
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    assert_eq!(stream.read(&mut byte).unwrap(), 1);
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8(head).unwrap();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap();
+                let mut body = vec![0u8; len];
+                stream.read_exact(&mut body).unwrap();
+                stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").unwrap();
+                // Nothing may follow the body the Content-Length announced.
+                let mut more = [0u8; 1];
+                let after = stream.read(&mut more).unwrap_or(0);
+                (body, after)
+            });
+            let endpoint = Endpoint { tls: false, host: "127.0.0.1".into(), port };
+            let sent = payload.clone();
+            let status = block_on(Driver::Epoll, async move {
+                let pool = BufferPool::new(chunk_bytes, chunk_count);
+                let (filler, drain) = crate::pool::ring::ring(pool.acquire(chunk_count).await);
+                let reader = async move {
+                    let mut h = Hasher::new(ChecksumAlgo::Crc32c);
+                    for piece in sent.chunks(piece_bytes) {
+                        let mut c = filler.empty_chunk().await.unwrap();
+                        c.extend_from(piece);
+                        h.update(piece);
+                        filler.send(c);
+                    }
+                    filler.finish(h.finish());
+                };
+                let client = HttpClient::new(WAIT, WAIT);
+                let body = StreamBody::new(drain, len as u64, "x-amz-checksum-crc32c", 8);
+                let put = Request { method: "PUT", path: "/k", headers: Vec::new(), op: "put", target: "k" };
+                let writer = client.send(&endpoint, &put, RequestBody::Stream(body));
+                let ((), sent) = monoio::join!(reader, writer);
+                sent.map(|(r, _)| r.head.status).map_err(|e| e.to_string())
+            })
+            .unwrap();
+            prop_assert_eq!(status, Ok(200));
+            let (body, after) = peer.join().unwrap();
+            prop_assert_eq!(after, 0);
+            let crc = base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                crc32c::crc32c(&payload).to_be_bytes(),
+            );
+            prop_assert_eq!(
+                decode_aws_chunked(&body),
+                Ok((payload, "x-amz-checksum-crc32c".to_string(), crc))
+            );
+        }
+    }
+
+    /// A chunk size that does not fit beside what was read wraps `out.len() + size`
+    /// (a panic in a debug build; in a release build the 64 MiB bound on metadata
+    /// bodies is skipped and `size as usize` bytes are buffered, as many as the server
+    /// sends). Input: `1\r\na\r\nffffffffffffffff\r\n` and then data, as the body of a
+    /// chunked response read with `read_to_vec` (engine/src/http/client.rs,
+    /// `Framing::Chunked` in `Response::read_to_vec`).
+    #[test]
+    #[ignore = "bug: a chunk size near u64::MAX overflows the metadata bound and is buffered"]
+    fn a_huge_chunk_size_is_refused_before_its_bytes_are_read() {
+        let mut bytes = CHUNKED_HEAD.to_vec();
+        bytes.extend_from_slice(b"1\r\na\r\nffffffffffffffff\r\n");
+        bytes.extend_from_slice(&vec![b'x'; 1 << 20]);
+        let err = fetch(&bytes, &[]).expect_err("no body this large").to_string();
+        assert!(err.contains("too large"), "{err}");
+    }
+}

@@ -136,10 +136,12 @@ impl TokenCache {
             op: "token",
             target: &target,
         };
-        let (response, _) = http.send(&cfg.token_endpoint, &req, RequestBody::Bytes(body.into_bytes())).await?;
+        let (response, _) = http.send(&cfg.token_endpoint, &req, RequestBody::Bytes(body.clone().into_bytes())).await?;
         let status = response.head.status;
         let bytes = response.read_to_vec().await?;
         if status >= 300 {
+            // Quoted in the error below: never with the secrets (or the signed JWT) it was sent.
+            let bytes = crate::backend::registry::without_sent(&bytes, &body);
             let parsed: Option<OAuthError> = serde_json::from_slice(&bytes).ok();
             let code = parsed.as_ref().and_then(|e| e.error.clone()).unwrap_or_default();
             let message = parsed.and_then(|e| e.error_description).unwrap_or_else(|| format!("HTTP {status}"));

@@ -11,6 +11,7 @@ use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde::Deserialize;
 
 use super::DropboxStore;
+use crate::backend::registry;
 use crate::error::{Error, ErrorClass, Result};
 use crate::http::{Request, RequestBody};
 
@@ -104,9 +105,13 @@ impl DropboxStore {
             target: &target,
         };
         let (response, _) =
-            self.http.send(&self.cfg.token_endpoint, &req, RequestBody::Bytes(form.into_bytes())).await?;
+            self.http.send(&self.cfg.token_endpoint, &req, RequestBody::Bytes(form.clone().into_bytes())).await?;
         let head = response.head.clone();
-        let body = response.read_to_vec().await?;
+        let mut body = response.read_to_vec().await?;
+        if head.status >= 300 {
+            // Quoted in the error below: never with the secrets it was sent.
+            body = registry::without_sent(&body, &form);
+        }
         if head.status >= 500 || head.status == 429 {
             return Err(self.http_error("refresh-token", &target, &head, &body, None));
         }

@@ -321,3 +321,105 @@ mod tests {
         assert!(for_entry(&Error::Usage("fix it".into()), "k").is_fatal());
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    //! The entries of a `finish_batch_v2` answer: any value gives its outcome or an
+    //! error, never a panic, and a failure keeps the tags of its error, outer first.
+
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+    use proptest::test_runner::RngSeed;
+
+    use super::super::auth::Credentials;
+    use super::super::DropboxConfig;
+    use super::*;
+    use crate::http::{Endpoint, HttpClient};
+
+    fn config(cases: u32) -> ProptestConfig {
+        ProptestConfig {
+            cases,
+            failure_persistence: None,
+            rng_seed: RngSeed::Fixed(0xba7c),
+            ..ProptestConfig::default()
+        }
+    }
+
+    fn store() -> DropboxStore {
+        let at = Endpoint { tls: false, host: "127.0.0.1".into(), port: 1 };
+        let cfg = DropboxConfig {
+            remote: "d".into(),
+            root: String::new(),
+            api: at.clone(),
+            content: at.clone(),
+            token_endpoint: at,
+            token_path: "/oauth2/token".into(),
+            credentials: Credentials::Token("tok".into()),
+            batch_commits: true,
+        };
+        DropboxStore {
+            cfg: Arc::new(cfg),
+            tokens: Arc::default(),
+            template: Arc::default(),
+            batcher: Arc::default(),
+            http: HttpClient::default(),
+        }
+    }
+
+    fn word() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(&[".tag", "success", "failure", "path", "conflict", "lookup_failed", "reason"][..])
+                .prop_map(str::to_string),
+            "\\PC{0,10}",
+        ]
+    }
+
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            word().prop_map(Value::String),
+        ];
+        leaf.prop_recursive(6, 64, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec((word(), inner), 0..6).prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(config(384))]
+
+        #[test]
+        fn arbitrary_entries_never_panic(v in json(), failure in json()) {
+            let _ = summary(&v);
+            let s = store();
+            for entry in [v.clone(), json!({ ".tag": "failure", "failure": failure }), json!({ ".tag": "success", "x": v })] {
+                let is_success = entry.get(".tag").and_then(Value::as_str) == Some("success");
+                match entry_outcome(&s, "k", entry) {
+                    Ok(_) => prop_assert!(is_success),
+                    Err(e) => {
+                        prop_assert!(!is_success);
+                        let _ = (e.to_string(), e.class());
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn failures_keep_their_tags(tags in prop::collection::vec("[a-z][a-z_]{0,16}", 1..12)) {
+            let mut failure = json!({ ".tag": tags[tags.len() - 1] });
+            for t in tags.iter().rev().skip(1) {
+                failure = json!({ ".tag": t, t.as_str(): failure });
+            }
+            let kept: Vec<&str> = tags.iter().take(8).map(String::as_str).collect();
+            prop_assert_eq!(summary(&failure), format!("{}/", kept.join("/")));
+            let e = entry_outcome(&store(), "k", json!({ ".tag": "failure", "failure": failure })).unwrap_err();
+            let Error::Http { status, code, .. } = &e else { panic!("{e}") };
+            prop_assert_eq!((*status, code.as_str()), (409, tags[0].as_str()));
+        }
+    }
+}

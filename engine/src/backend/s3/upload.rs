@@ -365,3 +365,145 @@ mod tests {
         assert!(back.full_object);
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    //! ListParts answers: arbitrary and mutated documents never panic; a generated
+    //! page (part numbers and sizes to their limits, quoted ETags, checksums) parses
+    //! back to its parts.
+
+    use proptest::prelude::*;
+    use proptest::test_runner::RngSeed;
+
+    use super::*;
+
+    fn config(cases: u32) -> ProptestConfig {
+        ProptestConfig {
+            cases,
+            failure_persistence: None,
+            rng_seed: RngSeed::Fixed(0x9a27),
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// One part: number, ETag (hex, quoting), size, CRC32C, SHA-256.
+    type Part = (u32, (String, u8), u64, Option<String>, Option<String>);
+
+    fn part() -> impl Strategy<Value = Part> {
+        (
+            prop_oneof![1u32..=10_000, any::<u32>()],
+            ("[0-9a-f]{32}", 0u8..3),
+            prop_oneof![any::<u64>(), Just(u64::MAX), Just(5 << 20)],
+            prop::option::of("[A-Za-z0-9+/]{6}=="),
+            prop::option::of("[A-Za-z0-9+/]{43}="),
+        )
+    }
+
+    fn page_xml(parts: &[Part], marker: &Option<String>, truncated: bool, pretty: bool) -> String {
+        let nl = if pretty { "\n  " } else { "" };
+        let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+        x.push_str("<ListPartsResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">");
+        x.push_str(&format!("{nl}<Bucket>bkt</Bucket>{nl}<Key>a &amp; b</Key>{nl}<UploadId>u~1</UploadId>"));
+        x.push_str(&format!("{nl}<PartNumberMarker>0</PartNumberMarker>"));
+        if let Some(m) = marker {
+            x.push_str(&format!("{nl}<NextPartNumberMarker>{m}</NextPartNumberMarker>"));
+        }
+        x.push_str(&format!("{nl}<MaxParts>1000</MaxParts>{nl}<IsTruncated>{truncated}</IsTruncated>"));
+        for (number, (hex, quoting), size, crc, sha) in parts {
+            let etag = match quoting {
+                0 => format!("&quot;{hex}&quot;"),
+                1 => format!("\"{hex}\""),
+                _ => hex.clone(),
+            };
+            x.push_str(&format!("{nl}<Part>{nl}<PartNumber>{number}</PartNumber>"));
+            x.push_str(&format!("{nl}<LastModified>2024-01-02T03:04:05.000Z</LastModified>"));
+            x.push_str(&format!("{nl}<ETag>{etag}</ETag>{nl}<Size>{size}</Size>"));
+            if let Some(c) = crc {
+                x.push_str(&format!("{nl}<ChecksumCRC32C>{c}</ChecksumCRC32C>"));
+            }
+            if let Some(s) = sha {
+                x.push_str(&format!("{nl}<ChecksumSHA256>{s}</ChecksumSHA256>"));
+            }
+            x.push_str(&format!("{nl}</Part>"));
+        }
+        x.push_str(&format!("{nl}<Initiator><ID>i</ID></Initiator>{nl}<StorageClass>STANDARD</StorageClass>"));
+        x.push_str("</ListPartsResult>");
+        x
+    }
+
+    fn mutate(mut bytes: Vec<u8>, edits: &[(u8, usize, u8)]) -> Vec<u8> {
+        for &(kind, at, byte) in edits {
+            let at = at % (bytes.len() + 1);
+            match kind % 5 {
+                0 if at < bytes.len() => bytes[at] = byte,
+                1 => bytes.insert(at, byte),
+                2 if at < bytes.len() => {
+                    bytes.remove(at);
+                }
+                3 => bytes.truncate(at),
+                _ => {
+                    let end = (at + usize::from(byte)).min(bytes.len());
+                    let copy = bytes[at..end].to_vec();
+                    bytes.splice(at..at, copy);
+                }
+            }
+        }
+        bytes
+    }
+
+    fn parse_all(bytes: &[u8]) {
+        let _ = quick_xml::de::from_reader::<_, ListPartsXml>(bytes);
+        let _ = quick_xml::de::from_reader::<_, InitiateXml>(bytes);
+    }
+
+    proptest! {
+        #![proptest_config(config(384))]
+
+        #[test]
+        fn arbitrary_documents_never_panic(text in "\\PC{0,300}", bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            parse_all(text.as_bytes());
+            parse_all(&bytes);
+        }
+
+        #[test]
+        fn mutated_pages_never_panic(
+            parts in prop::collection::vec(part(), 0..4),
+            edits in prop::collection::vec((any::<u8>(), any::<usize>(), any::<u8>()), 1..8),
+        ) {
+            parse_all(&mutate(page_xml(&parts, &Some("3".into()), true, false).into_bytes(), &edits));
+        }
+
+        #[test]
+        fn generated_pages_parse_back(
+            parts in prop::collection::vec(part(), 0..12),
+            marker in prop::option::of("[0-9]{1,5}"),
+            truncated in any::<bool>(),
+            pretty in any::<bool>(),
+        ) {
+            let page: ListPartsXml = quick_xml::de::from_reader(page_xml(&parts, &marker, truncated, pretty).as_bytes())
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(page.is_truncated, Some(truncated));
+            prop_assert_eq!(&page.next_part_number_marker, &marker);
+            prop_assert_eq!(page.parts.len(), parts.len());
+            for (got, (number, (hex, _), size, crc, sha)) in page.parts.iter().zip(&parts) {
+                prop_assert_eq!(got.part_number, *number);
+                prop_assert_eq!(got.etag.trim_matches('"'), hex.as_str());
+                prop_assert_eq!(got.size, *size);
+                prop_assert_eq!(&got.checksum_crc32c, crc);
+                prop_assert_eq!(&got.checksum_sha256, sha);
+                prop_assert_eq!(&got.checksum_sha1, &None);
+            }
+        }
+
+        #[test]
+        fn upload_ids_parse_back(id in "[A-Za-z0-9._~-][A-Za-z0-9._~+/=-]{0,120}") {
+            let xml = format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<InitiateMultipartUploadResult \
+                 xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Bucket>bkt</Bucket><Key>k</Key>\
+                 <UploadId>{id}</UploadId></InitiateMultipartUploadResult>"
+            );
+            let parsed: InitiateXml = quick_xml::de::from_reader(xml.as_bytes()).unwrap();
+            prop_assert_eq!(parsed.upload_id, id);
+        }
+    }
+}
