@@ -753,7 +753,16 @@ mod proptests {
         }
     }
 
-    fn store(follow_shortcuts: bool) -> DriveStore {
+    thread_local! {
+        /// A store of each kind, made once (a client is costly to make).
+        static IDLE: [Rc<DriveStore>; 2] = [Rc::new(make_store(false)), Rc::new(make_store(true))];
+    }
+
+    fn store(follow_shortcuts: bool) -> Rc<DriveStore> {
+        IDLE.with(|s| s[usize::from(follow_shortcuts)].clone())
+    }
+
+    fn make_store(follow_shortcuts: bool) -> DriveStore {
         let table: toml::Table =
             toml::from_str("client_id = \"c\"\nclient_secret = \"s\"\nrefresh_token = \"r\"").unwrap();
         let mut cfg = registry::parse::<DriveRemoteConfig>("gd", "drive", table).unwrap().resolve("gd").unwrap();

@@ -346,7 +346,16 @@ mod proptests {
         }
     }
 
-    fn store() -> DropboxStore {
+    thread_local! {
+        static IDLE: std::rc::Rc<DropboxStore> = std::rc::Rc::new(make_store());
+    }
+
+    /// A store made once (a client is costly to make).
+    fn store() -> std::rc::Rc<DropboxStore> {
+        IDLE.with(std::rc::Rc::clone)
+    }
+
+    fn make_store() -> DropboxStore {
         let at = Endpoint { tls: false, host: "127.0.0.1".into(), port: 1 };
         let cfg = DropboxConfig {
             remote: "d".into(),
