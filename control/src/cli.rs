@@ -108,7 +108,7 @@ pub struct EngineArgs {
     /// Retries per object or part for transient errors
     #[arg(long, default_value_t = 4)]
     pub retries: u32,
-    /// Skip the MD5 computed to check plain-MD5 ETags (saves CPU; CRC checks remain)
+    /// Skip the MD5 computed to check ETags, plain or multipart (saves CPU; CRC checks remain, and objects nothing else vouches for are checked hop by hop)
     #[arg(long)]
     pub no_md5: bool,
     /// A request in which no byte moves this long is retried (also the grace before --min-rate counts), e.g. 60s

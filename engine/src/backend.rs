@@ -30,7 +30,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::checksum::{Checksum, ChecksumAlgo, Hashers};
+use crate::checksum::{Checksum, ChecksumAlgo, Composite, Hashers};
 use crate::error::{Error, Result};
 use crate::http::HttpClient;
 use crate::pool::ring::{Drain, Filler};
@@ -452,6 +452,14 @@ pub trait Source: Store {
     ) -> LocalFuture<'a, Result<Option<String>>>;
     /// A reference for server-side copies, when the store supports them.
     fn copy_source(&self, key: &str) -> Option<CopySource>;
+    /// The hash the store names an object uploaded in parts by, when that is the MD5
+    /// of its parts' MD5s (an S3 multipart ETag), with the part layout it was made
+    /// from: `info` is the object's [`stat`](Store::stat). None where the store names
+    /// the object otherwise or cannot say how its parts were cut.
+    fn composite<'a>(&'a self, key: &'a str, info: &'a ObjectInfo) -> LocalFuture<'a, Result<Option<Composite>>> {
+        let _ = (key, info);
+        Box::pin(async { Ok(None) })
+    }
 }
 
 /// A boxed upload session borrowing its sink.

@@ -15,9 +15,42 @@
 use base64::Engine as _;
 use md5::Digest as _;
 
+pub mod composite;
 pub mod dropbox;
 
+pub use composite::{composite_of, Composite, Md5Blocks, Md5Part};
 pub use dropbox::{dropbox_combine, DropboxBlocks, DropboxHasher, DropboxPart, DROPBOX_BLOCK_BYTES};
+
+/// Which digests of a source's own blocks a part's read keeps, to be combined with the
+/// other parts' into the hash the source names the whole object by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockKind {
+    /// Dropbox's 4 MiB block SHA-256s ([`dropbox_combine`]).
+    Dropbox,
+    /// The MD5 of each source part of `block_bytes` ([`composite_of`]).
+    Md5 {
+        /// The source's part size.
+        block_bytes: u64,
+    },
+}
+
+/// A part's block digests, as [`Hashers::take_blocks`] gives them and the journal
+/// keeps them (a Dropbox part is stored as it was before MD5 parts existed).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum PartBlocks {
+    /// Dropbox blocks.
+    Dropbox(DropboxPart),
+    /// Source parts' MD5s.
+    Md5(Md5Part),
+}
+
+/// The block digests being kept while a part's bytes stream.
+#[derive(Clone)]
+enum BlockKeeper {
+    Dropbox(DropboxBlocks),
+    Md5(Md5Blocks),
+}
 
 /// A checksum algorithm the relay can compute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -485,8 +518,8 @@ pub struct Hashers {
     md5: Option<md5::Md5>,
     sha1: Option<sha1::Sha1>,
     dropbox: Option<DropboxHasher>,
-    /// A part's Dropbox block digests, kept to combine parts hashed apart.
-    dropbox_blocks: Option<DropboxBlocks>,
+    /// A part's source block digests, kept to combine parts hashed apart.
+    blocks: Option<BlockKeeper>,
 }
 
 impl Hashers {
@@ -513,7 +546,7 @@ impl Hashers {
             md5: None,
             sha1: None,
             dropbox: None,
-            dropbox_blocks: None,
+            blocks: None,
         };
         for algo in set.iter() {
             hashers.add(algo);
@@ -537,16 +570,23 @@ impl Hashers {
         }
     }
 
-    /// Also keeps the Dropbox block digests of the bytes, a part of `len_bytes` that
-    /// starts on a 4 MiB boundary, for [`dropbox_combine`]; before the first byte.
-    pub fn keep_dropbox_blocks(&mut self, len_bytes: u64) {
+    /// Also keeps the source's block digests of the bytes, a part of `len_bytes` that
+    /// starts on a block boundary, for [`dropbox_combine`] or [`composite_of`]; before
+    /// the first byte.
+    pub fn keep_blocks(&mut self, kind: BlockKind, len_bytes: u64) {
         assert_eq!(self.fed_bytes, 0, "block digests kept after bytes were hashed");
-        self.dropbox_blocks = Some(DropboxBlocks::with_capacity(len_bytes));
+        self.blocks = Some(match kind {
+            BlockKind::Dropbox => BlockKeeper::Dropbox(DropboxBlocks::with_capacity(len_bytes)),
+            BlockKind::Md5 { block_bytes } => BlockKeeper::Md5(Md5Blocks::new(block_bytes, len_bytes)),
+        });
     }
 
-    /// The block digests kept by [`keep_dropbox_blocks`](Self::keep_dropbox_blocks).
-    pub fn take_dropbox_part(&mut self) -> Option<DropboxPart> {
-        self.dropbox_blocks.take().map(DropboxBlocks::finish)
+    /// The block digests kept by [`keep_blocks`](Self::keep_blocks).
+    pub fn take_blocks(&mut self) -> Option<PartBlocks> {
+        self.blocks.take().map(|b| match b {
+            BlockKeeper::Dropbox(d) => PartBlocks::Dropbox(d.finish()),
+            BlockKeeper::Md5(m) => PartBlocks::Md5(m.finish()),
+        })
     }
 
     /// The primary algorithm, when made by [`new`](Self::new).
@@ -619,8 +659,10 @@ impl Hashers {
         if let Some(d) = &mut self.dropbox {
             d.update(bytes);
         }
-        if let Some(b) = &mut self.dropbox_blocks {
-            b.update(bytes);
+        match &mut self.blocks {
+            Some(BlockKeeper::Dropbox(b)) => b.update(bytes),
+            Some(BlockKeeper::Md5(b)) => b.update(bytes),
+            None => {}
         }
     }
 

@@ -41,7 +41,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::backend::{PartRecord, SessionState};
-use crate::checksum::DropboxPart;
+use crate::checksum::PartBlocks;
 use crate::error::{Error, Result};
 
 /// The database file in the data directory.
@@ -91,7 +91,7 @@ CREATE TABLE IF NOT EXISTS parts (
 /// One record for the writer.
 enum Write {
     Begun { relay: i64, upload: Box<Resumable>, src: String, dst: String },
-    Part { dst: String, dst_key: String, record: Box<PartRecord>, blocks: Option<Box<DropboxPart>> },
+    Part { dst: String, dst_key: String, record: Box<PartRecord>, blocks: Option<Box<PartBlocks>> },
     Ended { dst: String, dst_key: String },
     RelayEnded { relay: i64, state: &'static str },
     Flush(crossbeam_channel::Sender<()>),
@@ -220,7 +220,7 @@ pub struct Resumable {
     /// The session, with the parts the destination acknowledged.
     pub state: SessionState,
     /// The source's block digests of those parts, by part number (Dropbox sources).
-    pub blocks: HashMap<u32, DropboxPart>,
+    pub blocks: HashMap<u32, PartBlocks>,
 }
 
 /// What a relay found in the journal at its start.
@@ -328,7 +328,7 @@ impl RelayJournal {
                 for part in parts {
                     let (record, blocks_json) = part.map_err(err)?;
                     let Ok(record) = serde_json::from_str::<PartRecord>(&record) else { continue };
-                    if let Some(b) = blocks_json.and_then(|b| serde_json::from_str::<DropboxPart>(&b).ok()) {
+                    if let Some(b) = blocks_json.and_then(|b| serde_json::from_str::<PartBlocks>(&b).ok()) {
                         blocks.insert(record.number, b);
                     }
                     state.parts.push(record);
@@ -384,7 +384,7 @@ impl RelayJournal {
     }
 
     /// Records a part the destination acknowledged.
-    pub fn part(&self, dst_key: &str, record: &PartRecord, blocks: Option<&DropboxPart>) {
+    pub fn part(&self, dst_key: &str, record: &PartRecord, blocks: Option<&PartBlocks>) {
         self.journal.send(Write::Part {
             dst: self.dst.clone(),
             dst_key: dst_key.to_string(),

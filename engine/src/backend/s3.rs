@@ -20,6 +20,7 @@ use aws_sigv4::sign::v4;
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Deserialize;
 
+mod composite;
 mod config;
 mod upload;
 
@@ -29,7 +30,7 @@ use super::{
     Backend, Capabilities, CopySource, Entry, HashFamily, ListOrder, ListPage, LocalFuture, MetaSupport, ObjectInfo,
     ObjectMeta, PartLimits, PutArgs, Session, SessionState, Sink, Source, Store, UploadMode, UploadPlan, WorkerCtx,
 };
-use crate::checksum::{Checksum, ChecksumAlgo, Hashers};
+use crate::checksum::{Checksum, ChecksumAlgo, Composite, Hashers};
 use crate::error::{Error, ErrorClass, Result};
 use crate::http::{Endpoint, HttpClient, Request, RequestBody, Response};
 use crate::pool::ring::Filler;
@@ -43,6 +44,8 @@ const QUERY_SET: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(
 const META_PREFIX: &str = "x-amz-meta-";
 const MTIME_META: &str = "mtime";
 const PROVENANCE_META: &str = "laminar-provenance";
+/// The metadata rclone keeps a file's MD5 in (base64), where the ETag is not its MD5.
+const RCLONE_MD5_META: &str = "md5chksum";
 
 /// How to reach one bucket.
 #[derive(Clone)]
@@ -551,6 +554,13 @@ fn info_from_head(head: &crate::http::ResponseHead) -> ObjectInfo {
         if let Some(user) = name.strip_prefix(META_PREFIX) {
             match user {
                 MTIME_META => info.meta.mtime = ObjectMeta::parse_mtime(value),
+                // rclone's whole-file MD5, kept for objects it uploads in parts (and
+                // kept on as user metadata: the bytes relayed are the same).
+                RCLONE_MD5_META => {
+                    info.checksums
+                        .extend(Checksum::from_base64(ChecksumAlgo::Md5, value).filter(|c| c.bytes.len() == 16));
+                    info.meta.user.push((user.to_string(), value.clone()));
+                }
                 PROVENANCE_META => info.provenance = Some(value.clone()),
                 _ => info.meta.user.push((user.to_string(), value.clone())),
             }
@@ -748,6 +758,10 @@ impl Source for S3Store {
             response.read_stream(filler, hashers).await?;
             Ok(head.header("etag").map(|e| e.trim_matches('"').to_string()))
         })
+    }
+
+    fn composite<'a>(&'a self, key: &'a str, info: &'a ObjectInfo) -> LocalFuture<'a, Result<Option<Composite>>> {
+        Box::pin(self.composite_of(key, info))
     }
 
     fn copy_source(&self, key: &str) -> Option<CopySource> {

@@ -261,9 +261,7 @@ async fn send_from(
 ) -> Result<PartRecord> {
     let algo = ctx.shared.opts.checksum;
     let mut whole = Hashers::new(algo, false);
-    if super::parts::keeps_source_blocks(job) {
-        whole.keep_dropbox_blocks(spec.len);
-    }
+    super::parts::keep_source_blocks(job, &mut whole, spec.len);
     let key = job.src_key();
     if skip > 0 {
         // The bytes the store holds are read again only to be hashed.
@@ -290,7 +288,7 @@ async fn send_from(
             format!("part {} came back short: {} of {} bytes", spec.number, body.len(), rest.len),
         ));
     }
-    super::parts::record_source_blocks(job, spec.offset, whole.take_dropbox_part());
+    super::parts::record_source_blocks(job, spec.offset, whole.take_blocks());
     let (part_sum, _) = whole.finish();
     *sent_sum.borrow_mut() = Some(part_sum.clone());
     if skip == 0 {

@@ -17,7 +17,7 @@ use super::spill::{part_from_stage, spill, vote_destination_slower};
 use super::transfer::{gone, put_args, queue_next_part, server_side, Ctx, ObjectJob, PartTask, Phase};
 use super::Outcome;
 use crate::backend::{Committed, CopySource, PartRecord, PartSpec, SessionState, UploadPlan, UploadSession};
-use crate::checksum::{crc32c_combine, Checksum, ChecksumAlgo, Hashers};
+use crate::checksum::{crc32c_combine, BlockKind, Checksum, ChecksumAlgo, Hashers, PartBlocks};
 use crate::error::{Error, Result};
 use crate::metrics::{timed, Op};
 use crate::pool::Body;
@@ -41,10 +41,41 @@ pub(super) async fn plan_large(ctx: &Ctx, job: &ObjectJob) -> Result<u32> {
             alignment_bytes = aligned;
         }
     }
-    // Prefer parts that fit a worker's share of the RAM tier, so small buffers still work.
+    let info =
+        ctx.retry(|| timed(ctx.src_label(), Op::Stat, ctx.src.stat(job.src_key()))).await?.ok_or_else(|| gone(job))?;
+    if info.size != job.size() {
+        return Err(Error::protocol("stat", job.src_key(), "the object changed size during the relay"));
+    }
+    // A source that vouches only by the MD5 of its own parts' MD5s is checked by
+    // reading in whole multiples of its parts, where a worker's RAM holds them and the
+    // destination takes such parts.
+    // Parts are copied server-side only into parallel sessions: an ordered stream is
+    // sent bytes, which must then be checked like any other.
+    let parallel = ctx.dst.capabilities().upload == crate::backend::UploadMode::Parallel;
+    let copy = server_side(ctx, job).filter(|_| parallel);
+    let wants_composite = copy.is_none() && ctx.shared.opts.verify_md5 && vouches_only_by_parts(&info);
+    let composite = match wants_composite {
+        true => ctx.retry(|| timed(ctx.src_label(), Op::Stat, ctx.src.composite(job.src_key(), &info))).await?,
+        false => None,
+    }
+    .and_then(|c| {
+        let aligned = lcm(alignment_bytes, c.part_bytes);
+        let fits = aligned <= pool_bytes.min(limits.max_part_bytes)
+            && job.size().div_ceil(aligned) <= u64::from(limits.max_parts);
+        fits.then(|| {
+            alignment_bytes = aligned;
+            c
+        })
+    });
+    // Prefer parts that fit a worker's share of the RAM tier, so small buffers still
+    // work; whole source parts are rounded down to, so as not to grow past it.
+    let mut preferred = ctx.shared.opts.part_size_bytes.min(pool_bytes);
+    if composite.is_some() {
+        preferred = (preferred / alignment_bytes).max(1) * alignment_bytes;
+    }
     let part_size = choose_part_size(
         job.size(),
-        ctx.shared.opts.part_size_bytes.min(pool_bytes),
+        preferred,
         limits.min_part_bytes,
         limits.max_part_bytes,
         limits.max_parts,
@@ -55,10 +86,6 @@ pub(super) async fn plan_large(ctx: &Ctx, job: &ObjectJob) -> Result<u32> {
         key: job.src_key().to_string(),
         reason: format!("{} bytes is more than the destination accepts in one object", job.size()),
     })?;
-    // Parts are copied server-side only into parallel sessions: an ordered stream is
-    // sent bytes, which must then be checked like any other.
-    let parallel = ctx.dst.capabilities().upload == crate::backend::UploadMode::Parallel;
-    let copy = server_side(ctx, job).filter(|_| parallel);
     if copy.is_none() && part_size > pool_bytes {
         return Err(Error::Usage(format!(
             "{} needs parts of {}, more than a worker's share of the RAM buffer ({}); raise --ram-buffer or lower --workers",
@@ -66,11 +93,6 @@ pub(super) async fn plan_large(ctx: &Ctx, job: &ObjectJob) -> Result<u32> {
             laminar_tuning::HumanBytes(part_size),
             laminar_tuning::HumanBytes(pool_bytes)
         )));
-    }
-    let info =
-        ctx.retry(|| timed(ctx.src_label(), Op::Stat, ctx.src.stat(job.src_key()))).await?.ok_or_else(|| gone(job))?;
-    if info.size != job.size() {
-        return Err(Error::protocol("stat", job.src_key(), "the object changed size during the relay"));
     }
     let args = put_args(&info, job.src_version(), None);
     let checksum = copy.is_none().then_some(ctx.shared.opts.checksum);
@@ -97,6 +119,7 @@ pub(super) async fn plan_large(ctx: &Ctx, job: &ObjectJob) -> Result<u32> {
     };
     let mut large = job.large();
     large.source = info;
+    large.composite = composite;
     large.copy = copy;
     let progress = &mut large.progress;
     progress.part_size = part_size;
@@ -104,7 +127,7 @@ pub(super) async fn plan_large(ctx: &Ctx, job: &ObjectJob) -> Result<u32> {
     progress.parts = vec![None; progress.part_count() as usize];
     let count = progress.part_count();
     large.source_blocks = vec![None; count as usize];
-    if large.copy.is_none() {
+    if large.copy.is_none() && large.composite.is_none() {
         large.chain = chain::wanted(&large.source.checksums).map(|reported| chain::Chain::new(reported, count));
     }
     if let Some(done) = done {
@@ -140,7 +163,7 @@ pub(super) async fn plan_large(ctx: &Ctx, job: &ObjectJob) -> Result<u32> {
 struct Resumed {
     state: SessionState,
     parts: Vec<PartRecord>,
-    blocks: std::collections::HashMap<u32, crate::checksum::DropboxPart>,
+    blocks: std::collections::HashMap<u32, crate::checksum::PartBlocks>,
     held: Option<u64>,
 }
 
@@ -389,9 +412,7 @@ async fn part_whole(
     // No MD5 here: each part carries its checksum, which the store verifies, and a
     // ranged read has no ETag to check against.
     let mut hashers = Hashers::new(algo, false);
-    if keeps_source_blocks(job) {
-        hashers.keep_dropbox_blocks(spec.len);
-    }
+    keep_source_blocks(job, &mut hashers, spec.len);
     let started = Instant::now();
     let read = ctx.src.read(job.src_key(), Some(spec.range()), Body::new(chunks), &mut hashers);
     let body = match timed(ctx.src_label(), Op::Get, read).await.and_then(|(body, info)| {
@@ -412,7 +433,7 @@ async fn part_whole(
             return Err(e);
         }
     };
-    record_source_blocks(job, spec.offset, hashers.take_dropbox_part());
+    record_source_blocks(job, spec.offset, hashers.take_blocks());
     let source_busy = started.elapsed();
     let (sum, _) = hashers.finish();
     *read_sum.borrow_mut() = Some(sum.clone());
@@ -443,16 +464,14 @@ async fn part_streamed(
     let source_busy = std::cell::Cell::new(Duration::ZERO);
     let read = async {
         let mut hashers = Hashers::new(algo, false);
-        if keeps_source_blocks(job) {
-            hashers.keep_dropbox_blocks(spec.len);
-        }
+        keep_source_blocks(job, &mut hashers, spec.len);
         let read = ctx.src.read_stream(job.src_key(), spec.range(), &filler, &mut hashers);
         // The part is finished (and so can complete at the store) only once its bytes
         // are known to be of the object's version.
         match timed(ctx.src_label(), Op::Get, read).await.and_then(|seen| super::transfer::pinned(job, seen.as_deref()))
         {
             Ok(()) => {
-                record_source_blocks(job, spec.offset, hashers.take_dropbox_part());
+                record_source_blocks(job, spec.offset, hashers.take_blocks());
                 let sum = hashers.finish().0;
                 // Time the source was busy: reading, not waiting for ring space.
                 source_busy.set(started.elapsed().saturating_sub(waits.reader()));
@@ -497,31 +516,69 @@ fn lcm(a: u64, b: u64) -> u64 {
     a / gcd(a, b) * b
 }
 
-/// Whether the parts read from the source keep Dropbox block digests: the source
-/// reports a content_hash, which parts on 4 MiB boundaries combine into.
-pub(super) fn keeps_source_blocks(job: &ObjectJob) -> bool {
-    job.large().source.checksums.iter().any(|c| c.algo == ChecksumAlgo::DropboxContentHash)
+/// Whether nothing the source reported for the object combines from parts hashed
+/// apart (so that only a hash of its own parts, where it has one, checks the object
+/// without reading it in order).
+fn vouches_only_by_parts(info: &crate::backend::ObjectInfo) -> bool {
+    !info.checksums.iter().any(|c| c.algo.combinable() || c.algo == ChecksumAlgo::DropboxContentHash)
+}
+
+/// Which block digests the parts read from the source keep: Dropbox's, when the
+/// source reports a content_hash (which parts on 4 MiB boundaries combine into), else
+/// the MD5s of the source's own parts, when it vouches by their MD5 ([`Large::composite`]).
+pub(super) fn source_block_kind(job: &ObjectJob) -> Option<BlockKind> {
+    let m = job.large();
+    if m.source.checksums.iter().any(|c| c.algo == ChecksumAlgo::DropboxContentHash) {
+        return Some(BlockKind::Dropbox);
+    }
+    m.composite.as_ref().map(|c| BlockKind::Md5 { block_bytes: c.part_bytes })
+}
+
+/// Starts keeping the source's block digests of a part of `len` bytes, where the
+/// object is checked by them.
+pub(super) fn keep_source_blocks(job: &ObjectJob, hashers: &mut Hashers, len: u64) {
+    if let Some(kind) = source_block_kind(job) {
+        hashers.keep_blocks(kind, len);
+    }
 }
 
 /// Records the block digests of the part read at `offset`, as soon as its bytes are
 /// read (a retry that finds the part committed reads nothing again).
-pub(super) fn record_source_blocks(job: &ObjectJob, offset: u64, blocks: Option<crate::checksum::DropboxPart>) {
+pub(super) fn record_source_blocks(job: &ObjectJob, offset: u64, blocks: Option<PartBlocks>) {
     let Some(blocks) = blocks else { return };
     let mut m = job.large();
     let index = m.progress.part_of(offset) as usize;
     m.source_blocks[index] = Some(blocks);
 }
 
-/// The source's content_hash checked against the parts' block digests: `Some(Ok)`
-/// when it matches, `Some(Err((reported, received)))` when it differs, None when it
-/// could not be checked (parts off 4 MiB boundaries, or a part not read in this run).
-fn source_content_hash(job: &ObjectJob) -> Option<Result<(), (Checksum, Checksum)>> {
+/// The source's hash of its blocks checked against the parts' block digests:
+/// `Some(Ok(name))` when it matches, `Some(Err((reported, received)))` when it differs,
+/// None when it could not be checked (parts off the blocks' boundaries, or a part not
+/// read in this run).
+fn source_blocks_hash(job: &ObjectJob) -> Option<Result<&'static str, (String, String)>> {
     let m = job.large();
-    let reported = m.source.checksums.iter().find(|c| c.algo == ChecksumAlgo::DropboxContentHash)?;
-    let parts: Vec<_> = m.source_blocks.iter().cloned().collect::<Option<_>>()?;
-    let full = crate::checksum::dropbox_combine(&parts)?;
-    Some(if &full == reported { Ok(()) } else { Err((reported.clone(), full)) })
+    let parts: Vec<PartBlocks> = m.source_blocks.iter().cloned().collect::<Option<_>>()?;
+    if let Some(reported) = m.source.checksums.iter().find(|c| c.algo == ChecksumAlgo::DropboxContentHash) {
+        let parts: Vec<_> = parts
+            .into_iter()
+            .map(|p| if let PartBlocks::Dropbox(d) = p { Some(d) } else { None })
+            .collect::<Option<_>>()?;
+        let full = crate::checksum::dropbox_combine(&parts)?;
+        return Some(if &full == reported {
+            Ok("content_hash")
+        } else {
+            Err((reported.to_string(), full.to_string()))
+        });
+    }
+    let reported = m.composite.as_ref()?;
+    let parts: Vec<_> =
+        parts.into_iter().map(|p| if let PartBlocks::Md5(d) = p { Some(d) } else { None }).collect::<Option<_>>()?;
+    let full = crate::checksum::composite_of(&parts, reported)?;
+    Some(if &full == reported { Ok(COMPOSITE_CHECK) } else { Err((reported.to_string(), full.to_string())) })
 }
+
+/// How the report names a check by the MD5 of the source's part MD5s.
+pub(super) const COMPOSITE_CHECK: &str = "md5-of-parts";
 
 /// The whole object's checksum from its parts, when the algorithm combines.
 fn combined(parts: &[PartRecord]) -> Option<Checksum> {
@@ -611,8 +668,8 @@ async fn complete(ctx: &Ctx, job: &ObjectJob, session: &dyn UploadSession, parts
             source_checks.push(crate::relay::check_name(full.algo));
         }
     }
-    match if is_copy { None } else { source_content_hash(job) } {
-        Some(Ok(())) => source_checks.push("content_hash"),
+    match if is_copy { None } else { source_blocks_hash(job) } {
+        Some(Ok(name)) => source_checks.push(name),
         Some(Err((reported, got))) => {
             return Err(Error::Integrity {
                 op: "get",

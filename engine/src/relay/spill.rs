@@ -163,13 +163,11 @@ async fn fill_part(ctx: &Ctx, job: &ObjectJob, file: &StageFile, range: (u64, u6
     let started = Instant::now();
     let read = async {
         let mut hashers = Hashers::new(algo, false);
-        if super::parts::keeps_source_blocks(job) {
-            hashers.keep_dropbox_blocks(len);
-        }
+        super::parts::keep_source_blocks(job, &mut hashers, len);
         let seen =
             timed(ctx.src_label(), Op::Get, ctx.src.read_stream(job.src_key(), range, &filler, &mut hashers)).await?;
         super::transfer::pinned(job, seen.as_deref())?;
-        super::parts::record_source_blocks(job, range.0, hashers.take_dropbox_part());
+        super::parts::record_source_blocks(job, range.0, hashers.take_blocks());
         // As for a streamed part: the source's time ends with its last byte, not
         // when the stage has written it.
         let busy = started.elapsed().saturating_sub(waits.reader());

@@ -15,7 +15,7 @@ use super::{Outcome, Shared};
 use crate::backend::{
     provenance, CopySource, HashFamily, ObjectInfo, PartRecord, PartSpec, PutArgs, Sink, Source, UploadMode, UploadPlan,
 };
-use crate::checksum::{etag_is_md5, Checksum, ChecksumAlgo, Digests, Hashers};
+use crate::checksum::{etag_is_md5, Checksum, ChecksumAlgo, Composite, Digests, Hashers};
 use crate::error::{Error, Result};
 use crate::metrics::{timed, Op};
 use crate::pool::{Body, BufferPool};
@@ -111,9 +111,13 @@ pub(super) struct Large {
     /// Whether every part is filled into the stage before it is sent (the object
     /// was routed through the stage, not spilled part by part).
     pub(super) fill_first: bool,
-    /// Per part, when the source reports a Dropbox content_hash: the block digests of
-    /// the bytes read, combined at the end to check the whole object against it.
-    pub(super) source_blocks: Vec<Option<crate::checksum::DropboxPart>>,
+    /// Per part, when the source vouches by a hash of its own blocks (a Dropbox
+    /// content_hash, or [`composite`](Self::composite)): the block digests of the bytes
+    /// read, combined at the end to check the whole object against it.
+    pub(super) source_blocks: Vec<Option<crate::checksum::PartBlocks>>,
+    /// The MD5 of part MD5s the source vouches with, and its part layout, when it has
+    /// nothing better and the relay's parts keep to that layout.
+    pub(super) composite: Option<crate::checksum::Composite>,
     /// The running whole-object hash, when the source vouches only with hashes that do
     /// not combine from parts (see [`super::chain`]).
     pub(super) chain: Option<super::chain::Chain>,
@@ -350,6 +354,23 @@ fn verify_source(job_key: &str, info: &ObjectInfo, digests: &Digests) -> Result<
     Ok(checked)
 }
 
+/// Checks an object read whole against the MD5 of its parts' MD5s, where that is how
+/// the source names it (its bytes are in RAM: a second pass over them, for objects
+/// nothing else vouches for). Returns the check's name, if it was made.
+async fn verify_composite(ctx: &Ctx, job: &ObjectJob, info: &ObjectInfo, body: &Body) -> Result<Option<&'static str>> {
+    let composite = timed(ctx.src_label(), Op::Stat, ctx.src.composite(&job.src_key, info)).await?;
+    let Some(reported) = composite else { return Ok(None) };
+    let got = Composite::of_slices(reported.part_bytes, body.slices());
+    if got != reported {
+        return Err(Error::Integrity {
+            op: "get",
+            target: job.src_key.clone(),
+            detail: format!("the source reports {reported}, the bytes received have {got}"),
+        });
+    }
+    Ok(Some(super::parts::COMPOSITE_CHECK))
+}
+
 pub(super) fn put_args(info: &ObjectInfo, version: &str, sum: Option<&Checksum>) -> PutArgs {
     PutArgs { meta: info.meta.clone(), provenance: Some(provenance(version, sum)) }
 }
@@ -560,7 +581,10 @@ async fn small(ctx: &Ctx, job: &ObjectJob) -> Result<()> {
                 ));
             }
             let digests = hashers.finish_all();
-            let source_checks = verify_source(&job.src_key, &info, &digests)?;
+            let mut source_checks = verify_source(&job.src_key, &info, &digests)?;
+            if source_checks.is_empty() && ctx.shared.opts.verify_md5 {
+                source_checks.extend(verify_composite(ctx, job, &info, &body).await?);
+            }
             vouched_for(ctx, &job.src_key, &source_checks, info.etag.as_deref())?;
             let sum = digests.get(algo).cloned().expect("the relay's checksum is computed");
             format.set(body.chunks.first().and_then(|c| crate::sniff::sniff(c.as_slice())));
