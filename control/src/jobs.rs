@@ -611,7 +611,8 @@ impl Jobs {
                 JobError::Invalid(format!("checksum {c:?}: use crc32c, crc64nvme, sha256, sha1 or md5"))
             })?;
         }
-        opts.filter = Filter::new(&spec.include, &spec.exclude).map_err(|e| JobError::Invalid(e.to_string()))?;
+        opts.filter = Filter::named(&spec.include, &spec.exclude, ["include", "exclude"])
+            .map_err(|e| JobError::Invalid(e.to_string()))?;
         opts.dry_run = spec.dry_run;
         if let Some(t) = spec.transfers {
             check_transfers(t)?;

@@ -21,8 +21,14 @@ pub struct Filter {
 }
 
 impl Filter {
-    /// Builds a filter; an invalid glob is a usage error naming it.
+    /// Builds a filter; an invalid glob is a usage error naming it and its flag.
     pub fn new(include: &[String], exclude: &[String]) -> Result<Filter> {
+        Filter::named(include, exclude, ["--include", "--exclude"])
+    }
+
+    /// Builds a filter whose errors name the globs as `names` says (a job's fields,
+    /// where the CLI names its flags).
+    pub fn named(include: &[String], exclude: &[String], names: [&str; 2]) -> Result<Filter> {
         let build = |globs: &[String], flag: &str| -> Result<Option<GlobSet>> {
             if globs.is_empty() {
                 return Ok(None);
@@ -39,7 +45,7 @@ impl Filter {
             }
             Ok(Some(b.build().map_err(|e| Error::Usage(format!("{flag}: {e}")))?))
         };
-        Ok(Filter { include: build(include, "--include")?, exclude: build(exclude, "--exclude")? })
+        Ok(Filter { include: build(include, names[0])?, exclude: build(exclude, names[1])? })
     }
 
     /// Whether a relative key passes.
@@ -575,5 +581,20 @@ fn note_left_out(report: &mut Report, scope: &Scope, filter: &Filter, src: &mut 
         if report.left_out.len() < FAILURES_KEPT_MAX {
             report.left_out.push(left);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_glob_is_named_by_where_it_came_from() {
+        let bad = vec!["a[".to_string()];
+        let cli = Filter::new(&bad, &[]).unwrap_err().to_string();
+        assert!(cli.contains("--include \"a[\" is not a valid glob"), "{cli}");
+        let job = Filter::named(&[], &bad, ["include", "exclude"]).unwrap_err().to_string();
+        assert!(job.contains("exclude \"a[\" is not a valid glob") && !job.contains("--"), "{job}");
+        assert!(!job.contains('\n'), "{job:?}");
     }
 }
