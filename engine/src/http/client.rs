@@ -1,4 +1,4 @@
-//! Requests, responses and the per-worker keep-alive pool.
+//! Requests and responses, over connections from the keep-alive pools (`pool`).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -10,6 +10,7 @@ use monoio::buf::IoBufMut;
 
 use super::conn::{tls_config, Endpoint, Stream};
 use super::head::{Framing, ResponseHead};
+use super::pool::{Budget, Checkout, Conn, LocalPool};
 use crate::checksum::Hashers;
 use crate::error::{Error, Result};
 use crate::pool::ring::{Drain, Filler, Next};
@@ -17,18 +18,8 @@ use crate::pool::{Body, Chunk};
 
 /// Bytes a response head may take; S3 heads are a few hundred bytes.
 const HEAD_BUFFER_BYTES: usize = 16 << 10;
-/// Idle connections kept per endpoint and worker.
-const IDLE_PER_ENDPOINT_MAX: usize = 512;
 /// Largest metadata body read into memory (listings are ~1 MiB for 1,000 keys).
 pub(crate) const METADATA_BODY_MAX_BYTES: u64 = 64 << 20;
-
-struct Conn {
-    stream: Stream,
-    /// Bytes read past the last response head: `buf[start..]` is unread.
-    buf: Vec<u8>,
-    start: usize,
-    reused: bool,
-}
 
 /// What a request sends after its head.
 pub enum RequestBody {
@@ -46,6 +37,9 @@ pub enum RequestBody {
 /// A streamed `aws-chunked` body: one chunk of `data_len` bytes, then a trailer.
 pub struct StreamBody {
     drain: Drain,
+    /// What the drain gave first, taken before a connection is: a request waiting for
+    /// its bytes must not hold a connection that the read producing them waits for.
+    first: Option<Next>,
     data_len: u64,
     /// Trailer name, e.g. `x-amz-checksum-crc32c`.
     trailer: &'static str,
@@ -57,7 +51,7 @@ impl StreamBody {
     /// A body of `data_len` bytes from `drain`, ending with trailer `trailer` whose
     /// value is the checksum's base64 (`trailer_value_len` characters).
     pub fn new(drain: Drain, data_len: u64, trailer: &'static str, trailer_value_len: usize) -> StreamBody {
-        StreamBody { drain, data_len, trailer, trailer_value_len }
+        StreamBody { drain, first: None, data_len, trailer, trailer_value_len }
     }
 
     /// What goes before the data: the chunk-size line (none for an empty body).
@@ -182,7 +176,9 @@ pub struct HttpClient {
 }
 
 struct ClientInner {
-    idle: RefCell<HashMap<Endpoint, Vec<Conn>>>,
+    /// This client's idle connections, per endpoint; the budgets they count against
+    /// are the process's.
+    pools: RefCell<HashMap<Endpoint, Rc<LocalPool>>>,
     tls: Arc<rustls::ClientConfig>,
     connect_timeout: Duration,
     io_timeout: Duration,
@@ -206,7 +202,7 @@ impl HttpClient {
     pub fn with_limits(limits: Limits) -> HttpClient {
         HttpClient {
             inner: Rc::new(ClientInner {
-                idle: RefCell::new(HashMap::new()),
+                pools: RefCell::new(HashMap::new()),
                 tls: tls_config(),
                 connect_timeout: limits.connect_timeout,
                 io_timeout: limits.idle_timeout,
@@ -215,13 +211,29 @@ impl HttpClient {
         }
     }
 
-    async fn checkout(&self, endpoint: &Endpoint, op: &'static str, target: &str) -> Result<Conn> {
-        loop {
-            let Some(conn) = self.inner.idle.borrow_mut().get_mut(endpoint).and_then(Vec::pop) else { break };
-            if !conn.stream.peer_closed() {
-                return Ok(conn);
-            }
+    /// This client's pool for `endpoint`.
+    pub(crate) fn pool(&self, endpoint: &Endpoint) -> Rc<LocalPool> {
+        let mut pools = self.inner.pools.borrow_mut();
+        if let Some(pool) = pools.get(endpoint) {
+            return pool.clone();
         }
+        let pool = LocalPool::new(Budget::of(endpoint));
+        pools.insert(endpoint.clone(), pool.clone());
+        pool
+    }
+
+    async fn checkout(&self, pool: &LocalPool, endpoint: &Endpoint, op: &'static str, target: &str) -> Result<Conn> {
+        let permit = match pool.checkout(self.inner.io_timeout).await {
+            Ok(Checkout::Idle(conn)) => return Ok(conn),
+            Ok(Checkout::Open(permit)) => permit,
+            Err(stalled) => {
+                return Err(Error::io(
+                    op,
+                    target,
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, stalled.to_string()),
+                ))
+            }
+        };
         let connect = Stream::connect(endpoint, &self.inner.tls);
         let stream = match monoio::time::timeout(self.inner.connect_timeout, connect).await {
             Ok(Ok(stream)) => stream,
@@ -245,16 +257,7 @@ impl HttpClient {
                 })
             }
         };
-        Ok(Conn { stream, buf: Vec::with_capacity(HEAD_BUFFER_BYTES), start: 0, reused: false })
-    }
-
-    fn checkin(&self, endpoint: &Endpoint, mut conn: Conn) {
-        conn.reused = true;
-        let mut idle = self.inner.idle.borrow_mut();
-        let list = idle.entry(endpoint.clone()).or_default();
-        if list.len() < IDLE_PER_ENDPOINT_MAX {
-            list.push(conn);
-        }
+        Ok(Conn::new(stream, Vec::with_capacity(HEAD_BUFFER_BYTES), permit))
     }
 
     /// Sends a request and reads the response head. The request body is given back
@@ -289,11 +292,25 @@ impl HttpClient {
         mut body: RequestBody,
         resend_stale: bool,
     ) -> Result<(Response, RequestBody)> {
+        if let RequestBody::Stream(stream) = &mut body {
+            if stream.first.is_none() {
+                stream.first = Some(stream.drain.next().await);
+            }
+            if matches!(stream.first, Some(Next::Aborted)) {
+                return Err(Error::protocol(req.op, req.target, "the read feeding this upload failed"));
+            }
+        }
+        let pool = self.pool(endpoint);
         loop {
-            let mut conn = self.checkout(endpoint, req.op, req.target).await?;
+            let mut conn = self.checkout(&pool, endpoint, req.op, req.target).await?;
             let reused = conn.reused;
             let mut pace = Pace::start();
+            let streamed = matches!(body, RequestBody::Stream(_));
             let (result, returned) = self.exchange(&mut conn, endpoint, req, body, &mut pace).await;
+            // A streamed body comes back only if none of it was sent; once it was, its
+            // bytes are gone and the request cannot be sent again.
+            let unsent = !streamed || matches!(returned, RequestBody::Stream(_));
+            let resend_stale = resend_stale && unsent;
             body = returned;
             match result {
                 Ok((head, framing)) => {
@@ -303,7 +320,7 @@ impl HttpClient {
                         pace,
                         framing,
                         client: self.clone(),
-                        endpoint: endpoint.clone(),
+                        pool: pool.clone(),
                         op: req.op,
                         target: req.target.to_string(),
                     };
@@ -395,9 +412,9 @@ impl HttpClient {
                 }
                 RequestBody::Chunks(Body::new(sent))
             }
-            RequestBody::Stream(stream) => {
+            RequestBody::Stream(mut stream) => {
                 // Past this point nothing can be sent again: errors are final.
-                if let Err(e) = send_stream(conn, io_timeout, req, &stream, pace, &limits).await {
+                if let Err(e) = send_stream(conn, io_timeout, req, &mut stream, pace, &limits).await {
                     return (Err(StaleOr::Error(e)), RequestBody::Empty);
                 }
                 RequestBody::Empty
@@ -421,13 +438,17 @@ async fn send_stream(
     conn: &mut Conn,
     io_timeout: Duration,
     req: &Request<'_>,
-    stream: &StreamBody,
+    stream: &mut StreamBody,
     pace: &mut Pace,
     limits: &Limits,
 ) -> Result<()> {
     let mut sent = 0u64;
     loop {
-        match stream.drain.next().await {
+        let next = match stream.first.take() {
+            Some(first) => first,
+            None => stream.drain.next().await,
+        };
+        match next {
             Next::Chunk(chunk) => {
                 sent += chunk.len() as u64;
                 if sent > stream.data_len {
@@ -551,7 +572,7 @@ pub struct Response {
     pace: Pace,
     framing: Framing,
     client: HttpClient,
-    endpoint: Endpoint,
+    pool: Rc<LocalPool>,
     op: &'static str,
     target: String,
 }
@@ -560,7 +581,7 @@ impl Response {
     fn finish(&mut self, reusable: bool) {
         if let Some(conn) = self.conn.take() {
             if reusable && self.head.keep_alive() {
-                self.client.checkin(&self.endpoint, conn);
+                self.pool.checkin(conn);
             }
         }
     }

@@ -197,15 +197,28 @@ impl Stream {
         }
     }
 
+    fn fd(&self) -> std::os::fd::RawFd {
+        match self {
+            Stream::Plain(s) => std::os::fd::AsRawFd::as_raw_fd(s),
+            Stream::Tls(_, fd) => *fd,
+        }
+    }
+
+    /// Ends the connection both ways now, before its descriptor is closed (which
+    /// io_uring does later, asynchronously).
+    pub(crate) fn shutdown(&self) {
+        // SAFETY: `fd` is this stream's open socket (the stream owns it and is borrowed
+        // for the call); shutdown takes no pointers. A socket already shut or reset
+        // answers ENOTCONN, which is what was wanted.
+        unsafe { libc::shutdown(self.fd(), libc::SHUT_RDWR) };
+    }
+
     /// Whether an idle keep-alive connection is no longer usable: the server closed
     /// it, reset it, or sent something unasked (a TLS close notice, a 408). Checked
     /// before reuse, because a request whose body streams from a ring cannot be sent
     /// again on a fresh connection once its bytes are gone.
     pub(crate) fn peer_closed(&self) -> bool {
-        let fd = match self {
-            Stream::Plain(s) => std::os::fd::AsRawFd::as_raw_fd(s),
-            Stream::Tls(_, fd) => *fd,
-        };
+        let fd = self.fd();
         let mut byte = 0u8;
         // SAFETY: `fd` is this stream's open socket (the stream owns it and is borrowed
         // for the call), `byte` is a valid one-byte buffer, and MSG_PEEK | MSG_DONTWAIT
