@@ -250,6 +250,44 @@ impl Error {
     }
 }
 
+/// Text a server or a file sent (a message, a code, a body), made fit for a one-line
+/// error: no line break, control character or bidi override is left, so the text
+/// cannot start a line of its own in a log or rearrange one. It is trimmed; a run of
+/// whitespace and such characters becomes one space, unless it is plain spaces
+/// (kept as they are); past `chars_max` characters it is cut, with `...` after.
+pub(crate) fn one_line(text: &str, chars_max: usize) -> String {
+    let breaks =
+        |c: char| c.is_whitespace() || c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    let mut out = String::with_capacity(text.len().min(chars_max.saturating_add(3)));
+    let mut count = 0;
+    let (mut spaces, mut other) = (0usize, false);
+    for c in text.chars() {
+        if breaks(c) {
+            if c == ' ' {
+                spaces += 1;
+            } else {
+                other = true;
+            }
+            continue;
+        }
+        let gap = match (count, other) {
+            (0, _) => 0,
+            (_, true) => 1,
+            (_, false) => spaces,
+        };
+        (spaces, other) = (0, false);
+        for c in std::iter::repeat_n(' ', gap).chain([c]) {
+            if count == chars_max {
+                out.push_str("...");
+                return out;
+            }
+            out.push(c);
+            count += 1;
+        }
+    }
+    out
+}
+
 /// Exponential backoff with full jitter: attempt 0 waits up to `base`, each later
 /// attempt doubles the ceiling up to `cap`. A server's Retry-After wins when longer.
 pub fn backoff_delay(attempt: u32, base: Duration, cap: Duration, retry_after: Option<Duration>) -> Duration {

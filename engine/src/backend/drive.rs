@@ -43,7 +43,7 @@ use super::{
     PartLimits, PutArgs, Session, SessionState, Sink, Source, Store, UploadMode, UploadPlan, WorkerCtx,
 };
 use crate::checksum::{Checksum, ChecksumAlgo, Hashers};
-use crate::error::{Error, ErrorClass, Result};
+use crate::error::{one_line, Error, ErrorClass, Result};
 use crate::http::{Endpoint, HttpClient, Request, RequestBody, Response, ResponseHead};
 use crate::pool::ring::Filler;
 use crate::pool::Body;
@@ -71,6 +71,8 @@ const DAILY_LIMIT_MESSAGE: &str = "User rate limit exceeded.";
 /// How long after the daily upload limit is reached uploads can go on: Drive counts
 /// the 750 GB over a rolling day and says no more in its answer.
 const DAILY_LIMIT_WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// Most characters of an error's `message` (or `reason`) shown.
+const MESSAGE_CHARS_MAX: usize = 300;
 
 /// A configured Drive; each worker opens its own [`DriveStore`].
 pub struct DriveBackend {
@@ -291,20 +293,43 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// Parses Drive's `2024-01-02T03:04:05.678Z` into seconds and nanoseconds.
+/// Days in month `m` of year `y`.
+fn days_in_month(y: i64, m: i64) -> i64 {
+    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+    match m {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Parses Drive's `2024-01-02T03:04:05.678Z` into seconds and nanoseconds. It is
+/// RFC 3339 in UTC, each field its number of digits and within its range (a year of
+/// four digits, a day its month has, no leap second), or None: a time Drive cannot
+/// have meant is not taken as some other one.
 fn parse_rfc3339(s: &str) -> Option<(i64, u32)> {
+    let field = |part: Option<&str>, digits: usize, range: std::ops::RangeInclusive<i64>| -> Option<i64> {
+        let part = part.filter(|p| p.len() == digits && p.bytes().all(|b| b.is_ascii_digit()))?;
+        let value: i64 = part.parse().ok()?;
+        range.contains(&value).then_some(value)
+    };
     let s = s.strip_suffix('Z')?;
     let (date, time) = s.split_once('T')?;
-    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
-    let (y, mo, da) = (d.next()??, d.next()??, d.next()??);
+    let mut d = date.split('-');
+    let y = field(d.next(), 4, 0..=9999)?;
+    let mo = field(d.next(), 2, 1..=12)?;
+    let da = field(d.next(), 2, 1..=days_in_month(y, mo))?;
     let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
-    let mut t = hms.split(':').map(|p| p.parse::<i64>().ok());
-    let (h, mi, se) = (t.next()??, t.next()??, t.next()??);
-    if frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+    let mut t = hms.split(':');
+    let (h, mi, se) = (field(t.next(), 2, 0..=23)?, field(t.next(), 2, 0..=59)?, field(t.next(), 2, 0..=59)?);
+    if d.next().is_some() || t.next().is_some() || frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     let nanos = if frac.is_empty() { 0 } else { format!("{frac:0<9}").parse().ok()? };
-    Some((days_from_civil(y, mo, da) * 86_400 + h * 3600 + mi * 60 + se, nanos))
+    // The fields' ranges keep this far from overflow; checked all the same.
+    let secs = days_from_civil(y, mo, da).checked_mul(86_400)?.checked_add(h * 3600 + mi * 60 + se)?;
+    Some((secs, nanos))
 }
 
 /// Formats seconds and nanoseconds the way Drive takes `modifiedTime`.
@@ -463,7 +488,10 @@ impl DriveStore {
             ErrorClass::QuotaExhausted => retry_after.or(Some(DAILY_LIMIT_WINDOW)),
             _ => retry_after,
         };
-        let code = if reason.is_empty() { format!("{status}") } else { reason };
+        // Classified on what Drive said; shown in one line, whatever it said.
+        let code = if reason.is_empty() { format!("{status}") } else { one_line(&reason, MESSAGE_CHARS_MAX) };
+        let message = Some(one_line(&message, MESSAGE_CHARS_MAX)).filter(|m| !m.is_empty());
+        let message = message.unwrap_or_else(|| head.status_text());
         Error::Http { op, target: target.to_string(), status, code, message, hint, retry_after, class }
     }
 
@@ -544,7 +572,7 @@ impl DriveStore {
         );
         match self.get_json::<FileRes>("stat", target, path).await {
             Ok(f) if f.parents.iter().any(|p| p == parent) && f.is_folder() == folder => {
-                Ok((list::duplicate_name(&f.name, &f.id) == name).then_some(f))
+                Ok(list::is_made_up(name, &f.name, &f.id).then_some(f))
             }
             Ok(_) => Ok(None),
             Err(Error::Http { status: 404, .. }) => Ok(None),
@@ -995,10 +1023,16 @@ mod proptests {
     proptest! {
         #![proptest_config(config(256))]
 
+        /// Names are unique among a folder's files (and among its folders), and do not
+        /// depend on the order Drive lists the files in, ids not repeating.
         #[test]
-        fn folder_names_never_panic(
+        fn folder_names_are_unique_and_stable(
             files in prop::collection::vec(
-                ("[a-c]{1,2}", prop::sample::select(&["a", "a.txt", "a (b)", "a (b).txt", "Doc", "x (1)"][..]), any::<bool>()),
+                (
+                    "[a-c]{1,2}",
+                    prop::sample::select(&["a", "a.txt", "a (b)", "a (b).txt", "a (b) (b)", "Doc", "x (1)"][..]),
+                    any::<bool>(),
+                ),
                 0..10,
             ),
         ) {
@@ -1015,15 +1049,26 @@ mod proptests {
             let kinds: Vec<list::Listed> = files.iter().map(|f| list::listed(cfg.cfg(), f)).collect();
             let names = list::unique_names(&files, &kinds);
             prop_assert_eq!(names.len(), files.len());
+            let mut seen = std::collections::HashSet::new();
+            for (f, name) in files.iter().zip(&names) {
+                prop_assert!(seen.insert((f.is_folder(), name.clone())), "{:?} twice in {:?}", name, names);
+            }
+            let ids: std::collections::HashSet<&str> = files.iter().map(|f| f.id.as_str()).collect();
+            if ids.len() == files.len() {
+                let (back, back_kinds): (Vec<FileRes>, Vec<list::Listed>) =
+                    files.iter().cloned().zip(kinds.iter().cloned()).rev().unzip();
+                let mut again = list::unique_names(&back, &back_kinds);
+                again.reverse();
+                prop_assert_eq!(again, names);
+            }
         }
     }
 
-    /// The module says every key of a folder is unique, but a duplicate's new name
-    /// ` (ID)` can be a name another file already has: files `a` (id `a0`), `a` (id
-    /// `b`) and `a (b)` (id `c`) list as `a`, `a (b)` and `a (b)`, two objects under one
-    /// key (engine/src/backend/drive/list.rs, `unique_names`).
+    /// A duplicate's made-up name is never a name another file has: files `a` (id
+    /// `a0`), `a` (id `b`) and `a (b)` (id `c`) list as `a`, `a (b) (b)` and `a (b)`,
+    /// whichever order Drive lists them in (engine/src/backend/drive/list.rs,
+    /// `unique_names`).
     #[test]
-    #[ignore = "bug: a duplicate's made-up name can collide with a real name in the folder"]
     fn made_up_names_do_not_collide_with_real_ones() {
         let file = |id: &str, name: &str| FileRes {
             id: id.into(),
@@ -1031,25 +1076,31 @@ mod proptests {
             mime_type: "text/plain".into(),
             ..FileRes::default()
         };
-        let files = vec![file("a0", "a"), file("b", "a"), file("c", "a (b)")];
+        let mut files = vec![file("a0", "a"), file("b", "a"), file("c", "a (b)")];
         let cfg = store(false);
-        let kinds: Vec<list::Listed> = files.iter().map(|f| list::listed(cfg.cfg(), f)).collect();
-        let names: Vec<String> = list::unique_names(&files, &kinds).into_iter().flatten().collect();
-        let mut unique = names.clone();
-        unique.sort();
-        unique.dedup();
-        assert_eq!(unique.len(), names.len(), "{names:?}");
+        for _ in 0..files.len() {
+            files.rotate_left(1);
+            let kinds: Vec<list::Listed> = files.iter().map(|f| list::listed(cfg.cfg(), f)).collect();
+            let names = list::unique_names(&files, &kinds);
+            let mut by_id: Vec<(&str, &str)> =
+                files.iter().zip(&names).map(|(f, n)| (f.id.as_str(), n.as_deref().unwrap())).collect();
+            by_id.sort();
+            assert_eq!(by_id, [("a0", "a"), ("b", "a (b) (b)"), ("c", "a (b)")]);
+            assert!(list::is_made_up("a (b) (b)", "a", "b") && !list::is_made_up("a (c)", "a", "b"));
+        }
     }
 
-    /// `parse_rfc3339` checks no field's range and multiplies unchecked: a month of
-    /// 13, an hour of 99 or a minute of -5 are taken (as some other time), and a year
-    /// of 9223372036854775807 overflows `i64` (a panic in a debug build, a wrapped
-    /// time in a release one). Input: a `modifiedTime` such as
-    /// `2024-13-45T99:99:99Z` (engine/src/backend/drive.rs, `parse_rfc3339`).
+    /// A `modifiedTime` with a field out of its range (a month of 13, an hour of 99,
+    /// a minute of -5, February 30th) or a year past four digits is refused, not taken
+    /// as some other time, and a huge year overflows nothing
+    /// (engine/src/backend/drive.rs, `parse_rfc3339`).
     #[test]
-    #[ignore = "bug: modifiedTime fields out of range are taken, huge years overflow i64"]
     fn out_of_range_times_are_refused() {
         for text in [
+            "2023-02-29T00:00:00Z",
+            "2024-04-31T00:00:00Z",
+            "2024-01-01T00:00:60Z",
+            "2024-1-01T00:00:00Z",
             "2024-13-01T00:00:00Z",
             "2024-01-45T00:00:00Z",
             "2024-01-01T99:00:00Z",
@@ -1061,13 +1112,16 @@ mod proptests {
         }
     }
 
-    /// The error's `message` is kept as it is: `{"error": {"message": "a\nFORGED: b"}}`
-    /// makes an error of two lines (engine/src/backend/drive.rs, `http_error`).
+    /// The error's `message` and `reason` are shown in one line, whatever Drive says:
+    /// `{"error": {"message": "a\nFORGED: b"}}` gives `a FORGED: b`
+    /// (engine/src/backend/drive.rs, `http_error`).
     #[test]
-    #[ignore = "bug: an error message with a newline makes a two-line error"]
     fn error_messages_stay_on_one_line() {
         let body = br#"{"error": {"code": 500, "message": "a\nFORGED: b", "errors": []}}"#;
         let e = store(false).http_error("get", "k", &answer(500), body).to_string();
-        assert!(!e.contains('\n'), "{e:?}");
+        assert!(!e.contains('\n') && e.ends_with(": a FORGED: b"), "{e:?}");
+        let body = br#"{"error": {"message": "\r\n", "errors": [{"reason": "x\ny"}]}}"#;
+        let e = store(false).http_error("get", "k", &answer(500), body).to_string();
+        assert_eq!(e, "get k: HTTP 500 x y: 500 Internal Server Error");
     }
 }

@@ -18,11 +18,12 @@
 //!
 //! Duplicate names: within one folder, among the files (or the folders) listed under
 //! one name, the one with the smallest id keeps the name and each other gets ` (ID)`
-//! inserted before its extension (`a.txt`, `a (1xYz).txt`), so every key is unique
-//! and the same listing always gives the same keys. Files that are skipped take no
-//! name.
+//! inserted before its extension (`a.txt`, `a (1xYz).txt`). A made-up name that is
+//! some other file's own name (a file really called `a (1xYz).txt`) gets ` (ID)`
+//! again (`a (1xYz) (1xYz).txt`) until it is no other's, so every key is unique and
+//! the same folder always gives the same keys. Files that are skipped take no name.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -124,9 +125,26 @@ pub(super) fn duplicate_id(name: &str) -> Option<&str> {
     (plausible && (rest.is_empty() || rest.starts_with('.'))).then_some(id)
 }
 
-/// The name each file of one folder is listed under (None for a skipped one): the
-/// smallest id keeps a repeated name, the others get [`duplicate_name`]s. Folders
-/// (and followed folder shortcuts) and files are named apart.
+/// The names a duplicate called `name` with id `id` may be listed under, in the order
+/// they are tried: [`duplicate_name`] once, twice, and so on, each longer than the
+/// one before (so all different).
+fn made_up_names<'a>(name: &str, id: &'a str) -> impl Iterator<Item = String> + 'a {
+    std::iter::successors(Some(duplicate_name(name, id)), move |made| Some(duplicate_name(made, id)))
+}
+
+/// Whether `name` is one of the [`made_up_names`] of a duplicate called `listed` with
+/// id `id`: how a lookup of a made-up name checks the file its id gives.
+pub(super) fn is_made_up(name: &str, listed: &str, id: &str) -> bool {
+    made_up_names(listed, id).take_while(|made| made.len() <= name.len()).any(|made| made == name)
+}
+
+/// The name each file of one folder is listed under (None for a skipped one), all
+/// different among the folders (and followed folder shortcuts) and among the files,
+/// which are named apart. The smallest id keeps a repeated name; each other file,
+/// taken in the order of name and id, gets the first of its [`made_up_names`] that no
+/// file keeps and none before it got. The names depend only on the folder's files,
+/// not on the order Drive lists them in (but for two of one id, which Drive never
+/// gives: the first listed is taken first).
 pub(super) fn unique_names(files: &[FileRes], kinds: &[Listed]) -> Vec<Option<String>> {
     assert_eq!(files.len(), kinds.len());
     let base = |f: &FileRes, l: &Listed| -> Option<String> {
@@ -137,24 +155,38 @@ pub(super) fn unique_names(files: &[FileRes], kinds: &[Listed]) -> Vec<Option<St
         }
     };
     let names: Vec<Option<String>> = files.iter().zip(kinds).map(|(f, l)| base(f, l)).collect();
-    let mut smallest: HashMap<(bool, &str), (&str, usize)> = HashMap::new();
-    for ((f, l), name) in files.iter().zip(kinds).zip(&names) {
+    let order = |i: usize| (names[i].as_deref(), files[i].id.as_str(), i);
+    // Which file keeps each name: the smallest id (then the first listed).
+    let mut keeper: HashMap<(bool, &str), usize> = HashMap::new();
+    for (i, name) in names.iter().enumerate() {
         if let Some(name) = name {
-            let e = smallest.entry((l.is_dir(), name.as_str())).or_insert((f.id.as_str(), 0));
-            e.0 = e.0.min(f.id.as_str());
-            e.1 += 1;
+            let k = keeper.entry((kinds[i].is_dir(), name.as_str())).or_insert(i);
+            if order(i) < order(*k) {
+                *k = i;
+            }
         }
     }
-    files
-        .iter()
-        .zip(kinds)
-        .zip(&names)
-        .map(|((f, l), name)| {
-            let name = name.as_ref()?;
-            let (min, count) = smallest[&(l.is_dir(), name.as_str())];
-            Some(if count == 1 || min == f.id { name.clone() } else { duplicate_name(name, &f.id) })
-        })
-        .collect()
+    let mut out: Vec<Option<String>> = vec![None; files.len()];
+    // The names taken, of the files and of the folders.
+    let mut taken: [HashSet<String>; 2] = Default::default();
+    for (&(dir, name), &i) in &keeper {
+        out[i] = Some(name.to_string());
+        taken[usize::from(dir)].insert(name.to_string());
+    }
+    let mut others: Vec<usize> = (0..files.len()).filter(|&i| names[i].is_some() && out[i].is_none()).collect();
+    others.sort_by_key(|&i| order(i));
+    for i in others {
+        let taken = &mut taken[usize::from(kinds[i].is_dir())];
+        let name = names[i].as_deref().expect("only named files");
+        // Of `taken.len() + 1` different names at least one is free.
+        let made = made_up_names(name, &files[i].id)
+            .take(taken.len() + 1)
+            .find(|made| !taken.contains(made))
+            .expect("one of more names than are taken is free");
+        taken.insert(made.clone());
+        out[i] = Some(made);
+    }
+    out
 }
 
 /// One folder still to read.
