@@ -6,6 +6,10 @@
 //! sets the unfinished ones going (see `jobs`). One appliance at a time uses a data
 //! directory (`serve.lock`).
 //!
+//! Connections: however many jobs run, the process opens at most the plan's
+//! connections per endpoint (`laminar plan`) to any one store; a job's request beyond
+//! them waits for one to come free (see the engine's `http::pool`).
+//!
 //! Shutdown on SIGTERM or SIGINT: new jobs are refused, every relay is stopped (no
 //! new object starts, small transfers in flight finish, parts of large ones are cut and
 //! their uploads aborted, so nothing partial looks complete), and the process waits up
@@ -22,7 +26,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 use clap::Args;
-use laminar_engine::relay::{Engine, EngineOptions};
+use laminar_engine::relay::{Engine, EngineOptions, RelayOptions};
 use laminar_tuning::HumanBytes;
 
 use crate::api::{self, App};
@@ -140,6 +144,9 @@ pub fn run(config: Option<&Path>, args: ServeArgs) -> Result<u8, Fail> {
     let grace = humantime::parse_duration(&args.shutdown_grace)
         .map_err(|e| usage(format!("--shutdown-grace {:?}: {e}; write e.g. 30s", args.shutdown_grace)))?;
     let mut opts = crate::cli::options(&args.engine)?;
+    let connections = connections_per_endpoint(&args.engine, &opts)?;
+    // Before the engine's workers open any connection.
+    laminar_engine::http::set_connections_per_endpoint(connections);
     let keep_jobs = humantime::parse_duration(&args.keep_jobs)
         .map_err(|e| usage(format!("--keep-jobs {:?}: {e}; give a duration such as 30d", args.keep_jobs)))?;
     let (store, _lock) = if args.no_journal {
@@ -204,7 +211,8 @@ pub fn run(config: Option<&Path>, args: ServeArgs) -> Result<u8, Fail> {
         Err(_) => return Err(usage("the control sidecar thread ended before it listened".into())),
     };
     eprintln!(
-        "laminar: serving on {scheme}://{bound} ({} workers, {}, {} RAM buffer{})",
+        "laminar: serving on {scheme}://{bound} ({} workers, {}, {} RAM buffer, at most {connections} connections \
+         per endpoint{})",
         engine.workers().len(),
         engine.driver(),
         HumanBytes(engine.ram_buffer_bytes()),
@@ -244,6 +252,15 @@ pub fn run(config: Option<&Path>, args: ServeArgs) -> Result<u8, Fail> {
         );
         Ok(1)
     }
+}
+
+/// The most connections the appliance opens to one endpoint, across all its jobs: the
+/// plan's figure (`laminar plan`), or what `--transfers` and `--part-streams` ask for
+/// when that is more. Jobs beyond it wait for a connection rather than open more.
+fn connections_per_endpoint(engine: &EngineArgs, opts: &RelayOptions) -> Result<usize, Fail> {
+    let plan = crate::cli::plan(engine)?;
+    let asked = opts.transfers + opts.part_streams.unwrap_or(plan.part_streams);
+    Ok(plan.connections_per_endpoint.max(asked))
 }
 
 /// The sidecar thread: a small tokio runtime serving the router until told to stop.

@@ -977,3 +977,129 @@ fn jobs_survive_a_restart_killed_or_clean_and_old_ones_are_pruned() {
     assert!(app.stderr().contains("pruned 5 jobs"), "{}", app.stderr());
     assert_eq!(app.ok("GET", "/v1/jobs", None)["jobs"], json!([]));
 }
+
+/// This process's TCP sockets connected to `port` that hold a connection
+/// (`/proc/<pid>/net/tcp` states 01 established, 02 SYN sent, 08 CLOSE-WAIT), and of
+/// those, how many are in CLOSE-WAIT (closed by the server, not yet by `pid`).
+fn sockets_to(pid: u32, port: u16) -> (usize, usize) {
+    let mut inodes = std::collections::HashSet::new();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return (0, 0) };
+    for fd in fds.flatten() {
+        if let Ok(link) = std::fs::read_link(fd.path()) {
+            let link = link.to_string_lossy().into_owned();
+            if let Some(inode) = link.strip_prefix("socket:[").and_then(|l| l.strip_suffix(']')) {
+                inodes.insert(inode.to_string());
+            }
+        }
+    }
+    let (mut held, mut close_wait) = (0, 0);
+    for table in ["tcp", "tcp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else { continue };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let remote_port = f[2].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+            if remote_port != Some(port) || !inodes.contains(f[9]) {
+                continue;
+            }
+            match f[3] {
+                "01" | "02" => held += 1,
+                "08" => (held, close_wait) = (held + 1, close_wait + 1),
+                _ => {}
+            }
+        }
+    }
+    (held, close_wait)
+}
+
+fn port_of(endpoint: &str) -> u16 {
+    endpoint.rsplit(':').next().unwrap().trim_end_matches('/').parse().unwrap()
+}
+
+/// Forty jobs at once, each relaying small objects and one in parts, share the plan's
+/// connections per endpoint: sampled while they run, the appliance never holds more
+/// sockets to either store than `laminar plan` says; once they are done and the
+/// connections idle, none is left in CLOSE-WAIT (nor open at all, past the pool's idle
+/// limit); every job's bytes are the source's.
+#[test]
+fn many_jobs_at_once_stay_within_the_plans_connections_per_endpoint_and_leave_none_in_close_wait() {
+    const JOBS: usize = 40;
+    let Some(c) = clouds() else { return };
+    let source = load(&c, "crowd", 4, 32 * KIB);
+    let big = write_big(6 * MIB, 7);
+    std::fs::copy(&big, source.path().join("big")).unwrap();
+    c.a.upload_file(&big, "bkt-a/crowd/big").unwrap();
+    let plan = c.laminar(&["plan", "--json", "--workers", "2", "--ram-buffer", "128MiB"]);
+    assert_eq!(plan.status.code(), Some(0));
+    let plan: Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let bound = plan["connections_per_endpoint"].as_u64().unwrap() as usize;
+    let app = Appliance::start(c.config.path(), &["--workers", "2", "--multipart-cutoff", "5MiB"]);
+    assert!(app.stderr().contains(&format!("at most {bound} connections per endpoint")), "{}", app.stderr());
+    let pid = app.child.id();
+    let ports = [port_of(&c.a.endpoint), port_of(&c.b.endpoint)];
+
+    // Samples the sockets to each store until told to stop: the most seen at once.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut most = [0usize; 2];
+            let mut samples = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                for (m, port) in most.iter_mut().zip(ports) {
+                    *m = (*m).max(sockets_to(pid, port).0);
+                }
+                samples += 1;
+                // Paces the sampler (two cores are shared with the appliance and the
+                // stores); nothing waits on it.
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            (most, samples)
+        })
+    };
+    let ids: Vec<String> = (0..JOBS)
+        .map(|i| {
+            let mut s = spec("crowd", &format!("crowd-{i:02}"));
+            s["part_size"] = json!("5MiB");
+            app.submit(s)
+        })
+        .collect();
+    for id in &ids {
+        let job = app.wait(id, &["succeeded", "failed", "cancelled"]);
+        assert_eq!(job["state"], "succeeded", "{job}");
+        assert_eq!(job["counters"]["objects_copied"], 5, "{job}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (most, samples) = sampler.join().unwrap();
+    eprintln!("most sockets at once to a, b: {most:?} over {samples} samples; the plan allows {bound}");
+    for (m, name) in most.iter().zip(["a", "b"]) {
+        assert!(*m <= bound, "{m} sockets to {name} at once; the plan says at most {bound}");
+        assert!(*m > 0, "no socket to {name} was ever seen: the sampler looked at the wrong thing");
+    }
+    assert_eq!(app.ok("GET", "/healthz", None)["status"], "ok");
+
+    // Idle, the connections are closed: none left in CLOSE-WAIT, then none at all.
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        let now: Vec<(usize, usize)> = ports.iter().map(|p| sockets_to(pid, *p)).collect();
+        if now.iter().all(|&(held, _)| held == 0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "sockets (held, in CLOSE-WAIT) to a and b left after the jobs: {now:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Every job's bytes, read back from b and compared with the source.
+    let landed = tempfile::tempdir().unwrap();
+    c.b.download_dir("bkt-b", landed.path()).unwrap();
+    let mut names: Vec<String> =
+        std::fs::read_dir(source.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    for i in 0..JOBS {
+        for name in &names {
+            let want = std::fs::read(source.path().join(name)).unwrap();
+            let got = std::fs::read(landed.path().join(format!("crowd-{i:02}")).join(name))
+                .unwrap_or_else(|e| panic!("job {i}: {name} did not land: {e}"));
+            assert!(got == want, "job {i}: {name} landed with other bytes ({} of {} bytes)", got.len(), want.len());
+        }
+    }
+}
