@@ -45,6 +45,9 @@ pub struct Progress {
     /// Notified when something a waiting task looks at changes: the stop flag is set,
     /// an operation ends, the throttle's limit moves, a large object closes.
     pub changed: event_listener::Event,
+    /// Notified only when the stop flag is set: what requests in flight wait on to be
+    /// cut short, which `changed` would wake at every operation's end.
+    pub stop_event: event_listener::Event,
 }
 
 impl Progress {
@@ -53,6 +56,7 @@ impl Progress {
         // Pairs with the Acquire loads of `stop`.
         self.stop.store(true, std::sync::atomic::Ordering::Release);
         self.changed.notify(usize::MAX);
+        self.stop_event.notify(usize::MAX);
     }
 
     /// Whether the relay is stopping.

@@ -251,7 +251,7 @@ impl Ctx {
                 if self.stopped() {
                     return;
                 }
-                let listener = progress.changed.listen();
+                let listener = progress.stop_event.listen();
                 if self.stopped() {
                     return;
                 }

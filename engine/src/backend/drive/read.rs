@@ -7,7 +7,7 @@ use std::sync::Arc;
 use percent_encoding::utf8_percent_encode;
 
 use super::export::{Format, Spool, Spooled};
-use super::list::{duplicate_id, duplicate_name, listed, Listed};
+use super::list::{duplicate_id, is_made_up, listed, Listed};
 use super::{
     quote, with_query, Call, DriveStore, FileRes, FILE_FIELDS, FOLDER_MIME, GOOGLE_APPS_PREFIX, LOOKUPS_MAX, QUERY_SET,
     SHORTCUT_MIME,
@@ -233,11 +233,7 @@ impl DriveStore {
         }
         let Some(id) = duplicate_id(name) else { return Ok(None) };
         match self.get_file(id, target).await {
-            Ok(f)
-                if f.parents.iter().any(|p| p == parent)
-                    && !f.trashed
-                    && is(&f, &|n| duplicate_name(n, id) == name) =>
-            {
+            Ok(f) if f.parents.iter().any(|p| p == parent) && !f.trashed && is(&f, &|n| is_made_up(name, n, id)) => {
                 Ok(Some(f))
             }
             Ok(_) => Ok(None),
