@@ -208,6 +208,7 @@ pub fn render(jobs: &Jobs) -> String {
         );
     }
     families.extend([retries, errors, mismatches, ops, sockets, refused]);
+    families.extend(connection_families());
     if let Some(stage) = engine.stage() {
         let mut bytes =
             Family::gauge("laminar_stage_bytes", "The NVMe stage: bytes reserved by staged objects, and the quota.");
@@ -224,4 +225,36 @@ pub fn render(jobs: &Jobs) -> String {
     let mut out = Vec::new();
     prometheus::TextEncoder::new().encode(&families, &mut out).expect("text encoding to memory cannot fail");
     String::from_utf8(out).expect("the text format is UTF-8")
+}
+
+/// The process's connections to each endpoint, bounded across every job (see
+/// `laminar_engine::http::connection_budgets`).
+fn connection_families() -> [Family; 4] {
+    let mut open = Family::gauge(
+        "laminar_http_connections",
+        "Connections to each endpoint: open (in use or idle), idle, waited for, and the most the process opens.",
+    );
+    let mut peak =
+        Family::gauge("laminar_http_connections_peak", "The most connections open at once to each endpoint.");
+    let mut waits = Family::counter(
+        "laminar_http_connection_waits_total",
+        "Requests that waited for a connection to come free, the endpoint's bound being reached.",
+    );
+    let mut reaped = Family::counter(
+        "laminar_http_connections_reaped_total",
+        "Idle connections closed because their server had closed them or they had aged.",
+    );
+    for (endpoint, b) in laminar_engine::http::connection_budgets() {
+        let e = endpoint.as_str();
+        open.push(&[("endpoint", e), ("state", "open")], b.open as f64);
+        open.push(&[("endpoint", e), ("state", "idle")], b.idle as f64);
+        open.push(&[("endpoint", e), ("state", "waiting")], b.waiting as f64);
+        if b.limit != usize::MAX {
+            open.push(&[("endpoint", e), ("state", "limit")], b.limit as f64);
+        }
+        peak.push(&[("endpoint", e)], b.peak as f64);
+        waits.push(&[("endpoint", e)], b.waits as f64);
+        reaped.push(&[("endpoint", e)], b.reaped as f64);
+    }
+    [open, peak, waits, reaped]
 }

@@ -311,6 +311,10 @@ fn jobs_run_pause_scale_cancel_and_verify_over_http() {
             "laminar_build_info",
             "laminar_worker_driver",
             "laminar_socket_policy",
+            "laminar_http_connections",
+            "laminar_http_connections_peak",
+            "laminar_http_connection_waits",
+            "laminar_http_connections_reaped",
         ] {
             assert!(families.get(name).is_some(), "metric family {name} missing: {families}");
         }
