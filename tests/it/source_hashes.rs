@@ -5,10 +5,14 @@
 //! small object read whole is checked from RAM. A byte flipped on the way from the source
 //! is then caught and the object read again, where before it landed as a complete-looking
 //! object with a checksum of the wrong bytes. rclone's `md5chksum` metadata (the whole
-//! file's MD5) vouches as well.
+//! file's MD5) vouches as well. A relay killed mid-object goes on and still checks the
+//! ETag: each part's source part MD5s are in the journal with the part.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use laminar_tests::proxy::{Fault, Proxy};
-use laminar_tests::{clouds, Clouds};
+use laminar_tests::{clouds, laminar_bin, Clouds};
 
 const MIB: usize = 1 << 20;
 
@@ -111,4 +115,59 @@ fn rclone_md5_metadata_vouches_for_an_object_uploaded_in_parts() {
     let r = report(&out);
     assert_eq!(source_check(&r), ("[\"md5\"]".to_string(), "end-to-end".to_string()), "{r}");
     assert!(landed(&c, "bkt-b/md5meta", "mid.bin").unwrap() == mid);
+}
+
+/// Parts of `big.bin` in the journal, and how many of them carry their source parts'
+/// MD5s.
+fn journaled_parts(data: &std::path::Path) -> (u64, u64) {
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
+    let Ok(db) = rusqlite::Connection::open_with_flags(data.join("laminar.db"), flags) else { return (0, 0) };
+    let sql = "SELECT COUNT(*), COUNT(blocks) FROM parts WHERE dst_key LIKE '%big.bin'";
+    db.query_row(sql, [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap_or((0, 0))
+}
+
+#[test]
+fn a_relay_killed_mid_object_goes_on_and_still_checks_the_etag() {
+    let Some(c) = clouds() else { return };
+    let big = pattern(30 * MIB + 7, 4);
+    upload_in_parts(&c, "bkt-a/kill/big.bin", &big, false);
+    // The destination is slowed so that the kill lands inside the object.
+    let paced = Proxy::start(c.b.addr(), Fault::PaceRequests { bytes_per_second: 6 * MIB as u64 });
+    c.add_remote("paced", &paced.endpoint(), &c.b);
+    let data = tempfile::tempdir().unwrap();
+    let relay = || {
+        let mut cmd = Command::new(laminar_bin());
+        cmd.env("LAMINAR_DATA_DIR", data.path()).arg("--config").arg(c.config.path()).args([
+            "relay",
+            "a:bkt-a/kill",
+            "paced:bkt-b/kill",
+            "--json",
+            "--multipart-cutoff",
+            "8MiB",
+            "--part-size",
+            "5MiB",
+            "--part-streams",
+            "2",
+        ]);
+        cmd
+    };
+    let mut child = relay().stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while journaled_parts(data.path()).0 < 2 {
+        assert!(child.try_wait().unwrap().is_none(), "the relay ended before it was killed");
+        assert!(Instant::now() < deadline, "waited 60 s for two parts in the journal");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (parts, with_md5s) = journaled_parts(data.path());
+    assert_eq!(parts, with_md5s, "every journaled part keeps its source parts' MD5s");
+    assert_eq!(landed(&c, "bkt-b/kill", "big.bin"), None, "nothing of the object looks complete");
+
+    let out = relay().output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = report(&out);
+    assert_eq!(r["objects_resumed"], 1, "{r}");
+    assert_eq!(source_check(&r), ("[\"md5-of-parts\"]".to_string(), "end-to-end".to_string()), "{r}");
+    assert!(landed(&c, "bkt-b/kill", "big.bin").unwrap() == big);
 }
