@@ -7,6 +7,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use laminar_tests::disk::SmallDisk;
 use laminar_tests::proxy::{Fault, Proxy};
 use laminar_tests::{clouds, laminar_bin, Clouds};
 use serde_json::Value;
@@ -160,52 +161,15 @@ fn large_objects_open_a_few_at_a_time_and_take_the_stage_in_turn() {
     assert!(stage_files(stage.path()).is_empty());
 }
 
-/// A real ext4 file system of 40 MiB on a loop device, unmounted on drop.
-struct SmallDisk {
-    mount: tempfile::TempDir,
-    image: tempfile::NamedTempFile,
-}
-
-impl SmallDisk {
-    fn make() -> Result<SmallDisk, String> {
-        let image = tempfile::NamedTempFile::new().map_err(|e| e.to_string())?;
-        image.as_file().set_len(48 << 20).map_err(|e| e.to_string())?;
-        let run = |cmd: &mut Command| -> Result<(), String> {
-            let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
-            out.status
-                .success()
-                .then_some(())
-                .ok_or_else(|| format!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr)))
-        };
-        run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(image.path()))?;
-        let mount = tempfile::tempdir().map_err(|e| e.to_string())?;
-        run(Command::new("mount").args(["-o", "loop"]).arg(image.path()).arg(mount.path()))?;
-        Ok(SmallDisk { mount, image })
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.mount.path()).status();
-        let _ = &self.image;
-    }
-}
-
 #[test]
 fn a_stage_disk_that_fills_up_loses_nothing() {
     let Some(c) = clouds() else { return };
-    let disk = match SmallDisk::make() {
-        Ok(d) => d,
-        Err(why) => {
-            // Loop mounts need root and a loop device; say why rather than pass silently.
-            eprintln!("skipping the disk-full test: cannot make a small ext4 file system here: {why}");
-            return;
-        }
-    };
+    // Loop mounts need root and a loop device.
+    let Some(disk) = SmallDisk::make_or_skip("the disk-full test") else { return };
     load(&c, "full", &[20 * MIB; 4]);
     // The operator allows far more than the disk holds: writes hit ENOSPC.
     let mut args = vec!["relay", "a:bkt-a/full", "b:bkt-b/full", "--json", "--route", "stage", "--stage-max", "1GiB"];
-    args.extend(["--stage-dir", disk.mount.path().to_str().unwrap(), "--part-streams", "8"]);
+    args.extend(["--stage-dir", disk.path().to_str().unwrap(), "--part-streams", "8"]);
     args.extend(LARGE);
     let out = c.laminar(&args);
     assert_eq!(out.status.code(), Some(0));
@@ -218,11 +182,7 @@ fn a_stage_disk_that_fills_up_loses_nothing() {
     assert!(report["routes"]["stage"].as_u64().unwrap_or(0) >= 1, "{report}");
     assert!(report["routes"]["stream"].as_u64().unwrap_or(0) >= 1, "{report}");
     c.b.rclone_check_download(&c.a, "bkt-a/full", "bkt-b/full").unwrap();
-    assert!(
-        stage_files(disk.mount.path()).iter().all(|f| f.ends_with("lost+found")),
-        "{:?}",
-        stage_files(disk.mount.path())
-    );
+    assert!(stage_files(disk.path()).iter().all(|f| f.ends_with("lost+found")), "{:?}", stage_files(disk.path()));
 }
 
 #[test]

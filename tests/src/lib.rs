@@ -1,12 +1,14 @@
 //! Test support for Laminar's integration tests against real servers.
 //!
 //! - [`proxy`]: a fault-injecting TCP proxy (flip a byte, cut every connection).
+//! - [`disk`]: a small real file system to fill up.
 //! - [`Clouds`]: two real SeaweedFS servers and a laminar.toml naming them.
 //! - Servers themselves (SeaweedFS, rclone) live in `laminar_bench::servers`, shared
 //!   with the benchmarks.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod disk;
 pub mod proxy;
 
 /// The `laminar` binary, built next to the running test's target directory, or the

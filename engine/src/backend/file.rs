@@ -21,6 +21,10 @@
 //! Sockets, FIFOs and devices are left out with a note, and so is a directory that
 //! cannot be read, while the rest of the tree is listed.
 //!
+//! **A full disk.** A write that meets ENOSPC or EDQUOT fails with one line naming
+//! the destination root and the space left there; the object fails (its temporary
+//! file removed by the abort), and a later run after space is freed writes it whole.
+//!
 //! Metadata that a file can't hold natively (Content-Type and friends, user
 //! metadata) and Laminar's provenance record live in `user.laminar.*` xattrs; the
 //! mtime is the file's own.
@@ -450,7 +454,7 @@ impl FileStore {
         if create {
             options.create_new(true);
         }
-        let file = options.open(path).await.map_err(|e| Error::io("write", key, e))?;
+        let file = options.open(path).await.map_err(|e| self.write_error("write", key, e))?;
         let mut at = offset;
         for chunk in body.chunks {
             if chunk.is_empty() {
@@ -458,10 +462,27 @@ impl FileStore {
             }
             let len = chunk.len() as u64;
             let (res, _) = file.write_all_at(chunk, at).await;
-            res.map_err(|e| Error::io("write", key, e))?;
+            res.map_err(|e| self.write_error("write", key, e))?;
             at += len;
         }
-        file.close().await.map_err(|e| Error::io("write", key, e))
+        file.close().await.map_err(|e| self.write_error("write", key, e))
+    }
+
+    /// The error of a write to `key`: a full disk (ENOSPC, EDQUOT) names the
+    /// destination root and the space left there, and says what to do.
+    fn write_error(&self, op: &'static str, key: &str, e: std::io::Error) -> Error {
+        if !matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) {
+            return Error::io(op, key, e);
+        }
+        let left = match free_bytes(&self.root) {
+            Some(bytes) => format!("{} MiB left", bytes >> 20),
+            None => "space left unknown".to_string(),
+        };
+        let detail = format!(
+            "the disk holding {} is full ({left}; {e}): free space there, or pick a destination with room, and run again",
+            self.root.display()
+        );
+        Error::io(op, key, std::io::Error::new(e.kind(), detail))
     }
 
     fn finish_file(&self, key: &str, temp: &Path, args: &PutArgs) -> Result<()> {
@@ -603,6 +624,16 @@ fn info_for(path: &Path, md: &std::fs::Metadata) -> ObjectInfo {
         provenance: get_xattr(path, XATTR_PROVENANCE),
         version: Some(version_token(md)),
     }
+}
+
+/// Bytes an unprivileged writer may still write on the file system holding `path`.
+fn free_bytes(path: &Path) -> Option<u64> {
+    let cpath = CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: all-zero bytes are a valid `statvfs` (plain integers).
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpath` is NUL-terminated and `st` is a valid, writable statvfs.
+    let rc = unsafe { libc::statvfs(cpath.as_ptr(), &mut st) };
+    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 fn get_xattr(path: &Path, name: &str) -> Option<String> {
