@@ -75,6 +75,9 @@ struct Side {
     case_insensitive: bool,
     reports_etag: bool,
     reports_crc: bool,
+    /// The ETag is the MD5 of the MD5s of parts of this size (an S3 object uploaded in
+    /// parts), which the relay checks through the layout the store gives.
+    etag_parts_bytes: Option<u64>,
     list_provenance: bool,
     verifies: Vec<ChecksumAlgo>,
     streams: bool,
@@ -104,6 +107,7 @@ impl Side {
             .into_iter()
             .filter_map(|(on, f)| on.then_some(f))
             .collect();
+        o.etag_parts_bytes = self.etag_parts_bytes;
         o.verifies = self.verifies.clone();
         o.streams = self.streams && !self.ordered;
         o.metadata.content_headers = self.content_headers;
@@ -149,12 +153,13 @@ fn side() -> impl Strategy<Value = Side> {
         vec![ChecksumAlgo::Crc32c, ChecksumAlgo::Md5, ChecksumAlgo::Sha256],
     ]);
     let listing = (prop::option::weighted(0.4, any::<u64>()), prop::bool::weighted(0.3));
-    (parts, hashes, verifies, any::<bool>(), any::<bool>(), listing).prop_map(
+    let etag_parts = select(vec![None, None, Some(64u64 << 10), Some(200 << 10)]);
+    (parts, hashes, verifies, (any::<bool>(), etag_parts), any::<bool>(), listing).prop_map(
         |(
             (ordered, alignment_bytes, min_part_bytes, max_parts, max_single_put_bytes),
             (page_entries, reports_etag, reports_crc, list_provenance),
             verifies,
-            streams,
+            (streams, etag_parts_bytes),
             content_headers,
             (unordered, case_insensitive),
         )| Side {
@@ -168,6 +173,7 @@ fn side() -> impl Strategy<Value = Side> {
             case_insensitive,
             reports_etag,
             reports_crc,
+            etag_parts_bytes,
             list_provenance,
             verifies,
             streams,
@@ -202,8 +208,8 @@ fn src_faults(op: FaultOp, src: &Side) -> Vec<Fault> {
     }
     if op == FaultOp::Read {
         // A byte flipped before the relay hashes it is caught only against a checksum
-        // the source reports.
-        if src.reports_crc {
+        // the source reports, or its ETag of parts.
+        if src.reports_crc || (src.reports_etag && src.etag_parts_bytes.is_some()) {
             faults.push(Fault::Corrupt);
         }
     }

@@ -32,7 +32,7 @@ use super::{
     Backend, Capabilities, Committed, CopySource, ListPage, LocalFuture, ObjectInfo, PartRecord, PartSpec, PutArgs,
     Session, SessionState, Sink, Source, Store, UploadMode, UploadPlan, UploadSession, WorkerCtx,
 };
-use crate::checksum::{Checksum, ChecksumAlgo, Hasher, Hashers};
+use crate::checksum::{Checksum, ChecksumAlgo, Composite, Hasher, Hashers};
 use crate::error::{Error, ErrorClass, Result};
 use crate::pool::ring::{Drain, Filler, Next};
 use crate::pool::{Body, BufferPool};
@@ -567,6 +567,10 @@ impl Source for FaultySource {
 
     fn copy_source(&self, key: &str) -> Option<CopySource> {
         self.inner.copy_source(key)
+    }
+
+    fn composite<'a>(&'a self, key: &'a str, info: &'a ObjectInfo) -> LocalFuture<'a, Result<Option<Composite>>> {
+        self.inner.composite(key, info)
     }
 }
 

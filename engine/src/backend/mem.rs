@@ -37,7 +37,7 @@ use super::{
     Backend, Capabilities, CopySource, Entry, HashFamily, ListOrder, ListPage, LocalFuture, MetaSupport, ObjectInfo,
     ObjectMeta, PartLimits, PutArgs, Session, SessionState, Sink, Source, Store, UploadMode, UploadPlan, WorkerCtx,
 };
-use crate::checksum::{Checksum, ChecksumAlgo, Hasher, Hashers};
+use crate::checksum::{Checksum, ChecksumAlgo, Composite, Hasher, Hashers};
 use crate::error::{Error, ErrorClass, Result};
 use crate::pool::ring::Filler;
 use crate::pool::Body;
@@ -78,6 +78,10 @@ pub struct MemOptions {
     /// and case-preserving, as Dropbox is: a key names the object whose key folds to
     /// the same lower case, and that object keeps the case it was first written in.
     pub case_sensitive: bool,
+    /// When set, an object's ETag is the MD5 of the MD5s of its parts of this many
+    /// bytes (`hex-N`), as S3 names an object uploaded in parts, and
+    /// [`Source::composite`] gives that layout; else the ETag is the object's MD5.
+    pub etag_parts_bytes: Option<u64>,
 }
 
 impl Default for MemOptions {
@@ -104,6 +108,7 @@ impl Default for MemOptions {
             metadata: MetaSupport { content_headers: true, user: true, mtime: true },
             latency: std::time::Duration::ZERO,
             case_sensitive: true,
+            etag_parts_bytes: None,
         }
     }
 }
@@ -180,7 +185,8 @@ pub struct MemObject {
     pub provenance: Option<String>,
     /// Bumped on every write to the store: the object's version token is `mem:N`.
     pub generation: u64,
-    /// MD5 of the bytes, hex.
+    /// The ETag: the MD5 of the bytes, hex, or of their parts' MD5s
+    /// ([`MemOptions::etag_parts_bytes`]).
     md5: String,
     /// The whole-object checksums the store reports.
     checksums: Vec<Checksum>,
@@ -378,7 +384,10 @@ impl MemShared {
             .map(|algo| checksum_of(algo, &bytes))
             .collect();
         let object = MemObject {
-            md5: checksum_of(ChecksumAlgo::Md5, &bytes).to_hex(),
+            md5: match self.options.etag_parts_bytes {
+                Some(part_bytes) if !bytes.is_empty() => Composite::of_slices(part_bytes, [&bytes[..]]).to_etag(),
+                _ => checksum_of(ChecksumAlgo::Md5, &bytes).to_hex(),
+            },
             bytes,
             meta,
             provenance: args.provenance.clone(),
@@ -658,6 +667,15 @@ impl Source for MemStore {
                 filler.send(chunk);
             }
             Ok(version)
+        })
+    }
+
+    fn composite<'a>(&'a self, _key: &'a str, info: &'a ObjectInfo) -> LocalFuture<'a, Result<Option<Composite>>> {
+        Box::pin(async move {
+            self.shared.wait().await;
+            let _state = self.shared.request("stat");
+            let layout = self.shared.options.etag_parts_bytes.zip(info.etag.as_deref());
+            Ok(layout.and_then(|(part_bytes, etag)| Composite::from_etag(etag, info.size, part_bytes)))
         })
     }
 

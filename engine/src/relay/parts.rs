@@ -46,13 +46,29 @@ pub(super) async fn plan_large(ctx: &Ctx, job: &ObjectJob) -> Result<u32> {
     if info.size != job.size() {
         return Err(Error::protocol("stat", job.src_key(), "the object changed size during the relay"));
     }
-    // A source that vouches only by the MD5 of its own parts' MD5s is checked by
-    // reading in whole multiples of its parts, where a worker's RAM holds them and the
-    // destination takes such parts.
     // Parts are copied server-side only into parallel sessions: an ordered stream is
     // sent bytes, which must then be checked like any other.
     let parallel = ctx.dst.capabilities().upload == crate::backend::UploadMode::Parallel;
     let copy = server_side(ctx, job).filter(|_| parallel);
+    // Prefer parts that fit a worker's share of the RAM tier, so small buffers still
+    // work; parts of whole source parts are rounded down to, so as not to grow past it.
+    let pick = |alignment: u64, whole_source_parts: bool| {
+        let mut preferred = ctx.shared.opts.part_size_bytes.min(pool_bytes);
+        if whole_source_parts {
+            preferred = (preferred / alignment).max(1) * alignment;
+        }
+        choose_part_size(
+            job.size(),
+            preferred,
+            limits.min_part_bytes,
+            limits.max_part_bytes,
+            limits.max_parts,
+            alignment,
+        )
+    };
+    // A source that vouches only by the MD5 of its own parts' MD5s is checked by
+    // reading in whole multiples of its parts, where a worker's RAM holds them and the
+    // destination takes such parts.
     let wants_composite = copy.is_none() && ctx.shared.opts.verify_md5 && vouches_only_by_parts(&info);
     let composite = match wants_composite {
         true => ctx.retry(|| timed(ctx.src_label(), Op::Stat, ctx.src.composite(job.src_key(), &info))).await?,
@@ -60,32 +76,20 @@ pub(super) async fn plan_large(ctx: &Ctx, job: &ObjectJob) -> Result<u32> {
     }
     .and_then(|c| {
         let aligned = lcm(alignment_bytes, c.part_bytes);
-        let fits = aligned <= pool_bytes.min(limits.max_part_bytes)
-            && job.size().div_ceil(aligned) <= u64::from(limits.max_parts);
-        fits.then(|| {
-            alignment_bytes = aligned;
-            c
-        })
+        let part = pick(aligned, true)?;
+        (part <= pool_bytes).then_some((c, part))
     });
-    // Prefer parts that fit a worker's share of the RAM tier, so small buffers still
-    // work; whole source parts are rounded down to, so as not to grow past it.
-    let mut preferred = ctx.shared.opts.part_size_bytes.min(pool_bytes);
-    if composite.is_some() {
-        preferred = (preferred / alignment_bytes).max(1) * alignment_bytes;
-    }
-    let part_size = choose_part_size(
-        job.size(),
-        preferred,
-        limits.min_part_bytes,
-        limits.max_part_bytes,
-        limits.max_parts,
-        alignment_bytes,
-    )
-    .ok_or_else(|| Error::InvalidKey {
-        op: "plan",
-        key: job.src_key().to_string(),
-        reason: format!("{} bytes is more than the destination accepts in one object", job.size()),
-    })?;
+    let (composite, part_size) = match composite {
+        Some((c, part)) => (Some(c), part),
+        None => (
+            None,
+            pick(alignment_bytes, false).ok_or_else(|| Error::InvalidKey {
+                op: "plan",
+                key: job.src_key().to_string(),
+                reason: format!("{} bytes is more than the destination accepts in one object", job.size()),
+            })?,
+        ),
+    };
     if copy.is_none() && part_size > pool_bytes {
         return Err(Error::Usage(format!(
             "{} needs parts of {}, more than a worker's share of the RAM buffer ({}); raise --ram-buffer or lower --workers",
