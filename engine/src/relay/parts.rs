@@ -584,6 +584,62 @@ fn source_blocks_hash(job: &ObjectJob) -> Option<Result<&'static str, (String, S
 /// How the report names a check by the MD5 of the source's part MD5s.
 pub(super) const COMPOSITE_CHECK: &str = "md5-of-parts";
 
+/// Completes the upload. A store that lost a part it had acknowledged refuses to
+/// complete: asked what it holds, it is sent the parts it lacks again (once, read
+/// from the source again and checked to be the bytes sent before), and completing is
+/// tried again. When the store holds every part, or lists none of them (the upload
+/// itself is gone, or the store does not say), the refusal stands and is retried as
+/// any other.
+async fn finish_session(
+    ctx: &Ctx,
+    job: &ObjectJob,
+    session: &dyn UploadSession,
+    parts: &mut [PartRecord],
+    full: Option<&Checksum>,
+) -> Result<()> {
+    let complete = || timed(ctx.dst_label(), Op::Complete, session.finish(parts, full));
+    let Err(refused) = complete().await else { return Ok(()) };
+    if refused.is_fatal() || ctx.stopped() {
+        return Err(refused);
+    }
+    let lost: Vec<usize> = match session.committed().await {
+        Ok(Committed::Parts(held)) => (0..parts.len())
+            .filter(|&i| !held.iter().any(|h| h.number == parts[i].number && h.len == parts[i].len))
+            .collect(),
+        _ => Vec::new(),
+    };
+    if lost.is_empty() || lost.len() == parts.len() {
+        return ctx.retry(|| timed(ctx.dst_label(), Op::Complete, session.finish(parts, full))).await;
+    }
+    for i in lost {
+        let sent = parts[i].clone();
+        eprintln!(
+            "laminar: {}: the destination no longer holds part {} ({refused}); sending it again",
+            job.src_key(),
+            sent.number
+        );
+        let spec = PartSpec { number: sent.number, offset: sent.offset, len: sent.len };
+        let record = send_part(ctx, job, session, spec).await?;
+        if record.checksum != sent.checksum {
+            return Err(Error::Integrity {
+                op: "get",
+                target: job.src_key().to_string(),
+                detail: format!(
+                    "part {} was sent with {}, reading it again gives {}: the source's bytes differ between reads",
+                    sent.number, sent.checksum, record.checksum
+                ),
+            });
+        }
+        if let Some(journal) = &ctx.shared.journal {
+            let blocks = job.large().source_blocks.get(i).cloned().flatten();
+            journal.part(job.dst_key(), &record, blocks.as_ref());
+        }
+        job.large().progress.parts[(sent.number - 1) as usize] = Some(record.clone());
+        parts[i] = record;
+    }
+    ctx.retry(|| timed(ctx.dst_label(), Op::Complete, session.finish(parts, full))).await
+}
+
 /// The whole object's checksum from its parts, when the algorithm combines.
 fn combined(parts: &[PartRecord]) -> Option<Checksum> {
     let mut crc = 0u32;
@@ -609,7 +665,7 @@ pub(super) async fn finish_large(ctx: &Rc<Ctx>, job: &ObjectJob, state: SessionS
     let result = match (failure, &session) {
         (Some(e), _) => Err(e),
         (None, Err(e)) => Err(Error::protocol("complete-multipart", job.src_key(), e.to_string())),
-        (None, Ok(session)) => complete(ctx, job, session.as_ref(), &parts).await,
+        (None, Ok(session)) => complete(ctx, job, session.as_ref(), parts).await,
     };
     // The stage file goes whatever happened: completed, or about to be aborted.
     let (stage_file, route) = {
@@ -653,7 +709,8 @@ pub(super) async fn finish_large(ctx: &Rc<Ctx>, job: &ObjectJob, state: SessionS
     }
 }
 
-async fn complete(ctx: &Ctx, job: &ObjectJob, session: &dyn UploadSession, parts: &[PartRecord]) -> Result<()> {
+async fn complete(ctx: &Ctx, job: &ObjectJob, session: &dyn UploadSession, mut parts: Vec<PartRecord>) -> Result<()> {
+    let parts = &mut parts;
     let (source, is_copy) = {
         let m = job.large();
         (m.source.clone(), m.copy.is_some())
@@ -708,7 +765,7 @@ async fn complete(ctx: &Ctx, job: &ObjectJob, session: &dyn UploadSession, parts
             format!("parts add up to {expected} bytes, the object has {}", job.size()),
         ));
     }
-    ctx.retry(|| timed(ctx.dst_label(), Op::Complete, session.finish(parts, full.as_ref()))).await?;
+    finish_session(ctx, job, session, parts, full.as_ref()).await?;
     if !is_copy {
         let caps = ctx.dst.capabilities();
         let sent = parts.first().map_or(ctx.shared.opts.checksum, |p| p.checksum.algo);
