@@ -470,7 +470,7 @@ impl FileStore {
 
     /// The error of a write to `key`: a full disk (ENOSPC, EDQUOT) names the
     /// destination root and the space left there, and says what to do.
-    fn write_error(&self, op: &'static str, key: &str, e: std::io::Error) -> Error {
+    pub(super) fn write_error(&self, op: &'static str, key: &str, e: std::io::Error) -> Error {
         if !matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) {
             return Error::io(op, key, e);
         }
@@ -624,6 +624,25 @@ fn info_for(path: &Path, md: &std::fs::Metadata) -> ObjectInfo {
         provenance: get_xattr(path, XATTR_PROVENANCE),
         version: Some(version_token(md)),
     }
+}
+
+/// Gives `f` its `len` bytes on disk (`fallocate`), where the file system can; else
+/// sets its length only (a sparse file, whose blocks are taken as it is written).
+fn allocate(f: &std::fs::File, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let Ok(len_off) = libc::off_t::try_from(len) else { return f.set_len(len) };
+    if len_off > 0 {
+        // SAFETY: the descriptor is open for writing and owned by `f` for the call; no
+        // memory is passed.
+        let rc = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, len_off) };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            if !matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL)) {
+                return Err(e);
+            }
+        }
+    }
+    f.set_len(len)
 }
 
 /// Bytes an unprivileged writer may still write on the file system holding `path`.

@@ -40,7 +40,13 @@ pub(super) async fn begin<'a>(
     if !plan.single {
         let f =
             std::fs::OpenOptions::new().write(true).create_new(true).open(&temp).map_err(|e| Error::io(op, key, e))?;
-        f.set_len(plan.size).map_err(|e| Error::io(op, key, e))?;
+        // The object's blocks are taken now, so that a disk without room for it says
+        // so before a byte is read, not part-way through; the temp file goes if not.
+        if let Err(e) = super::allocate(&f, plan.size) {
+            drop(f);
+            let _ = std::fs::remove_file(&temp);
+            return Err(store.write_error(op, key, e));
+        }
     }
     let name = temp.file_name().expect("temp has a name").to_string_lossy().into_owned();
     let store_state = serde_json::to_value(FileSession { temp: name }).expect("serialisable");
