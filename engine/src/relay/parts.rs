@@ -581,6 +581,32 @@ fn source_blocks_hash(job: &ObjectJob) -> Option<Result<&'static str, (String, S
     Some(if &full == reported { Ok(COMPOSITE_CHECK) } else { Err((reported.to_string(), full.to_string())) })
 }
 
+/// Warns that an object read twice the same does not have the MD5 of part MD5s its
+/// source's ETag names: that store does not make its ETags so (for some objects).
+pub(super) fn composite_does_not_vouch(key: &str, reported: &dyn std::fmt::Display, got: &dyn std::fmt::Display) {
+    eprintln!(
+        "laminar: warning: {key}: read twice the same, its bytes do not have the source's {reported} ({got}): \
+         the store's ETag is not the MD5 of its parts' MD5s here; checked hop by hop"
+    );
+}
+
+/// Reads every part of a large object from the source again: whether each has the
+/// checksum it was sent with (the bytes sent are the source's, read twice the same).
+async fn read_again_as_sent(ctx: &Ctx, job: &ObjectJob, parts: &[PartRecord]) -> Result<bool> {
+    for part in parts {
+        let spec = PartSpec { number: part.number, offset: part.offset, len: part.len };
+        let chunks = ctx.pool.acquire(ctx.pool.chunks_for(spec.len)).await;
+        let mut hashers = Hashers::new(part.checksum.algo, false);
+        let read = ctx.src.read(job.src_key(), Some(spec.range()), Body::new(chunks), &mut hashers);
+        let (body, info) = timed(ctx.src_label(), Op::Get, read).await?;
+        super::transfer::pinned(job, info.version_token())?;
+        if body.len() != spec.len || hashers.finish().0 != part.checksum {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// How the report names a check by the MD5 of the source's part MD5s.
 pub(super) const COMPOSITE_CHECK: &str = "md5-of-parts";
 
@@ -731,6 +757,13 @@ async fn complete(ctx: &Ctx, job: &ObjectJob, session: &dyn UploadSession, mut p
     }
     match if is_copy { None } else { source_blocks_hash(job) } {
         Some(Ok(name)) => source_checks.push(name),
+        // See `transfer::verify_composite`: the parts read again as they were sent
+        // mean the ETag does not vouch for the bytes.
+        Some(Err((reported, got)))
+            if job.large().composite.is_some() && read_again_as_sent(ctx, job, parts).await? =>
+        {
+            composite_does_not_vouch(job.src_key(), &reported, &got);
+        }
         Some(Err((reported, got))) => {
             return Err(Error::Integrity {
                 op: "get",

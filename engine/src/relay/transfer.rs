@@ -357,18 +357,55 @@ fn verify_source(job_key: &str, info: &ObjectInfo, digests: &Digests) -> Result<
 /// Checks an object read whole against the MD5 of its parts' MD5s, where that is how
 /// the source names it (its bytes are in RAM: a second pass over them, for objects
 /// nothing else vouches for). Returns the check's name, if it was made.
-async fn verify_composite(ctx: &Ctx, job: &ObjectJob, info: &ObjectInfo, body: &Body) -> Result<Option<&'static str>> {
+///
+/// Not every store's multipart ETag is that MD5 (SeaweedFS's, for an object it put
+/// together from parts copied server-side, is not). So a mismatch reads the object
+/// again: bytes that differ between the reads (`sum`, the relay's checksum of the
+/// first) were changed on the way, and the read is retried; the same bytes twice
+/// mean the ETag does not vouch for them, and the object is checked hop by hop, with
+/// a warning.
+async fn verify_composite(
+    ctx: &Ctx,
+    job: &ObjectJob,
+    info: &ObjectInfo,
+    body: &Body,
+    sum: &Checksum,
+) -> Result<Option<&'static str>> {
     let composite = timed(ctx.src_label(), Op::Stat, ctx.src.composite(&job.src_key, info)).await?;
     let Some(reported) = composite else { return Ok(None) };
     let got = Composite::of_slices(reported.part_bytes, body.slices());
-    if got != reported {
-        return Err(Error::Integrity {
-            op: "get",
-            target: job.src_key.clone(),
-            detail: format!("the source reports {reported}, the bytes received have {got}"),
-        });
+    if got == reported {
+        return Ok(Some(super::parts::COMPOSITE_CHECK));
     }
-    Ok(Some(super::parts::COMPOSITE_CHECK))
+    let mismatch = Error::Integrity {
+        op: "get",
+        target: job.src_key.clone(),
+        detail: format!("the source reports {reported}, the bytes received have {got}"),
+    };
+    // Read again a chunk at a time: the first read's bytes still hold their RAM.
+    let mut again = crate::checksum::Hasher::new(sum.algo);
+    let step = ctx.pool.chunk_bytes() as u64;
+    let mut offset = 0;
+    while offset < job.size {
+        let range = (offset, (offset + step).min(job.size));
+        let chunks = ctx.pool.acquire(1).await;
+        let mut none = Hashers::with_set(crate::checksum::DigestSet::EMPTY);
+        let read = ctx.src.read(&job.src_key, Some(range), Body::new(chunks), &mut none);
+        let (piece, seen) = timed(ctx.src_label(), Op::Get, read).await?;
+        pinned(job, seen.version_token())?;
+        if piece.len() != range.1 - range.0 {
+            return Err(mismatch);
+        }
+        for slice in piece.slices() {
+            again.update(slice);
+        }
+        offset = range.1;
+    }
+    if &again.finish() != sum {
+        return Err(mismatch);
+    }
+    super::parts::composite_does_not_vouch(&job.src_key, &reported, &got);
+    Ok(None)
 }
 
 pub(super) fn put_args(info: &ObjectInfo, version: &str, sum: Option<&Checksum>) -> PutArgs {
@@ -583,7 +620,8 @@ async fn small(ctx: &Ctx, job: &ObjectJob) -> Result<()> {
             let digests = hashers.finish_all();
             let mut source_checks = verify_source(&job.src_key, &info, &digests)?;
             if source_checks.is_empty() && ctx.shared.opts.verify_md5 {
-                source_checks.extend(verify_composite(ctx, job, &info, &body).await?);
+                let sum = digests.get(algo).expect("the relay's checksum is computed");
+                source_checks.extend(verify_composite(ctx, job, &info, &body, sum).await?);
             }
             vouched_for(ctx, &job.src_key, &source_checks, info.etag.as_deref())?;
             let sum = digests.get(algo).cloned().expect("the relay's checksum is computed");
