@@ -219,28 +219,14 @@ pub(super) async fn verify_by_reading(ctx: &Ctx, job: &ObjectJob, parts: &[PartR
     let mut whole = Hasher::new(reported.algo);
     let key = job.src_key();
     for part in parts {
-        let spec = PartSpec { number: part.number, offset: part.offset, len: part.len };
-        let algo = part.checksum.algo;
-        let (body, sum) = ctx
-            .retry(|| async {
-                let chunks = ctx.pool.acquire(ctx.pool.chunks_for(spec.len)).await;
-                let mut hashers = Hashers::new(algo, false);
-                let read = ctx.src.read(key, Some(spec.range()), Body::new(chunks), &mut hashers);
-                let (body, info) = timed(ctx.src_label(), Op::Get, read).await?;
-                super::transfer::pinned(job, info.version_token())?;
-                if body.len() != spec.len {
-                    return Err(Error::protocol("get", key, format!("part {} came back short", spec.number)));
-                }
-                Ok((body, hashers.finish().0))
-            })
-            .await?;
+        let (body, sum) = read_part_again(ctx, job, part).await?;
         if sum != part.checksum {
             return Err(Error::Integrity {
                 op: "get",
                 target: key.to_string(),
                 detail: format!(
                     "part {} was sent with {}, reading it again gives {sum}: the source's bytes differ between reads",
-                    spec.number, part.checksum
+                    part.number, part.checksum
                 ),
             });
         }
@@ -257,4 +243,24 @@ pub(super) async fn verify_by_reading(ctx: &Ctx, job: &ObjectJob, parts: &[PartR
         });
     }
     Ok(crate::relay::check_name(got.algo))
+}
+
+/// Reads a part that was sent from the source again (retried as any read): its bytes,
+/// and their checksum by the algorithm it was sent with.
+pub(super) async fn read_part_again(ctx: &Ctx, job: &ObjectJob, part: &PartRecord) -> Result<(Body, Checksum)> {
+    let spec = PartSpec { number: part.number, offset: part.offset, len: part.len };
+    let algo = part.checksum.algo;
+    let key = job.src_key();
+    ctx.retry(|| async {
+        let chunks = ctx.pool.acquire(ctx.pool.chunks_for(spec.len)).await;
+        let mut hashers = Hashers::new(algo, false);
+        let read = ctx.src.read(key, Some(spec.range()), Body::new(chunks), &mut hashers);
+        let (body, info) = timed(ctx.src_label(), Op::Get, read).await?;
+        super::transfer::pinned(job, info.version_token())?;
+        if body.len() != spec.len {
+            return Err(Error::protocol("get", key, format!("part {} came back short", spec.number)));
+        }
+        Ok((body, hashers.finish().0))
+    })
+    .await
 }

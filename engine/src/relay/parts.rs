@@ -594,13 +594,7 @@ pub(super) fn composite_does_not_vouch(key: &str, reported: &dyn std::fmt::Displ
 /// checksum it was sent with (the bytes sent are the source's, read twice the same).
 async fn read_again_as_sent(ctx: &Ctx, job: &ObjectJob, parts: &[PartRecord]) -> Result<bool> {
     for part in parts {
-        let spec = PartSpec { number: part.number, offset: part.offset, len: part.len };
-        let chunks = ctx.pool.acquire(ctx.pool.chunks_for(spec.len)).await;
-        let mut hashers = Hashers::new(part.checksum.algo, false);
-        let read = ctx.src.read(job.src_key(), Some(spec.range()), Body::new(chunks), &mut hashers);
-        let (body, info) = timed(ctx.src_label(), Op::Get, read).await?;
-        super::transfer::pinned(job, info.version_token())?;
-        if body.len() != spec.len || hashers.finish().0 != part.checksum {
+        if chain::read_part_again(ctx, job, part).await?.1 != part.checksum {
             return Ok(false);
         }
     }
