@@ -455,6 +455,31 @@ impl DriveHandle {
         self.insert_body(folder_id, path, "application/octet-stream", body)
     }
 
+    /// Replaces the bytes of the one binary file at `path`, as an upload of a new
+    /// revision (files.update with media) does: size, hashes, `version` and
+    /// `modifiedTime` move on. A read already answering keeps the bytes it began with.
+    pub fn overwrite(&self, path: &str, bytes: impl Into<Bytes>) -> Result<()> {
+        let id = match self.ids_at(path).as_slice() {
+            [id] => id.clone(),
+            ids => bail!("overwrite {path}: {} files there, not one", ids.len()),
+        };
+        let content = Content::from_bytes(bytes.into());
+        let digests = Hashers::of(&content);
+        let mut s = self.state.store();
+        let replaced = s.modify(&id, |f| {
+            let Body::Blob { original_filename, revision, .. } = &f.body else { return false };
+            let (original_filename, revision) = (original_filename.clone(), *revision);
+            f.body = Body::Blob { content, digests, original_filename, revision: revision + 1 };
+            f.modified_ms = time::now_ms().max(f.modified_ms + 1);
+            f.version += 1;
+            true
+        });
+        match replaced {
+            Some(true) => Ok(()),
+            _ => bail!("overwrite {path}: not a binary file"),
+        }
+    }
+
     /// Adds a Google Doc, Sheet, Slides or Drawing whose exports derive from `text`.
     pub fn insert_doc(&self, path: &str, kind: DocKind, text: &str) -> Result<String> {
         let root = self.root_id();

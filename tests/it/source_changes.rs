@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use laminar_bench::servers::{find_tool, require_servers, Weed};
 use laminar_emulators::drive::{DriveEmulator, DriveOptions};
+use laminar_emulators::dropbox::{DropboxEmulator, DropboxOptions};
 use laminar_tests::laminar_bin;
 
 const MIB: u64 = 1 << 20;
@@ -119,4 +120,41 @@ fn an_s3_object_replaced_mid_relay_lands_as_its_new_version() {
     weed.upload_file(&small, "bkt/src/small.txt").unwrap();
     relay_changing_midway(&gd, &config, "s3:bkt/src", || weed.upload_file(&new, "bkt/src/big.bin").unwrap());
     check_drive(&gd, &new_bytes);
+}
+
+#[test]
+fn a_dropbox_file_replaced_mid_relay_lands_as_its_new_version() {
+    let gd = DriveEmulator::start(DriveOptions::default()).expect("start the Drive emulator");
+    let dbx = DropboxEmulator::start(DropboxOptions::default()).expect("start the Dropbox emulator");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("laminar.toml");
+    std::fs::write(&config, format!("{}\n{}", gd.remote_toml("gd"), dbx.remote_toml("dbx"))).expect("config");
+    dbx.insert("/src/big.bin", pattern(BIG_BYTES, 4)).unwrap();
+    dbx.insert("/src/small.txt", &b"small"[..]).unwrap();
+    let new = pattern(BIG_BYTES - 1000, 5);
+    // Each read is pinned to the file's `rev`, which the download's Dropbox-API-Result gives.
+    relay_changing_midway(&gd, &config, "dbx:src", || {
+        dbx.insert("/src/big.bin", new.clone()).unwrap();
+    });
+    check_drive(&gd, &new);
+}
+
+#[test]
+fn a_drive_file_replaced_mid_relay_lands_as_its_new_version() {
+    let gd = DriveEmulator::start(DriveOptions::default()).expect("start the Drive emulator");
+    let src = DriveEmulator::start(DriveOptions::default()).expect("start the source Drive emulator");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("laminar.toml");
+    std::fs::write(&config, format!("{}\n{}", gd.remote_toml("gd"), src.remote_toml("src"))).expect("config");
+    src.insert("src/big.bin", pattern(BIG_BYTES, 6)).unwrap();
+    src.insert("src/small.txt", &b"small"[..]).unwrap();
+    let new = {
+        let mut b = pattern(BIG_BYTES, 6);
+        b[(20 * MIB) as usize..(20 * MIB + 4096) as usize].fill(0x5A);
+        b
+    };
+    // Drive gives no version with the bytes: the file's MD5 vouches for the whole read,
+    // and a mismatch with the file then asked again for its MD5 is a change.
+    relay_changing_midway(&gd, &config, "src:src", || src.overwrite("src/big.bin", new.clone()).unwrap());
+    check_drive(&gd, &new);
 }

@@ -402,8 +402,12 @@ impl DriveStore {
         headers.push(("authorization".to_string(), format!("Bearer {token}")));
         let req = Request { method: call.method, path: &call.path, headers, op: call.op, target: call.target };
         // A create (POST) or an update (PATCH) whose answer was lost may have been made:
-        // it is never sent again unasked; the caller looks before it tries again.
-        let (response, _) = if matches!(call.method, "POST" | "PATCH") {
+        // it is never sent again unasked; the caller looks before it tries again. Nor is
+        // a chunk of a resumable session (a PUT with a body): a connection that closed
+        // under it may have left Drive holding part of it, and the status query says
+        // how much, so that only the rest is sent again.
+        let chunk = call.method == "PUT" && !matches!(body, RequestBody::Empty);
+        let (response, _) = if matches!(call.method, "POST" | "PATCH") || chunk {
             self.http.send_once(endpoint, &req, body).await?
         } else {
             self.http.send(endpoint, &req, body).await?

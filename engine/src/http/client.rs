@@ -10,7 +10,7 @@ use monoio::buf::IoBufMut;
 
 use super::conn::{tls_config, Endpoint, Stream};
 use super::head::{Framing, ResponseHead};
-use super::pool::{Budget, Checkout, Conn, LocalPool};
+use super::pool::{Budget, Checkout, Conn, LocalPool, Role};
 use crate::checksum::Hashers;
 use crate::error::{Error, Result};
 use crate::pool::ring::{Drain, Filler, Next};
@@ -222,10 +222,20 @@ impl HttpClient {
         pool
     }
 
-    async fn checkout(&self, pool: &LocalPool, endpoint: &Endpoint, op: &'static str, target: &str) -> Result<Conn> {
-        let permit = match pool.checkout(self.inner.io_timeout).await {
-            Ok(Checkout::Idle(conn)) => return Ok(conn),
-            Ok(Checkout::Open(permit)) => permit,
+    async fn checkout(
+        &self,
+        pool: &LocalPool,
+        endpoint: &Endpoint,
+        role: Role,
+        op: &'static str,
+        target: &str,
+    ) -> Result<Conn> {
+        let (permit, slot) = match pool.checkout(self.inner.io_timeout, role).await {
+            Ok((Checkout::Idle(mut conn), slot)) => {
+                conn.role = slot;
+                return Ok(conn);
+            }
+            Ok((Checkout::Open(permit), slot)) => (permit, slot),
             Err(stalled) => {
                 return Err(Error::io(
                     op,
@@ -257,7 +267,9 @@ impl HttpClient {
                 })
             }
         };
-        Ok(Conn::new(stream, Vec::with_capacity(HEAD_BUFFER_BYTES), permit))
+        let mut conn = Conn::new(stream, Vec::with_capacity(HEAD_BUFFER_BYTES), permit);
+        conn.role = slot;
+        Ok(conn)
     }
 
     /// Sends a request and reads the response head. The request body is given back
@@ -301,8 +313,12 @@ impl HttpClient {
             }
         }
         let pool = self.pool(endpoint);
+        let role = match body {
+            RequestBody::Chunks(_) | RequestBody::Stream(_) => Role::Write,
+            RequestBody::Empty | RequestBody::Bytes(_) => Role::Read,
+        };
         loop {
-            let mut conn = self.checkout(&pool, endpoint, req.op, req.target).await?;
+            let mut conn = self.checkout(&pool, endpoint, role, req.op, req.target).await?;
             let reused = conn.reused;
             let mut pace = Pace::start();
             let streamed = matches!(body, RequestBody::Stream(_));

@@ -14,10 +14,18 @@
 //! - idle ones on a quiet thread are closed by that thread's reaper when it hears that
 //!   requests wait elsewhere.
 //!
+//! Neither reads nor writes take every place: requests sending object data (writes)
+//! and the rest (reads, whose answers may be object data) each hold at most the bound
+//! less an eighth of it (at least one), the [`Role`] split. A read holds its connection
+//! while its bytes wait for the write they feed, and a write holds its own while it
+//! waits for the read feeding it; two jobs copying each way between two stores would
+//! otherwise fill both stores' budgets with reads whose writes wait for a place, and
+//! stall. With the split, writes to each store always find a place that its reads
+//! cannot take, and the other way round.
+//!
 //! The wait is bounded: when no connection to the endpoint has come free for the idle
-//! timeout (all of them stuck, e.g. two jobs copying each way between two stores, each
-//! read holding a connection while its write waits for one), the request fails with a
-//! retryable error, which frees what its task holds.
+//! timeout (all of them stuck), the request fails with a retryable error, which frees
+//! what its task holds.
 //!
 //! Idle connections are reaped rather than left in CLOSE-WAIT: one taken from the pool
 //! is checked for a peer close (a non-blocking peek, the only syscall the pool adds to
@@ -70,6 +78,32 @@ static SHED: Event = Event::new();
 /// Time zero of [`Budget::last_free_ms`].
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
+/// What a request does with its connection, for the budget's split between reads
+/// and writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// Sends no object data (its answer may be object data, or small).
+    Read,
+    /// Sends object data.
+    Write,
+}
+
+impl Role {
+    fn index(self) -> usize {
+        match self {
+            Role::Read => 0,
+            Role::Write => 1,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Role::Read => "reads",
+            Role::Write => "writes",
+        }
+    }
+}
+
 /// The connections to one endpoint, across the process.
 pub(crate) struct Budget {
     authority: String,
@@ -91,6 +125,25 @@ pub(crate) struct Budget {
     /// When a connection last came free (put back or closed) while requests waited,
     /// in ms since [`EPOCH`].
     last_free_ms: AtomicU64,
+    /// Most connections in use by one [`Role`] (`usize::MAX`: no split).
+    role_limit: usize,
+    /// Connections in use (checked out) by each role.
+    in_use: [AtomicUsize; 2],
+    /// Requests of each role waiting for its share.
+    role_waiting: [AtomicUsize; 2],
+    /// A connection of the role was put back or closed while requests of it waited.
+    role_freed: [Event; 2],
+    /// As `last_free_ms`, per role.
+    role_last_free_ms: [AtomicU64; 2],
+}
+
+/// How many connections one role may hold of `limit`: all but an eighth (at least
+/// one); no split under two.
+fn role_limit(limit: usize) -> usize {
+    if limit < 2 || limit == usize::MAX {
+        return usize::MAX;
+    }
+    limit - (limit / 8).max(1)
 }
 
 /// One endpoint's connections, as [`connection_budgets`] reports them.
@@ -145,6 +198,11 @@ impl Budget {
                     reaped: AtomicU64::new(0),
                     freed: Event::new(),
                     last_free_ms: AtomicU64::new(0),
+                    role_limit: role_limit(limit),
+                    in_use: Default::default(),
+                    role_waiting: Default::default(),
+                    role_freed: [Event::new(), Event::new()],
+                    role_last_free_ms: Default::default(),
                 })
             })
             .clone()
@@ -176,8 +234,65 @@ impl Budget {
 
     /// Time since a connection last came free while requests waited.
     fn since_free(&self) -> Duration {
-        let at = Duration::from_millis(self.last_free_ms.load(Ordering::Relaxed));
-        EPOCH.elapsed().saturating_sub(at)
+        since(&self.last_free_ms)
+    }
+
+    /// A share of `role`'s connections, if it has one free.
+    fn try_role(self: &Arc<Self>, role: Role) -> Option<RoleSlot> {
+        // SeqCst as in `try_open`, between `in_use` and `role_waiting`.
+        let in_use = &self.in_use[role.index()];
+        let mut n = in_use.load(Ordering::SeqCst);
+        loop {
+            if n >= self.role_limit {
+                return None;
+            }
+            match in_use.compare_exchange_weak(n, n + 1, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => return Some(RoleSlot { budget: self.clone(), role }),
+                Err(now) => n = now,
+            }
+        }
+    }
+
+    /// A share of `role`'s connections, waiting (on events) while the role holds all
+    /// it may, for as long as one of them comes free at least every `stall`. None when
+    /// the budget has no split.
+    async fn claim(self: &Arc<Self>, role: Role, stall: Duration) -> Result<Option<RoleSlot>, Stalled> {
+        if self.role_limit == usize::MAX {
+            return Ok(None);
+        }
+        if let Some(slot) = self.try_role(role) {
+            return Ok(Some(slot));
+        }
+        let i = role.index();
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.role_waiting[i].fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.role_waiting[i]);
+        self.waits.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        loop {
+            let freed = self.role_freed[i].listen();
+            if let Some(slot) = self.try_role(role) {
+                return Ok(Some(slot));
+            }
+            let stalled = since(&self.role_last_free_ms[i]).min(started.elapsed());
+            if stalled >= stall {
+                return Err(Stalled {
+                    authority: self.authority.clone(),
+                    limit: self.limit,
+                    waited: stalled,
+                    role: Some((role, self.role_limit)),
+                });
+            }
+            monoio::select! {
+                _ = freed => {}
+                _ = monoio::time::sleep(stall - stalled) => {}
+            }
+        }
     }
 
     pub(crate) fn stats(&self) -> BudgetStats {
@@ -189,6 +304,31 @@ impl Budget {
             peak: self.peak.load(Ordering::Relaxed),
             waits: self.waits.load(Ordering::Relaxed),
             reaped: self.reaped.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Time since the instant in `at` (ms since [`EPOCH`]).
+fn since(at: &AtomicU64) -> Duration {
+    EPOCH.elapsed().saturating_sub(Duration::from_millis(at.load(Ordering::Relaxed)))
+}
+
+/// A connection in use by one [`Role`], given back when it is dropped (when the
+/// connection is put back or closed).
+pub(crate) struct RoleSlot {
+    budget: Arc<Budget>,
+    role: Role,
+}
+
+impl Drop for RoleSlot {
+    fn drop(&mut self) {
+        let i = self.role.index();
+        // Pairs with the SeqCst increment of `role_waiting` and load of `in_use` in
+        // `Budget::claim`.
+        self.budget.in_use[i].fetch_sub(1, Ordering::SeqCst);
+        if self.budget.role_waiting[i].load(Ordering::SeqCst) > 0 {
+            self.budget.role_last_free_ms[i].store(EPOCH.elapsed().as_millis() as u64, Ordering::Relaxed);
+            self.budget.role_freed[i].notify(1.additional());
         }
     }
 }
@@ -221,6 +361,8 @@ pub(crate) struct Conn {
     pub(crate) buf: Vec<u8>,
     pub(crate) start: usize,
     pub(crate) reused: bool,
+    /// Its role's share while it is in use (none while idle).
+    pub(crate) role: Option<RoleSlot>,
     idle_since: Instant,
     /// Dropped after the stream (fields drop in order), so the place frees only once
     /// the socket is shut.
@@ -229,7 +371,7 @@ pub(crate) struct Conn {
 
 impl Conn {
     pub(crate) fn new(stream: Stream, buf: Vec<u8>, permit: Permit) -> Conn {
-        Conn { stream, buf, start: 0, reused: false, idle_since: Instant::now(), _permit: permit }
+        Conn { stream, buf, start: 0, reused: false, role: None, idle_since: Instant::now(), _permit: permit }
     }
 }
 
@@ -256,10 +398,23 @@ pub(crate) struct Stalled {
     pub(crate) authority: String,
     pub(crate) limit: usize,
     pub(crate) waited: Duration,
+    /// The role whose share was spent, and the share.
+    pub(crate) role: Option<(Role, usize)>,
 }
 
 impl std::fmt::Display for Stalled {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some((role, share)) = self.role {
+            return write!(
+                f,
+                "waited {}s for a connection to {}: {} hold all {share} of its {} they may (the rest are kept for \
+                 the other way) and none came free (see `laminar plan`)",
+                self.waited.as_secs(),
+                self.authority,
+                role.name(),
+                self.limit
+            );
+        }
         write!(
             f,
             "waited {}s for a connection to {}: all {} are in use and none came free (the most this process \
@@ -320,10 +475,17 @@ impl LocalPool {
         }
     }
 
-    /// An idle connection or a place for a new one, waiting (on events) while the
+    /// A share of `role`'s connections (waiting while the role holds all it may), then
+    /// an idle connection or a place for a new one, waiting (on events) while the
     /// budget is spent, for as long as connections to the endpoint come free at least
     /// every `stall`.
-    pub(crate) async fn checkout(&self, stall: Duration) -> Result<Checkout, Stalled> {
+    pub(crate) async fn checkout(&self, stall: Duration, role: Role) -> Result<(Checkout, Option<RoleSlot>), Stalled> {
+        let slot = self.budget.claim(role, stall).await?;
+        let checkout = self.place(stall).await?;
+        Ok((checkout, slot))
+    }
+
+    async fn place(&self, stall: Duration) -> Result<Checkout, Stalled> {
         let budget = &self.budget;
         // Requests already waiting here go first to what is put back here.
         if self.waiters.get() == 0 {
@@ -353,7 +515,12 @@ impl LocalPool {
             }
             let stalled = budget.since_free().min(started.elapsed());
             if stalled >= stall {
-                return Err(Stalled { authority: budget.authority.clone(), limit: budget.limit, waited: stalled });
+                return Err(Stalled {
+                    authority: budget.authority.clone(),
+                    limit: budget.limit,
+                    waited: stalled,
+                    role: None,
+                });
             }
             monoio::select! {
                 _ = freed => {}
@@ -366,6 +533,7 @@ impl LocalPool {
     /// Puts a connection whose response was read to the end back, or closes it when
     /// requests on other threads wait and this one holds more than its share.
     pub(crate) fn checkin(self: &Rc<Self>, mut conn: Conn) {
+        conn.role = None;
         let budget = &self.budget;
         let waiting = budget.waiting.load(Ordering::SeqCst);
         if waiting > 0 {
@@ -501,6 +669,7 @@ mod tests {
 
     use super::*;
     use crate::http::{HttpClient, Request, RequestBody};
+    use crate::pool::Body;
     use crate::runtime::{block_on, probe_io_uring, Driver};
 
     /// Bounds every wait, so that a bug shows as a failure and not a hang.
@@ -729,6 +898,53 @@ mod tests {
         done.1.notify(usize::MAX);
         quiet.join().unwrap();
         assert!(budget.stats().peak <= 1 && budget.stats().waits >= 1, "{:?}", budget.stats());
+    }
+
+    #[test]
+    fn reads_holding_their_share_leave_writes_a_place_and_the_other_way_round() {
+        // Reads and writes may each hold 3 of the 4.
+        let (endpoint, _, _stop) = counting_server("127.0.0.24", 1);
+        let budget = Budget::with_limit(&endpoint, 4);
+        let put = |path| Request { method: "PUT", path, headers: Vec::new(), op: "put", target: path };
+        let data = || RequestBody::Chunks(Body::default());
+        block_on(Driver::Epoll, async {
+            let client = HttpClient::new(WAIT, Duration::from_millis(300));
+            for (role, first, other) in [("reads", Role::Read, Role::Write), ("writes", Role::Write, Role::Read)] {
+                let send = |role: Role, path: &'static str| {
+                    let client = client.clone();
+                    let endpoint = endpoint.clone();
+                    async move {
+                        match role {
+                            Role::Read => client.send(&endpoint, &get(path), RequestBody::Empty).await,
+                            Role::Write => client.send(&endpoint, &put(path), data()).await,
+                        }
+                        .map(|(r, _)| r)
+                    }
+                };
+                // Three of one role hold their connections (their answers unread).
+                let mut held = Vec::new();
+                for path in ["/1", "/2", "/3"] {
+                    held.push(send(first, path).await.unwrap());
+                }
+                assert_eq!(budget.in_use[first.index()].load(Ordering::SeqCst), 3);
+                // A fourth waits for one of them, with a place free...
+                let err = send(first, "/4").await.map(drop).unwrap_err();
+                assert!(err.is_retryable(), "{err}");
+                assert!(err.to_string().contains(&format!("{role} hold all 3 of its 4")), "{err}");
+                // ...which the other role takes at once.
+                let r = send(other, "/5").await.unwrap();
+                assert_eq!(r.read_to_vec().await.unwrap(), b"x");
+                // One put back lets the next of the role in.
+                held.remove(0).read_to_vec().await.unwrap();
+                let r = send(first, "/6").await.unwrap();
+                assert_eq!(r.read_to_vec().await.unwrap(), b"x");
+                for r in held {
+                    r.read_to_vec().await.unwrap();
+                }
+            }
+        })
+        .unwrap();
+        assert!(budget.stats().peak <= 4, "{:?}", budget.stats());
     }
 
     #[test]

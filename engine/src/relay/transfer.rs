@@ -534,8 +534,12 @@ pub(super) async fn start_over(ctx: &Rc<Ctx>, job: &ObjectJob, e: &Error) -> boo
     } else {
         (job.size, job.src_version.clone(), job.kind)
     };
-    let why = if changed {
+    let why = if matches!(e, Error::Changed { .. }) {
         format!("{e}; sending its new version")
+    } else if changed {
+        // Seen only as a mismatch with the whole object's hash: said as the change it is.
+        let detail = format!("it was {} when the relay began, {version} now; {e}", job.src_version);
+        format!("{}; sending its new version", Error::Changed { op: "get", target: job.src_key.clone(), detail })
     } else {
         format!("{e}; reading and sending it again from the start")
     };
