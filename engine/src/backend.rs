@@ -141,6 +141,9 @@ pub struct ObjectInfo {
     pub meta: ObjectMeta,
     /// Whole-object checksums the store reported (not composite ones).
     pub checksums: Vec<Checksum>,
+    /// A COMPOSITE checksum the store reported, a hash of its parts' hashes: the
+    /// algorithm and the value as given (`base64-N`).
+    pub composite_checksum: Option<(ChecksumAlgo, String)>,
     /// Laminar's provenance record: the source's version token and checksum at the
     /// time Laminar wrote this object, so a re-run can skip it.
     pub provenance: Option<String>,

@@ -18,7 +18,7 @@ use md5::Digest as _;
 pub mod composite;
 pub mod dropbox;
 
-pub use composite::{composite_of, Composite, Md5Blocks, Md5Part};
+pub use composite::{composite_of, Composite, PartDigester, PartDigests};
 pub use dropbox::{dropbox_combine, DropboxBlocks, DropboxHasher, DropboxPart, DROPBOX_BLOCK_BYTES};
 
 /// Which digests of a source's own blocks a part's read keeps, to be combined with the
@@ -27,8 +27,10 @@ pub use dropbox::{dropbox_combine, DropboxBlocks, DropboxHasher, DropboxPart, DR
 pub enum BlockKind {
     /// Dropbox's 4 MiB block SHA-256s ([`dropbox_combine`]).
     Dropbox,
-    /// The MD5 of each source part of `block_bytes` ([`composite_of`]).
-    Md5 {
+    /// The digest of each source part of `block_bytes` ([`composite_of`]).
+    Parts {
+        /// The source's algorithm.
+        algo: ChecksumAlgo,
         /// The source's part size.
         block_bytes: u64,
     },
@@ -41,15 +43,15 @@ pub enum BlockKind {
 pub enum PartBlocks {
     /// Dropbox blocks.
     Dropbox(DropboxPart),
-    /// Source parts' MD5s.
-    Md5(Md5Part),
+    /// Source parts' digests.
+    Parts(PartDigests),
 }
 
 /// The block digests being kept while a part's bytes stream.
 #[derive(Clone)]
 enum BlockKeeper {
     Dropbox(DropboxBlocks),
-    Md5(Md5Blocks),
+    Parts(PartDigester),
 }
 
 /// A checksum algorithm the relay can compute.
@@ -577,7 +579,9 @@ impl Hashers {
         assert_eq!(self.fed_bytes, 0, "block digests kept after bytes were hashed");
         self.blocks = Some(match kind {
             BlockKind::Dropbox => BlockKeeper::Dropbox(DropboxBlocks::with_capacity(len_bytes)),
-            BlockKind::Md5 { block_bytes } => BlockKeeper::Md5(Md5Blocks::new(block_bytes, len_bytes)),
+            BlockKind::Parts { algo, block_bytes } => {
+                BlockKeeper::Parts(PartDigester::new(algo, block_bytes, len_bytes))
+            }
         });
     }
 
@@ -585,7 +589,7 @@ impl Hashers {
     pub fn take_blocks(&mut self) -> Option<PartBlocks> {
         self.blocks.take().map(|b| match b {
             BlockKeeper::Dropbox(d) => PartBlocks::Dropbox(d.finish()),
-            BlockKeeper::Md5(m) => PartBlocks::Md5(m.finish()),
+            BlockKeeper::Parts(m) => PartBlocks::Parts(m.finish()),
         })
     }
 
@@ -661,7 +665,7 @@ impl Hashers {
         }
         match &mut self.blocks {
             Some(BlockKeeper::Dropbox(b)) => b.update(bytes),
-            Some(BlockKeeper::Md5(b)) => b.update(bytes),
+            Some(BlockKeeper::Parts(b)) => b.update(bytes),
             None => {}
         }
     }

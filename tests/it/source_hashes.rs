@@ -117,6 +117,37 @@ fn rclone_md5_metadata_vouches_for_an_object_uploaded_in_parts() {
     assert!(landed(&c, "bkt-b/md5meta", "mid.bin").unwrap() == mid);
 }
 
+#[test]
+fn a_composite_sha256_checksum_vouches_for_an_object_uploaded_in_parts() {
+    let Some(c) = clouds() else { return };
+    // Uploaded in 5 MiB parts with SHA-256 part checksums: SeaweedFS keeps the COMPOSITE
+    // `x-amz-checksum-sha256` (the SHA-256 of the parts' SHA-256s, `base64-5`).
+    let big = pattern(24 * MIB + 7, 4);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("big.bin"), &big).unwrap();
+    let from = format!("file://{}", dir.path().display());
+    let up = ["relay", &from, "a:bkt-a/composite", "--checksum", "sha256", "--multipart-cutoff", "8MiB"];
+    let out = c.laminar(&[&up[..], &["--part-size", "5MiB", "--json"]].concat());
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let args = ["--json", "--multipart-cutoff", "16MiB", "--part-size", "10MiB"];
+    let out = c.laminar(&[&["relay", "a:bkt-a/composite", "b:bkt-b/composite"], &args[..]].concat());
+    assert_eq!(out.status.code(), Some(0));
+    let r = report(&out);
+    assert_eq!(source_check(&r), ("[\"sha256-of-parts\"]".to_string(), "end-to-end".to_string()), "{r}");
+    assert!(landed(&c, "bkt-b/composite", "big.bin").unwrap() == big);
+    // A byte flipped on the way from the source: caught by it, sent again, landed right.
+    let flip = Proxy::start(c.a.addr(), Fault::FlipResponseByte { after_bytes: 7 * MIB as u64 });
+    c.add_remote("flipcomposite", &flip.endpoint(), &c.a);
+    let out = c.laminar(&[&["relay", "flipcomposite:bkt-a/composite", "b:bkt-b/composite-flip"], &args[..]].concat());
+    assert!(flip.fault_fired());
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = report(&out);
+    assert_eq!(source_check(&r).1, "end-to-end", "{r}");
+    assert_eq!(r["objects_restarted"], 1, "the object was sent again from the source: {r}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SHA256 of 5 part SHA256s"));
+    assert!(landed(&c, "bkt-b/composite-flip", "big.bin").unwrap() == big);
+}
+
 /// Parts of `big.bin` in the journal, and how many of them carry their source parts'
 /// MD5s.
 fn journaled_parts(data: &std::path::Path) -> (u64, u64) {

@@ -621,6 +621,7 @@ fn info_for(path: &Path, md: &std::fs::Metadata) -> ObjectInfo {
         etag: None,
         meta,
         checksums: Vec::new(),
+        composite_checksum: None,
         provenance: get_xattr(path, XATTR_PROVENANCE),
         version: Some(version_token(md)),
     }

@@ -385,7 +385,9 @@ impl MemShared {
             .collect();
         let object = MemObject {
             md5: match self.options.etag_parts_bytes {
-                Some(part_bytes) if !bytes.is_empty() => Composite::of_slices(part_bytes, [&bytes[..]]).to_etag(),
+                Some(part_bytes) if !bytes.is_empty() => {
+                    Composite::of_slices(ChecksumAlgo::Md5, part_bytes, [&bytes[..]]).to_etag()
+                }
                 _ => checksum_of(ChecksumAlgo::Md5, &bytes).to_hex(),
             },
             bytes,
@@ -419,6 +421,7 @@ impl MemShared {
             etag: self.reports_etag().then(|| o.md5.clone()),
             meta: o.meta.clone(),
             checksums: o.checksums.clone(),
+            composite_checksum: None,
             provenance: o.provenance.clone(),
             version: Some(format!("mem:{}", o.generation)),
         }

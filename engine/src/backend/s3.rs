@@ -572,6 +572,8 @@ fn info_from_head(head: &crate::http::ResponseHead) -> ObjectInfo {
             // A composite checksum ("...-N") covers parts, not the object.
             if !composite && !value.contains('-') {
                 info.checksums.extend(Checksum::from_base64(algo, value));
+            } else if composite && Composite::checksum_parts(value).is_some() {
+                info.composite_checksum = Some((algo, value.trim().to_string()));
             }
         }
     }

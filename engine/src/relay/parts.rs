@@ -69,11 +69,12 @@ pub(super) async fn plan_large(ctx: &Ctx, job: &ObjectJob) -> Result<u32> {
     // A source that vouches only by the MD5 of its own parts' MD5s is checked by
     // reading in whole multiples of its parts, where a worker's RAM holds them and the
     // destination takes such parts.
-    let wants_composite = copy.is_none() && ctx.shared.opts.verify_md5 && vouches_only_by_parts(&info);
+    let wants_composite = copy.is_none() && asks_composite(ctx, &info) && vouches_only_by_parts(&info);
     let composite = match wants_composite {
         true => ctx.retry(|| timed(ctx.src_label(), Op::Stat, ctx.src.composite(job.src_key(), &info))).await?,
         false => None,
     }
+    .filter(|c| checks_composite(ctx, c))
     .and_then(|c| {
         let aligned = lcm(alignment_bytes, c.part_bytes);
         let part = pick(aligned, true)?;
@@ -520,6 +521,17 @@ fn lcm(a: u64, b: u64) -> u64 {
     a / gcd(a, b) * b
 }
 
+/// Whether the source is asked for the hash of its parts' hashes: with MD5 checks on
+/// (a multipart ETag), or when it reported a COMPOSITE checksum.
+pub(super) fn asks_composite(ctx: &Ctx, info: &crate::backend::ObjectInfo) -> bool {
+    ctx.shared.opts.verify_md5 || info.composite_checksum.is_some()
+}
+
+/// Whether the relay checks `c`: one of MD5s only with MD5 checks on (`--no-md5`).
+pub(super) fn checks_composite(ctx: &Ctx, c: &crate::checksum::Composite) -> bool {
+    c.algo != ChecksumAlgo::Md5 || ctx.shared.opts.verify_md5
+}
+
 /// Whether nothing the source reported for the object combines from parts hashed
 /// apart (so that only a hash of its own parts, where it has one, checks the object
 /// without reading it in order).
@@ -535,7 +547,7 @@ pub(super) fn source_block_kind(job: &ObjectJob) -> Option<BlockKind> {
     if m.source.checksums.iter().any(|c| c.algo == ChecksumAlgo::DropboxContentHash) {
         return Some(BlockKind::Dropbox);
     }
-    m.composite.as_ref().map(|c| BlockKind::Md5 { block_bytes: c.part_bytes })
+    m.composite.as_ref().map(|c| BlockKind::Parts { algo: c.algo, block_bytes: c.part_bytes })
 }
 
 /// Starts keeping the source's block digests of a part of `len` bytes, where the
@@ -576,9 +588,9 @@ fn source_blocks_hash(job: &ObjectJob) -> Option<Result<&'static str, (String, S
     }
     let reported = m.composite.as_ref()?;
     let parts: Vec<_> =
-        parts.into_iter().map(|p| if let PartBlocks::Md5(d) = p { Some(d) } else { None }).collect::<Option<_>>()?;
+        parts.into_iter().map(|p| if let PartBlocks::Parts(d) = p { Some(d) } else { None }).collect::<Option<_>>()?;
     let full = crate::checksum::composite_of(&parts, reported)?;
-    Some(if &full == reported { Ok(COMPOSITE_CHECK) } else { Err((reported.to_string(), full.to_string())) })
+    Some(if &full == reported { Ok(reported.check_name()) } else { Err((reported.to_string(), full.to_string())) })
 }
 
 /// Warns that an object read twice the same does not have the MD5 of part MD5s its
@@ -586,7 +598,7 @@ fn source_blocks_hash(job: &ObjectJob) -> Option<Result<&'static str, (String, S
 pub(super) fn composite_does_not_vouch(key: &str, reported: &dyn std::fmt::Display, got: &dyn std::fmt::Display) {
     eprintln!(
         "laminar: warning: {key}: read twice the same, its bytes do not have the source's {reported} ({got}): \
-         the store's ETag is not the MD5 of its parts' MD5s here; checked hop by hop"
+         the store's hash of its parts does not hash them (an ETag that is not the MD5 of its parts' MD5s here); checked hop by hop"
     );
 }
 
@@ -600,9 +612,6 @@ async fn read_again_as_sent(ctx: &Ctx, job: &ObjectJob, parts: &[PartRecord]) ->
     }
     Ok(true)
 }
-
-/// How the report names a check by the MD5 of the source's part MD5s.
-pub(super) const COMPOSITE_CHECK: &str = "md5-of-parts";
 
 /// Completes the upload. A store that lost a part it had acknowledged refuses to
 /// complete: asked what it holds, it is sent the parts it lacks again (once, read

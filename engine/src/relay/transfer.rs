@@ -372,10 +372,10 @@ async fn verify_composite(
     sum: &Checksum,
 ) -> Result<Option<&'static str>> {
     let composite = timed(ctx.src_label(), Op::Stat, ctx.src.composite(&job.src_key, info)).await?;
-    let Some(reported) = composite else { return Ok(None) };
-    let got = Composite::of_slices(reported.part_bytes, body.slices());
+    let Some(reported) = composite.filter(|c| super::parts::checks_composite(ctx, c)) else { return Ok(None) };
+    let got = Composite::of_slices(reported.algo, reported.part_bytes, body.slices());
     if got == reported {
-        return Ok(Some(super::parts::COMPOSITE_CHECK));
+        return Ok(Some(reported.check_name()));
     }
     let mismatch = Error::Integrity {
         op: "get",
@@ -623,7 +623,7 @@ async fn small(ctx: &Ctx, job: &ObjectJob) -> Result<()> {
             }
             let digests = hashers.finish_all();
             let mut source_checks = verify_source(&job.src_key, &info, &digests)?;
-            if source_checks.is_empty() && ctx.shared.opts.verify_md5 {
+            if source_checks.is_empty() && super::parts::asks_composite(ctx, &info) {
                 let sum = digests.get(algo).expect("the relay's checksum is computed");
                 source_checks.extend(verify_composite(ctx, job, &info, &body, sum).await?);
             }

@@ -1,5 +1,5 @@
-//! The part layout behind a multipart ETag (`hex-N`, the MD5 of the parts' MD5s),
-//! read from the store: `HEAD ?partNumber=K` answers part K's byte range
+//! The part layout behind a multipart ETag (`hex-N`, the MD5 of the parts' MD5s) or a
+//! COMPOSITE checksum (`base64-N`), read from the store: `HEAD ?partNumber=K` answers part K's byte range
 //! (`Content-Range`) and the part count (`x-amz-mp-parts-count`).
 //!
 //! Two requests per object, whatever its size: part 1 gives the part size, and part N
@@ -26,16 +26,28 @@ struct PartRange {
 
 impl S3Store {
     /// See [`Source::composite`](crate::backend::Source::composite).
+    /// A COMPOSITE checksum the store reported is taken before the ETag: it is the
+    /// store's own checksum, checked when the parts were sent, while an ETag is the MD5
+    /// of part MD5s only by custom (SSE-KMS objects and some stores' server-side
+    /// copies have others).
     pub(super) async fn composite_of(&self, key: &str, info: &ObjectInfo) -> Result<Option<Composite>> {
         let Some(etag) = info.etag.as_deref() else { return Ok(None) };
-        let Some(parts) = part_count(etag) else { return Ok(None) };
+        let checksum = info.composite_checksum.as_ref().and_then(|(algo, value)| {
+            let parts = Composite::checksum_parts(value)?;
+            Some((*algo, value.as_str(), parts))
+        });
+        let Some(parts) = checksum.map(|c| c.2).or_else(|| part_count(etag)) else { return Ok(None) };
         let Some(first) = self.part_range(key, 1, etag).await? else { return Ok(None) };
         let consistent = |r: &PartRange| r.total == info.size && r.count == parts;
         if !consistent(&first) || first.start != 0 {
             return Ok(None);
         }
         let part_bytes = first.end - first.start;
-        let Some(composite) = Composite::from_etag(etag, info.size, part_bytes) else { return Ok(None) };
+        let composite = match checksum {
+            Some((algo, value, _)) => Composite::from_checksum(algo, value, info.size, part_bytes),
+            None => Composite::from_etag(etag, info.size, part_bytes),
+        };
+        let Some(composite) = composite else { return Ok(None) };
         if parts > 1 {
             let Some(last) = self.part_range(key, parts, etag).await? else { return Ok(None) };
             let uniform = last.start == u64::from(parts - 1) * part_bytes && last.end == info.size;
