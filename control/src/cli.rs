@@ -226,13 +226,14 @@ pub fn main() -> ExitCode {
         Command::Job(args) => crate::client::run(args),
         Command::Auth(args) => crate::auth::run(args),
     };
-    match result {
-        Ok(code) => ExitCode::from(code),
+    let code = match result {
+        Ok(code) => code,
         Err(fail) => {
             eprintln!("laminar: error: {}", fail.message);
-            ExitCode::from(fail.code)
+            fail.code
         }
-    }
+    };
+    ExitCode::from(if crate::out::gone() { crate::out::EXIT_PIPE } else { code })
 }
 
 fn size_flag(flag: &str, value: &str) -> Result<u64, Fail> {
@@ -353,7 +354,7 @@ fn run_relay(config: Option<&std::path::Path>, args: RelayArgs) -> Result<u8, Fa
     let dry_run = args.dry_run;
     let report = relay_with_progress(src, dst, opts, !json, &mut |p| {
         if !json {
-            println!("would copy {} -> {} ({})", p.src_key, p.dst_key, HumanBytes(p.size));
+            outln!("would copy {} -> {} ({})", p.src_key, p.dst_key, HumanBytes(p.size));
         }
     })?;
     print_report(&report, json, dry_run);
@@ -405,6 +406,11 @@ pub fn relay_with_progress(
         let done = done.clone();
         std::thread::spawn(move || {
             while !done.load(Ordering::Acquire) {
+                // Nobody reads what a dry run lists any more (`| head`): stop quietly.
+                if crate::out::gone() {
+                    progress.request_stop();
+                    return;
+                }
                 if interrupted.load(Ordering::Acquire) {
                     eprintln!("laminar: interrupted: finishing transfers in flight and aborting unfinished uploads (Ctrl-C again to quit at once)");
                     progress.request_stop();
@@ -537,13 +543,15 @@ pub fn print_report(report: &Report, json: bool, dry_run: bool) {
             hashes_compared: &report.hashes_compared,
             checks: &report.checks,
         };
-        println!("{}", serde_json::to_string(&out).expect("report serialises"));
+        outln!("{}", serde_json::to_string(&out).expect("report serialises"));
         return;
     }
     if dry_run {
-        println!(
+        outln!(
             "dry run: {} of {} objects would be copied, {} already there",
-            report.objects_planned, report.objects_total, report.objects_skipped
+            report.objects_planned,
+            report.objects_total,
+            report.objects_skipped
         );
         return;
     }
@@ -559,7 +567,7 @@ pub fn print_report(report: &Report, json: bool, dry_run: bool) {
             report.objects_left_out - report.left_out.len() as u64
         );
     }
-    println!(
+    outln!(
         "{} objects: {} copied ({}), {} skipped, {} failed in {:.2}s, {}/s ({} workers, {}, {} RAM buffer)",
         report.objects_total,
         report.objects_copied,
@@ -573,7 +581,7 @@ pub fn print_report(report: &Report, json: bool, dry_run: bool) {
         HumanBytes(report.ram_buffer_bytes),
     );
     if report.objects_hop_by_hop > 0 {
-        println!(
+        outln!(
             "hop by hop: {} objects had nothing at the source to vouch for their bytes (e.g. a multipart ETag and no \
              checksum), so each read and upload was checked, not the object end to end; --require-end-to-end fails \
              such objects",
@@ -581,26 +589,26 @@ pub fn print_report(report: &Report, json: bool, dry_run: bool) {
         );
     }
     if report.objects_restarted > 0 {
-        println!(
+        outln!(
             "started over: {} objects (their bytes disagreed with the source's whole-object hash, or they changed at \
              the source while read) were read and sent again",
             report.objects_restarted
         );
     }
     if report.objects_resumed > 0 {
-        println!(
+        outln!(
             "resumed: {} objects an earlier run left half-copied went on from what the destination held",
             report.objects_resumed
         );
     }
     if report.bytes_resumed > 0 {
-        println!(
+        outln!(
             "resumed: {} that the destination held from failed attempts or an earlier run was not sent again",
             HumanBytes(report.bytes_resumed)
         );
     }
     if let Some(lowest) = report.transfers_lowest {
-        println!(
+        outln!(
             "a store throttled: objects in flight were halved {} times, down to {lowest}, and climbed back as copies succeeded",
             report.throttle_cuts
         );
@@ -612,10 +620,6 @@ fn run_ls(config: Option<&std::path::Path>, url: &str, driver: &str) -> Result<u
     let location = config.location(url)?;
     let driver = DriverChoice::parse(driver)
         .ok_or_else(|| usage(format!("--driver {driver:?}: use auto, io_uring or epoll")))?;
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    relay::list(&location, driver, &mut |entry| {
-        use std::io::Write;
-        let _ = writeln!(out, "{:>14} {}", entry.size, entry.key);
-    })?;
+    relay::list(&location, driver, &mut |entry| outln!("{:>14} {}", entry.size, entry.key))?;
     Ok(EXIT_OK)
 }

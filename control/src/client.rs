@@ -204,14 +204,14 @@ pub fn run(args: JobArgs) -> Result<u8, Fail> {
         JobCommand::List => {
             let value = client.call(Method::GET, "/v1/jobs", None)?;
             if args.json {
-                println!("{value}");
+                outln!("{value}");
             } else {
                 let jobs = value["jobs"].as_array().cloned().unwrap_or_default();
                 if jobs.is_empty() {
-                    println!("no jobs");
+                    outln!("no jobs");
                 }
                 for j in &jobs {
-                    println!("{}", summary(j));
+                    outln!("{}", summary(j));
                 }
             }
             return Ok(0);
@@ -229,14 +229,14 @@ pub fn run(args: JobArgs) -> Result<u8, Fail> {
     };
     let value = if follow { follow_job(&client, &value, args.json)? } else { value };
     if args.json {
-        println!("{value}");
+        outln!("{value}");
     } else {
-        println!("{}", summary(&value));
+        outln!("{}", summary(&value));
         for f in value["failures"].as_array().into_iter().flatten() {
-            println!("  failed: {}: {}", f["key"].as_str().unwrap_or(""), f["reason"].as_str().unwrap_or(""));
+            outln!("  failed: {}: {}", f["key"].as_str().unwrap_or(""), f["reason"].as_str().unwrap_or(""));
         }
         if let Some(v) = value.get("verify").filter(|v| !v.is_null()) {
-            println!(
+            outln!(
                 "  verify ({}): {} checked, {} intact, {} missing, {} differ",
                 v["state"].as_str().unwrap_or(""),
                 v["objects_checked"],
@@ -245,11 +245,11 @@ pub fn run(args: JobArgs) -> Result<u8, Fail> {
                 v["objects_mismatched"]
             );
             for p in v["problems"].as_array().into_iter().flatten() {
-                println!("  differs: {}: {}", p["key"].as_str().unwrap_or(""), p["reason"].as_str().unwrap_or(""));
+                outln!("  differs: {}: {}", p["key"].as_str().unwrap_or(""), p["reason"].as_str().unwrap_or(""));
             }
         }
         if let Some(e) = value["error"].as_str() {
-            println!("  error: {e}");
+            outln!("  error: {e}");
         }
     }
     Ok(if follow { exit_code(&value) } else { 0 })

@@ -8,6 +8,9 @@
 
 #![forbid(unsafe_code)]
 
+#[macro_use]
+mod out;
+
 mod api;
 mod auth;
 mod cli;

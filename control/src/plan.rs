@@ -50,7 +50,7 @@ pub fn run_plan(args: PlanArgs) -> Result<u8, Fail> {
     if args.json {
         let mut doc = serde_json::to_value(&plan).expect("plan serialises");
         doc["host"] = serde_json::to_value(&host).expect("host serialises");
-        println!("{doc}");
+        outln!("{doc}");
         return Ok(0);
     }
     let mut out = std::io::stdout().lock();
@@ -216,6 +216,6 @@ root = "/srv/data"
         .map_err(|e| Fail { code: 2, message: format!("cannot write {}: {e}", path.display()) })?;
     file.write_all(text.as_bytes())
         .map_err(|e| Fail { code: 2, message: format!("cannot write {}: {e}", path.display()) })?;
-    println!("wrote {}", path.display());
+    outln!("wrote {}", path.display());
     Ok(0)
 }

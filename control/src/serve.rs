@@ -219,7 +219,7 @@ pub fn run(config: Option<&Path>, args: ServeArgs) -> Result<u8, Fail> {
         if args.token_file.is_some() { ", bearer token required" } else { "" }
     );
     // One line on stdout with the bound address, for scripts that asked for port 0.
-    println!("listening on {scheme}://{bound}");
+    outln!("listening on {scheme}://{bound}");
 
     while !interrupted.load(Ordering::Acquire) {
         std::thread::park_timeout(Duration::from_millis(100));

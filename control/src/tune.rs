@@ -72,7 +72,7 @@ pub fn run(args: TuneArgs) -> Result<u8, Fail> {
                     .iter()
                     .map(|s| (s.name.clone(), serde_json::to_value(s).expect("setting serialises")))
                     .collect();
-                println!("{}", serde_json::Value::Object(doc));
+                outln!("{}", serde_json::Value::Object(doc));
             } else {
                 print_table(&settings);
             }
@@ -82,22 +82,22 @@ pub fn run(args: TuneArgs) -> Result<u8, Fail> {
             let settings = settings(&sizing)?;
             match tune::apply(&sizing.root, &settings, &sysctl_file, yes) {
                 Ok(applied) if applied.commands.is_empty() => {
-                    println!("nothing to apply: every sysctl laminar checks is already as recommended");
+                    outln!("nothing to apply: every sysctl laminar checks is already as recommended");
                     Ok(0)
                 }
                 Ok(applied) if !applied.written => {
-                    println!("dry run; with --yes, laminar would run:");
+                    outln!("dry run; with --yes, laminar would run:");
                     for c in &applied.commands {
-                        println!("  {c}");
+                        outln!("  {c}");
                     }
-                    println!("and write them to {} so they survive a reboot", applied.file.display());
+                    outln!("and write them to {} so they survive a reboot", applied.file.display());
                     Ok(0)
                 }
                 Ok(applied) => {
                     for c in &applied.commands {
-                        println!("applied: {c}");
+                        outln!("applied: {c}");
                     }
-                    println!("wrote {}", applied.file.display());
+                    outln!("wrote {}", applied.file.display());
                     Ok(0)
                 }
                 Err(e) => Err(usage(e.to_string())),
@@ -108,10 +108,10 @@ pub fn run(args: TuneArgs) -> Result<u8, Fail> {
 
 fn print_table(settings: &[Setting]) {
     let width = settings.iter().map(|s| s.name.len()).max().unwrap_or(10);
-    println!("{:<width$}  {:<24}  {:<24}  status", "setting", "current", "recommended");
+    outln!("{:<width$}  {:<24}  {:<24}  status", "setting", "current", "recommended");
     for s in settings {
         let current = s.current.clone().unwrap_or_else(|| "(not readable)".into());
-        println!(
+        outln!(
             "{:<width$}  {:<24}  {:<24}  {}",
             s.name,
             truncate(&current, 24),
@@ -119,15 +119,15 @@ fn print_table(settings: &[Setting]) {
             if s.ok { "ok" } else { "CHANGE" }
         );
         if !s.ok {
-            println!("{:<width$}    why: {}", "", s.why);
+            outln!("{:<width$}    why: {}", "", s.why);
             if let Some(fix) = &s.fix {
-                println!("{:<width$}    fix: {fix}", "");
+                outln!("{:<width$}    fix: {fix}", "");
             }
         }
     }
     let wanting = settings.iter().filter(|s| !s.ok).count();
     if wanting > 0 {
-        println!("\n{wanting} setting(s) to change; `laminar tune apply --yes` sets the sysctls among them (as root)");
+        outln!("\n{wanting} setting(s) to change; `laminar tune apply --yes` sets the sysctls among them (as root)");
     }
 }
 

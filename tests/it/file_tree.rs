@@ -210,3 +210,36 @@ fn temporary_files_of_a_dead_relay_are_removed_and_nothing_else() {
     }
     assert_eq!(std::fs::read(dst.join("a.txt")).unwrap(), b"a");
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_the_listing_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    // More lines than a pipe holds, so that the writer meets the closed pipe.
+    for i in 0..3000 {
+        write(&src.join(format!("d{}/file-with-a-longish-name-{i:05}.txt", i % 10)), b"x");
+    }
+    let dst = dir.path().join("dst");
+    let from = format!("file://{}", src.display());
+    let to = format!("file://{}", dst.display());
+    for args in [vec!["relay", from.as_str(), to.as_str(), "--dry-run"], vec!["ls", from.as_str()]] {
+        let mut child = Command::new(laminar_bin())
+            .env("LAMINAR_DATA_DIR", dir.path().join("data"))
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+        assert!(first.contains("file-with-a-longish-name"), "{args:?}: {first:?}");
+        // `| head -1`: the reader is gone.
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {stderr}");
+        assert!(stderr.trim().is_empty(), "{args:?}: quietly, not {stderr}");
+    }
+    assert!(!dst.exists(), "a dry run writes nothing");
+}
