@@ -124,7 +124,8 @@ impl Iterator for Listing {
         let size_bits = rng.u32(8..30);
         let size = rng.u64(..1u64 << size_bits);
         let etag = Some(format!("{:032x}", rng.u128(..)));
-        Some(Entry { key, size, etag, provenance: None, version: None })
+        let modified_unix_ms = Some(1_700_000_000_000 + rng.i64(..1 << 36));
+        Some(Entry { key, size, etag, modified_unix_ms, ..Entry::default() })
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::config::Config;
 use clap::{Args, Parser, Subcommand};
 use laminar_engine::checksum::ChecksumAlgo;
-use laminar_engine::relay::{self, Filter, Location, Progress, RelayOptions, Report};
+use laminar_engine::relay::{self, Location, Progress, RelayOptions, Report};
 use laminar_engine::runtime::DriverChoice;
 use laminar_engine::Error;
 use laminar_tuning::{parse_size, HumanBytes};
@@ -42,14 +42,12 @@ struct Cli {
 enum Command {
     /// Copy every object under SRC to DST, skipping what is already there
     Relay(RelayArgs),
-    /// List objects under a URL
-    Ls {
-        /// NAME:bucket/prefix, s3://bucket/prefix or file:///abs/path
-        url: String,
-        /// Event loop: auto, io_uring or epoll
-        #[arg(long, default_value = "auto")]
-        driver: String,
-    },
+    /// List objects under a URL: size and key relative to it, one a line
+    Ls(crate::list::ListArgs),
+    /// List objects under a URL as JSON, as rclone lsjson does (one level unless -R)
+    Lsjson(crate::list::LsjsonArgs),
+    /// Count the objects under a URL and their bytes
+    Size(crate::list::SizeArgs),
     /// Generate a sample dataset, relay it through the engine, verify and clean up
     Demo(DemoArgs),
     /// Show what Laminar detects on this host and the resources it plans to use
@@ -130,12 +128,8 @@ struct RelayArgs {
     dst: String,
     #[command(flatten)]
     engine: EngineArgs,
-    /// Only keys (relative to SRC) matching this glob; repeatable
-    #[arg(long)]
-    include: Vec<String>,
-    /// Skip keys (relative to SRC) matching this glob; repeatable
-    #[arg(long)]
-    exclude: Vec<String>,
+    #[command(flatten)]
+    filters: crate::filters::FilterArgs,
     /// Print what would be copied and copy nothing
     #[arg(long)]
     dry_run: bool,
@@ -203,7 +197,7 @@ impl From<Error> for Fail {
     }
 }
 
-fn usage(message: String) -> Fail {
+pub(crate) fn usage(message: String) -> Fail {
     Fail { code: EXIT_USAGE, message }
 }
 
@@ -217,7 +211,9 @@ pub fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Relay(args) => run_relay(cli.config.as_deref(), args),
-        Command::Ls { url, driver } => run_ls(cli.config.as_deref(), &url, &driver),
+        Command::Ls(args) => crate::list::run_ls(cli.config.as_deref(), args),
+        Command::Lsjson(args) => crate::list::run_lsjson(cli.config.as_deref(), args),
+        Command::Size(args) => crate::list::run_size(cli.config.as_deref(), args),
         Command::Demo(args) => crate::demo::run(args),
         Command::Plan(args) => crate::plan::run_plan(args),
         Command::Init(args) => crate::plan::run_init(args),
@@ -341,7 +337,7 @@ fn run_relay(config: Option<&std::path::Path>, args: RelayArgs) -> Result<u8, Fa
         eprintln!("laminar: note: {note}");
     }
     let mut opts = options(&args.engine)?;
-    opts.filter = Filter::new(&args.include, &args.exclude)?;
+    opts.filter = args.filters.build()?;
     opts.dry_run = args.dry_run;
     opts.server_side_copy = !args.no_server_side_copy;
     opts.resume = !args.no_resume;
@@ -613,13 +609,4 @@ pub fn print_report(report: &Report, json: bool, dry_run: bool) {
             report.throttle_cuts
         );
     }
-}
-
-fn run_ls(config: Option<&std::path::Path>, url: &str, driver: &str) -> Result<u8, Fail> {
-    let config = Config::load(config)?;
-    let location = config.location(url)?;
-    let driver = DriverChoice::parse(driver)
-        .ok_or_else(|| usage(format!("--driver {driver:?}: use auto, io_uring or epoll")))?;
-    relay::list(&location, driver, &mut |entry| outln!("{:>14} {}", entry.size, entry.key))?;
-    Ok(EXIT_OK)
 }

@@ -47,10 +47,13 @@ enum JobCommand {
         /// Checksum computed in flight: crc32c, crc64nvme, sha256, sha1 or md5
         #[arg(long)]
         checksum: Option<String>,
-        /// Only keys matching this glob; repeatable
+        /// A filter rule in rclone's syntax: "+ GLOB", "- GLOB" or "!"; repeatable, the first that matches decides
+        #[arg(long, short = 'f', value_name = "RULE", allow_hyphen_values = true)]
+        filter: Vec<String>,
+        /// Only keys matching this glob (rclone's syntax); repeatable
         #[arg(long)]
         include: Vec<String>,
-        /// Skip keys matching this glob; repeatable
+        /// Skip keys matching this glob (rclone's syntax); repeatable
         #[arg(long)]
         exclude: Vec<String>,
         /// Plan only
@@ -175,6 +178,7 @@ pub fn run(args: JobArgs) -> Result<u8, Fail> {
             source,
             destination,
             checksum,
+            filter,
             include,
             exclude,
             dry_run,
@@ -185,7 +189,7 @@ pub fn run(args: JobArgs) -> Result<u8, Fail> {
         } => {
             let mut spec = json!({
                 "source": source, "destination": destination,
-                "include": include, "exclude": exclude, "dry_run": dry_run,
+                "filter": filter, "include": include, "exclude": exclude, "dry_run": dry_run,
             });
             if let Some(c) = checksum {
                 spec["checksum"] = json!(c);

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::Config;
 use laminar_engine::checksum::ChecksumAlgo;
-use laminar_engine::relay::{self, Engine, Failure, Filter, Location, Progress, RelayOptions, VerifyProgress};
+use laminar_engine::relay::{self, Engine, Failure, FilterSpec, Location, Progress, RelayOptions, VerifyProgress};
 
 /// Jobs kept after they end; the oldest finished ones are forgotten beyond this.
 pub const FINISHED_JOBS_KEPT_MAX: usize = 1000;
@@ -196,6 +196,10 @@ pub struct JobSpec {
     /// crc32c (default), crc64nvme, sha256, sha1 or md5.
     #[serde(default)]
     pub checksum: Option<String>,
+    /// Filter rules in rclone's syntax (`+ GLOB`, `- GLOB`, `!`), in order, after
+    /// `include` and `exclude`; the first that matches decides.
+    #[serde(default)]
+    pub filter: Vec<String>,
     /// Globs of keys (relative to the source) to include.
     #[serde(default)]
     pub include: Vec<String>,
@@ -227,6 +231,7 @@ pub struct JobSpec {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct JobOptions {
     checksum: String,
+    filter: Vec<String>,
     include: Vec<String>,
     exclude: Vec<String>,
     dry_run: bool,
@@ -479,6 +484,7 @@ impl Job {
             "destination": self.spec.destination,
             "options": JobOptions {
                 checksum: self.opts.checksum.name().to_string(),
+                filter: self.spec.filter.clone(),
                 include: self.spec.include.clone(),
                 exclude: self.spec.exclude.clone(),
                 dry_run: self.spec.dry_run,
@@ -611,8 +617,8 @@ impl Jobs {
                 JobError::Invalid(format!("checksum {c:?}: use crc32c, crc64nvme, sha256, sha1 or md5"))
             })?;
         }
-        opts.filter = Filter::named(&spec.include, &spec.exclude, ["include", "exclude"])
-            .map_err(|e| JobError::Invalid(e.to_string()))?;
+        let filter = FilterSpec { filter: spec.filter.clone(), ..FilterSpec::globs(&spec.include, &spec.exclude) };
+        opts.filter = filter.build("").map_err(|e| JobError::Invalid(e.to_string()))?;
         opts.dry_run = spec.dry_run;
         if let Some(t) = spec.transfers {
             check_transfers(t)?;
@@ -1008,7 +1014,7 @@ impl Jobs {
             .name(format!("laminar-{}-verify", job.id))
             .spawn(move || {
                 let (src, dst) = runner.ends.as_ref().expect("checked before the check started");
-                let result = relay::verify(src, dst, &runner.opts, download, &progress);
+                let result = relay::verify(src, dst, &runner.opts, download, relay::Unvouched::Differs, &progress);
                 let ok = matches!(&result, Ok(r) if r.ok());
                 {
                     let mut inner = runner.lock();
@@ -1022,7 +1028,14 @@ impl Jobs {
                             view.objects_missing = r.objects_missing;
                             view.objects_mismatched = r.objects_mismatched;
                             let intact = r.ok();
-                            view.problems = r.problems.into_iter().take(FAILURES_SHOWN_MAX).collect();
+                            // A relay never deletes: what else the destination holds is no problem of the job's.
+                            view.problems = r
+                                .problems
+                                .into_iter()
+                                .filter(|p| p.kind != relay::ProblemKind::Extra)
+                                .take(FAILURES_SHOWN_MAX)
+                                .map(|p| Failure { key: p.key, reason: p.reason })
+                                .collect();
                             if r.stopped {
                                 inner.error = Some("verification was stopped before it covered every object".into());
                             } else if !intact {

@@ -23,6 +23,7 @@ pub mod file;
 pub mod mem;
 pub mod rclone;
 pub mod registry;
+pub(crate) mod rfc3339;
 pub mod s3;
 
 use std::future::Future;
@@ -40,7 +41,7 @@ use crate::pool::Body;
 pub type LocalFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 
 /// One listed object.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Entry {
     /// Full key in the store.
     pub key: String,
@@ -54,6 +55,8 @@ pub struct Entry {
     /// A version token for change detection when the store has no content hash
     /// (file backend: size and mtime).
     pub version: Option<String>,
+    /// When the object was last modified, Unix milliseconds, where the listing says.
+    pub modified_unix_ms: Option<i64>,
 }
 
 /// A page of a listing.

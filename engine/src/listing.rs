@@ -123,10 +123,7 @@ impl Iterator for SortedHeld {
     fn next(&mut self) -> Option<Entry> {
         let at = self.order.next()?.index as usize;
         // An empty entry in its place: no allocation, and the slot is never read again.
-        Some(std::mem::replace(
-            &mut self.entries[at],
-            Entry { key: String::new(), size: 0, etag: None, provenance: None, version: None },
-        ))
+        Some(std::mem::take(&mut self.entries[at]))
     }
 }
 
@@ -584,7 +581,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn entry(key: &str, size: u64) -> Entry {
-        Entry { key: key.to_string(), size, etag: None, provenance: None, version: None }
+        Entry { key: key.to_string(), size, ..Entry::default() }
     }
 
     fn collect(sorted: SortedEntries) -> Vec<Entry> {
@@ -605,8 +602,16 @@ mod tests {
             proptest::option::of("[0-9a-f]{0,32}"),
             proptest::option::of("[a-z]{0,5}"),
             proptest::option::of(".{0,4}"),
+            proptest::option::of(any::<i64>()),
         )
-            .prop_map(|(key, size, etag, provenance, version)| Entry { key, size, etag, provenance, version })
+            .prop_map(|(key, size, etag, provenance, version, modified_unix_ms)| Entry {
+                key,
+                size,
+                etag,
+                provenance,
+                version,
+                modified_unix_ms,
+            })
     }
 
     proptest! {

@@ -10,6 +10,7 @@
 
 mod chain;
 mod engine;
+mod filter;
 mod ordered;
 mod parts;
 mod plan;
@@ -25,10 +26,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use engine::{Engine, EngineOptions};
-pub use plan::{Filter, Planned};
+pub use filter::{Filter, FilterSpec};
+pub use plan::Planned;
 pub use progress::{ObjectProgress, Progress};
 pub use throttle::Throttle;
-pub use verify::{verify, VerifyProgress, VerifyReport};
+pub use verify::{verify, Problem, ProblemKind, Unvouched, VerifyProgress, VerifyReport};
 
 use crate::backend::Backend;
 use crate::checksum::ChecksumAlgo;
@@ -866,7 +868,14 @@ impl Drop for Operation<'_> {
 
 /// Reads one page of a listing after another until `f` has seen every entry.
 /// Used by `laminar ls`.
-pub fn list(location: &Location, driver: DriverChoice, f: &mut dyn FnMut(&crate::backend::Entry)) -> Result<()> {
+/// Lists the objects under a location that pass `filter`, each with its key relative
+/// to the location's prefix, in the store's listing order.
+pub fn list(
+    location: &Location,
+    driver: DriverChoice,
+    filter: &Filter,
+    f: &mut dyn FnMut(&str, &crate::backend::Entry),
+) -> Result<()> {
     let (driver, _) = crate::runtime::select(driver).map_err(Error::Usage)?;
     crate::runtime::block_on(driver, async {
         let ctx = crate::backend::WorkerCtx { http: crate::http::HttpClient::default() };
@@ -876,7 +885,10 @@ pub fn list(location: &Location, driver: DriverChoice, f: &mut dyn FnMut(&crate:
         loop {
             let page = source.list(&location.prefix, token).await?;
             for entry in &page.entries {
-                f(entry);
+                let Some(rel) = entry.key.get(location.prefix.len()..).filter(|r| !r.is_empty()) else { continue };
+                if filter.accepts_entry(rel, entry) {
+                    f(rel, entry);
+                }
             }
             token = page.next;
             if token.is_none() {

@@ -39,8 +39,8 @@ pub use config::{DriveConfig, DriveRemoteConfig, TYPE};
 pub use export::Format;
 
 use super::{
-    Backend, Capabilities, CopySource, Entry, HashFamily, ListOrder, ListPage, LocalFuture, MetaSupport, ObjectInfo,
-    PartLimits, PutArgs, Session, SessionState, Sink, Source, Store, UploadMode, UploadPlan, WorkerCtx,
+    rfc3339, Backend, Capabilities, CopySource, Entry, HashFamily, ListOrder, ListPage, LocalFuture, MetaSupport,
+    ObjectInfo, PartLimits, PutArgs, Session, SessionState, Sink, Source, Store, UploadMode, UploadPlan, WorkerCtx,
 };
 use crate::checksum::{Checksum, ChecksumAlgo, Hashers};
 use crate::error::{one_line, Error, ErrorClass, Result};
@@ -202,14 +202,15 @@ impl FileRes {
             provenance: self.app_properties.get(PROVENANCE_PROPERTY).cloned(),
             ..ObjectInfo::default()
         };
-        info.meta.mtime = self.modified_time.as_deref().and_then(parse_rfc3339);
+        info.meta.mtime = self.modified_time.as_deref().and_then(rfc3339::parse);
         info
     }
 
     fn entry(&self, key: String) -> Entry {
         let version =
             self.md5_checksum.clone().or_else(|| self.modified_time.as_ref().map(|t| format!("{t}+{}", self.size())));
-        Entry { key, size: self.size(), etag: self.md5_checksum.clone(), provenance: None, version }
+        let modified_unix_ms = self.modified_time.as_deref().and_then(rfc3339::parse_unix_ms);
+        Entry { key, size: self.size(), etag: self.md5_checksum.clone(), version, modified_unix_ms, ..Entry::default() }
     }
 }
 
@@ -281,72 +282,6 @@ fn from_hex(s: &str) -> Option<Vec<u8>> {
         return None;
     }
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
-}
-
-/// Days from 1970-01-01 to a civil date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// Days in month `m` of year `y`.
-fn days_in_month(y: i64, m: i64) -> i64 {
-    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
-    match m {
-        2 if leap => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Parses Drive's `2024-01-02T03:04:05.678Z` into seconds and nanoseconds. It is
-/// RFC 3339 in UTC, each field its number of digits and within its range (a year of
-/// four digits, a day its month has, no leap second), or None: a time Drive cannot
-/// have meant is not taken as some other one.
-fn parse_rfc3339(s: &str) -> Option<(i64, u32)> {
-    let field = |part: Option<&str>, digits: usize, range: std::ops::RangeInclusive<i64>| -> Option<i64> {
-        let part = part.filter(|p| p.len() == digits && p.bytes().all(|b| b.is_ascii_digit()))?;
-        let value: i64 = part.parse().ok()?;
-        range.contains(&value).then_some(value)
-    };
-    let s = s.strip_suffix('Z')?;
-    let (date, time) = s.split_once('T')?;
-    let mut d = date.split('-');
-    let y = field(d.next(), 4, 0..=9999)?;
-    let mo = field(d.next(), 2, 1..=12)?;
-    let da = field(d.next(), 2, 1..=days_in_month(y, mo))?;
-    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
-    let mut t = hms.split(':');
-    let (h, mi, se) = (field(t.next(), 2, 0..=23)?, field(t.next(), 2, 0..=59)?, field(t.next(), 2, 0..=59)?);
-    if d.next().is_some() || t.next().is_some() || frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let nanos = if frac.is_empty() { 0 } else { format!("{frac:0<9}").parse().ok()? };
-    // The fields' ranges keep this far from overflow; checked all the same.
-    let secs = days_from_civil(y, mo, da).checked_mul(86_400)?.checked_add(h * 3600 + mi * 60 + se)?;
-    Some((secs, nanos))
-}
-
-/// Formats seconds and nanoseconds the way Drive takes `modifiedTime`.
-fn format_rfc3339((secs, nanos): (i64, u32)) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil from days (Hinnant).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem % 3600 / 60, rem % 60, nanos / 1_000_000)
 }
 
 /// A string in single quotes for `q`.
@@ -752,11 +687,11 @@ mod tests {
 
     #[test]
     fn times_round_trip() {
-        assert_eq!(parse_rfc3339("1970-01-01T00:00:00.000Z"), Some((0, 0)));
-        assert_eq!(parse_rfc3339("2024-02-29T12:34:56.789Z"), Some((1_709_210_096, 789_000_000)));
-        assert_eq!(format_rfc3339((1_709_210_096, 789_000_000)), "2024-02-29T12:34:56.789Z");
-        assert_eq!(parse_rfc3339("2024-02-29T12:34:56Z"), Some((1_709_210_096, 0)));
-        assert_eq!(parse_rfc3339("garbage"), None);
+        assert_eq!(rfc3339::parse("1970-01-01T00:00:00.000Z"), Some((0, 0)));
+        assert_eq!(rfc3339::parse("2024-02-29T12:34:56.789Z"), Some((1_709_210_096, 789_000_000)));
+        assert_eq!(rfc3339::format_millis((1_709_210_096, 789_000_000)), "2024-02-29T12:34:56.789Z");
+        assert_eq!(rfc3339::parse("2024-02-29T12:34:56Z"), Some((1_709_210_096, 0)));
+        assert_eq!(rfc3339::parse("garbage"), None);
         assert_eq!(quote("it's a\\b"), "'it\\'s a\\\\b'");
         assert_eq!(with_query("/f", &[("q", "'x' in parents"), ("n", "1")]), "/f?q=%27x%27%20in%20parents&n=1");
     }
@@ -971,7 +906,7 @@ mod proptests {
         ) {
             let mut v = json!({
                 "id": id, "name": name, "mimeType": "application/octet-stream", "size": size.to_string(),
-                "md5Checksum": md5, "modifiedTime": format_rfc3339((secs, millis * 1_000_000)),
+                "md5Checksum": md5, "modifiedTime": rfc3339::format_millis((secs, millis * 1_000_000)),
                 "version": "17", "parents": ["root"], "trashed": false,
             });
             if let Some(sha) = &sha256 {
@@ -996,13 +931,13 @@ mod proptests {
 
         #[test]
         fn arbitrary_times_never_panic(text in "\\PC{0,30}|-?[0-9]{1,20}-[0-9]{1,3}-[0-9]{1,3}T[0-9:.-]{1,30}Z") {
-            let _ = parse_rfc3339(&text);
+            let _ = rfc3339::parse(&text);
         }
 
         #[test]
         fn times_round_trip(secs in -62_135_596_800i64..253_402_300_800, millis in 0u32..1000) {
             let t = (secs, millis * 1_000_000);
-            prop_assert_eq!(parse_rfc3339(&format_rfc3339(t)), Some(t));
+            prop_assert_eq!(rfc3339::parse(&rfc3339::format_millis(t)), Some(t));
         }
 
         #[test]
@@ -1097,7 +1032,7 @@ mod proptests {
     /// A `modifiedTime` with a field out of its range (a month of 13, an hour of 99,
     /// a minute of -5, February 30th) or a year past four digits is refused, not taken
     /// as some other time, and a huge year overflows nothing
-    /// (engine/src/backend/drive.rs, `parse_rfc3339`).
+    /// (engine/src/backend/drive.rs, `rfc3339::parse`).
     #[test]
     fn out_of_range_times_are_refused() {
         for text in [
@@ -1111,7 +1046,7 @@ mod proptests {
             "2024-01-01T00:-5:00Z",
             "9223372036854775807-01-01T00:00:00Z",
         ] {
-            let got = std::panic::catch_unwind(|| parse_rfc3339(text));
+            let got = std::panic::catch_unwind(|| rfc3339::parse(text));
             assert!(matches!(got, Ok(None)), "{text:?} gave {got:?}");
         }
     }

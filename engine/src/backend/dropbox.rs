@@ -239,51 +239,14 @@ pub fn header_json(value: &Value) -> String {
     out
 }
 
-/// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (i64::from(m) + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The civil date of a day count since 1970-01-01.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { yoe + era * 400 + 1 } else { yoe + era * 400 }, m, d)
-}
-
 /// Dropbox's timestamp form, `2024-05-06T07:08:09Z` (whole seconds).
 fn format_time(secs: i64) -> String {
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    super::rfc3339::format_secs(secs)
 }
 
-/// Parses Dropbox's timestamp form into seconds since the epoch.
+/// Parses Dropbox's timestamp form (whole seconds) into seconds since the epoch.
 fn parse_time(text: &str) -> Option<i64> {
-    let b = text.as_bytes();
-    if b.len() != 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' || b[19] != b'Z'
-    {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| text.get(r)?.parse::<u32>().ok();
-    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, min, s) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || h > 23 || min > 59 || s > 60 {
-        return None;
-    }
-    Some(days_from_civil(i64::from(y), m, d) * 86_400 + i64::from(h * 3600 + min * 60 + s))
+    super::rfc3339::parse(text).filter(|_| text.len() == 20).map(|(secs, _)| secs)
 }
 
 /// A file's version token: its `rev` (a revision id, new on every change), else its
@@ -541,7 +504,12 @@ impl DropboxStore {
             let version = version_of(e);
             let size = e.get("size").and_then(Value::as_u64).unwrap_or(0);
             let provenance = template.as_deref().and_then(|id| properties::provenance_of(e, id));
-            entries.push(Entry { key, size, etag: None, provenance, version });
+            let modified_unix_ms = e
+                .get("server_modified")
+                .and_then(Value::as_str)
+                .and_then(parse_time)
+                .and_then(|secs| secs.checked_mul(1000));
+            entries.push(Entry { key, size, provenance, version, modified_unix_ms, ..Entry::default() });
         }
         let more = answer.get("has_more").and_then(Value::as_bool).unwrap_or(false);
         let next = if more { answer.get("cursor").and_then(Value::as_str).map(str::to_string) } else { None };
@@ -1214,6 +1182,7 @@ mod proptests {
                     etag: None,
                     provenance: None,
                     version: Some(format!("dropbox:{rev}")),
+                    modified_unix_ms: Some(1_559_390_400_000),
                 })
                 .collect();
             prop_assert_eq!(got.map(|p| (p.entries, p.next)), Ok((want, cursor)));

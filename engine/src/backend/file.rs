@@ -270,6 +270,7 @@ impl FileStore {
             etag: None,
             provenance: get_xattr(path, XATTR_PROVENANCE),
             version: Some(version_token(&md)),
+            modified_unix_ms: Some(modified_unix_ms(&md)),
         }))
     }
 
@@ -335,7 +336,7 @@ impl FileStore {
                 if read.entries.is_empty() {
                     // An empty directory is listed as a directory marker.
                     if sub.starts_with(&walk.prefix) {
-                        page.push(Entry { key: sub, size: 0, etag: None, provenance: None, version: None });
+                        page.push(Entry { key: sub, ..Entry::default() });
                     }
                 } else {
                     walk.stack.push(DirCursor { key: sub, entries: read.entries, index: 0, id: read.id });
@@ -608,6 +609,11 @@ fn unchanged_since(path: &Path, key: &str, before: &str) -> Result<String> {
 fn version_token(md: &std::fs::Metadata) -> String {
     use std::os::unix::fs::MetadataExt;
     format!("file:{}:{}.{:09}", md.len(), md.mtime(), md.mtime_nsec())
+}
+
+fn modified_unix_ms(md: &std::fs::Metadata) -> i64 {
+    use std::os::unix::fs::MetadataExt;
+    md.mtime().saturating_mul(1000).saturating_add(md.mtime_nsec() / 1_000_000)
 }
 
 fn info_for(path: &Path, md: &std::fs::Metadata) -> ObjectInfo {

@@ -412,6 +412,7 @@ impl MemShared {
             etag: self.reports_etag().then(|| o.md5.clone()),
             provenance: if self.options.list_provenance { o.provenance.clone() } else { None },
             version: Some(format!("mem:{}", o.generation)),
+            modified_unix_ms: None,
         }
     }
 

@@ -426,8 +426,8 @@ impl S3Store {
                 key: decode(c.key),
                 size: c.size,
                 etag: c.etag.map(|e| e.trim_matches('"').to_string()),
-                provenance: None,
-                version: None,
+                modified_unix_ms: c.last_modified.as_deref().and_then(super::rfc3339::parse_unix_ms),
+                ..Entry::default()
             })
             .collect();
         // Stores should list in byte order; enforce it within a page so the merge-join
@@ -609,6 +609,16 @@ struct ContentsXml {
     key: String,
     size: u64,
     etag: Option<String>,
+    last_modified: Option<String>,
+}
+
+/// The fields of a `Contents` read so far.
+#[derive(Default)]
+struct ContentsFields {
+    key: Option<String>,
+    size: Option<u64>,
+    etag: Option<String>,
+    last_modified: Option<String>,
 }
 
 /// Reads a ListObjectsV2 answer, on quick-xml's reader rather than its serde
@@ -629,6 +639,7 @@ fn parse_list(body: &[u8]) -> std::result::Result<ListXml, String> {
         Key,
         Size,
         ETag,
+        LastModified,
     }
     let leaf = |depth: usize, in_contents: bool, name: &[u8]| match (depth, in_contents, name) {
         (2, _, b"IsTruncated") => Some(Leaf::IsTruncated),
@@ -637,15 +648,16 @@ fn parse_list(body: &[u8]) -> std::result::Result<ListXml, String> {
         (3, true, b"Key") => Some(Leaf::Key),
         (3, true, b"Size") => Some(Leaf::Size),
         (3, true, b"ETag") => Some(Leaf::ETag),
+        (3, true, b"LastModified") => Some(Leaf::LastModified),
         _ => None,
     };
     let mut reader = quick_xml::Reader::from_reader(body);
     reader.config_mut().trim_text(false);
     let mut list = ListXml::default();
-    // Elements open (the root is at depth 1), the `Contents` open (its Key, Size and
-    // ETag so far), and the leaf whose text is being read, with its depth.
+    // Elements open (the root is at depth 1), the `Contents` open (its fields so
+    // far), and the leaf whose text is being read, with its depth.
     let mut depth = 0usize;
-    let mut contents: Option<(Option<String>, Option<u64>, Option<String>)> = None;
+    let mut contents: Option<ContentsFields> = None;
     let mut reading: Option<(Leaf, usize, String)> = None;
     loop {
         let event = reader.read_event().map_err(|e| format!("{e} at byte {}", reader.error_position()))?;
@@ -673,7 +685,7 @@ fn parse_list(body: &[u8]) -> std::result::Result<ListXml, String> {
             depth += 1;
             let name = name.as_ref();
             if depth == 2 && name == b"Contents" {
-                contents = Some((None, None, None));
+                contents = Some(ContentsFields::default());
             } else if reading.is_none() {
                 reading = leaf(depth, contents.is_some(), name).map(|l| (l, depth, String::new()));
             }
@@ -698,19 +710,24 @@ fn parse_list(body: &[u8]) -> std::result::Result<ListXml, String> {
                 (Leaf::NextContinuationToken, _) => list.next_continuation_token = Some(text),
                 (Leaf::EncodingType, _) if list.encoding_type.is_some() => return Err(twice("EncodingType")),
                 (Leaf::EncodingType, _) => list.encoding_type = Some(text.trim().to_string()),
-                (Leaf::Key, Some((key @ None, ..))) => *key = Some(text),
-                (Leaf::Size, Some((_, size @ None, _))) => {
+                (Leaf::Key, Some(ContentsFields { key: key @ None, .. })) => *key = Some(text),
+                (Leaf::Size, Some(ContentsFields { size: size @ None, .. })) => {
                     *size = Some(text.trim().parse().map_err(|e| format!("Size {text:?}: {e}"))?)
                 }
-                (Leaf::ETag, Some((.., etag @ None))) => *etag = Some(text.trim().to_string()),
-                (Leaf::Key | Leaf::Size | Leaf::ETag, _) => return Err(twice("a field of a Contents")),
+                (Leaf::ETag, Some(ContentsFields { etag: etag @ None, .. })) => *etag = Some(text.trim().to_string()),
+                (Leaf::LastModified, Some(ContentsFields { last_modified: at @ None, .. })) => {
+                    *at = Some(text.trim().to_string())
+                }
+                (Leaf::Key | Leaf::Size | Leaf::ETag | Leaf::LastModified, _) => {
+                    return Err(twice("a field of a Contents"))
+                }
             }
         }
         if depth == 2 {
-            if let Some((key, size, etag)) = contents.take() {
+            if let Some(ContentsFields { key, size, etag, last_modified }) = contents.take() {
                 let key = key.ok_or("a Contents has no Key")?;
                 let size = size.ok_or_else(|| format!("Contents {key:?} has no Size"))?;
-                list.contents.push(ContentsXml { key, size, etag });
+                list.contents.push(ContentsXml { key, size, etag, last_modified });
             }
         }
         depth = depth.checked_sub(1).ok_or("an end tag closes nothing")?;
@@ -1409,8 +1426,9 @@ mod proptests {
                     key: key.clone(),
                     size: *size,
                     etag: etag.as_ref().map(|(hex, _)| hex.clone()),
-                    provenance: None,
-                    version: None,
+                    // `xml` writes this LastModified for every object.
+                    modified_unix_ms: Some(1_704_164_645_000),
+                    ..Entry::default()
                 })
                 .collect();
             entries.sort_by(|a, b| a.key.cmp(&b.key));

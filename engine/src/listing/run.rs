@@ -9,8 +9,9 @@
 //! file   = magic "LMSRUN" | version u8 | codec u8 (0) | block* | end
 //! block  = stored_len u32 | raw_len u32 | entries u32 (>0) | crc32c u32 | payload
 //! end    = 8 u32 | 8 u32 | 0 u32 | crc32c u32 | total entries u64
-//! entry  = shared varint | suffix_len varint | suffix | size varint | etag | provenance | version
+//! entry  = shared varint | suffix_len varint | suffix | size varint | etag | provenance | version | time
 //! option = 0 (None) | len+1 varint, bytes
+//! time   = 0 (None) | 1, zigzag varint of the Unix milliseconds
 //! ```
 //!
 //! All integers are little-endian; varints are LEB128. A block holds whole entries,
@@ -40,7 +41,7 @@ use crate::backend::Entry;
 use crate::error::{Error, Result};
 
 const MAGIC: &[u8; 6] = b"LMSRUN";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 const FILE_HEADER_BYTES: usize = 8;
 const BLOCK_HEADER_BYTES: usize = 16;
 /// Bytes of the end marker's payload (the entry count).
@@ -52,8 +53,8 @@ pub(crate) const ENTRY_BYTES_MAX: usize = 4 << 20;
 pub(crate) const BLOCK_BYTES_MAX: usize = 64 << 10;
 /// A block closes once past its target, so it holds at most the target plus one entry.
 const BLOCK_RAW_BYTES_MAX: usize = BLOCK_BYTES_MAX + ENTRY_BYTES_MAX;
-/// Encoded bytes of an entry beyond its strings: six varints of at most 10 bytes.
-const ENTRY_OVERHEAD_BYTES_MAX: usize = 60;
+/// Encoded bytes of an entry beyond its strings: eight varints of at most 10 bytes.
+const ENTRY_OVERHEAD_BYTES_MAX: usize = 80;
 
 const _: () = assert!(BLOCK_RAW_BYTES_MAX < u32::MAX as usize / 2);
 const _: () = assert!(BLOCK_BYTES_MAX.is_power_of_two());
@@ -184,6 +185,13 @@ impl RunWriter {
         put_option(&mut self.buf, &entry.etag);
         put_option(&mut self.buf, &entry.provenance);
         put_option(&mut self.buf, &entry.version);
+        match entry.modified_unix_ms {
+            None => put_varint(&mut self.buf, 0),
+            Some(ms) => {
+                put_varint(&mut self.buf, 1);
+                put_varint(&mut self.buf, ((ms << 1) ^ (ms >> 63)) as u64);
+            }
+        }
         self.last_key.truncate(shared);
         self.last_key.extend_from_slice(&key[shared..]);
         self.block_entries += 1;
@@ -399,13 +407,21 @@ impl RunReader {
         let etag = self.option("etag")?;
         let provenance = self.option("provenance")?;
         let version = self.option("version")?;
+        let modified_unix_ms = match self.varint()? {
+            0 => None,
+            1 => {
+                let z = self.varint()?;
+                Some((z >> 1) as i64 ^ -((z & 1) as i64))
+            }
+            _ => return Err(corrupt(&self.path, "a time's tag is neither 0 nor 1")),
+        };
         self.block_start = false;
         self.block_left -= 1;
         self.entries += 1;
         if self.block_left == 0 && self.pos != self.raw.len() {
             return Err(corrupt(&self.path, "bytes after the last entry of a block"));
         }
-        Ok(Some(Entry { key, size, etag, provenance, version }))
+        Ok(Some(Entry { key, size, etag, provenance, version, modified_unix_ms }))
     }
 }
 
@@ -421,6 +437,7 @@ mod tests {
                 etag: (i % 2 == 0).then(|| format!("{i:032x}")),
                 provenance: (i % 5 == 0).then(String::new),
                 version: (i % 3 == 0).then(|| format!("v{i}")),
+                modified_unix_ms: (i % 4 != 0).then(|| (i as i64 - 20) << (i % 50)),
             })
             .collect();
         v.push(v[10].clone());

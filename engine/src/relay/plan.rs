@@ -4,56 +4,13 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use globset::{Glob, GlobSet, GlobSetBuilder};
-
+use super::filter::Filter;
 use super::transfer::{Kind, ObjectJob};
 use super::{ObjectResult, Outcome, Report, Shared, FAILURES_KEPT_MAX};
 use crate::backend::{holds_version, provenance_version, Entry, Source, WorkerCtx};
 use crate::checksum::etag_is_md5;
 use crate::error::{Error, Result};
 use crate::http::HttpClient;
-
-/// `--include` / `--exclude` globs, matched against keys relative to the source prefix.
-#[derive(Debug, Clone, Default)]
-pub struct Filter {
-    include: Option<GlobSet>,
-    exclude: Option<GlobSet>,
-}
-
-impl Filter {
-    /// Builds a filter; an invalid glob is a usage error naming it and its flag.
-    pub fn new(include: &[String], exclude: &[String]) -> Result<Filter> {
-        Filter::named(include, exclude, ["--include", "--exclude"])
-    }
-
-    /// Builds a filter whose errors name the globs as `names` says (a job's fields,
-    /// where the CLI names its flags).
-    pub fn named(include: &[String], exclude: &[String], names: [&str; 2]) -> Result<Filter> {
-        let build = |globs: &[String], flag: &str| -> Result<Option<GlobSet>> {
-            if globs.is_empty() {
-                return Ok(None);
-            }
-            let mut b = GlobSetBuilder::new();
-            for g in globs {
-                if let Some(c) = g.chars().find(|c| c.is_control()) {
-                    let code = c as u32;
-                    return Err(Error::Usage(format!(
-                        "{flag} {g:?} holds the control character U+{code:04X}: remove it"
-                    )));
-                }
-                b.add(Glob::new(g).map_err(|e| Error::Usage(format!("{flag} {g:?} is not a valid glob: {e}")))?);
-            }
-            Ok(Some(b.build().map_err(|e| Error::Usage(format!("{flag}: {e}")))?))
-        };
-        Ok(Filter { include: build(include, names[0])?, exclude: build(exclude, names[1])? })
-    }
-
-    /// Whether a relative key passes.
-    pub fn accepts(&self, rel_key: &str) -> bool {
-        self.include.as_ref().is_none_or(|s| s.is_match(rel_key))
-            && !self.exclude.as_ref().is_some_and(|s| s.is_match(rel_key))
-    }
-}
 
 /// An object the planner decided to copy (shown by dry runs).
 #[derive(Debug, Clone)]
@@ -111,13 +68,24 @@ pub(super) struct Scope {
 }
 
 impl Scope {
-    /// The key relative to the source prefix, if the relay covers it.
-    pub(super) fn relative(&self, key: &str, filter: &Filter) -> Option<String> {
+    /// The key relative to the source prefix, if the relay covers the object.
+    pub(super) fn relative(&self, entry: &Entry, filter: &Filter) -> Option<String> {
+        let rel = self.relative_key(&entry.key)?;
+        filter.accepts_entry(rel, entry).then(|| rel.to_string())
+    }
+
+    /// The key relative to the source prefix, if it is in scope and passes the
+    /// filter's path rules (what a listing left out has no size or age to judge).
+    fn relative_path(&self, key: &str, filter: &Filter) -> Option<String> {
+        let rel = self.relative_key(key)?;
+        filter.accepts(rel).then(|| rel.to_string())
+    }
+
+    fn relative_key<'k>(&self, key: &'k str) -> Option<&'k str> {
         if self.single.as_ref().is_some_and(|k| k != key) {
             return None;
         }
-        let rel = &key[self.src_prefix.len()..];
-        (!rel.is_empty() && filter.accepts(rel)).then(|| rel.to_string())
+        key.get(self.src_prefix.len()..).filter(|rel| !rel.is_empty())
     }
 }
 
@@ -467,7 +435,7 @@ pub(super) async fn plan(
         if shared.stopped() || shared.quota_spent() {
             break;
         }
-        let Some(rel) = scope.relative(&entry.key, &shared.opts.filter) else { continue };
+        let Some(rel) = scope.relative(&entry, &shared.opts.filter) else { continue };
         let dst_key = format!("{dst_prefix}{rel}");
         if let Some(last) = last_rel.as_deref().filter(|last| order.same(last, &rel)) {
             report.objects_total += 1;
@@ -574,27 +542,12 @@ pub(super) async fn plan(
 /// first [`FAILURES_KEPT_MAX`] with their reasons.
 fn note_left_out(report: &mut Report, scope: &Scope, filter: &Filter, src: &mut Cursor) {
     for left in src.take_left_out() {
-        if scope.relative(&left.key, filter).is_none() {
+        if scope.relative_path(&left.key, filter).is_none() {
             continue;
         }
         report.objects_left_out += 1;
         if report.left_out.len() < FAILURES_KEPT_MAX {
             report.left_out.push(left);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_bad_glob_is_named_by_where_it_came_from() {
-        let bad = vec!["a[".to_string()];
-        let cli = Filter::new(&bad, &[]).unwrap_err().to_string();
-        assert!(cli.contains("--include \"a[\" is not a valid glob"), "{cli}");
-        let job = Filter::named(&[], &bad, ["include", "exclude"]).unwrap_err().to_string();
-        assert!(job.contains("exclude \"a[\" is not a valid glob") && !job.contains("--"), "{job}");
-        assert!(!job.contains('\n'), "{job:?}");
     }
 }

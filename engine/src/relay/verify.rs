@@ -5,17 +5,25 @@
 //! - by listing and metadata (the default): sizes, comparable ETags, and the
 //!   provenance record Laminar stores with every object it writes. An object
 //!   rewritten behind Laminar's back loses that record or changes its ETag.
+//!   Where the listings settle nothing, both sides are asked for their hashes and the
+//!   strongest both report is compared (SHA-256, Dropbox's content hash, SHA-1, MD5,
+//!   CRC64NVME, CRC32C). With no common hash and no record, a strict check (a job's,
+//!   of objects Laminar wrote) calls the copy unvouched; `laminar check` of a tree
+//!   some other tool wrote counts it as compared by size only, and says so.
 //! - by content (`download`): both copies are read again in ranges through a small
 //!   pool and their checksums recomputed and compared. This catches what metadata
 //!   cannot (bytes changed in place at rest), at the cost of reading everything twice.
+//!
+//! Objects at the destination that the source lacks are `extra`: `laminar check`
+//! counts them as differences, a job's check (of a relay, which never deletes) does not.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use super::plan::{judge, scope, version_of, Cursor, KeyOrder, Verdict};
-use super::{Failure, Location, RelayOptions, FAILURES_KEPT_MAX};
-use crate::backend::{holds_version, Source, WorkerCtx};
-use crate::checksum::{ChecksumAlgo, Hashers};
+use super::{Location, RelayOptions, FAILURES_KEPT_MAX};
+use crate::backend::{holds_version, ObjectInfo, Source, WorkerCtx};
+use crate::checksum::{etag_is_md5, Checksum, ChecksumAlgo, Hashers};
 use crate::error::{Error, Result};
 use crate::http::HttpClient;
 use crate::pool::{Body, BufferPool};
@@ -39,32 +47,80 @@ pub struct VerifyReport {
     pub objects_missing: u64,
     /// Objects whose destination copy differs.
     pub objects_mismatched: u64,
+    /// Objects at the destination that the source does not hold (after filters).
+    pub objects_extra: u64,
+    /// Objects the check could compare only by size: neither a hash both stores
+    /// report nor a record of the source version (use `download` to read them).
+    pub objects_size_only: u64,
+    /// Objects compared by each hash both stores reported, by name.
+    pub hashes_compared: std::collections::BTreeMap<String, u64>,
     /// Bytes of the source objects checked.
     pub bytes_checked: u64,
     /// Wall time.
     pub seconds: f64,
-    /// Each missing or differing object and why, at most [`FAILURES_KEPT_MAX`].
-    pub problems: Vec<Failure>,
+    /// Each missing, differing or extra object and why, at most [`FAILURES_KEPT_MAX`].
+    pub problems: Vec<Problem>,
     /// Whether the check was stopped before it covered every object.
     pub stopped: bool,
 }
 
+/// What is wrong with one object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProblemKind {
+    /// The source holds it, the destination does not.
+    Missing,
+    /// Both hold it, and the copies differ.
+    Differs,
+    /// The destination holds it, the source does not.
+    Extra,
+}
+
+/// One object a check found wrong.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Problem {
+    /// The key: the source's, or for an extra object the destination's.
+    pub key: String,
+    /// What is wrong.
+    pub kind: ProblemKind,
+    /// Why, one line.
+    pub reason: String,
+}
+
 impl VerifyReport {
-    /// Whether every object is intact at the destination.
+    /// Whether every source object is intact at the destination.
     pub fn ok(&self) -> bool {
         !self.stopped && self.objects_missing == 0 && self.objects_mismatched == 0
     }
 
-    fn problem(&mut self, key: &str, reason: String, missing: bool) {
-        if missing {
-            self.objects_missing += 1;
-        } else {
-            self.objects_mismatched += 1;
+    /// Whether the two sides hold the same objects, the same: nothing missing,
+    /// differing or extra.
+    pub fn same(&self) -> bool {
+        self.ok() && self.objects_extra == 0
+    }
+
+    fn problem(&mut self, key: &str, kind: ProblemKind, reason: String) {
+        match kind {
+            ProblemKind::Missing => self.objects_missing += 1,
+            ProblemKind::Differs => self.objects_mismatched += 1,
+            ProblemKind::Extra => self.objects_extra += 1,
         }
         if self.problems.len() < FAILURES_KEPT_MAX {
-            self.problems.push(Failure { key: key.to_string(), reason });
+            self.problems.push(Problem { key: key.to_string(), kind, reason });
         }
     }
+}
+
+/// How a check judges a copy that neither a hash both stores report nor a record
+/// of the source version vouches for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unvouched {
+    /// As differing: the destination was written by Laminar, which records the
+    /// source version, so a copy without the record was rewritten since.
+    Differs,
+    /// As the same by size, counted in `objects_size_only`: the destination may have
+    /// been written by any tool.
+    SizeOnly,
 }
 
 /// Live counters of a running check.
@@ -84,11 +140,12 @@ pub fn verify(
     dst: &Location,
     opts: &RelayOptions,
     download: bool,
+    unvouched: Unvouched,
     progress: &VerifyProgress,
 ) -> Result<VerifyReport> {
     let started = Instant::now();
     let (driver, _) = crate::runtime::select(opts.driver).map_err(Error::Usage)?;
-    let mut report = crate::runtime::block_on(driver, check(src, dst, opts, download, progress))
+    let mut report = crate::runtime::block_on(driver, check(src, dst, opts, download, unvouched, progress))
         .map_err(|e| Error::io("verify", "runtime", e))??;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
@@ -99,6 +156,7 @@ async fn check(
     dst: &Location,
     opts: &RelayOptions,
     download: bool,
+    unvouched: Unvouched,
     progress: &VerifyProgress,
 ) -> Result<VerifyReport> {
     let ctx = WorkerCtx { http: HttpClient::default() };
@@ -120,10 +178,11 @@ async fn check(
             report.stopped = true;
             break;
         }
-        let Some(rel) = scope.relative(&entry.key, &opts.filter) else { continue };
+        let Some(rel) = scope.relative(&entry, &opts.filter) else { continue };
         let dst_key = format!("{}{rel}", dst.prefix);
         while let Some(d) = &dst_head {
             if order.cmp(&d.key[dst.prefix.len()..], &rel) == std::cmp::Ordering::Less {
+                extra(&mut report, d, &dst.prefix, &opts.filter);
                 dst_head = dst_cursor.next().await?;
             } else {
                 break;
@@ -133,12 +192,13 @@ async fn check(
         report.bytes_checked += entry.size;
         progress.objects_checked.fetch_add(1, Ordering::Relaxed);
         let Some(existing) = dst_head.as_ref().filter(|d| order.same(&d.key[dst.prefix.len()..], &rel)) else {
-            report.problem(&entry.key, format!("missing at the destination ({dst_key})"), true);
+            report.problem(&entry.key, ProblemKind::Missing, format!("missing at the destination ({dst_key})"));
             continue;
         };
         if existing.size != entry.size {
             let why = format!("the destination holds {} bytes, the source {}", existing.size, entry.size);
-            report.problem(&entry.key, why, false);
+            report.problem(&entry.key, ProblemKind::Differs, why);
+            dst_head = dst_cursor.next().await?;
             continue;
         }
         let verdict = if download {
@@ -172,11 +232,26 @@ async fn check(
                     let info = super::retry(retries, &never, || dst_store.stat(&dst_key)).await?;
                     match info {
                         Some(info) if holds_version(&info, entry.size, &version_of(&entry)) => None,
-                        Some(info) if info.provenance.is_none() => Some(
-                            "the destination copy carries no record of being relayed from this source (rewritten outside Laminar?)"
-                                .to_string(),
-                        ),
-                        Some(_) => Some("the destination copy records another source version".to_string()),
+                        Some(info) => {
+                            let theirs = super::retry(retries, &never, || src_store.stat(&entry.key)).await?;
+                            match theirs.as_ref().and_then(|s| strongest_common(s, &info)) {
+                                Some((a, b)) => {
+                                    *report.hashes_compared.entry(a.algo.name().to_string()).or_default() += 1;
+                                    (a != b).then(|| format!("{a} at the source, {b} at the destination"))
+                                }
+                                None if info.provenance.is_some() => {
+                                    Some("the destination copy records another source version".to_string())
+                                }
+                                None if unvouched == Unvouched::SizeOnly => {
+                                    report.objects_size_only += 1;
+                                    None
+                                }
+                                None => Some(
+                                    "the destination copy carries no record of being relayed from this source (rewritten outside Laminar?)"
+                                        .to_string(),
+                                ),
+                            }
+                        }
                         None => Some(format!("missing at the destination ({dst_key})")),
                     }
                 }
@@ -184,10 +259,57 @@ async fn check(
         };
         match verdict {
             None => report.objects_matched += 1,
-            Some(why) => report.problem(&entry.key, why, false),
+            Some(why) => report.problem(&entry.key, ProblemKind::Differs, why),
+        }
+        dst_head = dst_cursor.next().await?;
+    }
+    if !report.stopped {
+        while let Some(d) = &dst_head {
+            extra(&mut report, d, &dst.prefix, &opts.filter);
+            dst_head = dst_cursor.next().await?;
         }
     }
     Ok(report)
+}
+
+/// Counts a destination object the source does not hold, if the filter covers it.
+fn extra(report: &mut VerifyReport, d: &crate::backend::Entry, dst_prefix: &str, filter: &super::Filter) {
+    let Some(rel) = d.key.get(dst_prefix.len()..).filter(|r| !r.is_empty()) else { return };
+    if filter.accepts_entry(rel, d) {
+        report.problem(&d.key, ProblemKind::Extra, "at the destination, not at the source".to_string());
+    }
+}
+
+/// The hashes a store reported for an object: its checksums, and its ETag where that
+/// is a plain MD5.
+fn hashes(info: &ObjectInfo) -> Vec<Checksum> {
+    let mut out = info.checksums.clone();
+    if let Some(md5) = info.etag.as_deref().filter(|e| etag_is_md5(e)).and_then(|e| hex::decode(e).ok()) {
+        if !out.iter().any(|c| c.algo == ChecksumAlgo::Md5) {
+            out.push(Checksum { algo: ChecksumAlgo::Md5, bytes: md5 });
+        }
+    }
+    out
+}
+
+/// Hashes from strongest to weakest, for choosing what to compare.
+const STRENGTH: [ChecksumAlgo; 6] = [
+    ChecksumAlgo::Sha256,
+    ChecksumAlgo::DropboxContentHash,
+    ChecksumAlgo::Sha1,
+    ChecksumAlgo::Md5,
+    ChecksumAlgo::Crc64nvme,
+    ChecksumAlgo::Crc32c,
+];
+
+/// The strongest hash both sides report: (the source's, the destination's).
+fn strongest_common(src: &ObjectInfo, dst: &ObjectInfo) -> Option<(Checksum, Checksum)> {
+    let (a, b) = (hashes(src), hashes(dst));
+    STRENGTH.iter().find_map(|algo| {
+        let x = a.iter().find(|c| c.algo == *algo)?;
+        let y = b.iter().find(|c| c.algo == *algo)?;
+        Some((x.clone(), y.clone()))
+    })
 }
 
 /// Re-reads both copies and compares their checksums; Some(reason) if they differ.

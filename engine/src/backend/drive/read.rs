@@ -123,7 +123,8 @@ impl DriveStore {
             Some(format) => {
                 let spooled = self.spooled(r, format, &key).await?;
                 let version = Some(r.export_version(format));
-                Ok(Entry { key, size: spooled.size, etag: None, provenance: None, version })
+                let modified_unix_ms = r.file.entry(String::new()).modified_unix_ms;
+                Ok(Entry { key, size: spooled.size, version, modified_unix_ms, ..Entry::default() })
             }
         }
     }

@@ -21,7 +21,7 @@ use std::cell::RefCell;
 use percent_encoding::utf8_percent_encode;
 use serde::{Deserialize, Serialize};
 
-use super::{format_rfc3339, with_query, Call, DriveStore, FileRes, FILE_FIELDS, PROVENANCE_PROPERTY, QUERY_SET};
+use super::{with_query, Call, DriveStore, FileRes, FILE_FIELDS, PROVENANCE_PROPERTY, QUERY_SET};
 use crate::backend::{
     Committed, LocalFuture, PartRecord, PartSpec, PutArgs, Session, SessionState, UploadPlan, UploadSession,
 };
@@ -147,7 +147,7 @@ impl DriveUpload<'_> {
             }
         }
         if let Some(mtime) = args.meta.mtime {
-            m.insert("modifiedTime".into(), format_rfc3339(mtime).into());
+            m.insert("modifiedTime".into(), crate::backend::rfc3339::format_millis(mtime).into());
         }
         if let Some(p) = &args.provenance {
             m.insert("appProperties".into(), serde_json::json!({ PROVENANCE_PROPERTY: p }));

@@ -1,0 +1,145 @@
+//! `laminar ls`, `laminar lsjson` and `laminar size`: what is under a URL, through
+//! the same filters a relay takes, with keys relative to the path given (as rclone
+//! shows them), streamed as the store lists so that memory stays flat.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use clap::Args;
+use laminar_engine::backend::Entry;
+use laminar_engine::relay;
+use laminar_engine::runtime::DriverChoice;
+use laminar_tuning::HumanBytes;
+
+use crate::cli::{usage, Fail};
+use crate::config::Config;
+use crate::filters::FilterArgs;
+
+/// Flags every listing takes.
+#[derive(Args)]
+pub struct Listed {
+    /// NAME:bucket/prefix, s3://bucket/prefix or file:///abs/path
+    url: String,
+    /// Event loop: auto, io_uring or epoll
+    #[arg(long, default_value = "auto")]
+    driver: String,
+    #[command(flatten)]
+    filters: FilterArgs,
+}
+
+/// Flags of `laminar ls`.
+#[derive(Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    listed: Listed,
+}
+
+/// Flags of `laminar lsjson`.
+#[derive(Args)]
+pub struct LsjsonArgs {
+    #[command(flatten)]
+    listed: Listed,
+    /// Every object below, not only the first level (directories are then not shown)
+    #[arg(long, short = 'R')]
+    recursive: bool,
+    /// Objects only, no directories
+    #[arg(long)]
+    files_only: bool,
+}
+
+/// Flags of `laminar size`.
+#[derive(Args)]
+pub struct SizeArgs {
+    #[command(flatten)]
+    listed: Listed,
+    /// Print {"count": N, "bytes": N} on stdout
+    #[arg(long)]
+    json: bool,
+}
+
+/// Lists the objects that pass the filters, each with its key relative to the URL.
+fn walk(config: Option<&Path>, listed: &Listed, f: &mut dyn FnMut(&str, &Entry)) -> Result<(), Fail> {
+    let config = Config::load(config)?;
+    let location = config.location(&listed.url)?;
+    let driver = DriverChoice::parse(&listed.driver)
+        .ok_or_else(|| usage(format!("--driver {:?}: use auto, io_uring or epoll", listed.driver)))?;
+    let filter = listed.filters.build()?;
+    relay::list(&location, driver, &filter, f)?;
+    Ok(())
+}
+
+pub fn run_ls(config: Option<&Path>, args: ListArgs) -> Result<u8, Fail> {
+    walk(config, &args.listed, &mut |rel, entry| outln!("{:>12} {rel}", entry.size))?;
+    Ok(0)
+}
+
+/// One line of `lsjson`, in rclone's field names.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct JsonItem<'a> {
+    path: &'a str,
+    name: &'a str,
+    /// -1 for a directory, as rclone writes it.
+    size: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mod_time: Option<String>,
+    is_dir: bool,
+}
+
+pub fn run_lsjson(config: Option<&Path>, args: LsjsonArgs) -> Result<u8, Fail> {
+    // rclone's layout: `[`, the items one a line with a comma after each but the
+    // last, `]`. Each line waits for the next item to know whether it is the last.
+    outln!("[");
+    let mut pending: Option<String> = None;
+    let mut emit = |item: JsonItem| {
+        if let Some(line) = pending.replace(serde_json::to_string(&item).expect("an item serialises")) {
+            outln!("{line},");
+        }
+    };
+    // Directories of the first level already shown: a listing in no order may name
+    // one again after others.
+    let mut dirs: HashSet<String> = HashSet::new();
+    walk(config, &args.listed, &mut |rel, entry| {
+        let top = rel.split_once('/').map(|(dir, _)| dir);
+        match top {
+            Some(dir) if !args.recursive => {
+                if !args.files_only && dirs.insert(dir.to_string()) {
+                    emit(JsonItem { path: dir, name: dir, size: -1, mod_time: None, is_dir: true });
+                }
+            }
+            _ => {
+                let name = rel.rsplit('/').next().unwrap_or(rel);
+                let mod_time = entry.modified_unix_ms.map(format_ms);
+                emit(JsonItem { path: rel, name, size: entry.size as i64, mod_time, is_dir: false });
+            }
+        }
+    })?;
+    if let Some(line) = pending {
+        outln!("{line}");
+    }
+    outln!("]");
+    Ok(0)
+}
+
+/// Unix milliseconds as RFC 3339 in UTC, to the millisecond.
+fn format_ms(ms: i64) -> String {
+    let at = std::time::UNIX_EPOCH
+        .checked_add(std::time::Duration::from_millis(ms.max(0) as u64))
+        .unwrap_or(std::time::UNIX_EPOCH);
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+pub fn run_size(config: Option<&Path>, args: SizeArgs) -> Result<u8, Fail> {
+    let (mut count, mut bytes) = (0u64, 0u64);
+    walk(config, &args.listed, &mut |_, entry| {
+        count += 1;
+        bytes += entry.size;
+    })?;
+    if args.json {
+        outln!("{}", serde_json::json!({ "count": count, "bytes": bytes }));
+    } else {
+        outln!("Total objects: {count}");
+        outln!("Total size: {} ({bytes} bytes)", HumanBytes(bytes));
+    }
+    Ok(0)
+}
