@@ -42,6 +42,8 @@ struct Cli {
 enum Command {
     /// Copy every object under SRC to DST, skipping what is already there
     Relay(RelayArgs),
+    /// Compare SRC with DST: objects missing, extra or differing (exit 1 on any difference)
+    Check(crate::check::CheckArgs),
     /// List objects under a URL: size and key relative to it, one a line
     Ls(crate::list::ListArgs),
     /// List objects under a URL as JSON, as rclone lsjson does (one level unless -R)
@@ -211,6 +213,7 @@ pub fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Relay(args) => run_relay(cli.config.as_deref(), args),
+        Command::Check(args) => crate::check::run(cli.config.as_deref(), args),
         Command::Ls(args) => crate::list::run_ls(cli.config.as_deref(), args),
         Command::Lsjson(args) => crate::list::run_lsjson(cli.config.as_deref(), args),
         Command::Size(args) => crate::list::run_size(cli.config.as_deref(), args),

@@ -13,6 +13,7 @@ mod out;
 
 mod api;
 mod auth;
+mod check;
 mod cli;
 mod client;
 mod config;
