@@ -7,7 +7,7 @@ use std::path::Path;
 
 use clap::Args;
 use laminar_engine::checksum::ChecksumAlgo;
-use laminar_engine::relay::{self, ProblemKind, RelayOptions, Unvouched, VerifyProgress, VerifyReport};
+use laminar_engine::relay::{self, CheckOptions, ProblemKind, RelayOptions, Unvouched, VerifyProgress, VerifyReport};
 use laminar_engine::runtime::DriverChoice;
 use laminar_tuning::HumanBytes;
 
@@ -61,7 +61,8 @@ pub fn run(config: Option<&Path>, args: CheckArgs) -> Result<u8, Fail> {
     };
     opts.filter = args.filters.build()?;
     let progress = VerifyProgress::default();
-    let mut report = relay::verify(&src, &dst, &opts, args.download, Unvouched::SizeOnly, &progress)?;
+    let mut report =
+        relay::verify(&src, &dst, &opts, &CheckOptions::report(args.download, Unvouched::SizeOnly), &progress)?;
     if args.one_way {
         report.problems.retain(|p| p.kind != ProblemKind::Extra);
         report.objects_extra = 0;

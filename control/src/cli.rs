@@ -42,6 +42,10 @@ struct Cli {
 enum Command {
     /// Copy every object under SRC to DST, skipping what is already there
     Relay(RelayArgs),
+    /// Make DST like SRC: copy, then delete at DST what SRC no longer holds (after every copy succeeded)
+    Sync(crate::sync::SyncArgs),
+    /// Copy SRC to DST, then delete each source object once its copy is verified at DST
+    Move(crate::sync::MoveArgs),
     /// Compare SRC with DST: objects missing, extra or differing (exit 1 on any difference)
     Check(crate::check::CheckArgs),
     /// List objects under a URL: size and key relative to it, one a line
@@ -123,7 +127,7 @@ pub struct EngineArgs {
 }
 
 #[derive(Args)]
-struct RelayArgs {
+pub struct RelayArgs {
     /// Source: NAME:bucket/prefix, s3://bucket/prefix or file:///abs/path
     src: String,
     /// Destination, in the same forms
@@ -213,6 +217,8 @@ pub fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Relay(args) => run_relay(cli.config.as_deref(), args),
+        Command::Sync(args) => crate::sync::run_sync(cli.config.as_deref(), args),
+        Command::Move(args) => crate::sync::run_move(cli.config.as_deref(), args),
         Command::Check(args) => crate::check::run(cli.config.as_deref(), args),
         Command::Ls(args) => crate::list::run_ls(cli.config.as_deref(), args),
         Command::Lsjson(args) => crate::list::run_lsjson(cli.config.as_deref(), args),
@@ -321,7 +327,34 @@ pub fn options(engine: &EngineArgs) -> Result<RelayOptions, Fail> {
     Ok(opts)
 }
 
+/// A relay ready to run: both ends and the options its flags give.
+pub struct Prepared {
+    pub src: Location,
+    pub dst: Location,
+    pub opts: RelayOptions,
+}
+
 fn run_relay(config: Option<&std::path::Path>, args: RelayArgs) -> Result<u8, Fail> {
+    let prepared = prepare(config, &args)?;
+    let report = copy(prepared, &args)?;
+    Ok(relay_exit(&report))
+}
+
+/// The exit status of a relay's report.
+pub fn relay_exit(report: &Report) -> u8 {
+    if report.stopped {
+        EXIT_INTERRUPTED
+    } else if report.objects_failed > 0 {
+        EXIT_FAILED
+    } else if report.waiting.is_some() {
+        EXIT_WAITING
+    } else {
+        EXIT_OK
+    }
+}
+
+/// Reads the config and the relay's flags.
+pub fn prepare(config: Option<&std::path::Path>, args: &RelayArgs) -> Result<Prepared, Fail> {
     let mut config = Config::load(config)?;
     // Flags for one kind of store become its remotes' keys (`export`, `follow_shortcuts`).
     if let Some(formats) = &args.drive_export {
@@ -349,29 +382,45 @@ fn run_relay(config: Option<&std::path::Path>, args: RelayArgs) -> Result<u8, Fa
     if !args.no_journal && !args.dry_run {
         opts.journal = Some(laminar_engine::journal::Journal::open(&laminar_tuning::plan::default_data_dir())?);
     }
+    Ok(Prepared { src, dst, opts })
+}
+
+/// Runs a prepared relay with its progress and prints its report (as JSON only when
+/// `--json` is given and `print_json`: a sync or move prints one object of its own).
+pub fn copy_quietly(prepared: Prepared, args: &RelayArgs, print_json: bool) -> Result<Report, Fail> {
     let json = args.json;
     let dry_run = args.dry_run;
-    let report = relay_with_progress(src, dst, opts, !json, &mut |p| {
+    let report = relay_with_progress(prepared.src, prepared.dst, prepared.opts, !json, &mut |p| {
         if !json {
             outln!("would copy {} -> {} ({})", p.src_key, p.dst_key, HumanBytes(p.size));
         }
     })?;
-    print_report(&report, json, dry_run);
+    if !json || print_json {
+        print_report(&report, json, dry_run);
+    }
     if report.objects_total == 0 && !json {
         eprintln!("laminar: note: no objects under {}", args.src);
     }
     if let Some(w) = &report.waiting {
         eprintln!("laminar: {}", waiting_line(&report, w));
     }
-    Ok(if report.stopped {
-        EXIT_INTERRUPTED
-    } else if report.objects_failed > 0 {
-        EXIT_FAILED
-    } else if report.waiting.is_some() {
-        EXIT_WAITING
-    } else {
-        EXIT_OK
-    })
+    Ok(report)
+}
+
+fn copy(prepared: Prepared, args: &RelayArgs) -> Result<Report, Fail> {
+    copy_quietly(prepared, args, true)
+}
+
+impl RelayArgs {
+    /// Whether only a plan is wanted.
+    pub fn dry_run(&self) -> bool {
+        self.dry_run
+    }
+
+    /// Whether one JSON object is wanted on stdout.
+    pub fn json(&self) -> bool {
+        self.json
+    }
 }
 
 /// What a relay that stopped at the destination's allowance did, and when the rest
@@ -502,10 +551,10 @@ struct JsonReport<'a> {
     checks: &'a [relay::ObjectChecks],
 }
 
-/// Prints the summary (or JSON) for a finished relay.
-pub fn print_report(report: &Report, json: bool, dry_run: bool) {
+/// The `--json` object of a finished relay.
+pub fn report_json(report: &Report, dry_run: bool) -> serde_json::Value {
     let rate = if report.seconds > 0.0 { report.bytes_copied as f64 / report.seconds } else { 0.0 };
-    if json {
+    {
         let out = JsonReport {
             objects_total: report.objects_total,
             objects_copied: report.objects_copied,
@@ -542,7 +591,15 @@ pub fn print_report(report: &Report, json: bool, dry_run: bool) {
             hashes_compared: &report.hashes_compared,
             checks: &report.checks,
         };
-        outln!("{}", serde_json::to_string(&out).expect("report serialises"));
+        serde_json::to_value(&out).expect("report serialises")
+    }
+}
+
+/// Prints the summary (or JSON) for a finished relay.
+pub fn print_report(report: &Report, json: bool, dry_run: bool) {
+    let rate = if report.seconds > 0.0 { report.bytes_copied as f64 / report.seconds } else { 0.0 };
+    if json {
+        outln!("{}", report_json(report, dry_run));
         return;
     }
     if dry_run {

@@ -1014,7 +1014,13 @@ impl Jobs {
             .name(format!("laminar-{}-verify", job.id))
             .spawn(move || {
                 let (src, dst) = runner.ends.as_ref().expect("checked before the check started");
-                let result = relay::verify(src, dst, &runner.opts, download, relay::Unvouched::Differs, &progress);
+                let result = relay::verify(
+                    src,
+                    dst,
+                    &runner.opts,
+                    &relay::CheckOptions::report(download, relay::Unvouched::Differs),
+                    &progress,
+                );
                 let ok = matches!(&result, Ok(r) if r.ok());
                 {
                     let mut inner = runner.lock();

@@ -25,6 +25,7 @@ mod listen;
 mod metrics;
 mod plan;
 mod serve;
+mod sync;
 mod tune;
 
 use std::process::ExitCode;

@@ -492,6 +492,11 @@ pub trait Sink: Store {
         let _ = (source, args);
         Box::pin(async move { Err(Error::protocol("copy", key, "this store has no server-side copy")) })
     }
+    /// Deletes one object, for `laminar sync` and `laminar move`; an object already
+    /// gone is no error.
+    fn delete<'a>(&'a self, key: &'a str) -> LocalFuture<'a, Result<()>> {
+        Box::pin(async move { Err(Error::protocol("delete", key, "this store cannot delete objects")) })
+    }
     /// Removes what relays of Laminar's that died left under `prefix` and no run can
     /// go on with, outside any journal (a file tree's temporary files whose writer is
     /// gone). Never touches anything Laminar did not write. Returns how many it removed.

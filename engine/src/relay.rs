@@ -30,7 +30,7 @@ pub use filter::{Filter, FilterSpec};
 pub use plan::Planned;
 pub use progress::{ObjectProgress, Progress};
 pub use throttle::Throttle;
-pub use verify::{verify, Problem, ProblemKind, Unvouched, VerifyProgress, VerifyReport};
+pub use verify::{verify, Act, CheckOptions, Problem, ProblemKind, Unvouched, VerifyProgress, VerifyReport};
 
 use crate::backend::Backend;
 use crate::checksum::ChecksumAlgo;

@@ -5,9 +5,8 @@
 //! made (no record, no hash both stores report) is compared by size and says so.
 
 use std::path::Path;
-use std::process::Output;
 
-use laminar_tests::{clouds, laminar_bin};
+use laminar_tests::{clouds, laminar_in as laminar, stdout_json as json};
 
 fn tree(root: &Path) -> Vec<(String, Vec<u8>)> {
     let files: Vec<(String, Vec<u8>)> = (0..12)
@@ -22,26 +21,6 @@ fn tree(root: &Path) -> Vec<(String, Vec<u8>)> {
         std::fs::write(path, bytes).unwrap();
     }
     files
-}
-
-fn laminar(config: Option<&Path>, data: &Path, args: &[&str]) -> Output {
-    let mut c = std::process::Command::new(laminar_bin());
-    c.env("LAMINAR_DATA_DIR", data);
-    if let Some(config) = config {
-        c.arg("--config").arg(config);
-    }
-    let out = c.args(args).output().expect("run laminar");
-    eprintln!(
-        "laminar {args:?} -> {:?}\n{}\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).expect("one JSON object")
 }
 
 fn problems(report: &serde_json::Value, kind: &str) -> Vec<String> {
@@ -130,7 +109,7 @@ fn bytes_changed_in_place_are_found_by_download_and_a_foreign_copy_is_compared_b
     let read = laminar(None, &data, &["check", &src, &dst, "--json", "--download"]);
     assert_eq!(read.status.code(), Some(1));
     let r = json(&read);
-    assert_eq!(problems(&r, "differs"), [key.clone()]);
+    assert_eq!(problems(&r, "differs"), std::slice::from_ref(key));
     assert!(r["problems"][0]["reason"].as_str().unwrap().contains("contents differ"), "{r}");
     assert_eq!(std::fs::read(out_dir.join(key)).unwrap(), flipped, "a check writes nothing");
     // A copy no Laminar wrote: no record, no hash; compared by size, and said so.

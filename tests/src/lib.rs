@@ -86,6 +86,29 @@ pub fn laminar_with(config: &std::path::Path, args: &[&str]) -> std::process::Ou
     out
 }
 
+/// Runs `laminar [--config CONFIG] ARGS` with `LAMINAR_DATA_DIR` set to `data`,
+/// logging what it printed.
+pub fn laminar_in(config: Option<&std::path::Path>, data: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let mut c = std::process::Command::new(laminar_bin());
+    c.env("LAMINAR_DATA_DIR", data);
+    if let Some(config) = config {
+        c.arg("--config").arg(config);
+    }
+    let out = c.args(args).output().expect("run laminar");
+    eprintln!(
+        "laminar {args:?} -> {:?}\n{}\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The one JSON object a command printed on standard output.
+pub fn stdout_json(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).expect("one JSON object on stdout")
+}
+
 /// The hash Laminar checks Drive's files by, as the report names it: SHA-256 where this
 /// CPU computes it in hardware, MD5 otherwise (Drive reports both).
 pub fn drive_check_name() -> &'static str {

@@ -613,6 +613,17 @@ impl Sink for DriveStore {
     fn can_copy_from(&self, _source: &CopySource) -> bool {
         false
     }
+
+    fn delete<'a>(&'a self, key: &'a str) -> LocalFuture<'a, Result<()>> {
+        Box::pin(async move {
+            // The file listed under the key, a shortcut itself and not its target.
+            let (dir, name) = key.rsplit_once('/').unwrap_or(("", key));
+            let Some(parent) = self.folder(dir, false, key).await? else { return Ok(()) };
+            let Some(file) = self.find_source(&parent, name, key).await? else { return Ok(()) };
+            self.lookups.borrow_mut().remove(key);
+            self.delete_file(&file.id, key).await
+        })
+    }
 }
 
 #[cfg(test)]

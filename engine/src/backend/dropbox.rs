@@ -671,6 +671,16 @@ impl Sink for DropboxStore {
     fn can_copy_from(&self, _source: &CopySource) -> bool {
         false
     }
+
+    fn delete<'a>(&'a self, key: &'a str) -> LocalFuture<'a, Result<()>> {
+        Box::pin(async move {
+            match self.rpc("files/delete_v2", "delete", key, &json!({ "path": self.path(key) })).await {
+                Ok(_) => Ok(()),
+                Err(e) if is_not_found(&e) => Ok(()),
+                Err(e) => Err(e),
+            }
+        })
+    }
 }
 
 #[cfg(test)]

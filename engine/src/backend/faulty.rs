@@ -633,6 +633,10 @@ impl Sink for FaultySink {
         self.inner.can_copy_from(source)
     }
 
+    fn delete<'a>(&'a self, key: &'a str) -> LocalFuture<'a, Result<()>> {
+        self.inner.delete(key)
+    }
+
     fn copy_object<'a>(
         &'a self,
         source: &'a CopySource,

@@ -841,6 +841,25 @@ impl Sink for FileStore {
     fn can_copy_from(&self, _source: &CopySource) -> bool {
         false
     }
+
+    fn delete<'a>(&'a self, key: &'a str) -> LocalFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let path = self.resolve("delete", key)?;
+            if let Some(dir) = path.parent() {
+                self.refuse_links("delete", key, dir)?;
+            }
+            match std::fs::symlink_metadata(&path) {
+                Ok(md) if md.is_dir() => Err(Error::InvalidKey {
+                    op: "delete",
+                    key: key.to_string(),
+                    reason: format!("{} is a directory, not a file", path.display()),
+                }),
+                Ok(_) => std::fs::remove_file(&path).map_err(|e| Error::io("delete", key, e)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(Error::io("delete", key, e)),
+            }
+        })
+    }
 }
 
 #[cfg(test)]

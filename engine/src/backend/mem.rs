@@ -734,6 +734,14 @@ impl Sink for MemStore {
         self.shared.options.server_side_copy && source.identity == self.identity()
     }
 
+    fn delete<'a>(&'a self, key: &'a str) -> LocalFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.shared.wait().await;
+            self.shared.request("delete").objects.remove(key);
+            Ok(())
+        })
+    }
+
     fn copy_object<'a>(
         &'a self,
         source: &'a CopySource,

@@ -957,7 +957,9 @@ impl S3Store {
     fn streams_parts(&self, algo: ChecksumAlgo) -> bool {
         algo.s3_algorithm().is_some() && !self.streaming_refused.get()
     }
+}
 
+impl Sink for S3Store {
     fn delete<'a>(&'a self, key: &'a str) -> LocalFuture<'a, Result<()>> {
         Box::pin(async move {
             let call = Call {
@@ -971,9 +973,6 @@ impl S3Store {
             self.call_small(call, Vec::new()).await.map(drop)
         })
     }
-}
-
-impl Sink for S3Store {
     fn begin<'a>(&'a self, key: &'a str, plan: UploadPlan, args: &'a PutArgs) -> LocalFuture<'a, Result<Session<'a>>> {
         Box::pin(upload::begin(self, key, plan, args))
     }

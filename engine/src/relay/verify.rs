@@ -62,6 +62,12 @@ pub struct VerifyReport {
     pub problems: Vec<Problem>,
     /// Whether the check was stopped before it covered every object.
     pub stopped: bool,
+    /// Objects deleted (at the source by a move, extras at the destination by a sync).
+    pub objects_deleted: u64,
+    /// Extra objects copied into the backup location before they were deleted.
+    pub objects_backed_up: u64,
+    /// Objects that were to be deleted and were not, with why.
+    pub delete_failures: Vec<super::Failure>,
 }
 
 /// What is wrong with one object.
@@ -111,6 +117,45 @@ impl VerifyReport {
     }
 }
 
+/// What a check does besides reporting.
+#[derive(Clone, Default)]
+pub enum Act {
+    /// Nothing: report only.
+    #[default]
+    Report,
+    /// Deletes each source object whose copy the check finds the same (`laminar move`).
+    DeleteSameAtSource,
+    /// Deletes each extra object at the destination, at most `max` of them, after a
+    /// server-side copy into `backup` where one is given (`laminar sync`).
+    DeleteExtra {
+        /// Most objects to delete; the rest are left and reported.
+        max: u64,
+        /// Where to keep what is deleted: the same store as the destination.
+        backup: Option<Location>,
+    },
+}
+
+/// How a check runs.
+#[derive(Clone)]
+pub struct CheckOptions {
+    /// Read both copies again and compare their checksums.
+    pub download: bool,
+    /// How a copy nothing vouches for is judged.
+    pub unvouched: Unvouched,
+    /// Judge by presence alone: an object both sides hold is the same (for counting
+    /// what a sync would delete, without a request per object).
+    pub presence_only: bool,
+    /// What to do besides reporting.
+    pub act: Act,
+}
+
+impl CheckOptions {
+    /// A report-only check.
+    pub fn report(download: bool, unvouched: Unvouched) -> CheckOptions {
+        CheckOptions { download, unvouched, presence_only: false, act: Act::Report }
+    }
+}
+
 /// How a check judges a copy that neither a hash both stores report nor a record
 /// of the source version vouches for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,13 +184,12 @@ pub fn verify(
     src: &Location,
     dst: &Location,
     opts: &RelayOptions,
-    download: bool,
-    unvouched: Unvouched,
+    how: &CheckOptions,
     progress: &VerifyProgress,
 ) -> Result<VerifyReport> {
     let started = Instant::now();
     let (driver, _) = crate::runtime::select(opts.driver).map_err(Error::Usage)?;
-    let mut report = crate::runtime::block_on(driver, check(src, dst, opts, download, unvouched, progress))
+    let mut report = crate::runtime::block_on(driver, check(src, dst, opts, how, progress))
         .map_err(|e| Error::io("verify", "runtime", e))??;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
@@ -155,10 +199,10 @@ async fn check(
     src: &Location,
     dst: &Location,
     opts: &RelayOptions,
-    download: bool,
-    unvouched: Unvouched,
+    how: &CheckOptions,
     progress: &VerifyProgress,
 ) -> Result<VerifyReport> {
+    let (download, unvouched) = (how.download, how.unvouched);
     let ctx = WorkerCtx { http: HttpClient::default() };
     let retries = opts.retries;
     let never = AtomicBool::new(false);
@@ -167,6 +211,7 @@ async fn check(
     super::retry(retries, &never, || src_store.check(false)).await?;
     super::retry(retries, &never, || dst_store.check(false)).await?;
     let scope = scope(src, dst, &src_store, retries).await?;
+    let mut deleter = Deleter::open(&how.act, src, dst, &ctx)?;
     let pool = BufferPool::new(CHUNK_BYTES, READ_BYTES / CHUNK_BYTES);
     let mut report = VerifyReport { download, ..VerifyReport::default() };
     let order = KeyOrder::for_destination(&*dst_store);
@@ -182,7 +227,7 @@ async fn check(
         let dst_key = format!("{}{rel}", dst.prefix);
         while let Some(d) = &dst_head {
             if order.cmp(&d.key[dst.prefix.len()..], &rel) == std::cmp::Ordering::Less {
-                extra(&mut report, d, &dst.prefix, &opts.filter);
+                deleter.extra(&mut report, d, &dst.prefix, &opts.filter, retries).await;
                 dst_head = dst_cursor.next().await?;
             } else {
                 break;
@@ -195,6 +240,11 @@ async fn check(
             report.problem(&entry.key, ProblemKind::Missing, format!("missing at the destination ({dst_key})"));
             continue;
         };
+        if how.presence_only {
+            report.objects_matched += 1;
+            dst_head = dst_cursor.next().await?;
+            continue;
+        }
         if existing.size != entry.size {
             let why = format!("the destination holds {} bytes, the source {}", existing.size, entry.size);
             report.problem(&entry.key, ProblemKind::Differs, why);
@@ -258,25 +308,115 @@ async fn check(
             }
         };
         match verdict {
-            None => report.objects_matched += 1,
+            None => {
+                report.objects_matched += 1;
+                deleter.same(&mut report, &entry.key, retries).await;
+            }
             Some(why) => report.problem(&entry.key, ProblemKind::Differs, why),
         }
         dst_head = dst_cursor.next().await?;
     }
     if !report.stopped {
         while let Some(d) = &dst_head {
-            extra(&mut report, d, &dst.prefix, &opts.filter);
+            deleter.extra(&mut report, d, &dst.prefix, &opts.filter, retries).await;
             dst_head = dst_cursor.next().await?;
         }
     }
     Ok(report)
 }
 
-/// Counts a destination object the source does not hold, if the filter covers it.
-fn extra(report: &mut VerifyReport, d: &crate::backend::Entry, dst_prefix: &str, filter: &super::Filter) {
-    let Some(rel) = d.key.get(dst_prefix.len()..).filter(|r| !r.is_empty()) else { return };
-    if filter.accepts_entry(rel, d) {
+/// What a check deletes as it goes, by [`Act`].
+struct Deleter {
+    act: Act,
+    /// The store objects are deleted from: the source for a move, the destination
+    /// for a sync.
+    sink: Option<std::rc::Rc<dyn crate::backend::Sink>>,
+    /// The destination as a source, for the copy references of backups.
+    dst_source: Option<std::rc::Rc<dyn Source>>,
+    /// The backup location's store, which copies into itself.
+    backup_sink: Option<std::rc::Rc<dyn crate::backend::Sink>>,
+}
+
+impl Deleter {
+    fn open(act: &Act, src: &Location, dst: &Location, ctx: &WorkerCtx) -> Result<Deleter> {
+        let mut backup_sink = None;
+        let (sink, dst_source) = match act {
+            Act::Report => (None, None),
+            Act::DeleteSameAtSource => (Some(src.backend.open_sink(ctx)?), None),
+            Act::DeleteExtra { backup, .. } => {
+                let sink = dst.backend.open_sink(ctx)?;
+                let source = dst.backend.open_source(ctx)?;
+                if let Some(b) = backup {
+                    let probe = source.copy_source("probe");
+                    let to = b.backend.open_sink(ctx)?;
+                    if !probe.as_ref().is_some_and(|c| to.can_copy_from(c)) {
+                        return Err(Error::Usage(format!(
+                            "--backup-dir {}: objects are moved there by a server-side copy, and this store cannot                              copy from {} (give a backup path on the destination's own store)",
+                            b.display, dst.display
+                        )));
+                    }
+                    backup_sink = Some(to);
+                }
+                (Some(sink), Some(source))
+            }
+        };
+        Ok(Deleter { act: act.clone(), sink, dst_source, backup_sink })
+    }
+
+    /// A source object whose copy is the same: a move deletes it.
+    async fn same(&mut self, report: &mut VerifyReport, key: &str, retries: u32) {
+        let (Act::DeleteSameAtSource, Some(sink)) = (&self.act, &self.sink) else { return };
+        let never = AtomicBool::new(false);
+        match super::retry(retries, &never, || sink.delete(key)).await {
+            Ok(()) => report.objects_deleted += 1,
+            Err(e) => fail_delete(report, key, e.to_string()),
+        }
+    }
+
+    /// A destination object the source does not hold, if the filter covers it:
+    /// counted, and a sync deletes it (after backing it up).
+    async fn extra(
+        &mut self,
+        report: &mut VerifyReport,
+        d: &crate::backend::Entry,
+        dst_prefix: &str,
+        filter: &super::Filter,
+        retries: u32,
+    ) {
+        let Some(rel) = d.key.get(dst_prefix.len()..).filter(|r| !r.is_empty()) else { return };
+        if !filter.accepts_entry(rel, d) {
+            return;
+        }
         report.problem(&d.key, ProblemKind::Extra, "at the destination, not at the source".to_string());
+        let (Act::DeleteExtra { max, backup }, Some(sink)) = (&self.act, &self.sink) else { return };
+        if report.objects_deleted >= *max {
+            fail_delete(report, &d.key, format!("not deleted: past the limit of {max} deletions"));
+            return;
+        }
+        let never = AtomicBool::new(false);
+        if let Some(b) = backup {
+            let to = format!("{}{rel}", b.prefix);
+            let copy = self.dst_source.as_ref().and_then(|s| s.copy_source(&d.key));
+            let Some(copy) = copy else {
+                return fail_delete(report, &d.key, "not deleted: it cannot be copied to the backup".into());
+            };
+            let args = crate::backend::PutArgs::default();
+            let Some(into) = &self.backup_sink else { return };
+            match super::retry(retries, &never, || into.copy_object(&copy, &to, &args)).await {
+                Ok(()) => report.objects_backed_up += 1,
+                Err(e) => return fail_delete(report, &d.key, format!("not deleted: the copy to {to} failed: {e}")),
+            }
+        }
+        match super::retry(retries, &never, || sink.delete(&d.key)).await {
+            Ok(()) => report.objects_deleted += 1,
+            Err(e) => fail_delete(report, &d.key, e.to_string()),
+        }
+    }
+}
+
+fn fail_delete(report: &mut VerifyReport, key: &str, reason: String) {
+    if report.delete_failures.len() < FAILURES_KEPT_MAX {
+        report.delete_failures.push(super::Failure { key: key.to_string(), reason });
     }
 }
 

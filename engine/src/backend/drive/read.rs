@@ -191,7 +191,7 @@ impl DriveStore {
 
     /// The listed file of folder `parent` that `name` names: by its listed name (an
     /// export's extension included) or a duplicate's name with its id.
-    async fn find_source(&self, parent: &str, name: &str, target: &str) -> Result<Option<FileRes>> {
+    pub(super) async fn find_source(&self, parent: &str, name: &str, target: &str) -> Result<Option<FileRes>> {
         let cfg = self.cfg();
         let mut names = vec![name.to_string()];
         for f in &cfg.export {

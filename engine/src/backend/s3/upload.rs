@@ -133,7 +133,7 @@ impl UploadSession for S3Upload<'_> {
                     // The store accepted bytes that differ from what was read: don't
                     // leave them looking complete.
                     Err(Error::Integrity { .. }) => {
-                        let _ = self.store.delete(key).await;
+                        let _ = crate::backend::Sink::delete(self.store, key).await;
                     }
                     Ok(_) => self.put_done.set(true),
                     Err(_) => {}
@@ -291,7 +291,7 @@ impl UploadSession for S3Upload<'_> {
             let key = self.key();
             let Some(upload_id) = self.session.upload_id.as_deref() else {
                 if self.put_done.get() {
-                    return self.store.delete(key).await;
+                    return crate::backend::Sink::delete(self.store, key).await;
                 }
                 return Ok(());
             };
