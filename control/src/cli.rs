@@ -68,6 +68,17 @@ enum Command {
     Job(crate::client::JobArgs),
     /// Get a Dropbox or Google Drive refresh token without a browser here, and print the remote's block
     Auth(crate::auth::AuthArgs),
+    /// Print a shell completion script: laminar completion bash > /etc/bash_completion.d/laminar
+    Completion {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages (laminar.1 and one per command) into a directory, generated from these flags
+    Man {
+        /// Directory to write the pages into (e.g. /usr/local/share/man/man1)
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 /// Engine flags shared by `relay` and `demo`.
@@ -94,9 +105,12 @@ pub struct EngineArgs {
     /// Event loop: auto, io_uring or epoll
     #[arg(long, default_value = "auto")]
     pub driver: String,
-    /// Checksum computed in flight: crc32c, crc64nvme, sha256, sha1 or md5
-    #[arg(long, default_value = "crc32c")]
-    pub checksum: String,
+    /// Hash computed in flight and sent with every upload: crc32c, crc64nvme, sha256, sha1 or md5
+    #[arg(long, value_name = "ALGO", default_value = "crc32c")]
+    pub hash: String,
+    /// The former spelling of --hash, kept working with a warning
+    #[arg(long = "checksum", value_name = "ALGO", hide = true)]
+    pub checksum_renamed: Option<String>,
     /// Objects in flight across all workers
     #[arg(long, default_value_t = 64)]
     pub transfers: usize,
@@ -139,6 +153,15 @@ pub struct RelayArgs {
     /// Print what would be copied and copy nothing
     #[arg(long)]
     dry_run: bool,
+    /// An object the destination holds at the same size is the same (no hash or version looked at)
+    #[arg(long, conflicts_with_all = ["ignore_existing", "immutable"])]
+    size_only: bool,
+    /// Leave alone every object the destination already holds, whatever it holds
+    #[arg(long, conflicts_with = "immutable")]
+    ignore_existing: bool,
+    /// Never overwrite: an object the destination holds that differs from the source fails instead
+    #[arg(long)]
+    immutable: bool,
     /// Print one JSON object with the results on stdout
     #[arg(long)]
     json: bool,
@@ -230,6 +253,13 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => crate::serve::run(cli.config.as_deref(), args),
         Command::Job(args) => crate::client::run(args),
         Command::Auth(args) => crate::auth::run(args),
+        Command::Completion { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "laminar", &mut out);
+            outln!("{}", String::from_utf8_lossy(&out).trim_end());
+            Ok(EXIT_OK)
+        }
+        Command::Man { dir } => write_man(&dir),
     };
     let code = match result {
         Ok(code) => code,
@@ -239,6 +269,18 @@ pub fn main() -> ExitCode {
         }
     };
     ExitCode::from(if crate::out::gone() { crate::out::EXIT_PIPE } else { code })
+}
+
+/// Writes `laminar.1` and `laminar-COMMAND.1` for each command into `dir`.
+fn write_man(dir: &std::path::Path) -> Result<u8, Fail> {
+    let failed = |e: std::io::Error| Fail {
+        code: EXIT_FAILED,
+        message: format!("writing man pages into {}: {e}", dir.display()),
+    };
+    std::fs::create_dir_all(dir).map_err(failed)?;
+    let cmd = <Cli as clap::CommandFactory>::command();
+    clap_mangen::generate_to(cmd, dir).map_err(failed)?;
+    Ok(EXIT_OK)
 }
 
 fn size_flag(flag: &str, value: &str) -> Result<u64, Fail> {
@@ -283,9 +325,15 @@ pub fn options(engine: &EngineArgs) -> Result<RelayOptions, Fail> {
         RelayOptions { workers: Some(plan.workers), ram_buffer_bytes: plan.ram_buffer_bytes, ..Default::default() };
     opts.driver = DriverChoice::parse(&engine.driver)
         .ok_or_else(|| usage(format!("--driver {:?}: use auto, io_uring or epoll", engine.driver)))?;
-    opts.checksum = ChecksumAlgo::parse(&engine.checksum).ok_or_else(|| {
-        usage(format!("--checksum {:?}: use crc32c, crc64nvme, sha256, sha1 or md5", engine.checksum))
-    })?;
+    let (flag, algo) = match &engine.checksum_renamed {
+        Some(algo) => {
+            eprintln!("laminar: warning: --checksum ALGO is now --hash ALGO; --checksum {algo} still works for now");
+            ("--checksum", algo)
+        }
+        None => ("--hash", &engine.hash),
+    };
+    opts.checksum = ChecksumAlgo::parse(algo)
+        .ok_or_else(|| usage(format!("{flag} {algo:?}: use crc32c, crc64nvme, sha256, sha1 or md5")))?;
     if engine.transfers == 0 {
         return Err(usage("--transfers 0: give at least 1".to_string()));
     }
@@ -375,6 +423,15 @@ pub fn prepare(config: Option<&std::path::Path>, args: &RelayArgs) -> Result<Pre
     let mut opts = options(&args.engine)?;
     opts.filter = args.filters.build()?;
     opts.dry_run = args.dry_run;
+    opts.compare = if args.size_only {
+        relay::Compare::SizeOnly
+    } else if args.ignore_existing {
+        relay::Compare::IgnoreExisting
+    } else if args.immutable {
+        relay::Compare::Immutable
+    } else {
+        relay::Compare::Version
+    };
     opts.server_side_copy = !args.no_server_side_copy;
     opts.resume = !args.no_resume;
     opts.orphan_age = humantime::parse_duration(&args.orphan_age)

@@ -44,8 +44,8 @@ enum JobCommand {
         source: String,
         /// Destination, in the same forms
         destination: String,
-        /// Checksum computed in flight: crc32c, crc64nvme, sha256, sha1 or md5
-        #[arg(long)]
+        /// Hash computed in flight: crc32c, crc64nvme, sha256, sha1 or md5 (also spelt --checksum)
+        #[arg(long = "hash", alias = "checksum", value_name = "ALGO")]
         checksum: Option<String>,
         /// A filter rule in rclone's syntax: "+ GLOB", "- GLOB" or "!"; repeatable, the first that matches decides
         #[arg(long, short = 'f', value_name = "RULE", allow_hyphen_values = true)]

@@ -70,6 +70,22 @@ impl Location {
     }
 }
 
+/// How a relay judges an object the destination already holds (rclone's flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compare {
+    /// Laminar's record of the source version the copy was made from, else
+    /// comparable hashes in the listings, else a look at the destination.
+    #[default]
+    Version,
+    /// Sizes alone: the same size is the same object (`--size-only`).
+    SizeOnly,
+    /// Anything there is left alone (`--ignore-existing`).
+    IgnoreExisting,
+    /// As `Version`, but a copy that differs is a failure, never overwritten
+    /// (`--immutable`).
+    Immutable,
+}
+
 /// How a relay runs.
 #[derive(Debug, Clone)]
 pub struct RelayOptions {
@@ -90,6 +106,8 @@ pub struct RelayOptions {
     pub part_streams: Option<usize>,
     /// The checksum computed in flight and sent to the destination.
     pub checksum: ChecksumAlgo,
+    /// How an object the destination already holds is judged.
+    pub compare: Compare,
     /// Also compute MD5 to check plain-MD5 ETags on both sides.
     pub verify_md5: bool,
     /// Fail an object that nothing at the source vouches for (no checksum, no MD5
@@ -192,6 +210,7 @@ impl Default for RelayOptions {
             transfers: 64,
             part_streams: None,
             checksum: ChecksumAlgo::Crc32c,
+            compare: Compare::default(),
             verify_md5: true,
             require_end_to_end: false,
             retries: 4,

@@ -271,7 +271,7 @@ fn bad_input_gets_one_clear_line() {
         (&["relay", "dead:bkt", &file_url], 1, "cannot connect"),
         (&["relay", &file_url, "file:///proc/laminar-unwritable"], 2, "destination"),
         (&["relay", "a:bkt-a", &file_url, "--ram-buffer", "lots"], 2, "--ram-buffer"),
-        (&["relay", "a:bkt-a", &file_url, "--checksum", "crc7"], 2, "--checksum"),
+        (&["relay", "a:bkt-a", &file_url, "--hash", "crc7"], 2, "--hash"),
     ];
     for (args, code, needle) in cases {
         let out = c.laminar(args);
@@ -442,7 +442,7 @@ fn every_checksum_algorithm_round_trips() {
     write_file(src.path(), "large", &pattern(2 * PART + 99, 2));
     let part = PART.to_string();
     for algo in ["crc32c", "crc64nvme", "sha256", "md5"] {
-        let flags = ["--checksum", algo, "--part-size", &part, "--multipart-cutoff", &part];
+        let flags = ["--hash", algo, "--part-size", &part, "--multipart-cutoff", &part];
         let to = format!("a:bkt-a/algo-{algo}");
         let up = c.laminar(&[&["relay", &format!("file://{}", src.path().display()), &to], &flags[..]].concat());
         assert_eq!(up.status.code(), Some(0), "{algo}");

@@ -126,7 +126,7 @@ fn a_composite_sha256_checksum_vouches_for_an_object_uploaded_in_parts() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("big.bin"), &big).unwrap();
     let from = format!("file://{}", dir.path().display());
-    let up = ["relay", &from, "a:bkt-a/composite", "--checksum", "sha256", "--multipart-cutoff", "8MiB"];
+    let up = ["relay", &from, "a:bkt-a/composite", "--hash", "sha256", "--multipart-cutoff", "8MiB"];
     let out = c.laminar(&[&up[..], &["--part-size", "5MiB", "--json"]].concat());
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let args = ["--json", "--multipart-cutoff", "16MiB", "--part-size", "10MiB"];

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::filter::Filter;
 use super::transfer::{Kind, ObjectJob};
+use super::Compare;
 use super::{ObjectResult, Outcome, Report, Shared, FAILURES_KEPT_MAX};
 use crate::backend::{holds_version, provenance_version, Entry, Source, WorkerCtx};
 use crate::checksum::etag_is_md5;
@@ -457,13 +458,28 @@ pub(super) async fn plan(
             }
         }
         let existing = dst_head.as_ref().filter(|d| order.same(&d.key[dst_prefix.len()..], &rel));
-        let verdict = match existing {
-            None => Verdict::Copy,
-            Some(d) if rel.ends_with('/') && entry.size == 0 && d.size == 0 => Verdict::Skip,
-            Some(d) => judge(&entry, d),
+        let verdict = match (existing, shared.opts.compare) {
+            (None, _) => Verdict::Copy,
+            (Some(d), _) if rel.ends_with('/') && entry.size == 0 && d.size == 0 => Verdict::Skip,
+            (Some(_), Compare::IgnoreExisting) => Verdict::Skip,
+            (Some(d), Compare::SizeOnly) if d.size == entry.size => Verdict::Skip,
+            (Some(_), Compare::SizeOnly) => Verdict::Copy,
+            (Some(d), _) => judge(&entry, d),
         };
         report.objects_total += 1;
         shared.progress.objects_total.fetch_add(1, Ordering::Relaxed);
+        // An immutable destination is never overwritten: a copy there that the
+        // listings show differs fails instead (one they cannot settle is checked by
+        // the worker, which fails it the same way).
+        if shared.opts.compare == Compare::Immutable && matches!(verdict, Verdict::Copy) && existing.is_some() {
+            let reason = format!(
+                "{dst_key} is at the destination and differs from the source, and --immutable never overwrites: \
+                 delete or rename it there, or drop --immutable"
+            );
+            shared.progress.objects_failed.fetch_add(1, Ordering::Relaxed);
+            record(report, ObjectResult { key: entry.key.clone(), outcome: Outcome::Failed { reason, fatal: false } });
+            continue;
+        }
         if let Verdict::Skip = verdict {
             record(report, ObjectResult { key: entry.key.clone(), outcome: Outcome::Skipped { bytes: entry.size } });
             shared.progress.objects_done.fetch_add(1, Ordering::Relaxed);

@@ -432,6 +432,11 @@ pub(crate) async fn run_object(ctx: Rc<Ctx>, job: Arc<ObjectJob>) {
                 ctx.shared.finish(job.src_key.clone(), Outcome::Skipped { bytes: job.size });
                 return;
             }
+            Ok(false) if ctx.shared.opts.compare == super::Compare::Immutable => {
+                let why = "it is at the destination and differs from the source, and --immutable never overwrites: \
+                           delete or rename it there, or drop --immutable";
+                return ctx.fail(&job, Error::protocol("put", &job.dst_key, why));
+            }
             Ok(false) => {}
             Err(e) => return ctx.fail(&job, e),
         }

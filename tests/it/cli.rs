@@ -1,0 +1,97 @@
+//! The command line around the relay: comparison modes (`--size-only`,
+//! `--ignore-existing`, `--immutable`) checked by the bytes they leave at the
+//! destination, the renamed `--hash` flag and its old spelling, shell completions and
+//! man pages generated from the flags.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use laminar_tests::{laminar_in as laminar, stdout_json as json};
+
+fn put(root: &Path, key: &str, bytes: &[u8], age_s: u64) {
+    let path = root.join(key);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, bytes).unwrap();
+    let at = SystemTime::now() - Duration::from_secs(age_s);
+    std::fs::File::options().write(true).open(&path).unwrap().set_modified(at).unwrap();
+}
+
+#[test]
+fn comparison_modes_leave_the_destination_as_each_promises() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, out, data) = (dir.path().join("src"), dir.path().join("out"), dir.path().join("data"));
+    put(&root, "same-size.txt", b"aaaa", 3600);
+    put(&root, "grown.txt", b"bb", 3600);
+    put(&root, "kept.txt", b"kept", 3600);
+    let (src, dst) = (format!("file://{}", root.display()), format!("file://{}", out.display()));
+    assert_eq!(laminar(None, &data, &["relay", &src, &dst]).status.code(), Some(0));
+    // Changed at the source: one at the same size, one grown.
+    put(&root, "same-size.txt", b"AAAA", 0);
+    put(&root, "grown.txt", b"bbbbbb", 0);
+    let read = |key: &str| std::fs::read(out.join(key)).unwrap();
+    // --immutable: both fail, nothing overwritten.
+    let immutable = laminar(None, &data, &["relay", &src, &dst, "--immutable", "--json"]);
+    assert_eq!(immutable.status.code(), Some(1));
+    let r = json(&immutable);
+    assert_eq!((r["objects_failed"].as_u64(), r["objects_skipped"].as_u64()), (Some(2), Some(1)));
+    assert!(r["failures"][0]["reason"].as_str().unwrap().contains("--immutable never overwrites"), "{r}");
+    assert_eq!((read("same-size.txt"), read("grown.txt")), (b"aaaa".to_vec(), b"bb".to_vec()));
+    // --ignore-existing: whatever is there stays.
+    let r = json(&laminar(None, &data, &["relay", &src, &dst, "--ignore-existing", "--json"]));
+    assert_eq!((r["objects_copied"].as_u64(), r["objects_skipped"].as_u64()), (Some(0), Some(3)));
+    assert_eq!((read("same-size.txt"), read("grown.txt")), (b"aaaa".to_vec(), b"bb".to_vec()));
+    // --size-only: the grown one is copied, the same-sized one is taken as the same.
+    let r = json(&laminar(None, &data, &["relay", &src, &dst, "--size-only", "--json"]));
+    assert_eq!(r["objects_copied"], 1);
+    assert_eq!((read("same-size.txt"), read("grown.txt")), (b"aaaa".to_vec(), b"bbbbbb".to_vec()));
+    // The default sees the changed version and copies it.
+    let r = json(&laminar(None, &data, &["relay", &src, &dst, "--json"]));
+    assert_eq!(r["objects_copied"], 1);
+    assert_eq!(read("same-size.txt"), b"AAAA");
+    // Two modes at once is a usage error.
+    let both = laminar(None, &data, &["relay", &src, &dst, "--size-only", "--immutable"]);
+    assert_eq!(both.status.code(), Some(2));
+}
+
+#[test]
+fn the_hash_flag_and_its_old_spelling_pick_the_checksum() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, data) = (dir.path().join("src"), dir.path().join("data"));
+    put(&root, "a.txt", b"hello", 0);
+    let src = format!("file://{}", root.display());
+    for (n, flag) in ["--hash", "--checksum"].iter().enumerate() {
+        let dst = format!("file://{}", dir.path().join(format!("out{n}")).display());
+        let out = laminar(None, &data, &["relay", &src, &dst, flag, "sha256", "--json"]);
+        assert_eq!(out.status.code(), Some(0));
+        let warned = String::from_utf8_lossy(&out.stderr).contains("--checksum ALGO is now --hash ALGO");
+        assert_eq!(warned, *flag == "--checksum", "{flag}");
+        assert_eq!(std::fs::read(dir.path().join(format!("out{n}/a.txt"))).unwrap(), b"hello");
+    }
+    let bad = laminar(None, &data, &["relay", &src, "file:///tmp/never", "--hash", "crc7"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--hash \"crc7\": use crc32c"));
+}
+
+#[test]
+fn completions_and_man_pages_come_from_the_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let bash = laminar(None, &data, &["completion", "bash"]);
+    assert_eq!(bash.status.code(), Some(0));
+    let script = String::from_utf8(bash.stdout).unwrap();
+    assert!(script.contains("--max-delete") && script.contains("lsjson"), "every command and flag");
+    let path = dir.path().join("laminar.bash");
+    std::fs::write(&path, &script).unwrap();
+    let syntax = std::process::Command::new("bash").arg("-n").arg(&path).status().unwrap();
+    assert!(syntax.success(), "the script parses");
+    for shell in ["zsh", "fish"] {
+        let out = laminar(None, &data, &["completion", shell]);
+        assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("filter-from"), "{shell}");
+    }
+    let man = dir.path().join("man");
+    assert_eq!(laminar(None, &data, &["man", man.to_str().unwrap()]).status.code(), Some(0));
+    let top = std::fs::read_to_string(man.join("laminar.1")).unwrap();
+    assert!(top.starts_with(".ie") || top.contains(".TH laminar 1"), "roff: {}", &top[..80.min(top.len())]);
+    let sync = std::fs::read_to_string(man.join("laminar-sync.1")).unwrap();
+    assert!(sync.contains("max\\-delete") && sync.contains("backup\\-dir"), "{sync}");
+}
