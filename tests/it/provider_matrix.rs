@@ -727,3 +727,35 @@ fn a_byte_changed_in_a_file_from_drive_read_in_parts_starts_it_over_and_it_lands
     // One file in Dropbox, its bytes Drive's: the first upload session was never finished.
     assert_eq!(m.dbx.files().len(), 1);
 }
+
+/// `laminar sync` and `laminar move` delete through each provider's own API: a file
+/// gone from Dropbox is deleted from its Drive mirror (`files.delete`), and a move out
+/// of Drive into Dropbox leaves Drive without the files that landed, and a move back
+/// out of Dropbox leaves Dropbox without them (`files/delete_v2`), each store read back
+/// from the emulator's side.
+#[test]
+fn a_sync_and_a_move_delete_through_the_dropbox_and_drive_apis() {
+    let m = Matrix::start(DropboxOptions::default(), DriveOptions::default());
+    let mut tree = busy_tree(20);
+    tree.remove("Video/clip.mov");
+    m.seed_dropbox("Seed", &tree);
+    let sync = |extra: &[&str]| {
+        let args = [&["sync", "dbx:Seed", "gd:Mirror", "--json"][..], extra].concat();
+        report_of(&laminar_with(&m.config, &args), "sync dbx:Seed -> gd:Mirror")
+    };
+    assert_eq!(sync(&[])["objects_copied"], tree.len() as u64);
+    assert_same(&in_drive(&m.gd, "Mirror"), &tree, "the first sync");
+    assert!(m.dbx.remove("/Seed/many/f003.bin").expect("remove from Dropbox"));
+    tree.remove("many/f003.bin");
+    assert_eq!(sync(&[])["objects_deleted"], 1);
+    assert_same(&in_drive(&m.gd, "Mirror"), &tree, "the mirror after the deletion");
+    // Out of Drive into Dropbox, then back out of Dropbox into Drive.
+    let moved = report_of(&laminar_with(&m.config, &["move", "gd:Mirror", "dbx:Moved", "--json"]), "move out of Drive");
+    assert_eq!(moved["objects_deleted"], tree.len() as u64);
+    assert!(in_drive(&m.gd, "Mirror").is_empty(), "Drive holds none of the moved files");
+    assert_same(&in_dropbox(&m.dbx, "Moved"), &tree, "Dropbox after the move");
+    let back = report_of(&laminar_with(&m.config, &["move", "dbx:Moved", "gd:Back", "--json"]), "move out of Dropbox");
+    assert_eq!(back["objects_deleted"], tree.len() as u64);
+    assert!(in_dropbox(&m.dbx, "Moved").is_empty(), "Dropbox holds none of the moved files");
+    assert_same(&in_drive(&m.gd, "Back"), &tree, "Drive after the move back");
+}
