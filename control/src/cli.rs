@@ -183,6 +183,9 @@ pub struct RelayArgs {
     /// Keep no journal (in $LAMINAR_DATA_DIR/laminar.db): a killed relay then starts its half-copied objects over
     #[arg(long)]
     no_journal: bool,
+    /// Off a terminal, print a stats line this often on standard error (0 for none)
+    #[arg(long, value_name = "DURATION", default_value = "1m")]
+    stats: String,
     /// Local sources: follow symbolic links (copy what they point at) instead of leaving them out with a note
     #[arg(long, short = 'L')]
     copy_links: bool,
@@ -415,6 +418,12 @@ pub fn prepare(config: Option<&std::path::Path>, args: &RelayArgs) -> Result<Pre
         config.set_for_type("file", "copy_links", true.into());
         config.copy_links = true;
     }
+    let every = humantime::parse_duration(&args.stats)
+        .or_else(|e| if args.stats.trim() == "0" { Ok(Duration::ZERO) } else { Err(e) })
+        .map_err(|e| {
+            usage(format!("--stats {:?}: {e}; give a duration such as 10s or 1m, or 0 for none", args.stats))
+        })?;
+    crate::progress::set_stats_interval((!every.is_zero()).then_some(every));
     let src = config.location(&args.src)?;
     let dst = config.location(&args.dst)?;
     for note in [config.note(&args.src), config.note(&args.dst)].into_iter().flatten() {
@@ -526,10 +535,11 @@ pub fn relay_with_progress(
             }
         })
     };
-    let bar = (show_progress && std::io::stderr().is_terminal() && !opts.dry_run).then(|| {
+    let terminal = std::io::stderr().is_terminal();
+    let bar = (show_progress && !opts.dry_run).then(|| {
         let progress = progress.clone();
         let done = done.clone();
-        std::thread::spawn(move || draw_progress(&progress, &done))
+        std::thread::spawn(move || crate::progress::show(&progress, &done, terminal))
     });
     let result = relay::relay(src, dst, opts, progress, on_plan);
     // Pairs with the Acquire loads in the watcher and the progress bar.
@@ -541,33 +551,6 @@ pub fn relay_with_progress(
     }
     let _ = watcher.join();
     Ok(result?)
-}
-
-/// The progress bar of `laminar relay`, also drawn by `laminar job show --follow`.
-pub fn progress_bar() -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} {msg} ETA {eta}",
-        )
-        .expect("valid template"),
-    );
-    bar
-}
-
-fn draw_progress(progress: &Progress, done: &AtomicBool) {
-    let bar = progress_bar();
-    while !done.load(Ordering::Acquire) {
-        bar.set_length(progress.bytes_total.load(Ordering::Relaxed));
-        bar.set_position(progress.bytes_done.load(Ordering::Relaxed));
-        bar.set_message(format!(
-            "{}/{} objects",
-            progress.objects_done.load(Ordering::Relaxed),
-            progress.objects_total.load(Ordering::Relaxed)
-        ));
-        std::thread::park_timeout(Duration::from_millis(200));
-    }
-    bar.finish_and_clear();
 }
 
 #[derive(serde::Serialize)]

@@ -305,7 +305,7 @@ fn exit_code(j: &Value) -> u8 {
 /// Polls the job until it settles, with the relay's progress bar on a terminal.
 fn follow_job(client: &Client, first: &Value, quiet: bool) -> Result<Value, Fail> {
     let id = first["id"].as_str().unwrap_or_default().to_string();
-    let bar = (!quiet && std::io::stderr().is_terminal()).then(crate::cli::progress_bar);
+    let bar = (!quiet && std::io::stderr().is_terminal()).then(crate::progress::bar);
     let mut value = first.clone();
     while !settled(&value) {
         std::thread::sleep(Duration::from_millis(250));
@@ -314,11 +314,19 @@ fn follow_job(client: &Client, first: &Value, quiet: bool) -> Result<Value, Fail
             let c = &value["counters"];
             bar.set_length(c["bytes_total"].as_u64().unwrap_or(0));
             bar.set_position(c["bytes_copied"].as_u64().unwrap_or(0));
-            bar.set_message(format!(
-                "{}/{} objects",
-                c["objects_copied"].as_u64().unwrap_or(0).saturating_add(c["objects_skipped"].as_u64().unwrap_or(0)),
-                c["objects_total"].as_u64().unwrap_or(0)
-            ));
+            let n = |k: &str| c[k].as_u64().unwrap_or(0);
+            let snapshot = crate::progress::Snapshot {
+                bytes_done: n("bytes_copied"),
+                bytes_total: n("bytes_total"),
+                objects_done: n("objects_copied") + n("objects_skipped"),
+                objects_total: n("objects_total"),
+                skipped: n("objects_skipped"),
+                failed: n("objects_failed"),
+                listing: false,
+                paused: value["state"] == "paused",
+                elapsed: Duration::ZERO,
+            };
+            bar.set_message(snapshot.message());
         }
     }
     if let Some(bar) = bar {

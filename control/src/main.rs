@@ -24,6 +24,7 @@ mod list;
 mod listen;
 mod metrics;
 mod plan;
+mod progress;
 mod serve;
 mod sync;
 mod tune;

@@ -95,3 +95,26 @@ fn completions_and_man_pages_come_from_the_flags() {
     let sync = std::fs::read_to_string(man.join("laminar-sync.1")).unwrap();
     assert!(sync.contains("max\\-delete") && sync.contains("backup\\-dir"), "{sync}");
 }
+
+/// Off a terminal a relay prints stats lines at `--stats` (here as often as it can,
+/// so that even a short relay prints one), none with `--stats 0`.
+#[test]
+fn off_a_terminal_stats_lines_come_at_the_interval_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, data) = (dir.path().join("src"), dir.path().join("data"));
+    for i in 0..50 {
+        put(&root, &format!("f{i}"), &vec![i as u8; 10_000], 0);
+    }
+    let src = format!("file://{}", root.display());
+    let often = laminar(None, &data, &["relay", &src, &format!("file://{}/a", dir.path().display()), "--stats", "1ms"]);
+    assert_eq!(often.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&often.stderr);
+    let line = err.lines().find(|l| l.starts_with("laminar: stats: ")).unwrap_or_else(|| panic!("{err}"));
+    assert!(line.contains(" objects: ") && line.contains("/s, "), "{line}");
+    let never = laminar(None, &data, &["relay", &src, &format!("file://{}/b", dir.path().display()), "--stats", "0"]);
+    assert!(!String::from_utf8_lossy(&never.stderr).contains("laminar: stats:"));
+    let bad = laminar(None, &data, &["relay", &src, "file:///tmp/never", "--stats", "often"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--stats \"often\""));
+    assert_eq!(std::fs::read_dir(dir.path().join("b")).unwrap().count(), 50, "copied all the same");
+}

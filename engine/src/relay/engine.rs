@@ -316,6 +316,7 @@ impl Engine {
             .map_err(|e| Error::io("start", "runtime", e));
         // Pairs with the Acquire loads in the workers' exit check.
         shared.queues.listing_done.store(true, Ordering::Release);
+        shared.progress.listing_done.store(true, Ordering::Relaxed);
         shared.queues.event.notify(usize::MAX);
         if !matches!(planned, Ok(Ok(()))) {
             // Pairs with the Acquire loads in `Shared::stopped`.

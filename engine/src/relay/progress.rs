@@ -29,6 +29,8 @@ pub struct Progress {
     /// Bytes written to the destination so far (parts count as they land), for
     /// progress bars; the report counts only verified objects.
     pub bytes_done: AtomicU64,
+    /// Set once the source's listing is complete: until then the totals still grow.
+    pub listing_done: AtomicBool,
     /// Set to pause: workers start nothing new for this relay (transfers in flight
     /// finish); cleared to resume. Wake the engine after clearing it
     /// ([`super::Engine::wake`]).
