@@ -25,6 +25,8 @@ const EXIT_USAGE: u8 = 2;
 /// daily upload limit): what was copied is verified, the rest can go on later
 /// (EX_TEMPFAIL of sysexits.h: "try again later").
 pub const EXIT_WAITING: u8 = 75;
+/// Failures listed on standard error after a relay; `--json` carries every one kept.
+const FAILURES_SHOWN_MAX: usize = 20;
 /// Exit code after Ctrl-C or SIGTERM stopped a relay (128 + SIGINT, as shells do).
 const EXIT_INTERRUPTED: u8 = 130;
 
@@ -651,8 +653,14 @@ pub fn print_report(report: &Report, json: bool, dry_run: bool) {
         );
         return;
     }
-    for f in &report.failures {
+    for f in report.failures.iter().take(FAILURES_SHOWN_MAX) {
         eprintln!("laminar: failed: {}: {}", f.key, f.reason);
+    }
+    if report.objects_failed > FAILURES_SHOWN_MAX as u64 {
+        eprintln!(
+            "laminar: failed: {} more, not listed here (--json lists them)",
+            report.objects_failed - FAILURES_SHOWN_MAX as u64
+        );
     }
     for l in &report.left_out {
         eprintln!("laminar: left out: {}: {}", l.key, l.reason);

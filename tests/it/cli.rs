@@ -118,3 +118,28 @@ fn off_a_terminal_stats_lines_come_at_the_interval_given() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--stats \"often\""));
     assert_eq!(std::fs::read_dir(dir.path().join("b")).unwrap().count(), 50, "copied all the same");
 }
+
+/// Failures are summarised on standard error (the first 20 and a count of the rest);
+/// `--json` carries every one.
+#[test]
+fn failures_are_summarised_on_stderr_and_listed_whole_in_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, out, data) = (dir.path().join("src"), dir.path().join("out"), dir.path().join("data"));
+    for i in 0..25 {
+        put(&root, &format!("f{i:02}"), b"one", 3600);
+    }
+    let (src, dst) = (format!("file://{}", root.display()), format!("file://{}", out.display()));
+    assert_eq!(laminar(None, &data, &["relay", &src, &dst]).status.code(), Some(0));
+    for i in 0..25 {
+        put(&root, &format!("f{i:02}"), b"two", 0);
+    }
+    let text = laminar(None, &data, &["relay", &src, &dst, "--immutable"]);
+    assert_eq!(text.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&text.stderr);
+    let listed = err.lines().filter(|l| l.starts_with("laminar: failed: ") && l.contains("--immutable")).count();
+    assert_eq!(listed, 20, "{err}");
+    assert!(err.contains("laminar: failed: 5 more, not listed here (--json lists them)"), "{err}");
+    let r = json(&laminar(None, &data, &["relay", &src, &dst, "--immutable", "--json"]));
+    assert_eq!(r["failures"].as_array().unwrap().len(), 25);
+    assert_eq!(std::fs::read(out.join("f07")).unwrap(), b"one", "nothing overwritten");
+}

@@ -816,6 +816,12 @@ fn pump_responses(mut from: TcpStream, mut to: TcpStream, shared: &Shared, link:
             if to.write_all(&out).is_err() {
                 return;
             }
+            if matches!(h.action, Action::EndResponseEarly { body_bytes } if body_bytes < length) {
+                // In effect once the client is told the shorter length: a client that
+                // refuses the head at once (and reads the object again) closes before
+                // the body is through, and its retry must not be hit too.
+                shared.fired.store(true, Ordering::Release);
+            }
             h.body = Some((0, length));
         }
         let (sent, length) = h.body.as_mut().expect("the head is relayed");
