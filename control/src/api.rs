@@ -365,16 +365,10 @@ async fn show(State(app): State<App>, Path(id): Path<String>) -> ApiResult {
     Ok(axum::Json(app.jobs.get(&id)?.view()).into_response())
 }
 
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Patch {
-    transfers: usize,
-}
-
 async fn patch(State(app): State<App>, Path(id): Path<String>, body: Bytes) -> ApiResult {
     app.jobs.get(&id)?;
-    let patch: Patch = parse(&body)?;
-    Ok(axum::Json(app.jobs.scale(&id, patch.transfers)?.view()).into_response())
+    let scale: crate::jobs::Scale = parse(&body)?;
+    Ok(axum::Json(app.jobs.scale(&id, &scale)?.view()).into_response())
 }
 
 async fn pause(State(app): State<App>, Path(id): Path<String>) -> ApiResult {

@@ -116,6 +116,12 @@ pub struct EngineArgs {
     /// Objects in flight across all workers
     #[arg(long, default_value_t = 64)]
     pub transfers: usize,
+    /// Bytes per second read across the relay, e.g. 100M (a bare number is KiB/s, as in rclone), off, or a timetable by local time such as "08:00,10M 19:00,off" or "Mon-08:00,10M Sat-00:00,off"
+    #[arg(long, value_name = "RATE")]
+    pub bwlimit: Option<String>,
+    /// Requests per second to the stores, across the relay, e.g. 10 or 0.5 (0 for no limit)
+    #[arg(long, value_name = "N")]
+    pub tpslimit: Option<f64>,
     /// Parts of large objects in flight across all workers (default: 4 per worker)
     #[arg(long)]
     pub part_streams: Option<usize>,
@@ -343,6 +349,12 @@ pub fn options(engine: &EngineArgs) -> Result<RelayOptions, Fail> {
         return Err(usage("--transfers 0: give at least 1".to_string()));
     }
     opts.transfers = engine.transfers;
+    if let Some(b) = &engine.bwlimit {
+        opts.bwlimit = Some(laminar_engine::rate::Bwlimit::parse(b).map_err(usage)?);
+    }
+    if let Some(t) = engine.tpslimit {
+        opts.tpslimit = laminar_engine::rate::tpslimit(t).map_err(usage)?;
+    }
     if engine.part_streams == Some(0) {
         return Err(usage("--part-streams 0: give at least 1".to_string()));
     }

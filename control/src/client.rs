@@ -97,12 +97,18 @@ enum JobCommand {
         /// Job id
         id: String,
     },
-    /// Change the transfers in flight of a job, live
+    /// Change the transfers in flight and the rate limits of a job, live
     Scale {
         /// Job id
         id: String,
         /// Objects in flight across the workers
-        transfers: usize,
+        transfers: Option<usize>,
+        /// Bytes per second read, as relay's --bwlimit (off lifts it)
+        #[arg(long, value_name = "RATE")]
+        bwlimit: Option<String>,
+        /// Requests per second to the stores (0 lifts it)
+        #[arg(long, value_name = "N")]
+        tpslimit: Option<f64>,
     },
     /// Check the destination of a finished job against its source
     Verify {
@@ -224,8 +230,23 @@ pub fn run(args: JobArgs) -> Result<u8, Fail> {
         JobCommand::Pause { id } => (client.call(Method::POST, &format!("{}/pause", job(id)), None)?, false),
         JobCommand::Resume { id } => (client.call(Method::POST, &format!("{}/resume", job(id)), None)?, false),
         JobCommand::Cancel { id } => (client.call(Method::POST, &format!("{}/cancel", job(id)), None)?, false),
-        JobCommand::Scale { id, transfers } => {
-            (client.call(Method::PATCH, &job(id), Some(json!({ "transfers": transfers })))?, false)
+        JobCommand::Scale { id, transfers, bwlimit, tpslimit } => {
+            let mut patch = serde_json::Map::new();
+            if let Some(t) = transfers {
+                patch.insert("transfers".into(), json!(t));
+            }
+            if let Some(b) = bwlimit {
+                patch.insert("bwlimit".into(), json!(b));
+            }
+            if let Some(t) = tpslimit {
+                patch.insert("tpslimit".into(), json!(t));
+            }
+            if patch.is_empty() {
+                return Err(crate::cli::usage(
+                    "job scale: give the transfers (laminar job scale ID 32), --bwlimit or --tpslimit".into(),
+                ));
+            }
+            (client.call(Method::PATCH, &job(id), Some(serde_json::Value::Object(patch)))?, false)
         }
         JobCommand::Verify { id, download, follow } => {
             (client.call(Method::POST, &format!("{}/verify", job(id)), Some(json!({ "download": download })))?, *follow)

@@ -16,7 +16,7 @@
 mod store;
 
 pub use store::SavedCounters;
-use store::{JobRecord, SavedJob};
+use store::{JobRecord, SavedJob, SavedRates};
 pub use store::{JobStore, ServeLock};
 
 use std::collections::VecDeque;
@@ -26,6 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::Config;
 use laminar_engine::checksum::ChecksumAlgo;
+use laminar_engine::rate::Bwlimit;
 use laminar_engine::relay::{self, Engine, Failure, FilterSpec, Location, Progress, RelayOptions, VerifyProgress};
 
 /// Jobs kept after they end; the oldest finished ones are forgotten beyond this.
@@ -212,6 +213,12 @@ pub struct JobSpec {
     /// Objects in flight across the workers (default 64).
     #[serde(default)]
     pub transfers: Option<usize>,
+    /// Bytes per second read, in `--bwlimit`'s forms ("100M", "off", "08:00,10M 19:00,off").
+    #[serde(default)]
+    pub bwlimit: Option<String>,
+    /// Requests per second to the stores (0: no limit).
+    #[serde(default)]
+    pub tpslimit: Option<f64>,
     /// Preferred part size, e.g. "16MiB".
     #[serde(default)]
     pub part_size: Option<String>,
@@ -236,6 +243,10 @@ pub struct JobOptions {
     exclude: Vec<String>,
     dry_run: bool,
     transfers: usize,
+    /// The byte limit in force now, as given (None: none).
+    bwlimit: Option<String>,
+    /// The requests-per-second limit in force now.
+    tpslimit: Option<f64>,
     route: &'static str,
     spill_wait: String,
 }
@@ -421,6 +432,10 @@ impl Job {
             waiting: inner.waiting.clone(),
             counters: self.counters(),
             transfers: self.progress.transfers.load(Ordering::Relaxed),
+            rates: Some(SavedRates {
+                bwlimit: self.progress.rates.bwlimit().map(|b| b.to_string()),
+                tpslimit: self.progress.rates.requests.get(),
+            }),
         }
     }
 
@@ -489,6 +504,8 @@ impl Job {
                 exclude: self.spec.exclude.clone(),
                 dry_run: self.spec.dry_run,
                 transfers: p.transfers.load(Ordering::Relaxed),
+                bwlimit: p.rates.bwlimit().map(|b| b.to_string()),
+                tpslimit: p.rates.requests.get(),
                 route: self.opts.route.name(),
                 spill_wait: humantime::format_duration(self.opts.spill_wait).to_string(),
             },
@@ -623,6 +640,12 @@ impl Jobs {
         if let Some(t) = spec.transfers {
             check_transfers(t)?;
             opts.transfers = t;
+        }
+        if let Some(b) = &spec.bwlimit {
+            opts.bwlimit = Some(bwlimit(b)?);
+        }
+        if let Some(t) = spec.tpslimit {
+            opts.tpslimit = tpslimit(t)?;
         }
         if let Some(p) = &spec.part_size {
             opts.part_size_bytes = laminar_tuning::parse_size(p)
@@ -798,6 +821,11 @@ impl Jobs {
             spec,
         });
         job.progress.transfers.store(r.transfers.max(1), Ordering::Relaxed);
+        // The limits in force when the appliance stopped, which a scale may have set.
+        if let Some(rates) = &r.rates {
+            job.progress.rates.set_bwlimit(rates.bwlimit.as_deref().and_then(|b| Bwlimit::parse(b).ok()));
+            job.progress.rates.set_tpslimit(rates.tpslimit);
+        }
         if state == State::Paused {
             job.progress.paused.store(true, Ordering::Release);
         }
@@ -958,12 +986,27 @@ impl Jobs {
         Ok(job)
     }
 
-    /// Changes the transfers in flight of a job, live.
-    pub fn scale(&self, id: &str, transfers: usize) -> Result<Arc<Job>, JobError> {
-        check_transfers(transfers)?;
+    /// Changes a job's transfers in flight and rate limits, live.
+    pub fn scale(&self, id: &str, scale: &Scale) -> Result<Arc<Job>, JobError> {
+        if scale.transfers.is_none() && scale.bwlimit.is_none() && scale.tpslimit.is_none() {
+            return Err(JobError::Invalid("scale: give transfers, bwlimit or tpslimit".into()));
+        }
+        if let Some(t) = scale.transfers {
+            check_transfers(t)?;
+        }
+        let bw = scale.bwlimit.as_deref().map(bwlimit).transpose()?;
+        let tps = scale.tpslimit.map(tpslimit).transpose()?;
         let job = self.get(id)?;
         job.apply(Action::Scale)?;
-        job.progress.transfers.store(transfers, Ordering::Release);
+        if let Some(t) = scale.transfers {
+            job.progress.transfers.store(t, Ordering::Release);
+        }
+        if let Some(b) = bw {
+            job.progress.rates.set_bwlimit(Some(b));
+        }
+        if let Some(t) = tps {
+            job.progress.rates.set_tpslimit(t);
+        }
         job.save();
         self.engine.wake();
         Ok(job)
@@ -1149,6 +1192,29 @@ impl Jobs {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// What a scale changes; what it leaves out stays as it is.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scale {
+    /// Objects in flight across the workers.
+    #[serde(default)]
+    pub transfers: Option<usize>,
+    /// A new byte limit, in `--bwlimit`'s forms ("off" lifts it).
+    #[serde(default)]
+    pub bwlimit: Option<String>,
+    /// A new requests-per-second limit (0 lifts it).
+    #[serde(default)]
+    pub tpslimit: Option<f64>,
+}
+
+fn bwlimit(text: &str) -> Result<Bwlimit, JobError> {
+    Bwlimit::parse(text).map_err(|e| JobError::Invalid(e.replacen("--bwlimit", "bwlimit", 1)))
+}
+
+fn tpslimit(per_s: f64) -> Result<Option<f64>, JobError> {
+    laminar_engine::rate::tpslimit(per_s).map_err(|e| JobError::Invalid(e.replacen("--tpslimit", "tpslimit", 1)))
 }
 
 fn check_transfers(t: usize) -> Result<(), JobError> {

@@ -20,6 +20,7 @@ pub mod listing;
 pub mod metrics;
 pub mod owner;
 pub mod pool;
+pub mod rate;
 pub mod relay;
 pub mod runtime;
 pub mod sniff;

@@ -101,6 +101,11 @@ pub struct RelayOptions {
     pub multipart_cutoff_bytes: u64,
     /// Objects in flight across all workers.
     pub transfers: usize,
+    /// Bytes per second read across the relay (`--bwlimit`), put in force at its start
+    /// in [`Progress::rates`] unless an operator set them there first.
+    pub bwlimit: Option<crate::rate::Bwlimit>,
+    /// Requests per second to the relay's stores (`--tpslimit`), likewise.
+    pub tpslimit: Option<f64>,
     /// Parts of large objects in flight across all workers; None = 4 per worker.
     /// Few large streams saturate a link; more only add load on the servers.
     pub part_streams: Option<usize>,
@@ -208,6 +213,8 @@ impl Default for RelayOptions {
             part_size_bytes: 16 << 20,
             multipart_cutoff_bytes: 32 << 20,
             transfers: 64,
+            bwlimit: None,
+            tpslimit: None,
             part_streams: None,
             checksum: ChecksumAlgo::Crc32c,
             compare: Compare::default(),

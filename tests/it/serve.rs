@@ -1107,3 +1107,37 @@ fn many_jobs_at_once_stay_within_the_plans_connections_per_endpoint_and_leave_no
         }
     }
 }
+
+#[test]
+fn a_jobs_rate_limits_are_shown_scaled_live_and_kept() {
+    let Some(c) = clouds() else { return };
+    let _slow = load(&c, "slow", 1, 4 * MIB);
+    let app = Appliance::start(c.config.path(), &[]);
+    // 4 MiB at 16 KiB/s would take over four minutes, past any wait below: the job
+    // ends in time only once the limit is lifted while it runs.
+    let mut s = spec("slow", "slow");
+    s["bwlimit"] = json!("16K");
+    s["tpslimit"] = json!(50);
+    let id = app.submit(s);
+    let job = app.job(&id);
+    assert_eq!((&job["options"]["bwlimit"], &job["options"]["tpslimit"]), (&json!("16K"), &json!(50.0)), "{job}");
+    for (body, says) in [
+        (r#"{"bwlimit": "fast"}"#, "bwlimit \"fast\""),
+        (r#"{"tpslimit": -2}"#, "tpslimit -2"),
+        ("{}", "give transfers, bwlimit or tpslimit"),
+    ] {
+        let (status, err) = app.call("PATCH", &format!("/v1/jobs/{id}"), Some(body));
+        assert_eq!(status, 422, "{body}: {err}");
+        assert!(err["error"].as_str().unwrap().contains(says), "{body}: {err}");
+    }
+    app.wait_for(&id, "running", |j| j["state"] == "running");
+    let out = app.laminar_job(&["scale", &id, "--bwlimit", "off", "--tpslimit", "0"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let job = app.job(&id);
+    assert_eq!((&job["options"]["bwlimit"], &job["options"]["tpslimit"]), (&json!("off"), &Value::Null), "{job}");
+    let job = app.wait(&id, &["succeeded", "failed", "cancelled"]);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    c.b.rclone_check_download(&c.a, "bkt-a/slow", "bkt-b/slow").unwrap();
+    let out = app.laminar_job(&["scale", &id]);
+    assert_eq!(out.status.code(), Some(2), "nothing to change is a usage error");
+}

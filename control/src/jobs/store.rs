@@ -65,6 +65,16 @@ pub struct JobRecord {
     pub waiting: Option<Waiting>,
     pub counters: SavedCounters,
     pub transfers: usize,
+    /// The rate limits in force (None in rows kept before they were).
+    #[serde(default)]
+    pub rates: Option<SavedRates>,
+}
+
+/// A job's rate limits, as kept.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SavedRates {
+    pub bwlimit: Option<String>,
+    pub tpslimit: Option<f64>,
 }
 
 /// A job as read back.
@@ -239,6 +249,7 @@ mod tests {
             waiting: None,
             counters: SavedCounters { bytes_copied: 42, ..SavedCounters::default() },
             transfers: 8,
+            rates: Some(SavedRates { bwlimit: Some("08:00,10M 19:00,off".into()), tpslimit: Some(2.5) }),
         }
     }
 
@@ -258,6 +269,8 @@ mod tests {
             [("j-1", State::Paused), ("j-2", State::Succeeded)]
         );
         assert_eq!(jobs[0].record.counters.bytes_copied, 43);
+        let rates = jobs[0].record.rates.as_ref().expect("rates kept");
+        assert_eq!((rates.bwlimit.as_deref(), rates.tpslimit), (Some("08:00,10M 19:00,off"), Some(2.5)));
         assert_eq!(jobs[0].spec.source, "a:x");
         assert_eq!(store.prune(99), Vec::<String>::new());
         assert_eq!(store.prune(100), ["j-2"]);

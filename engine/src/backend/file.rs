@@ -85,8 +85,10 @@ impl FileBackend {
 }
 
 impl Backend for FileBackend {
-    fn open_source(&self, _ctx: &WorkerCtx) -> Result<Rc<dyn Source>> {
-        Ok(Rc::new(FileStore::new(self.root.clone(), self.copy_links)))
+    fn open_source(&self, ctx: &WorkerCtx) -> Result<Rc<dyn Source>> {
+        let mut store = FileStore::new(self.root.clone(), self.copy_links);
+        store.rates = ctx.http.rates().cloned();
+        Ok(Rc::new(store))
     }
 
     fn open_sink(&self, _ctx: &WorkerCtx) -> Result<Rc<dyn Sink>> {
@@ -148,6 +150,8 @@ pub struct FileStore {
     copy_links: bool,
     walks: RefCell<HashMap<u64, Walk>>,
     next_walk: std::cell::Cell<u64>,
+    /// The relay's limits, which reads are paced by.
+    rates: Option<Arc<crate::rate::Rates>>,
 }
 
 /// A depth-first walk in key order, paused between pages.
@@ -186,7 +190,13 @@ fn dir_id(md: &std::fs::Metadata) -> (u64, u64) {
 
 impl FileStore {
     fn new(root: Arc<PathBuf>, copy_links: bool) -> FileStore {
-        FileStore { root, copy_links, walks: RefCell::new(HashMap::new()), next_walk: std::cell::Cell::new(0) }
+        FileStore {
+            root,
+            copy_links,
+            walks: RefCell::new(HashMap::new()),
+            next_walk: std::cell::Cell::new(0),
+            rates: None,
+        }
     }
 
     /// Maps a key to a path under the root, refusing anything that could escape it.
@@ -745,7 +755,7 @@ impl Source for FileStore {
             let mut at = start;
             let mut filled = Vec::with_capacity(body.chunks.len());
             for chunk in body.chunks {
-                filled.push(fill_from(&file, chunk, &mut at, end, hashers, key).await?);
+                filled.push(fill_from(&file, chunk, &mut at, end, hashers, key, self.rates.as_deref()).await?);
             }
             let _ = file.close().await;
             if at != end {
@@ -773,7 +783,7 @@ impl Source for FileStore {
                 let Some(chunk) = filler.empty_chunk().await else {
                     return Err(Error::protocol("get", key, "the upload this read feeds failed"));
                 };
-                filler.send(fill_from(&file, chunk, &mut at, end, hashers, key).await?);
+                filler.send(fill_from(&file, chunk, &mut at, end, hashers, key, self.rates.as_deref()).await?);
             }
             let _ = file.close().await;
             unchanged_since(&path, key, &version_token(&before)).map(Some)
@@ -793,10 +803,12 @@ async fn fill_from(
     end: u64,
     hashers: &mut Hashers,
     key: &str,
+    rates: Option<&crate::rate::Rates>,
 ) -> Result<Chunk> {
     while *at < end && chunk.remaining() > 0 {
         let before = chunk.len();
-        let want = chunk.remaining().min((end - *at) as usize);
+        let paced = rates.map_or(usize::MAX, crate::rate::Rates::read_bytes_max);
+        let want = chunk.remaining().min((end - *at) as usize).min(paced);
         let (res, slice) = file.read_at(monoio::buf::IoBufMut::slice_mut(chunk, before..before + want), *at).await;
         chunk = slice.into_inner();
         let n = res.map_err(|e| Error::io("get", key, e))?;
@@ -805,6 +817,9 @@ async fn fill_from(
         }
         hashers.update(&chunk.as_slice()[before..before + n]);
         *at += n as u64;
+        if let Some(rates) = rates {
+            rates.read(n).await;
+        }
     }
     Ok(chunk)
 }

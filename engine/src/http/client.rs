@@ -150,6 +150,11 @@ impl Pace {
         Pace { started: std::time::Instant::now(), bytes: 0 }
     }
 
+    /// Leaves `waited` (spent under a relay's --bwlimit) out of the time counted.
+    fn paused(&mut self, waited: Duration) {
+        self.started += waited;
+    }
+
     /// Counts `n` bytes moved; an error once the request is past its grace and under
     /// the rate.
     fn moved(&mut self, n: usize, limits: &Limits, op: &'static str, target: &str) -> Result<()> {
@@ -173,6 +178,9 @@ impl Pace {
 #[derive(Clone)]
 pub struct HttpClient {
     inner: Rc<ClientInner>,
+    /// The limits of the relay this handle serves: its requests wait for room under
+    /// them and its response bodies are read at their byte rate.
+    rates: Option<Arc<crate::rate::Rates>>,
 }
 
 struct ClientInner {
@@ -208,7 +216,18 @@ impl HttpClient {
                 io_timeout: limits.idle_timeout,
                 limits,
             }),
+            rates: None,
         }
+    }
+
+    /// The same client (the same connections) under a relay's `rates`.
+    pub fn with_rates(&self, rates: Arc<crate::rate::Rates>) -> HttpClient {
+        HttpClient { inner: self.inner.clone(), rates: Some(rates) }
+    }
+
+    /// The rates this handle works under, if any.
+    pub fn rates(&self) -> Option<&Arc<crate::rate::Rates>> {
+        self.rates.as_ref()
     }
 
     /// This client's pool for `endpoint`.
@@ -311,6 +330,9 @@ impl HttpClient {
             if matches!(stream.first, Some(Next::Aborted)) {
                 return Err(Error::protocol(req.op, req.target, "the read feeding this upload failed"));
             }
+        }
+        if let Some(rates) = &self.rates {
+            rates.request().await;
         }
         let pool = self.pool(endpoint);
         let role = match body {
@@ -754,7 +776,8 @@ impl Response {
         }
         while *left > 0 && chunk.remaining() > 0 {
             let before = chunk.len();
-            let want = chunk.remaining().min(*left as usize);
+            let paced = self.client.rates.as_ref().map_or(usize::MAX, |r| r.read_bytes_max());
+            let want = chunk.remaining().min(*left as usize).min(paced);
             let conn = self.conn.as_mut().expect("connection");
             let read = monoio::time::timeout(io_timeout, conn.stream.read(chunk.slice_mut(before..before + want)));
             let (res, slice) = read.await.map_err(|_| Error::Timeout {
@@ -775,6 +798,10 @@ impl Response {
                     hashers.update(&chunk.as_slice()[before..before + n]);
                     *left -= n as u64;
                     self.pace.moved(n, &self.client.inner.limits, self.op, &self.target)?;
+                    if let Some(rates) = &self.client.rates {
+                        let waited = rates.read(n).await;
+                        self.pace.paused(waited);
+                    }
                 }
                 Err(e) => return Err(Error::io(self.op, self.target.clone(), e)),
             }

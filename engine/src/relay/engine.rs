@@ -230,6 +230,7 @@ impl Engine {
         if progress.transfers.load(Ordering::Relaxed) == 0 {
             progress.transfers.store(opts.transfers.max(1), Ordering::Relaxed);
         }
+        progress.rates.start_with(opts.bwlimit.clone(), opts.tpslimit);
         // The destination may ask for more part streams than the default (a store far
         // away); `--part-streams` decides when given.
         let (preferred, objects_per_s_at_start) = {

@@ -400,7 +400,8 @@ pub(super) async fn plan(
     report: &mut Report,
     on_plan: &mut dyn FnMut(&Planned),
 ) -> Result<()> {
-    let ctx = WorkerCtx { http: HttpClient::default() };
+    // Listings count against the relay's --tpslimit too.
+    let ctx = WorkerCtx { http: HttpClient::default().with_rates(shared.progress.rates.clone()) };
     let retries = shared.opts.retries;
     let src_store = shared.src.backend.open_source(&ctx)?;
     let scope = scope(&shared.src, &shared.dst, &src_store, retries).await?;

@@ -50,6 +50,9 @@ pub struct Progress {
     /// Notified only when the stop flag is set: what requests in flight wait on to be
     /// cut short, which `changed` would wake at every operation's end.
     pub stop_event: event_listener::Event,
+    /// The relay's byte and request rate limits (`--bwlimit`, `--tpslimit`), read
+    /// live by every worker: changing them scales a running relay.
+    pub rates: std::sync::Arc<crate::rate::Rates>,
 }
 
 impl Progress {

@@ -148,6 +148,8 @@ async fn run_loop(engine: Arc<EngineInner>, index: usize, driver: Driver, ready:
             let jobs = engine.jobs();
             for job in &jobs {
                 if !slots.iter().any(|s| Arc::ptr_eq(&s.shared, job)) {
+                    // The worker's connections, under this relay's rate limits.
+                    let wctx = WorkerCtx { http: wctx.http.with_rates(job.progress.rates.clone()) };
                     let opened = job.src.backend.open_source(&wctx).and_then(|src| {
                         let dst = job.dst.backend.open_sink(&wctx)?;
                         Ok(Rc::new(Ctx { src, dst, pool: pool.clone(), shared: job.clone() }))
