@@ -409,7 +409,7 @@ fn run_relay(config: Option<&std::path::Path>, args: RelayArgs) -> Result<u8, Fa
 pub fn relay_exit(report: &Report) -> u8 {
     if report.stopped {
         EXIT_INTERRUPTED
-    } else if report.objects_failed > 0 {
+    } else if report.objects_failed > 0 || report.objects_not_attempted > 0 {
         EXIT_FAILED
     } else if report.waiting.is_some() {
         EXIT_WAITING
@@ -573,6 +573,8 @@ struct JsonReport<'a> {
     objects_copied: u64,
     objects_skipped: u64,
     objects_failed: u64,
+    objects_not_attempted: u64,
+    not_attempted_because: Option<&'a str>,
     objects_left_out: u64,
     bytes_copied: u64,
     bytes_skipped: u64,
@@ -614,6 +616,8 @@ pub fn report_json(report: &Report, dry_run: bool) -> serde_json::Value {
             objects_copied: report.objects_copied,
             objects_skipped: report.objects_skipped,
             objects_failed: report.objects_failed,
+            objects_not_attempted: report.objects_not_attempted,
+            not_attempted_because: report.not_attempted_because.as_deref(),
             objects_left_out: report.objects_left_out,
             bytes_copied: report.bytes_copied,
             bytes_skipped: report.bytes_skipped,
@@ -696,6 +700,14 @@ pub fn print_report(report: &Report, json: bool, dry_run: bool) {
         report.driver.map(|d| d.to_string()).unwrap_or_default(),
         HumanBytes(report.ram_buffer_bytes),
     );
+    if report.objects_not_attempted > 0 {
+        outln!(
+            "not attempted: {} objects, never begun ({}); nothing of them is at the destination and a run again \
+             copies them",
+            report.objects_not_attempted,
+            report.not_attempted_because.as_deref().unwrap_or("the relay was stopped")
+        );
+    }
     if report.objects_hop_by_hop > 0 {
         outln!(
             "hop by hop: {} objects had nothing at the source to vouch for their bytes (e.g. a multipart ETag and no \

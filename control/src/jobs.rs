@@ -514,6 +514,7 @@ impl Job {
                 "objects_copied": c.objects_copied,
                 "objects_skipped": c.objects_skipped,
                 "objects_failed": c.objects_failed,
+                "objects_not_attempted": p.objects_not_attempted.load(Ordering::Relaxed),
                 "objects_planned": inner.objects_planned,
                 "bytes_total": c.bytes_total,
                 "bytes_copied": c.bytes_copied,
@@ -708,6 +709,8 @@ impl Jobs {
             created_at,
         });
         job.progress.transfers.store(job.opts.transfers, Ordering::Relaxed);
+        // In force (and shown) from the submit on, not only once the relay starts.
+        job.progress.rates.start_with(job.opts.bwlimit.clone(), job.opts.tpslimit);
         self.remember(job.clone());
         // Jobs start at once: the engine's workers share themselves between them. The
         // transition happens here, not on the job's thread, so that an action sent

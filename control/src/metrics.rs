@@ -118,6 +118,8 @@ pub fn render(jobs: &Jobs) -> String {
         objects.push(&[("job", &job.id), ("outcome", "copied")], c.objects_copied as f64);
         objects.push(&[("job", &job.id), ("outcome", "skipped")], c.objects_skipped as f64);
         objects.push(&[("job", &job.id), ("outcome", "failed")], c.objects_failed as f64);
+        let not_attempted = p.objects_not_attempted.load(Ordering::Relaxed) as f64;
+        objects.push(&[("job", &job.id), ("outcome", "not_attempted")], not_attempted);
         in_flight_jobs.push(&[("job", &job.id)], p.transfers.load(Ordering::Relaxed) as f64);
         allowed.push(&[("job", &job.id)], p.throttle.limit(p.transfers.load(Ordering::Relaxed)) as f64);
     }

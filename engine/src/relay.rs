@@ -279,8 +279,15 @@ pub struct Report {
     /// Objects that a dry run would copy.
     pub objects_planned: u64,
     /// Whether the relay was stopped before it finished (the caller set
-    /// [`Progress::stop`]); objects not attempted are counted as failed.
+    /// [`Progress::stop`]); objects it never began are counted in
+    /// [`Report::objects_not_attempted`], not as failed.
     pub stopped: bool,
+    /// Objects the relay never began because it was stopped (Ctrl-C, a cancel, a
+    /// fatal error elsewhere): nothing of them is at the destination, and a run again
+    /// copies them.
+    pub objects_not_attempted: u64,
+    /// Why they were not, from the first of them.
+    pub not_attempted_because: Option<String>,
     /// Objects per route (`copy`, `ram`, `stream`, `stage`).
     pub routes: std::collections::BTreeMap<&'static str, u64>,
     /// Each object's route and why, at most [`DECISIONS_KEPT_MAX`].
@@ -395,6 +402,10 @@ pub(crate) enum Outcome {
         reason: String,
         fatal: bool,
     },
+    /// Never begun: the relay was stopped first (why, in `reason`).
+    NotAttempted {
+        reason: String,
+    },
     /// Not started (or refused at its start) because the destination's allowance
     /// for the period is spent; nothing of it is at the destination.
     Deferred {
@@ -409,7 +420,11 @@ impl Outcome {
     pub(crate) fn is_end(&self) -> bool {
         matches!(
             self,
-            Outcome::Copied { .. } | Outcome::Skipped { .. } | Outcome::Failed { .. } | Outcome::Deferred { .. }
+            Outcome::Copied { .. }
+                | Outcome::Skipped { .. }
+                | Outcome::Failed { .. }
+                | Outcome::NotAttempted { .. }
+                | Outcome::Deferred { .. }
         )
     }
 }
@@ -686,6 +701,9 @@ impl Shared {
             }
             Outcome::Deferred { .. } => {
                 self.progress.objects_deferred.fetch_add(1, Ordering::Relaxed);
+            }
+            Outcome::NotAttempted { .. } => {
+                self.progress.objects_not_attempted.fetch_add(1, Ordering::Relaxed);
             }
             Outcome::SessionBegun(_) | Outcome::PartCommitted(_) => unreachable!("asserted above"),
         }

@@ -551,6 +551,54 @@ fn ctrl_c_stops_cleanly_and_aborts_open_uploads() {
 }
 
 #[test]
+fn ctrl_c_counts_the_objects_never_begun_as_not_attempted() {
+    let Some(c) = clouds() else { return };
+    let src = tempfile::tempdir().unwrap();
+    let files: Vec<Vec<u8>> = (0..100).map(|i| pattern(8 * 1024, 100 + i)).collect();
+    for (i, bytes) in files.iter().enumerate() {
+        write_file(src.path(), &format!("f{i:03}"), bytes);
+    }
+    // Uploads paced to 200 KiB/s, one at a time: 800 KiB take seconds, and Ctrl-C
+    // comes after a few objects.
+    let proxy = Proxy::start(c.b.addr(), Fault::PaceRequests { bytes_per_second: 200 * 1024 });
+    c.add_remote("paced", &proxy.endpoint(), &c.b);
+    let child = Command::new(laminar_bin())
+        .arg("--config")
+        .arg(c.config.path())
+        .args(["relay", &format!("file://{}", src.path().display()), "paced:bkt-b/na", "--json", "--transfers", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while proxy.request_bytes() < 32 * 1024 {
+        assert!(std::time::Instant::now() < deadline, "the relay never got going");
+        std::thread::yield_now();
+    }
+    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    let r = json(&out);
+    let n = |k: &str| r[k].as_u64().unwrap();
+    assert!(n("objects_not_attempted") > 0, "objects waiting when Ctrl-C came are not attempted: {r}");
+    assert_eq!(n("objects_copied") + n("objects_failed") + n("objects_not_attempted"), 100, "{r}");
+    let failures = r["failures"].as_array().unwrap();
+    assert!(failures.len() <= 1, "at most the object in flight failed: {r}");
+    // What landed is whole; the rest is absent.
+    let back = tempfile::tempdir().unwrap();
+    c.b.download_dir("bkt-b/na", back.path()).unwrap();
+    let mut landed = 0;
+    for (i, bytes) in files.iter().enumerate() {
+        if let Ok(held) = std::fs::read(back.path().join(format!("f{i:03}"))) {
+            assert!(held == *bytes, "f{i:03} landed with other bytes");
+            landed += 1;
+        }
+    }
+    assert_eq!(landed, n("objects_copied"), "{r}");
+}
+
+#[test]
 fn a_path_naming_one_object_copies_just_that_object() {
     let Some(c) = clouds() else { return };
     let src = tempfile::tempdir().unwrap();

@@ -374,6 +374,10 @@ pub(super) fn record(report: &mut Report, result: ObjectResult) {
             report.objects_deferred += 1;
             report.bytes_deferred += bytes;
         }
+        Outcome::NotAttempted { reason } => {
+            report.objects_not_attempted += 1;
+            report.not_attempted_because.get_or_insert(reason);
+        }
         Outcome::Failed { reason, .. } => {
             report.objects_failed += 1;
             if report.failures.len() < FAILURES_KEPT_MAX {
@@ -529,10 +533,8 @@ pub(super) async fn plan(
                     job = back;
                     if shared.stopped() || !shared.workers_alive() {
                         // Nobody will take it: account for it here and stop listing.
-                        shared.finish(
-                            job.src_key().to_string(),
-                            Outcome::Failed { reason: "not attempted: the relay was stopped".into(), fatal: false },
-                        );
+                        let reason = "the relay was stopped".into();
+                        shared.finish(job.src_key().to_string(), Outcome::NotAttempted { reason });
                         queued = false;
                         break;
                     }

@@ -19,6 +19,8 @@ pub struct Progress {
     pub objects_skipped: AtomicU64,
     /// Objects failed.
     pub objects_failed: AtomicU64,
+    /// Objects never begun because the relay was stopped first.
+    pub objects_not_attempted: AtomicU64,
     /// Objects left for a later run: the destination's allowance for the period is
     /// spent (Google Drive's daily upload limit).
     pub objects_deferred: AtomicU64,

@@ -415,8 +415,7 @@ pub(super) fn put_args(info: &ObjectInfo, version: &str, sum: Option<&Checksum>)
 /// Ends an object the relay stopped before it began.
 fn not_attempted(ctx: &Ctx, job: &ObjectJob) {
     let reason = ctx.shared.fatal.lock().expect("fatal lock").clone().unwrap_or_else(|| "the relay was stopped".into());
-    ctx.shared
-        .finish(job.src_key.clone(), Outcome::Failed { reason: format!("not attempted: {reason}"), fatal: false });
+    ctx.shared.finish(job.src_key.clone(), Outcome::NotAttempted { reason });
 }
 
 pub(crate) async fn run_object(ctx: Rc<Ctx>, job: Arc<ObjectJob>) {

@@ -96,10 +96,7 @@ impl Slot {
         let Some(ctx) = &self.ctx else {
             let Some(job) = s.queues.objects.pop() else { return false };
             let reason = s.fatal.lock().expect("fatal lock").clone().unwrap_or_default();
-            s.finish(
-                job.src_key().to_string(),
-                super::Outcome::Failed { reason: format!("not attempted: {reason}"), fatal: false },
-            );
+            s.finish(job.src_key().to_string(), super::Outcome::NotAttempted { reason });
             return true;
         };
         // Parts first: finishing started objects keeps uploads and memory few.
