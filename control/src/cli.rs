@@ -111,7 +111,7 @@ pub struct EngineArgs {
     #[arg(long, value_name = "ALGO", default_value = "crc32c")]
     pub hash: String,
     /// The former spelling of --hash, kept working with a warning
-    #[arg(long = "checksum", value_name = "ALGO", hide = true)]
+    #[arg(long = "checksum-algo", value_name = "ALGO", hide = true)]
     pub checksum_renamed: Option<String>,
     /// Objects in flight across all workers
     #[arg(long, default_value_t = 64)]
@@ -162,8 +162,11 @@ pub struct RelayArgs {
     #[arg(long)]
     dry_run: bool,
     /// An object the destination holds at the same size is the same (no hash or version looked at)
-    #[arg(long, conflicts_with_all = ["ignore_existing", "immutable"])]
+    #[arg(long, conflicts_with_all = ["ignore_existing", "immutable", "checksum"])]
     size_only: bool,
+    /// An object the destination holds is the same when its size and the strongest hash both stores report match (size alone where they share none), whatever its time or version
+    #[arg(long, conflicts_with_all = ["ignore_existing", "immutable"])]
+    checksum: bool,
     /// Leave alone every object the destination already holds, whatever it holds
     #[arg(long, conflicts_with = "immutable")]
     ignore_existing: bool,
@@ -241,8 +244,30 @@ pub(crate) fn usage(message: String) -> Fail {
     Fail { code: EXIT_USAGE, message }
 }
 
+/// `--checksum ALGO`, the former spelling of `--hash ALGO`, told apart from the
+/// `--checksum` comparison mode by what follows it: an algorithm's name (which no
+/// URL is) makes it the old spelling, passed on as the hidden `--checksum-algo`.
+fn renamed_flags(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut out: Vec<std::ffi::OsString> = args.collect();
+    let is_algo = |a: &std::ffi::OsString| a.to_str().and_then(ChecksumAlgo::parse).is_some();
+    let mut i = 0;
+    while i < out.len() {
+        let arg = out[i].to_str().unwrap_or("");
+        if arg == "--" {
+            break;
+        }
+        if arg == "--checksum" && out.get(i + 1).is_some_and(is_algo) {
+            out[i] = "--checksum-algo".into();
+        } else if let Some(algo) = arg.strip_prefix("--checksum=") {
+            out[i] = format!("--checksum-algo={algo}").into();
+        }
+        i += 1;
+    }
+    out
+}
+
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(renamed_flags(std::env::args_os())) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -452,6 +477,8 @@ pub fn prepare(config: Option<&std::path::Path>, args: &RelayArgs) -> Result<Pre
         relay::Compare::IgnoreExisting
     } else if args.immutable {
         relay::Compare::Immutable
+    } else if args.checksum {
+        relay::Compare::Checksum
     } else {
         relay::Compare::Version
     };

@@ -84,6 +84,9 @@ pub enum Compare {
     /// As `Version`, but a copy that differs is a failure, never overwritten
     /// (`--immutable`).
     Immutable,
+    /// The size and the strongest hash both stores report (size alone where they
+    /// share none), as rclone's `--checksum`: versions and times are not looked at.
+    Checksum,
 }
 
 /// How a relay runs.

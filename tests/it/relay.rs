@@ -599,6 +599,33 @@ fn ctrl_c_counts_the_objects_never_begun_as_not_attempted() {
 }
 
 #[test]
+fn the_checksum_mode_compares_by_the_hashes_both_stores_report() {
+    let Some(c) = clouds() else { return };
+    let src = tempfile::tempdir().unwrap();
+    let theirs = tempfile::tempdir().unwrap();
+    for (key, bytes) in [("same", b"same bytes".as_slice()), ("differs", b"0123456789"), ("missing", b"not there")] {
+        write_file(src.path(), key, bytes);
+    }
+    // At the destination: the same bytes written apart (so no record of Laminar's
+    // vouches for them), and other bytes of the same size.
+    write_file(theirs.path(), "same", b"same bytes");
+    write_file(theirs.path(), "differs", b"9876543210");
+    c.a.upload_dir(src.path(), "bkt-a/ck").unwrap();
+    c.b.upload_dir(theirs.path(), "bkt-b/ck").unwrap();
+    // The flag before the URLs, where an old `--checksum ALGO` would take one.
+    let plan = c.laminar(&["relay", "--checksum", "a:bkt-a/ck", "b:bkt-b/ck", "--dry-run", "--json"]);
+    assert_eq!(plan.status.code(), Some(0), "{}", String::from_utf8_lossy(&plan.stderr));
+    assert_eq!((json(&plan)["objects_planned"].as_u64(), json(&plan)["objects_skipped"].as_u64()), (Some(2), Some(1)));
+    let out = c.laminar(&["relay", "--checksum", "a:bkt-a/ck", "b:bkt-b/ck", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = json(&out);
+    assert_eq!((r["objects_copied"].as_u64(), r["objects_skipped"].as_u64()), (Some(2), Some(1)), "{r}");
+    c.b.rclone_check_download(&c.a, "bkt-a/ck", "bkt-b/ck").unwrap();
+    let again = json(&c.laminar(&["relay", "a:bkt-a/ck", "b:bkt-b/ck", "--checksum", "--json"]));
+    assert_eq!(again["objects_skipped"], 3, "{again}");
+}
+
+#[test]
 fn a_path_naming_one_object_copies_just_that_object() {
     let Some(c) = clouds() else { return };
     let src = tempfile::tempdir().unwrap();

@@ -37,6 +37,15 @@ pub(super) enum Verdict {
     CheckDest,
 }
 
+/// `--checksum` by the listings: a plain MD5 in both settles it; otherwise both
+/// stores are asked for their hashes.
+fn by_listed_hash(src: &Entry, dst: &Entry) -> Verdict {
+    if src.size != dst.size {
+        return Verdict::Copy;
+    }
+    by_md5_etags(src, dst)
+}
+
 pub(super) fn judge(src: &Entry, dst: &Entry) -> Verdict {
     if src.size != dst.size {
         return Verdict::Copy;
@@ -44,6 +53,11 @@ pub(super) fn judge(src: &Entry, dst: &Entry) -> Verdict {
     if let Some(p) = &dst.provenance {
         return if provenance_version(p) == version_of(src) { Verdict::Skip } else { Verdict::Copy };
     }
+    by_md5_etags(src, dst)
+}
+
+/// Plain-MD5 ETags in both listings settle it; else the destination is asked.
+fn by_md5_etags(src: &Entry, dst: &Entry) -> Verdict {
     match (&src.etag, &dst.etag) {
         (Some(a), Some(b)) if etag_is_md5(a) && etag_is_md5(b) => {
             if a.eq_ignore_ascii_case(b) {
@@ -429,7 +443,7 @@ pub(super) async fn plan(
         preferred_cutoff_bytes.min(pool_bytes_per_worker).min(single_put_max.saturating_add(1));
     shared.stats.multipart_cutoff_bytes.store(multipart_cutoff_bytes, Ordering::Relaxed);
     let order = KeyOrder::for_destination(&*dst_store);
-    let mut src = Cursor::new(src_store, shared.src.remote_label(), scope.src_list.clone(), retries, order);
+    let mut src = Cursor::new(src_store.clone(), shared.src.remote_label(), scope.src_list.clone(), retries, order);
     let mut dst = Cursor::new(dst_store, shared.dst.remote_label(), scope.dst_list.clone(), retries, order);
     let mut dst_head: Option<Entry> = dst.next().await?;
     // The last source key planned, to catch two that one case-insensitive destination
@@ -469,6 +483,7 @@ pub(super) async fn plan(
             (Some(_), Compare::IgnoreExisting) => Verdict::Skip,
             (Some(d), Compare::SizeOnly) if d.size == entry.size => Verdict::Skip,
             (Some(_), Compare::SizeOnly) => Verdict::Copy,
+            (Some(d), Compare::Checksum) => by_listed_hash(&entry, d),
             (Some(d), _) => judge(&entry, d),
         };
         report.objects_total += 1;
@@ -493,8 +508,16 @@ pub(super) async fn plan(
         }
         if shared.opts.dry_run {
             if let Verdict::CheckDest = verdict {
-                let info = super::retry(retries, &shared.progress.stop, || dst.store.stat(&dst_key)).await?;
-                if info.is_some_and(|info| holds_version(&info, entry.size, &version_of(&entry))) {
+                let stop = &shared.progress.stop;
+                let info = super::retry(retries, stop, || dst.store.stat(&dst_key)).await?;
+                let same = match (info, shared.opts.compare) {
+                    (Some(info), Compare::Checksum) => {
+                        let theirs = super::retry(retries, stop, || src_store.stat(&entry.key)).await?;
+                        super::verify::same_by_hash(theirs.as_ref(), &info, entry.size)
+                    }
+                    (info, _) => info.is_some_and(|info| holds_version(&info, entry.size, &version_of(&entry))),
+                };
+                if same {
                     record(
                         report,
                         ObjectResult { key: entry.key.clone(), outcome: Outcome::Skipped { bytes: entry.size } },

@@ -315,7 +315,12 @@ impl Ctx {
     /// not tell).
     async fn already_there(&self, job: &ObjectJob) -> Result<bool> {
         let info = self.retry(|| timed(self.dst_label(), Op::Stat, self.dst.stat(&job.dst_key))).await?;
-        Ok(info.is_some_and(|info| crate::backend::holds_version(&info, job.size, &job.src_version)))
+        let Some(info) = info else { return Ok(false) };
+        if self.shared.opts.compare == super::Compare::Checksum {
+            let theirs = self.retry(|| timed(self.src_label(), Op::Stat, self.src.stat(&job.src_key))).await?;
+            return Ok(super::verify::same_by_hash(theirs.as_ref(), &info, job.size));
+        }
+        Ok(crate::backend::holds_version(&info, job.size, &job.src_version))
     }
 }
 

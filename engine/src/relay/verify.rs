@@ -442,6 +442,17 @@ const STRENGTH: [ChecksumAlgo; 6] = [
     ChecksumAlgo::Crc32c,
 ];
 
+/// `--checksum`'s verdict on a destination object of `size` bytes (the source's
+/// size): the same when both are that size and the strongest hash both report
+/// matches, or when they report none in common.
+pub(super) fn same_by_hash(src: Option<&ObjectInfo>, dst: &ObjectInfo, size: u64) -> bool {
+    let Some(src) = src else { return false };
+    if src.size != size || dst.size != size {
+        return false;
+    }
+    strongest_common(src, dst).is_none_or(|(a, b)| a.bytes == b.bytes)
+}
+
 /// The strongest hash both sides report: (the source's, the destination's).
 fn strongest_common(src: &ObjectInfo, dst: &ObjectInfo) -> Option<(Checksum, Checksum)> {
     let (a, b) = (hashes(src), hashes(dst));
