@@ -231,22 +231,14 @@ pub fn run(args: JobArgs) -> Result<u8, Fail> {
         JobCommand::Resume { id } => (client.call(Method::POST, &format!("{}/resume", job(id)), None)?, false),
         JobCommand::Cancel { id } => (client.call(Method::POST, &format!("{}/cancel", job(id)), None)?, false),
         JobCommand::Scale { id, transfers, bwlimit, tpslimit } => {
-            let mut patch = serde_json::Map::new();
-            if let Some(t) = transfers {
-                patch.insert("transfers".into(), json!(t));
-            }
-            if let Some(b) = bwlimit {
-                patch.insert("bwlimit".into(), json!(b));
-            }
-            if let Some(t) = tpslimit {
-                patch.insert("tpslimit".into(), json!(t));
-            }
-            if patch.is_empty() {
+            if transfers.is_none() && bwlimit.is_none() && tpslimit.is_none() {
                 return Err(crate::cli::usage(
                     "job scale: give the transfers (laminar job scale ID 32), --bwlimit or --tpslimit".into(),
                 ));
             }
-            (client.call(Method::PATCH, &job(id), Some(serde_json::Value::Object(patch)))?, false)
+            let scale = crate::jobs::Scale { transfers: *transfers, bwlimit: bwlimit.clone(), tpslimit: *tpslimit };
+            let body = serde_json::to_value(&scale).expect("a scale serialises");
+            (client.call(Method::PATCH, &job(id), Some(body))?, false)
         }
         JobCommand::Verify { id, download, follow } => {
             (client.call(Method::POST, &format!("{}/verify", job(id)), Some(json!({ "download": download })))?, *follow)

@@ -1197,18 +1197,19 @@ impl Jobs {
     }
 }
 
-/// What a scale changes; what it leaves out stays as it is.
-#[derive(Debug, Default, serde::Deserialize)]
+/// What a scale changes (the PATCH body the API reads and the CLI client sends);
+/// what it leaves out stays as it is.
+#[derive(Debug, Default, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Scale {
     /// Objects in flight across the workers.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transfers: Option<usize>,
     /// A new byte limit, in `--bwlimit`'s forms ("off" lifts it).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bwlimit: Option<String>,
     /// A new requests-per-second limit (0 lifts it).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tpslimit: Option<f64>,
 }
 
