@@ -327,7 +327,7 @@ async fn openapi() -> Response {
 }
 
 async fn healthz() -> Response {
-    axum::Json(json!({ "status": "ok" })).into_response()
+    axum::Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") })).into_response()
 }
 
 async fn readyz(State(app): State<App>) -> Response {
@@ -418,7 +418,16 @@ async fn workers(State(app): State<App>) -> ApiResult {
             })
         })
         .collect();
-    Ok(axum::Json(json!({ "workers": workers })).into_response())
+    // The NVMe stage is the engine's, shared by its workers (null: none configured).
+    let stage = app.jobs.engine().stage().map(|s| {
+        json!({
+            "bytes_in_use": s.used_bytes(),
+            "quota_bytes": s.quota_bytes(),
+            "bytes_written": s.bytes_written.load(std::sync::atomic::Ordering::Relaxed),
+            "bytes_read": s.bytes_read.load(std::sync::atomic::Ordering::Relaxed),
+        })
+    });
+    Ok(axum::Json(json!({ "workers": workers, "stage": stage })).into_response())
 }
 
 #[cfg(test)]

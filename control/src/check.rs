@@ -82,11 +82,11 @@ fn print(report: &VerifyReport, json: bool) {
             ProblemKind::Differs => "differs",
             ProblemKind::Extra => "extra",
         };
-        eprintln!("laminar: {kind}: {}: {}", p.key, p.reason);
+        tracing::error!("{kind}: {}: {}", p.key, p.reason);
     }
     let found = report.objects_missing + report.objects_mismatched + report.objects_extra;
     if found > SHOWN_MAX as u64 {
-        eprintln!("laminar: {} more differences, not listed here (--json lists them)", found - SHOWN_MAX as u64);
+        tracing::error!("{} more differences, not listed here (--json lists them)", found - SHOWN_MAX as u64);
     }
     let by = if report.download {
         "by reading both copies".to_string()
@@ -114,6 +114,6 @@ fn print(report: &VerifyReport, json: bool) {
         );
     }
     if report.stopped {
-        eprintln!("laminar: the check was stopped before it covered every object");
+        tracing::warn!("the check was stopped before it covered every object");
     }
 }

@@ -36,6 +36,8 @@ struct Cli {
     /// Config file with [remotes.NAME] tables (default: $LAMINAR_CONFIG, ./laminar.toml, ~/.config/laminar/laminar.toml)
     #[arg(long, global = true, value_name = "PATH")]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    logs: crate::logs::LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -274,6 +276,10 @@ pub fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { EXIT_OK });
         }
     };
+    if let Err(e) = crate::logs::init(&cli.logs) {
+        eprintln!("laminar: error: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
     let result = match cli.command {
         Command::Relay(args) => run_relay(cli.config.as_deref(), args),
         Command::Sync(args) => crate::sync::run_sync(cli.config.as_deref(), args),
@@ -300,7 +306,7 @@ pub fn main() -> ExitCode {
     let code = match result {
         Ok(code) => code,
         Err(fail) => {
-            eprintln!("laminar: error: {}", fail.message);
+            crate::logs::fatal(&fail.message);
             fail.code
         }
     };
@@ -363,7 +369,7 @@ pub fn options(engine: &EngineArgs) -> Result<RelayOptions, Fail> {
         .ok_or_else(|| usage(format!("--driver {:?}: use auto, io_uring or epoll", engine.driver)))?;
     let (flag, algo) = match &engine.checksum_renamed {
         Some(algo) => {
-            eprintln!("laminar: warning: --checksum ALGO is now --hash ALGO; --checksum {algo} still works for now");
+            tracing::warn!("--checksum ALGO is now --hash ALGO; --checksum {algo} still works for now");
             ("--checksum", algo)
         }
         None => ("--hash", &engine.hash),
@@ -466,7 +472,7 @@ pub fn prepare(config: Option<&std::path::Path>, args: &RelayArgs) -> Result<Pre
     let src = config.location(&args.src)?;
     let dst = config.location(&args.dst)?;
     for note in [config.note(&args.src), config.note(&args.dst)].into_iter().flatten() {
-        eprintln!("laminar: note: {note}");
+        tracing::info!("{note}");
     }
     let mut opts = options(&args.engine)?;
     opts.filter = args.filters.build()?;
@@ -506,10 +512,10 @@ pub fn copy_quietly(prepared: Prepared, args: &RelayArgs, print_json: bool) -> R
         print_report(&report, json, dry_run);
     }
     if report.objects_total == 0 && !json {
-        eprintln!("laminar: note: no objects under {}", args.src);
+        tracing::info!("no objects under {}", args.src);
     }
     if let Some(w) = &report.waiting {
-        eprintln!("laminar: {}", waiting_line(&report, w));
+        tracing::warn!("{}", waiting_line(&report, w));
     }
     Ok(report)
 }
@@ -567,7 +573,7 @@ pub fn relay_with_progress(
                     return;
                 }
                 if interrupted.load(Ordering::Acquire) {
-                    eprintln!("laminar: interrupted: finishing transfers in flight and aborting unfinished uploads (Ctrl-C again to quit at once)");
+                    tracing::warn!("interrupted: finishing transfers in flight and aborting unfinished uploads (Ctrl-C again to quit at once)");
                     progress.request_stop();
                     return;
                 }
@@ -697,22 +703,19 @@ pub fn print_report(report: &Report, json: bool, dry_run: bool) {
         return;
     }
     for f in report.failures.iter().take(FAILURES_SHOWN_MAX) {
-        eprintln!("laminar: failed: {}: {}", f.key, f.reason);
+        tracing::error!("failed: {}: {}", f.key, f.reason);
     }
     if report.objects_failed > FAILURES_SHOWN_MAX as u64 {
-        eprintln!(
-            "laminar: failed: {} more, not listed here (--json lists them)",
+        tracing::error!(
+            "failed: {} more, not listed here (--json lists them)",
             report.objects_failed - FAILURES_SHOWN_MAX as u64
         );
     }
     for l in &report.left_out {
-        eprintln!("laminar: left out: {}: {}", l.key, l.reason);
+        tracing::warn!("left out: {}: {}", l.key, l.reason);
     }
     if report.objects_left_out > report.left_out.len() as u64 {
-        eprintln!(
-            "laminar: left out: {} more, not listed here",
-            report.objects_left_out - report.left_out.len() as u64
-        );
+        tracing::warn!("left out: {} more, not listed here", report.objects_left_out - report.left_out.len() as u64);
     }
     outln!(
         "{} objects: {} copied ({}), {} skipped, {} failed in {:.2}s, {}/s ({} workers, {}, {} RAM buffer)",

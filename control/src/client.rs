@@ -319,6 +319,7 @@ fn exit_code(j: &Value) -> u8 {
 fn follow_job(client: &Client, first: &Value, quiet: bool) -> Result<Value, Fail> {
     let id = first["id"].as_str().unwrap_or_default().to_string();
     let bar = (!quiet && std::io::stderr().is_terminal()).then(crate::progress::bar);
+    crate::logs::set_bar(bar.clone());
     let mut value = first.clone();
     while !settled(&value) {
         std::thread::sleep(Duration::from_millis(250));
@@ -342,6 +343,7 @@ fn follow_job(client: &Client, first: &Value, quiet: bool) -> Result<Value, Fail
             bar.set_message(snapshot.message());
         }
     }
+    crate::logs::set_bar(None);
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }

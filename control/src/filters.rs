@@ -81,8 +81,8 @@ impl FilterArgs {
         let includes = !self.include.is_empty() || !self.include_from.is_empty();
         let excludes = !self.exclude.is_empty() || !self.exclude_from.is_empty();
         if includes && excludes {
-            eprintln!(
-                "laminar: note: --include rules are taken before --exclude rules, whatever their order here, and \
+            tracing::info!(
+                "--include rules are taken before --exclude rules, whatever their order here, and \
                  the first that matches decides; --filter \"+ GLOB\" / \"- GLOB\" keeps the order you give"
             );
         }

@@ -33,6 +33,8 @@ use laminar_engine::relay::{self, Engine, Failure, FilterSpec, Location, Progres
 pub const FINISHED_JOBS_KEPT_MAX: usize = 1000;
 /// Failures listed per job (the counters count them all).
 pub const FAILURES_SHOWN_MAX: usize = 1000;
+/// Failures named in the log line of a job's end (the job's view keeps more).
+const FAILURES_LOGGED_MAX: usize = 10;
 /// Transfers a job may ask for.
 pub const TRANSFERS_MAX: usize = 4096;
 /// Throughput is averaged over this window.
@@ -375,6 +377,7 @@ impl Job {
         if next != was {
             inner.state = next;
             inner.history.push(Transition { state: next, at: now(), note: None });
+            self.log_change(&inner, was);
         }
         // The relay has ended when its thread says so, or at once when it never started.
         if matches!(action, Action::Finish { .. }) || (was == State::Pending && next == State::Cancelled) {
@@ -382,6 +385,44 @@ impl Job {
         }
         self.persist(&inner);
         Ok(next)
+    }
+
+    /// Logs a change of state: the start with what the job moves, the end with its
+    /// counters (and its first failures), every other change by name.
+    fn log_change(&self, inner: &Inner, was: State) {
+        let (id, state) = (self.id.as_str(), inner.state.name());
+        let c = self.counters();
+        match inner.state {
+            State::Running if was == State::Pending => tracing::info!(
+                job = id,
+                source = %self.spec.source,
+                destination = %self.spec.destination,
+                dry_run = self.spec.dry_run,
+                "job started"
+            ),
+            State::Succeeded | State::Cancelled => tracing::info!(
+                job = id,
+                objects_copied = c.objects_copied,
+                objects_skipped = c.objects_skipped,
+                bytes_copied = c.bytes_copied,
+                seconds = inner.report_seconds.unwrap_or_default(),
+                "job {state}"
+            ),
+            State::Failed => {
+                for f in inner.failures.iter().take(FAILURES_LOGGED_MAX) {
+                    tracing::warn!(job = id, key = %f.key, "failed: {}", f.reason);
+                }
+                tracing::error!(
+                    job = id,
+                    objects_copied = c.objects_copied,
+                    objects_failed = c.objects_failed,
+                    bytes_copied = c.bytes_copied,
+                    "job failed: {}",
+                    inner.error.as_deref().unwrap_or("unknown error")
+                );
+            }
+            _ => tracing::info!(job = id, from = was.name(), "job {state}"),
+        }
     }
 
     /// The job's counters: this process's counts over what earlier runs counted.
@@ -520,6 +561,9 @@ impl Job {
                 "bytes_copied": c.bytes_copied,
                 "throttle_cuts": c.throttle_cuts,
             },
+            // Whether the source's listing is still growing the totals (an ETA means
+            // little until it is done). A job restored after it ended never listed here.
+            "listing": !inner.state.is_terminal() && !p.listing_done.load(Ordering::Relaxed),
             "transfers_allowed": p.throttle.limit(p.transfers.load(Ordering::Relaxed)),
             "throughput_bytes_per_second": Job::throughput(&inner),
             "seconds": inner.report_seconds,
@@ -739,7 +783,7 @@ impl Jobs {
         let pruned = store.prune(unix_s(SystemTime::now()).saturating_sub(self.keep_jobs.as_secs()));
         if !pruned.is_empty() {
             let n = pruned.len();
-            eprintln!("laminar: pruned {n} job{} that ended over --keep-jobs ago", if n == 1 { "" } else { "s" });
+            tracing::info!("pruned {n} job{} that ended over --keep-jobs ago", if n == 1 { "" } else { "s" });
         }
         let saved = store.load()?;
         let restored = saved.len();
@@ -938,12 +982,7 @@ impl Jobs {
             Some(max) => retry_at.min(SystemTime::now() + max),
             None => retry_at,
         };
-        eprintln!(
-            "laminar: job {} waiting until {}: {}",
-            job.id,
-            humantime::format_rfc3339_seconds(until),
-            waiting.reason
-        );
+        tracing::warn!("job {} waiting until {}: {}", job.id, humantime::format_rfc3339_seconds(until), waiting.reason);
         if enter && job.apply(Action::Wait).is_err() {
             return false; // Cancelled meanwhile.
         }

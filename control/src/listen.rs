@@ -112,7 +112,7 @@ pub async fn serve(
             Err(e) => {
                 // Out of descriptors or a connection reset before accept: wait a moment
                 // rather than spin.
-                eprintln!("laminar: control API: accept failed: {e}");
+                tracing::warn!("control API: accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }

@@ -22,6 +22,7 @@ mod filters;
 mod jobs;
 mod list;
 mod listen;
+mod logs;
 mod metrics;
 mod plan;
 mod progress;

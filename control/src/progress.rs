@@ -131,6 +131,7 @@ pub fn show(progress: &Progress, done: &AtomicBool, terminal: bool) {
     let started = Instant::now();
     if terminal {
         let bar = bar();
+        crate::logs::set_bar(Some(bar.clone()));
         while !done.load(Ordering::Acquire) {
             let s = Snapshot::of(progress, started);
             bar.set_length(s.bytes_total);
@@ -138,6 +139,7 @@ pub fn show(progress: &Progress, done: &AtomicBool, terminal: bool) {
             bar.set_message(s.message());
             std::thread::park_timeout(Duration::from_millis(200));
         }
+        crate::logs::set_bar(None);
         bar.finish_and_clear();
         return;
     }
@@ -146,7 +148,7 @@ pub fn show(progress: &Progress, done: &AtomicBool, terminal: bool) {
     while !done.load(Ordering::Acquire) {
         let now = Instant::now();
         if now >= next {
-            eprintln!("laminar: stats: {}", Snapshot::of(progress, started).line());
+            tracing::info!("stats: {}", Snapshot::of(progress, started).line());
             next += every;
         }
         std::thread::park_timeout(next.saturating_duration_since(now).min(Duration::from_millis(500)));

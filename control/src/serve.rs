@@ -109,8 +109,8 @@ pub fn read_token(path: &Path) -> Result<String, Fail> {
     if let Ok(meta) = std::fs::metadata(path) {
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
-            eprintln!(
-                "laminar: warning: --token-file {} can be read by other users (mode {mode:03o}); `chmod 600` it",
+            tracing::warn!(
+                "--token-file {} can be read by other users (mode {mode:03o}); `chmod 600` it",
                 path.display()
             );
         }
@@ -179,7 +179,7 @@ pub fn run(config: Option<&Path>, args: ServeArgs) -> Result<u8, Fail> {
     let (restored, going_on) = jobs.restore().map_err(usage)?;
     if restored > 0 {
         let jobs = if restored == 1 { "job" } else { "jobs" };
-        eprintln!("laminar: restored {restored} {jobs} from the data directory; {going_on} go on");
+        tracing::info!("restored {restored} {jobs} from the data directory; {going_on} go on");
     }
     let guard = Arc::new(api::Guard { limits, listen: addr, metrics_public: args.metrics_public });
     let app = App { jobs: jobs.clone(), token: token.map(Arc::new), guard };
@@ -210,8 +210,8 @@ pub fn run(config: Option<&Path>, args: ServeArgs) -> Result<u8, Fail> {
         }
         Err(_) => return Err(usage("the control sidecar thread ended before it listened".into())),
     };
-    eprintln!(
-        "laminar: serving on {scheme}://{bound} ({} workers, {}, {} RAM buffer, at most {connections} connections \
+    tracing::info!(
+        "serving on {scheme}://{bound} ({} workers, {}, {} RAM buffer, at most {connections} connections \
          per endpoint{})",
         engine.workers().len(),
         engine.driver(),
@@ -224,8 +224,8 @@ pub fn run(config: Option<&Path>, args: ServeArgs) -> Result<u8, Fail> {
     while !interrupted.load(Ordering::Acquire) {
         std::thread::park_timeout(Duration::from_millis(100));
     }
-    eprintln!(
-        "laminar: shutting down: no new jobs; {} (waiting up to {}; a second signal exits at once)",
+    tracing::info!(
+        "shutting down: no new jobs; {} (waiting up to {}; a second signal exits at once)",
         if args.no_journal {
             "cancelling running jobs"
         } else {
@@ -243,11 +243,11 @@ pub fn run(config: Option<&Path>, args: ServeArgs) -> Result<u8, Fail> {
     let _ = sampler.join();
     if clean {
         engine.shutdown();
-        eprintln!("laminar: stopped");
+        tracing::info!("stopped");
         Ok(0)
     } else {
-        eprintln!(
-            "laminar: jobs still winding down after {}; exiting (unfinished uploads are never completed)",
+        tracing::warn!(
+            "jobs still winding down after {}; exiting (unfinished uploads are never completed)",
             humantime::format_duration(grace)
         );
         Ok(1)

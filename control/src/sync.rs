@@ -75,7 +75,7 @@ pub fn run_sync(config_path: Option<&Path>, args: SyncArgs) -> Result<u8, Fail> 
             doc["deletions_refused"] = why.into();
             outln!("{doc}");
         } else {
-            eprintln!("laminar: {why}");
+            tracing::error!("{why}");
         }
         return Ok(code);
     }
@@ -116,7 +116,7 @@ pub fn run_sync(config_path: Option<&Path>, args: SyncArgs) -> Result<u8, Fail> 
             }
             outln!("{doc}");
         } else if let Some(r) = &refused {
-            eprintln!("laminar: {r}");
+            tracing::error!("{r}");
         } else {
             outln!("dry run: {extra} objects would be deleted at the destination");
         }
@@ -151,7 +151,7 @@ pub fn run_move(config_path: Option<&Path>, args: MoveArgs) -> Result<u8, Fail> 
     let kept = done.objects_missing + done.objects_mismatched;
     if kept > 0 {
         for p in done.problems.iter().filter(|p| p.kind != ProblemKind::Extra).take(SHOWN_MAX) {
-            eprintln!("laminar: kept at the source: {}: {}", p.key, p.reason);
+            tracing::error!("kept at the source: {}: {}", p.key, p.reason);
         }
         code = code.max(1);
     }
@@ -162,7 +162,7 @@ pub fn run_move(config_path: Option<&Path>, args: MoveArgs) -> Result<u8, Fail> 
 /// Reports what a deletion pass did, into the JSON object when there is one.
 fn print_deletions(done: &VerifyReport, doc: Option<serde_json::Value>, side: &str) {
     for f in done.delete_failures.iter().take(SHOWN_MAX) {
-        eprintln!("laminar: not deleted: {}: {}", f.key, f.reason);
+        tracing::error!("not deleted: {}: {}", f.key, f.reason);
     }
     match doc {
         Some(mut doc) => {

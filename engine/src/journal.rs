@@ -427,8 +427,8 @@ fn write_loop(mut conn: Connection, path: &Path, rx: &crossbeam_channel::Receive
         if let Err(e) = result {
             if !warned {
                 warned = true;
-                eprintln!(
-                    "laminar: warning: the journal {} could not be written ({e}); a relay killed now starts its \
+                tracing::warn!(
+                    "the journal {} could not be written ({e}); a relay killed now starts its \
                      half-copied objects over",
                     path.display()
                 );

@@ -146,8 +146,8 @@ impl ScratchDir {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let removed = ScratchDir::clean_leftovers(parent);
         if removed > 0 {
-            eprintln!(
-                "laminar: removed {removed} sort scratch director{} left in {} by a run that ended uncleanly",
+            tracing::info!(
+                "removed {removed} sort scratch director{} left in {} by a run that ended uncleanly",
                 if removed == 1 { "y" } else { "ies" },
                 parent.display()
             );

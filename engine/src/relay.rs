@@ -382,11 +382,9 @@ pub const DEFAULT_SPILL_WAIT: std::time::Duration = std::time::Duration::from_se
 /// Score at which the destination counts as slower than the source.
 pub(crate) const DST_BOUND_SCORE_SPILL: i32 = 2;
 
-/// Whether `LAMINAR_LOG=debug` asks for per-object logs.
-pub fn debug_log() -> bool {
-    static DEBUG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *DEBUG.get_or_init(|| std::env::var("LAMINAR_LOG").is_ok_and(|v| v.eq_ignore_ascii_case("debug")))
-}
+/// Failures of one relay logged at WARN as they happen; later ones at DEBUG (the
+/// report keeps them, and -v shows them).
+const FAILURES_LOGGED_MAX: u64 = 20;
 
 /// Failures kept in the report; later ones are counted only.
 pub const FAILURES_KEPT_MAX: usize = 10_000;
@@ -575,7 +573,7 @@ impl Shared {
                 *waiting = Some(Waiting { reason: err.to_string(), retry_at_unix_s });
                 // Pairs with the Acquire load in `quota_spent`.
                 self.quota_spent.store(true, Ordering::Release);
-                eprintln!("laminar: {err}; waiting: uploads in progress finish, nothing new starts");
+                tracing::warn!("{err}; waiting: uploads in progress finish, nothing new starts");
             }
         }
         self.finish(key, Outcome::Deferred { bytes });
@@ -592,7 +590,7 @@ impl Shared {
         self.progress.throttle.limit(self.progress.transfers.load(Ordering::Relaxed))
     }
 
-    /// Records an object's route (and logs it with `LAMINAR_LOG=debug`).
+    /// Records an object's route (and logs it at TRACE, `-vv`).
     /// Records which hashes checked an object's bytes on each side.
     pub(crate) fn checked(&self, key: &str, source: Vec<&'static str>, destination: Vec<&'static str>) {
         let mut c = self.stats.checks.lock().expect("checks lock");
@@ -637,15 +635,13 @@ impl Shared {
     }
 
     pub(crate) fn decided(&self, decision: RouteDecision) {
-        if debug_log() {
-            eprintln!(
-                "laminar: route {} -> {} ({}{})",
-                decision.key,
-                decision.route,
-                decision.reason,
-                decision.format.map(|f| format!(", {f} data")).unwrap_or_default()
-            );
-        }
+        tracing::trace!(
+            "route {} -> {} ({}{})",
+            decision.key,
+            decision.route,
+            decision.reason,
+            decision.format.map(|f| format!(", {f} data")).unwrap_or_default()
+        );
         let mut d = self.stats.decisions.lock().expect("decisions lock");
         *d.0.entry(decision.route).or_default() += 1;
         if decision.format.is_some() {
@@ -686,16 +682,24 @@ impl Shared {
     pub(crate) fn finish(&self, key: String, outcome: Outcome) {
         assert!(outcome.is_end(), "only an object's end finishes it");
         match &outcome {
-            Outcome::Copied { .. } => {
+            Outcome::Copied { bytes } => {
+                tracing::debug!(key = %key, bytes, "copied");
                 self.progress.objects_done.fetch_add(1, Ordering::Relaxed);
                 self.progress.throttle.succeeded(self.progress.transfers.load(Ordering::Relaxed));
             }
-            Outcome::Skipped { .. } => {
+            Outcome::Skipped { bytes } => {
+                tracing::debug!(key = %key, bytes, "skipped: the destination has it");
                 self.progress.objects_done.fetch_add(1, Ordering::Relaxed);
                 self.progress.objects_skipped.fetch_add(1, Ordering::Relaxed);
             }
             Outcome::Failed { fatal, reason } => {
-                self.progress.objects_failed.fetch_add(1, Ordering::Relaxed);
+                let failed = self.progress.objects_failed.fetch_add(1, Ordering::Relaxed) + 1;
+                // The first failures of a relay as they happen; all of them at -v.
+                if failed <= FAILURES_LOGGED_MAX {
+                    tracing::warn!(key = %key, "failed: {reason}");
+                } else {
+                    tracing::debug!(key = %key, "failed: {reason}");
+                }
                 if *fatal {
                     self.fatal.lock().expect("fatal lock").get_or_insert_with(|| reason.clone());
                     // Pairs with the Acquire loads in `stopped`.
@@ -703,9 +707,11 @@ impl Shared {
                 }
             }
             Outcome::Deferred { .. } => {
+                tracing::debug!(key = %key, "deferred: the destination's allowance for the period is spent");
                 self.progress.objects_deferred.fetch_add(1, Ordering::Relaxed);
             }
-            Outcome::NotAttempted { .. } => {
+            Outcome::NotAttempted { reason } => {
+                tracing::debug!(key = %key, "not attempted: {reason}");
                 self.progress.objects_not_attempted.fetch_add(1, Ordering::Relaxed);
             }
             Outcome::SessionBegun(_) | Outcome::PartCommitted(_) => unreachable!("asserted above"),
@@ -810,6 +816,7 @@ where
             return Err(e);
         }
         crate::metrics::record_error(&e, true);
+        tracing::debug!(attempt = tries + 1, "retrying: {e}");
         // An expired credential is fixed by the backend fetching a new one, not by
         // waiting: the first retry goes at once.
         let reauth_now = e.class() == crate::error::ErrorClass::Reauthenticate && !reauthenticated;

@@ -77,10 +77,7 @@ impl Stage {
         std::fs::create_dir_all(dir).map_err(|e| stage_err(dir, e))?;
         let removed = Stage::clean_leftovers(dir);
         if removed > 0 {
-            eprintln!(
-                "laminar: removed {removed} stage file(s) left in {} by a run that ended uncleanly",
-                dir.display()
-            );
+            tracing::info!("removed {removed} stage file(s) left in {} by a run that ended uncleanly", dir.display());
         }
         let pid = std::process::id();
         let lock_path = dir.join(format!("run-{pid}.lock"));
@@ -102,7 +99,7 @@ impl Stage {
         let o_direct = match laminar_tuning::host::probe_o_direct(&run_dir) {
             Ok(()) => true,
             Err(why) => {
-                eprintln!("laminar: {why}; stage files use buffered I/O");
+                tracing::warn!("{why}; stage files use buffered I/O");
                 false
             }
         };
@@ -177,8 +174,8 @@ impl Stage {
             .is_ok();
         if !reserved {
             if !self.warned_full.swap(true, Ordering::Relaxed) {
-                eprintln!(
-                    "laminar: warning: the stage quota ({}) is full; objects that would spill stream RAM to RAM instead (raise --stage-max or free space)",
+                tracing::warn!(
+                    "the stage quota ({}) is full; objects that would spill stream RAM to RAM instead (raise --stage-max or free space)",
                     laminar_tuning::HumanBytes(self.quota_bytes)
                 );
             }
@@ -210,8 +207,8 @@ impl Stage {
             Ok(file) => Ok(StageFile { stage: self.clone(), path, file, reserved_bytes: need, size }),
             Err(e) => {
                 self.used_bytes.fetch_sub(need, Ordering::AcqRel);
-                eprintln!(
-                    "laminar: warning: cannot make a stage file of {} in {}: {e}; this object streams RAM to RAM",
+                tracing::warn!(
+                    "cannot make a stage file of {} in {}: {e}; this object streams RAM to RAM",
                     laminar_tuning::HumanBytes(need),
                     self.run_dir.display()
                 );

@@ -69,7 +69,7 @@ fn missing_extra_and_differing_objects_are_each_named_and_exit_1() {
     let text = laminar(cfg, &data, &["check", "a:bkt-a/t", "b:bkt-b/t"]);
     assert_eq!(text.status.code(), Some(1));
     let err = String::from_utf8_lossy(&text.stderr);
-    assert!(err.contains("laminar: missing: t/f1.bin") && err.contains("laminar: extra: t/d0/new.bin"), "{err}");
+    assert!(err.contains(" ERROR missing: t/f1.bin") && err.contains(" ERROR extra: t/d0/new.bin"), "{err}");
     let out = String::from_utf8_lossy(&text.stdout);
     assert!(out.contains("10 the same, 1 missing, 1 differing, 1 extra"), "{out}");
     // --one-way: what only the destination holds is no difference; the rest still is.

@@ -109,10 +109,10 @@ fn off_a_terminal_stats_lines_come_at_the_interval_given() {
     let often = laminar(None, &data, &["relay", &src, &format!("file://{}/a", dir.path().display()), "--stats", "1ms"]);
     assert_eq!(often.status.code(), Some(0));
     let err = String::from_utf8_lossy(&often.stderr);
-    let line = err.lines().find(|l| l.starts_with("laminar: stats: ")).unwrap_or_else(|| panic!("{err}"));
+    let line = err.lines().find(|l| l.contains(" INFO stats: ")).unwrap_or_else(|| panic!("{err}"));
     assert!(line.contains(" objects: ") && line.contains("/s, "), "{line}");
     let never = laminar(None, &data, &["relay", &src, &format!("file://{}/b", dir.path().display()), "--stats", "0"]);
-    assert!(!String::from_utf8_lossy(&never.stderr).contains("laminar: stats:"));
+    assert!(!String::from_utf8_lossy(&never.stderr).contains("stats:"));
     let bad = laminar(None, &data, &["relay", &src, "file:///tmp/never", "--stats", "often"]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--stats \"often\""));
@@ -136,10 +136,82 @@ fn failures_are_summarised_on_stderr_and_listed_whole_in_json() {
     let text = laminar(None, &data, &["relay", &src, &dst, "--immutable"]);
     assert_eq!(text.status.code(), Some(1));
     let err = String::from_utf8_lossy(&text.stderr);
-    let listed = err.lines().filter(|l| l.starts_with("laminar: failed: ") && l.contains("--immutable")).count();
+    let listed = err.lines().filter(|l| l.contains(" ERROR failed: ") && l.contains("--immutable")).count();
     assert_eq!(listed, 20, "{err}");
-    assert!(err.contains("laminar: failed: 5 more, not listed here (--json lists them)"), "{err}");
+    assert!(err.contains(" ERROR failed: 5 more, not listed here (--json lists them)"), "{err}");
     let r = json(&laminar(None, &data, &["relay", &src, &dst, "--immutable", "--json"]));
     assert_eq!(r["failures"].as_array().unwrap().len(), 25);
     assert_eq!(std::fs::read(out.join("f07")).unwrap(), b"one", "nothing overwritten");
+}
+
+/// Log lines: a timestamp and a level each; `-q` keeps errors only, `-v` adds each
+/// object's outcome, `-vv` each step of its route; `--log-format json` writes one
+/// object a line; `--log-file` takes the log off standard error, while a fatal error
+/// is still said there.
+#[test]
+fn log_levels_formats_and_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, data) = (dir.path().join("src"), dir.path().join("data"));
+    for i in 0..3 {
+        put(&root, &format!("f{i}"), &vec![i as u8; 1000], 0);
+    }
+    let src = format!("file://{}", root.display());
+    let mut n = 0;
+    let mut relay = |extra: &[&str]| {
+        n += 1;
+        let dst = format!("file://{}/out{n}", dir.path().display());
+        // Both an include and an exclude: a note at INFO says how they combine.
+        let mut args = vec!["relay", &src, &dst, "--include", "f*", "--exclude", "g*"];
+        args.extend_from_slice(extra);
+        let out = laminar(None, &data, &args);
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let levels = |log: &str| -> Vec<String> {
+        log.lines()
+            .map(|l| {
+                let mut words = l.split_whitespace();
+                let at = words.next().unwrap_or_default();
+                assert!(humantime::parse_rfc3339(at).is_ok(), "no timestamp: {l}");
+                words.next().unwrap_or_default().to_string()
+            })
+            .collect()
+    };
+    let default = relay(&[]);
+    assert!(default.contains(" INFO --include rules are taken before --exclude rules"), "{default}");
+    assert!(levels(&default).iter().all(|l| ["ERROR", "WARN", "INFO"].contains(&l.as_str())), "{default}");
+    assert_eq!(relay(&["-q"]), "", "-q leaves errors only");
+    let verbose = relay(&["-v"]);
+    assert!(verbose.lines().any(|l| l.contains(" DEBUG copied key=f1 bytes=1000")), "{verbose}");
+    assert!(!levels(&verbose).contains(&"TRACE".to_string()), "{verbose}");
+    let very = relay(&["-vv"]);
+    assert!(very.lines().any(|l| l.contains(" TRACE route f2 ")), "{very}");
+    // JSON lines: every line an object with its timestamp, level and message.
+    let json_log = relay(&["-v", "--log-format", "json"]);
+    let events: Vec<serde_json::Value> = json_log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(events.iter().all(|e| e["timestamp"].is_string() && e["level"].is_string() && e["message"].is_string()));
+    let copied: Vec<_> = events.iter().filter(|e| e["message"] == "copied").collect();
+    assert_eq!(copied.len(), 3, "{json_log}");
+    assert!(copied.iter().all(|e| e["bytes"] == 1000 && e["key"].as_str().unwrap().starts_with('f')));
+    // A log file: appended to, nothing on standard error.
+    let file = dir.path().join("laminar.log");
+    let flag = file.to_str().unwrap();
+    assert_eq!(relay(&["-v", "--log-file", flag]), "");
+    assert_eq!(relay(&["--log-file", flag]), "");
+    let kept = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(kept.lines().filter(|l| l.contains(" DEBUG copied ")).count(), 3, "{kept}");
+    assert_eq!(kept.lines().filter(|l| l.contains("--include rules are taken")).count(), 2, "{kept}");
+    // A fatal error: in the file, and said plainly on standard error too.
+    let missing = format!("file://{}/nowhere", dir.path().display());
+    let failed = laminar(None, &data, &["relay", &missing, "file:///tmp/never", "--log-file", flag]);
+    assert_eq!(failed.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert!(err.starts_with("laminar: error: source directory ") && err.lines().count() == 1, "{err}");
+    assert!(std::fs::read_to_string(&file).unwrap().lines().last().unwrap().contains(" ERROR source directory "));
+    // A log file that cannot be opened is a usage error naming it.
+    let bad = laminar(None, &data, &["relay", &src, "file:///tmp/never", "--log-file", "/no/such/dir/x.log"]);
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.starts_with("laminar: error: --log-file /no/such/dir/x.log: ") && err.lines().count() == 1, "{err}");
+    assert!(!Path::new("/tmp/never").exists());
 }

@@ -213,7 +213,7 @@ fn the_local_image_builds_offline_and_runs_the_demo_as_its_user() {
         // podman's default profile answers io_uring_setup with ENOSYS or EPERM; either
         // way the line names seccomp and the flag, not an old kernel (or, on kernels
         // before 5.12 that charge the rings to a low memlock limit, names memlock).
-        let line = stderr.lines().find(|l| l.starts_with("laminar: using the epoll driver:"));
+        let line = stderr.lines().find(|l| l.contains(" using the epoll driver:"));
         let line = line.unwrap_or_else(|| panic!("epoll without the reason: {stderr}"));
         assert!(
             line.contains("seccomp=unconfined") || line.contains("memlock"),
@@ -257,7 +257,7 @@ fn with_io_uring_blocked_by_seccomp_the_demo_runs_on_epoll_and_says_why() {
     let out = image.run(&["--security-opt", &opt], &DEMO_ARGS);
     assert_eq!(demo_succeeded(&out), "epoll");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let line = stderr.lines().find(|l| l.starts_with("laminar: using the epoll driver:")).unwrap_or_else(|| {
+    let line = stderr.lines().find(|l| l.contains(" using the epoll driver:")).unwrap_or_else(|| {
         panic!("no line saying why the epoll driver is used: {stderr}");
     });
     assert!(line.contains("not permitted") && line.contains("seccomp"), "the line does not name seccomp: {line}");

@@ -21,7 +21,7 @@
 //! or percent-encoded still shows):
 //!
 //! - stdout and stderr of `laminar relay` (with `--json`), `laminar ls`, `laminar plan`
-//!   (and `--json`), `laminar serve` and `laminar job`, with `LAMINAR_LOG=debug`;
+//!   (and `--json`), `laminar serve` and `laminar job`, with `LAMINAR_LOG=trace` (every request logged);
 //! - the appliance's answers: job views (`GET /v1/jobs`, `/v1/jobs/ID`), error bodies
 //!   (a remote that does not resolve is a 422 naming it), `/metrics`, the dashboard
 //!   (`GET /`), `/v1/workers`, the probes; and again after a restart restores the jobs;
@@ -816,7 +816,7 @@ impl World {
             .arg(config)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("LAMINAR_DATA_DIR", self.data_dir().join(data))
-            .env("LAMINAR_LOG", "debug")
+            .env("LAMINAR_LOG", "trace")
             .stdin(Stdio::null());
         cmd
     }
@@ -1193,7 +1193,7 @@ fn tokens_refreshed_in_the_middle_of_a_relay_show_no_secret() {
         .args(["relay", "dbx:Seed", "gd:Tokens", "--transfers", "2", "--json"])
         .env("LAMINAR_TEST_DBX_REFRESH", dbx.refresh_token())
         .env("LAMINAR_DATA_DIR", dir.path().join("data"))
-        .env("LAMINAR_LOG", "debug")
+        .env("LAMINAR_LOG", "trace")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

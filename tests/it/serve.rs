@@ -754,6 +754,16 @@ fn jobs_share_the_workers_and_one_failing_leaves_the_others_running() {
     assert!(job["error"].as_str().unwrap().contains("no-such-bucket"), "{job}");
     c.b.rclone_check_download(&c.a, "bkt-a/shared", "bkt-b/one").unwrap();
     c.b.rclone_check_download(&c.a, "bkt-a/shared", "bkt-b/two").unwrap();
+    // The log tells each job's life: its start, its end with its counters, a failure
+    // with its cause.
+    let log = std::fs::read_to_string(&app.stderr).unwrap();
+    for id in [&first, &second] {
+        let said = |what: &str| log.lines().any(|l| l.contains(what) && l.contains(&format!("job={id}")));
+        assert!(said(" INFO job started") && said("source=a:bkt-a/shared"), "{log}");
+        assert!(said(" INFO job succeeded") && said("objects_copied=120"), "{log}");
+    }
+    let failed = log.lines().find(|l| l.contains(" ERROR job failed: ") && l.contains(&format!("job={bad}")));
+    assert!(failed.is_some_and(|l| l.contains("no-such-bucket")), "{log}");
     // The appliance is still ready and takes more work.
     assert_eq!(app.ok("GET", "/readyz", None)["ready"], true);
     let again = app.submit(spec("shared", "one"));

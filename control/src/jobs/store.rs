@@ -132,7 +132,7 @@ impl JobStore {
             params![id, seq as i64, spec, state.name(), record, finished_unix.map(|t| t as i64)],
         );
         if let Err(e) = result {
-            eprintln!("laminar: warning: job {id} was not saved: {}", db_error(&self.path, e));
+            tracing::warn!("job {id} was not saved: {}", db_error(&self.path, e));
         }
     }
 
@@ -164,10 +164,7 @@ impl JobStore {
             });
             match parsed {
                 Ok((spec, state, record)) => jobs.push(SavedJob { id, seq: seq as u64, spec, state, record }),
-                Err(e) => eprintln!(
-                    "laminar: warning: job {id} in {} cannot be read ({e}); it is not listed",
-                    self.path.display()
-                ),
+                Err(e) => tracing::warn!("job {id} in {} cannot be read ({e}); it is not listed", self.path.display()),
             }
         }
         Ok(jobs)
@@ -186,7 +183,7 @@ impl JobStore {
                 [before_unix as i64],
             );
             if let Err(e) = deleted {
-                eprintln!("laminar: warning: old jobs were not pruned: {}", db_error(&self.path, e));
+                tracing::warn!("old jobs were not pruned: {}", db_error(&self.path, e));
                 return Vec::new();
             }
         }

@@ -343,6 +343,7 @@ impl HttpClient {
             let mut conn = self.checkout(&pool, endpoint, role, req.op, req.target).await?;
             let reused = conn.reused;
             let mut pace = Pace::start();
+            let began = std::time::Instant::now();
             let streamed = matches!(body, RequestBody::Stream(_));
             let (result, returned) = self.exchange(&mut conn, endpoint, req, body, &mut pace).await;
             // A streamed body comes back only if none of it was sent; once it was, its
@@ -352,6 +353,16 @@ impl HttpClient {
             body = returned;
             match result {
                 Ok((head, framing)) => {
+                    // The path without its query, which may carry a signature.
+                    let path = req.path.split('?').next().unwrap_or_default();
+                    tracing::trace!(
+                        endpoint = %endpoint.authority(),
+                        status = head.status,
+                        ms = began.elapsed().as_millis() as u64,
+                        reused,
+                        "{} {path}",
+                        req.method
+                    );
                     let response = Response {
                         head,
                         conn: Some(conn),

@@ -104,7 +104,7 @@ impl Engine {
         if let Some(line) = fallback {
             // Once per process: a demo or a served appliance starts more than one engine.
             static SAID: std::sync::Once = std::sync::Once::new();
-            SAID.call_once(|| eprintln!("laminar: {line}"));
+            SAID.call_once(|| tracing::warn!("{line}"));
         }
         let cpus = laminar_tuning::allowed_cpus();
         let workers = opts.workers.unwrap_or(cpus.len()).max(1);
@@ -463,13 +463,13 @@ async fn sweep(shared: &Shared) {
     };
     match swept {
         Ok(0) => {}
-        Ok(n) => eprintln!(
-            "laminar: removed {n} temporary file{} that a killed relay left at {}",
+        Ok(n) => tracing::info!(
+            "removed {n} temporary file{} that a killed relay left at {}",
             if n == 1 { "" } else { "s" },
             shared.dst.display
         ),
         Err(e) => {
-            eprintln!("laminar: warning: what killed relays left at {} was not cleaned up: {e}", shared.dst.display)
+            tracing::warn!("what killed relays left at {} was not cleaned up: {e}", shared.dst.display)
         }
     }
 }
@@ -481,7 +481,7 @@ async fn abort_uploads(shared: &Shared, uploads: Vec<crate::journal::Resumable>)
     let sink = match shared.dst.backend.open_sink(&ctx) {
         Ok(sink) => sink,
         Err(e) => {
-            eprintln!("laminar: warning: uploads left by an earlier run were not aborted: {e}");
+            tracing::warn!("uploads left by an earlier run were not aborted: {e}");
             return;
         }
     };
@@ -498,7 +498,7 @@ async fn abort_uploads(shared: &Shared, uploads: Vec<crate::journal::Resumable>)
                     journal.ended(&key);
                 }
             }
-            Err(e) => eprintln!("laminar: warning: the upload of {key} left by an earlier run was not aborted: {e}"),
+            Err(e) => tracing::warn!("the upload of {key} left by an earlier run was not aborted: {e}"),
         }
     }
 }

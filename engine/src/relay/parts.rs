@@ -351,8 +351,8 @@ async fn part(ctx: &Ctx, job: &ObjectJob, session: &dyn UploadSession, spec: Par
             }
             Err(e) => {
                 crate::metrics::record_error(&e, true);
-                eprintln!(
-                    "laminar: warning: part {} of {} could not be sent from the stage ({e}); sending it from the source",
+                tracing::warn!(
+                    "part {} of {} could not be sent from the stage ({e}); sending it from the source",
                     spec.number,
                     job.src_key()
                 );
@@ -596,8 +596,8 @@ fn source_blocks_hash(job: &ObjectJob) -> Option<Result<&'static str, (String, S
 /// Warns that an object read twice the same does not have the MD5 of part MD5s its
 /// source's ETag names: that store does not make its ETags so (for some objects).
 pub(super) fn composite_does_not_vouch(key: &str, reported: &dyn std::fmt::Display, got: &dyn std::fmt::Display) {
-    eprintln!(
-        "laminar: warning: {key}: read twice the same, its bytes do not have the source's {reported} ({got}): \
+    tracing::warn!(
+        "{key}: read twice the same, its bytes do not have the source's {reported} ({got}): \
          the store's hash of its parts does not hash them (an ETag that is not the MD5 of its parts' MD5s here); checked hop by hop"
     );
 }
@@ -642,8 +642,8 @@ async fn finish_session(
     }
     for i in lost {
         let sent = parts[i].clone();
-        eprintln!(
-            "laminar: {}: the destination no longer holds part {} ({refused}); sending it again",
+        tracing::warn!(
+            "{}: the destination no longer holds part {} ({refused}); sending it again",
             job.src_key(),
             sent.number
         );

@@ -399,16 +399,12 @@ pub(super) fn record(report: &mut Report, result: ObjectResult) {
             }
         }
         // Steps on the way: the report counts objects; a journal persists these.
-        Outcome::SessionBegun(state) if super::debug_log() => {
-            eprintln!("laminar: {}: session begun for {} ({} bytes)", result.key, state.key, state.plan.size);
+        Outcome::SessionBegun(state) => {
+            tracing::trace!("{}: session begun for {} ({} bytes)", result.key, state.key, state.plan.size);
         }
-        Outcome::PartCommitted(part) if super::debug_log() => {
-            eprintln!(
-                "laminar: {}: part {} committed ({} bytes at {})",
-                result.key, part.number, part.len, part.offset
-            );
+        Outcome::PartCommitted(part) => {
+            tracing::trace!("{}: part {} committed ({} bytes at {})", result.key, part.number, part.len, part.offset);
         }
-        Outcome::SessionBegun(_) | Outcome::PartCommitted(_) => {}
     }
 }
 

@@ -144,8 +144,8 @@ pub(super) async fn fill(ctx: &Ctx, task: &PartTask) {
             ctx.shared.stats.stage_bytes_written.fetch_add(range.1 - range.0, Ordering::Relaxed);
             job.large().staged[task.index as usize] = Some((sum, source_busy));
         }
-        Err(e) => eprintln!(
-            "laminar: warning: staging part {} of {} failed ({e}); it is sent from the source instead",
+        Err(e) => tracing::warn!(
+            "staging part {} of {} failed ({e}); it is sent from the source instead",
             task.index + 1,
             job.src_key()
         ),

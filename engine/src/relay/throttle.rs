@@ -170,9 +170,9 @@ impl Throttle {
             let per_s = (measured * RATE_CUT).min(pace.per_s.unwrap_or(f64::MAX));
             pace.per_s = Some(per_s.max(0.1));
             self.set_floor(pace.per_s);
-            if super::debug_log() {
-                eprintln!("laminar: a store refused: {measured:.1} objects copied in the last second, starts paced at {per_s:.1}/s");
-            }
+            tracing::debug!(
+                "a store refused: {measured:.1} objects copied in the last second, starts paced at {per_s:.1}/s"
+            );
             pace.measured_per_s = measured;
             pace.raised_ms = now_ms;
             pace.refused = true;

@@ -552,7 +552,7 @@ pub(super) async fn start_over(ctx: &Rc<Ctx>, job: &ObjectJob, e: &Error) -> boo
     } else {
         format!("{e}; reading and sending it again from the start")
     };
-    eprintln!("laminar: {}: {why}", job.src_key);
+    tracing::warn!("{}: {why}", job.src_key);
     ctx.unlanded(std::mem::take(&mut job.large().landed_bytes));
     if size != job.size {
         let p = &ctx.shared.progress;

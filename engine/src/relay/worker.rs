@@ -22,7 +22,7 @@ pub(super) fn run(index: usize, engine: Arc<EngineInner>, ready: Ready) {
     let stats = engine.workers[index].clone();
     if let Some(cpu) = stats.cpu {
         if let Err(e) = laminar_tuning::pin_current_thread(cpu) {
-            eprintln!("laminar: worker {index} not pinned to CPU {cpu}: {e}");
+            tracing::warn!("worker {index} not pinned to CPU {cpu}: {e}");
         }
     }
     crate::metrics::set_thread_shard(stats.shard.clone());
@@ -41,14 +41,14 @@ pub(super) fn run(index: usize, engine: Arc<EngineInner>, ready: Ready) {
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            eprintln!("laminar: worker {index} failed: {what}");
+            tracing::error!("worker {index} failed: {what}");
             return;
         }
     };
     if let (Err(e), Driver::IoUring) = (&result, driver) {
         // The probe passed on the main thread, but this thread's ring could not be made
         // (e.g. a per-thread memlock charge on old kernels): carry on with epoll.
-        eprintln!("laminar: worker {index}: io_uring ring could not be created ({e}); using epoll for this worker");
+        tracing::warn!("worker {index}: io_uring ring could not be created ({e}); using epoll for this worker");
         result = crate::runtime::block_on(Driver::Epoll, run_loop(engine.clone(), index, Driver::Epoll, ready.clone()));
     }
     if let Err(e) = result {
