@@ -394,14 +394,14 @@ impl Job {
         let c = self.counters();
         match inner.state {
             State::Running if was == State::Pending => tracing::info!(
-                job = id,
+                job = %id,
                 source = %self.spec.source,
                 destination = %self.spec.destination,
                 dry_run = self.spec.dry_run,
                 "job started"
             ),
             State::Succeeded | State::Cancelled => tracing::info!(
-                job = id,
+                job = %id,
                 objects_copied = c.objects_copied,
                 objects_skipped = c.objects_skipped,
                 bytes_copied = c.bytes_copied,
@@ -410,10 +410,10 @@ impl Job {
             ),
             State::Failed => {
                 for f in inner.failures.iter().take(FAILURES_LOGGED_MAX) {
-                    tracing::warn!(job = id, key = %f.key, "failed: {}", f.reason);
+                    tracing::warn!(job = %id, key = %f.key, "failed: {}", f.reason);
                 }
                 tracing::error!(
-                    job = id,
+                    job = %id,
                     objects_copied = c.objects_copied,
                     objects_failed = c.objects_failed,
                     bytes_copied = c.bytes_copied,
@@ -421,7 +421,7 @@ impl Job {
                     inner.error.as_deref().unwrap_or("unknown error")
                 );
             }
-            _ => tracing::info!(job = id, from = was.name(), "job {state}"),
+            _ => tracing::info!(job = %id, from = was.name(), "job {state}"),
         }
     }
 
