@@ -1,5 +1,6 @@
 //! Test support for Laminar's integration tests against real servers.
 //!
+//! - [`browser`]: headless Chromium driven over the DevTools protocol (click, type, read).
 //! - [`proxy`]: a fault-injecting TCP proxy (flip a byte, cut every connection).
 //! - [`disk`]: a small real file system to fill up.
 //! - [`Clouds`]: two real SeaweedFS servers and a laminar.toml naming them.
@@ -8,6 +9,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod browser;
 pub mod disk;
 pub mod proxy;
 
