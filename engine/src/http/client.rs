@@ -354,14 +354,14 @@ impl HttpClient {
             match result {
                 Ok((head, framing)) => {
                     // The path without its query, which may carry a signature.
-                    let path = req.path.split('?').next().unwrap_or_default();
                     tracing::trace!(
                         endpoint = %endpoint.authority(),
                         status = head.status,
                         ms = began.elapsed().as_millis() as u64,
                         reused,
-                        "{} {path}",
-                        req.method
+                        "{} {}",
+                        req.method,
+                        req.path.split('?').next().unwrap_or_default()
                     );
                     let response = Response {
                         head,
