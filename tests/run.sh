@@ -93,9 +93,11 @@ install_tools() {
 install_tools
 
 # The TLS test makes a private CA with the openssl command; the dashboard test
-# loads the page in headless Chromium; the stage benchmark runs beside fio.
+# loads the page in headless Chromium; the stage benchmark runs beside fio; the
+# progress display is read off a real terminal in tmux, beside rclone's.
 MISSING=()
 command -v openssl >/dev/null 2>&1 || MISSING+=(openssl)
+command -v tmux >/dev/null 2>&1 || MISSING+=(tmux)
 command -v chromium >/dev/null 2>&1 || MISSING+=(chromium)
 command -v fio >/dev/null 2>&1 || MISSING+=(fio)
 [ "${#MISSING[@]}" = 0 ] || apt_install "${MISSING[@]}"

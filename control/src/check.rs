@@ -60,9 +60,12 @@ pub fn run(config: Option<&Path>, args: CheckArgs) -> Result<u8, Fail> {
         ..RelayOptions::default()
     };
     opts.filter = args.filters.build()?;
-    let progress = VerifyProgress::default();
-    let mut report =
-        relay::verify(&src, &dst, &opts, &CheckOptions::report(args.download, Unvouched::SizeOnly), &progress)?;
+    let progress = std::sync::Arc::new(VerifyProgress::default());
+    let how = CheckOptions::report(args.download, Unvouched::SizeOnly);
+    let quiet = !tracing::enabled!(tracing::Level::INFO);
+    let mut report = crate::progress::while_checking(&progress, quiet, || {
+        relay::verify(&src, &dst, &opts, &how, &progress).map_err(Fail::from)
+    })?;
     if args.one_way {
         report.problems.retain(|p| p.kind != ProblemKind::Extra);
         report.objects_extra = 0;

@@ -58,6 +58,8 @@ enum Command {
     Lsjson(crate::list::LsjsonArgs),
     /// Count the objects under a URL and their bytes
     Size(crate::list::SizeArgs),
+    /// Make a folder, with its parents (on S3: the bucket)
+    Mkdir(crate::list::MkdirArgs),
     /// Generate a sample dataset, relay it through the engine, verify and clean up
     Demo(DemoArgs),
     /// Show what Laminar detects on this host and the resources it plans to use
@@ -288,6 +290,7 @@ pub fn main() -> ExitCode {
         Command::Ls(args) => crate::list::run_ls(cli.config.as_deref(), args),
         Command::Lsjson(args) => crate::list::run_lsjson(cli.config.as_deref(), args),
         Command::Size(args) => crate::list::run_size(cli.config.as_deref(), args),
+        Command::Mkdir(args) => crate::list::run_mkdir(cli.config.as_deref(), args),
         Command::Demo(args) => crate::demo::run(args),
         Command::Plan(args) => crate::plan::run_plan(args),
         Command::Init(args) => crate::plan::run_init(args),

@@ -327,17 +327,24 @@ fn follow_job(client: &Client, first: &Value, quiet: bool) -> Result<Value, Fail
         if let Some(bar) = &bar {
             let c = &value["counters"];
             bar.set_length(c["bytes_total"].as_u64().unwrap_or(0));
-            bar.set_position(c["bytes_copied"].as_u64().unwrap_or(0));
+            let done = c["bytes_streamed"].as_u64().or(c["bytes_copied"].as_u64()).unwrap_or(0);
+            bar.set_position(done);
             let n = |k: &str| c[k].as_u64().unwrap_or(0);
+            let stores =
+                |k: &str| ["source", "destination"].iter().filter_map(|s| value["stores"][s][k].as_u64()).sum();
+            let verify = &value["verify"];
             let snapshot = crate::progress::Snapshot {
-                bytes_done: n("bytes_copied"),
+                bytes_done: done,
                 bytes_total: n("bytes_total"),
                 objects_done: n("objects_copied") + n("objects_skipped"),
                 objects_total: n("objects_total"),
                 skipped: n("objects_skipped"),
                 failed: n("objects_failed"),
-                listing: false,
+                retried: stores("retries"),
+                throttled: stores("throttled"),
+                listing: value["listing"] == true,
                 paused: value["state"] == "paused",
+                verifying: (verify["state"] == "running").then(|| verify["objects_checked"].as_u64().unwrap_or(0)),
                 elapsed: Duration::ZERO,
             };
             bar.set_message(snapshot.message());

@@ -130,6 +130,27 @@ impl Config {
     }
 
     /// Turns a URL into a location.
+    /// The S3 account `url` names when it is a remote of type s3 (or `s3://`) with
+    /// no bucket: what `laminar ls` lists the buckets of. None for any other URL.
+    pub fn account(&self, url: &str) -> Result<Option<s3::S3Config>> {
+        if let Some(rest) = url.strip_prefix("s3://") {
+            return match rest.trim_matches('/').is_empty() {
+                true => s3::from_env("").map(Some),
+                false => Ok(None),
+            };
+        }
+        let Some((name, rest)) = url.split_once(':') else { return Ok(None) };
+        if url.contains("://") || !rest.trim_matches('/').is_empty() {
+            return Ok(None);
+        }
+        match self.remotes.get(name) {
+            Some(table) if table.get("type").and_then(toml::Value::as_str) == Some(s3::TYPE.name) => {
+                s3::account(name, table.clone()).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
     pub fn location(&self, url: &str) -> Result<Location> {
         if let Some(c) = url.chars().find(|c| c.is_control()) {
             return Err(Error::Usage(format!(

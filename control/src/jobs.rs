@@ -16,7 +16,7 @@
 mod store;
 
 pub use store::SavedCounters;
-use store::{JobRecord, SavedJob, SavedRates};
+use store::{JobRecord, SavedJob, SavedRates, StoreCounters};
 pub use store::{JobStore, ServeLock};
 
 use std::collections::VecDeque;
@@ -27,7 +27,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::config::Config;
 use laminar_engine::checksum::ChecksumAlgo;
 use laminar_engine::rate::Bwlimit;
-use laminar_engine::relay::{self, Engine, Failure, FilterSpec, Location, Progress, RelayOptions, VerifyProgress};
+use laminar_engine::relay::{
+    self, Engine, Failure, FilterSpec, Location, Progress, RelayOptions, Side, VerifyProgress,
+};
 
 /// Jobs kept after they end; the oldest finished ones are forgotten beyond this.
 pub const FINISHED_JOBS_KEPT_MAX: usize = 1000;
@@ -341,6 +343,18 @@ struct Baseline {
     rerun: bool,
 }
 
+/// Each store's failed attempts: this process's counts over what earlier runs counted.
+fn store_counters(base: &SavedCounters, p: &Progress) -> [StoreCounters; 2] {
+    [Side::Source, Side::Destination].map(|side| {
+        let (b, s) = (base.stores[side as usize], p.store(side));
+        StoreCounters {
+            retries: b.retries + s.retries.load(Ordering::Relaxed),
+            throttled: b.throttled + s.throttled.load(Ordering::Relaxed),
+            errors: b.errors + s.errors.load(Ordering::Relaxed),
+        }
+    })
+}
+
 fn unix_s(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
@@ -441,6 +455,7 @@ impl Job {
                 bytes_total: base.bytes_total.max(p.bytes_total.load(Ordering::Relaxed)),
                 bytes_copied: base.bytes_copied + p.bytes_done.load(Ordering::Relaxed),
                 throttle_cuts: base.throttle_cuts + p.throttle.cuts(),
+                stores: store_counters(&base, p),
             };
         }
         // Run again: what earlier runs copied is skipped now, so only skips beyond
@@ -454,6 +469,34 @@ impl Job {
             bytes_total: p.bytes_total.load(Ordering::Relaxed),
             bytes_copied: base.bytes_copied + p.bytes_done.load(Ordering::Relaxed),
             throttle_cuts: base.throttle_cuts + p.throttle.cuts(),
+            stores: store_counters(&base, p),
+        }
+    }
+
+    /// The job's stores as the API shows them: each one's remote and what its
+    /// failed attempts cost the job.
+    fn stores_view(&self, c: &SavedCounters) -> serde_json::Value {
+        let remotes = self.stores();
+        let mut out = serde_json::Map::new();
+        for side in [Side::Source, Side::Destination] {
+            let s = c.stores[side as usize];
+            let view = serde_json::json!({
+                "remote": remotes[side as usize],
+                "retries": s.retries,
+                "throttled": s.throttled,
+                "errors": s.errors,
+            });
+            out.insert(side.name().to_string(), view);
+        }
+        serde_json::Value::Object(out)
+    }
+
+    /// The remote labels of the job's source and destination (empty when a restored
+    /// job's remote no longer resolves).
+    pub fn stores(&self) -> [String; 2] {
+        match &self.ends {
+            Ok((src, dst)) => [src.remote_label().to_string(), dst.remote_label().to_string()],
+            Err(_) => [String::new(), String::new()],
         }
     }
 
@@ -498,6 +541,16 @@ impl Job {
     /// The job's state now.
     pub fn state(&self) -> State {
         self.lock().state
+    }
+
+    /// How long ago the job ended (None while it has not).
+    pub fn finished_ago(&self) -> Option<Duration> {
+        let inner = self.lock();
+        if !inner.state.is_terminal() {
+            return None;
+        }
+        let at = humantime::parse_rfc3339_weak(inner.finished_at.as_deref()?).ok()?;
+        Some(SystemTime::now().duration_since(at).unwrap_or_default())
     }
 
     /// Bytes per second over the last few seconds (0 unless running).
@@ -559,8 +612,16 @@ impl Job {
                 "objects_planned": inner.objects_planned,
                 "bytes_total": c.bytes_total,
                 "bytes_copied": c.bytes_copied,
+                // Bytes moved so far, counted as they stream from the source (what a
+                // progress bar shows); bytes_copied counts only what landed.
+                "bytes_streamed": crate::progress::streamed(
+                    c.bytes_copied,
+                    self.baseline.counters.bytes_copied + p.rates.bytes_read(),
+                    c.bytes_total,
+                ),
                 "throttle_cuts": c.throttle_cuts,
             },
+            "stores": self.stores_view(&c),
             // Whether the source's listing is still growing the totals (an ETA means
             // little until it is done). A job restored after it ended never listed here.
             "listing": !inner.state.is_terminal() && !p.listing_done.load(Ordering::Relaxed),
@@ -615,7 +676,7 @@ pub struct Keeping {
 }
 
 /// Counters of jobs no longer listed.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ForgottenTotals {
     /// Bytes relayed.
     pub bytes: u64,
@@ -625,6 +686,8 @@ pub struct ForgottenTotals {
     pub skipped: u64,
     /// Objects failed.
     pub failed: u64,
+    /// Objects never attempted.
+    pub not_attempted: u64,
 }
 
 impl Jobs {
@@ -893,6 +956,7 @@ impl Jobs {
                 f.copied += c.objects_copied;
                 f.skipped += c.objects_skipped;
                 f.failed += c.objects_failed;
+                f.not_attempted += old.progress.objects_not_attempted.load(Ordering::Relaxed);
                 if let Some(store) = &self.store {
                     store.forget(&old.id);
                 }

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use clap::Args;
-use laminar_engine::backend::Entry;
+use laminar_engine::backend::{s3, Entry};
 use laminar_engine::relay;
 use laminar_engine::runtime::DriverChoice;
 use laminar_tuning::HumanBytes;
@@ -68,7 +68,23 @@ fn walk(config: Option<&Path>, listed: &Listed, f: &mut dyn FnMut(&str, &Entry))
     Ok(())
 }
 
+/// The buckets of the account `listed` names, if it names one (an S3 remote with
+/// no bucket).
+fn buckets(config: Option<&Path>, listed: &Listed) -> Result<Option<Vec<s3::Bucket>>, Fail> {
+    let config = Config::load(config)?;
+    let Some(account) = config.account(&listed.url)? else { return Ok(None) };
+    let driver = DriverChoice::parse(&listed.driver)
+        .ok_or_else(|| usage(format!("--driver {:?}: use auto, io_uring or epoll", listed.driver)))?;
+    Ok(Some(s3::buckets(account, driver)?))
+}
+
 pub fn run_ls(config: Option<&Path>, args: ListArgs) -> Result<u8, Fail> {
+    if let Some(buckets) = buckets(config, &args.listed)? {
+        for b in buckets {
+            outln!("{:>12} {}/", "-", b.name);
+        }
+        return Ok(0);
+    }
     walk(config, &args.listed, &mut |rel, entry| outln!("{:>12} {rel}", entry.size))?;
     Ok(0)
 }
@@ -84,9 +100,32 @@ struct JsonItem<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     mod_time: Option<String>,
     is_dir: bool,
+    /// Set on the buckets of an account, as rclone writes them.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    is_bucket: bool,
 }
 
 pub fn run_lsjson(config: Option<&Path>, args: LsjsonArgs) -> Result<u8, Fail> {
+    if let Some(buckets) = buckets(config, &args.listed)? {
+        let items: Vec<JsonItem> = buckets
+            .iter()
+            .map(|b| JsonItem {
+                path: &b.name,
+                name: &b.name,
+                size: -1,
+                mod_time: b.created.clone(),
+                is_dir: true,
+                is_bucket: true,
+            })
+            .collect();
+        outln!("[");
+        for (i, item) in items.iter().enumerate() {
+            let comma = if i + 1 < items.len() { "," } else { "" };
+            outln!("{}{comma}", serde_json::to_string(item).expect("an item serialises"));
+        }
+        outln!("]");
+        return Ok(0);
+    }
     // rclone's layout: `[`, the items one a line with a comma after each but the
     // last, `]`. Each line waits for the next item to know whether it is the last.
     outln!("[");
@@ -104,13 +143,14 @@ pub fn run_lsjson(config: Option<&Path>, args: LsjsonArgs) -> Result<u8, Fail> {
         match top {
             Some(dir) if !args.recursive => {
                 if !args.files_only && dirs.insert(dir.to_string()) {
-                    emit(JsonItem { path: dir, name: dir, size: -1, mod_time: None, is_dir: true });
+                    emit(JsonItem { path: dir, name: dir, size: -1, mod_time: None, is_dir: true, is_bucket: false });
                 }
             }
             _ => {
                 let name = rel.rsplit('/').next().unwrap_or(rel);
                 let mod_time = entry.modified_unix_ms.map(format_ms);
-                emit(JsonItem { path: rel, name, size: entry.size as i64, mod_time, is_dir: false });
+                let size = entry.size as i64;
+                emit(JsonItem { path: rel, name, size, mod_time, is_dir: false, is_bucket: false });
             }
         }
     })?;
@@ -130,6 +170,10 @@ fn format_ms(ms: i64) -> String {
 }
 
 pub fn run_size(config: Option<&Path>, args: SizeArgs) -> Result<u8, Fail> {
+    if Config::load(config)?.account(&args.listed.url)?.is_some() {
+        let url = &args.listed.url;
+        return Err(usage(format!("{url:?} names no bucket: laminar size counts one bucket, write {url}BUCKET")));
+    }
     let (mut count, mut bytes) = (0u64, 0u64);
     walk(config, &args.listed, &mut |_, entry| {
         count += 1;
@@ -140,6 +184,44 @@ pub fn run_size(config: Option<&Path>, args: SizeArgs) -> Result<u8, Fail> {
     } else {
         outln!("Total objects: {count}");
         outln!("Total size: {} ({bytes} bytes)", HumanBytes(bytes));
+    }
+    Ok(0)
+}
+
+/// Flags of `laminar mkdir`.
+#[derive(Args)]
+pub struct MkdirArgs {
+    /// NAME:bucket/path, s3://bucket/path or file:///abs/path: the folder to make, with
+    /// its parents (on S3, which has no folders, the bucket)
+    url: String,
+    /// Event loop: auto, io_uring or epoll
+    #[arg(long, default_value = "auto")]
+    driver: String,
+}
+
+pub fn run_mkdir(config: Option<&Path>, args: MkdirArgs) -> Result<u8, Fail> {
+    let config = Config::load(config)?;
+    if config.account(&args.url)?.is_some() {
+        let url = &args.url;
+        return Err(usage(format!("{url:?} names no bucket: write {url}BUCKET to make one")));
+    }
+    let location = config.location(&args.url)?;
+    let driver = DriverChoice::parse(&args.driver)
+        .ok_or_else(|| usage(format!("--driver {:?}: use auto, io_uring or epoll", args.driver)))?;
+    let path = location.object.clone().unwrap_or_else(|| location.prefix.clone());
+    match relay::mkdir(&location, driver)? {
+        laminar_engine::backend::Made::Folder => tracing::info!("{}: the folder is there", args.url),
+        laminar_engine::backend::Made::Bucket(made) => {
+            let how = if made { "made" } else { "was there already" };
+            match path.trim_end_matches('/') {
+                "" => tracing::info!("{}: the bucket {how}", args.url),
+                path => tracing::info!(
+                    "{}: the bucket {how}; S3 has no folders, so {path:?} needs none: the objects written under it \
+                     make it",
+                    args.url
+                ),
+            }
+        }
     }
     Ok(0)
 }

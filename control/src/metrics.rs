@@ -8,11 +8,19 @@
 
 use std::sync::atomic::Ordering;
 
-use laminar_engine::metrics::{Totals, BUCKETS_SECONDS, ERROR_KINDS, OPS};
+use std::time::Duration;
+
+use laminar_engine::metrics::{Failures, Totals, BUCKETS_SECONDS, ERROR_KINDS, OPS};
+use laminar_engine::relay::Side;
 use prometheus::proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::Encoder;
 
-use crate::jobs::{Jobs, State};
+use crate::jobs::{ForgottenTotals, Jobs, State};
+
+/// How long a finished job keeps series of its own; after that its counts are summed
+/// under `job="forgotten"`, so that a long-lived appliance does not grow a series per
+/// job it ever ran (the job itself stays listed, see `--keep-jobs`).
+pub const FINISHED_SERIES_KEPT: Duration = Duration::from_secs(10 * 60);
 
 fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
     pairs
@@ -100,37 +108,44 @@ pub fn render(jobs: &Jobs) -> String {
         "Objects finished, by job and outcome (copied, skipped because already there, failed).",
     );
     let mut by_state = Family::gauge("laminar_jobs", "Jobs listed, by state.");
-    let mut in_flight_jobs =
-        Family::gauge("laminar_job_transfers", "Objects a job may have in flight (its transfers setting).");
-    let mut allowed = Family::gauge(
-        "laminar_job_transfers_allowed",
-        "Objects a job may have in flight now: its transfers setting, or fewer while a store throttles.",
-    );
+    let mut limits = JobLimits::new();
+    let mut stores = JobStores::new();
     let list = jobs.list();
     for state in State::ALL {
         let n = list.iter().filter(|j| j.state() == state).count();
         by_state.push(&[("state", state.name())], n as f64);
     }
+    let mut gone = jobs.forgotten.lock().expect("forgotten lock").clone();
     for job in &list {
-        let p = &job.progress;
         let c = job.counters();
+        if job.finished_ago().is_some_and(|ago| ago > FINISHED_SERIES_KEPT) {
+            gone.bytes += c.bytes_copied;
+            gone.copied += c.objects_copied;
+            gone.skipped += c.objects_skipped;
+            gone.failed += c.objects_failed;
+            gone.not_attempted += job.progress.objects_not_attempted.load(Ordering::Relaxed);
+            continue;
+        }
+        let p = &job.progress;
         bytes.push(&[("job", &job.id)], c.bytes_copied as f64);
         objects.push(&[("job", &job.id), ("outcome", "copied")], c.objects_copied as f64);
         objects.push(&[("job", &job.id), ("outcome", "skipped")], c.objects_skipped as f64);
         objects.push(&[("job", &job.id), ("outcome", "failed")], c.objects_failed as f64);
         let not_attempted = p.objects_not_attempted.load(Ordering::Relaxed) as f64;
         objects.push(&[("job", &job.id), ("outcome", "not_attempted")], not_attempted);
-        in_flight_jobs.push(&[("job", &job.id)], p.transfers.load(Ordering::Relaxed) as f64);
-        allowed.push(&[("job", &job.id)], p.throttle.limit(p.transfers.load(Ordering::Relaxed)) as f64);
+        limits.push(&job.id, p);
+        stores.push(&job.id, &job.stores(), &c);
     }
-    let gone = jobs.forgotten.lock().expect("forgotten lock").clone();
-    if gone.copied + gone.skipped + gone.failed > 0 {
+    if gone != ForgottenTotals::default() {
         bytes.push(&[("job", "forgotten")], gone.bytes as f64);
         objects.push(&[("job", "forgotten"), ("outcome", "copied")], gone.copied as f64);
         objects.push(&[("job", "forgotten"), ("outcome", "skipped")], gone.skipped as f64);
         objects.push(&[("job", "forgotten"), ("outcome", "failed")], gone.failed as f64);
+        objects.push(&[("job", "forgotten"), ("outcome", "not_attempted")], gone.not_attempted as f64);
     }
-    families.extend([bytes, objects, by_state, in_flight_jobs, allowed]);
+    families.extend([bytes, objects, by_state]);
+    families.extend(limits.families());
+    families.extend(stores.families());
 
     // Worker shards, summed; per-worker gauges.
     let mut totals = Totals::default();
@@ -162,13 +177,7 @@ pub fn render(jobs: &Jobs) -> String {
     totals.add(laminar_engine::metrics::shared_shard());
     families.extend([worker_bytes, cpu, transfers, ram, ram_used, driver]);
 
-    let mut retries = Family::counter("laminar_retries_total", "Attempts retried after a transient error, by kind.");
-    let mut errors =
-        Family::counter("laminar_errors_total", "Operations that failed for good (after retries), by kind.");
-    for (i, kind) in ERROR_KINDS.iter().enumerate() {
-        retries.push(&[("kind", kind)], totals.retries[i] as f64);
-        errors.push(&[("kind", kind)], totals.errors[i] as f64);
-    }
+    let [retries, errors, throttled] = failure_families(&totals);
     let mut mismatches = Family::counter(
         "laminar_checksum_mismatches_total",
         "Transfers whose bytes did not match a checksum (each attempt counts).",
@@ -209,7 +218,8 @@ pub fn render(jobs: &Jobs) -> String {
             laminar_engine::metrics::SOCKET_OPTIONS_REFUSED[i].load(Ordering::Relaxed) as f64,
         );
     }
-    families.extend([retries, errors, mismatches, ops, sockets, refused]);
+    families.extend([retries, errors, throttled, mismatches, ops, sockets, refused]);
+    families.extend(process_families());
     families.extend(connection_families());
     if let Some(stage) = engine.stage() {
         let mut bytes =
@@ -227,6 +237,142 @@ pub fn render(jobs: &Jobs) -> String {
     let mut out = Vec::new();
     prometheus::TextEncoder::new().encode(&families, &mut out).expect("text encoding to memory cannot fail");
     String::from_utf8(out).expect("the text format is UTF-8")
+}
+
+/// Failed attempts by remote: every remote seen so far gets a series of each kind,
+/// zero or not, so that a rate over them starts from the first scrape.
+fn failure_families(totals: &Totals) -> [Family; 3] {
+    let mut retries =
+        Family::counter("laminar_retries_total", "Attempts retried after a transient error, by remote and kind.");
+    let mut errors =
+        Family::counter("laminar_errors_total", "Operations that failed for good (after retries), by remote and kind.");
+    let mut throttled = Family::counter(
+        "laminar_throttled_total",
+        "Answers that refused an attempt as one too many (429, 503, SlowDown), retried or not, by remote.",
+    );
+    let none = Failures::default();
+    let remotes: std::collections::BTreeSet<&String> = totals.ops.keys().chain(totals.failures.keys()).collect();
+    for remote in remotes {
+        let f = totals.failures.get(remote).unwrap_or(&none);
+        for (i, kind) in ERROR_KINDS.iter().enumerate() {
+            retries.push(&[("remote", remote), ("kind", kind)], f.retries[i] as f64);
+            errors.push(&[("remote", remote), ("kind", kind)], f.errors[i] as f64);
+        }
+        throttled.push(&[("remote", remote)], f.throttled() as f64);
+    }
+    [retries, errors, throttled]
+}
+
+/// What a job may use and what it uses, as separate series: a limit is a gauge that
+/// moves when an operator scales the job; usage is a counter (rate it) or a gauge of
+/// what is under way now.
+struct JobLimits {
+    transfers: Family,
+    allowed: Family,
+    operations: Family,
+    bwlimit: Family,
+    tpslimit: Family,
+    requests: Family,
+    waited: Family,
+}
+
+impl JobLimits {
+    fn new() -> JobLimits {
+        JobLimits {
+            transfers: Family::gauge("laminar_job_transfers", "Limit: objects a job may have in flight (its transfers setting)."),
+            allowed: Family::gauge(
+                "laminar_job_transfers_allowed",
+                "Limit: objects a job may have in flight now, its transfers setting or fewer while a store throttles.",
+            ),
+            operations: Family::gauge(
+                "laminar_job_operations_in_flight",
+                "Usage: store operations of a job's transfers under way now, parts included.",
+            ),
+            bwlimit: Family::gauge(
+                "laminar_job_bwlimit_bytes_per_second",
+                "Limit: bytes per second a job may read (--bwlimit, as in force now); absent when unlimited. Its usage \
+                 is the rate of laminar_relayed_bytes_total.",
+            ),
+            tpslimit: Family::gauge(
+                "laminar_job_tpslimit_requests_per_second",
+                "Limit: requests per second a job may send (--tpslimit); absent when unlimited.",
+            ),
+            requests: Family::counter("laminar_job_requests_total", "Usage: requests a job has sent to its stores."),
+            waited: Family::counter(
+                "laminar_job_rate_limit_wait_seconds_total",
+                "Time a job's transfers spent waiting for its --bwlimit or --tpslimit, summed over workers.",
+            ),
+        }
+    }
+
+    fn push(&mut self, id: &str, p: &laminar_engine::relay::Progress) {
+        let job = [("job", id)];
+        let transfers = p.transfers.load(Ordering::Relaxed);
+        self.transfers.push(&job, transfers as f64);
+        self.allowed.push(&job, p.throttle.limit(transfers) as f64);
+        self.operations.push(&job, p.operations.load(Ordering::Relaxed) as f64);
+        if let Some(b) = p.rates.bytes.get() {
+            self.bwlimit.push(&job, b);
+        }
+        if let Some(r) = p.rates.requests.get() {
+            self.tpslimit.push(&job, r);
+        }
+        self.requests.push(&job, p.rates.requests_sent() as f64);
+        self.waited.push(&job, p.rates.waited().as_secs_f64());
+    }
+
+    fn families(self) -> [Family; 7] {
+        [self.transfers, self.allowed, self.operations, self.bwlimit, self.tpslimit, self.requests, self.waited]
+    }
+}
+
+/// Each job's failed attempts by store.
+struct JobStores {
+    retries: Family,
+    throttled: Family,
+    errors: Family,
+}
+
+impl JobStores {
+    fn new() -> JobStores {
+        JobStores {
+            retries: Family::counter(
+                "laminar_job_retries_total",
+                "Attempts a job retried, by store (side and remote).",
+            ),
+            throttled: Family::counter(
+                "laminar_job_throttled_total",
+                "Answers that refused a job's attempt as one too many, by store (side and remote).",
+            ),
+            errors: Family::counter(
+                "laminar_job_errors_total",
+                "A job's operations that failed for good (after retries), by store (side and remote).",
+            ),
+        }
+    }
+
+    fn push(&mut self, id: &str, remotes: &[String; 2], c: &crate::jobs::SavedCounters) {
+        for side in [Side::Source, Side::Destination] {
+            let (s, remote) = (c.stores[side as usize], &remotes[side as usize]);
+            let labels = [("job", id), ("side", side.name()), ("remote", remote.as_str())];
+            self.retries.push(&labels, s.retries as f64);
+            self.throttled.push(&labels, s.throttled as f64);
+            self.errors.push(&labels, s.errors as f64);
+        }
+    }
+
+    fn families(self) -> [Family; 3] {
+        [self.retries, self.throttled, self.errors]
+    }
+}
+
+/// The process's CPU time, memory, open file descriptors and threads, under the
+/// standard `process_*` names.
+fn process_families() -> Vec<Family> {
+    use prometheus::core::Collector;
+    static COLLECTOR: std::sync::OnceLock<prometheus::process_collector::ProcessCollector> = std::sync::OnceLock::new();
+    let collector = COLLECTOR.get_or_init(prometheus::process_collector::ProcessCollector::for_self);
+    collector.collect().into_iter().map(|mf| Family { mf }).collect()
 }
 
 /// The process's connections to each endpoint, bounded across every job (see

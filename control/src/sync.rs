@@ -80,9 +80,12 @@ pub fn run_sync(config_path: Option<&Path>, args: SyncArgs) -> Result<u8, Fail> 
         return Ok(code);
     }
     // What the destination holds that the source does not, by presence alone.
-    let progress = VerifyProgress::default();
+    let progress = std::sync::Arc::new(VerifyProgress::default());
+    let quiet = !tracing::enabled!(tracing::Level::INFO);
     let count = CheckOptions { presence_only: true, ..CheckOptions::report(false, Unvouched::SizeOnly) };
-    let found = relay::verify(&src, &dst, &opts, &count, &progress)?;
+    let found = crate::progress::while_checking(&progress, quiet, || {
+        relay::verify(&src, &dst, &opts, &count, &progress).map_err(Fail::from)
+    })?;
     let extra = found.objects_extra;
     let held = found.objects_matched + extra;
     let allowed = match args.max_delete {
@@ -124,7 +127,9 @@ pub fn run_sync(config_path: Option<&Path>, args: SyncArgs) -> Result<u8, Fail> 
     }
     let act = Act::DeleteExtra { max: extra, backup };
     let delete = CheckOptions { act, ..count };
-    let done = relay::verify(&src, &dst, &opts, &delete, &progress)?;
+    let done = crate::progress::while_checking(&progress, quiet, || {
+        relay::verify(&src, &dst, &opts, &delete, &progress).map_err(Fail::from)
+    })?;
     print_deletions(&done, doc, "at the destination");
     Ok(if done.delete_failures.is_empty() { 0 } else { 1 })
 }

@@ -468,6 +468,16 @@ pub trait Source: Store {
     }
 }
 
+/// What [`Sink::mkdir`] made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Made {
+    /// The folder is there (made now, or already).
+    Folder,
+    /// The bucket is there (`true`: made now); the store has no folders, so the
+    /// path below it needs none: the objects written under it make it.
+    Bucket(bool),
+}
+
 /// A boxed upload session borrowing its sink.
 pub type Session<'a> = Box<dyn UploadSession + 'a>;
 
@@ -480,6 +490,17 @@ pub trait Sink: Store {
     fn resume(&self, state: SessionState) -> Result<Session<'_>>;
     /// Writes a directory marker (zero-byte key ending in `/`).
     fn put_dir_marker<'a>(&'a self, key: &'a str, args: &'a PutArgs) -> LocalFuture<'a, Result<()>>;
+    /// Makes the folder `key` (`laminar mkdir`), with its parents; `""` is the
+    /// location itself. A folder already there is no error. The default makes a
+    /// directory marker, which stores with real folders turn into one.
+    fn mkdir<'a>(&'a self, key: &'a str) -> LocalFuture<'a, Result<Made>> {
+        Box::pin(async move {
+            if !key.is_empty() {
+                self.put_dir_marker(key, &PutArgs::default()).await?;
+            }
+            Ok(Made::Folder)
+        })
+    }
     /// Whether a server-side copy from `source` is possible.
     fn can_copy_from(&self, source: &CopySource) -> bool;
     /// Copies a whole object server-side.

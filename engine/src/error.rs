@@ -239,6 +239,24 @@ impl Error {
         }
     }
 
+    /// The operation that failed (`get`, `put`, `upload-part`, ...), where the error
+    /// names one.
+    pub fn op(&self) -> Option<&'static str> {
+        match self {
+            Error::Usage(_) | Error::Unvouched { .. } => None,
+            Error::Connect { op, .. }
+            | Error::Io { op, .. }
+            | Error::Http { op, .. }
+            | Error::Protocol { op, .. }
+            | Error::Integrity { op, .. }
+            | Error::Changed { op, .. }
+            | Error::InvalidKey { op, .. }
+            | Error::Tls { op, .. }
+            | Error::TooSlow { op, .. }
+            | Error::Timeout { op, .. } => Some(op),
+        }
+    }
+
     /// Shorthand for an I/O error.
     pub fn io(op: &'static str, target: impl Into<String>, source: std::io::Error) -> Error {
         Error::Io { op, target: target.into(), source }

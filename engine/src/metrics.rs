@@ -39,6 +39,7 @@ pub fn error_kind(e: &Error) -> usize {
 }
 
 const _: () = assert!(ERROR_KINDS.len() == 10);
+const _: () = assert!(matches!(ERROR_KINDS[THROTTLED].as_bytes(), b"throttled"));
 
 /// Backend operations timed per remote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,15 +102,39 @@ impl Histogram {
 pub struct Shard {
     /// Bytes that reached a destination.
     pub bytes_written: AtomicU64,
-    /// Retried attempts, by [`ERROR_KINDS`].
-    pub retries: [AtomicU64; ERROR_KINDS.len()],
-    /// Errors that ended an operation (after retries), by [`ERROR_KINDS`].
-    pub errors: [AtomicU64; ERROR_KINDS.len()],
+    /// Failed attempts by remote (rare: a lock per failure is cheap).
+    failures: Mutex<BTreeMap<String, Failures>>,
     /// Bytes that did not match their checksum (every attempt counts).
     pub checksum_mismatches: AtomicU64,
     /// Latency per remote and [`Op`].
     ops: Mutex<BTreeMap<String, [Histogram; OPS.len()]>>,
 }
+
+/// One remote's failed attempts.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Failures {
+    /// Attempts retried after a transient error, by [`ERROR_KINDS`].
+    pub retries: [u64; ERROR_KINDS.len()],
+    /// Operations that failed for good (after retries), by [`ERROR_KINDS`].
+    pub errors: [u64; ERROR_KINDS.len()],
+}
+
+impl Failures {
+    fn add(&mut self, other: &Failures) {
+        for i in 0..ERROR_KINDS.len() {
+            self.retries[i] += other.retries[i];
+            self.errors[i] += other.errors[i];
+        }
+    }
+
+    /// Answers refusing an attempt as one too many, retried or not.
+    pub fn throttled(&self) -> u64 {
+        self.retries[THROTTLED] + self.errors[THROTTLED]
+    }
+}
+
+/// The index of `throttled` in [`ERROR_KINDS`].
+const THROTTLED: usize = 3;
 
 impl Shard {
     fn observe(&self, remote: &str, op: Op, took: Duration) {
@@ -126,10 +151,8 @@ impl Shard {
 pub struct Totals {
     /// See [`Shard::bytes_written`].
     pub bytes_written: u64,
-    /// See [`Shard::retries`].
-    pub retries: [u64; ERROR_KINDS.len()],
-    /// See [`Shard::errors`].
-    pub errors: [u64; ERROR_KINDS.len()],
+    /// Failed attempts by remote.
+    pub failures: BTreeMap<String, Failures>,
     /// See [`Shard::checksum_mismatches`].
     pub checksum_mismatches: u64,
     /// Latency histograms by remote, indexed by [`Op`].
@@ -140,9 +163,8 @@ impl Totals {
     /// Adds one shard.
     pub fn add(&mut self, shard: &Shard) {
         self.bytes_written += shard.bytes_written.load(Ordering::Relaxed);
-        for i in 0..ERROR_KINDS.len() {
-            self.retries[i] += shard.retries[i].load(Ordering::Relaxed);
-            self.errors[i] += shard.errors[i].load(Ordering::Relaxed);
+        for (remote, f) in shard.failures.lock().expect("metrics lock").iter() {
+            self.failures.entry(remote.clone()).or_default().add(f);
         }
         self.checksum_mismatches += shard.checksum_mismatches.load(Ordering::Relaxed);
         for (remote, hists) in shard.ops.lock().expect("metrics lock").iter() {
@@ -176,15 +198,21 @@ fn with_shard(f: impl FnOnce(&Shard)) {
     });
 }
 
-/// Counts a failed attempt: retried (`will_retry`) or final.
-pub fn record_error(e: &Error, will_retry: bool) {
+/// Counts a failed attempt of an operation on `remote` (a remote label, see
+/// `Location::remote_label`): retried (`will_retry`) or final.
+pub fn record_error(e: &Error, will_retry: bool, remote: &str) {
     let kind = error_kind(e);
     with_shard(|s| {
-        if will_retry {
-            s.retries[kind].fetch_add(1, Ordering::Relaxed);
-        } else {
-            s.errors[kind].fetch_add(1, Ordering::Relaxed);
+        let mut failures = s.failures.lock().expect("metrics lock");
+        if !failures.contains_key(remote) {
+            failures.insert(remote.to_string(), Failures::default());
         }
+        let f = failures.get_mut(remote).expect("inserted above");
+        match will_retry {
+            true => f.retries[kind] += 1,
+            false => f.errors[kind] += 1,
+        }
+        drop(failures);
         if matches!(e, Error::Integrity { .. }) {
             s.checksum_mismatches.fetch_add(1, Ordering::Relaxed);
         }
@@ -322,12 +350,12 @@ mod tests {
         let s2 = shard.clone();
         std::thread::spawn(move || {
             set_thread_shard(s2);
-            record_error(&Error::Integrity { op: "get", target: "k".into(), detail: "x".into() }, true);
+            record_error(&Error::Integrity { op: "get", target: "k".into(), detail: "x".into() }, true, "src");
             record_written(3);
         })
         .join()
         .unwrap();
-        assert_eq!(shard.retries[7].load(Ordering::Relaxed), 1);
+        assert_eq!(shard.failures.lock().unwrap()["src"].retries[7], 1);
         assert_eq!(shard.checksum_mismatches.load(Ordering::Relaxed), 1);
         assert_eq!(shard.bytes_written.load(Ordering::Relaxed), 3);
     }

@@ -254,6 +254,10 @@ pub struct Rates {
     look_at_ns: AtomicU64,
     /// Time workers spent waiting for either limit, summed, in nanoseconds.
     waited_ns: AtomicU64,
+    /// Requests sent, what `requests` limits.
+    requests_sent: AtomicU64,
+    /// Object bytes read, what `bytes` limits.
+    bytes_read: AtomicU64,
     /// Set once either limit was set: a relay's options then no longer replace them.
     set: std::sync::atomic::AtomicBool,
 }
@@ -306,15 +310,31 @@ impl Rates {
         }
     }
 
+    /// Object bytes read so far and let through by the byte limit, every attempt's
+    /// (what a progress display counts as streamed before the object lands).
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read.load(Ordering::Relaxed)
+    }
+
     /// Counts `n` bytes read and waits until they are within the byte limit.
     pub async fn read(&self, n: usize) -> Duration {
         self.look_at_timetable();
         let waited = self.bytes.take(n as u64, BYTES_BURST).await;
+        // Counted once the limit lets them go on, as the relay gets them. Relaxed: a
+        // count on its own, read for display; one add per chunk read.
+        self.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
         self.count(waited)
     }
 
-    /// Waits for room for one more request under the requests limit.
+    /// Requests sent so far (what `--tpslimit` limits).
+    pub fn requests_sent(&self) -> u64 {
+        self.requests_sent.load(Ordering::Relaxed)
+    }
+
+    /// Counts one more request and waits for room for it under the requests limit.
     pub async fn request(&self) -> Duration {
+        // Relaxed: a count on its own, read for metrics.
+        self.requests_sent.fetch_add(1, Ordering::Relaxed);
         let Some(per_s) = self.requests.get() else { return Duration::ZERO };
         // A burst of one request, as rclone's --tpslimit-burst 1.
         let waited = self.requests.take(1, Duration::from_secs_f64(1.0 / per_s)).await;

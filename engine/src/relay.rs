@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 pub use engine::{Engine, EngineOptions};
 pub use filter::{Filter, FilterSpec};
 pub use plan::Planned;
-pub use progress::{ObjectProgress, Progress};
+pub use progress::{ObjectProgress, Progress, Side, StoreCounts};
 pub use throttle::Throttle;
 pub use verify::{verify, Act, CheckOptions, Problem, ProblemKind, Unvouched, VerifyProgress, VerifyReport};
 
@@ -745,37 +745,103 @@ pub fn relay(
     Ok(report)
 }
 
+/// Who an operation's failed attempts are counted against, in the metrics (by
+/// remote) and in a relay's [`Progress::stores`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Blame<'a> {
+    /// An operation outside a relay's counts (a listing page, a check, an abort): the
+    /// remote label, for the metrics alone.
+    Remote(&'a str),
+    /// An operation on one store: its side and remote label.
+    One(Side, &'a str),
+    /// An operation that reads the source and writes the destination (a whole
+    /// object, a part): a failure of the read is the source's, the rest the
+    /// destination's.
+    Both {
+        /// The source's remote label.
+        src: &'a str,
+        /// The destination's remote label.
+        dst: &'a str,
+    },
+}
+
+impl Blame<'_> {
+    /// The side (if counted by side) and remote label `e` is counted against.
+    fn of(&self, e: &Error) -> (Option<Side>, &str) {
+        match *self {
+            Blame::Remote(remote) => (None, remote),
+            Blame::One(side, remote) => (Some(side), remote),
+            Blame::Both { src, dst } => {
+                let read = matches!(e, Error::Changed { .. } | Error::Unvouched { .. })
+                    || matches!(e.op(), Some("get" | "export"));
+                if read {
+                    (Some(Side::Source), src)
+                } else {
+                    (Some(Side::Destination), dst)
+                }
+            }
+        }
+    }
+}
+
 /// Runs `op` until it succeeds, fails with an error retrying can't help, `stop` is
 /// set, or `retries` retries are spent; waits with exponential backoff and jitter
-/// between attempts, longer when the server sent Retry-After.
-pub(crate) async fn retry<T, F, Fut>(retries: u32, stop: &AtomicBool, op: F) -> Result<T>
+/// between attempts, longer when the server sent Retry-After. Failed attempts are
+/// counted against `blame`'s remote in the metrics.
+pub(crate) async fn retry<T, F, Fut>(retries: u32, stop: &AtomicBool, blame: Blame<'_>, op: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
 {
-    retry_with(retries, stop, None, op).await
+    retry_with(retries, stop, None, blame, op).await
 }
 
-/// As [`retry`], for a relay's transfers: a throttled attempt (429, 503, `SlowDown`)
-/// also cuts the relay's objects in flight ([`Throttle`]); while a cut is in force,
-/// each operation (and each retry of a throttled one) waits until fewer operations
-/// than the limit are under way, across workers, parts included. A throttled attempt
-/// counts against `retries` only once the limit is down to one, or after
-/// [`throttle::free_attempts`] of them, so that the objects begun before the store
-/// pushed back are not failed for it.
-pub(crate) async fn retry_throttled<T, F, Fut>(retries: u32, progress: &Progress, op: F) -> Result<T>
+/// As [`retry`], for a relay's work outside its transfers (listing, checks): failed
+/// attempts are counted in the relay's [`Progress::stores`] too.
+pub(crate) async fn retry_counted<T, F, Fut>(retries: u32, progress: &Progress, blame: Blame<'_>, op: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
 {
-    retry_with(retries, &progress.stop, Some(progress), op).await
+    retry_with(retries, &progress.stop, Some((progress, false)), blame, op).await
 }
 
-async fn retry_with<T, F, Fut>(retries: u32, stop: &AtomicBool, throttle: Option<&Progress>, mut op: F) -> Result<T>
+/// As [`retry_counted`], for a relay's transfers: a throttled attempt (429, 503,
+/// `SlowDown`) also cuts the relay's objects in flight ([`Throttle`]); while a cut is
+/// in force, each operation (and each retry of a throttled one) waits until fewer
+/// operations than the limit are under way, across workers, parts included. A
+/// throttled attempt counts against `retries` only once the limit is down to one,
+/// or after [`throttle::free_attempts`] of them, so that the objects begun before
+/// the store pushed back are not failed for it.
+pub(crate) async fn retry_throttled<T, F, Fut>(retries: u32, progress: &Progress, blame: Blame<'_>, op: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
 {
+    retry_with(retries, &progress.stop, Some((progress, true)), blame, op).await
+}
+
+/// The retry loop; `relay` is the relay counting the failures and whether its
+/// throttle applies.
+async fn retry_with<T, F, Fut>(
+    retries: u32,
+    stop: &AtomicBool,
+    relay: Option<(&Progress, bool)>,
+    blame: Blame<'_>,
+    mut op: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let throttle = relay.and_then(|(p, throttled)| throttled.then_some(p));
+    let record = |e: &Error, will_retry: bool| {
+        let (side, remote) = blame.of(e);
+        crate::metrics::record_error(e, will_retry, remote);
+        if let (Some((p, _)), Some(side)) = (relay, side) {
+            p.store(side).record(e, will_retry);
+        }
+    };
     // `attempt` counts against `retries`; `tries` sets the backoff; `free` counts the
     // throttled attempts that were not counted.
     let (mut attempt, mut tries, mut free_used) = (0, 0, 0);
@@ -788,7 +854,7 @@ where
                 else {
                     // Stopped while waiting for room: the last error stands.
                     let e = last.take().expect("only a retry waits");
-                    crate::metrics::record_error(&e, false);
+                    record(&e, false);
                     return Err(e);
                 };
                 op().await
@@ -812,10 +878,10 @@ where
             _ => false,
         };
         if !retryable || (attempt >= retries && !free) {
-            crate::metrics::record_error(&e, false);
+            record(&e, false);
             return Err(e);
         }
-        crate::metrics::record_error(&e, true);
+        record(&e, true);
         tracing::debug!(attempt = tries + 1, "retrying: {e}");
         // An expired credential is fixed by the backend fetching a new one, not by
         // waiting: the first retry goes at once.
@@ -949,6 +1015,23 @@ pub fn list(
                 return Ok(());
             }
         }
+    })
+    .map_err(|e| Error::io("start", "runtime", e))?
+}
+
+/// Makes the folder `location` names, with its parents (`laminar mkdir`); on a
+/// store without folders (S3), its bucket.
+pub fn mkdir(location: &Location, driver: DriverChoice) -> Result<crate::backend::Made> {
+    let (driver, _) = crate::runtime::select(driver).map_err(Error::Usage)?;
+    let key = match &location.object {
+        Some(object) => format!("{object}/"),
+        None => location.prefix.clone(),
+    };
+    crate::runtime::block_on(driver, async {
+        let ctx = crate::backend::WorkerCtx { http: crate::http::HttpClient::default() };
+        let sink = location.backend.open_sink(&ctx)?;
+        let retries = RelayOptions::default().retries;
+        retry(retries, &AtomicBool::new(false), Blame::Remote(location.remote_label()), || sink.mkdir(&key)).await
     })
     .map_err(|e| Error::io("start", "runtime", e))?
 }

@@ -33,7 +33,6 @@
 //! schemathesis runs in the temp dir (it writes `.hypothesis/` to its working
 //! directory) with `HOME` there too. The appliance is stopped by its PID at the end.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -192,18 +191,7 @@ impl Appliance {
         if let Some(token) = token {
             cmd.arg("--token-file").arg(sandbox.token_file(token));
         }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .expect("start laminar serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let url = line.trim().strip_prefix("listening on ").map(str::to_string).unwrap_or_else(|| {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("laminar serve did not start: {line:?}\n{}", std::fs::read_to_string(&stderr).unwrap_or_default())
-        });
+        let (child, url) = laminar_tests::appliance::spawn_serve(&mut cmd, &stderr);
         assert!(url.starts_with("http://127.0.0.1:"), "{url}");
         let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).no_proxy().build().unwrap();
         Appliance { child, url, token: token.map(str::to_string), stderr, http }

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use laminar_tests::{laminar_in as laminar, stdout_json as json};
+use laminar_tests::{clouds, laminar_in as laminar, stdout_json as json};
 
 fn put(root: &Path, key: &str, bytes: &[u8], age_s: u64) {
     let path = root.join(key);
@@ -214,4 +214,68 @@ fn log_levels_formats_and_files() {
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.starts_with("laminar: error: --log-file /no/such/dir/x.log: ") && err.lines().count() == 1, "{err}");
     assert!(!Path::new("/tmp/never").exists());
+}
+
+/// The names `lsjson` printed (one JSON array on stdout), with their flags.
+fn lsjson_items(out: &std::process::Output) -> Vec<serde_json::Value> {
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).expect("a JSON array on stdout")
+}
+
+#[test]
+fn mkdir_makes_buckets_and_folders_and_a_remote_with_no_path_lists_its_buckets() {
+    let Some(c) = clouds() else { return };
+    let data = tempfile::tempdir().unwrap();
+    let config = Some(c.config.path());
+    let run = |args: &[&str]| laminar(config, data.path(), args);
+
+    // A remote with no path lists its buckets, as rclone does (IsBucket set).
+    let out = run(&["ls", "a:"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim_start() == "- bkt-a/"), "{out:?}");
+    let items = lsjson_items(&run(&["lsjson", "a:"]));
+    let a = items.iter().find(|i| i["Path"] == "bkt-a").unwrap_or_else(|| panic!("bkt-a listed: {items:?}"));
+    assert_eq!((a["IsDir"].as_bool(), a["IsBucket"].as_bool(), a["Size"].as_i64()), (Some(true), Some(true), Some(-1)));
+    assert!(!items.iter().any(|i| i["Path"] == "made-here"));
+
+    // mkdir makes the bucket, then finds it there; a path below it needs no folder.
+    let out = run(&["mkdir", "a:made-here"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the bucket made"), "{out:?}");
+    let items = lsjson_items(&run(&["lsjson", "a:"]));
+    assert!(items.iter().any(|i| i["Path"] == "made-here" && i["IsBucket"] == true), "{items:?}");
+    let out = run(&["mkdir", "a:made-here/deep/dir"]);
+    assert_eq!(out.status.code(), Some(0));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("was there already") && said.contains("S3 has no folders"), "{said}");
+    let items = lsjson_items(&run(&["lsjson", "-R", "a:made-here"]));
+    assert!(items.is_empty(), "no marker object was written: {items:?}");
+    // The new bucket takes a relay.
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("one.bin"), b"into the new bucket").unwrap();
+    let src_url = format!("file://{}", src.path().display());
+    let out = run(&["relay", &src_url, "a:made-here/in", "--json"]);
+    assert_eq!(json(&out)["objects_copied"], 1, "{}", String::from_utf8_lossy(&out.stderr));
+    let got = tempfile::tempdir().unwrap();
+    c.a.download_dir("made-here/in", got.path()).unwrap();
+    assert_eq!(std::fs::read(got.path().join("one.bin")).unwrap(), b"into the new bucket");
+
+    // A file tree's folder is made with its parents; again is no error.
+    let tree = tempfile::tempdir().unwrap();
+    let deep = tree.path().join("x/y/z");
+    let url = format!("file://{}", deep.display());
+    for _ in 0..2 {
+        let out = run(&["mkdir", &url]);
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(deep.is_dir());
+    }
+
+    // What cannot be done says so in one line.
+    for args in [&["mkdir", "a:"][..], &["size", "a:"][..], &["mkdir", "nosuch:bkt"][..]] {
+        let out = run(args);
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {said}");
+        assert_eq!(said.trim().lines().count(), 1, "{args:?}: one line: {said}");
+        assert!(said.starts_with("laminar: error: "), "{said}");
+    }
 }

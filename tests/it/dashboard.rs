@@ -5,20 +5,16 @@
 //! paused, resumed, scaled, finished, verified; a dry run and a cancel besides; and, on
 //! an appliance with a token, the page asks for it and acts once it is given.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use laminar_bench::servers::{find_tool, require_servers};
+use laminar_tests::appliance::{load, Appliance, SETTLE_TIMEOUT};
 use laminar_tests::browser::Browser;
-use laminar_tests::{clouds, laminar_bin, Clouds};
-use serde_json::{json, Value};
+use laminar_tests::{clouds, Clouds};
+use serde_json::json;
 
 const KIB: usize = 1024;
-/// Liveness bound on waiting for a job or the page (not a timing assertion: a hang
-/// fails the test with what was awaited instead of blocking CI).
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(180);
 /// A token long enough for the appliance.
 const TOKEN: &str = "s3cr3t-0123456789abcdef0123456789abcdef";
 
@@ -31,88 +27,6 @@ fn chromium() -> Option<PathBuf> {
         eprintln!("skipping: chromium not installed (tests/run.sh installs it)");
     }
     found
-}
-
-/// Uploads `count` objects of `size` bytes under `bkt-a/prefix/`, deterministic bytes.
-fn load(c: &Clouds, prefix: &str, count: usize, size: usize) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let mut rng = fastrand::Rng::with_seed(count as u64 * 31 + size as u64);
-    for i in 0..count {
-        let bytes: Vec<u8> = (0..size).map(|_| rng.u8(..)).collect();
-        std::fs::write(dir.path().join(format!("obj-{i:04}")), bytes).unwrap();
-    }
-    c.a.upload_dir(dir.path(), &format!("bkt-a/{prefix}")).unwrap();
-    dir
-}
-
-/// A running `laminar serve`, stopped by its PID on drop (the minimum of serve.rs's).
-struct Appliance {
-    child: Child,
-    url: String,
-    http: reqwest::blocking::Client,
-    token: Option<String>,
-    _dir: tempfile::TempDir,
-}
-
-impl Appliance {
-    fn start(config: &Path, extra: &[&str]) -> Appliance {
-        let dir = tempfile::tempdir().unwrap();
-        let stderr = dir.path().join("stderr");
-        let mut child = Command::new(laminar_bin())
-            .env("LAMINAR_DATA_DIR", dir.path().join("data"))
-            .arg("--config")
-            .arg(config)
-            .args(["serve", "--listen", "127.0.0.1:0", "--ram-buffer", "128MiB", "--shutdown-grace", "60s"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .expect("start laminar serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let url = line.trim().strip_prefix("listening on ").unwrap_or_else(|| {
-            panic!("laminar serve did not start: {:?}\n{}", line, std::fs::read_to_string(&stderr).unwrap())
-        });
-        let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
-        Appliance { url: url.to_string(), child, http, token: None, _dir: dir }
-    }
-
-    fn ok(&self, method: &str, path: &str) -> Value {
-        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut r = self.http.request(method.clone(), format!("{}{path}", self.url));
-        if let Some(t) = &self.token {
-            r = r.bearer_auth(t);
-        }
-        let resp = r.send().expect("request to the appliance");
-        let status = resp.status().as_u16();
-        let text = resp.text().unwrap();
-        assert!((200..300).contains(&status), "{method} {path} -> {status}: {text}");
-        serde_json::from_str(&text).unwrap()
-    }
-
-    fn job(&self, id: &str) -> Value {
-        self.ok("GET", &format!("/v1/jobs/{id}"))
-    }
-
-    /// Polls until `pred` holds for the job.
-    fn wait_for(&self, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + SETTLE_TIMEOUT;
-        loop {
-            let job = self.job(id);
-            if pred(&job) {
-                return job;
-            }
-            assert!(Instant::now() < deadline, "job {id}: never {what}: {job}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Appliance {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A JavaScript expression for the job's row, or for `what` inside it.
@@ -187,12 +101,12 @@ fn the_dashboard_takes_a_job_through_its_whole_life_by_clicks() {
     b.navigate(&format!("{}/", app.url)).unwrap();
 
     // The header names the version /healthz gives; the workers name the stage or its absence.
-    let version = app.ok("GET", "/healthz")["version"].as_str().unwrap().to_string();
+    let version = app.ok("GET", "/healthz", None)["version"].as_str().unwrap().to_string();
     b.wait_for("document.getElementById('version').dataset.version", SETTLE_TIMEOUT).unwrap();
     assert_eq!(b.eval("document.getElementById('version').dataset.version").unwrap(), json!(version));
     let shown = b.eval("document.getElementById('version').textContent").unwrap();
     assert!(shown.as_str().unwrap().contains(&version), "{shown}");
-    let stage = app.ok("GET", "/v1/workers")["stage"].clone();
+    let stage = app.ok("GET", "/v1/workers", None)["stage"].clone();
     let want = if stage.is_null() { "none" } else { "on" };
     b.wait_for(&format!("document.getElementById('stage').dataset.stage === '{want}'"), SETTLE_TIMEOUT).unwrap();
     if stage.is_null() {
@@ -280,7 +194,7 @@ fn the_dashboard_takes_a_job_through_its_whole_life_by_clicks() {
     c.b.rclone_check_download(&c.a, "bkt-a/many", "bkt-b/many").unwrap();
 
     // The average rate of finished jobs: their bytes over their seconds.
-    let jobs = app.ok("GET", "/v1/jobs");
+    let jobs = app.ok("GET", "/v1/jobs", None);
     let (mut bytes, mut seconds) = (0.0, 0.0);
     for j in jobs["jobs"].as_array().unwrap() {
         if j["state"] == "succeeded" && j["options"]["dry_run"] == false && j["seconds"].as_f64().unwrap_or(0.0) > 0.0 {

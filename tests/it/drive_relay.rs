@@ -620,3 +620,15 @@ fn a_service_account_signs_its_way_in() {
     let stats = g.emu.stats();
     assert!(stats.jwt_grants >= 1 && stats.refresh_grants == 0, "{stats:?}");
 }
+
+#[test]
+fn mkdir_makes_a_drive_folder_with_its_parents_once() {
+    let g = gd(DriveOptions::default());
+    for _ in 0..2 {
+        let out = laminar_with(g.config.path(), &["mkdir", "gd:made/deep"]);
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    // Drive would take two folders of one name: each was made once.
+    assert_eq!(g.emu.ids_at("made").len(), 1, "{:?}", g.emu.tree());
+    assert_eq!(g.emu.ids_at("made/deep").len(), 1, "{:?}", g.emu.tree());
+}

@@ -554,3 +554,20 @@ fn without_batch_commits_each_small_file_goes_up_with_files_upload() {
     assert_eq!(calls(&s.emu, "files/upload_session/finish_batch_v2"), 0);
     assert_eq!(s.relay(&src, "single:one", "epoll")["objects_copied"], 0, "a re-run copies nothing");
 }
+
+#[test]
+fn mkdir_makes_a_dropbox_folder_with_its_parents() {
+    let s = setup(DropboxOptions::default());
+    for _ in 0..2 {
+        let out = laminar_with(&s.config, &["mkdir", "dbx:made/deep"]);
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    // Both folders are there: Dropbox refuses to make either again.
+    for folder in ["made", "made/deep"] {
+        let again = s.emu.create_folder(&format!("{ROOT}/{folder}"));
+        let said = format!("{again:?}");
+        assert!(said.contains("conflict") && said.contains("folder"), "{folder} was made: {said}");
+    }
+    // Nothing else was written.
+    assert!(held(&s.emu, "made").is_empty());
+}

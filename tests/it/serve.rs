@@ -3,192 +3,30 @@
 //! its metrics read by Prometheus's own exposition parser, its dashboard loaded by
 //! headless Chromium.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use laminar_bench::servers::{find_tool, require_servers};
+use laminar_tests::appliance::{load, Appliance, SETTLE_TIMEOUT};
+use laminar_tests::proxy::{Action, Fault, Match, Proxy};
 use laminar_tests::{clouds, laminar_bin, Clouds};
 use serde_json::{json, Value};
 
 const KIB: usize = 1024;
 const MIB: usize = 1 << 20;
-/// Liveness bound on waiting for a job (not a timing assertion: a hang fails the
-/// test with the job's last state instead of blocking CI).
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// Uploads `count` objects of `size` bytes under `bkt-a/prefix/`, deterministic bytes.
-fn load(c: &Clouds, prefix: &str, count: usize, size: usize) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let mut rng = fastrand::Rng::with_seed(count as u64 * 31 + size as u64);
-    for i in 0..count {
-        let bytes: Vec<u8> = (0..size).map(|_| rng.u8(..)).collect();
-        std::fs::write(dir.path().join(format!("obj-{i:04}")), bytes).unwrap();
-    }
-    c.a.upload_dir(dir.path(), &format!("bkt-a/{prefix}")).unwrap();
-    dir
-}
-
-/// A running `laminar serve`, stopped by its PID on drop.
-struct Appliance {
-    child: Child,
-    url: String,
-    http: reqwest::blocking::Client,
-    token: Option<String>,
-    stderr: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Appliance {
-    fn start(config: &Path, extra: &[&str]) -> Appliance {
-        Appliance::start_with(config, extra, None)
-    }
-
-    /// Starts it, trusting `ca_pem` for an https API, with a data directory of its own.
-    fn start_with(config: &Path, extra: &[&str], ca_pem: Option<&str>) -> Appliance {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        Appliance::start_in(config, extra, ca_pem, &data, dir)
-    }
-
-    /// Starts it on data directory `data` (jobs kept there across restarts).
-    fn start_in(config: &Path, extra: &[&str], ca_pem: Option<&str>, data: &Path, dir: tempfile::TempDir) -> Appliance {
-        let stderr = dir.path().join("stderr");
-        let mut child = Command::new(laminar_bin())
-            .env("LAMINAR_DATA_DIR", data)
-            .arg("--config")
-            .arg(config)
-            .args(["serve", "--listen", "127.0.0.1:0", "--ram-buffer", "128MiB", "--shutdown-grace", "60s"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .expect("start laminar serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let url = line.trim().strip_prefix("listening on ").unwrap_or_else(|| {
-            panic!("laminar serve did not start: {:?}\n{}", line, std::fs::read_to_string(&stderr).unwrap())
-        });
-        let mut http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(60));
-        if let Some(pem) = ca_pem {
-            http = http.add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap());
-        }
-        let http = http.build().unwrap();
-        Appliance { url: url.to_string(), child, http, token: None, stderr, _dir: dir }
-    }
-
-    fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut r = self.http.request(method, format!("{}{path}", self.url));
-        if let Some(t) = &self.token {
-            r = r.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            r = r.header("content-type", "application/json").body(b.to_string());
-        }
-        let resp = r.send().expect("request to the appliance");
-        let status = resp.status().as_u16();
-        let text = resp.text().unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-    }
-
-    fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        let body = body.map(|b| b.to_string());
-        let (status, value) = self.call(method, path, body.as_deref());
-        assert!((200..300).contains(&status), "{method} {path} -> {status}: {value}");
-        value
-    }
-
-    fn submit(&self, spec: Value) -> String {
-        let (status, job) = self.call("POST", "/v1/jobs", Some(&spec.to_string()));
-        assert_eq!(status, 201, "{job}");
-        job["id"].as_str().unwrap().to_string()
-    }
-
-    fn job(&self, id: &str) -> Value {
-        self.ok("GET", &format!("/v1/jobs/{id}"), None)
-    }
-
-    /// Polls until the job's state is one of `states`.
-    fn wait(&self, id: &str, states: &[&str]) -> Value {
-        let deadline = Instant::now() + SETTLE_TIMEOUT;
-        loop {
-            let job = self.job(id);
-            if states.contains(&job["state"].as_str().unwrap()) {
-                return job;
-            }
-            assert!(Instant::now() < deadline, "job {id} never reached {states:?}: {job}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Polls until `pred` holds for the job.
-    fn wait_for(&self, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + SETTLE_TIMEOUT;
-        loop {
-            let job = self.job(id);
-            if pred(&job) {
-                return job;
-            }
-            assert!(Instant::now() < deadline, "job {id}: never {what}: {job}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn laminar_job(&self, args: &[&str]) -> std::process::Output {
-        let out = Command::new(laminar_bin()).args(["job", "--server", &self.url]).args(args).output().unwrap();
-        eprintln!(
-            "laminar job {}\n-> {:?}\n{}\n{}",
-            args.join(" "),
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    /// The API's address, for raw connections.
-    fn addr(&self) -> std::net::SocketAddr {
-        self.url.rsplit("//").next().unwrap().parse().unwrap()
-    }
-
-    /// Sends `request` as written on a fresh connection; the status and body.
-    fn raw(&self, request: &str) -> (u16, String) {
-        use std::io::{Read, Write};
-        let mut conn = std::net::TcpStream::connect(self.addr()).unwrap();
-        conn.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        conn.write_all(request.as_bytes()).unwrap();
-        let mut answer = Vec::new();
-        let _ = conn.read_to_end(&mut answer);
-        let answer = String::from_utf8_lossy(&answer).to_string();
-        let status = answer.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        (status, answer.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    /// Sends SIGTERM and waits for the exit code.
-    fn terminate(mut self) -> (i32, String) {
-        let rc = kill(self.child.id(), libc::SIGTERM);
-        assert_eq!(rc, 0);
-        let status = self.child.wait().unwrap();
-        (status.code().unwrap_or(-1), self.stderr())
-    }
+/// Sends SIGTERM to the appliance and waits for its exit code and log.
+fn terminate(mut app: Appliance) -> (i32, String) {
+    let rc = kill(app.child.id(), libc::SIGTERM);
+    assert_eq!(rc, 0);
+    let status = app.child.wait().unwrap();
+    (status.code().unwrap_or(-1), app.stderr())
 }
 
 fn kill(pid: u32, signal: i32) -> i32 {
     // SAFETY: kill has no memory preconditions; the PID is a child this test started.
     unsafe { libc::kill(pid as i32, signal) }
-}
-
-impl Drop for Appliance {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn spec(src: &str, dst: &str) -> Value {
@@ -315,6 +153,17 @@ fn jobs_run_pause_scale_cancel_and_verify_over_http() {
             "laminar_http_connections_peak",
             "laminar_http_connection_waits",
             "laminar_http_connections_reaped",
+            "laminar_throttled",
+            "laminar_job_transfers",
+            "laminar_job_operations_in_flight",
+            "laminar_job_requests",
+            "laminar_job_rate_limit_wait_seconds",
+            "laminar_job_retries",
+            "laminar_job_throttled",
+            "laminar_job_errors",
+            "process_cpu_seconds",
+            "process_resident_memory_bytes",
+            "process_open_fds",
         ] {
             assert!(families.get(name).is_some(), "metric family {name} missing: {families}");
         }
@@ -686,7 +535,7 @@ fn sigterm_mid_job_cancels_cleanly_and_leaves_nothing_partial() {
     s["part_size"] = json!("5MiB");
     let id = app.submit(s);
     app.wait_for(&id, "copied any bytes", |j| j["counters"]["bytes_copied"].as_u64().unwrap() > 0);
-    let (code, stderr) = app.terminate();
+    let (code, stderr) = terminate(app);
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("shutting down") && stderr.contains("stopped"), "{stderr}");
     // Whatever reached the destination is whole and byte-exact.
@@ -756,7 +605,7 @@ fn jobs_share_the_workers_and_one_failing_leaves_the_others_running() {
     c.b.rclone_check_download(&c.a, "bkt-a/shared", "bkt-b/two").unwrap();
     // The log tells each job's life: its start, its end with its counters, a failure
     // with its cause.
-    let log = std::fs::read_to_string(&app.stderr).unwrap();
+    let log = app.stderr();
     for id in [&first, &second] {
         let said = |what: &str| log.lines().any(|l| l.contains(what) && l.contains(&format!("job={id}")));
         assert!(said(" INFO job started") && said("source=a:bkt-a/shared"), "{log}");
@@ -976,7 +825,7 @@ fn jobs_survive_a_restart_killed_or_clean_and_old_ones_are_pruned() {
     // A clean stop mid-job does not cancel it: it goes on at the next start.
     let e = app.submit(big("keep-slow", "keep-slow-2"));
     app.wait_for(&e, "copied any bytes", |j| j["counters"]["bytes_copied"].as_u64().unwrap() > 0);
-    let (code, stderr) = app.terminate();
+    let (code, stderr) = terminate(app);
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("go on at the next start"), "{stderr}");
     let app = start(&[]);
@@ -1150,4 +999,63 @@ fn a_jobs_rate_limits_are_shown_scaled_live_and_kept() {
     c.b.rclone_check_download(&c.a, "bkt-a/slow", "bkt-b/slow").unwrap();
     let out = app.laminar_job(&["scale", &id]);
     assert_eq!(out.status.code(), Some(2), "nothing to change is a usage error");
+}
+
+/// The value of the sample of `name` carrying every label of `labels`, from the
+/// exposition text.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+        let all = labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+        (metric == name && all).then(|| value.parse().ok()).flatten()
+    })
+}
+
+#[test]
+fn a_job_counts_each_stores_retries_and_throttling_and_the_metrics_label_them_by_remote() {
+    require_servers();
+    let Some(c) = clouds() else { return };
+    let _objects = load(&c, "thr", 20, 16 * KIB);
+    // The destination answers its first six PUTs with 503 SlowDown.
+    let fault = Fault::Requests {
+        matching: Match::first("PUT", "thr", 6),
+        action: Action::Answer { status: 503, code: "SlowDown" },
+    };
+    let proxy = Proxy::start(c.b.addr(), fault);
+    c.add_remote("slowb", &proxy.endpoint(), &c.b);
+    let app = Appliance::start(c.config.path(), &[]);
+    let id = app.submit(json!({ "source": "a:bkt-a/thr", "destination": "slowb:bkt-b/thr", "tpslimit": 500 }));
+    let job = app.wait(&id, &["succeeded", "failed"]);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["counters"]["objects_copied"], 20, "{job}");
+    c.b.rclone_check_download(&c.a, "bkt-a/thr", "bkt-b/thr").unwrap();
+
+    // Each refusal is the destination's, counted once, and retried.
+    let (src, dst) = (&job["stores"]["source"], &job["stores"]["destination"]);
+    assert_eq!((src["remote"].as_str(), dst["remote"].as_str()), (Some("a"), Some("slowb")), "{job}");
+    assert_eq!(dst["throttled"], 6, "{job}");
+    assert!(dst["retries"].as_u64().unwrap() >= 6, "{job}");
+    assert_eq!(
+        (dst["errors"].as_u64(), src["throttled"].as_u64(), src["errors"].as_u64()),
+        (Some(0), Some(0), Some(0))
+    );
+
+    let text = app.http.get(format!("{}/metrics", app.url)).send().unwrap().text().unwrap();
+    assert_eq!(sample(&text, "laminar_throttled_total", &[("remote", "slowb")]), Some(6.0), "{text}");
+    assert_eq!(sample(&text, "laminar_throttled_total", &[("remote", "a")]), Some(0.0), "{text}");
+    let retried = sample(&text, "laminar_retries_total", &[("remote", "slowb"), ("kind", "throttled")]);
+    assert!(retried.unwrap_or(0.0) >= 6.0, "{text}");
+    let job_labels = [("job", id.as_str()), ("side", "destination"), ("remote", "slowb")];
+    assert_eq!(sample(&text, "laminar_job_throttled_total", &job_labels), Some(6.0), "{text}");
+    // Limits and usage are separate series.
+    let job_only = [("job", id.as_str())];
+    assert_eq!(sample(&text, "laminar_job_tpslimit_requests_per_second", &job_only), Some(500.0), "{text}");
+    assert_eq!(sample(&text, "laminar_job_bwlimit_bytes_per_second", &job_only), None, "unlimited: no series");
+    // 20 objects listed, read and written, besides the checks: at least 40 requests.
+    assert!(sample(&text, "laminar_job_requests_total", &job_only).unwrap_or(0.0) >= 40.0, "{text}");
+    assert_eq!(sample(&text, "laminar_job_operations_in_flight", &job_only), Some(0.0), "{text}");
+    assert!(sample(&text, "process_resident_memory_bytes", &[]).unwrap_or(0.0) > 0.0, "{text}");
+    assert!(sample(&text, "process_open_fds", &[]).unwrap_or(0.0) > 0.0, "{text}");
+    drop(proxy);
 }

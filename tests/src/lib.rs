@@ -1,5 +1,6 @@
 //! Test support for Laminar's integration tests against real servers.
 //!
+//! - [`appliance`]: a running `laminar serve`, driven through its API.
 //! - [`browser`]: headless Chromium driven over the DevTools protocol (click, type, read).
 //! - [`proxy`]: a fault-injecting TCP proxy (flip a byte, cut every connection).
 //! - [`disk`]: a small real file system to fill up.
@@ -9,6 +10,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod appliance;
 pub mod browser;
 pub mod disk;
 pub mod proxy;
@@ -78,14 +80,18 @@ impl Clouds {
 pub fn laminar_with(config: &std::path::Path, args: &[&str]) -> std::process::Output {
     let out =
         std::process::Command::new(laminar_bin()).arg("--config").arg(config).args(args).output().expect("run laminar");
+    echo(&format!("laminar {}", args.join(" ")), &out);
+    out
+}
+
+/// Prints what a command (`what`) said and how it ended, for a failing test's log.
+pub fn echo(what: &str, out: &std::process::Output) {
     eprintln!(
-        "laminar {}\n-> {:?}\nstdout: {}\nstderr: {}",
-        args.join(" "),
+        "{what}\n-> {:?}\nstdout: {}\nstderr: {}",
         out.status.code(),
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    out
 }
 
 /// Runs `laminar [--config CONFIG] ARGS` with `LAMINAR_DATA_DIR` set to `data`,

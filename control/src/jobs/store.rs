@@ -46,6 +46,18 @@ pub struct SavedCounters {
     pub bytes_total: u64,
     pub bytes_copied: u64,
     pub throttle_cuts: u64,
+    /// Failed attempts by store: source, destination (absent in rows of older
+    /// versions).
+    #[serde(default)]
+    pub stores: [StoreCounters; 2],
+}
+
+/// One store's failed attempts, as last seen.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct StoreCounters {
+    pub retries: u64,
+    pub throttled: u64,
+    pub errors: u64,
 }
 
 /// Everything about a job but its spec, as kept.

@@ -43,7 +43,7 @@ use serde::Deserialize;
 
 use super::registry::{self, BackendType, Opened};
 use super::{
-    Backend, Capabilities, CopySource, Entry, LeftOut, ListOrder, ListPage, LocalFuture, MetaSupport, ObjectInfo,
+    Backend, Capabilities, CopySource, Entry, LeftOut, ListOrder, ListPage, LocalFuture, Made, MetaSupport, ObjectInfo,
     ObjectMeta, PartLimits, PutArgs, Session, SessionState, Sink, Source, Store, UploadMode, UploadPlan, WorkerCtx,
 };
 use crate::checksum::{Checksum, ChecksumAlgo, Hasher, Hashers};
@@ -850,6 +850,14 @@ impl Sink for FileStore {
                 set_xattr(&path, XATTR_PROVENANCE, p);
             }
             Ok(())
+        })
+    }
+
+    fn mkdir<'a>(&'a self, key: &'a str) -> LocalFuture<'a, Result<Made>> {
+        Box::pin(async move {
+            let path = if key.is_empty() { self.root.to_path_buf() } else { self.resolve("mkdir", key)? };
+            std::fs::create_dir_all(&path).map_err(|e| Error::io("mkdir", path.display().to_string(), e))?;
+            Ok(Made::Folder)
         })
     }
 

@@ -20,11 +20,13 @@ use aws_sigv4::sign::v4;
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Deserialize;
 
+mod account;
 mod composite;
 mod config;
 mod upload;
 
-pub use config::{from_env, split_bucket, S3RemoteConfig, TYPE};
+pub use account::{buckets, Bucket};
+pub use config::{account, from_env, split_bucket, S3RemoteConfig, TYPE};
 
 use super::{
     Backend, Capabilities, CopySource, Entry, HashFamily, ListOrder, ListPage, LocalFuture, MetaSupport, ObjectInfo,
@@ -216,7 +218,8 @@ const STREAMING_PAYLOAD: &str = "STREAMING-UNSIGNED-PAYLOAD-TRAILER";
 
 impl S3Store {
     fn new(cfg: Arc<S3Config>, http: HttpClient) -> S3Store {
-        let endpoint = if cfg.path_style {
+        // No bucket: the account itself (ListBuckets), at the endpoint.
+        let endpoint = if cfg.path_style || cfg.bucket.is_empty() {
             cfg.endpoint.clone()
         } else {
             cfg.endpoint.with_host(format!("{}.{}", cfg.bucket, cfg.endpoint.host))
@@ -960,6 +963,10 @@ impl S3Store {
 }
 
 impl Sink for S3Store {
+    fn mkdir<'a>(&'a self, _key: &'a str) -> LocalFuture<'a, Result<super::Made>> {
+        Box::pin(async move { Ok(super::Made::Bucket(self.create_bucket().await?)) })
+    }
+
     fn delete<'a>(&'a self, key: &'a str) -> LocalFuture<'a, Result<()>> {
         Box::pin(async move {
             let call = Call {

@@ -14,6 +14,7 @@
 //! ([`verify_by_reading`]).
 
 use super::transfer::{Ctx, ObjectJob};
+use super::Side;
 use crate::backend::{PartRecord, PartSpec};
 use crate::checksum::{Checksum, ChecksumAlgo, Hasher, Hashers};
 use crate::error::{Error, Result};
@@ -251,7 +252,7 @@ pub(super) async fn read_part_again(ctx: &Ctx, job: &ObjectJob, part: &PartRecor
     let spec = PartSpec { number: part.number, offset: part.offset, len: part.len };
     let algo = part.checksum.algo;
     let key = job.src_key();
-    ctx.retry(|| async {
+    ctx.retry(Side::Source, || async {
         let chunks = ctx.pool.acquire(ctx.pool.chunks_for(spec.len)).await;
         let mut hashers = Hashers::new(algo, false);
         let read = ctx.src.read(key, Some(spec.range()), Body::new(chunks), &mut hashers);

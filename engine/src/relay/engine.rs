@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{plan, worker, Location, ObjectResult, Policy, Progress, Queues, RelayOptions, Report, Shared, Stats};
+use super::{
+    plan, worker, Blame, Location, ObjectResult, Policy, Progress, Queues, RelayOptions, Report, Shared, Stats,
+};
 use crate::error::{Error, Result};
 use crate::metrics::WorkerStats;
 use crate::runtime::{Driver, DriverChoice};
@@ -489,7 +491,10 @@ async fn abort_uploads(shared: &Shared, uploads: Vec<crate::journal::Resumable>)
     for upload in uploads {
         let key = upload.dst_key.clone();
         let aborted = match sink.resume(upload.state) {
-            Ok(session) => super::retry(shared.opts.retries, &never, || session.abort()).await,
+            Ok(session) => {
+                super::retry(shared.opts.retries, &never, Blame::Remote(shared.dst.remote_label()), || session.abort())
+                    .await
+            }
             Err(e) => Err(e),
         };
         match aborted {

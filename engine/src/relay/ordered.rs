@@ -10,6 +10,7 @@ use std::sync::Arc;
 use super::parts::{finish_large, part_done, session_and_spec};
 use super::spill::{fill, part_from_stage};
 use super::transfer::{Ctx, ObjectJob, PartTask};
+use super::Side;
 use crate::backend::{Committed, PartRecord, PartSpec, UploadSession};
 use crate::checksum::{Hasher, Hashers};
 use crate::error::{Error, Result};
@@ -89,7 +90,7 @@ pub(super) async fn run(ctx: Rc<Ctx>, job: Arc<ObjectJob>, staged: bool) {
                 }
                 // No later part will find out if the store kept less of the last ones
                 // than it acknowledged: ask before finishing.
-                match ctx.retry(|| session.committed()).await {
+                match ctx.retry(Side::Destination, || session.committed()).await {
                     Ok(Committed::Offset(held)) if held < job.size() && backs_left > 0 => {
                         backs_left -= 1;
                         let large = job.large();
@@ -154,7 +155,7 @@ async fn rehash_held(ctx: &Ctx, job: &ObjectJob, session: &dyn UploadSession, he
     while offset < held {
         let len = step.min(held - offset);
         let (body, sum) = ctx
-            .retry(|| async {
+            .retry(Side::Source, || async {
                 let chunks = ctx.pool.acquire(ctx.pool.chunks_for(len)).await;
                 let mut hashers = Hashers::new(algo, false);
                 let read = ctx.src.read(job.src_key(), Some((offset, offset + len)), Body::new(chunks), &mut hashers);
@@ -201,7 +202,7 @@ async fn step(ctx: &Ctx, job: &ObjectJob, session: &dyn UploadSession, spec: Par
         let kept = held.saturating_sub(spec.offset).min(spec.len).saturating_sub(from);
         ctx.shared.stats.bytes_resumed.fetch_add(kept, std::sync::atomic::Ordering::Relaxed);
     };
-    ctx.retry(|| async {
+    ctx.retry_both(|| async {
         if attempts.replace(attempts.get() + 1) > 0 {
             if let Committed::Offset(held) = session.committed().await? {
                 let end = spec.offset + spec.len;

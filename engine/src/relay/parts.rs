@@ -15,7 +15,7 @@ use super::chain;
 use super::progress::choose_part_size;
 use super::spill::{part_from_stage, spill, vote_destination_slower};
 use super::transfer::{gone, put_args, queue_next_part, server_side, Ctx, ObjectJob, PartTask, Phase};
-use super::Outcome;
+use super::{Blame, Outcome, Side};
 use crate::backend::{Committed, CopySource, PartRecord, PartSpec, SessionState, UploadPlan, UploadSession};
 use crate::checksum::{crc32c_combine, BlockKind, Checksum, ChecksumAlgo, Hashers, PartBlocks};
 use crate::error::{Error, Result};
@@ -41,8 +41,10 @@ pub(super) async fn plan_large(ctx: &Ctx, job: &ObjectJob) -> Result<u32> {
             alignment_bytes = aligned;
         }
     }
-    let info =
-        ctx.retry(|| timed(ctx.src_label(), Op::Stat, ctx.src.stat(job.src_key()))).await?.ok_or_else(|| gone(job))?;
+    let info = ctx
+        .retry(Side::Source, || timed(ctx.src_label(), Op::Stat, ctx.src.stat(job.src_key())))
+        .await?
+        .ok_or_else(|| gone(job))?;
     if info.size != job.size() {
         return Err(Error::protocol("stat", job.src_key(), "the object changed size during the relay"));
     }
@@ -71,7 +73,10 @@ pub(super) async fn plan_large(ctx: &Ctx, job: &ObjectJob) -> Result<u32> {
     // destination takes such parts.
     let wants_composite = copy.is_none() && asks_composite(ctx, &info) && vouches_only_by_parts(&info);
     let composite = match wants_composite {
-        true => ctx.retry(|| timed(ctx.src_label(), Op::Stat, ctx.src.composite(job.src_key(), &info))).await?,
+        true => {
+            ctx.retry(Side::Source, || timed(ctx.src_label(), Op::Stat, ctx.src.composite(job.src_key(), &info)))
+                .await?
+        }
         false => None,
     }
     .filter(|c| checks_composite(ctx, c))
@@ -111,7 +116,7 @@ pub(super) async fn plan_large(ctx: &Ctx, job: &ObjectJob) -> Result<u32> {
         Some(r) => (r.state.clone(), Some(r)),
         None => {
             let state = ctx
-                .retry(|| async {
+                .retry(Side::Destination, || async {
                     let session = timed(ctx.dst_label(), Op::Create, ctx.dst.begin(job.dst_key(), plan, &args)).await?;
                     Ok(session.state().clone())
                 })
@@ -195,7 +200,7 @@ async fn resume(
         }
         return None;
     };
-    let committed = if same { ctx.retry(|| session.committed()).await.ok() } else { None };
+    let committed = if same { ctx.retry(Side::Destination, || session.committed()).await.ok() } else { None };
     let progress = crate::relay::ObjectProgress {
         src_key: job.src_key().to_string(),
         dst_key: job.dst_key().to_string(),
@@ -262,7 +267,10 @@ async fn resume(
         }
         None => {
             let never = std::sync::atomic::AtomicBool::new(false);
-            if super::retry(ctx.shared.opts.retries, &never, || session.abort()).await.is_ok() {
+            if super::retry(ctx.shared.opts.retries, &never, Blame::Remote(ctx.dst_label()), || session.abort())
+                .await
+                .is_ok()
+            {
                 if let Some(journal) = &ctx.shared.journal {
                     journal.ended(&r.dst_key);
                 }
@@ -350,7 +358,8 @@ async fn part(ctx: &Ctx, job: &ObjectJob, session: &dyn UploadSession, spec: Par
                 return Ok(record);
             }
             Err(e) => {
-                crate::metrics::record_error(&e, true);
+                crate::metrics::record_error(&e, true, ctx.dst_label());
+                ctx.shared.progress.store(Side::Destination).record(&e, true);
                 tracing::warn!(
                     "part {} of {} could not be sent from the stage ({e}); sending it from the source",
                     spec.number,
@@ -363,7 +372,7 @@ async fn part(ctx: &Ctx, job: &ObjectJob, session: &dyn UploadSession, spec: Par
     // recognise the part among what the store has committed.
     let read_sum: std::cell::RefCell<Option<Checksum>> = std::cell::RefCell::new(None);
     let attempts = std::cell::Cell::new(0u32);
-    ctx.retry(|| async {
+    ctx.retry_both(|| async {
         let attempt = attempts.replace(attempts.get() + 1);
         if attempt > 0 {
             let known = read_sum.borrow().clone();
@@ -506,7 +515,8 @@ async fn part_streamed(
 }
 
 async fn copy_part(ctx: &Ctx, session: &dyn UploadSession, spec: PartSpec, source: &CopySource) -> Result<PartRecord> {
-    let token = ctx.retry(|| timed(ctx.dst_label(), Op::Copy, session.copy_part(source, spec))).await?;
+    let token =
+        ctx.retry(Side::Destination, || timed(ctx.dst_label(), Op::Copy, session.copy_part(source, spec))).await?;
     Ok(PartRecord::new(spec, token, Checksum { algo: ChecksumAlgo::Crc32c, bytes: Vec::new() }))
 }
 
@@ -638,7 +648,9 @@ async fn finish_session(
         _ => Vec::new(),
     };
     if lost.is_empty() || lost.len() == parts.len() {
-        return ctx.retry(|| timed(ctx.dst_label(), Op::Complete, session.finish(parts, full))).await;
+        return ctx
+            .retry(Side::Destination, || timed(ctx.dst_label(), Op::Complete, session.finish(parts, full)))
+            .await;
     }
     for i in lost {
         let sent = parts[i].clone();
@@ -666,7 +678,7 @@ async fn finish_session(
         job.large().progress.parts[(sent.number - 1) as usize] = Some(record.clone());
         parts[i] = record;
     }
-    ctx.retry(|| timed(ctx.dst_label(), Op::Complete, session.finish(parts, full))).await
+    ctx.retry(Side::Destination, || timed(ctx.dst_label(), Op::Complete, session.finish(parts, full))).await
 }
 
 /// The whole object's checksum from its parts, when the algorithm combines.
@@ -724,7 +736,10 @@ pub(super) async fn finish_large(ctx: &Rc<Ctx>, job: &ObjectJob, state: SessionS
             // go on with or abort.
             if let Ok(session) = &session {
                 let never = std::sync::atomic::AtomicBool::new(false);
-                if super::retry(ctx.shared.opts.retries, &never, || session.abort()).await.is_ok() {
+                if super::retry(ctx.shared.opts.retries, &never, Blame::Remote(ctx.dst_label()), || session.abort())
+                    .await
+                    .is_ok()
+                {
                     if let Some(journal) = &ctx.shared.journal {
                         journal.ended(job.dst_key());
                     }

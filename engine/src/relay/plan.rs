@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::filter::Filter;
 use super::transfer::{Kind, ObjectJob};
 use super::Compare;
-use super::{ObjectResult, Outcome, Report, Shared, FAILURES_KEPT_MAX};
+use super::{Blame, ObjectResult, Outcome, Report, Shared, Side, FAILURES_KEPT_MAX};
 use crate::backend::{holds_version, provenance_version, Entry, Source, WorkerCtx};
 use crate::checksum::etag_is_md5;
 use crate::error::{Error, Result};
@@ -114,7 +114,9 @@ pub(super) async fn scope(
 ) -> Result<Scope> {
     let never = std::sync::atomic::AtomicBool::new(false);
     let single = match &src.object {
-        Some(key) => super::retry(retries, &never, || src_store.stat(key)).await?.map(|_| key.clone()),
+        Some(key) => super::retry(retries, &never, Blame::Remote(src.remote_label()), || src_store.stat(key))
+            .await?
+            .map(|_| key.clone()),
         None => None,
     };
     Ok(match single {
@@ -155,10 +157,19 @@ pub(super) async fn check_locations(shared: &Shared) -> Result<()> {
     // backoff's doubling, rather than ending the relay on its first answers.
     let retries = shared.opts.retries.max(CHECK_RETRIES_MIN);
     let src = shared.src.backend.open_source(&ctx)?;
-    super::retry(retries, &shared.progress.stop, || src.check(false)).await?;
+    super::retry_counted(retries, &shared.progress, Blame::One(Side::Source, shared.src.remote_label()), || {
+        src.check(false)
+    })
+    .await?;
     if !shared.opts.dry_run {
         let dst = shared.dst.backend.open_sink(&ctx)?;
-        super::retry(retries, &shared.progress.stop, || dst.check(true)).await?;
+        super::retry_counted(
+            retries,
+            &shared.progress,
+            Blame::One(Side::Destination, shared.dst.remote_label()),
+            || dst.check(true),
+        )
+        .await?;
     }
     Ok(())
 }
@@ -339,7 +350,7 @@ impl Cursor {
     async fn fetch_page(&mut self) -> Result<crate::backend::ListPage> {
         let token = self.token.take();
         let never = std::sync::atomic::AtomicBool::new(false);
-        let mut page = super::retry(self.retries, &never, || {
+        let mut page = super::retry(self.retries, &never, Blame::Remote(&self.label), || {
             crate::metrics::timed(&self.label, crate::metrics::Op::List, self.store.list(&self.prefix, token.clone()))
         })
         .await?;
@@ -505,10 +516,15 @@ pub(super) async fn plan(
         if shared.opts.dry_run {
             if let Verdict::CheckDest = verdict {
                 let stop = &shared.progress.stop;
-                let info = super::retry(retries, stop, || dst.store.stat(&dst_key)).await?;
+                let info =
+                    super::retry(retries, stop, Blame::Remote(shared.dst.remote_label()), || dst.store.stat(&dst_key))
+                        .await?;
                 let same = match (info, shared.opts.compare) {
                     (Some(info), Compare::Checksum) => {
-                        let theirs = super::retry(retries, stop, || src_store.stat(&entry.key)).await?;
+                        let theirs = super::retry(retries, stop, Blame::Remote(shared.src.remote_label()), || {
+                            src_store.stat(&entry.key)
+                        })
+                        .await?;
                         super::verify::same_by_hash(theirs.as_ref(), &info, entry.size)
                     }
                     (info, _) => info.is_some_and(|info| holds_version(&info, entry.size, &version_of(&entry))),

@@ -55,9 +55,59 @@ pub struct Progress {
     /// The relay's byte and request rate limits (`--bwlimit`, `--tpslimit`), read
     /// live by every worker: changing them scales a running relay.
     pub rates: std::sync::Arc<crate::rate::Rates>,
+    /// Failed attempts of this relay's store operations, by store: the source's at
+    /// [`Side::Source`], the destination's at [`Side::Destination`].
+    pub stores: [StoreCounts; 2],
+}
+
+/// Which store of a relay an operation's failure is counted against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The store read from.
+    Source = 0,
+    /// The store written to.
+    Destination = 1,
+}
+
+impl Side {
+    /// Lower-case name, for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Side::Source => "source",
+            Side::Destination => "destination",
+        }
+    }
+}
+
+/// What one store's failures cost a relay so far.
+#[derive(Debug, Default)]
+pub struct StoreCounts {
+    /// Attempts that failed and were tried again.
+    pub retries: AtomicU64,
+    /// Answers refusing an attempt as one too many (429, 503, `SlowDown`), retried or not.
+    pub throttled: AtomicU64,
+    /// Operations that failed for good, after their retries.
+    pub errors: AtomicU64,
+}
+
+impl StoreCounts {
+    /// Counts one failed attempt.
+    pub(crate) fn record(&self, e: &crate::error::Error, will_retry: bool) {
+        // Relaxed: counters on their own, read for display.
+        let counter = if will_retry { &self.retries } else { &self.errors };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if e.is_throttle() {
+            self.throttled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 impl Progress {
+    /// The counts of one store.
+    pub fn store(&self, side: Side) -> &StoreCounts {
+        &self.stores[side as usize]
+    }
+
     /// Stops the relay (see [`Progress::stop`]) and wakes every task waiting on it.
     pub fn request_stop(&self) {
         // Pairs with the Acquire loads of `stop`.

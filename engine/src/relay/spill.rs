@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::parts::RING_CHUNKS;
 use super::transfer::{decision, Ctx, ObjectJob, PartTask, Phase};
+use super::Side;
 use crate::backend::{PartRecord, PartSpec, UploadMode, UploadSession};
 use crate::checksum::{Checksum, ChecksumAlgo, Hashers};
 use crate::error::{Error, Result};
@@ -139,7 +140,7 @@ pub(super) async fn fill(ctx: &Ctx, task: &PartTask) {
     if ctx.stopped() {
         return;
     }
-    match ctx.retry(|| fill_part(ctx, job, &file, range)).await {
+    match ctx.retry(Side::Source, || fill_part(ctx, job, &file, range)).await {
         Ok((sum, source_busy)) => {
             ctx.shared.stats.stage_bytes_written.fetch_add(range.1 - range.0, Ordering::Relaxed);
             job.large().staged[task.index as usize] = Some((sum, source_busy));

@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::parts::plan_large;
-use super::progress::ObjectProgress;
+use super::progress::{ObjectProgress, Side};
 use super::spill::route_large;
-use super::{Outcome, Shared};
+use super::{Blame, Outcome, Shared};
 use crate::backend::{
     provenance, CopySource, HashFamily, ObjectInfo, PartRecord, PartSpec, PutArgs, Sink, Source, UploadMode, UploadPlan,
 };
@@ -268,13 +268,29 @@ impl Ctx {
         }
     }
 
-    /// Runs `op` until it succeeds, fails for good, or runs out of retries.
-    pub(super) async fn retry<T, F, Fut>(&self, op: F) -> Result<T>
+    /// Runs `op`, an operation on the store at `side`, until it succeeds, fails for
+    /// good, or runs out of retries.
+    pub(super) async fn retry<T, F, Fut>(&self, side: Side, op: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
-        super::retry_throttled(self.shared.opts.retries, &self.shared.progress, op).await
+        let remote = match side {
+            Side::Source => self.src_label(),
+            Side::Destination => self.dst_label(),
+        };
+        super::retry_throttled(self.shared.opts.retries, &self.shared.progress, Blame::One(side, remote), op).await
+    }
+
+    /// As [`Ctx::retry`], for an operation that reads the source and writes the
+    /// destination: each failure is counted against the store it came from.
+    pub(super) async fn retry_both<T, F, Fut>(&self, op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let blame = Blame::Both { src: self.src_label(), dst: self.dst_label() };
+        super::retry_throttled(self.shared.opts.retries, &self.shared.progress, blame, op).await
     }
 
     /// Counts bytes that reached the destination, for progress and metrics.
@@ -314,10 +330,12 @@ impl Ctx {
     /// Whether the destination already holds this version (asked when listings could
     /// not tell).
     async fn already_there(&self, job: &ObjectJob) -> Result<bool> {
-        let info = self.retry(|| timed(self.dst_label(), Op::Stat, self.dst.stat(&job.dst_key))).await?;
+        let info =
+            self.retry(Side::Destination, || timed(self.dst_label(), Op::Stat, self.dst.stat(&job.dst_key))).await?;
         let Some(info) = info else { return Ok(false) };
         if self.shared.opts.compare == super::Compare::Checksum {
-            let theirs = self.retry(|| timed(self.src_label(), Op::Stat, self.src.stat(&job.src_key))).await?;
+            let theirs =
+                self.retry(Side::Source, || timed(self.src_label(), Op::Stat, self.src.stat(&job.src_key))).await?;
             return Ok(super::verify::same_by_hash(theirs.as_ref(), &info, job.size));
         }
         Ok(crate::backend::holds_version(&info, job.size, &job.src_version))
@@ -480,14 +498,17 @@ pub(super) fn server_side(ctx: &Ctx, job: &ObjectJob) -> Option<CopySource> {
 
 async fn dir_marker(ctx: &Ctx, job: &ObjectJob) -> Result<()> {
     let args = PutArgs { provenance: Some(provenance(&job.src_version, None)), ..PutArgs::default() };
-    ctx.retry(|| ctx.dst.put_dir_marker(&job.dst_key, &args)).await
+    ctx.retry(Side::Destination, || ctx.dst.put_dir_marker(&job.dst_key, &args)).await
 }
 
 async fn copy_small(ctx: &Ctx, job: &ObjectJob, source: CopySource) -> Result<()> {
-    let info =
-        ctx.retry(|| timed(ctx.src_label(), Op::Stat, ctx.src.stat(&job.src_key))).await?.ok_or_else(|| gone(job))?;
+    let info = ctx
+        .retry(Side::Source, || timed(ctx.src_label(), Op::Stat, ctx.src.stat(&job.src_key)))
+        .await?
+        .ok_or_else(|| gone(job))?;
     let args = put_args(&info, &job.src_version, info.checksums.first());
-    ctx.retry(|| timed(ctx.dst_label(), Op::Copy, ctx.dst.copy_object(&source, &job.dst_key, &args))).await
+    ctx.retry(Side::Destination, || timed(ctx.dst_label(), Op::Copy, ctx.dst.copy_object(&source, &job.dst_key, &args)))
+        .await
 }
 
 /// Checks that a read's bytes are of the version the object was started from (`seen`:
@@ -527,7 +548,7 @@ pub(super) async fn start_over(ctx: &Rc<Ctx>, job: &ObjectJob, e: &Error) -> boo
     }
     // A mismatch with the whole-object hash may also be a change the reads could not
     // see (Drive says nothing of the revision it serves): the source is asked again.
-    let info = match ctx.retry(|| timed(ctx.src_label(), Op::Stat, ctx.src.stat(&job.src_key))).await {
+    let info = match ctx.retry(Side::Source, || timed(ctx.src_label(), Op::Stat, ctx.src.stat(&job.src_key))).await {
         Ok(Some(info)) => info,
         _ => return false,
     };
@@ -612,7 +633,7 @@ async fn small(ctx: &Ctx, job: &ObjectJob) -> Result<()> {
     let algo = ctx.shared.opts.checksum;
     let format = std::cell::Cell::new(None);
     let result = ctx
-        .retry(|| async {
+        .retry_both(|| async {
             let chunks = ctx.pool.acquire(ctx.pool.chunks_for(job.size)).await;
             let mut hashers = Hashers::new(algo, wants_md5(ctx));
             let (body, info) =

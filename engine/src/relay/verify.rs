@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use super::plan::{judge, scope, version_of, Cursor, KeyOrder, Verdict};
-use super::{Location, RelayOptions, FAILURES_KEPT_MAX};
+use super::{Blame, Location, RelayOptions, FAILURES_KEPT_MAX};
 use crate::backend::{holds_version, ObjectInfo, Source, WorkerCtx};
 use crate::checksum::{etag_is_md5, Checksum, ChecksumAlgo, Hashers};
 use crate::error::{Error, Result};
@@ -208,8 +208,8 @@ async fn check(
     let never = AtomicBool::new(false);
     let src_store = src.backend.open_source(&ctx)?;
     let dst_store = dst.backend.open_source(&ctx)?;
-    super::retry(retries, &never, || src_store.check(false)).await?;
-    super::retry(retries, &never, || dst_store.check(false)).await?;
+    super::retry(retries, &never, Blame::Remote(src.remote_label()), || src_store.check(false)).await?;
+    super::retry(retries, &never, Blame::Remote(dst.remote_label()), || dst_store.check(false)).await?;
     let scope = scope(src, dst, &src_store, retries).await?;
     let mut deleter = Deleter::open(&how.act, src, dst, &ctx)?;
     let pool = BufferPool::new(CHUNK_BYTES, READ_BYTES / CHUNK_BYTES);
@@ -252,19 +252,9 @@ async fn check(
             continue;
         }
         let verdict = if download {
-            match compare_contents(
-                &pool,
-                opts.checksum,
-                &src_store,
-                &entry.key,
-                &dst_store,
-                &dst_key,
-                entry.size,
-                retries,
-                &progress.stop,
-            )
-            .await
-            {
+            let a = Stored { store: &src_store, key: &entry.key, remote: src.remote_label() };
+            let b = Stored { store: &dst_store, key: &dst_key, remote: dst.remote_label() };
+            match compare_contents(&pool, opts.checksum, a, b, entry.size, retries, &progress.stop).await {
                 Err(_) if progress.stop.load(Ordering::Acquire) => {
                     report.stopped = true;
                     break;
@@ -279,11 +269,16 @@ async fn check(
                     _ => "the destination copy records another source version".to_string(),
                 }),
                 Verdict::CheckDest => {
-                    let info = super::retry(retries, &never, || dst_store.stat(&dst_key)).await?;
+                    let info =
+                        super::retry(retries, &never, Blame::Remote(dst.remote_label()), || dst_store.stat(&dst_key))
+                            .await?;
                     match info {
                         Some(info) if holds_version(&info, entry.size, &version_of(&entry)) => None,
                         Some(info) => {
-                            let theirs = super::retry(retries, &never, || src_store.stat(&entry.key)).await?;
+                            let theirs = super::retry(retries, &never, Blame::Remote(src.remote_label()), || {
+                                src_store.stat(&entry.key)
+                            })
+                            .await?;
                             match theirs.as_ref().and_then(|s| strongest_common(s, &info)) {
                                 Some((a, b)) => {
                                     *report.hashes_compared.entry(a.algo.name().to_string()).or_default() += 1;
@@ -335,6 +330,8 @@ struct Deleter {
     dst_source: Option<std::rc::Rc<dyn Source>>,
     /// The backup location's store, which copies into itself.
     backup_sink: Option<std::rc::Rc<dyn crate::backend::Sink>>,
+    /// The remote labels of `sink` and `backup_sink`, for the metrics.
+    labels: (String, String),
 }
 
 impl Deleter {
@@ -360,14 +357,23 @@ impl Deleter {
                 (Some(sink), Some(source))
             }
         };
-        Ok(Deleter { act: act.clone(), sink, dst_source, backup_sink })
+        let sink_label = match act {
+            Act::DeleteSameAtSource => src.remote_label(),
+            _ => dst.remote_label(),
+        };
+        let backup_label = match act {
+            Act::DeleteExtra { backup: Some(b), .. } => b.remote_label(),
+            _ => "",
+        };
+        let labels = (sink_label.to_string(), backup_label.to_string());
+        Ok(Deleter { act: act.clone(), sink, dst_source, backup_sink, labels })
     }
 
     /// A source object whose copy is the same: a move deletes it.
     async fn same(&mut self, report: &mut VerifyReport, key: &str, retries: u32) {
         let (Act::DeleteSameAtSource, Some(sink)) = (&self.act, &self.sink) else { return };
         let never = AtomicBool::new(false);
-        match super::retry(retries, &never, || sink.delete(key)).await {
+        match super::retry(retries, &never, Blame::Remote(&self.labels.0), || sink.delete(key)).await {
             Ok(()) => report.objects_deleted += 1,
             Err(e) => fail_delete(report, key, e.to_string()),
         }
@@ -402,12 +408,14 @@ impl Deleter {
             };
             let args = crate::backend::PutArgs::default();
             let Some(into) = &self.backup_sink else { return };
-            match super::retry(retries, &never, || into.copy_object(&copy, &to, &args)).await {
+            match super::retry(retries, &never, Blame::Remote(&self.labels.1), || into.copy_object(&copy, &to, &args))
+                .await
+            {
                 Ok(()) => report.objects_backed_up += 1,
                 Err(e) => return fail_delete(report, &d.key, format!("not deleted: the copy to {to} failed: {e}")),
             }
         }
-        match super::retry(retries, &never, || sink.delete(&d.key)).await {
+        match super::retry(retries, &never, Blame::Remote(&self.labels.0), || sink.delete(&d.key)).await {
             Ok(()) => report.objects_deleted += 1,
             Err(e) => fail_delete(report, &d.key, e.to_string()),
         }
@@ -463,33 +471,39 @@ fn strongest_common(src: &ObjectInfo, dst: &ObjectInfo) -> Option<(Checksum, Che
     })
 }
 
+/// One copy of an object, to read back.
+#[derive(Clone, Copy)]
+struct Stored<'a> {
+    store: &'a std::rc::Rc<dyn Source>,
+    key: &'a str,
+    /// The store's remote label, for the metrics.
+    remote: &'a str,
+}
+
 /// Re-reads both copies and compares their checksums; Some(reason) if they differ.
-#[allow(clippy::too_many_arguments)]
 async fn compare_contents(
     pool: &BufferPool,
     algo: ChecksumAlgo,
-    src: &std::rc::Rc<dyn Source>,
-    src_key: &str,
-    dst: &std::rc::Rc<dyn Source>,
-    dst_key: &str,
+    src: Stored<'_>,
+    dst: Stored<'_>,
     size: u64,
     retries: u32,
     stop: &AtomicBool,
 ) -> Result<Option<String>> {
-    let a = checksum_of(pool, algo, src, src_key, size, retries, stop).await?;
-    let b = checksum_of(pool, algo, dst, dst_key, size, retries, stop).await?;
+    let a = checksum_of(pool, algo, src, size, retries, stop).await?;
+    let b = checksum_of(pool, algo, dst, size, retries, stop).await?;
     Ok((a != b).then(|| format!("contents differ: {a} at the source, {b} at the destination")))
 }
 
 async fn checksum_of(
     pool: &BufferPool,
     algo: ChecksumAlgo,
-    store: &std::rc::Rc<dyn Source>,
-    key: &str,
+    copy: Stored<'_>,
     size: u64,
     retries: u32,
     stop: &AtomicBool,
 ) -> Result<crate::checksum::Checksum> {
+    let (store, key) = (copy.store, copy.key);
     let mut hashers = Hashers::new(algo, false);
     let mut offset = 0;
     while offset < size {
@@ -498,7 +512,7 @@ async fn checksum_of(
         }
         let end = (offset + READ_BYTES as u64).min(size);
         // A retry starts from the state before this range, so no byte is hashed twice.
-        hashers = super::retry(retries, stop, || {
+        hashers = super::retry(retries, stop, Blame::Remote(copy.remote), || {
             let mut attempt = hashers.clone();
             async move {
                 let chunks = pool.acquire(pool.chunks_for(end - offset)).await;

@@ -52,6 +52,14 @@ fn open(remote: &str, table: toml::Table, path: &str) -> Result<Opened> {
     Ok(Opened { backend: Arc::new(S3Backend::new(cfg)), path: prefix.to_string() })
 }
 
+/// The account of S3 remote `remote` (its table as in laminar.toml, `type` removed
+/// or not), for what is above its buckets: a config whose bucket is empty.
+pub fn account(remote: &str, mut table: toml::Table) -> Result<S3Config> {
+    table.remove("type");
+    let config: S3RemoteConfig = registry::parse(remote, "s3", table)?;
+    config.resolve(remote, "")
+}
+
 impl S3RemoteConfig {
     /// The endpoint and credentials for `bucket`, secrets read from where they are.
     pub fn resolve(&self, name: &str, bucket: &str) -> Result<S3Config> {
