@@ -106,26 +106,7 @@ struct JsonItem<'a> {
 }
 
 pub fn run_lsjson(config: Option<&Path>, args: LsjsonArgs) -> Result<u8, Fail> {
-    if let Some(buckets) = buckets(config, &args.listed)? {
-        let items: Vec<JsonItem> = buckets
-            .iter()
-            .map(|b| JsonItem {
-                path: &b.name,
-                name: &b.name,
-                size: -1,
-                mod_time: b.created.clone(),
-                is_dir: true,
-                is_bucket: true,
-            })
-            .collect();
-        outln!("[");
-        for (i, item) in items.iter().enumerate() {
-            let comma = if i + 1 < items.len() { "," } else { "" };
-            outln!("{}{comma}", serde_json::to_string(item).expect("an item serialises"));
-        }
-        outln!("]");
-        return Ok(0);
-    }
+    let buckets = buckets(config, &args.listed)?;
     // rclone's layout: `[`, the items one a line with a comma after each but the
     // last, `]`. Each line waits for the next item to know whether it is the last.
     outln!("[");
@@ -135,25 +116,40 @@ pub fn run_lsjson(config: Option<&Path>, args: LsjsonArgs) -> Result<u8, Fail> {
             outln!("{line},");
         }
     };
+    if let Some(buckets) = &buckets {
+        for b in buckets {
+            let (path, mod_time) = (b.name.as_str(), b.created.clone());
+            emit(JsonItem { path, name: path, size: -1, mod_time, is_dir: true, is_bucket: true });
+        }
+    }
     // Directories of the first level already shown: a listing in no order may name
     // one again after others.
     let mut dirs: HashSet<String> = HashSet::new();
-    walk(config, &args.listed, &mut |rel, entry| {
-        let top = rel.split_once('/').map(|(dir, _)| dir);
-        match top {
-            Some(dir) if !args.recursive => {
-                if !args.files_only && dirs.insert(dir.to_string()) {
-                    emit(JsonItem { path: dir, name: dir, size: -1, mod_time: None, is_dir: true, is_bucket: false });
+    if buckets.is_none() {
+        walk(config, &args.listed, &mut |rel, entry| {
+            let top = rel.split_once('/').map(|(dir, _)| dir);
+            match top {
+                Some(dir) if !args.recursive => {
+                    if !args.files_only && dirs.insert(dir.to_string()) {
+                        emit(JsonItem {
+                            path: dir,
+                            name: dir,
+                            size: -1,
+                            mod_time: None,
+                            is_dir: true,
+                            is_bucket: false,
+                        });
+                    }
+                }
+                _ => {
+                    let name = rel.rsplit('/').next().unwrap_or(rel);
+                    let mod_time = entry.modified_unix_ms.map(format_ms);
+                    let size = entry.size as i64;
+                    emit(JsonItem { path: rel, name, size, mod_time, is_dir: false, is_bucket: false });
                 }
             }
-            _ => {
-                let name = rel.rsplit('/').next().unwrap_or(rel);
-                let mod_time = entry.modified_unix_ms.map(format_ms);
-                let size = entry.size as i64;
-                emit(JsonItem { path: rel, name, size, mod_time, is_dir: false, is_bucket: false });
-            }
-        }
-    })?;
+        })?;
+    }
     if let Some(line) = pending {
         outln!("{line}");
     }
