@@ -585,9 +585,11 @@ impl Shared {
         self.objects_allowed().div_ceil(self.policy.workers)
     }
 
-    /// Objects in flight allowed now: `--transfers`, less while a store throttles.
+    /// Objects in flight allowed now: `--transfers`, less while a store throttles,
+    /// and no more than the byte limit can feed.
     pub(crate) fn objects_allowed(&self) -> usize {
-        self.progress.throttle.limit(self.progress.transfers.load(Ordering::Relaxed))
+        let p = &self.progress;
+        p.throttle.limit(p.transfers.load(Ordering::Relaxed)).min(p.objects_the_byte_limit_feeds())
     }
 
     /// Records an object's route (and logs it at TRACE, `-vv`).

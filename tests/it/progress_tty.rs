@@ -163,6 +163,8 @@ fn the_progress_line_is_steady_and_says_what_rclone_p_says() {
     assert!(lines.len() >= 3, "the progress line was shown: {our_screens:?}");
     let (mut done, mut copied, mut bytes) = (0, 0, 0);
     let mut streamed_ahead = false;
+    // Objects land as the bytes stream (as rclone's do), not all together at the end.
+    let mut landed_early = false;
     for (screen, line) in our_screens.iter().zip(our_screens.iter().map(|s| laminar_line(s))) {
         let Some(line) = line else { continue };
         assert_eq!(screen.lines().filter(|l| is_progress(l)).count(), 1, "one line: {screen}");
@@ -174,12 +176,14 @@ fn the_progress_line_is_steady_and_says_what_rclone_p_says() {
         bytes = b;
         // Bytes count as they stream, before their objects land.
         streamed_ahead |= b > c * (256 << 10);
+        landed_early |= c > 0 && b < 8 << 20;
         assert!(!(line.contains("listing...") && line.contains("ETA")), "no ETA while listing: {line}");
         // What rclone -P says, Laminar says too: bytes of the total, a rate, objects.
         assert!(line.contains("B/") && line.contains("/s"), "bytes, total and rate: {line}");
     }
     assert!(done <= 64 && copied <= 64, "{done} {copied}");
     assert!(streamed_ahead, "the bytes moved only as objects landed: {lines:?}");
+    assert!(landed_early, "no object landed before half the bytes were through: {lines:?}");
     let last = our_screens.last().unwrap();
     assert!(last.contains("64"), "the summary names the 64 objects: {last}");
     // rclone's screens, for the record: it ran with -P on a terminal.

@@ -102,7 +102,32 @@ impl StoreCounts {
     }
 }
 
+/// Under a byte limit, the seconds of it each object in flight should take: objects
+/// then land one after another as the bytes stream (as rclone's do), instead of all
+/// sharing the limit and landing together at the end.
+const BYTE_LIMIT_SECONDS_PER_OBJECT: f64 = 1.0;
+
+/// Under a byte limit, the fewest objects in flight it leaves (rclone's default
+/// transfers): enough that one object's requests between its reads never leave
+/// the limit unfed.
+const BYTE_LIMIT_OBJECTS_MIN: usize = 4;
+
 impl Progress {
+    /// Objects in flight the byte limit can feed at [`BYTE_LIMIT_SECONDS_PER_OBJECT`]
+    /// each, by the mean size of the objects planned so far; `usize::MAX` without a
+    /// limit (or before an object is planned).
+    pub fn objects_the_byte_limit_feeds(&self) -> usize {
+        let Some(per_s) = self.rates.bytes.get() else { return usize::MAX };
+        // Relaxed: counters read for an estimate.
+        let objects = self.objects_total.load(std::sync::atomic::Ordering::Relaxed);
+        let bytes = self.bytes_total.load(std::sync::atomic::Ordering::Relaxed);
+        if objects == 0 || bytes == 0 {
+            return usize::MAX;
+        }
+        let mean = bytes as f64 / objects as f64;
+        ((per_s * BYTE_LIMIT_SECONDS_PER_OBJECT / mean).ceil() as usize).max(BYTE_LIMIT_OBJECTS_MIN)
+    }
+
     /// The counts of one store.
     pub fn store(&self, side: Side) -> &StoreCounts {
         &self.stores[side as usize]
@@ -205,6 +230,22 @@ pub fn choose_part_size(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_byte_limit_keeps_as_many_objects_in_flight_as_it_feeds_in_a_second() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let p = Progress::default();
+        assert_eq!(p.objects_the_byte_limit_feeds(), usize::MAX, "no limit");
+        p.rates.set_bwlimit(Some(crate::rate::Bwlimit::parse("2M").unwrap()));
+        assert_eq!(p.objects_the_byte_limit_feeds(), usize::MAX, "nothing planned yet");
+        p.objects_total.store(64, Relaxed);
+        p.bytes_total.store(64 * (256 << 10), Relaxed);
+        assert_eq!(p.objects_the_byte_limit_feeds(), 8, "2 MiB/s feeds eight 256 KiB objects a second");
+        p.bytes_total.store(64 * (64 << 20), Relaxed);
+        assert_eq!(p.objects_the_byte_limit_feeds(), BYTE_LIMIT_OBJECTS_MIN, "large objects keep the floor");
+        p.rates.set_bwlimit(None);
+        assert_eq!(p.objects_the_byte_limit_feeds(), usize::MAX, "lifting the limit lifts the cut");
+    }
 
     #[test]
     fn five_tib_fits_in_ten_thousand_parts() {
