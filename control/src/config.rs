@@ -318,7 +318,7 @@ mod tests {
         assert_eq!(c.note("file:///tmp/x"), None);
         // `endpoint = "aws"` is AWS, virtual-hosted.
         let loc = c.location("aws:bkt/p").unwrap();
-        let ctx = laminar_engine::backend::WorkerCtx { http: laminar_engine::http::HttpClient::default() };
+        let ctx = laminar_engine::backend::WorkerCtx::new(laminar_engine::http::HttpClient::default());
         let said = loc.backend.open_source(&ctx).unwrap().describe();
         assert!(said.contains("s3.us-east-1.amazonaws.com"), "{said}");
     }

@@ -29,6 +29,7 @@ pub mod s3;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::checksum::{Checksum, ChecksumAlgo, Composite, Hashers};
@@ -513,6 +514,12 @@ pub trait Sink: Store {
         let _ = (source, args);
         Box::pin(async move { Err(Error::protocol("copy", key, "this store has no server-side copy")) })
     }
+    /// Folders the store has made so far, by every worker and relay using it: creates
+    /// besides the objects' own, which count against a store's limit on creates a
+    /// second where folders are files (Drive). 0 where folders cost nothing.
+    fn folders_made(&self) -> u64 {
+        0
+    }
     /// Deletes one object, for `laminar sync` and `laminar move`; an object already
     /// gone is no error.
     fn delete<'a>(&'a self, key: &'a str) -> LocalFuture<'a, Result<()>> {
@@ -532,6 +539,24 @@ pub trait Sink: Store {
 pub struct WorkerCtx {
     /// The worker's HTTP client (connection pools).
     pub http: HttpClient,
+    /// The relay's turns for creates, where the store limits how many are made a
+    /// second and makes some of its own (Drive's folders); None outside a relay.
+    pub turns: Option<Arc<dyn CreateTurns>>,
+}
+
+impl WorkerCtx {
+    /// A context with `http` and no relay's turns.
+    pub fn new(http: HttpClient) -> WorkerCtx {
+        WorkerCtx { http, turns: None }
+    }
+}
+
+/// Turns for the creates a store makes on its own (a folder for a file's path): a
+/// relay paces its uploads under a store's limit on creates a second, and a folder
+/// made for them waits its turn under the same pace.
+pub trait CreateTurns: Send + Sync {
+    /// Waits for the turn of one create (at once where nothing paces creates).
+    fn turn(&self) -> LocalFuture<'_, ()>;
 }
 
 /// A configured store that each worker opens for itself. What all workers share (an

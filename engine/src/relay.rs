@@ -1000,7 +1000,7 @@ pub fn list(
 ) -> Result<()> {
     let (driver, _) = crate::runtime::select(driver).map_err(Error::Usage)?;
     crate::runtime::block_on(driver, async {
-        let ctx = crate::backend::WorkerCtx { http: crate::http::HttpClient::default() };
+        let ctx = crate::backend::WorkerCtx::new(crate::http::HttpClient::default());
         let source = location.backend.open_source(&ctx)?;
         source.check(false).await?;
         let mut token = None;
@@ -1030,7 +1030,7 @@ pub fn mkdir(location: &Location, driver: DriverChoice) -> Result<crate::backend
         None => location.prefix.clone(),
     };
     crate::runtime::block_on(driver, async {
-        let ctx = crate::backend::WorkerCtx { http: crate::http::HttpClient::default() };
+        let ctx = crate::backend::WorkerCtx::new(crate::http::HttpClient::default());
         let sink = location.backend.open_sink(&ctx)?;
         let retries = RelayOptions::default().retries;
         retry(retries, &AtomicBool::new(false), Blame::Remote(location.remote_label()), || sink.mkdir(&key)).await

@@ -109,7 +109,7 @@ impl Backend for DriveBackend {
     }
 
     fn open_sink(&self, ctx: &WorkerCtx) -> Result<Rc<dyn Sink>> {
-        Ok(Rc::new(DriveStore::new(self.shared.clone(), ctx.http.clone())))
+        Ok(Rc::new(DriveStore { turns: ctx.turns.clone(), ..DriveStore::new(self.shared.clone(), ctx.http.clone()) }))
     }
 }
 
@@ -308,6 +308,8 @@ pub struct DriveStore {
     http: HttpClient,
     /// Keys this worker resolved (a large file is read in many ranges).
     lookups: std::cell::RefCell<HashMap<String, read::Resolved>>,
+    /// The relay's turns for creates: a folder made waits for one, as an upload does.
+    turns: Option<Arc<dyn crate::backend::CreateTurns>>,
 }
 
 /// One request.
@@ -322,7 +324,7 @@ struct Call<'a> {
 
 impl DriveStore {
     fn new(shared: Arc<Shared>, http: HttpClient) -> DriveStore {
-        DriveStore { shared, http, lookups: Default::default() }
+        DriveStore { shared, http, lookups: Default::default(), turns: None }
     }
 
     fn cfg(&self) -> &DriveConfig {
@@ -595,6 +597,10 @@ impl Source for DriveStore {
 }
 
 impl Sink for DriveStore {
+    fn folders_made(&self) -> u64 {
+        self.shared.folders.made()
+    }
+
     fn begin<'a>(&'a self, key: &'a str, plan: UploadPlan, args: &'a PutArgs) -> LocalFuture<'a, Result<Session<'a>>> {
         Box::pin(upload::begin(self, key, plan, args))
     }

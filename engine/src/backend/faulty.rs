@@ -792,7 +792,7 @@ mod tests {
     }
 
     fn ctx() -> WorkerCtx {
-        WorkerCtx { http: Default::default() }
+        WorkerCtx::new(Default::default())
     }
 
     #[test]

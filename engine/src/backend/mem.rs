@@ -835,7 +835,7 @@ mod tests {
         let table: toml::Table = toml::from_str("type = \"mem\"\nstore = \"mem-test-remote\"").unwrap();
         let opened = registry::open("r", table, "dir/").unwrap();
         assert_eq!(opened.path, "dir/");
-        let store = opened.backend.open_source(&WorkerCtx { http: Default::default() }).unwrap();
+        let store = opened.backend.open_source(&WorkerCtx::new(Default::default())).unwrap();
         assert_eq!(block_on(store.stat("k")).unwrap().map(|i| i.size), Some(1));
         let table: toml::Table = toml::from_str("type = \"mem\"\nstor = \"x\"").unwrap();
         assert!(registry::open("r", table, "").is_err());

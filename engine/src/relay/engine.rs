@@ -236,7 +236,7 @@ impl Engine {
         // The destination may ask for more part streams than the default (a store far
         // away); `--part-streams` decides when given.
         let (preferred, objects_per_s_at_start) = {
-            let ctx = crate::backend::WorkerCtx { http: crate::http::HttpClient::default() };
+            let ctx = crate::backend::WorkerCtx::new(crate::http::HttpClient::default());
             dst.backend
                 .open_sink(&ctx)
                 .map(|s| (s.capabilities().part_streams_per_worker, s.capabilities().objects_per_s_at_start))
@@ -458,7 +458,7 @@ fn open_journal(
 /// Removes what killed relays left at this relay's destination outside the journal
 /// (see [`crate::backend::Sink::sweep`]), with a note of how much.
 async fn sweep(shared: &Shared) {
-    let ctx = crate::backend::WorkerCtx { http: crate::http::HttpClient::default() };
+    let ctx = crate::backend::WorkerCtx::new(crate::http::HttpClient::default());
     let swept = match shared.dst.backend.open_sink(&ctx) {
         Ok(sink) => sink.sweep(&shared.dst.prefix).await,
         Err(e) => Err(e),
@@ -479,7 +479,7 @@ async fn sweep(shared: &Shared) {
 /// Aborts uploads the journal recorded and nothing will go on with, at this relay's
 /// destination; each that is gone from the store, or aborted, leaves the journal.
 async fn abort_uploads(shared: &Shared, uploads: Vec<crate::journal::Resumable>) {
-    let ctx = crate::backend::WorkerCtx { http: crate::http::HttpClient::default() };
+    let ctx = crate::backend::WorkerCtx::new(crate::http::HttpClient::default());
     let sink = match shared.dst.backend.open_sink(&ctx) {
         Ok(sink) => sink,
         Err(e) => {

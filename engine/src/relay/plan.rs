@@ -151,7 +151,7 @@ fn reports_only_uncombinable(reports: &[crate::backend::HashFamily]) -> bool {
 const CHECK_RETRIES_MIN: u32 = 8;
 
 pub(super) async fn check_locations(shared: &Shared) -> Result<()> {
-    let ctx = WorkerCtx { http: HttpClient::default() };
+    let ctx = WorkerCtx::new(HttpClient::default());
     // One request per side, before anything starts: a store already throttling (a 429
     // storm, a rate limit left by another client) is waited out, about 20 s with the
     // backoff's doubling, rather than ending the relay on its first answers.
@@ -426,7 +426,7 @@ pub(super) async fn plan(
     on_plan: &mut dyn FnMut(&Planned),
 ) -> Result<()> {
     // Listings count against the relay's --tpslimit too.
-    let ctx = WorkerCtx { http: HttpClient::default().with_rates(shared.progress.rates.clone()) };
+    let ctx = WorkerCtx::new(HttpClient::default().with_rates(shared.progress.rates.clone()));
     let retries = shared.opts.retries;
     let src_store = shared.src.backend.open_source(&ctx)?;
     let scope = scope(&shared.src, &shared.dst, &src_store, retries).await?;

@@ -102,6 +102,15 @@ impl StoreCounts {
     }
 }
 
+/// A store's own creates (Drive's folders) take turns under the pace of the relay's
+/// uploads, and are counted in the rate a refusal measures
+/// ([`super::Throttle::folders`]).
+impl crate::backend::CreateTurns for Progress {
+    fn turn(&self) -> crate::backend::LocalFuture<'_, ()> {
+        Box::pin(self.throttle.wait_turn(&self.stop))
+    }
+}
+
 /// Under a byte limit, the seconds of it each object in flight should take: objects
 /// then land one after another as the bytes stream (as rclone's do), instead of all
 /// sharing the limit and landing together at the end.

@@ -203,7 +203,7 @@ async fn check(
     progress: &VerifyProgress,
 ) -> Result<VerifyReport> {
     let (download, unvouched) = (how.download, how.unvouched);
-    let ctx = WorkerCtx { http: HttpClient::default() };
+    let ctx = WorkerCtx::new(HttpClient::default());
     let retries = opts.retries;
     let never = AtomicBool::new(false);
     let src_store = src.backend.open_source(&ctx)?;

@@ -125,7 +125,7 @@ impl Slot {
 
 async fn run_loop(engine: Arc<EngineInner>, index: usize, driver: Driver, ready: Ready) {
     let stats = engine.workers[index].clone();
-    let wctx = WorkerCtx { http: HttpClient::default() };
+    let wctx = WorkerCtx::new(HttpClient::default());
     let pool = BufferPool::with_gauge(engine.chunk_bytes, engine.pool_chunks_per_worker, stats.pool_in_use.clone());
     stats.pool_chunks.store(pool.chunk_count(), Ordering::Relaxed);
     stats.chunk_bytes.store(pool.chunk_bytes(), Ordering::Relaxed);
@@ -146,7 +146,10 @@ async fn run_loop(engine: Arc<EngineInner>, index: usize, driver: Driver, ready:
             for job in &jobs {
                 if !slots.iter().any(|s| Arc::ptr_eq(&s.shared, job)) {
                     // The worker's connections, under this relay's rate limits.
-                    let wctx = WorkerCtx { http: wctx.http.with_rates(job.progress.rates.clone()) };
+                    let wctx = WorkerCtx {
+                        http: wctx.http.with_rates(job.progress.rates.clone()),
+                        turns: Some(job.progress.clone()),
+                    };
                     let opened = job.src.backend.open_source(&wctx).and_then(|src| {
                         let dst = job.dst.backend.open_sink(&wctx)?;
                         Ok(Rc::new(Ctx { src, dst, pool: pool.clone(), shared: job.clone() }))

@@ -493,7 +493,7 @@ mod tests {
     }
 
     fn open(mem: &MemBackend) -> std::rc::Rc<dyn Sink> {
-        mem.open_sink(&WorkerCtx { http: Default::default() }).unwrap()
+        mem.open_sink(&WorkerCtx::new(Default::default())).unwrap()
     }
 
     fn plan(size: u64) -> UploadPlan {
