@@ -514,12 +514,6 @@ pub trait Sink: Store {
         let _ = (source, args);
         Box::pin(async move { Err(Error::protocol("copy", key, "this store has no server-side copy")) })
     }
-    /// Folders the store has made so far, by every worker and relay using it: creates
-    /// besides the objects' own, which count against a store's limit on creates a
-    /// second where folders are files (Drive). 0 where folders cost nothing.
-    fn folders_made(&self) -> u64 {
-        0
-    }
     /// Deletes one object, for `laminar sync` and `laminar move`; an object already
     /// gone is no error.
     fn delete<'a>(&'a self, key: &'a str) -> LocalFuture<'a, Result<()>> {
@@ -557,6 +551,8 @@ impl WorkerCtx {
 pub trait CreateTurns: Send + Sync {
     /// Waits for the turn of one create (at once where nothing paces creates).
     fn turn(&self) -> LocalFuture<'_, ()>;
+    /// One create the store accepted: counted in the rate a refusal measures.
+    fn made(&self);
 }
 
 /// A configured store that each worker opens for itself. What all workers share (an

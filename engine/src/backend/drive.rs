@@ -597,10 +597,6 @@ impl Source for DriveStore {
 }
 
 impl Sink for DriveStore {
-    fn folders_made(&self) -> u64 {
-        self.shared.folders.made()
-    }
-
     fn begin<'a>(&'a self, key: &'a str, plan: UploadPlan, args: &'a PutArgs) -> LocalFuture<'a, Result<Session<'a>>> {
         Box::pin(upload::begin(self, key, plan, args))
     }

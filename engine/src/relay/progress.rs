@@ -104,10 +104,14 @@ impl StoreCounts {
 
 /// A store's own creates (Drive's folders) take turns under the pace of the relay's
 /// uploads, and are counted in the rate a refusal measures
-/// ([`super::Throttle::folders`]).
+/// ([`super::Throttle::created`]).
 impl crate::backend::CreateTurns for Progress {
     fn turn(&self) -> crate::backend::LocalFuture<'_, ()> {
         Box::pin(self.throttle.wait_turn(&self.stop))
+    }
+
+    fn made(&self) {
+        self.throttle.created();
     }
 }
 

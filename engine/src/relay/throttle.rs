@@ -66,9 +66,6 @@ pub struct Throttle {
     paced_floor: AtomicUsize,
     /// Whether the store limits objects a second (a pace was given to start at).
     rate_limited: std::sync::atomic::AtomicBool,
-    /// One more than the most folders the store had made when looked at
-    /// ([`Throttle::folders`]); 0 before the first look.
-    folders_seen: AtomicU64,
 }
 
 /// Object starts per second, while a cut paces them.
@@ -100,7 +97,6 @@ impl Default for Throttle {
             pace: Mutex::new(Pace::default()),
             paced_floor: AtomicUsize::new(0),
             rate_limited: std::sync::atomic::AtomicBool::new(false),
-            folders_seen: AtomicU64::new(0),
         }
     }
 }
@@ -239,24 +235,16 @@ impl Throttle {
         }
     }
 
-    /// Counts the folders the store made since the last look (`made`: its running
-    /// count, [`crate::backend::Sink::folders_made`]) in the rate a refusal measures.
-    /// A store whose folders are files (Drive) counts them against its limit on
-    /// creates a second, and each took a start's turn
-    /// ([`crate::backend::CreateTurns`]); counted as objects alone, a tree with a new
-    /// folder for most files (a photo library by day) would be paced at a third of
-    /// its rate after each refusal. The first look only notes the count (folders made
-    /// before this relay).
-    pub fn folders(&self, made: u64) {
-        // Relaxed: a running count compared with itself; fetch_max gives each folder
-        // to one look, whichever order racing looks come in.
-        let seen = self.folders_seen.fetch_max(made.saturating_add(1), Ordering::Relaxed);
-        if seen == 0 || made < seen || !self.rate_limited.load(Ordering::Relaxed) {
-            return;
+    /// Counts a create the store made on its own (a Drive folder, which took a start's
+    /// turn, [`crate::backend::CreateTurns`]) in the rate a refusal measures, where
+    /// the store limits creates a second. Counted as objects alone, a tree with a new
+    /// folder for most files (a photo library by day) would be paced at a third of its
+    /// rate after each refusal.
+    pub fn created(&self) {
+        if self.rate_limited.load(Ordering::Relaxed) {
+            let now = self.epoch.elapsed().as_millis() as u64;
+            self.pace().note(now);
         }
-        let new = (made + 1 - seen) as usize;
-        let now = self.epoch.elapsed().as_millis() as u64;
-        self.pace().note(now, new);
     }
 
     /// An object was copied: after a window of as many objects as the limit, the limit
@@ -287,7 +275,7 @@ impl Throttle {
         let now = self.epoch.elapsed().as_millis() as u64;
         let last_cut = self.last_cut_ms.load(Ordering::Relaxed);
         let mut pace = self.pace();
-        pace.note(now, 1);
+        pace.note(now);
         let Some(per_s) = pace.per_s else { return };
         let every_ms = if pace.refused { 1000 } else { SLOW_START_DOUBLING_MS };
         if now.saturating_sub(pace.raised_ms) < every_ms
@@ -303,14 +291,12 @@ impl Throttle {
 }
 
 impl Pace {
-    /// Records `n` creates (objects copied, folders made) at `now_ms`.
-    fn note(&mut self, now_ms: u64, n: usize) {
-        for _ in 0..n.min(RATE_SAMPLES) {
-            if self.copied_ms.len() == RATE_SAMPLES {
-                self.copied_ms.pop_front();
-            }
-            self.copied_ms.push_back(now_ms);
+    /// Records a create (an object copied, a folder made) at `now_ms`.
+    fn note(&mut self, now_ms: u64) {
+        if self.copied_ms.len() == RATE_SAMPLES {
+            self.copied_ms.pop_front();
         }
+        self.copied_ms.push_back(now_ms);
     }
 
     /// Creates in the last second (objects copied, and folders made where they count),
@@ -429,19 +415,14 @@ mod tests {
     fn folders_a_store_made_count_in_the_rate_a_refusal_measures() {
         let t = Throttle::default();
         // A store with no pace to start at: folders are not creates that count.
-        t.folders(0);
-        t.folders(5);
+        t.created();
+        t.created();
         assert!(t.pace().copied_ms.is_empty());
 
         let t = Throttle::default();
         t.start_paced(10.0);
-        // The first look notes the folders made before the relay; later looks count
-        // only new ones, and a late look with an older count takes none twice.
-        t.folders(7);
-        assert!(t.pace().copied_ms.is_empty());
-        t.folders(9);
-        t.folders(8);
-        t.folders(9);
+        t.created();
+        t.created();
         assert_eq!(t.pace().copied_ms.len(), 2);
         // A copy and the folders together are what a refusal measures and cuts to.
         t.note_copied();

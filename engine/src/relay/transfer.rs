@@ -463,11 +463,9 @@ pub(crate) async fn run_object(ctx: Rc<Ctx>, job: Arc<ObjectJob>) {
             Err(e) => return ctx.fail(&job, e),
         }
     }
-    // A store that limits objects a second paces the uploads (not the checks above),
-    // and the folders it made for them, where those count as creates too.
-    let throttle = &ctx.shared.progress.throttle;
-    throttle.folders(ctx.dst.folders_made());
-    throttle.wait_turn(&ctx.shared.progress.stop).await;
+    // A store that limits objects a second paces the uploads (not the checks above);
+    // the folders it makes for them take turns too (`CreateTurns`).
+    ctx.shared.progress.throttle.wait_turn(&ctx.shared.progress.stop).await;
     let result = match job.kind {
         Kind::DirMarker => dir_marker(&ctx, &job).await,
         Kind::Small => match server_side(&ctx, &job) {
@@ -479,7 +477,6 @@ pub(crate) async fn run_object(ctx: Rc<Ctx>, job: Arc<ObjectJob>) {
         },
         Kind::Large => return begin_large(ctx, job).await,
     };
-    ctx.shared.progress.throttle.folders(ctx.dst.folders_made());
     match result {
         Ok(()) => {
             ctx.landed(job.size);

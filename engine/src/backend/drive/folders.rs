@@ -6,7 +6,6 @@
 //! or change the map, never across a request.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use event_listener::Event;
@@ -28,18 +27,9 @@ enum Slot {
 #[derive(Default)]
 pub(super) struct FolderCache {
     map: Mutex<HashMap<String, Slot>>,
-    /// Folders made so far: creates that count against Drive's limit on files
-    /// created a second, as uploads do.
-    made: AtomicU64,
 }
 
 impl FolderCache {
-    /// Folders made so far, by every worker.
-    pub(super) fn made(&self) -> u64 {
-        // Relaxed: a count on its own, read to pace creates.
-        self.made.load(Ordering::Relaxed)
-    }
-
     /// Remembers a folder a listing found.
     pub(super) fn remember(&self, path: &str, id: &str) {
         let mut map = self.map.lock().expect("folder lock");
@@ -129,7 +119,9 @@ impl DriveStore {
             turns.turn().await;
         }
         let (_, bytes) = self.send_small(call, RequestBody::Bytes(body.to_string().into_bytes())).await?;
-        self.shared.folders.made.fetch_add(1, Ordering::Relaxed);
+        if let Some(turns) = &self.turns {
+            turns.made();
+        }
         let made: FileRes = serde_json::from_slice(&bytes)
             .map_err(|e| Error::protocol("mkdir", target, format!("unreadable Drive answer: {e}")))?;
         Ok(Some(made.id))
